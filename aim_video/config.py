@@ -1,0 +1,252 @@
+"""Typed configuration: one dataclass per concern, loaded from YAML through OmegaConf.
+
+Every CLI calls :func:`load_config` with a YAML path and ``section.key=value`` overrides. Unknown keys and wrong
+types fail with the dotted key and the allowed keys (:class:`ConfigError`), and :func:`save_config` writes the
+resolved config beside a run's outputs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class DataConfig:
+    """Where the videos are and how clips are read, sampled and augmented."""
+
+    root: str = ""  # folder that relative paths in the annotation files are resolved against
+    train_list: str = ""  # `path label` list file, Kinetics CSV or class-folder tree
+    val_list: str = ""
+    test_list: str = ""
+    class_map: str = ""  # optional file of class names, one per line, in index order
+    num_classes: int = 400
+    missing_files: str = "fail"  # fail | drop: what to do with annotation entries whose file does not exist
+    # decoding
+    backend: str = "decord"  # decord | torchcodec | pyav
+    fallback_backend: str = "pyav"  # tried when `backend` cannot open a file; "" for none
+    num_threads: int = 1  # decoder threads per reader (1 when many workers run)
+    read_timeout_s: float = 60.0  # per-item watchdog in training; a slower read counts as a failed video
+    verify_report: str = ""  # JSON from `tools/prepare_kinetics.py verify`: true frame counts
+    # sampling
+    sampling: str = "dense"  # dense (clip_len x stride) | uniform (TSN segments)
+    num_frames: int = 8
+    frame_stride: int = 16
+    short_video: str = "loop"  # loop | clamp: videos shorter than the sampled span
+    # train augmentation (tensor ops, identical over the frames of a clip)
+    input_size: int = 224
+    rrc_scale: tuple[float, float] = (0.08, 1.0)
+    rrc_ratio: tuple[float, float] = (0.75, 1.3333333)
+    flip: bool = True
+    rand_augment_n: int = 0  # 0 = off; SSv2 recipe: 4
+    rand_augment_m: int = 7
+    random_erasing: float = 0.0  # probability; SSv2 recipe: 0.25
+    color_jitter: float = 0.0
+    repeated_aug: int = 1  # clips drawn from one decode (decode-once-sample-many)
+    # test views
+    test_short_side: int = 224
+    test_num_clips: int = 3
+    test_num_crops: int = 1  # 1 (centre) or 3 (along the long side)
+    # normalisation, applied on the accelerator after the uint8 transfer
+    mean: tuple[float, float, float] = CLIP_MEAN
+    std: tuple[float, float, float] = CLIP_STD
+    # loader
+    batch_size: int = 8  # per rank (DeepSpeed micro batch)
+    num_workers: int = 4
+    prefetch_factor: int = 2
+    pin_memory: bool = True
+    persistent_workers: bool = True
+    max_retries: int = 10  # training: other samples tried when a video fails to decode
+
+
+@dataclass
+class ModelConfig:
+    """The frozen timm ViT and the AIM adapters around it."""
+
+    arch: str = "vit_base_patch16_clip_quickgelu_224"  # timm architecture name (weights never downloaded)
+    vit_kwargs: dict[str, Any] = field(default_factory=dict)  # extra timm kwargs, e.g. a tiny ViT's embed_dim/depth
+    pretrained: str = ""  # local file or folder: OpenAI CLIP (.pt/.pth) or timm (.pth/.safetensors/HF cache)
+    num_classes: int = 400
+    adapter_ratio: float = 0.25
+    adapter_layers: str = "all"  # all | top:K | bottom:K | every:K | comma separated block indices
+    spatial_adapter: bool = True
+    temporal_adapter: bool = True
+    joint_adapter: bool = True
+    num_temporal_adapters: int = 1  # 2 = SSv2 variant
+    mlp_adapter_scale: float = 0.5
+    temporal_embedding: bool = True
+    drop_path_rate: float = 0.2
+    head_dropout: float = 0.5
+    grad_checkpointing: bool = False
+    compile: bool = False
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation, precision, schedule and checkpoints."""
+
+    epochs: int = 30
+    max_steps: int = -1  # >0 stops after this many optimizer steps (smoke runs)
+    lr: float = 3e-4  # for the global batch below; scale linearly with batch
+    base_batch_size: int = 64  # global batch the lr is stated for (paper: 8 GPUs x 8)
+    scale_lr: bool = False  # lr *= global_batch / base_batch_size
+    min_lr: float = 0.0
+    warmup_epochs: float = 2.5
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.999)
+    backbone_lr_mult: float = 1.0  # ViT-L recipe: 0.1 for everything but the head
+    label_smoothing: float = 0.0
+    mixup_alpha: float = 0.0
+    cutmix_alpha: float = 0.0
+    grad_accum_steps: int = 1
+    clip_grad: float = 0.0  # 0 = off (paper)
+    precision: str = "bf16"  # bf16 | fp16 | fp32
+    zero_stage: int = 0  # 0 | 1 | 2
+    deepspeed: dict[str, Any] = field(default_factory=dict)  # raw overrides merged into the derived DS config
+    seed: int = 0
+    eval_every: int = 1  # epochs; 0 = only at the end
+    save_every: int = 1  # epochs
+    keep_last: int = 2
+    resume: str = ""  # "" | auto | path to a checkpoint folder
+    log_every: int = 10  # steps
+
+
+@dataclass
+class EvalConfig:
+    """Multi-view testing."""
+
+    protocol: str = ""  # "" (use data.test_num_clips/crops) | k400 | ssv2 | diving48
+    average: str = "prob"  # prob (softmax per view, then mean) | score (mean of logits)
+    view_chunk: int = 8  # views per forward pass, bounds memory
+    batch_size: int = 1  # videos per rank per step
+    strict: bool = False  # missing or unreadable videos are fatal
+    save_scores: bool = False
+
+
+@dataclass
+class ProfileConfig:
+    """`tools/profile.py` settings."""
+
+    max_workers: int = 4
+    loader_batches: int = 10
+    batch_sizes: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
+    steps: int = 20
+    warmup: int = 3
+    trace: bool = False
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    profile: ProfileConfig = field(default_factory=ProfileConfig)
+    output_dir: str = "runs/default"
+
+
+class ConfigError(ValueError):
+    """A config file or override names a key that does not exist or has a value of the wrong type."""
+
+
+def _section_of(full_key: str) -> type:
+    node: type = Config
+    for part in full_key.split(".")[:-1]:
+        sub = {f.name: f for f in dataclasses.fields(node)}.get(part)
+        if sub is None or sub.default_factory is dataclasses.MISSING:
+            break
+        candidate = sub.default_factory
+        if not (isinstance(candidate, type) and dataclasses.is_dataclass(candidate)):
+            break
+        node = candidate
+    return node
+
+
+def _explain(err: OmegaConfBaseException, source: str) -> ConfigError:
+    full_key = getattr(err, "full_key", None) or ""
+    msg = str(err).splitlines()[0].rstrip(".")
+    if not full_key:
+        return ConfigError(f"{source}: {msg}")
+    allowed = [f.name for f in dataclasses.fields(_section_of(full_key))]
+    leaf = full_key.split(".")[-1]
+    if leaf in allowed:  # the key exists: its value has the wrong type
+        return ConfigError(f"{source}: bad value for config key '{full_key}': {msg}")
+    hint = difflib.get_close_matches(leaf, allowed, n=1)
+    did_you_mean = f" Did you mean '{hint[0]}'?" if hint else ""
+    return ConfigError(
+        f"{source}: unknown config key '{full_key}'.{did_you_mean} Allowed keys here: {', '.join(allowed)}"
+    )
+
+
+def load_config(path: str | None = None, overrides: list[str] | None = None) -> Config:
+    """Schema defaults <- YAML file <- `section.key=value` overrides, validated against the dataclasses."""
+    cfg = OmegaConf.structured(Config)
+    if path:
+        if not os.path.isfile(path):
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            cfg = OmegaConf.merge(cfg, OmegaConf.load(path))
+        except OmegaConfBaseException as err:
+            raise _explain(err, path) from None
+    if overrides:
+        bad = [o for o in overrides if "=" not in o]
+        if bad:
+            raise ConfigError(f"overrides must look like section.key=value, got: {' '.join(bad)}")
+        try:
+            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+        except OmegaConfBaseException as err:
+            raise _explain(err, "command-line override") from None
+    obj = OmegaConf.to_object(cfg)
+    assert isinstance(obj, Config)
+    return obj
+
+
+def to_yaml(cfg: Config) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    container = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
+    assert isinstance(container, dict)
+    return container
+
+
+def from_dict(data: dict[str, Any] | DictConfig) -> Config:
+    """Rebuild a Config from a saved dict (checkpoints, results JSON), validated like a YAML file."""
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(Config), data)
+    except OmegaConfBaseException as err:
+        raise _explain(err, "saved config") from None
+    obj = OmegaConf.to_object(merged)
+    assert isinstance(obj, Config)
+    return obj
+
+
+def save_config(cfg: Config, folder: str, name: str = "config.yaml") -> str:
+    """Write the resolved config atomically into `folder` and return its path."""
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, name)
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(to_yaml(cfg))
+    os.replace(tmp, path)
+    return path
+
+
+def config_cli_main(cfg_path: str | None, overrides: list[str]) -> Config:
+    """Load a config for a CLI; on a bad key print the reason and exit with status 2."""
+    try:
+        return load_config(cfg_path, overrides)
+    except ConfigError as err:
+        raise SystemExit(f"error: {err}") from None
