@@ -7,7 +7,7 @@ where they are used (inside the DataLoader worker), never pickled or shared acro
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -153,7 +153,7 @@ def probe(path: str, backend: str = "decord") -> VideoInfo:
 
 def read_frames(
     path: str,
-    indices: Sequence[int],
+    indices: Sequence[int] | Callable[[int], Sequence[int]],
     backend: str = "decord",
     num_threads: int = 1,
     fallback: str = "",
@@ -164,10 +164,11 @@ def read_frames(
     The sorted unique indices are read in one batched call. `num_frames`, when known to be the count that really
     decodes, bounds the request: an index at or past it is an error, never passed to the decoder (decord can spin
     forever past the real end of a file that over-reports its length).
+    `indices` may be a function of the usable frame count returning the indices: the loader samples a clip from
+    the count of the reader it already opened, so each clip costs one open.
     """
-    if len(indices) == 0:
+    if not callable(indices) and len(indices) == 0:
         raise ValueError("read_frames needs at least one frame index")
-    uniq = sorted(set(int(i) for i in indices))
     try:
         reader = open_reader(path, backend, num_threads)
     except BackendUnavailable:
@@ -180,6 +181,11 @@ def read_frames(
         limit = reader.num_frames if num_frames is None else min(num_frames, reader.num_frames or num_frames)
         if limit <= 0:
             raise VideoReadError(path, "no decodable frames")
+        if callable(indices):
+            indices = indices(limit)
+            if len(indices) == 0:
+                raise ValueError("read_frames: the index function returned no frame index")
+        uniq = sorted(set(int(i) for i in indices))
         if uniq[0] < 0 or uniq[-1] >= limit:
             raise VideoReadError(path, f"frame index {uniq[-1] if uniq[-1] >= limit else uniq[0]} outside 0..{limit - 1}")
         try:
