@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 import zipfile
 
 import torch
@@ -74,7 +75,9 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
     if path.endswith(".safetensors"):
         state = load_file(path)
     elif _is_torchscript(path):  # OpenAI's released .pt files are TorchScript archives
-        state = torch.jit.load(path, map_location="cpu").state_dict()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # deprecated, yet the format OpenAI ships
+            state = torch.jit.load(path, map_location="cpu").state_dict()
     else:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
@@ -162,20 +165,35 @@ def _is_torchscript(path: str) -> bool:
 def _not_local_message(path: str) -> str:
     """What to download and where to put it, for a name that would need the internet."""
     hint = ""
+    name = path.removeprefix("hf-hub:").removeprefix("hf_hub:")
     if path in OPENAI_CLIP_URLS:
         hint = f" Download {OPENAI_CLIP_URLS[path]} and set model.pretrained to the downloaded .pt file."
-    else:
-        from timm.models import get_pretrained_cfg
-
-        name = path.removeprefix("hf-hub:").removeprefix("hf_hub:").removeprefix("timm/")
-        cfg = get_pretrained_cfg(name, allow_unregistered=False) if "." in name else None
-        hub_id = getattr(cfg, "hf_hub_id", None) or (path.removeprefix("hf-hub:") if "/" in path else None)
+    elif _looks_like_hub_name(name):
+        hub_id = name if "/" in name else _timm_hub_id(name)
         if hub_id:
+            folder = f"weights/{hub_id.split('/')[-1]}"
             hint = (
-                f" On a machine with internet run `huggingface-cli download {hub_id} --local-dir weights/{name}` "
-                f"and set model.pretrained=weights/{name}."
+                f" If it names the Hugging Face repo {hub_id}: on a machine with internet run "
+                f"`huggingface-cli download {hub_id} --local-dir {folder}` and set model.pretrained={folder}."
             )
     return (
         f"model.pretrained={path!r} is not a local file or folder; aim-video never downloads weights.{hint} "
-        "OpenAI CLIP ViT-B/16 and ViT-L/14 .pt files and timm .pth/.safetensors files (or HF cache folders) work."
+        "OpenAI CLIP .pt files, timm .pth/.safetensors files and Hugging Face cache folders work."
     )
+
+
+def _looks_like_hub_name(name: str) -> bool:
+    """``org/repo`` or ``arch.tag``: no file extension, no leading ``./`` or ``/``, at most one slash."""
+    is_file_like = name.endswith((".pt", ".pth", ".bin", ".safetensors", ".npz")) or name.startswith((".", "/", "~"))
+    return not is_file_like and (name.count("/") == 1 or ("." in name and "/" not in name))
+
+
+def _timm_hub_id(name: str) -> str | None:
+    """timm's Hugging Face repository for a tagged model name such as ``vit_base_patch16_clip_224.openai``."""
+    from timm.models import get_pretrained_cfg
+
+    try:
+        cfg = get_pretrained_cfg(name, allow_unregistered=True)
+    except RuntimeError:  # an architecture without that tag
+        return None
+    return getattr(cfg, "hf_hub_id", None) if cfg is not None else None

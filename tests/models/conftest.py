@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import warnings
 
 import pytest
 import timm
@@ -120,7 +121,9 @@ def save_torchscript(state: dict[str, torch.Tensor], path: str) -> None:
             node.register_parameter(leaf, nn.Parameter(value.clone(), requires_grad=False))
         else:
             node.register_buffer(leaf, value.clone())
-    torch.jit.save(torch.jit.script(root), path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated, yet it is OpenAI's file format
+        torch.jit.save(torch.jit.script(root), path)
 
 
 @pytest.fixture
