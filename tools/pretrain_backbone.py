@@ -27,7 +27,7 @@ from aim_video.data.demo_data import IMAGE_TASKS, render_image  # noqa: E402
 
 
 def make_batch(rng: np.random.Generator, n: int, input_size: int, mean, std) -> tuple[torch.Tensor, torch.Tensor]:
-    images, labels = zip(*(render_image(rng) for _ in range(n)))
+    images, labels = zip(*(render_image(rng) for _ in range(n)), strict=True)
     x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255.0  # [n, 3, 64, 64]
     x = F.interpolate(x, size=(input_size, input_size), mode="bilinear", antialias=True, align_corners=False)
     x = (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
@@ -59,8 +59,9 @@ def main() -> None:
         raise SystemExit("error: give --out or set model.pretrained in the config")
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
-    model = timm.create_model(cfg.model.arch, pretrained=False, num_classes=sum(IMAGE_TASKS.values()),
-                              **cfg.model.vit_kwargs)
+    model = timm.create_model(
+        cfg.model.arch, pretrained=False, num_classes=sum(IMAGE_TASKS.values()), **cfg.model.vit_kwargs
+    )
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.05)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=args.steps, pct_start=0.1)
     x_val, y_val = make_batch(np.random.default_rng(12345), 512, cfg.data.input_size, cfg.data.mean, cfg.data.std)
@@ -77,7 +78,7 @@ def main() -> None:
             with torch.no_grad():
                 _, accs = multitask_loss(model(x_val), y_val)
             model.train()
-            summary = " ".join(f"{task}={acc:.2f}" for task, acc in zip(IMAGE_TASKS, accs))
+            summary = " ".join(f"{task}={acc:.2f}" for task, acc in zip(IMAGE_TASKS, accs, strict=True))
             print(f"step {step} loss {loss.item():.3f} held-out accuracy: {summary} ({time.time() - start:.0f} s)")
     model.reset_classifier(0)  # the image head is not part of the backbone AIM adapts
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
