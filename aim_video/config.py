@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -249,4 +250,5 @@ def config_cli_main(cfg_path: str | None, overrides: list[str]) -> Config:
     try:
         return load_config(cfg_path, overrides)
     except ConfigError as err:
-        raise SystemExit(f"error: {err}") from None
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
