@@ -246,13 +246,15 @@ class _PyAVReader:
         wanted, last = set(indices), max(indices)
         out: dict[int, np.ndarray] = {}
         self._container.seek(0)
+        decoded = 0
         for i, frame in enumerate(iter_decoded(self._container)):
+            decoded = i + 1
             if i in wanted:
                 out[i] = frame
             if i >= last:
                 break
         if len(out) < len(wanted):
-            raise ShortVideoError(self.path, self.num_frames, i + 1 if out or last else 0)
+            raise ShortVideoError(self.path, self.num_frames, decoded)
         return np.stack([out[i] for i in indices])
 
     def close(self) -> None:
@@ -302,66 +304,6 @@ def discovered_frame_counts() -> dict[str, tuple[int, int]]:
     return dict(_DISCOVERED)
 
 
-# --- guarded reads: the reader lives in the watchdog's child, each step bounded by one deadline -----------------
-_CHILD_READER: list[Any] = []  # the reader open in the child (at most one)
-
-
-def _child_open(reader_cls: type, path: str, num_threads: int, opts: dict[str, Any]) -> tuple[int, VideoInfo | None]:
-    _child_close()
-    reader = reader_cls(path, num_threads=num_threads, **opts)
-    _CHILD_READER.append(reader)
-    return reader.num_frames, None
-
-
-def _child_get(indices: list[int]) -> np.ndarray:
-    return _CHILD_READER[0].get(indices)
-
-
-def _child_close() -> None:
-    while _CHILD_READER:
-        _CHILD_READER.pop().close()
-
-
-class _GuardedReader:
-    """Proxy for a reader that lives in the watchdog's child; every call is bounded by what is left of `deadline`."""
-
-    def __init__(self, path: str, backend: str, num_threads: int, opts: dict[str, Any], deadline: watchdog.Deadline):
-        if str(opts.get("device", "cpu")).startswith("cuda"):
-            raise ValueError(
-                "a read timeout runs decoding in a forked child, where CUDA cannot be used; "
-                "set data.read_timeout_s=0 for CUDA decoding"
-            )
-        if backend not in _READERS:
-            raise ValueError(f"unknown decoding backend '{backend}'; choose one of {', '.join(_READERS)}")
-        if not os.path.isfile(path):
-            raise VideoReadError(path, "file not found")
-        self.path, self._deadline = path, deadline
-        self._worker = watchdog.worker_for_this_process()
-        self.num_frames, _ = self._call(_child_open, _READERS[backend], path, num_threads, opts)
-
-    def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
-        try:
-            return self._worker.call(fn, *args, timeout_s=self._deadline.left())
-        except watchdog.CallTimeout:
-            limit = self._deadline.seconds
-            raise ReadTimeout(self.path, f"read took longer than {limit:g} s (decoder killed)") from None
-        except watchdog.ChildDied as err:
-            raise VideoReadError(self.path, str(err)) from None
-
-    def get(self, indices: list[int]) -> np.ndarray:
-        return self._call(_child_get, indices)
-
-    def count_decodable(self) -> int:
-        return self._call(count_decodable, self.path)
-
-    def close(self) -> None:
-        if self._worker.alive() and self._deadline.left() > 0:
-            try:
-                self._call(_child_close)
-            except VideoReadError:
-                pass
-
-
 def read_frames(
     path: str,
     indices: Sequence[int] | Callable[[int], Sequence[int]],
@@ -393,7 +335,7 @@ def read_frames(
 
     def _open(name: str, name_opts: dict[str, Any]) -> Any:
         if deadline is not None:
-            return _GuardedReader(path, name, num_threads, name_opts, deadline)
+            return watchdog.GuardedReader(path, name, num_threads, name_opts, deadline)
         return open_reader(path, name, num_threads, **name_opts)
 
     try:
@@ -413,10 +355,10 @@ def read_frames(
         chosen, uniq = _choose(path, indices, limit)
         try:
             frames = reader.get(uniq)
-        except (ReadTimeout, ShortVideoError):
+        except ReadTimeout:
             raise
         except Exception as err:
-            real = _recount(reader, path)
+            real = err.decodable if isinstance(err, ShortVideoError) else _recount(reader, path)
             if real is None or real >= limit or real <= 0:
                 if isinstance(err, VideoReadError):
                     raise
@@ -461,7 +403,7 @@ def _choose(
 def _recount(reader: Any, path: str) -> int | None:
     """The real frame count after a failed read (one sequential decode, only on failure)."""
     try:
-        return reader.count_decodable() if isinstance(reader, _GuardedReader) else count_decodable(path)
+        return reader.count_decodable() if isinstance(reader, watchdog.GuardedReader) else count_decodable(path)
     except ReadTimeout:
         raise
     except VideoReadError:
@@ -520,6 +462,7 @@ def _encode(
                 stream.options = dict(options)
             for frame in frames:
                 frame.pts, frame.time_base = count, 1 / rate  # constant frame rate: frame i shows at i / fps
+                frame.pict_type = 0  # NONE: the encoder places keyframes, not the source's frame types
                 for packet in stream.encode(frame):
                     container.mux(packet)
                 count += 1

@@ -283,3 +283,78 @@ def load_frame_counts(json_path: str) -> dict[str, int]:
     Pass `counts.get(os.path.abspath(path))` as `num_frames` to `decode.read_frames`.
     """
     return {os.path.abspath(c.path): c.decoded_frames for c in load_report(json_path) if c.decoded_frames > 0}
+
+
+def _transcode_one(job: tuple[str, str, int, int, int]) -> int:
+    src, dst, keyint, short_side, crf = job
+    return decode.transcode(src, dst, keyint=keyint, short_side=short_side, crf=crf)
+
+
+def repair_videos(
+    checks: list[VideoCheck],
+    out_dir: str,
+    root: str = "",
+    keyint: int = 16,
+    short_side: int = 0,
+    crf: int = 18,
+    backend: str = "decord",
+    seek_mode: str = "exact",
+    jobs: int = 1,
+    timeout_s: float = 600.0,
+    progress: bool = True,
+) -> tuple[dict[str, str], list[VideoCheck]]:
+    """Re-encode every video that is not `exact` into `out_dir` and verify the copies with the same backend.
+
+    Copies mirror the originals' paths relative to `root` (or their file names), as .mp4: constant frame rate,
+    closed GOPs of `keyint` frames, optionally resized to `short_side` (`decode.transcode`). Originals are only
+    read. Returns ({original absolute path: repaired path} for copies that verify `exact`, the copies' checks;
+    a copy that failed to encode is listed with status `unreadable` and the reason).
+    """
+    out_dir = os.path.abspath(out_dir)
+    jobs_list: list[tuple[str, str, int, int, int]] = []
+    for check in checks:
+        if check.status == "exact":
+            continue
+        src = os.path.abspath(check.path)
+        rel = os.path.relpath(src, os.path.abspath(root)) if root else os.path.basename(src)
+        if rel.startswith(".."):
+            rel = os.path.basename(src)
+        dst = os.path.join(out_dir, os.path.splitext(rel)[0] + ".mp4")
+        if dst == src:
+            raise ValueError(f"repair would overwrite {src}; choose an output folder other than the videos' own")
+        jobs_list.append((src, dst, keyint, short_side, crf))
+    failed: list[VideoCheck] = []
+    encoded: dict[str, str] = {}
+    for job, _, err in watchdog.run_pool(_transcode_one, jobs_list, jobs, timeout_s):
+        if err is None:
+            encoded[job[1]] = job[0]
+        else:
+            reason = err.reason if isinstance(err, decode.VideoReadError) else f"{type(err).__name__}: {err}"
+            failed.append(VideoCheck(job[1], "unreadable", backend, reason=f"re-encoding {job[0]} failed: {reason}"))
+    rechecked = verify_videos(list(encoded), backend, seek_mode, jobs, timeout_s, progress=progress)
+    mapping = {encoded[c.path]: c.path for c in rechecked if c.status == "exact"}
+    return mapping, rechecked + failed
+
+
+def rewrite_list(list_path: str, mapping: dict[str, str], out_path: str, root: str = "") -> int:
+    """Write a copy of a `path label` list file with repaired videos' paths swapped in; returns lines changed.
+
+    Paths in the list are resolved against `root` to look them up in `mapping` (absolute paths); a swapped-in path
+    is written relative to `root` when it lies under it, absolute otherwise. Other lines are kept as they are.
+    """
+    root_abs = os.path.abspath(root) if root else ""
+    changed, lines = 0, []
+    with open(list_path) as f:
+        for line in f:
+            parts = line.rstrip("\n").split(maxsplit=1)
+            if parts:
+                full = os.path.abspath(os.path.join(root_abs, parts[0]) if root_abs else parts[0])
+                if full in mapping:
+                    new = mapping[full]
+                    if root_abs and not os.path.relpath(new, root_abs).startswith(".."):
+                        new = os.path.relpath(new, root_abs)
+                    line = " ".join([new, *parts[1:]]) + "\n"
+                    changed += 1
+            lines.append(line)
+    _atomic_write(out_path, lambda f: f.writelines(lines))
+    return changed

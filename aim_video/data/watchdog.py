@@ -21,6 +21,10 @@ from collections.abc import Callable, Iterator
 from multiprocessing.connection import Connection, Pipe, wait
 from typing import Any
 
+import numpy as np
+
+from aim_video.data import decode
+
 
 class CallTimeout(TimeoutError):
     """The child did not answer within the time limit and was killed."""
@@ -199,3 +203,66 @@ def run_pool(
     finally:
         for worker in workers:
             worker.kill()
+
+
+# --- guarded video reads: the reader lives in this process's child, each step bounded by one deadline -----------
+_CHILD_READER: list[Any] = []  # the reader open in the child (at most one)
+
+
+def _child_open(reader_cls: type, path: str, num_threads: int, opts: dict[str, Any]) -> int:
+    _child_close()
+    reader = reader_cls(path, num_threads=num_threads, **opts)
+    _CHILD_READER.append(reader)
+    return reader.num_frames
+
+
+def _child_get(indices: list[int]) -> np.ndarray:
+    return _CHILD_READER[0].get(indices)
+
+
+def _child_close() -> None:
+    while _CHILD_READER:
+        _CHILD_READER.pop().close()
+
+
+class GuardedReader:
+    """A video reader (decode.open_reader's interface) that lives in this process's child.
+
+    Every call (open, get, count, close) is bounded by what is left of one `deadline`.
+    """
+
+    def __init__(self, path: str, backend: str, num_threads: int, opts: dict[str, Any], deadline: Deadline):
+        if str(opts.get("device", "cpu")).startswith("cuda"):
+            raise ValueError(
+                "a read timeout runs decoding in a forked child, where CUDA cannot be used; "
+                "set data.read_timeout_s=0 for CUDA decoding"
+            )
+        if backend not in decode._READERS:
+            raise ValueError(f"unknown decoding backend '{backend}'; choose one of {', '.join(decode._READERS)}")
+        if not os.path.isfile(path):
+            raise decode.VideoReadError(path, "file not found")
+        self.path, self._deadline = path, deadline
+        self._worker = worker_for_this_process()
+        self.num_frames = self._call(_child_open, decode._READERS[backend], path, num_threads, opts)
+
+    def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        try:
+            return self._worker.call(fn, *args, timeout_s=self._deadline.left())
+        except CallTimeout:
+            limit = self._deadline.seconds
+            raise decode.ReadTimeout(self.path, f"read took longer than {limit:g} s (decoder killed)") from None
+        except ChildDied as err:
+            raise decode.VideoReadError(self.path, str(err)) from None
+
+    def get(self, indices: list[int]) -> np.ndarray:
+        return self._call(_child_get, indices)
+
+    def count_decodable(self) -> int:
+        return self._call(decode.count_decodable, self.path)
+
+    def close(self) -> None:
+        if self._worker.alive() and self._deadline.left() > 0:
+            try:
+                self._call(_child_close)
+            except decode.VideoReadError:
+                pass
