@@ -118,6 +118,7 @@ class TrainConfig:
     seed: int = 0
     eval_every: int = 1  # epochs; 0 = only at the end
     save_every: int = 1  # epochs
+    save_every_steps: int = 0  # >0 also saves every this many optimizer steps inside an epoch (long epochs, preemption)
     keep_last: int = 2
     resume: str = ""  # "" | auto | path to a checkpoint folder
     log_every: int = 10  # steps
