@@ -1,0 +1,360 @@
+"""Frame-accuracy check and repair of videos for random-access decoding.
+
+Random access trusts the container: its seek points (keyframe flags) and its frame count. Real files lie about both
+(keyframe flags on frames that still reference earlier ones, timestamps with gaps, a count one higher than what
+decodes), and decord / torchcodec then return garbage or the wrong frame without raising. `check_video` compares the
+backend's random-access reads with ONE sequential PyAV decode of the same file and classifies the video:
+
+- `exact`: every checked frame equals the sequential decode (mean absolute difference < `tol` on uint8);
+- `shifted`: some reads return another frame of the video; `offset` = requested index - index returned;
+- `corrupt_after_seek`: some reads match no frame of the video (decoding started at a false seek point);
+- `short`: the backend claims more frames than decode (`claimed_frames` > `decoded_frames`);
+- `hangs`: the check did not finish within the per-video time limit (its child was killed);
+- `unreadable`: the file cannot be opened or decoded (`reason`).
+
+Checked indices (`check_groups`): each seek point and the frame after it, the middle of each group of pictures, and
+the last two frames, read group by group from the end backwards so that every read starts with a seek, as in
+training. The sequential decode keeps full frames only at those indices and small thumbnails of all frames (to find
+which frame a wrong read returned), so the cost is about one sequential decode plus half of one for the reads.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field, fields
+
+import numpy as np
+
+from aim_video.data import decode, watchdog
+
+STATUSES = ("exact", "shifted", "corrupt_after_seek", "short", "hangs", "unreadable")
+
+
+@dataclass
+class VideoCheck:
+    path: str
+    status: str
+    backend: str = ""
+    claimed_frames: int = -1  # what the backend reports (what sampling would use without a report)
+    decoded_frames: int = -1  # what a sequential decode yields: the count sampling must use
+    offset: int = 0  # shifted: requested index - index of the frame returned (3: index i returns frame i-3)
+    max_error: float = 0.0  # worst mean absolute difference (uint8) of a checked read against the true frame
+    checked: int = 0  # frames compared
+    bad_indices: list[int] = field(default_factory=list)  # first wrong reads
+    reason: str = ""
+    seconds: float = 0.0
+
+
+def check_groups(seek_points: list[int], num_frames: int, max_groups: int = 24) -> list[list[int]]:
+    """Index groups to read, one random-access read per group, last group first (pure index math).
+
+    For at most `max_groups` groups of pictures (spread evenly over the video): [seek point, seek point + 1] and the
+    middle of the group; plus the last two frames. Indices stay inside 0..num_frames-1.
+    """
+    if num_frames <= 0:
+        return []
+    starts = sorted({k for k in seek_points if 0 <= k < num_frames} | {0})
+    bounds = list(zip(starts, starts[1:] + [num_frames], strict=True))
+    if len(bounds) > max_groups:
+        pick = np.linspace(0, len(bounds) - 1, max_groups).round().astype(int)
+        bounds = [bounds[i] for i in sorted(set(pick.tolist()))]
+    groups: set[tuple[int, ...]] = {tuple(sorted({max(num_frames - 2, 0), num_frames - 1}))}
+    for start, end in bounds:
+        groups.add(tuple(sorted({start, min(start + 1, end - 1)})))
+        if end - start > 3:
+            groups.add(((start + end) // 2,))
+    return [list(g) for g in sorted(groups, key=lambda g: g[0], reverse=True)]
+
+
+def _thumb(frame: np.ndarray, factor: int) -> np.ndarray:
+    """Area-average downscale by `factor` (float32), to tell which frame a wrong read returned."""
+    h, w = frame.shape[0] // factor * factor, frame.shape[1] // factor * factor
+    small = frame[:h, :w].reshape(h // factor, factor, w // factor, factor, 3)
+    return small.mean(axis=(1, 3), dtype=np.float32)
+
+
+def check_video(
+    path: str,
+    backend: str = "decord",
+    seek_mode: str = "exact",
+    num_threads: int = 1,
+    tol: float = 1.0,
+    max_groups: int = 24,
+) -> VideoCheck:
+    """Classify one video (see the module docstring); never raises for a bad file."""
+    start = time.monotonic()
+    result = VideoCheck(path, "unreadable", backend)
+    try:
+        _check(result, backend, seek_mode, num_threads, tol, max_groups)
+    except decode.VideoReadError as err:
+        result.status, result.reason = "unreadable", err.reason
+    except Exception as err:  # a decoder error type we do not know: still a verdict, not a crash
+        result.status, result.reason = "unreadable", f"{type(err).__name__}: {decode._first_line(err)}"
+    result.seconds = round(time.monotonic() - start, 3)
+    return result
+
+
+def _check(result: VideoCheck, backend: str, seek_mode: str, num_threads: int, tol: float, max_groups: int) -> None:
+    path = result.path
+    opts = {"seek_mode": seek_mode} if backend == "torchcodec" else {}
+    reader = decode.open_reader(path, backend, num_threads, **opts)
+    try:
+        result.claimed_frames = int(reader.num_frames)
+        flagged, num_packets = decode.packet_seek_points(path)
+        seek_points = sorted(set(flagged) | set(decode.index_seek_points(path)))
+        groups = check_groups(seek_points, min(result.claimed_frames, num_packets) or num_packets, max_groups)
+        wanted = {i for g in groups for i in g}
+        # the reference: one sequential decode, full frames where checked, thumbnails everywhere
+        container = decode.open_av(path, num_threads)
+        full: dict[int, np.ndarray] = {}
+        thumbs: list[np.ndarray] = []
+        keyframes: set[int] = set()  # frames that really are keyframes (decodable without earlier frames)
+        factor = 1
+        try:
+            for i, av_frame in enumerate(decode.iter_decoded(container, rgb=False)):
+                frame = av_frame.to_ndarray(format="rgb24")
+                if av_frame.key_frame:
+                    keyframes.add(i)
+                if i == 0:
+                    factor = max(1, min(frame.shape[:2]) // 32)
+                thumbs.append(_thumb(frame, factor))
+                if i in wanted:
+                    full[i] = frame
+        finally:
+            container.close()
+        result.decoded_frames = len(thumbs)
+        if not thumbs:
+            raise decode.VideoReadError(path, "no frame decodes")
+        all_thumbs = np.stack(thumbs)  # [N, h, w, 3]
+        # a read that starts at a seek point whose frame is not a real keyframe decodes from missing references
+        false_seeks = [k for k in seek_points if k < result.decoded_frames and k not in keyframes]
+        offsets: Counter[int] = Counter()
+        corrupt: list[int] = []
+        for group in groups:
+            group = [i for i in group if i < result.decoded_frames]
+            if not group:
+                continue
+            try:
+                got = reader.get(group)
+            except Exception as err:
+                raise decode.VideoReadError(
+                    path,
+                    f"{backend} fails at frames {group} (inside the {result.decoded_frames} that decode): "
+                    f"{decode._first_line(err)}",
+                ) from None
+            for i, frame in zip(group, got, strict=True):
+                result.checked += 1
+                err = float(np.abs(frame.astype(np.int16) - full[i]).mean())
+                result.max_error = max(result.max_error, round(err, 3))
+                if err < tol:
+                    continue
+                diffs = np.abs(all_thumbs - _thumb(frame, factor)).mean(axis=(1, 2, 3))
+                best = int(diffs.argmin())
+                gop_start = max([k for k in seek_points if k <= i], default=0)
+                if best != i and diffs[best] < tol and gop_start not in false_seeks:
+                    offsets[i - best] += 1  # another true frame, after a seek from a true keyframe: timestamps
+                else:
+                    corrupt.append(i)  # garbage, or whatever the decoder made of a seek to a false keyframe
+                if len(result.bad_indices) < 10:
+                    result.bad_indices.append(i)
+    finally:
+        reader.close()
+    if corrupt:
+        result.status = "corrupt_after_seek"
+        result.reason = (
+            f"{len(corrupt)} of {result.checked} checked reads are wrong after a seek (first at {corrupt[0]}); "
+            f"seek points that are not keyframes: {false_seeks[:5]}"
+        )
+    elif offsets:
+        result.status, result.offset = "shifted", offsets.most_common(1)[0][0]
+        result.reason = f"{sum(offsets.values())} of {result.checked} checked reads return another frame"
+    elif result.claimed_frames > result.decoded_frames:
+        result.status = "short"
+        result.reason = f"{backend} claims {result.claimed_frames} frames, {result.decoded_frames} decode"
+    else:
+        result.status = "exact"
+
+
+def _check_one(job: tuple[str, str, str, int, float]) -> VideoCheck:
+    path, backend, seek_mode, num_threads, tol = job
+    return check_video(path, backend, seek_mode, num_threads, tol)
+
+
+def verify_videos(
+    paths: Iterable[str],
+    backend: str = "decord",
+    seek_mode: str = "exact",
+    jobs: int = 1,
+    timeout_s: float = 300.0,
+    num_threads: int = 1,
+    tol: float = 1.0,
+    journal: str = "",
+    progress: bool = True,
+) -> list[VideoCheck]:
+    """Check many videos in parallel (forked children), each under `timeout_s` (a timeout is `hangs`).
+
+    `journal`: a JSON-lines file that every finished check is appended to; videos already in it (same backend and
+    seek mode) are not checked again, so an interrupted run resumes where it stopped.
+    """
+    paths = list(dict.fromkeys(paths))
+    done: dict[str, VideoCheck] = {}
+    tag = f"{backend}/{seek_mode}"
+    if journal and os.path.isfile(journal):
+        with open(journal) as f:
+            for line in f:
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:  # a line cut by an interruption
+                    continue
+                if row.pop("tag", None) == tag:
+                    done[row["path"]] = VideoCheck(**row)
+    todo = [(p, backend, seek_mode, num_threads, tol) for p in paths if p not in done]
+    out = open(journal, "a") if journal else None  # noqa: SIM115 - closed in finally
+    try:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(paths), initial=len(paths) - len(todo), desc=f"verify {tag}", disable=not progress)
+        for job, check, err in watchdog.run_pool(_check_one, todo, jobs, timeout_s):
+            if err is not None:
+                status = "hangs" if isinstance(err, watchdog.CallTimeout) else "unreadable"
+                check = VideoCheck(job[0], status, backend, reason=f"{type(err).__name__}: {err}", seconds=timeout_s)
+            done[job[0]] = check
+            if out is not None:
+                out.write(json.dumps({**asdict(check), "tag": tag}) + "\n")
+                out.flush()
+            bar.update(1)
+        bar.close()
+    finally:
+        if out is not None:
+            out.close()
+    return [done[p] for p in paths]
+
+
+def summarize(checks: list[VideoCheck]) -> dict[str, int]:
+    counts = Counter(c.status for c in checks)
+    return {status: counts.get(status, 0) for status in STATUSES}
+
+
+def _atomic_write(path: str, write: Callable) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", newline="") as f:
+        write(f)
+    os.replace(tmp, path)
+
+
+def write_report(checks: list[VideoCheck], json_path: str, backend: str = "", seek_mode: str = "") -> str:
+    """Write `json_path` (counts per class + one record per video) and a CSV beside it; returns the CSV path."""
+    report = {
+        "backend": backend,
+        "seek_mode": seek_mode,
+        "counts": summarize(checks),
+        "videos": [asdict(c) for c in checks],
+    }
+    _atomic_write(json_path, lambda f: json.dump(report, f, indent=1))
+    csv_path = os.path.splitext(json_path)[0] + ".csv"
+    names = [f.name for f in fields(VideoCheck)]
+
+    def _csv(f) -> None:
+        writer = csv.DictWriter(f, fieldnames=names)
+        writer.writeheader()
+        for c in checks:
+            writer.writerow({**asdict(c), "bad_indices": " ".join(map(str, c.bad_indices))})
+
+    _atomic_write(csv_path, _csv)
+    return csv_path
+
+
+def load_report(json_path: str) -> list[VideoCheck]:
+    if not os.path.isfile(json_path):
+        raise FileNotFoundError(f"verify report not found: {json_path} (run `tools/prepare_kinetics.py verify`)")
+    with open(json_path) as f:
+        return [VideoCheck(**row) for row in json.load(f)["videos"]]
+
+
+def load_frame_counts(json_path: str) -> dict[str, int]:
+    """{absolute path: frames that really decode} from a verify report, for sampling (cfg.data.verify_report).
+
+    Pass `counts.get(os.path.abspath(path))` as `num_frames` to `decode.read_frames`.
+    """
+    return {os.path.abspath(c.path): c.decoded_frames for c in load_report(json_path) if c.decoded_frames > 0}
+
+
+def _transcode_one(job: tuple[str, str, int, int, int]) -> int:
+    src, dst, keyint, short_side, crf = job
+    return decode.transcode(src, dst, keyint=keyint, short_side=short_side, crf=crf)
+
+
+def repair_videos(
+    checks: list[VideoCheck],
+    out_dir: str,
+    root: str = "",
+    keyint: int = 16,
+    short_side: int = 0,
+    crf: int = 18,
+    backend: str = "decord",
+    seek_mode: str = "exact",
+    jobs: int = 1,
+    timeout_s: float = 600.0,
+    progress: bool = True,
+) -> tuple[dict[str, str], list[VideoCheck]]:
+    """Re-encode every video that is not `exact` into `out_dir` and verify the copies with the same backend.
+
+    Copies mirror the originals' paths relative to `root` (or their file names), as .mp4: constant frame rate,
+    closed GOPs of `keyint` frames, optionally resized to `short_side` (`decode.transcode`). Originals are only
+    read. Returns ({original absolute path: repaired path} for copies that verify `exact`, the copies' checks;
+    a copy that failed to encode is listed with status `unreadable` and the reason).
+    """
+    out_dir = os.path.abspath(out_dir)
+    jobs_list: list[tuple[str, str, int, int, int]] = []
+    for check in checks:
+        if check.status == "exact":
+            continue
+        src = os.path.abspath(check.path)
+        rel = os.path.relpath(src, os.path.abspath(root)) if root else os.path.basename(src)
+        if rel.startswith(".."):
+            rel = os.path.basename(src)
+        dst = os.path.join(out_dir, os.path.splitext(rel)[0] + ".mp4")
+        if dst == src:
+            raise ValueError(f"repair would overwrite {src}; choose an output folder other than the videos' own")
+        jobs_list.append((src, dst, keyint, short_side, crf))
+    failed: list[VideoCheck] = []
+    encoded: dict[str, str] = {}
+    for job, _, err in watchdog.run_pool(_transcode_one, jobs_list, jobs, timeout_s):
+        if err is None:
+            encoded[job[1]] = job[0]
+        else:
+            reason = err.reason if isinstance(err, decode.VideoReadError) else f"{type(err).__name__}: {err}"
+            failed.append(VideoCheck(job[1], "unreadable", backend, reason=f"re-encoding {job[0]} failed: {reason}"))
+    rechecked = verify_videos(list(encoded), backend, seek_mode, jobs, timeout_s, progress=progress)
+    mapping = {encoded[c.path]: c.path for c in rechecked if c.status == "exact"}
+    return mapping, rechecked + failed
+
+
+def rewrite_list(list_path: str, mapping: dict[str, str], out_path: str, root: str = "") -> int:
+    """Write a copy of a `path label` list file with repaired videos' paths swapped in; returns lines changed.
+
+    Paths in the list are resolved against `root` to look them up in `mapping` (absolute paths); a swapped-in path
+    is written relative to `root` when it lies under it, absolute otherwise. Other lines are kept as they are.
+    """
+    root_abs = os.path.abspath(root) if root else ""
+    changed, lines = 0, []
+    with open(list_path) as f:
+        for line in f:
+            parts = line.rstrip("\n").split(maxsplit=1)
+            if parts:
+                full = os.path.abspath(os.path.join(root_abs, parts[0]) if root_abs else parts[0])
+                if full in mapping:
+                    new = mapping[full]
+                    if root_abs and not os.path.relpath(new, root_abs).startswith(".."):
+                        new = os.path.relpath(new, root_abs)
+                    line = " ".join([new, *parts[1:]]) + "\n"
+                    changed += 1
+            lines.append(line)
+    _atomic_write(out_path, lambda f: f.writelines(lines))
+    return changed

@@ -1,0 +1,268 @@
+"""Run a call in a forked child that is killed when it takes too long.
+
+Why: decord can spin forever in native code while holding the GIL (a `get_batch` past the real end of a file whose
+container over-reports its length). Nothing inside that process can interrupt it: Python signal handlers and
+watchdog threads need the GIL. A separate process can be killed from outside, so a guarded read sends its work to a
+child and waits with a time limit; on timeout the child is killed (SIGKILL) and a fresh one is forked for the next
+call.
+
+The child is forked with `os.fork` rather than `multiprocessing.Process`: DataLoader workers are daemonic, and
+multiprocessing refuses to start children from daemonic processes. It is persistent (one fork per process, ~60 ms
+with torch loaded, then a pipe round-trip per call) and private to the process that forked it: a worker looks its
+child up by pid, so a fork of that worker never talks to its parent's child.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+from multiprocessing.connection import Connection, Pipe, wait
+from typing import Any
+
+import numpy as np
+
+from aim_video.data import decode
+
+
+class CallTimeout(TimeoutError):
+    """The child did not answer within the time limit and was killed."""
+
+
+class ChildDied(RuntimeError):
+    """The child exited or was killed by a signal (e.g. a segfault in a native decoder) before answering."""
+
+
+def _serve(conn: Connection) -> None:
+    """Child loop: receive `(fn, args)`, answer `("ok", result)` or `("err", exception)`, until the pipe closes."""
+    while True:
+        try:
+            fn, args = conn.recv()
+        except (EOFError, OSError):  # the parent closed its end or died
+            return
+        try:
+            reply: tuple[str, Any] = ("ok", fn(*args))
+        except BaseException as err:  # noqa: BLE001 - every failure goes back to the parent, which re-raises it
+            reply = ("err", err)
+        try:
+            conn.send(reply)
+        except Exception as err:  # the result or exception could not be pickled
+            conn.send(("err", RuntimeError(f"{type(err).__name__}: {err}")))
+
+
+class ForkWorker:
+    """One forked child that runs module-level functions sent to it, each under a time limit.
+
+    State set by a function in the child (e.g. an open video reader) stays there for the next call, so a read can
+    be split into open / get / close steps, each bounded by what is left of one deadline.
+    """
+
+    def __init__(self) -> None:
+        self.pid: int | None = None
+        self.owner: int | None = None  # pid of the process that forked the child
+        self._conn: Connection | None = None
+
+    def alive(self) -> bool:
+        return self.pid is not None and self.owner == os.getpid()
+
+    def start(self) -> None:
+        parent_end, child_end = Pipe(duplex=True)
+        pid = os.fork()
+        if pid == 0:  # child: serve until the parent goes away, never return into the parent's code
+            code = 0
+            try:
+                parent_end.close()
+                signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+                _serve(child_end)
+            except BaseException:  # noqa: BLE001
+                code = 1
+            finally:
+                os._exit(code)
+        child_end.close()
+        self.pid, self.owner, self._conn = pid, os.getpid(), parent_end
+
+    def kill(self) -> None:
+        """Kill the child (if this process owns one) and reap it."""
+        if self.alive():
+            assert self.pid is not None
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+                os.waitpid(self.pid, 0)
+            except (ProcessLookupError, ChildProcessError):
+                pass
+        if self._conn is not None and self.owner == os.getpid():
+            self._conn.close()
+        self.pid, self.owner, self._conn = None, None, None
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Send a call without waiting; `fn` must be a module-level function (it is pickled by reference)."""
+        if not self.alive():
+            self.start()
+        assert self._conn is not None
+        self._conn.send((fn, args))
+
+    def result(self, timeout_s: float) -> Any:
+        """Wait for the answer to the last `submit`; kill the child on timeout or death."""
+        assert self._conn is not None
+        if not self._conn.poll(max(timeout_s, 0.0)):
+            self.kill()
+            raise CallTimeout(f"no answer after {timeout_s:.1f} s; the child was killed")
+        try:
+            status, value = self._conn.recv()
+        except (EOFError, OSError):
+            pid = self.pid
+            status_text = ""
+            if pid is not None:
+                try:
+                    _, raw = os.waitpid(pid, 0)
+                    status_text = f" (signal {os.WTERMSIG(raw)})" if os.WIFSIGNALED(raw) else f" (exit {raw >> 8})"
+                except ChildProcessError:
+                    pass
+            self.pid = None  # already reaped
+            self.kill()
+            raise ChildDied(f"the decoding child process died{status_text}") from None
+        if status == "err":
+            raise value
+        return value
+
+    def call(self, fn: Callable[..., Any], *args: Any, timeout_s: float) -> Any:
+        self.submit(fn, *args)
+        return self.result(timeout_s)
+
+    def fileno(self) -> int:
+        """For `multiprocessing.connection.wait` over several workers."""
+        assert self._conn is not None
+        return self._conn.fileno()
+
+    @property
+    def connection(self) -> Connection:
+        assert self._conn is not None
+        return self._conn
+
+
+_PER_PROCESS: dict[int, ForkWorker] = {}
+
+
+def worker_for_this_process() -> ForkWorker:
+    """The calling process's own child (forked on first use; a forked process never reuses its parent's)."""
+    pid = os.getpid()
+    worker = _PER_PROCESS.get(pid)
+    if worker is None:
+        for other in list(_PER_PROCESS):  # entries inherited from a parent through fork: not ours to use
+            del _PER_PROCESS[other]
+        worker = _PER_PROCESS[pid] = ForkWorker()
+    return worker
+
+
+class Deadline:
+    """What is left of one time budget shared by several calls (open, read, close)."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self.end = time.monotonic() + seconds
+
+    def left(self) -> float:
+        return self.end - time.monotonic()
+
+
+def run_pool(
+    fn: Callable[..., Any], items: list[Any], jobs: int = 1, timeout_s: float = 0.0
+) -> Iterator[tuple[Any, Any, BaseException | None]]:
+    """Run `fn(item)` for each item on `jobs` forked children, each call under `timeout_s` (0 = no limit).
+
+    Yields `(item, result, error)` as calls finish (completion order): `error` is the exception `fn` raised,
+    a `CallTimeout` (the child was killed and replaced) or a `ChildDied`. A hung or crashed item costs its own
+    slot only; the others go on.
+    """
+    todo = list(reversed(items))
+    workers = [ForkWorker() for _ in range(max(1, jobs))]
+    running: dict[ForkWorker, tuple[Any, float]] = {}
+    try:
+        while todo or running:
+            for worker in workers:
+                if worker not in running and todo:
+                    item = todo.pop()
+                    worker.submit(fn, item)
+                    running[worker] = (item, time.monotonic())
+            now = time.monotonic()
+            waits = [start + timeout_s - now for _, start in running.values()] if timeout_s > 0 else []
+            ready = wait([w.connection for w in running], timeout=max(0.0, min(waits)) if waits else None)
+            for worker in list(running):
+                item, start = running[worker]
+                if worker.connection in ready:
+                    try:
+                        yield item, worker.result(0.0), None
+                    except (Exception, CallTimeout, ChildDied) as err:  # noqa: B014 - all three are reported
+                        yield item, None, err
+                    del running[worker]
+                elif timeout_s > 0 and time.monotonic() - start >= timeout_s:
+                    worker.kill()
+                    del running[worker]
+                    yield item, None, CallTimeout(f"no result after {timeout_s:g} s; the child was killed")
+    finally:
+        for worker in workers:
+            worker.kill()
+
+
+# --- guarded video reads: the reader lives in this process's child, each step bounded by one deadline -----------
+_CHILD_READER: list[Any] = []  # the reader open in the child (at most one)
+
+
+def _child_open(reader_cls: type, path: str, num_threads: int, opts: dict[str, Any]) -> int:
+    _child_close()
+    reader = reader_cls(path, num_threads=num_threads, **opts)
+    _CHILD_READER.append(reader)
+    return reader.num_frames
+
+
+def _child_get(indices: list[int]) -> np.ndarray:
+    return _CHILD_READER[0].get(indices)
+
+
+def _child_close() -> None:
+    while _CHILD_READER:
+        _CHILD_READER.pop().close()
+
+
+class GuardedReader:
+    """A video reader (decode.open_reader's interface) that lives in this process's child.
+
+    Every call (open, get, count, close) is bounded by what is left of one `deadline`.
+    """
+
+    def __init__(self, path: str, backend: str, num_threads: int, opts: dict[str, Any], deadline: Deadline):
+        if str(opts.get("device", "cpu")).startswith("cuda"):
+            raise ValueError(
+                "a read timeout runs decoding in a forked child, where CUDA cannot be used; "
+                "set data.read_timeout_s=0 for CUDA decoding"
+            )
+        if backend not in decode._READERS:
+            raise ValueError(f"unknown decoding backend '{backend}'; choose one of {', '.join(decode._READERS)}")
+        if not os.path.isfile(path):
+            raise decode.VideoReadError(path, "file not found")
+        self.path, self._deadline = path, deadline
+        self._worker = worker_for_this_process()
+        self.num_frames = self._call(_child_open, decode._READERS[backend], path, num_threads, opts)
+
+    def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        try:
+            return self._worker.call(fn, *args, timeout_s=self._deadline.left())
+        except CallTimeout:
+            limit = self._deadline.seconds
+            raise decode.ReadTimeout(self.path, f"read took longer than {limit:g} s (decoder killed)") from None
+        except ChildDied as err:
+            raise decode.VideoReadError(self.path, str(err)) from None
+
+    def get(self, indices: list[int]) -> np.ndarray:
+        return self._call(_child_get, indices)
+
+    def count_decodable(self) -> int:
+        return self._call(decode.count_decodable, self.path)
+
+    def close(self) -> None:
+        if self._worker.alive() and self._deadline.left() > 0:
+            try:
+                self._call(_child_close)
+            except decode.VideoReadError:
+                pass

@@ -1,0 +1,175 @@
+"""decode.py: frame accuracy of every installed backend against a sequential PyAV decode, and its error paths."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from aim_video.data import decode
+from tests.data.videos import (
+    false_keyframes,
+    make_frames,
+    make_h264,
+    mean_abs_diff,
+    sequential_frames,
+    undecodable_tail,
+)
+
+TORCHCODEC_MISSING = decode.torchcodec_unavailable()
+needs_torchcodec = pytest.mark.skipif(bool(TORCHCODEC_MISSING), reason=TORCHCODEC_MISSING or "available")
+# (backend, options): every installed backend, torchcodec in both seek modes
+BACKENDS = [
+    ("decord", {}),
+    ("pyav", {}),
+    pytest.param("torchcodec", {"seek_mode": "exact"}, marks=needs_torchcodec, id="torchcodec-exact"),
+    pytest.param("torchcodec", {"seek_mode": "approximate"}, marks=needs_torchcodec, id="torchcodec-approximate"),
+]
+FORMATS = {"h264.mp4": "libx264", "mpeg4.avi": "mpeg4", "vp9.webm": "libvpx-vp9"}
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory) -> dict[str, str]:
+    folder = tmp_path_factory.mktemp("videos")
+    out = {}
+    for name, codec in FORMATS.items():
+        out[name] = str(folder / name)
+        decode.write_video(out[name], make_frames(60), fps=25, codec=codec, gop=12)
+    out["short.mp4"] = undecodable_tail(make_h264(str(folder / "clean.mp4")), str(folder / "short.mp4"))
+    return out
+
+
+@pytest.mark.parametrize("name", list(FORMATS))
+@pytest.mark.parametrize("backend,opts", BACKENDS)
+def test_frames_equal_sequential_decode(videos, name, backend, opts):
+    ref = sequential_frames(videos[name])
+    assert len(ref) == 60
+    indices = [59, 0, 13, 13, 30, 58, 1, 47]  # unsorted, duplicated, mid-GOP, first and last
+    clip = decode.read_frames(videos[name], indices, backend, **opts)
+    assert clip.dtype.is_floating_point is False and tuple(clip.shape) == (8, 64, 96, 3)
+    for k, i in enumerate(indices):
+        assert mean_abs_diff(clip[k], ref[i]) < 1.0, (backend, name, i)
+
+
+@pytest.mark.parametrize("backend,opts", BACKENDS)
+def test_num_threads_and_timeout_give_the_same_frames(videos, backend, opts):
+    path, indices = videos["h264.mp4"], [5, 40, 41]
+    plain = decode.read_frames(path, indices, backend, num_threads=1, **opts)
+    threaded = decode.read_frames(path, indices, backend, num_threads=2, **opts)
+    guarded = decode.read_frames(path, indices, backend, timeout_s=30, **opts)
+    assert mean_abs_diff(plain, threaded) < 1.0 and mean_abs_diff(plain, guarded) == 0.0
+
+
+@pytest.mark.parametrize("backend,opts", BACKENDS)
+def test_index_function_gets_the_frame_count(videos, backend, opts):
+    seen = []
+
+    def sample(n: int) -> list[int]:
+        seen.append(n)
+        return [n - 1, 0]
+
+    clip = decode.read_frames(videos["h264.mp4"], sample, backend, **opts)
+    ref = sequential_frames(videos["h264.mp4"])
+    assert seen == [60] and mean_abs_diff(clip[0], ref[59]) < 1.0 and mean_abs_diff(clip[1], ref[0]) < 1.0
+
+
+@pytest.mark.parametrize("backend,opts", BACKENDS)
+def test_claimed_frame_past_the_real_end(videos, backend, opts, monkeypatch):
+    """The container claims 301 frames, 300 decode: a known count bounds the request; a read discovers it."""
+    path = videos["short.mp4"]
+    monkeypatch.setattr(decode, "_DISCOVERED", {})
+    assert decode.open_reader(path, backend, **opts).num_frames == 301
+    with pytest.raises(decode.VideoReadError, match=r"frame index 300 outside 0\.\.299"):
+        decode.read_frames(path, [0, 300], backend, num_frames=300, **opts)  # never passed to the decoder
+    asked = []
+
+    def sample(n: int) -> list[int]:
+        asked.append(n)
+        return [0, n - 1]
+
+    clip = decode.read_frames(path, sample, backend, **opts)
+    assert asked[-1] == 300 and decode.discovered_frame_counts() == {path: (301, 300)}
+    assert mean_abs_diff(clip[1], sequential_frames(path)[299]) < 1.0
+    asked.clear()
+    decode.read_frames(path, sample, backend, **opts)  # later reads in this process use the real count at once
+    assert asked == [300]
+    monkeypatch.setattr(decode, "_DISCOVERED", {})
+    with pytest.raises(decode.ShortVideoError) as err:
+        decode.read_frames(path, [299, 300], backend, **opts)
+    assert (err.value.claimed, err.value.decodable) == (301, 300) and path in str(err.value)
+
+
+def test_pyav_fallback_for_a_file_decord_cannot_open(tmp_path):
+    path = str(tmp_path / "av1.mkv")
+    decode.write_video(path, make_frames(12), codec="libsvtav1")
+    with pytest.raises(decode.VideoReadError, match="decord cannot open it"):
+        decode.read_frames(path, [3], "decord")
+    clip = decode.read_frames(path, [3, 11], "decord", fallback="pyav")
+    ref = sequential_frames(path)
+    assert mean_abs_diff(clip[0], ref[3]) < 1.0 and mean_abs_diff(clip[1], ref[11]) < 1.0
+
+
+@pytest.mark.parametrize("backend", ["decord", "pyav", pytest.param("torchcodec", marks=needs_torchcodec)])
+def test_bad_files_raise_naming_the_file(tmp_path, backend):
+    empty, text = tmp_path / "empty.mp4", tmp_path / "text.mp4"
+    empty.write_bytes(b"")
+    text.write_text("not a video\n" * 50)
+    for path, reason in [(tmp_path / "missing.mp4", "file not found"), (empty, "empty file"), (text, "cannot open")]:
+        with pytest.raises(decode.VideoReadError, match=reason) as err:
+            decode.read_frames(str(path), [0], backend)
+        assert err.value.path == str(path)
+
+
+def test_unknown_backend_and_seek_mode(videos):
+    with pytest.raises(ValueError, match="choose one of decord, torchcodec, pyav"):
+        decode.read_frames(videos["h264.mp4"], [0], "opencv")
+    if not TORCHCODEC_MISSING:
+        with pytest.raises(ValueError, match="exact, approximate"):
+            decode.read_frames(videos["h264.mp4"], [0], "torchcodec", seek_mode="fast")
+
+
+def test_torchcodec_without_ffmpeg_says_what_to_install(tmp_path):
+    """Where FFmpeg's libraries are missing torchcodec's import fails; the error must say how to install them."""
+    code = (
+        "import sys; sys.modules['torchcodec.decoders'] = None\n"  # the import fails as it does without libavcodec
+        "from aim_video.data import decode\n"
+        "try:\n    decode.read_frames(sys.argv[1], [0], 'torchcodec')\n"
+        "except decode.BackendUnavailable as err:\n    print('UNAVAILABLE', err)\n"
+    )
+    path = make_h264(str(tmp_path / "a.mp4"), n=5)
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    out = subprocess.run([sys.executable, "-c", code, path], capture_output=True, text=True, env=env, timeout=120)
+    assert "UNAVAILABLE" in out.stdout and "apt-get install -y ffmpeg" in out.stdout, out.stdout + out.stderr
+
+
+@needs_torchcodec
+def test_torchcodec_cuda_device_is_selectable(videos):
+    import torch
+
+    if not torch.cuda.is_available():
+        with pytest.raises(decode.VideoReadError, match="torchcodec cannot open it"):
+            decode.read_frames(videos["h264.mp4"], [0], "torchcodec", device="cuda")
+        return
+    clip = decode.read_frames(videos["h264.mp4"], [0, 30], "torchcodec", device="cuda")  # pragma: no cover
+    ref = sequential_frames(videos["h264.mp4"])  # pragma: no cover
+    assert mean_abs_diff(clip[1], ref[30]) < 2.0  # pragma: no cover - GPU colour conversion differs slightly
+
+
+def test_transcode_gives_true_keyframes_every_keyint(tmp_path):
+    src = false_keyframes(make_h264(str(tmp_path / "src.mp4")), str(tmp_path / "kf.mp4"))
+    before = os.path.getmtime(src), open(src, "rb").read()
+    dst = str(tmp_path / "out" / "fixed.mp4")
+    assert decode.transcode(src, dst, keyint=16, short_side=64) == 300
+    assert (os.path.getmtime(src), open(src, "rb").read()) == before  # the original is only read
+    points, packets = decode.packet_seek_points(dst)
+    assert packets == 300 and points == list(range(0, 300, 16))
+    assert decode.probe(dst, "pyav") == decode.VideoInfo(300, 25.0, 64, 96)
+    assert not [f for f in os.listdir(tmp_path / "out") if ".tmp" in f]
+
+
+def test_write_video_rejects_wrong_arrays(tmp_path):
+    with pytest.raises(ValueError, match=r"uint8 \[T, H, W, 3\]"):
+        decode.write_video(str(tmp_path / "x.mp4"), np.zeros((2, 8, 8, 3), np.float32))

@@ -1,0 +1,93 @@
+"""watchdog.py: a read that never returns is killed after the limit, named, and the next read works."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+import torch
+
+from aim_video.data import decode, watchdog
+from tests.data.videos import SleepyReader, make_h264, mean_abs_diff, sequential_frames
+
+
+@pytest.fixture(autouse=True)
+def sleepy_backend():
+    decode.register_backend("sleepy", SleepyReader)
+    yield
+    decode._READERS.pop("sleepy", None)
+
+
+@pytest.fixture(scope="module")
+def clean(tmp_path_factory) -> str:
+    return make_h264(str(tmp_path_factory.mktemp("wd") / "clean.mp4"), n=50, gop=10)
+
+
+def test_read_past_the_limit_raises_naming_the_video_and_the_next_read_works(clean):
+    start = time.monotonic()
+    with pytest.raises(decode.ReadTimeout, match="read took longer than 1 s") as err:
+        decode.read_frames(clean, [0, 1], "sleepy", timeout_s=1.0)
+    assert err.value.path == clean and isinstance(err.value, decode.VideoReadError)
+    assert time.monotonic() - start < 10
+    clip = decode.read_frames(clean, [7, 3], "decord", timeout_s=30)  # a fresh child after the kill
+    ref = sequential_frames(clean)
+    assert mean_abs_diff(clip[0], ref[7]) < 1.0 and mean_abs_diff(clip[1], ref[3]) < 1.0
+
+
+def test_no_timeout_reads_in_this_process(clean):
+    worker = watchdog.worker_for_this_process()
+    worker.kill()
+    decode.read_frames(clean, [1], "decord")
+    decode.read_frames(clean, [1], "decord", timeout_s=0)
+    assert not worker.alive()  # no child forked without a limit
+
+
+def _crash(_: object) -> None:
+    os._exit(3)
+
+
+def _nap(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+def test_run_pool_kills_a_hung_item_and_finishes_the_others():
+    start = time.monotonic()
+    results = {item: (res, err) for item, res, err in watchdog.run_pool(_nap, [0.0, 30.0, 0.1, 0.2], 2, 1.5)}
+    assert time.monotonic() - start < 15
+    assert results[0.0] == (0.0, None) and results[0.1] == (0.1, None) and results[0.2] == (0.2, None)
+    assert isinstance(results[30.0][1], watchdog.CallTimeout)
+
+
+def test_child_death_is_reported():
+    worker = watchdog.ForkWorker()
+    with pytest.raises(watchdog.ChildDied, match="exit 3"):
+        worker.call(_crash, None, timeout_s=10)
+    assert worker.call(_nap, 0.0, timeout_s=10) == 0.0  # restarted
+    worker.kill()
+
+
+class _Clips(torch.utils.data.Dataset):
+    def __init__(self, paths: list[str]):
+        self.paths = paths
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> dict:
+        backend = "sleepy" if "hang" in self.paths[i] else "decord"
+        try:
+            return {"video": decode.read_frames(self.paths[i], [0, 4], backend, timeout_s=2.0), "error": ""}
+        except decode.VideoReadError as err:
+            return {"video": torch.zeros(2, 64, 96, 3, dtype=torch.uint8), "error": str(err)}
+
+
+def test_guarded_reads_inside_dataloader_workers(clean, tmp_path):
+    """DataLoader workers are daemonic (multiprocessing refuses them children); the fork-based child still works."""
+    hang = str(tmp_path / "hang.mp4")
+    os.link(clean, hang)
+    loader = torch.utils.data.DataLoader(_Clips([clean, hang, clean]), batch_size=1, num_workers=1)
+    errors = [b["error"][0] for b in loader]
+    assert errors[0] == "" and errors[2] == ""
+    assert errors[1].startswith(hang) and "read took longer than 2 s" in errors[1]
