@@ -24,6 +24,7 @@ import sys
 import time
 
 import numpy as np
+import psutil
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -119,9 +120,10 @@ class Floor:
 class Ours(TrainClipDataset):
     """TrainClipDataset reading planned clips: `load(k)` decodes clip k of the plan."""
 
-    def __init__(self, plan: list[tuple[str, list[int]]], backend: str, repeated_aug: int = 1):
+    def __init__(self, plan: list[tuple[str, list[int]]], backend: str, repeated_aug: int = 1, timeout_s: float = 0):
         records = [VideoRecord(p, 0, (0,)) for p, _ in plan]
-        super().__init__(records, build_train_transform(224), backend=backend, repeated_aug=repeated_aug)
+        transform = build_train_transform(224)
+        super().__init__(records, transform, backend=backend, repeated_aug=repeated_aug, timeout_s=timeout_s)
         self.plan = plan
 
     def load(self, index: int) -> torch.Tensor:
@@ -143,7 +145,19 @@ class PlanDataset(torch.utils.data.Dataset):
         return self.fn(*self.plan[k])
 
 
-def measure_inline(methods: dict, n: int, rounds: int, clock=time.process_time) -> dict:
+def cpu_seconds() -> float:
+    """CPU time of this process and its children (the read watchdog decodes in a forked child)."""
+    me = psutil.Process()
+    total = sum(me.cpu_times()[:2])
+    for child in me.children(recursive=True):
+        try:
+            total += sum(child.cpu_times()[:2])
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+def measure_inline(methods: dict, n: int, rounds: int, clock=cpu_seconds) -> dict:
     """Per method: clips/s from the median time per clip, and paired per-clip time ratios against method 'c'.
 
     `clock` is the process's CPU time by default (all its threads): on a shared, loaded machine it measures the
@@ -230,20 +244,22 @@ def main(argv: list[str] | None = None) -> int:
         f"of paired per-clip time ratios ({args.rounds} rounds x {args.clips} clips); wall b/c: from wall time"
     )
     print(f"{'backend':10} {'videos':20} {'sampling':8} {'mode':6} {'(a)':>7} {'(b)':>7} {'(c)':>7} {'b/c':>5} "
-          f"{'b/a':>5} {'wall b/c':>8}")  # fmt: skip
+          f"{'b/a':>5} {'wall b/c':>8} {'w/c':>5}")  # fmt: skip
     for backend in backends:
         for name, paths in sets.items():
             for mode in ("dense", "uniform"):
                 plan = plan_clips(paths, mode, args.clips)
                 ours, authors, floor = Ours(plan, backend), AuthorsStyle(backend), Floor(backend)
+                guarded = Ours(plan, backend, timeout_s=60.0)
                 methods = {
                     "a": lambda k, f=authors, p=plan: f(*p[k]),
                     "b": ours.load,
                     "c": lambda k, f=floor, p=plan: f(*p[k]),
+                    "w": guarded.load,
                 }
                 r = measure_inline(methods, len(plan), args.rounds)
                 r["b/a"] = r["b/c"] / r["a/c"]
-                r_wall = measure_inline(methods, len(plan), 1, time.perf_counter)
+                r_wall = measure_inline({m: methods[m] for m in "bc"}, len(plan), 1, time.perf_counter)
                 r["wall b/c"] = r_wall["b/c"]
                 loaders = {
                     "a": clips_per_s_loader(PlanDataset(plan, authors), args.workers),
@@ -253,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
                 loaders["b/c"], loaders["b/a"] = loaders["b"] / loaders["c"], loaders["b"] / loaders["a"]
                 for how, res in (("1 proc", r), (f"{args.workers} wrk", loaders)):
                     rows.append((backend, name, mode, how, res))
-                    wall = f"{res['wall b/c']:8.2f}" if "wall b/c" in res else ""
+                    wall = f"{res['wall b/c']:8.2f} {res['w/c']:5.2f}" if "wall b/c" in res else ""
                     print(f"{backend:10} {name:20} {mode:8} {how:6} {res['a']:7.2f} {res['b']:7.2f} {res['c']:7.2f} "
                           f"{res['b/c']:5.2f} {res['b/a']:5.2f} {wall}", flush=True)  # fmt: skip
     print("\nratios (one process, CPU time, aim-video's loader (b))")
