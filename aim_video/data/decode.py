@@ -382,9 +382,12 @@ def read_frames(
         reader.close()
     if frames.shape[0] != len(uniq):
         raise VideoReadError(path, f"asked for {len(uniq)} frames, decoder returned {frames.shape[0]}")
+    frames = torch.from_numpy(np.ascontiguousarray(frames))
+    if len(chosen) == len(uniq) and all(int(i) == u for i, u in zip(chosen, uniq, strict=True)):
+        return frames  # already in order: no gather copy (about 2 ms of CPU for an 8x256x340 clip)
     position = {idx: k for k, idx in enumerate(uniq)}
     order = torch.as_tensor([position[int(i)] for i in chosen])
-    return torch.from_numpy(np.ascontiguousarray(frames))[order]
+    return frames[order]
 
 
 def _choose(
