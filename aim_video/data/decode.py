@@ -358,26 +358,21 @@ def read_frames(
         except ReadTimeout:
             raise
         except Exception as err:
-            real = err.decodable if isinstance(err, ShortVideoError) else _recount(reader, path)
-            if real is None or real >= limit or real <= 0:
-                if isinstance(err, VideoReadError):
-                    raise
-                raise VideoReadError(
-                    path, f"{used} failed to decode frames {uniq[0]}..{uniq[-1]}: {_first_line(err)}"
-                ) from None
-            _DISCOVERED[path] = (reader.num_frames, real)
-            log.warning(
-                "%s: container claims %d frames but only %d decode; reads are bounded by %d from now on "
-                "(run `tools/prepare_kinetics.py verify` to find such files up front)",
-                path,
-                reader.num_frames,
-                real,
-                real,
-            )
-            if not callable(indices) and uniq[-1] >= real:
-                raise ShortVideoError(path, reader.num_frames, real) from None
-            chosen, uniq = _choose(path, indices, real)
-            frames = reader.get(uniq)  # indices now inside the real count
+            known = num_frames is not None or path in _DISCOVERED  # the limit already is the real count
+            real = err.decodable if isinstance(err, ShortVideoError) else None if known else _recount(reader, path)
+            retry_with: Any = None
+            if real is not None and 0 < real < limit:
+                _DISCOVERED[path] = (reader.num_frames, real)
+                log.warning(
+                    "%s: container claims %d frames but only %d decode; reads are bounded by %d from now on "
+                    "(run `tools/prepare_kinetics.py verify` to find such files up front)",
+                    *(path, reader.num_frames, real, real),
+                )
+                if not callable(indices) and uniq[-1] >= real:
+                    raise ShortVideoError(path, reader.num_frames, real) from None
+                chosen, uniq = _choose(path, indices, real)  # re-sampled inside the real count
+                retry_with = reader
+            frames = _read_again(path, uniq, retry_with, fallback if fallback != used else "", _open, used, err)
     finally:
         reader.close()
     if frames.shape[0] != len(uniq):
@@ -398,6 +393,29 @@ def _choose(
     if uniq[0] < 0 or uniq[-1] >= limit:
         raise VideoReadError(path, f"frame index {uniq[-1] if uniq[-1] >= limit else uniq[0]} outside 0..{limit - 1}")
     return chosen, uniq
+
+
+def _read_again(
+    path: str, uniq: list[int], reader: Any, fallback: str, opener: Callable, used: str, first: BaseException
+) -> np.ndarray:
+    """After a failed read: the same reader (indices re-chosen inside the real count), else the fallback backend
+    (decord fails now and then on the last real frames of a file with an undecodable tail; PyAV does not)."""
+    if reader is not None:
+        try:
+            return reader.get(uniq)
+        except ReadTimeout:
+            raise
+        except Exception as err:
+            first = err
+    if fallback:
+        other = opener(fallback, {})
+        try:
+            return other.get(uniq)
+        finally:
+            other.close()
+    if isinstance(first, VideoReadError):
+        raise first
+    raise VideoReadError(path, f"{used} failed to decode frames {uniq[0]}..{uniq[-1]}: {_first_line(first)}") from None
 
 
 def _recount(reader: Any, path: str) -> int | None:

@@ -134,6 +134,7 @@ def _check(result: VideoCheck, backend: str, seek_mode: str, num_threads: int, t
         # a read that starts at a seek point whose frame is not a real keyframe decodes from missing references
         false_seeks = [k for k in seek_points if k < result.decoded_frames and k not in keyframes]
         offsets: Counter[int] = Counter()
+        failed_reads: list[list[int]] = []
         corrupt: list[int] = []
         for group in groups:
             group = [i for i in group if i < result.decoded_frames]
@@ -142,6 +143,9 @@ def _check(result: VideoCheck, backend: str, seek_mode: str, num_threads: int, t
             try:
                 got = reader.get(group)
             except Exception as err:
+                if result.claimed_frames > result.decoded_frames:  # a short file's tail: still `short`, noted
+                    failed_reads.append(group)
+                    continue
                 raise decode.VideoReadError(
                     path,
                     f"{backend} fails at frames {group} (inside the {result.decoded_frames} that decode): "
@@ -176,6 +180,8 @@ def _check(result: VideoCheck, backend: str, seek_mode: str, num_threads: int, t
     elif result.claimed_frames > result.decoded_frames:
         result.status = "short"
         result.reason = f"{backend} claims {result.claimed_frames} frames, {result.decoded_frames} decode"
+        if failed_reads:
+            result.reason += f"; reading frames {failed_reads[0]} failed too"
     else:
         result.status = "exact"
 
