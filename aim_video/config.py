@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -117,6 +118,7 @@ class TrainConfig:
     seed: int = 0
     eval_every: int = 1  # epochs; 0 = only at the end
     save_every: int = 1  # epochs
+    save_every_steps: int = 0  # >0 also saves every this many optimizer steps inside an epoch (long epochs, preemption)
     keep_last: int = 2
     resume: str = ""  # "" | auto | path to a checkpoint folder
     log_every: int = 10  # steps
@@ -249,4 +251,5 @@ def config_cli_main(cfg_path: str | None, overrides: list[str]) -> Config:
     try:
         return load_config(cfg_path, overrides)
     except ConfigError as err:
-        raise SystemExit(f"error: {err}") from None
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None

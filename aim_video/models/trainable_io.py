@@ -54,7 +54,8 @@ def load_trainable(model: torch.nn.Module, path: str) -> dict[str, str]:
     params = dict(model.named_parameters())
     for name, tensor in tensors.items():
         if params[name].shape != tensor.shape:
-            raise ValueError(f"{path}: '{name}' has shape {tuple(tensor.shape)}, model expects {tuple(params[name].shape)}")
+            expected_shape = tuple(params[name].shape)
+            raise ValueError(f"{path}: '{name}' has shape {tuple(tensor.shape)}, model expects {expected_shape}")
         with torch.no_grad():
             params[name].copy_(tensor)
     return meta

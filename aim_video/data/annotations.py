@@ -1,0 +1,207 @@
+"""Annotation sources -> a list of (video path, label) records and the class names.
+
+Three sources, chosen by what the path is:
+- a `path label` list file (whitespace separated; label absent or -1 for unlabelled inference lists; several
+  labels on a line for multi-label sets),
+- a Kinetics CSV (`label,youtube_id,time_start,time_end,split[,is_cc]`; clips named
+  `{youtube_id}_{start:06d}_{end:06d}.mp4` in per-class folders; class index = position of the label in the
+  sorted set of train labels),
+- a class-folder tree (`root/<class>/<video>`; classes sorted by name).
+
+Missing files are found up front: `missing="fail"` raises with the count and the first examples, `"drop"` drops
+them and reports the same summary.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+from dataclasses import dataclass, field
+
+log = logging.getLogger(__name__)
+
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".webm", ".mkv", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv")
+KINETICS_COLUMNS = ("label", "youtube_id", "time_start", "time_end")
+
+
+class AnnotationError(ValueError):
+    """An annotation file is malformed or names videos that do not exist."""
+
+
+@dataclass(frozen=True)
+class VideoRecord:
+    path: str  # absolute, or as resolved against the data root
+    label: int  # -1 when unlabelled; the first label of a multi-label line
+    labels: tuple[int, ...] = ()  # every label of the line (multi-label sets); () when unlabelled
+
+
+@dataclass
+class Annotations:
+    records: list[VideoRecord]
+    classes: list[str] = field(default_factory=list)  # index -> name; [] when the source has no names
+    missing: list[str] = field(default_factory=list)  # paths dropped because the file does not exist
+
+
+def normalize_class_name(name: str) -> str:
+    """The folder name Kinetics download scripts use for a label: quotes and parentheses removed, spaces -> '_'."""
+    for ch in "\"'()":
+        name = name.replace(ch, "")
+    return name.strip().replace(" ", "_")
+
+
+def kinetics_clip_name(youtube_id: str, start: float, end: float, ext: str = ".mp4") -> str:
+    return f"{youtube_id}_{int(float(start)):06d}_{int(float(end)):06d}{ext}"
+
+
+def _resolve(root: str, path: str) -> str:
+    return path if os.path.isabs(path) or not root else os.path.join(root, path)
+
+
+def parse_list_file(path: str, root: str = "") -> list[VideoRecord]:
+    """Read a `path label [label ...]` file; blank lines and lines starting with '#' are skipped."""
+    records = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            parts = line.split()
+            if not parts or parts[0].startswith("#"):
+                continue
+            try:
+                labels = tuple(int(tok) for tok in parts[1:])
+            except ValueError:
+                raise AnnotationError(
+                    f"{path}:{lineno}: expected 'path label' with integer labels, got {line.strip()!r} "
+                    "(paths with spaces are not supported in list files: rename the file or use a class-folder tree)"
+                ) from None
+            if any(lbl < -1 for lbl in labels):
+                raise AnnotationError(f"{path}:{lineno}: negative label in {line.strip()!r} (-1 means unlabelled)")
+            labels = tuple(lbl for lbl in labels if lbl >= 0)
+            records.append(VideoRecord(_resolve(root, parts[0]), labels[0] if labels else -1, labels))
+    return records
+
+
+def read_kinetics_csv(path: str) -> list[dict[str, str]]:
+    """The rows of a Kinetics CSV as dicts; raises naming the file when required columns are absent."""
+    with open(path, encoding="utf-8", newline="") as f:
+        rows = list(csv.DictReader(f))
+    if rows:
+        cols = set(rows[0])
+        needed = set(KINETICS_COLUMNS[1:])  # the test split has no label column
+        if not needed <= cols:
+            raise AnnotationError(
+                f"{path}: not a Kinetics CSV: columns {sorted(cols)} lack {sorted(needed - cols)} "
+                f"(expected header {','.join(KINETICS_COLUMNS)},split[,is_cc])"
+            )
+    return rows
+
+
+def kinetics_classes(csv_path: str) -> list[str]:
+    """Class names in index order: the sorted set of labels of (normally the train) CSV."""
+    return sorted({row["label"].strip() for row in read_kinetics_csv(csv_path) if row.get("label", "").strip()})
+
+
+def parse_kinetics_csv(
+    path: str, root: str = "", classes: list[str] | None = None, ext: str = ".mp4"
+) -> tuple[list[VideoRecord], list[str]]:
+    """Records of a Kinetics CSV; `classes` (from the train CSV or a class map) fixes the label indices.
+
+    Each clip is looked for in `root/<label>/` and `root/<normalised label>/` (the two folder conventions in use);
+    the first that holds the file wins, else the normalised one is recorded (and reported missing later).
+    """
+    rows = read_kinetics_csv(path)
+    if classes is None:
+        classes = sorted({row["label"].strip() for row in rows if row.get("label", "").strip()})
+    index = {name: k for k, name in enumerate(classes)}
+    index.update({normalize_class_name(name): k for k, name in enumerate(classes)})
+    records = []
+    for lineno, row in enumerate(rows, 2):
+        try:
+            name = kinetics_clip_name(row["youtube_id"].strip(), row["time_start"], row["time_end"], ext)
+        except ValueError:
+            raise AnnotationError(f"{path}:{lineno}: bad time_start/time_end in {row}") from None
+        label_name = row.get("label", "").strip()
+        if not label_name:
+            records.append(VideoRecord(_resolve(root, name), -1, ()))
+            continue
+        if label_name not in index:
+            raise AnnotationError(
+                f"{path}:{lineno}: label {label_name!r} is not among the {len(classes)} train classes "
+                "(pass the train CSV or a class map that holds it)"
+            )
+        raw = _resolve(root, os.path.join(label_name, name))
+        norm = _resolve(root, os.path.join(normalize_class_name(label_name), name))
+        chosen = raw if os.path.exists(raw) else norm
+        records.append(VideoRecord(chosen, index[label_name], (index[label_name],)))
+    return records, list(classes)
+
+
+def parse_class_folders(root: str) -> tuple[list[VideoRecord], list[str]]:
+    """`root/<class>/<video>`: classes sorted by folder name, videos sorted by name within a class."""
+    classes = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)) and not d.startswith("."))
+    if not classes:
+        raise AnnotationError(f"{root}: no class folders found (expected {root}/<class>/<video>.mp4)")
+    records = []
+    for k, name in enumerate(classes):
+        for fname in sorted(os.listdir(os.path.join(root, name))):
+            if fname.lower().endswith(VIDEO_EXTENSIONS):
+                records.append(VideoRecord(os.path.join(root, name, fname), k, (k,)))
+    return records, classes
+
+
+def read_class_map(path: str) -> list[str]:
+    """Class names, one per line, in index order."""
+    with open(path, encoding="utf-8") as f:
+        names = [line.rstrip("\n") for line in f if line.strip()]
+    if len(set(names)) != len(names):
+        raise AnnotationError(f"{path}: duplicate class names in the class map")
+    return names
+
+
+def write_lines(path: str, lines: list[str]) -> None:
+    """Write text lines atomically (temporary name, then rename)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.writelines(f"{line}\n" for line in lines)
+    os.replace(tmp, path)
+
+
+def write_list_file(path: str, records: list[VideoRecord], root: str = "") -> None:
+    """`path label` lines (paths relative to `root` when given); unlabelled records get -1."""
+
+    def rel(p: str) -> str:
+        return os.path.relpath(p, root) if root else p
+
+    write_lines(path, [f"{rel(r.path)} {' '.join(map(str, r.labels)) if r.labels else -1}" for r in records])
+
+
+def load_annotations(
+    source: str, root: str = "", classes: list[str] | None = None, missing: str = "fail", what: str = "annotations"
+) -> Annotations:
+    """Read any supported source and check that every video exists (see the module docstring)."""
+    if missing not in ("fail", "drop"):
+        raise AnnotationError(f"data.missing_files must be 'fail' or 'drop', got {missing!r}")
+    if not source:
+        raise AnnotationError(f"no {what} given: set the list file, Kinetics CSV or class folder in the config")
+    if os.path.isdir(source):
+        records, names = parse_class_folders(source)
+    elif not os.path.isfile(source):
+        raise AnnotationError(f"{what} not found: {source}")
+    elif source.lower().endswith(".csv"):
+        records, names = parse_kinetics_csv(source, root, classes)
+    else:
+        records, names = parse_list_file(source, root), list(classes or [])
+    absent = [r.path for r in records if not os.path.isfile(r.path)]
+    if absent:
+        summary = (
+            f"{source}: {len(absent)} of {len(records)} videos not found, e.g. {', '.join(absent[:3])} "
+            f"(check data.root={root!r}"
+        )
+        if missing == "fail":
+            raise AnnotationError(summary + "; or set data.missing_files=drop to skip them)")
+        log.warning("%s; dropped)", summary)
+        gone = set(absent)
+        records = [r for r in records if r.path not in gone]
+    if not records:
+        raise AnnotationError(f"{source}: no videos left to read")
+    return Annotations(records, names, absent)

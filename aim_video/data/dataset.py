@@ -1,0 +1,223 @@
+"""Datasets: a training clip dataset with a bounded-retry failure policy, and a multi-view evaluation dataset.
+
+Both open each video inside the process that reads it (the DataLoader worker), through `decode.read_frames`, and
+decode every frame a video item needs in one batched read: a training item's N repeated-augmentation clips share
+one decode (decode-once-sample-many); an evaluation item's K temporal clips are read together and cropped after.
+
+Failure policy (CONVENTIONS 7): in training a video that fails is replaced by another, randomly drawn one (at most
+`max_retries` times) and the failure travels back with the item as "path: reason"; in evaluation a video is never
+substituted: the item says it failed and why.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from einops import rearrange
+from torch.utils.data import Dataset, get_worker_info
+
+from aim_video.data import decode, sampling
+from aim_video.data.annotations import VideoRecord
+from aim_video.data.transforms import ClipTransform
+
+
+def worker_seed() -> int:
+    """The seed of this DataLoader worker (distinct per worker, per rank and per loader), or of the main process."""
+    info = get_worker_info()
+    return int(info.seed) if info is not None else int(torch.initial_seed())
+
+
+def failure_reason(err: Exception) -> str:
+    """One line saying why a video could not be used."""
+    if isinstance(err, decode.VideoReadError):
+        return err.reason
+    return f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
+
+
+class TrainClipDataset(Dataset):
+    """Random clips for training; items are dicts {video uint8 [N, T, C, H, W], label, index, failures}.
+
+    N = `repeated_aug` clips drawn from one decode: the same frames, augmented independently (RandomResizedCrop,
+    flip, ...), as repeated augmentation wants. `index` is the index of the video actually returned (another one
+    when the requested video failed); `failures` holds "path: reason" for each video that failed on the way.
+    """
+
+    def __init__(
+        self,
+        records: list[VideoRecord],
+        transform: ClipTransform,
+        sampling_mode: str = "dense",
+        num_frames: int = 8,
+        frame_stride: int = 16,
+        short_video: str = "loop",
+        backend: str = "decord",
+        fallback_backend: str = "",
+        num_threads: int = 1,
+        repeated_aug: int = 1,
+        max_retries: int = 10,
+        frame_counts: dict[str, int] | None = None,
+    ):
+        if repeated_aug < 1:
+            raise ValueError(f"data.repeated_aug must be >= 1, got {repeated_aug}")
+        if sampling_mode not in sampling.SAMPLING_MODES:
+            raise ValueError(f"data.sampling must be one of {sampling.SAMPLING_MODES}, got {sampling_mode!r}")
+        self.records = records
+        self.transform = transform
+        self.sampling_mode = sampling_mode
+        self.num_frames = num_frames
+        self.frame_stride = frame_stride
+        self.short_video = short_video
+        self.backend = backend
+        self.fallback_backend = fallback_backend
+        self.num_threads = num_threads
+        self.repeated_aug = repeated_aug
+        self.max_retries = max_retries
+        self.frame_counts = frame_counts or {}
+        self._rng: np.random.Generator | None = None
+        self._rng_seed: int | None = None
+        self._known_bad: dict[int, str] = {}  # per worker: videos that failed once are not decoded again
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def rng(self) -> np.random.Generator:
+        """Sampling RNG seeded from the worker's seed, so workers never draw the same clips."""
+        seed = worker_seed()
+        if self._rng is None or seed != self._rng_seed:
+            self._rng, self._rng_seed = np.random.default_rng(seed), seed
+        return self._rng
+
+    def sample_indices(self, num_frames: int) -> list[int]:
+        return sampling.train_indices(
+            num_frames, self.sampling_mode, self.num_frames, self.frame_stride, self.rng(), self.short_video
+        )
+
+    def load(self, index: int) -> torch.Tensor:
+        """Decode one clip of video `index` and augment it `repeated_aug` times -> uint8 [N, T, C, H, W]."""
+        path = self.records[index].path
+        frames = decode.read_frames(
+            path,
+            self.sample_indices,
+            backend=self.backend,
+            num_threads=self.num_threads,
+            fallback=self.fallback_backend,
+            num_frames=self.frame_counts.get(path),
+        )  # [T, H, W, C]
+        return torch.stack([self.transform(frames) for _ in range(self.repeated_aug)])
+
+    def __getitem__(self, index: int) -> dict:
+        failures: list[str] = []
+        current = index
+        for _ in range(self.max_retries + 1):
+            if current in self._known_bad:
+                failures.append(f"{self.records[current].path}: {self._known_bad[current]}")
+            else:
+                try:
+                    video = self.load(current)
+                    label = self.records[current].label
+                    return {"video": video, "label": label, "index": current, "failures": failures}
+                except Exception as err:  # any failure of one video must not end the epoch: count it, go on
+                    reason = failure_reason(err)
+                    self._known_bad[current] = reason
+                    failures.append(f"{self.records[current].path}: {reason}")
+            current = int(self.rng().integers(len(self.records)))
+        raise RuntimeError(
+            f"{len(failures)} videos in a row failed to load (data.max_retries={self.max_retries}); "
+            "the data set is mostly unreadable. Failures:\n  " + "\n  ".join(failures)
+        )
+
+
+def collate_train(items: list[dict]) -> dict:
+    """Items with N clips each -> {video [B*N, T, C, H, W], label [B*N], index [B*N], failures list[str]}."""
+    videos = torch.cat([it["video"] for it in items])  # (b n) t c h w
+    n = items[0]["video"].shape[0]
+    return {
+        "video": videos,
+        "label": torch.tensor([it["label"] for it in items], dtype=torch.int64).repeat_interleave(n),
+        "index": torch.tensor([it["index"] for it in items], dtype=torch.int64).repeat_interleave(n),
+        "failures": [f for it in items for f in it["failures"]],
+    }
+
+
+class MultiViewDataset(Dataset):
+    """All test views of a video from one decode; items {video uint8 [V, T, C, H, W] | None, label, index, error}.
+
+    V = num_clips x num_crops, clip-major. A video that cannot be read yields video None and the reason in `error`.
+    """
+
+    def __init__(
+        self,
+        records: list[VideoRecord],
+        transform: ClipTransform,
+        sampling_mode: str = "dense",
+        num_frames: int = 8,
+        frame_stride: int = 16,
+        num_clips: int = 3,
+        short_video: str = "loop",
+        backend: str = "decord",
+        fallback_backend: str = "",
+        num_threads: int = 1,
+        frame_counts: dict[str, int] | None = None,
+    ):
+        self.records = records
+        self.transform = transform
+        self.sampling_mode = sampling_mode
+        self.num_frames = num_frames
+        self.frame_stride = frame_stride
+        self.num_clips = num_clips
+        self.short_video = short_video
+        self.backend = backend
+        self.fallback_backend = fallback_backend
+        self.num_threads = num_threads
+        self.frame_counts = frame_counts or {}
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def view_indices(self, num_frames: int) -> list[int]:
+        """The K clips' frame indices, concatenated clip after clip."""
+        clips = sampling.test_indices(
+            num_frames, self.sampling_mode, self.num_frames, self.frame_stride, self.num_clips, self.short_video
+        )
+        return [i for clip in clips for i in clip]
+
+    def load(self, index: int) -> torch.Tensor:
+        path = self.records[index].path
+        frames = decode.read_frames(
+            path,
+            self.view_indices,
+            backend=self.backend,
+            num_threads=self.num_threads,
+            fallback=self.fallback_backend,
+            num_frames=self.frame_counts.get(path),
+        )  # [(k t), H, W, C]
+        crops = self.transform(frames)  # [n, (k t), C, S, S]
+        return rearrange(crops, "n (k t) c h w -> (k n) t c h w", k=self.num_clips).contiguous()
+
+    def __getitem__(self, index: int) -> dict:
+        record = self.records[index]
+        try:
+            video, error = self.load(index), None
+        except Exception as err:  # reported, never substituted
+            video, error = None, failure_reason(err)
+        return {"video": video, "label": record.label, "index": index, "path": record.path, "error": error}
+
+
+class CollateEval:
+    """Collate for MultiViewDataset: readable videos stacked, unreadable ones listed in `errors`.
+
+    `view_shape` = (V, T, C, S, S) gives the empty batch its shape when no video of a batch could be read.
+    """
+
+    def __init__(self, view_shape: tuple[int, ...]):
+        self.view_shape = tuple(view_shape)
+
+    def __call__(self, items: list[dict]) -> dict:
+        ok = [it for it in items if it["error"] is None]
+        video = torch.stack([it["video"] for it in ok]) if ok else torch.empty((0, *self.view_shape), dtype=torch.uint8)
+        return {
+            "video": video,  # [B_ok, V, T, C, S, S]
+            "label": torch.tensor([it["label"] for it in ok], dtype=torch.int64),
+            "index": torch.tensor([it["index"] for it in ok], dtype=torch.int64),
+            "errors": [(it["index"], it["path"], it["error"]) for it in items if it["error"] is not None],
+        }

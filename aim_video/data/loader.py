@@ -1,0 +1,171 @@
+"""DataLoaders from the config: training clips and multi-view evaluation, both rank-aware.
+
+Training (`build_train_loader`): a DistributedSampler (shuffled, seeded by `train.seed`, reshuffled per epoch),
+workers with persistent state and prefetch, pinned memory when CUDA is present. **The caller sets the epoch**
+before iterating, or every epoch sees the same order:
+
+    loader = build_train_loader(cfg, rank, world_size)
+    failures = FailureLog()
+    for epoch in range(cfg.train.epochs):
+        set_epoch(loader, epoch)              # = loader.sampler.set_epoch(epoch)
+        for batch in loader:
+            failures.update(batch["failures"])
+            video = normalize(batch["video"].to(device, non_blocking=True), cfg.data.mean, cfg.data.std)
+            ...
+        log(failures.summary()); failures.reset()
+
+Workers are seeded by the DataLoader (base seed from a generator seeded with `train.seed + rank`, plus the worker
+id), and both the sampling RNG and torch's RNG for augmentation derive from that seed: different workers, ranks
+and epochs draw different clips and augmentations, and a run is reproducible for a fixed seed and worker count.
+
+Evaluation (`build_eval_loader`): every video of a split in order, all views decoded once per video. Under
+several ranks a DistributedSampler pads the last batch with repeats; `batch["index"]` (dataset indices) and
+`len(loader.dataset)` let the evaluator keep each video exactly once.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+
+import torch
+from torch.utils.data import DataLoader, DistributedSampler
+
+from aim_video.config import Config
+from aim_video.data.annotations import AnnotationError, Annotations, kinetics_classes, load_annotations, read_class_map
+from aim_video.data.dataset import CollateEval, MultiViewDataset, TrainClipDataset, collate_train
+from aim_video.data.transforms import build_eval_transform, build_train_transform
+
+log = logging.getLogger(__name__)
+
+
+def resolve_classes(cfg: Config) -> list[str] | None:
+    """Class names in index order: the class map if given, else the sorted labels of a train Kinetics CSV."""
+    if cfg.data.class_map:
+        return read_class_map(cfg.data.class_map)
+    if cfg.data.train_list.lower().endswith(".csv"):
+        return kinetics_classes(cfg.data.train_list)
+    return None
+
+
+def load_split(cfg: Config, split: str) -> Annotations:
+    """Annotations of `split` (train | val | test), with labels checked against data.num_classes."""
+    sources = {"train": cfg.data.train_list, "val": cfg.data.val_list, "test": cfg.data.test_list}
+    if split not in sources:
+        raise ValueError(f"unknown split {split!r}; choose train, val or test")
+    ann = load_annotations(
+        sources[split], cfg.data.root, resolve_classes(cfg), cfg.data.missing_files, what=f"data.{split}_list"
+    )
+    bad = [r for r in ann.records if any(lbl >= cfg.data.num_classes for lbl in r.labels)]
+    if bad:
+        raise AnnotationError(
+            f"data.{split}_list={sources[split]}: {len(bad)} videos have a label >= data.num_classes="
+            f"{cfg.data.num_classes}, e.g. {bad[0].path} (label {max(bad[0].labels)}); fix the list or num_classes"
+        )
+    return ann
+
+
+def _loader_kwargs(cfg: Config) -> dict:
+    workers = cfg.data.num_workers
+    kwargs: dict = {"num_workers": workers, "pin_memory": cfg.data.pin_memory and torch.cuda.is_available()}
+    if workers > 0:
+        kwargs.update(prefetch_factor=cfg.data.prefetch_factor, persistent_workers=cfg.data.persistent_workers)
+    return kwargs
+
+
+def build_train_dataset(cfg: Config) -> TrainClipDataset:
+    d = cfg.data
+    transform = build_train_transform(
+        d.input_size, d.rrc_scale, d.rrc_ratio, d.flip, d.rand_augment_n, d.rand_augment_m, d.random_erasing,
+        d.color_jitter, d.mean,
+    )  # fmt: skip
+    return TrainClipDataset(
+        load_split(cfg, "train").records, transform, d.sampling, d.num_frames, d.frame_stride, d.short_video,
+        d.backend, d.fallback_backend, d.num_threads, d.repeated_aug, d.max_retries,
+    )  # fmt: skip
+
+
+def build_train_loader(cfg: Config, rank: int = 0, world_size: int = 1) -> DataLoader:
+    """Batches {video uint8 [B, T, C, H, W], label int64 [B], index int64 [B], failures list[str]}.
+
+    B = data.batch_size clips per rank; with data.repeated_aug = N each batch holds B / N videos, N clips each.
+    Call `set_epoch(loader, epoch)` before each epoch.
+    """
+    d = cfg.data
+    if d.batch_size % d.repeated_aug:
+        raise ValueError(f"data.batch_size={d.batch_size} must be a multiple of data.repeated_aug={d.repeated_aug}")
+    dataset = build_train_dataset(cfg)
+    videos_per_batch = d.batch_size // d.repeated_aug
+    if len(dataset) < videos_per_batch * world_size:
+        raise ValueError(
+            f"data.train_list has {len(dataset)} videos, fewer than one batch of {videos_per_batch} on each of "
+            f"{world_size} ranks"
+        )
+    sampler = DistributedSampler(
+        dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=cfg.train.seed, drop_last=True
+    )
+    return DataLoader(
+        dataset,
+        batch_size=videos_per_batch,
+        sampler=sampler,
+        collate_fn=collate_train,
+        drop_last=True,
+        generator=torch.Generator().manual_seed(cfg.train.seed * 1000 + rank),
+        **_loader_kwargs(cfg),
+    )
+
+
+def set_epoch(loader: DataLoader, epoch: int) -> None:
+    """Reshuffle for `epoch` (DistributedSampler.set_epoch); call before iterating each epoch."""
+    sampler = loader.sampler
+    if hasattr(sampler, "set_epoch"):
+        sampler.set_epoch(epoch)
+
+
+def build_eval_dataset(cfg: Config, split: str = "val") -> MultiViewDataset:
+    d = cfg.data
+    transform = build_eval_transform(d.test_short_side, d.input_size, d.test_num_crops)
+    return MultiViewDataset(
+        load_split(cfg, split).records, transform, d.sampling, d.num_frames, d.frame_stride, d.test_num_clips,
+        d.short_video, d.backend, d.fallback_backend, d.num_threads,
+    )  # fmt: skip
+
+
+def build_eval_loader(cfg: Config, split: str = "val", rank: int = 0, world_size: int = 1) -> DataLoader:
+    """Per-video batches {video uint8 [B, V, T, C, S, S], label [B], index [B], errors list[(index, path, reason)]}.
+
+    V = test_num_clips x test_num_crops, clip-major; B = eval.batch_size minus the unreadable videos of the batch,
+    which are listed in `errors` instead (never substituted). With world_size > 1 the sampler pads the last
+    batches with repeats of earlier indices: drop them by `index` (the dataset has `len(loader.dataset)` videos).
+    """
+    d = cfg.data
+    dataset = build_eval_dataset(cfg, split)
+    sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=False, drop_last=False)
+    views = d.test_num_clips * d.test_num_crops
+    return DataLoader(
+        dataset,
+        batch_size=cfg.eval.batch_size,
+        sampler=sampler,
+        collate_fn=CollateEval((views, d.num_frames, 3, d.input_size, d.input_size)),
+        **_loader_kwargs(cfg),
+    )
+
+
+class FailureLog:
+    """Counts the training failures an epoch's batches carry back ("path: reason" strings)."""
+
+    def __init__(self) -> None:
+        self.reasons: Counter[str] = Counter()
+
+    def update(self, failures: list[str]) -> None:
+        self.reasons.update(failures)
+
+    @property
+    def count(self) -> int:
+        return sum(self.reasons.values())
+
+    def summary(self) -> dict:
+        return {"failed_loads": self.count, "failures": dict(self.reasons.most_common())}
+
+    def reset(self) -> None:
+        self.reasons.clear()

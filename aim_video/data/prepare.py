@@ -1,0 +1,172 @@
+"""Offline preparation: list files from any annotation source, and re-encoding for fast random access.
+
+Re-encoding (the AIM recipe pre-resizes videos once, offline) makes each clip cheaper twice over: fewer pixels to
+decode (short side 256 or 320 instead of 720 or more) and a short keyframe interval, so a seek decodes at most
+`keyint - 1` frames before the one asked for. Output is H.264 in mp4 at a constant frame rate with closed GOPs and
+a keyframe exactly every `keyint` frames (no scene-cut keyframes), moov atom first, video only by default.
+
+The encoder is the `ffmpeg` program (the same FFmpeg libraries torchcodec needs; Debian/Ubuntu:
+`apt-get install -y ffmpeg`). Every output is written under a temporary name, checked to decode, then renamed:
+an existing output is therefore complete, and a rerun skips it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from aim_video.data import decode
+from aim_video.data.annotations import Annotations, load_annotations, read_class_map, write_lines, write_list_file
+
+
+@dataclass
+class EncodeResult:
+    src: str
+    dst: str
+    status: str  # done | skipped | failed
+    reason: str = ""
+
+
+def ffmpeg_binary() -> str:
+    exe = shutil.which("ffmpeg")
+    if exe is None:
+        raise RuntimeError("re-encoding needs the ffmpeg program: `apt-get install -y ffmpeg` (Debian/Ubuntu)")
+    return exe
+
+
+def reencode_command(
+    src: str,
+    dst: str,
+    short_side: int = 256,
+    keyint: int = 16,
+    crf: int = 23,
+    preset: str = "fast",
+    fps: float | None = None,
+    keep_audio: bool = False,
+    threads: int = 1,
+) -> list[str]:
+    """The ffmpeg command line: short side <= `short_side` (never upscaled, even sizes), keyframe every `keyint`.
+
+    `fps` None keeps the source's frame rate (made constant); `short_side` 0 keeps the size.
+    """
+    if short_side > 0:
+        s = int(short_side)
+        scale = (
+            f"scale=w='if(gt(iw,ih),-2,trunc(min({s},iw)/2)*2)':h='if(gt(iw,ih),trunc(min({s},ih)/2)*2,-2)'"
+            ":flags=bicubic"
+        )
+    else:
+        scale = "scale=trunc(iw/2)*2:trunc(ih/2)*2"
+    vf = scale if fps is None else f"fps={fps},{scale}"
+    cmd = [ffmpeg_binary(), "-nostdin", "-y", "-loglevel", "error", "-threads", str(threads), "-i", src]
+    cmd += ["-map", "0:v:0"] + (["-map", "0:a?", "-c:a", "aac"] if keep_audio else ["-an"])
+    cmd += ["-vf", vf, "-c:v", "libx264", "-preset", preset, "-crf", str(crf), "-pix_fmt", "yuv420p"]
+    cmd += ["-g", str(keyint), "-keyint_min", str(keyint), "-sc_threshold", "0", "-flags", "+cgop"]
+    cmd += ["-fps_mode", "cfr", "-threads", str(threads), "-movflags", "+faststart", "-f", "mp4", dst]
+    return cmd
+
+
+def check_decodes(path: str, backend: str = "decord") -> str:
+    """'' when `path` opens and its first, middle and last frames decode with `backend`, else the reason."""
+    try:
+        info = decode.probe(path, backend)
+        if info.num_frames < 1:
+            return "no frames"
+        last = info.num_frames - 1
+        decode.read_frames(path, sorted({0, last // 2, last}), backend=backend)
+    except decode.VideoReadError as err:
+        return err.reason
+    return ""
+
+
+def reencode_one(
+    src: str, dst: str, overwrite: bool = False, check_backend: str = "decord", timeout_s: float = 600, **options
+) -> EncodeResult:
+    """Re-encode `src` to `dst` (see reencode_command for `options`); skipped when `dst` already exists."""
+    if os.path.exists(dst) and not overwrite:
+        return EncodeResult(src, dst, "skipped")
+    if not os.path.isfile(src):
+        return EncodeResult(src, dst, "failed", "source file not found")
+    os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
+    tmp = f"{dst}.tmp{os.getpid()}.mp4"
+    try:
+        proc = subprocess.run(reencode_command(src, tmp, **options), capture_output=True, text=True, timeout=timeout_s)
+        if proc.returncode != 0:
+            lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+            return EncodeResult(src, dst, "failed", f"ffmpeg exit {proc.returncode}: {lines[-1] if lines else ''}")
+        problem = check_decodes(tmp, check_backend)
+        if problem:
+            return EncodeResult(src, dst, "failed", f"output does not decode: {problem}")
+        os.replace(tmp, dst)
+        return EncodeResult(src, dst, "done")
+    except subprocess.TimeoutExpired:
+        return EncodeResult(src, dst, "failed", f"ffmpeg ran over {timeout_s:.0f} s")
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def output_path(src: str, src_root: str, out_root: str) -> str:
+    """`out_root` + the path of `src` relative to `src_root`, with an .mp4 extension."""
+    rel = os.path.relpath(src, src_root) if src_root else os.path.basename(src)
+    if rel.startswith(".."):
+        raise ValueError(f"{src} is not inside the source root {src_root}; pass the folder that holds every video")
+    return os.path.join(out_root, os.path.splitext(rel)[0] + ".mp4")
+
+
+def reencode_all(
+    pairs: Iterable[tuple[str, str]], jobs: int = 4, progress: bool = True, **options
+) -> list[EncodeResult]:
+    """Re-encode (src, dst) pairs with `jobs` ffmpeg processes at once; results in input order."""
+    from tqdm import tqdm
+
+    pairs = list(pairs)
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        futures = [pool.submit(reencode_one, src, dst, **options) for src, dst in pairs]
+        bar = tqdm(total=len(futures), desc="re-encode", unit="video", disable=not progress)
+        results = []
+        for fut in futures:
+            results.append(fut.result())
+            bar.update(1)
+            bar.set_postfix(failed=sum(r.status == "failed" for r in results))
+        bar.close()
+    return results
+
+
+def write_outputs_list(path: str, ann: Annotations, results: list[EncodeResult], out_root: str) -> int:
+    """A list file of the re-encoded videos that exist (failed ones left out); returns how many were listed."""
+    dst_of = {r.src: r.dst for r in results if r.status in ("done", "skipped")}
+    records = [type(rec)(dst_of[rec.path], rec.label, rec.labels) for rec in ann.records if rec.path in dst_of]
+    write_list_file(path, records, root=out_root)
+    return len(records)
+
+
+def build_lists(
+    sources: dict[str, str], root: str, out_dir: str, class_map: str = "", missing: str = "drop", relative: bool = True
+) -> dict[str, tuple[str, int, int]]:
+    """Write `<split>.txt` list files and `classes.txt` from {split: list file | Kinetics CSV | class folder}.
+
+    Classes come from `class_map` if given, else from the train source (sorted labels for a CSV, sorted folders
+    for a class tree); every split is labelled with them. Paths are written relative to `root` when `relative`.
+    Returns {split or "classes": (written path, entries written, entries dropped as missing)}.
+    """
+    classes: list[str] | None = read_class_map(class_map) if class_map else None
+    order = sorted(sources, key=lambda s: s != "train")  # train first: it defines the classes
+    written = {}
+    for split in order:
+        ann = load_annotations(sources[split], root, classes, missing, what=f"{split} annotations")
+        if classes is None and ann.classes:
+            classes = ann.classes
+        path = os.path.join(out_dir, f"{split}.txt")
+        base = root if relative and root else ""
+        write_list_file(path, ann.records, root=base)
+        written[split] = (path, len(ann.records), len(ann.missing))
+    if classes:
+        path = os.path.join(out_dir, "classes.txt")
+        write_lines(path, classes)
+        written["classes"] = (path, len(classes), 0)
+    return written

@@ -1,0 +1,243 @@
+"""Atomic, resumable checkpoints: one folder per save, renamed into place only when every rank's shards are on disk.
+
+Layout under `<output_dir>/checkpoints/`::
+
+    step_00001200/            a complete checkpoint
+      deepspeed/              DeepSpeed's files: trainable weights, optimizer (ZeRO shards), lr scheduler, counters
+      trainable.safetensors   the trainable set alone (the evaluation / inference format)
+      rng_rank<r>.pt          each rank's Python / NumPy / torch RNG states
+      config.yaml             the resolved config
+      meta.json               step, epoch, position in the epoch, world size, metric (written last)
+    latest                    name of the newest complete checkpoint (written atomically after the rename)
+    best.json                 name and metric of the best checkpoint (kept when older ones are pruned)
+    .tmp-step_...             a save that was interrupted: never read, removed at the next start
+
+DeepSpeed's own `save_checkpoint` writes `latest` from rank 0 with a plain write and no wait for the other ranks, so
+it is called with `save_latest=False` into a temporary folder; after a barrier (all shards written) rank 0 fsyncs,
+renames the folder and then replaces `latest`. A process killed at any point leaves `latest` naming a loadable
+checkpoint. The frozen backbone is not saved (it comes from `model.pretrained`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from typing import Any
+
+import torch
+
+from aim_video.config import Config, save_config, to_dict, to_yaml
+from aim_video.engine.distributed import barrier, broadcast_object, fault_point, rng_state
+from aim_video.models.trainable_io import read_trainable, save_trainable
+
+DS_TAG = "deepspeed"
+_STEP_DIR = re.compile(r"^step_(\d{8})$")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that is missing, incomplete or does not match this run."""
+
+
+def _atomic_write_text(path: str, text: str) -> None:
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(os.path.dirname(path))
+
+
+def _fsync_dir(folder: str) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(folder: str) -> None:
+    for dirpath, _, files in os.walk(folder):
+        for name in files:
+            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(dirpath)
+
+
+def is_complete(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, "meta.json")) and os.path.isdir(os.path.join(path, DS_TAG))
+
+
+def read_meta(path: str) -> dict[str, Any]:
+    with open(os.path.join(path, "meta.json")) as f:
+        return json.load(f)
+
+
+class CheckpointManager:
+    """Saves, finds, prunes and loads the checkpoints of one run folder (all ranks construct it)."""
+
+    def __init__(self, root: str, keep_last: int, rank: int, world_size: int) -> None:
+        self.root, self.keep_last, self.rank, self.world_size = root, max(1, keep_last), rank, world_size
+        if rank == 0:
+            os.makedirs(root, exist_ok=True)
+            for name in os.listdir(root):
+                if name.startswith(".tmp-"):  # an interrupted save of an earlier process
+                    shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+        barrier()
+
+    # ----- finding -----
+    def complete_checkpoints(self) -> list[str]:
+        """Complete checkpoint folders, oldest first."""
+        if not os.path.isdir(self.root):
+            return []
+        names = sorted(n for n in os.listdir(self.root) if _STEP_DIR.match(n))
+        return [os.path.join(self.root, n) for n in names if is_complete(os.path.join(self.root, n))]
+
+    def latest(self) -> str | None:
+        """The checkpoint `latest` names (falls back to the newest complete folder if the pointer is unusable)."""
+        pointer = os.path.join(self.root, "latest")
+        if os.path.isfile(pointer):
+            with open(pointer) as f:
+                path = os.path.join(self.root, f.read().strip())
+            if is_complete(path):
+                return path
+        found = self.complete_checkpoints()
+        return found[-1] if found else None
+
+    def best(self) -> dict[str, Any] | None:
+        path = os.path.join(self.root, "best.json")
+        if not os.path.isfile(path):
+            return None
+        with open(path) as f:
+            return json.load(f)
+
+    def resolve_resume(self, spec: str) -> str | None:
+        """'' -> None, 'auto' -> newest complete checkpoint or None, else the folder given (must be complete)."""
+        if not spec:
+            return None
+        if spec == "auto":
+            return self.latest()
+        if not os.path.isdir(spec):
+            raise CheckpointError(f"--resume {spec}: no such checkpoint folder (use 'auto' or a step_* folder)")
+        if not is_complete(spec):
+            raise CheckpointError(
+                f"--resume {spec}: incomplete checkpoint (no meta.json or {DS_TAG}/): the save was interrupted; "
+                f"use --resume auto to take the newest complete one under {self.root}"
+            )
+        return spec
+
+    # ----- saving -----
+    def save(
+        self,
+        engine: Any,
+        cfg: Config,
+        step: int,
+        epoch: int,
+        batches_done: int,
+        extra: dict[str, Any] | None = None,
+        metric: float | None = None,
+    ) -> str:
+        """Collective: every rank calls it. Returns the final folder once it and `latest` are in place."""
+        name = f"step_{step:08d}"
+        final, tmp = os.path.join(self.root, name), os.path.join(self.root, f".tmp-{name}")
+        if self.rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+            os.makedirs(tmp)
+        barrier()
+        engine.save_checkpoint(tmp, tag=DS_TAG, save_latest=False, exclude_frozen_parameters=True)
+        torch.save(rng_state(), os.path.join(tmp, f"rng_rank{self.rank}.pt"))
+        if self.rank == 0:
+            meta = {
+                "step": step,
+                "epoch": epoch,
+                "batches_done": batches_done,
+                "world_size": self.world_size,
+                "zero_stage": cfg.train.zero_stage,
+                "precision": cfg.train.precision,
+                "metric": metric,
+                **(extra or {}),
+            }
+            save_trainable(
+                engine.module,
+                os.path.join(tmp, "trainable.safetensors"),
+                {"config": to_yaml(cfg), "step": step, "epoch": epoch},
+            )
+            save_config(cfg, tmp)
+            _atomic_write_text(os.path.join(tmp, "meta.json"), json.dumps(meta, indent=2))
+        barrier()  # every rank's shards and RNG file are written
+        fault_point("during_save", step, self.rank)
+        if self.rank == 0:
+            _fsync_tree(tmp)
+            if os.path.exists(final):  # saved again at the same step (e.g. after a resume): replace it
+                shutil.rmtree(final)
+            os.rename(tmp, final)
+            _fsync_dir(self.root)
+            _atomic_write_text(os.path.join(self.root, "latest"), name)
+            if metric is not None:
+                best = self.best()
+                if best is None or metric > best["metric"]:
+                    record = json.dumps({"name": name, "metric": metric})
+                    _atomic_write_text(os.path.join(self.root, "best.json"), record)
+            self._prune()
+        barrier()
+        return final
+
+    def _prune(self) -> None:
+        best = self.best()
+        keep_best = os.path.join(self.root, best["name"]) if best else None
+        done = self.complete_checkpoints()
+        for path in done[: -self.keep_last]:
+            if path != keep_best:
+                shutil.rmtree(path, ignore_errors=True)
+
+    # ----- loading -----
+    def load(self, engine: Any, path: str, cfg: Config) -> dict[str, Any]:
+        """Restore weights, optimizer, scheduler and this rank's RNG file from `path`; returns its meta."""
+        meta = read_meta(path)
+        if cfg.train.zero_stage > 0 and meta["world_size"] != self.world_size:
+            raise CheckpointError(
+                f"{path} was saved by {meta['world_size']} ranks with ZeRO stage {meta['zero_stage']}; this run has "
+                f"{self.world_size}. Resume with the same number of ranks (optimizer shards are per rank)."
+            )
+        saved_cfg_path = os.path.join(path, "config.yaml")
+        if os.path.isfile(saved_cfg_path):
+            from aim_video.config import load_config
+
+            saved_model = to_dict(load_config(saved_cfg_path))["model"]
+            now_model = to_dict(cfg)["model"]
+            diff = sorted(
+                k
+                for k in now_model
+                if k not in ("pretrained", "compile", "grad_checkpointing") and saved_model.get(k) != now_model[k]
+            )
+            if diff:
+                raise CheckpointError(
+                    f"{path} was trained with another model config: "
+                    + ", ".join(f"model.{k}={saved_model.get(k)!r} (now {now_model[k]!r})" for k in diff)
+                )
+        tensors, _ = read_trainable(os.path.join(path, "trainable.safetensors"))
+        expected = set(engine.module.trainable_parameter_names())
+        if set(tensors) != expected:
+            raise CheckpointError(
+                f"{path}: trainable set differs from this model's (missing {sorted(expected - set(tensors))[:5]}, "
+                f"unexpected {sorted(set(tensors) - expected)[:5]})"
+            )
+        load_path, _ = engine.load_checkpoint(
+            path, tag=DS_TAG, load_module_strict=False, load_optimizer_states=True, load_lr_scheduler_states=True
+        )
+        if load_path is None:
+            raise CheckpointError(f"DeepSpeed could not load {os.path.join(path, DS_TAG)}")
+        rng_path = os.path.join(path, f"rng_rank{self.rank}.pt")
+        meta["rng"] = torch.load(rng_path, weights_only=False) if os.path.isfile(rng_path) else None
+        return meta
+
+
+def agree_on_resume(manager: CheckpointManager, spec: str) -> str | None:
+    """Rank 0 picks the checkpoint and every rank uses the same one (a save may land between two ranks' reads)."""
+    choice = manager.resolve_resume(spec) if manager.rank == 0 else None
+    return broadcast_object(choice)

@@ -1,0 +1,141 @@
+"""The DeepSpeed config, derived in code from the training config, and the engine built from it.
+
+Global batch = micro batch (`data.batch_size`, per rank) x `train.grad_accum_steps` x world size; the derived JSON is
+written into the run folder so a run can be read back and reproduced. `train.deepspeed` holds raw DeepSpeed keys that
+are merged over the derived ones (deep merge), for settings this schema does not name.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from typing import Any
+
+import torch
+
+from aim_video.config import Config
+from aim_video.engine.optim import build_optimizer, build_param_groups, build_scheduler
+
+PRECISIONS = ("bf16", "fp16", "fp32")
+
+
+def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def derive_ds_config(cfg: Config, world_size: int) -> dict[str, Any]:
+    """DeepSpeed JSON for this run: batch sizes, precision, ZeRO stage, clipping, then `train.deepspeed` on top."""
+    train = cfg.train
+    if train.precision not in PRECISIONS:
+        raise ValueError(f"train.precision must be one of {', '.join(PRECISIONS)}, got '{train.precision}'")
+    if train.zero_stage not in (0, 1, 2):
+        raise ValueError(
+            f"train.zero_stage must be 0, 1 or 2, got {train.zero_stage} (stage 3 partitions the frozen backbone "
+            "too and gains nothing for an ~11 M-parameter trainable set)"
+        )
+    if cfg.data.batch_size < 1 or train.grad_accum_steps < 1:
+        raise ValueError("data.batch_size and train.grad_accum_steps must be >= 1")
+    micro, accum = cfg.data.batch_size, train.grad_accum_steps
+    ds: dict[str, Any] = {
+        "train_batch_size": micro * accum * world_size,
+        "train_micro_batch_size_per_gpu": micro,
+        "gradient_accumulation_steps": accum,
+        "gradient_clipping": float(train.clip_grad),
+        "zero_optimization": {"stage": train.zero_stage},
+        "bf16": {"enabled": train.precision == "bf16"},
+        "fp16": {
+            "enabled": train.precision == "fp16",
+            "loss_scale": 0,  # 0 = dynamic loss scaling
+            "initial_scale_power": 16,
+            "loss_scale_window": 1000,
+            "hysteresis": 2,
+            "min_loss_scale": 1,
+        },
+        "steps_per_print": 10**9,  # our own logging reports progress; DeepSpeed's would duplicate it
+        "wall_clock_breakdown": False,
+    }
+    if train.zero_stage > 0:
+        ds["zero_optimization"].update(
+            {
+                "overlap_comm": False,
+                "contiguous_gradients": True,
+                "reduce_bucket_size": 5e7,
+                "allgather_bucket_size": 5e7,
+            }
+        )
+    merged = _deep_merge(ds, dict(train.deepspeed))
+    batch_keys = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps")
+    changed = [k for k in batch_keys if merged[k] != ds[k]]
+    if changed:
+        raise ValueError(
+            f"train.deepspeed sets {', '.join(changed)}: set data.batch_size (micro batch per rank) and "
+            "train.grad_accum_steps instead; the global batch is derived from them and the world size"
+        )
+    return merged
+
+
+def write_ds_config(ds_config: dict[str, Any], folder: str, name: str = "deepspeed_config.json") -> str:
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, name)
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(ds_config, f, indent=2, sort_keys=True)
+    os.replace(tmp, path)
+    return path
+
+
+def peak_lr(cfg: Config, world_size: int) -> float:
+    """`train.lr`, scaled linearly by global batch / `train.base_batch_size` when `train.scale_lr` is set."""
+    global_batch = cfg.data.batch_size * cfg.train.grad_accum_steps * world_size
+    return cfg.train.lr * global_batch / cfg.train.base_batch_size if cfg.train.scale_lr else cfg.train.lr
+
+
+def model_dtype(cfg: Config) -> torch.dtype:
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[cfg.train.precision]
+
+
+def build_engine(
+    cfg: Config, model: torch.nn.Module, steps_per_epoch: int, world_size: int, ds_config: dict[str, Any]
+) -> tuple[Any, dict[str, Any]]:
+    """DeepSpeed engine over `model` with AdamW on the trainable parameters and the per-step schedule.
+
+    Returns the engine and a summary (lr, group sizes, schedule lengths) for the run log.
+    """
+    import deepspeed
+
+    lr = peak_lr(cfg, world_size)
+    names = list(model.trainable_parameter_names())
+    groups = build_param_groups(model, names, lr, cfg.train.weight_decay, cfg.train.backbone_lr_mult)
+    optimizer = build_optimizer(groups, lr, cfg.train.betas)
+    total = max(1, round(cfg.train.epochs * steps_per_epoch))
+    if cfg.train.max_steps > 0:
+        total = min(total, cfg.train.max_steps)
+    warmup = min(total, max(1, round(cfg.train.warmup_epochs * steps_per_epoch)))
+    scheduler = build_scheduler(optimizer, warmup, total, cfg.train.min_lr / lr if lr > 0 else 0.0)
+    engine, _, _, _ = deepspeed.initialize(
+        model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config, dist_init_required=False
+    )
+    summary = {
+        "peak_lr": lr,
+        "warmup_steps": warmup,
+        "total_steps": total,
+        "param_groups": [
+            {
+                "name": g["name"],
+                "params": len(g["params"]),
+                "numel": sum(p.numel() for p in g["params"]),
+                "lr": g["lr"],
+                "weight_decay": g["weight_decay"],
+            }
+            for g in groups
+        ],
+        "trainable_params": sum(p.numel() for g in groups for p in g["params"]),
+    }
+    return engine, summary

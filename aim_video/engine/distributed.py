@@ -1,0 +1,145 @@
+"""Process-group set-up, small collectives, RNG state capture and the fault points the crash tests use.
+
+`tools/train.py` runs under the `deepspeed` launcher (env vars RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT set by
+it) or as a plain single process; :func:`init_distributed` fills in a one-process world in the second case so the
+same DeepSpeed code path runs both. On a CPU machine (`DS_ACCELERATOR=cpu`) the backend is gloo.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+FAULT_ENV = "AIM_VIDEO_FAULT"
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def init_distributed() -> DistInfo:
+    """Initialise DeepSpeed's process group (gloo on CPU, nccl on CUDA) and return this process's place in it."""
+    import deepspeed
+    from deepspeed.accelerator import get_accelerator
+
+    if "WORLD_SIZE" not in os.environ:  # plain `python tools/train.py`: a world of one
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    accel = get_accelerator()
+    backend = accel.communication_backend_name()
+    if accel.device_name() == "cpu":
+        backend = "gloo"
+    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False)
+    rank, world = dist.get_rank(), dist.get_world_size()
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if accel.device_name() == "cpu":
+        device = torch.device("cpu")
+    else:
+        accel.set_device(local_rank)
+        device = torch.device(accel.device_name(local_rank))
+    return DistInfo(rank=rank, world_size=world, local_rank=local_rank, device=device)
+
+
+def barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def all_reduce_sum(values: list[float]) -> list[float]:
+    """Sum a few Python floats over ranks (float64 on CPU: gloo handles CPU tensors)."""
+    tensor = torch.tensor(values, dtype=torch.float64)
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        if dist.get_backend() != "gloo":
+            tensor = tensor.to(torch.device("cuda", torch.cuda.current_device()))
+        dist.all_reduce(tensor)
+    return tensor.cpu().tolist()
+
+
+def all_gather_objects(obj: Any) -> list[Any]:
+    """Every rank's `obj`, in rank order (small picklable objects: failure lists, counters)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def seed_everything(seed: int, rank: int) -> None:
+    """Different but reproducible streams per rank (dropout, drop_path and MixUp differ across ranks)."""
+    value = seed + 1000 * rank
+    random.seed(value)
+    np.random.seed(value % 2**32)
+    torch.manual_seed(value)
+
+
+def rng_state() -> dict[str, Any]:
+    """This process's RNG states (Python, NumPy, torch CPU and CUDA) for an exact resume."""
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def fault_point(name: str, step: int, rank: int) -> None:
+    """Crash-test hook: SIGKILL (or exit 1) this process where `AIM_VIDEO_FAULT` says; a no-op otherwise.
+
+    `AIM_VIDEO_FAULT=<name>@<step>[:rank<r>][:exit]`, e.g. `after_step@3`, `during_save@4:rank0`,
+    `after_step@2:rank1:exit`. The tests use it to kill a real process at an exact point (between steps, between
+    the checkpoint shards and the rename, one rank only); it is never set in normal use.
+    """
+    spec = os.environ.get(FAULT_ENV, "")
+    if not spec:
+        return
+    where, *opts = spec.split(":")
+    fault_name, _, fault_step = where.partition("@")
+    if fault_name != name or int(fault_step or -1) != step:
+        return
+    ranks = [int(o[4:]) for o in opts if o.startswith("rank")]
+    if ranks and rank not in ranks:
+        return
+    print(f"[fault injection] {FAULT_ENV}={spec}: rank {rank} dies at {name} step {step}", flush=True)
+    if "exit" in opts:
+        os._exit(1)
+    os.kill(os.getpid(), signal.SIGKILL)

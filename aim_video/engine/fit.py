@@ -1,0 +1,234 @@
+"""A whole training run: set-up, resume, epochs with periodic evaluation and checkpoints, export and summary.
+
+`tools/train.py` parses the command line and calls :func:`fit`; everything here runs on every rank (rank 0 alone
+writes logs, the exported weights and the summary).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+from aim_video.config import Config, save_config, to_yaml
+from aim_video.engine.checkpoint_io import CheckpointManager, agree_on_resume
+from aim_video.engine.deepspeed_setup import build_engine, derive_ds_config, model_dtype, write_ds_config
+from aim_video.engine.distributed import (
+    DistInfo,
+    all_gather_objects,
+    barrier,
+    fault_point,
+    init_distributed,
+    seed_everything,
+    set_rng_state,
+)
+from aim_video.engine.train_loop import EpochState, RunLog, build_mixing, train_one_epoch
+from aim_video.models.trainable_io import save_trainable
+
+
+def _sampler_of(loader: Any) -> Any:
+    sampler = getattr(loader, "sampler", None)
+    if not hasattr(sampler, "set_epoch") and getattr(loader, "batch_sampler", None) is not None:
+        sampler = getattr(loader.batch_sampler, "sampler", sampler)
+    return sampler
+
+
+def epoch_batches(loader: Any, epoch: int, skip: int, seed: int, rank: int) -> Iterator[dict[str, Any]]:
+    """The loader's batches for `epoch`, starting after the first `skip` (a resumed checkpoint consumed them).
+
+    The sampler is re-seeded by epoch, and the DataLoader draws its workers' base seed from a generator seeded by
+    (seed, epoch, rank) rather than from the global RNG, so an epoch's batches do not depend on what ran before it.
+    """
+    sampler = _sampler_of(loader)
+    if hasattr(sampler, "set_epoch"):
+        sampler.set_epoch(epoch)
+    loader.generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch * 1009 + rank)
+    iterator = iter(loader)
+    for _ in range(skip):  # replaying keeps every worker's RNG stream where it was when the checkpoint was taken
+        next(iterator)
+    return iterator
+
+
+def run_evaluation(engine: Any, cfg: Config, info: DistInfo, cache: dict[str, Any]) -> dict[str, Any] | None:
+    """Periodic evaluation on `data.val_list` through aim_video.eval's `evaluate` (multi-view, every video once)."""
+    if not cfg.data.val_list:
+        return None
+    from aim_video.data.loader import build_eval_loader
+    from aim_video.eval.multiview import evaluate
+
+    if "loader" not in cache:
+        cache["loader"] = build_eval_loader(cfg, "val", info.rank, info.world_size)
+    result = evaluate(engine.module, cache["loader"], cfg)
+    engine.train()
+    return result
+
+
+def _prepare_fn(cfg: Config, device: torch.device):
+    from aim_video.data.transforms import normalize
+
+    dtype = model_dtype(cfg)
+
+    def prepare(batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        video = batch["video"].to(device, non_blocking=True)  # uint8 [B, T, C, H, W]
+        video = normalize(video, cfg.data.mean, cfg.data.std).to(dtype)
+        return video, batch["label"].to(device, non_blocking=True)
+
+    return prepare
+
+
+def fit(cfg: Config, resume: str = "") -> dict[str, Any]:
+    """Train `cfg` to the end (or `train.max_steps`); returns the summary rank 0 writes to train_summary.json."""
+    from aim_video.data.loader import build_train_loader
+    from aim_video.models.build import build_model
+
+    started = time.time()
+    info = init_distributed()
+    out = cfg.output_dir
+    seed_everything(cfg.train.seed, info.rank)
+    ds_config = derive_ds_config(cfg, info.world_size)
+    if info.is_main:
+        os.makedirs(out, exist_ok=True)
+        save_config(cfg, out)
+        write_ds_config(ds_config, out)
+    model = build_model(cfg.model, cfg.data.num_frames)
+    loader = build_train_loader(cfg, info.rank, info.world_size)
+    accum = cfg.train.grad_accum_steps
+    micro_per_epoch = (len(loader) // accum) * accum
+    if micro_per_epoch == 0:
+        raise SystemExit(
+            f"error: {len(loader)} batches per rank per epoch is fewer than train.grad_accum_steps={accum}: "
+            f"use a longer train list ({cfg.data.train_list}), a smaller data.batch_size or fewer ranks"
+        )
+    steps_per_epoch = micro_per_epoch // accum
+    engine, opt_summary = build_engine(cfg, model, steps_per_epoch, info.world_size, ds_config)
+    manager = CheckpointManager(os.path.join(out, "checkpoints"), cfg.train.keep_last, info.rank, info.world_size)
+    state = EpochState()
+    resumed_from = agree_on_resume(manager, resume or cfg.train.resume)
+    if resumed_from:
+        meta = manager.load(engine, resumed_from, cfg)
+        state.epoch, state.batches_done, state.step = meta["epoch"], meta["batches_done"], meta["step"]
+        if meta["rng"] is not None:
+            set_rng_state(meta["rng"])
+        if state.batches_done >= micro_per_epoch:
+            state.epoch, state.batches_done = state.epoch + 1, 0
+    total_steps = opt_summary["total_steps"]
+    log = RunLog(out, info.is_main, total_steps, state.step)
+    log.event(
+        "start",
+        world_size=info.world_size,
+        device=str(info.device),
+        steps_per_epoch=steps_per_epoch,
+        resumed_from=resumed_from,
+        start_step=state.step,
+        start_epoch=state.epoch,
+        global_batch=ds_config["train_batch_size"],
+        **opt_summary,
+    )
+    prepare = _prepare_fn(cfg, info.device)
+    mix = build_mixing(cfg.train.mixup_alpha, cfg.train.cutmix_alpha, cfg.model.num_classes)
+    save_steps = cfg.train.save_every_steps
+    last_saved = state.step if resumed_from else -1
+    eval_cache: dict[str, Any] = {}
+    results: list[dict[str, Any]] = []
+    totals = Counter()
+    last_stats: dict[str, Any] | None = None
+
+    def on_step(s: EpochState) -> None:
+        nonlocal last_saved
+        if save_steps > 0 and s.step % save_steps == 0 and s.batches_done < micro_per_epoch:
+            manager.save(engine, cfg, s.step, s.epoch, s.batches_done)
+            last_saved = s.step
+        fault_point("after_step", s.step, info.rank)
+
+    max_steps = cfg.train.max_steps
+    while state.epoch < cfg.train.epochs and (max_steps <= 0 or state.step < max_steps):
+        batches = epoch_batches(loader, state.epoch, state.batches_done, cfg.train.seed, info.rank)
+        stats = train_one_epoch(
+            engine,
+            batches,
+            state,
+            micro_batches=micro_per_epoch,
+            prepare=prepare,
+            mix=mix,
+            label_smoothing=cfg.train.label_smoothing,
+            max_steps=max_steps,
+            log=log,
+            log_every=max(1, cfg.train.log_every),
+            rank=info.rank,
+            world_size=info.world_size,
+            on_step=on_step,
+        )
+        del batches  # ends the epoch's workers before evaluation starts its own
+        failures = [f for per_rank in all_gather_objects(stats.pop("failures")) for f in per_rank]
+        totals["failures"] += len(failures)
+        finished = state.batches_done >= micro_per_epoch
+        last_epoch = state.epoch + 1 >= cfg.train.epochs or (0 < max_steps <= state.step)
+        log.event("epoch", finished=finished, failures=len(failures), failure_examples=failures[:20], **stats)
+        metric = None
+        every = cfg.train.eval_every
+        if (finished and every > 0 and (state.epoch + 1) % every == 0) or last_epoch:
+            result = run_evaluation(engine, cfg, info, eval_cache)
+            if result is not None:
+                metric = float(result.get("top1", float("nan")))
+                results.append({"epoch": state.epoch, "step": state.step, **result})
+                log.event("eval", epoch=state.epoch, step=state.step, **result)
+                log.scalars(state.step, "val", {k: v for k, v in result.items() if isinstance(v, float)})
+        if (finished and (state.epoch + 1) % max(1, cfg.train.save_every) == 0) or last_epoch:
+            if last_saved != state.step:
+                manager.save(engine, cfg, state.step, state.epoch, state.batches_done, metric=metric)
+                last_saved = state.step
+            fault_point("after_epoch_save", state.step, info.rank)
+        if finished:
+            state.epoch, state.batches_done = state.epoch + 1, 0
+        totals["clips_per_s_sum"] += stats["clips_per_s"]
+        totals["data_wait_sum"] += stats["data_wait"]
+        totals["epochs_run"] += 1
+        last_stats = stats
+
+    export = os.path.join(out, "model_trainable.safetensors")
+    if info.is_main:
+        save_trainable(engine.module, export, {"config": to_yaml(cfg), "step": state.step, "epoch": state.epoch})
+    barrier()
+    epochs_run = max(1, totals["epochs_run"])
+    summary = {
+        "steps": state.step,
+        "epochs": state.epoch,
+        "final_loss": state.last_loss,
+        "clips_per_s": totals["clips_per_s_sum"] / epochs_run,
+        "data_wait_share": totals["data_wait_sum"] / epochs_run,
+        "skipped_steps": int(engine.skipped_steps),
+        "loader_failures": int(totals["failures"]),
+        "world_size": info.world_size,
+        "global_batch": ds_config["train_batch_size"],
+        "resumed_from": resumed_from,
+        "eval": results,
+        "best": manager.best(),
+        "wall_s": time.time() - started,
+        "paths": {
+            "output_dir": out,
+            "config": os.path.join(out, "config.yaml"),
+            "deepspeed_config": os.path.join(out, "deepspeed_config.json"),
+            "log": log.path,
+            "tensorboard": log.tb_dir,
+            "checkpoints": manager.root,
+            "latest_checkpoint": manager.latest(),
+            "model_trainable": export,
+        },
+    }
+    if totals["epochs_run"] == 0:
+        summary["note"] = "nothing to train: the resumed checkpoint had already reached the end"
+    elif last_stats:
+        summary["last_epoch"] = last_stats
+    log.event("end", **{k: v for k, v in summary.items() if k != "eval"})
+    log.close()
+    if info.is_main:
+        path = os.path.join(out, "train_summary.json")
+        with open(path + ".tmp", "w") as f:
+            json.dump(summary, f, indent=2)
+        os.replace(path + ".tmp", path)
+    return summary

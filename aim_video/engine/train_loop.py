@@ -1,0 +1,222 @@
+"""One training epoch as a plain function, with the loss, MixUp/CutMix, and rank-0 logging it reports through.
+
+`train_one_epoch` drives a DeepSpeed engine over uint8 clip batches (normalised on the device after the copy), keeps
+the epoch's position (so a checkpoint can resume mid-epoch exactly), measures clips/s and the share of time spent
+waiting for data, counts the videos the loader had to replace, and stops with a message naming rank, epoch, step and
+sample indices when a loss is NaN or infinite. fp16 steps that DeepSpeed skips on overflow are reported, not fatal.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+
+from aim_video.engine.distributed import all_reduce_sum
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A NaN or infinite training loss; the message says where."""
+
+
+def build_mixing(mixup_alpha: float, cutmix_alpha: float, num_classes: int) -> Callable | None:
+    """torchvision v2 MixUp / CutMix (one of the two per batch when both are on) producing soft targets."""
+    ops = []
+    if mixup_alpha > 0:
+        ops.append(v2.MixUp(alpha=mixup_alpha, num_classes=num_classes))
+    if cutmix_alpha > 0:
+        ops.append(v2.CutMix(alpha=cutmix_alpha, num_classes=num_classes))
+    if not ops:
+        return None
+    op = ops[0] if len(ops) == 1 else v2.RandomChoice(ops)
+
+    def mix(video: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # video: float [B, T, C, H, W]; wrapped as a Video so v2 mixes whole clips (one box / lambda per clip)
+        mixed, target = op(tv_tensors.Video(video), label)
+        return mixed.as_subclass(torch.Tensor), target
+
+    return mix
+
+
+def loss_fn(logits: torch.Tensor, target: torch.Tensor, label_smoothing: float) -> torch.Tensor:
+    """Cross-entropy in fp32 on hard labels [B] or soft targets [B, K] (MixUp/CutMix), with label smoothing."""
+    return F.cross_entropy(logits.float(), target, label_smoothing=label_smoothing)
+
+
+@dataclass
+class EpochState:
+    """Where training is: the engine's optimizer-step count and the position inside the current epoch."""
+
+    epoch: int = 0
+    batches_done: int = 0  # micro-batches of `epoch` already consumed
+    step: int = 0  # optimizer steps since the start of training
+    last_loss: float = float("nan")
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+class RunLog:
+    """Rank 0: JSON-lines log, TensorBoard scalars and a tqdm bar; other ranks keep nothing."""
+
+    def __init__(self, output_dir: str, is_main: bool, total_steps: int, initial_step: int) -> None:
+        self.is_main = is_main
+        self.path = os.path.join(output_dir, "log.jsonl")
+        self.tb_dir = os.path.join(output_dir, "tensorboard")
+        self.bar = self.tb = None
+        if is_main:
+            from torch.utils.tensorboard import SummaryWriter
+            from tqdm import tqdm
+
+            self.tb = SummaryWriter(self.tb_dir)
+            self.bar = tqdm(total=total_steps, initial=initial_step, unit="step", dynamic_ncols=True, mininterval=1.0)
+
+    def event(self, kind: str, **fields: Any) -> None:
+        if not self.is_main:
+            return
+        line = json.dumps({"event": kind, "time": round(time.time(), 3), **fields})
+        with open(self.path, "a") as f:  # one append per line: a crash leaves every earlier line intact
+            f.write(line + "\n")
+        if self.bar is not None and kind not in ("train",):
+            self.bar.write(line)
+
+    def scalars(self, step: int, prefix: str, values: dict[str, float]) -> None:
+        if self.tb is not None:
+            for key, value in values.items():
+                self.tb.add_scalar(f"{prefix}/{key}", value, step)
+
+    def progress(self, steps: int, **postfix: str) -> None:
+        if self.bar is not None:
+            self.bar.update(steps)
+            self.bar.set_postfix(postfix, refresh=False)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self.tb is not None:
+            self.tb.flush()
+            self.tb.close()
+
+
+def train_one_epoch(
+    engine: Any,
+    batches: Iterator[dict[str, Any]],
+    state: EpochState,
+    *,
+    micro_batches: int,
+    prepare: Callable[[dict[str, Any]], tuple[torch.Tensor, torch.Tensor]],
+    mix: Callable | None,
+    label_smoothing: float,
+    max_steps: int,
+    log: RunLog,
+    log_every: int,
+    rank: int,
+    world_size: int,
+    on_step: Callable[[EpochState], None] | None = None,
+) -> dict[str, Any]:
+    """Consume micro-batches until the epoch has `micro_batches` of them (or `max_steps` is reached).
+
+    `batches` already starts at `state.batches_done` (the sampler skipped what a resumed checkpoint consumed).
+    `prepare` turns a loader batch into (float video on the device in the model's dtype, int64 labels).
+    `on_step` runs after every optimizer step (checkpoints by step count, fault points). Returns epoch statistics.
+    """
+    engine.train()
+    accum = engine.gradient_accumulation_steps()
+    micro, clips_per_micro = 0, None
+    failures: list[str] = []
+    window = {"loss": 0.0, "micro": 0, "wait": 0.0, "time": 0.0, "clips": 0}
+    epoch_wait = epoch_time = 0.0
+    epoch_clips = 0
+    skipped_before = engine.skipped_steps
+    tick = time.perf_counter()
+    while state.batches_done < micro_batches and (max_steps <= 0 or state.step < max_steps):
+        batch = next(batches)
+        got = time.perf_counter()
+        failures.extend(batch.get("failures", []))
+        video, label = prepare(batch)
+        target = label
+        if mix is not None:
+            video, target = mix(video, label)
+        logits = engine(video)
+        loss = loss_fn(logits, target, label_smoothing)
+        value = loss.item()
+        if not math.isfinite(value):
+            lr = engine.lr_scheduler.get_last_lr()[0]
+            raise NonFiniteLossError(
+                f"loss is {value} on rank {rank} at epoch {state.epoch}, optimizer step {state.step + 1}, "
+                f"micro-batch {state.batches_done} of the epoch (sample indices {batch['index'].tolist()}), "
+                f"lr {lr:.3g}. Lower train.lr, try train.precision=bf16/fp32 or set train.clip_grad."
+            )
+        engine.backward(loss)
+        engine.step()
+        state.batches_done += 1
+        micro += 1
+        clips_per_micro = clips_per_micro or int(video.shape[0])
+        now = time.perf_counter()
+        window["loss"] += value
+        window["micro"] += 1
+        window["wait"] += got - tick
+        window["time"] += now - tick
+        window["clips"] += int(video.shape[0])
+        tick = now
+        if micro % accum:
+            continue
+        state.step += 1
+        skipped = engine.skipped_steps - skipped_before
+        if skipped:
+            log.event(
+                "overflow_skip",
+                step=state.step,
+                skipped_total=int(engine.skipped_steps),
+                loss_scale=float(getattr(engine.optimizer, "cur_scale", float("nan"))),
+            )
+            skipped_before = engine.skipped_steps
+        if state.step % log_every == 0 or state.batches_done >= micro_batches or state.step == max_steps:
+            loss_sum, micro_sum, clips_sum = all_reduce_sum([window["loss"], window["micro"], window["clips"]])
+            state.last_loss = loss_sum / micro_sum
+            lr = engine.lr_scheduler.get_last_lr()
+            clips_s = clips_sum / max(window["time"], 1e-9)
+            wait = window["wait"] / max(window["time"], 1e-9)
+            record = {
+                "step": state.step,
+                "epoch": state.epoch,
+                "loss": state.last_loss,
+                "lr": max(lr),
+                "clips_per_s": clips_s,
+                "data_wait": wait,
+            }
+            log.event("train", **record)
+            log.scalars(
+                state.step, "train", {"loss": state.last_loss, "lr": max(lr), "clips_per_s": clips_s, "data_wait": wait}
+            )
+            log.progress(
+                0,
+                loss=f"{state.last_loss:.4f}",
+                lr=f"{max(lr):.2e}",
+                clips_s=f"{clips_s:.1f}",
+                wait=f"{100 * wait:.0f}%",
+            )
+            epoch_wait += window["wait"]
+            epoch_time += window["time"]
+            epoch_clips += int(clips_sum)
+            window = {"loss": 0.0, "micro": 0, "wait": 0.0, "time": 0.0, "clips": 0}
+        log.progress(1)
+        if on_step is not None:
+            on_step(state)
+            tick = time.perf_counter()  # checkpoint time is not data wait
+    return {
+        "epoch": state.epoch,
+        "steps": state.step,
+        "loss": state.last_loss,
+        "clips_per_s": epoch_clips / max(epoch_time, 1e-9),
+        "data_wait": epoch_wait / max(epoch_time, 1e-9),
+        "failures": failures,
+        "skipped_steps": int(engine.skipped_steps),
+    }

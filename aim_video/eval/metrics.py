@@ -1,0 +1,93 @@
+"""Classification metrics over per-video scores, computed with torchmetrics.
+
+Evaluation hands this module one row of averaged scores per video (already gathered across ranks, each video once).
+Everything here is a pure function of ``scores [N, K]`` and ``labels [N]``, so a caller can also score a subset of
+videos or classes (for example the demo's temporal-order pair) with the same definitions.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torchmetrics.functional.classification import multiclass_accuracy, multiclass_confusion_matrix
+
+
+def compute_metrics(scores: torch.Tensor, labels: torch.Tensor, num_classes: int) -> dict[str, Any]:
+    """Top-1, top-5, mean-class accuracy, per-class accuracy and the confusion matrix.
+
+    ``scores``: float ``[N, K]`` (probabilities or logits; only their order matters). ``labels``: int64 ``[N]``.
+    Mean-class accuracy is the mean recall over the classes that occur in ``labels`` (torchmetrics' ``macro`` would
+    also count, as 0, a class without videos that something was predicted as); per-class accuracy is NaN for a class
+    with no video. Accuracies are fractions in [0, 1].
+    """
+    if scores.ndim != 2 or scores.shape[1] != num_classes:
+        raise ValueError(f"scores must be [N, {num_classes}], got {tuple(scores.shape)}")
+    if labels.shape != scores.shape[:1]:
+        raise ValueError(f"labels must be [N] with N={scores.shape[0]}, got {tuple(labels.shape)}")
+    n = int(scores.shape[0])
+    support = torch.bincount(labels.long(), minlength=num_classes) if n else torch.zeros(num_classes, dtype=torch.long)
+    if n == 0:
+        nan = float("nan")
+        return {
+            "top1": nan,
+            "top5": nan,
+            "mean_class_accuracy": nan,
+            "per_class_accuracy": [nan] * num_classes,
+            "support": support.tolist(),
+            "confusion_matrix": torch.zeros(num_classes, num_classes, dtype=torch.long),
+        }
+    if labels.min() < 0 or labels.max() >= num_classes:
+        raise ValueError(
+            f"labels must lie in [0, {num_classes}), got range [{int(labels.min())}, {int(labels.max())}]: "
+            "does data.num_classes match the annotation file?"
+        )
+    scores, labels = scores.float().cpu(), labels.long().cpu()
+    top5_k = min(5, num_classes)
+    per_class = multiclass_accuracy(scores, labels, num_classes, average=None)
+    per_class = torch.where(support > 0, per_class, torch.full_like(per_class, float("nan")))
+    return {
+        "top1": float(multiclass_accuracy(scores, labels, num_classes, average="micro", top_k=1)),
+        "top5": float(multiclass_accuracy(scores, labels, num_classes, average="micro", top_k=top5_k)),
+        "mean_class_accuracy": float(per_class.nanmean()),
+        "per_class_accuracy": per_class.tolist(),
+        "support": support.tolist(),
+        "confusion_matrix": multiclass_confusion_matrix(scores, labels, num_classes),
+    }
+
+
+def subset_accuracy(
+    scores: torch.Tensor, labels: torch.Tensor, classes: Sequence[int], restrict_scores: bool = False
+) -> dict[str, float | int]:
+    """Top-1 over the videos whose label is in ``classes``.
+
+    With ``restrict_scores`` the prediction is the argmax among ``classes`` only (a k-way task inside the full head,
+    e.g. "which of the two temporal orders"); otherwise it is the argmax over all classes.
+    """
+    classes_t = torch.as_tensor(list(classes), dtype=torch.long)
+    keep = torch.isin(labels.long(), classes_t)
+    n = int(keep.sum())
+    if n == 0:
+        return {"top1": math.nan, "num_videos": 0}
+    sub_scores, sub_labels = scores[keep].float(), labels[keep].long()
+    if restrict_scores:
+        pred = classes_t[sub_scores[:, classes_t].argmax(dim=1)]
+    else:
+        pred = sub_scores.argmax(dim=1)
+    return {"top1": float((pred == sub_labels).float().mean()), "num_videos": n}
+
+
+def top_confused_pairs(confusion: torch.Tensor, k: int = 20) -> list[tuple[int, int, int]]:
+    """The ``k`` largest off-diagonal entries of a confusion matrix as ``(true, predicted, count)``, count > 0."""
+    off = confusion.clone().long()
+    off.fill_diagonal_(0)
+    flat = off.flatten()
+    k = min(k, int((flat > 0).sum()))
+    if k == 0:
+        return []
+    counts, where = torch.sort(flat, descending=True, stable=True)  # ties keep (true, predicted) order
+    counts, where = counts[:k], where[:k]
+    num_classes = confusion.shape[1]
+    return [(int(i) // num_classes, int(i) % num_classes, int(c)) for c, i in zip(counts, where, strict=True)]

@@ -1,0 +1,239 @@
+"""AIM (Yang et al., ICLR 2023) around a timm VisionTransformer: a frozen image model adapted to video.
+
+Each timm ``Block`` becomes an :class:`AIMBlock` that *takes over* the block's own ``norm1``, ``attn``, ``ls1``,
+``norm2``, ``mlp`` and ``ls2`` modules (the same objects, so the state-dict keys stay timm's
+``blocks.{i}.norm1.weight`` ...). Per block, in the paper's order:
+
+1. temporal adaptation: the block's own frozen ``norm1`` and ``attn`` run over the time axis
+   (``(b t) n d -> (b n) t d``), then a no-skip adapter; added back through drop_path;
+2. spatial adaptation: ``x + S_adapter(attn(norm1(x)))``, the adapter with a skip;
+3. joint adaptation: ``x + mlp(h) + drop_path(scale * MLP_adapter(h))`` with ``h = norm2(x)``.
+
+The network adds a zero-initialised temporal embedding before ``norm_pre``, keeps the final norm trainable and
+classifies the mean over frames of the per-frame CLS token (dropout, then a linear head with std 0.01).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import torch
+from einops import rearrange
+from timm.layers import DropPath
+from timm.models.vision_transformer import Block, VisionTransformer
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from aim_video.models.adapter import Adapter
+
+log = logging.getLogger(__name__)
+
+
+class AIMBlock(nn.Module):
+    """A frozen pre-norm timm ``Block`` with AIM's temporal, spatial and joint adapters around it.
+
+    Adapters that are switched off are absent (no parameters); with all of them off the block computes exactly the
+    original timm block. ``num_temporal_adapters=2`` is the SSv2 variant: one more skip adapter right after
+    ``norm1`` on the temporal branch.
+    """
+
+    def __init__(
+        self,
+        block: Block,
+        *,
+        spatial: bool = True,
+        temporal: bool = True,
+        joint: bool = True,
+        ratio: float = 0.25,
+        num_temporal_adapters: int = 1,
+        mlp_adapter_scale: float = 0.5,
+        drop_path: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if type(block) is not Block:
+            raise TypeError(
+                f"AIM adapts timm's pre-norm vision_transformer.Block, got {type(block).__name__}; "
+                "pick a ViT architecture built from plain Blocks (e.g. vit_base_patch16_clip_quickgelu_224)"
+            )
+        if num_temporal_adapters not in (1, 2):
+            raise ValueError(f"model.num_temporal_adapters must be 1 or 2 (SSv2 variant), got {num_temporal_adapters}")
+        dim = block.norm1.weight.shape[0]
+        # the block's own frozen modules: same objects, no copies, timm's key names
+        self.norm1 = block.norm1
+        self.attn = block.attn
+        self.ls1 = block.ls1
+        self.norm2 = block.norm2
+        self.mlp = block.mlp
+        self.ls2 = block.ls2
+        # new trainable modules
+        self.t_adapter_in = Adapter(dim, ratio, skip=True) if temporal and num_temporal_adapters == 2 else None
+        self.t_adapter = Adapter(dim, ratio, skip=False) if temporal else None
+        self.s_adapter = Adapter(dim, ratio, skip=True) if spatial else nn.Identity()
+        self.mlp_adapter = Adapter(dim, ratio, skip=False) if joint else None
+        self.mlp_adapter_scale = mlp_adapter_scale
+        self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor, num_frames: int) -> torch.Tensor:
+        """``x``: tokens ``[B*T, N, D]`` (frame-major within each clip) -> same shape."""
+        if self.t_adapter is not None:
+            n = x.shape[1]
+            xt = rearrange(x, "(b t) n d -> (b n) t d", t=num_frames)  # [B*N, T, D]: each token over time
+            xt = self.norm1(xt)
+            if self.t_adapter_in is not None:
+                xt = self.t_adapter_in(xt)
+            xt = self.t_adapter(self.attn(xt))  # the block's own frozen attention over the T axis
+            xt = rearrange(xt, "(b n) t d -> (b t) n d", n=n)  # [B*T, N, D]
+            x = x + self.drop_path(xt)
+        x = x + self.ls1(self.s_adapter(self.attn(self.norm1(x))))  # spatial: over the N axis, adapter with skip
+        h = self.norm2(x)
+        if self.mlp_adapter is not None:
+            x = x + self.ls2(self.mlp(h)) + self.drop_path(self.mlp_adapter_scale * self.mlp_adapter(h))
+        else:
+            x = x + self.ls2(self.mlp(h))
+        return x
+
+
+class AIMVisionTransformer(nn.Module):
+    """Video classifier: a timm ViT (frozen) with AIM blocks, temporal embedding, trainable final norm and head.
+
+    Input float ``[B, T, C, H, W]`` (normalised frames) -> logits ``[B, num_classes]``. The backbone lives in
+    ``self.backbone`` with timm's own key names; everything but :meth:`trainable_parameter_names` is frozen here.
+    """
+
+    def __init__(
+        self,
+        backbone: VisionTransformer,
+        num_frames: int,
+        num_classes: int,
+        *,
+        adapter_blocks: Sequence[int] | None = None,
+        ratio: float = 0.25,
+        spatial: bool = True,
+        temporal: bool = True,
+        joint: bool = True,
+        num_temporal_adapters: int = 1,
+        mlp_adapter_scale: float = 0.5,
+        temporal_embedding: bool = True,
+        drop_path_rate: float = 0.2,
+        head_dropout: float = 0.5,
+    ) -> None:
+        super().__init__()
+        _check_backbone(backbone)
+        depth = len(backbone.blocks)
+        adapted = set(range(depth) if adapter_blocks is None else adapter_blocks)
+        # drop_path rises linearly over depth, as in the paper (0 at the first block)
+        rates = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
+        backbone.blocks = nn.Sequential(
+            *[
+                AIMBlock(
+                    blk,
+                    spatial=spatial and i in adapted,
+                    temporal=temporal and i in adapted,
+                    joint=joint and i in adapted,
+                    ratio=ratio,
+                    num_temporal_adapters=num_temporal_adapters,
+                    mlp_adapter_scale=mlp_adapter_scale,
+                    drop_path=rates[i],
+                )
+                for i, blk in enumerate(backbone.blocks)
+            ]
+        )
+        backbone.reset_classifier(0)  # the image classifier (CLIP's proj) is unused; the video head is below
+        self.backbone = backbone
+        self.num_frames = num_frames
+        self.num_classes = num_classes
+        dim = backbone.embed_dim
+        self.temporal_embed = nn.Parameter(torch.zeros(1, num_frames, dim)) if temporal_embedding else None
+        self.head_drop = nn.Dropout(head_dropout)
+        self.head = nn.Linear(dim, num_classes)
+        nn.init.normal_(self.head.weight, std=0.01)
+        nn.init.zeros_(self.head.bias)
+        self.grad_checkpointing = False
+        self.freeze()
+
+    # -- trainable set -------------------------------------------------------------------------------------------
+    def new_parameter_names(self) -> list[str]:
+        """Parameters AIM adds to the image model (adapters, temporal embedding, head): absent from its checkpoint."""
+        adapter_prefixes = tuple(f"{name}." for name, m in self.named_modules() if isinstance(m, Adapter))
+        return [
+            name
+            for name, _ in self.named_parameters()
+            if name.startswith(adapter_prefixes) or name == "temporal_embed" or name.startswith("head.")
+        ]
+
+    def trainable_parameter_names(self) -> list[str]:
+        """Adapters, temporal embedding, final norm and head, in ``named_parameters`` order."""
+        trainable = set(self.new_parameter_names()) | {
+            f"backbone.norm.{n}" for n, _ in self.backbone.norm.named_parameters()
+        }
+        return [name for name, _ in self.named_parameters() if name in trainable]
+
+    def freeze(self) -> None:
+        """``requires_grad`` on exactly the trainable set, off everywhere else."""
+        trainable = set(self.trainable_parameter_names())
+        for name, param in self.named_parameters():
+            param.requires_grad_(name in trainable)
+
+    def parameter_counts(self) -> tuple[int, int]:
+        """(trainable, total) parameter counts."""
+        trainable = set(self.trainable_parameter_names())
+        params = list(self.named_parameters())
+        return sum(p.numel() for n, p in params if n in trainable), sum(p.numel() for _, p in params)
+
+    # -- switches -----------------------------------------------------------------------------------------------
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each block in the backward pass (non-reentrant, so adapters get gradients behind a frozen stem)."""
+        self.grad_checkpointing = enable
+
+    def compile_blocks(self, **kwargs) -> None:
+        """``torch.compile`` each block in place: parameter names and checkpointing stay as they are."""
+        for blk in self.backbone.blocks:
+            blk.compile(**kwargs)
+
+    # -- forward ------------------------------------------------------------------------------------------------
+    def forward_features(self, video: torch.Tensor) -> torch.Tensor:
+        """``[B, T, C, H, W]`` -> final-norm tokens ``[B, T, N, D]`` (N includes CLS and any register tokens)."""
+        if video.ndim != 5:
+            raise ValueError(f"expected video [B, T, C, H, W], got shape {tuple(video.shape)}")
+        num_frames = video.shape[1]
+        if self.temporal_embed is not None and num_frames != self.num_frames:
+            raise ValueError(f"model was built for {self.num_frames} frames, got clips of {num_frames}")
+        vit = self.backbone
+        x = rearrange(video, "b t c h w -> (b t) c h w")  # frames through the image stem one by one
+        x = vit.patch_embed(x)  # [B*T, HW, D]
+        x = vit._pos_embed(x)  # [B*T, N, D]: CLS prepended, spatial position embedding added
+        x = vit.patch_drop(x)
+        if self.temporal_embed is not None:
+            x = rearrange(x, "(b t) n d -> b t n d", t=num_frames)
+            x = x + self.temporal_embed[:, :, None, :].to(x.dtype)  # frame t's embedding on all its tokens
+            x = rearrange(x, "b t n d -> (b t) n d")
+        x = vit.norm_pre(x)
+        for blk in vit.blocks:
+            if self.grad_checkpointing and torch.is_grad_enabled():
+                x = checkpoint(blk, x, num_frames, use_reentrant=False)
+            else:
+                x = blk(x, num_frames)
+        x = vit.norm(x)
+        return rearrange(x, "(b t) n d -> b t n d", t=num_frames)
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        """Tokens ``[B, T, N, D]`` -> logits ``[B, K]``: per-frame CLS, mean over T, dropout, linear."""
+        cls = features[:, :, 0].mean(dim=1)  # [B, D]
+        return self.head(self.head_drop(cls))
+
+    def forward(self, video: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(video))
+
+
+def _check_backbone(backbone: nn.Module) -> None:
+    """AIM needs a class token (the per-frame CLS) and the final norm before pooling (token pooling)."""
+    if not isinstance(backbone, VisionTransformer):
+        raise TypeError(f"AIM wraps a timm VisionTransformer, got {type(backbone).__name__}")
+    if not backbone.has_class_token:
+        raise ValueError("AIM classifies the per-frame CLS token: this ViT has no class token (class_token=False)")
+    if backbone.attn_pool is not None or not isinstance(backbone.fc_norm, nn.Identity):
+        raise ValueError(
+            f"this ViT pools with global_pool={backbone.global_pool!r}; AIM needs token pooling: "
+            "add global_pool: token to model.vit_kwargs"
+        )

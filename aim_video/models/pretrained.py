@@ -1,0 +1,199 @@
+"""Image-model weights from a local path into an AIM model's frozen backbone, failing loudly on any mismatch.
+
+Layouts read: OpenAI CLIP (the TorchScript ``.pt`` archive or a plain state dict, keys under ``visual.`` or bare,
+fp16, extra integer entries, text tower ignored), OpenCLIP, and timm (``.pth``/``.bin``, ``.safetensors``, a Hugging
+Face cache or snapshot folder). timm's own ``checkpoint_filter_fn`` converts CLIP keys and resamples position
+embeddings (and patch kernels) to the model's input size. After conversion the model's missing keys must be exactly
+the parameters AIM adds (adapters, temporal embedding, head) and nothing may be unexpected: the authors' users
+trained for days on a random frozen backbone when a flag was forgotten, so any difference here is an error.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+import zipfile
+
+import torch
+from safetensors.torch import load_file
+from timm.layers import QuickGELU
+from timm.models.vision_transformer import checkpoint_filter_fn
+
+log = logging.getLogger(__name__)
+
+# files looked for, in order, inside a folder (timm layout first; OpenCLIP files hold the OpenAI layout)
+WEIGHT_FILES = (
+    "model.safetensors",
+    "pytorch_model.bin",
+    "open_clip_model.safetensors",
+    "open_clip_pytorch_model.bin",
+    "model.pth",
+    "model.pt",
+)
+# checkpoint entries that are not weights of the image model: the ImageNet classifier / CLIP projection
+IGNORED_KEYS = ("head.weight", "head.bias")
+OPENAI_CLIP_URLS = {
+    "ViT-B/16": "https://openaipublic.azureedge.net/clip/models/"
+    "5806e77cd80f8b59890b7e101eabd078d9fb84e6937f9e85e4ecb61988df416f/ViT-B-16.pt",
+    "ViT-L/14": "https://openaipublic.azureedge.net/clip/models/"
+    "b8cca3fd41ae0c99ba7e8951adf17d267cdb84cd88be6f7c2e0eca1737a03836/ViT-L-14.pt",
+}
+
+
+class PretrainedLoadError(RuntimeError):
+    """A checkpoint does not fit the model: lists what is missing, unexpected or of the wrong shape."""
+
+
+def resolve_weight_file(path: str) -> str:
+    """A weight file from a file path, a folder holding one, or a Hugging Face cache folder (``models--org--name``)."""
+    if os.path.isfile(path):
+        return path
+    if not os.path.isdir(path):
+        raise FileNotFoundError(_not_local_message(path))
+    folder = path
+    snapshots = os.path.join(path, "snapshots")
+    if os.path.isdir(snapshots):  # HF cache layout: refs/main names the snapshot to use
+        ref = os.path.join(path, "refs", "main")
+        names = sorted(os.listdir(snapshots))
+        if os.path.isfile(ref):
+            with open(ref) as f:
+                folder = os.path.join(snapshots, f.read().strip())
+        elif len(names) == 1:
+            folder = os.path.join(snapshots, names[0])
+        else:
+            raise FileNotFoundError(f"{path}: {len(names)} snapshots and no refs/main; point model.pretrained at one")
+    for name in WEIGHT_FILES:
+        candidate = os.path.join(folder, name)
+        if os.path.isfile(candidate):
+            return candidate
+    raise FileNotFoundError(f"no weight file in {folder}: looked for {', '.join(WEIGHT_FILES)}")
+
+
+def read_state_dict(path: str) -> dict[str, torch.Tensor]:
+    """Tensors of a checkpoint file, unwrapped from ``state_dict``/``model`` and ``module.``; non-tensors dropped."""
+    if path.endswith(".safetensors"):
+        state = load_file(path)
+    elif _is_torchscript(path):  # OpenAI's released .pt files are TorchScript archives
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # deprecated, yet the format OpenAI ships
+            state = torch.jit.load(path, map_location="cpu").state_dict()
+    else:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # noqa: BLE001 - report which file and why, whatever torch raised
+            raise PretrainedLoadError(f"cannot read checkpoint {path}: {err}") from err
+    for wrapper in ("state_dict", "model", "module"):
+        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
+            state = state[wrapper]
+    if not isinstance(state, dict):
+        raise PretrainedLoadError(f"{path} holds a {type(state).__name__}, not a state dict")
+    out = {}
+    for key, value in state.items():
+        if isinstance(value, torch.Tensor) and value.is_floating_point():  # drops input_resolution & co.
+            out[key.removeprefix("module.")] = value
+    return out
+
+
+def to_timm_layout(state: dict[str, torch.Tensor], backbone: torch.nn.Module) -> tuple[dict[str, torch.Tensor], str]:
+    """Convert any supported layout to the backbone's timm keys at its input size; returns (state, layout name)."""
+    layout = "timm"
+    if "class_embedding" in state and "conv1.weight" in state:  # bare OpenAI visual tower
+        state = {f"visual.{k}": v for k, v in state.items()}
+    if "visual.class_embedding" in state:
+        layout = "openai-clip"
+        state = {k: v for k, v in state.items() if k.startswith("visual.")}  # the text tower is not used
+        if not isinstance(backbone.blocks[0].mlp.act, QuickGELU):
+            raise PretrainedLoadError(
+                "OpenAI CLIP weights need QuickGELU: pick a *_clip_quickgelu_* architecture "
+                f"(e.g. vit_base_patch16_clip_quickgelu_224), not {type(backbone.blocks[0].mlp.act).__name__}"
+            )
+    elif any(k.startswith("visual.trunk.") for k in state):
+        layout = "openclip-timm"
+    state = checkpoint_filter_fn(state, backbone)
+    return state, layout
+
+
+def load_pretrained(model: torch.nn.Module, path: str) -> dict[str, list[str]]:
+    """Load image-model weights from ``path`` into ``model.backbone`` (fp32); strict apart from AIM's new keys.
+
+    Returns ``{"layout": [...], "ignored": [...]}``. Raises :class:`PretrainedLoadError` listing missing,
+    unexpected and wrong-shape keys, and ``FileNotFoundError`` for anything that is not a local file or folder.
+    """
+    file = resolve_weight_file(path)
+    backbone = model.backbone
+    state, layout = to_timm_layout(read_state_dict(file), backbone)
+    ignored = sorted(k for k in state if k in IGNORED_KEYS)
+    state = {k: v for k, v in state.items() if k not in IGNORED_KEYS}
+
+    own = backbone.state_dict()
+    new = {name.removeprefix("backbone.") for name in model.new_parameter_names() if name.startswith("backbone.")}
+    missing = sorted(set(own) - set(state) - new)
+    unexpected = sorted(set(state) - set(own))
+    already_adapted = sorted(set(state) & new)
+    wrong_shape = [
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in sorted(set(state) & set(own))
+        if state[k].shape != own[k].shape
+    ]
+    if missing or unexpected or already_adapted or wrong_shape:
+        raise PretrainedLoadError(
+            f"{file} ({layout} layout) does not fit {type(backbone).__name__} "
+            f"(model.arch / model.vit_kwargs):\n"
+            f"  missing backbone keys ({len(missing)}): {missing}\n"
+            f"  unexpected keys ({len(unexpected)}): {unexpected}\n"
+            f"  wrong shapes ({len(wrong_shape)}): {wrong_shape}\n"
+            f"  AIM keys already present ({len(already_adapted)}): {already_adapted}\n"
+            "Pick the architecture these weights were trained with; trained AIM weights load with load_trainable."
+        )
+    dtype = next(iter(own.values())).dtype
+    state = {k: v.to(dtype) for k, v in state.items()}
+    result = backbone.load_state_dict(state, strict=False)
+    assert sorted(result.missing_keys) == sorted(new) and not result.unexpected_keys, result
+    log.info("loaded %s weights from %s (%d tensors; ignored %s)", layout, file, len(state), ignored)
+    return {"layout": [layout], "ignored": ignored}
+
+
+def _is_torchscript(path: str) -> bool:
+    """TorchScript archives carry compiled code (``*/code/``) next to the tensors."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any("/code/" in name or name.endswith("constants.pkl") for name in archive.namelist())
+
+
+def _not_local_message(path: str) -> str:
+    """What to download and where to put it, for a name that would need the internet."""
+    hint = ""
+    name = path.removeprefix("hf-hub:").removeprefix("hf_hub:")
+    if path in OPENAI_CLIP_URLS:
+        hint = f" Download {OPENAI_CLIP_URLS[path]} and set model.pretrained to the downloaded .pt file."
+    elif _looks_like_hub_name(name):
+        hub_id = name if "/" in name else _timm_hub_id(name)
+        if hub_id:
+            folder = f"weights/{hub_id.split('/')[-1]}"
+            hint = (
+                f" If it names the Hugging Face repo {hub_id}: on a machine with internet run "
+                f"`huggingface-cli download {hub_id} --local-dir {folder}` and set model.pretrained={folder}."
+            )
+    return (
+        f"model.pretrained={path!r} is not a local file or folder; aim-video never downloads weights.{hint} "
+        "OpenAI CLIP .pt files, timm .pth/.safetensors files and Hugging Face cache folders work."
+    )
+
+
+def _looks_like_hub_name(name: str) -> bool:
+    """``org/repo`` or ``arch.tag``: no file extension, no leading ``./`` or ``/``, at most one slash."""
+    is_file_like = name.endswith((".pt", ".pth", ".bin", ".safetensors", ".npz")) or name.startswith((".", "/", "~"))
+    return not is_file_like and (name.count("/") == 1 or ("." in name and "/" not in name))
+
+
+def _timm_hub_id(name: str) -> str | None:
+    """timm's Hugging Face repository for a tagged model name such as ``vit_base_patch16_clip_224.openai``."""
+    from timm.models import get_pretrained_cfg
+
+    try:
+        cfg = get_pretrained_cfg(name, allow_unregistered=True)
+    except RuntimeError:  # an architecture without that tag
+        return None
+    return getattr(cfg, "hf_hub_id", None) if cfg is not None else None

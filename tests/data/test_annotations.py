@@ -1,0 +1,125 @@
+import os
+
+import pytest
+
+from aim_video.data.annotations import (
+    AnnotationError,
+    load_annotations,
+    normalize_class_name,
+    parse_kinetics_csv,
+    parse_list_file,
+    read_class_map,
+    write_lines,
+    write_list_file,
+)
+
+
+def touch(path: str) -> str:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    open(path, "wb").close()
+    return path
+
+
+def test_list_file_labels_unlabelled_and_multilabel(tmp_path):
+    lst = tmp_path / "train.txt"
+    lst.write_text("# comment\na/x.mp4 3\n\nb/y.mp4\nc/z.mp4 -1\nd/w.mp4\t1 4 7\n")
+    recs = parse_list_file(str(lst), root="/data")
+    assert [(r.path, r.label, r.labels) for r in recs] == [
+        ("/data/a/x.mp4", 3, (3,)),
+        ("/data/b/y.mp4", -1, ()),
+        ("/data/c/z.mp4", -1, ()),
+        ("/data/d/w.mp4", 1, (1, 4, 7)),
+    ]
+
+
+def test_list_file_bad_label_names_file_and_line(tmp_path):
+    lst = tmp_path / "bad.txt"
+    lst.write_text("a.mp4 1\nmy video.mp4 2\n")
+    with pytest.raises(AnnotationError, match=r"bad.txt:2: .*integer labels"):
+        parse_list_file(str(lst))
+
+
+KINETICS = """label,youtube_id,time_start,time_end,split,is_cc
+"passing American football (in game)",abc,14,24,train,0
+abseiling,def,0,10,train,0
+abseiling,ghi,5,15,train,0
+zumba,jkl,100,110,train,1
+"""
+
+
+def test_kinetics_csv_names_classes_and_folder_conventions(tmp_path):
+    root = str(tmp_path / "k400")
+    csv = tmp_path / "train.csv"
+    csv.write_text(KINETICS)
+    # one class in the normalised folder convention, the others with spaces kept
+    touch(os.path.join(root, "passing_American_football_in_game", "abc_000014_000024.mp4"))
+    touch(os.path.join(root, "abseiling", "def_000000_000010.mp4"))
+    recs, classes = parse_kinetics_csv(str(csv), root)
+    assert classes == ["abseiling", "passing American football (in game)", "zumba"]
+    assert [r.label for r in recs] == [1, 0, 0, 2]
+    assert recs[0].path.endswith("passing_American_football_in_game/abc_000014_000024.mp4")
+    assert recs[1].path == os.path.join(root, "abseiling", "def_000000_000010.mp4")
+    assert recs[3].path.endswith("zumba/jkl_000100_000110.mp4")
+
+
+def test_kinetics_val_uses_train_classes_and_rejects_unknown(tmp_path):
+    csv = tmp_path / "val.csv"
+    csv.write_text("label,youtube_id,time_start,time_end,split\nzumba,q,1,11,val\n")
+    recs, classes = parse_kinetics_csv(str(csv), "", classes=["abseiling", "zumba"])
+    assert recs[0].label == 1 and classes == ["abseiling", "zumba"]
+    csv.write_text("label,youtube_id,time_start,time_end,split\nyoga,q,1,11,val\n")
+    with pytest.raises(AnnotationError, match="'yoga' is not among the 2 train classes"):
+        parse_kinetics_csv(str(csv), "", classes=["abseiling", "zumba"])
+
+
+def test_kinetics_test_split_without_labels(tmp_path):
+    csv = tmp_path / "test.csv"
+    csv.write_text("youtube_id,time_start,time_end,split\nq,1,11,test\n")
+    recs, _ = parse_kinetics_csv(str(csv), "/r", classes=["a"])
+    assert recs[0].path == "/r/q_000001_000011.mp4" and recs[0].label == -1
+
+
+def test_not_a_kinetics_csv(tmp_path):
+    csv = tmp_path / "x.csv"
+    csv.write_text("name,value\na,1\n")
+    with pytest.raises(AnnotationError, match="not a Kinetics CSV"):
+        parse_kinetics_csv(str(csv))
+
+
+def test_normalize_class_name():
+    assert normalize_class_name("passing American football (in game)") == "passing_American_football_in_game"
+    assert normalize_class_name("tying bow tie") == "tying_bow_tie"
+    assert normalize_class_name("massaging person's head") == "massaging_persons_head"
+
+
+def test_class_folders_and_missing_policy(tmp_path):
+    root = tmp_path / "folders"
+    touch(str(root / "b_cls" / "2.mp4"))
+    touch(str(root / "b_cls" / "1.avi"))
+    touch(str(root / "a_cls" / "x.mp4"))
+    touch(str(root / "a_cls" / "notes.txt"))
+    ann = load_annotations(str(root))
+    assert ann.classes == ["a_cls", "b_cls"]
+    assert [(os.path.basename(r.path), r.label) for r in ann.records] == [("x.mp4", 0), ("1.avi", 1), ("2.mp4", 1)]
+
+    lst = tmp_path / "list.txt"
+    lst.write_text("a_cls/x.mp4 0\ngone1.mp4 1\ngone2.mp4 1\n")
+    with pytest.raises(AnnotationError, match=r"2 of 3 videos not found, e.g. .*gone1.mp4.*missing_files=drop"):
+        load_annotations(str(lst), root=str(root))
+    ann = load_annotations(str(lst), root=str(root), missing="drop")
+    assert len(ann.records) == 1 and len(ann.missing) == 2
+    with pytest.raises(AnnotationError, match="not found"):
+        load_annotations(str(tmp_path / "nope.txt"))
+
+
+def test_written_list_and_class_map_round_trip(tmp_path):
+    lst = tmp_path / "in.txt"
+    lst.write_text("a.mp4 3\nb.mp4\nc.mp4 1 2\n")
+    recs = parse_list_file(str(lst), root=str(tmp_path))
+    out = str(tmp_path / "sub" / "out.txt")
+    write_list_file(out, recs, root=str(tmp_path))
+    assert open(out).read() == "a.mp4 3\nb.mp4 -1\nc.mp4 1 2\n"
+    assert parse_list_file(out, root=str(tmp_path)) == recs
+    write_lines(str(tmp_path / "classes.txt"), ["x y", "z"])
+    assert read_class_map(str(tmp_path / "classes.txt")) == ["x y", "z"]
+    assert not [f for f in os.listdir(tmp_path / "sub") if ".tmp" in f]

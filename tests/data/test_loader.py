@@ -1,0 +1,216 @@
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from aim_video.config import load_config
+from aim_video.data.annotations import AnnotationError, VideoRecord, write_lines
+from aim_video.data.loader import FailureLog, build_eval_loader, build_train_loader, set_epoch
+from tests.data.conftest import decoded_frame_index, make_corrupt_corpus
+
+
+def tiny_cfg(train_list: str, val_list: str = "", **data):
+    overrides = {
+        "data.train_list": train_list,
+        "data.val_list": val_list or train_list,
+        "data.num_classes": 2,
+        "data.num_frames": 4,
+        "data.frame_stride": 2,
+        "data.input_size": 32,
+        "data.test_short_side": 32,
+        "data.test_num_clips": 2,
+        "data.batch_size": 2,
+        "data.num_workers": 0,
+        "eval.batch_size": 2,
+    }
+    overrides.update({f"data.{k}": v for k, v in data.items()})
+    return load_config(None, [f"{k}={v}" for k, v in overrides.items()])
+
+
+def test_train_batches_follow_the_contract(video_dir):
+    loader = build_train_loader(tiny_cfg(video_dir), rank=0, world_size=1)
+    set_epoch(loader, 0)
+    batches = list(loader)
+    assert len(batches) == 3  # 6 videos, 2 per batch
+    b = batches[0]
+    assert set(b) == {"video", "label", "index", "failures"}
+    assert b["video"].dtype == torch.uint8 and b["video"].shape == (2, 4, 3, 32, 32)
+    assert b["label"].dtype == torch.int64 and b["index"].dtype == torch.int64 and b["failures"] == []
+    seen = torch.cat([x["index"] for x in batches]).tolist()
+    assert sorted(seen) == list(range(6))
+    recs = loader.dataset.records
+    assert all(
+        recs[i].label == lbl for x in batches for i, lbl in zip(x["index"].tolist(), x["label"].tolist(), strict=True)
+    )
+
+
+def test_epochs_reshuffle_and_ranks_split(video_dir):
+    cfg = tiny_cfg(video_dir, batch_size=1)
+    orders = []
+    for epoch in (0, 1, 0):
+        loader = build_train_loader(cfg, 0, 1)
+        set_epoch(loader, epoch)
+        orders.append([int(b["index"]) for b in loader])
+    assert orders[0] == orders[2] and orders[0] != orders[1]
+    parts = []
+    for rank in (0, 1):
+        loader = build_train_loader(cfg, rank, 2)
+        set_epoch(loader, 3)
+        parts.append({int(b["index"]) for b in loader})
+    assert len(parts[0]) == len(parts[1]) == 3 and not parts[0] & parts[1]
+
+
+def test_repeated_aug_one_decode_many_clips(video_dir):
+    loader = build_train_loader(tiny_cfg(video_dir, batch_size=4, repeated_aug=2), 0, 1)
+    b = next(iter(loader))
+    assert b["video"].shape == (4, 4, 3, 32, 32)
+    assert b["index"][0] == b["index"][1] and b["index"][2] == b["index"][3]
+    assert not torch.equal(b["video"][0], b["video"][1])  # two augmentations of one decoded clip
+
+
+def test_workers_draw_different_augmentations(video_dir):
+    # every item is the same video; with 2 workers each draws its own crops and clip starts
+    lst = os.path.join(video_dir, "same.txt")
+    write_lines(lst, [os.path.join(video_dir, "archery", "v2.mp4") + " 0"] * 8)
+    loader = build_train_loader(tiny_cfg(lst, batch_size=1, num_workers=2, persistent_workers=False), 0, 1)
+    set_epoch(loader, 0)
+    clips = [b["video"][0] for b in loader]
+    by_worker = [torch.stack(clips[0::2]), torch.stack(clips[1::2])]  # batches alternate between the workers
+    assert not torch.equal(by_worker[0], by_worker[1])
+    assert len({c.numpy().tobytes() for c in clips}) == len(clips)
+
+
+def test_train_clips_hold_the_sampled_frames(tmp_path):
+    from tests.data.conftest import make_video
+
+    path = make_video(str(tmp_path / "v.mp4"), 24)
+    lst = str(tmp_path / "l.txt")
+    write_lines(lst, [f"{path} 1"] * 2)
+    # full-frame crop, no flip: the decoded band code tells which frames were read
+    cfg = tiny_cfg(
+        lst,
+        rrc_scale="[1.0,1.0]",
+        rrc_ratio="[1.3333334,1.3333334]",
+        flip=False,
+        input_size=48,
+        num_frames=4,
+        frame_stride=5,
+    )
+    for b in build_train_loader(cfg, 0, 1):
+        for clip in b["video"]:
+            idx = [decoded_frame_index(f.permute(1, 2, 0).numpy(), 24) for f in clip]
+            assert np.diff(idx).tolist() == [5, 5, 5] and 0 <= idx[0] <= 4, idx
+
+
+def test_eval_loader_views_labels_and_padding(video_dir):
+    cfg = tiny_cfg(video_dir, test_num_crops=3)
+    loader = build_eval_loader(cfg, "val", rank=0, world_size=1)
+    batches = list(loader)
+    assert sum(len(b["index"]) for b in batches) == 6
+    b = batches[0]
+    assert b["video"].shape == (2, 6, 4, 3, 32, 32) and b["errors"] == []
+    # under 4 ranks, 6 videos pad to 8: indices cover all, duplicates are droppable by index
+    seen = []
+    for rank in range(4):
+        for bb in build_eval_loader(cfg, "val", rank, 4):
+            seen += bb["index"].tolist()
+    assert len(seen) == 8 and sorted(set(seen)) == list(range(6)) and len(loader.dataset) == 6
+
+
+def test_eval_views_are_clip_major(tmp_path):
+    from tests.data.conftest import make_video
+
+    path = make_video(str(tmp_path / "v.mp4"), 24)
+    lst = str(tmp_path / "l.txt")
+    write_lines(lst, [f"{path} 0"])
+    cfg = tiny_cfg(
+        lst, test_num_crops=3, test_num_clips=2, input_size=48, test_short_side=48, num_frames=2, frame_stride=4
+    )
+    video = next(iter(build_eval_loader(cfg, "val")))["video"][0]  # [V=6, T, C, 48, 48]
+    # view = clip * 3 + crop. 24 frames, span 8: 17 starts in 2 shares -> starts 4 and 12; the frame code
+    # band is in the left crop (crop 0) only
+    assert decoded_frame_index(video[0, 0].permute(1, 2, 0).numpy(), 24) == 4
+    assert decoded_frame_index(video[3, 0].permute(1, 2, 0).numpy(), 24) == 12
+    assert decoded_frame_index(video[3, 1].permute(1, 2, 0).numpy(), 24) == 16
+    assert not torch.equal(video[0], video[1]) and not torch.equal(video[1], video[4])
+
+
+def test_labels_beyond_num_classes_fail_clearly(video_dir, tmp_path):
+    lst = tmp_path / "bad.txt"
+    lst.write_text(f"{video_dir}/archery/v0.mp4 7\n")
+    with pytest.raises(AnnotationError, match="label >= data.num_classes=2"):
+        build_train_loader(tiny_cfg(str(lst)), 0, 1)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_corrupt_corpus_training_epoch_counts_every_failure(tmp_path, workers):
+    corpus = make_corrupt_corpus(str(tmp_path / "corpus"))
+    bad = {k: v for k, v in corpus.items() if not k.startswith("good")}
+    lst = str(tmp_path / "train.txt")
+    write_lines(lst, [f"{p} {k % 2}" for k, p in enumerate(corpus.values())])
+    cfg = tiny_cfg(
+        lst,
+        missing_files="drop",
+        batch_size=1,
+        num_workers=workers,
+        max_retries=20,
+        persistent_workers=False,
+        num_frames=2,
+        frame_stride=1,
+        sampling="uniform",  # the second frame lies past what the overclaiming file really holds
+    )
+    loader = build_train_loader(cfg, 0, 1)
+    # the missing file is dropped and reported up front; put it back to check the read-time path too
+    assert all(r.path != corpus["missing"] for r in loader.dataset.records)
+    loader.dataset.records.append(VideoRecord(corpus["missing"], 0, (0,)))
+    from torch.utils.data import DistributedSampler
+
+    loader = torch.utils.data.DataLoader(
+        loader.dataset,
+        batch_size=1,
+        num_workers=workers,
+        collate_fn=loader.collate_fn,
+        sampler=DistributedSampler(loader.dataset, 1, 0, shuffle=False),
+    )
+    log = FailureLog()
+    n_items = 0
+    for batch in loader:
+        log.update(batch["failures"])
+        n_items += 1
+        assert batch["video"].shape == (1, 2, 3, 32, 32)
+    assert n_items == len(corpus)
+    failed_paths = {f.split(": ", 1)[0] for f in log.reasons}
+    expected_bad = {p for k, p in bad.items() if k != "one_frame"}
+    assert expected_bad <= failed_paths, expected_bad - failed_paths
+    assert corpus["good_a"] not in failed_paths and corpus["good_b"] not in failed_paths
+    # each bad video failed at least once and every failure string names a reason
+    assert all(": " in f and f.split(": ", 1)[1] for f in log.reasons)
+    assert log.summary()["failed_loads"] >= len(expected_bad)
+
+
+def test_corrupt_corpus_eval_lists_each_unreadable_video(tmp_path):
+    corpus = make_corrupt_corpus(str(tmp_path / "corpus"))
+    lst = str(tmp_path / "val.txt")
+    write_lines(lst, [f"{p} 0" for k, p in corpus.items() if k != "missing"])
+    cfg = tiny_cfg(lst, num_frames=2, frame_stride=1, sampling="uniform")
+    loader = build_eval_loader(cfg, "val")
+    errors, good = [], []
+    for b in loader:
+        errors += b["errors"]
+        good += b["index"].tolist()
+        assert b["video"].shape[0] == len(b["index"]) == len(b["label"])
+    names = {os.path.basename(p)[:-4] for _, p, _ in errors}
+    assert names == {"empty", "truncated", "text", "audio_only", "overclaiming"}
+    assert all(reason for _, _, reason in errors)
+    assert len(good) + len(errors) == len(loader.dataset)
+    assert {os.path.basename(loader.dataset.records[i].path)[:-4] for i in good} == {"good_a", "good_b", "one_frame"}
+
+
+def test_all_failing_data_set_raises_with_reasons(tmp_path):
+    corpus = make_corrupt_corpus(str(tmp_path / "corpus"))
+    lst = str(tmp_path / "t.txt")
+    write_lines(lst, [f"{corpus['text']} 0", f"{corpus['empty']} 1"])
+    cfg = tiny_cfg(lst, batch_size=1, max_retries=3)
+    with pytest.raises(RuntimeError, match=r"(?s)4 videos in a row failed.*text.mp4"):
+        next(iter(build_train_loader(cfg, 0, 1)))

@@ -1,0 +1,83 @@
+import os
+
+import numpy as np
+import pytest
+
+from aim_video.data import decode
+from aim_video.data.annotations import parse_list_file
+from aim_video.data.prepare import build_lists, check_decodes, output_path, reencode_all, reencode_one
+from tests.data.conftest import frame_code_video, make_video
+
+pytestmark = pytest.mark.skipif(not __import__("shutil").which("ffmpeg"), reason="needs ffmpeg: apt-get install ffmpeg")
+
+
+def keyframe_positions(path: str) -> list[int]:
+    import subprocess
+
+    cmd = ["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries", "frame=key_frame", "-of", "csv=p=0"]
+    out = subprocess.run([*cmd, path], capture_output=True, text=True, check=True).stdout.split()
+    return [i for i, k in enumerate(out) if k.strip(",") == "1"]
+
+
+def test_reencode_short_side_keyframes_and_frames(tmp_path):
+    src = str(tmp_path / "src.mp4")
+    decode.write_video(src, frame_code_video(40, 96, 128), fps=25)  # encoder's default keyframe interval
+    dst = str(tmp_path / "out" / "dst.mp4")
+    res = reencode_one(src, dst, short_side=64, keyint=8)
+    assert res.status == "done", res.reason
+    info = decode.probe(dst)
+    assert (info.height, info.width, info.num_frames) == (64, 86, 40)  # 128 * 64 / 96 = 85.3 -> the nearest even width
+    assert keyframe_positions(dst) == [0, 8, 16, 24, 32]
+    a = decode.read_frames(src, [0, 13, 39], backend="pyav").float().mean((1, 2, 3))
+    b = decode.read_frames(dst, [0, 13, 39], backend="pyav").float().mean((1, 2, 3))
+    assert (a - b).abs().max() < 3  # same frames, resized
+    assert reencode_one(src, dst, short_side=64, keyint=8).status == "skipped"
+    assert not [f for f in os.listdir(tmp_path / "out") if ".tmp" in f]
+
+
+def test_portrait_and_small_videos_are_not_upscaled(tmp_path):
+    tall = str(tmp_path / "tall.mp4")
+    decode.write_video(tall, np.zeros((4, 128, 64, 3), np.uint8))
+    res = reencode_one(tall, str(tmp_path / "tall_out.mp4"), short_side=32)
+    assert res.status == "done" and decode.probe(res.dst).width == 32 and decode.probe(res.dst).height == 64
+    small = make_video(str(tmp_path / "small.mp4"), 8)  # 48x64, below the short side asked
+    res = reencode_one(small, str(tmp_path / "small_out.mp4"), short_side=256)
+    assert res.status == "done" and (decode.probe(res.dst).height, decode.probe(res.dst).width) == (48, 64)
+
+
+def test_failures_are_reported_not_raised(tmp_path):
+    bad = tmp_path / "bad.mp4"
+    bad.write_text("not a video")
+    good = make_video(str(tmp_path / "good.mp4"), 8)
+    pairs = [(str(bad), str(tmp_path / "o" / "bad.mp4")), (good, str(tmp_path / "o" / "good.mp4")),
+             (str(tmp_path / "gone.mp4"), str(tmp_path / "o" / "gone.mp4"))]  # fmt: skip
+    results = reencode_all(pairs, jobs=2, progress=False, short_side=32)
+    assert [r.status for r in results] == ["failed", "done", "failed"]
+    assert "ffmpeg exit" in results[0].reason and results[2].reason == "source file not found"
+    assert not os.path.exists(tmp_path / "o" / "bad.mp4")
+    assert check_decodes(str(bad)) != "" and check_decodes(results[1].dst) == ""
+
+
+def test_output_path_mirrors_the_tree():
+    assert output_path("/d/k400/abseiling/x.webm", "/d/k400", "/o") == "/o/abseiling/x.mp4"
+    with pytest.raises(ValueError, match="not inside the source root"):
+        output_path("/elsewhere/x.mp4", "/d/k400", "/o")
+
+
+def test_build_lists_from_kinetics_csvs(tmp_path):
+    root = tmp_path / "videos"
+    for cls, name in (("abseiling", "a_000001_000011"), ("zumba", "b_000002_000012"), ("zumba", "c_000003_000013")):
+        os.makedirs(root / cls, exist_ok=True)
+        (root / cls / f"{name}.mp4").write_bytes(b"x")
+    (tmp_path / "train.csv").write_text(
+        "label,youtube_id,time_start,time_end,split\nzumba,b,2,12,train\nabseiling,a,1,11,train\n"
+        "zumba,missing,5,15,train\n"
+    )
+    (tmp_path / "val.csv").write_text("label,youtube_id,time_start,time_end,split\nzumba,c,3,13,val\n")
+    out = build_lists({"val": str(tmp_path / "val.csv"), "train": str(tmp_path / "train.csv")}, str(root),
+                      str(tmp_path / "lists"))  # fmt: skip
+    assert out["train"][1:] == (2, 1) and out["val"][1:] == (1, 0)
+    assert open(out["train"][0]).read() == "zumba/b_000002_000012.mp4 1\nabseiling/a_000001_000011.mp4 0\n"
+    assert open(out["val"][0]).read() == "zumba/c_000003_000013.mp4 1\n"
+    assert open(out["classes"][0]).read() == "abseiling\nzumba\n"
+    assert [r.label for r in parse_list_file(out["train"][0], str(root))] == [1, 0]

@@ -1,0 +1,139 @@
+"""Checkpoint round trips through a real DeepSpeed engine in this process (a world of one, gloo)."""
+
+import json
+import os
+
+import pytest
+import torch
+
+from aim_video.config import load_config
+from aim_video.engine.checkpoint_io import CheckpointError, CheckpointManager
+from aim_video.engine.deepspeed_setup import build_engine, derive_ds_config
+from aim_video.engine.distributed import init_distributed, rng_state, set_rng_state
+from aim_video.models.trainable_io import read_trainable
+from tests.engine.conftest import TinyAdapted
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+
+@pytest.fixture(scope="module")
+def world():
+    return init_distributed()
+
+
+def _engine(cfg, seed):
+    """Trainable weights drawn from `seed`; the frozen backbone is always the same (as if loaded from a file)."""
+    torch.manual_seed(0)
+    backbone = TinyAdapted().backbone.state_dict()
+    torch.manual_seed(seed)
+    model = TinyAdapted()
+    model.backbone.load_state_dict(backbone)
+    engine, _ = build_engine(cfg, model, steps_per_epoch=10, world_size=1, ds_config=derive_ds_config(cfg, 1))
+    return engine
+
+
+def _step(engine, gen):
+    x = torch.randn(2, 4, 8, generator=gen)
+    y = torch.randint(0, 3, (2,), generator=gen)
+    loss = torch.nn.functional.cross_entropy(engine(x), y)
+    engine.backward(loss)
+    engine.step()
+    return loss.item()
+
+
+@pytest.mark.parametrize("zero_stage", [0, 1])
+def test_resume_reproduces_the_next_steps_exactly(world, tmp_path, zero_stage):
+    cfg = load_config(
+        None,
+        [
+            "train.precision=fp32",
+            f"train.zero_stage={zero_stage}",
+            "data.batch_size=2",
+            "train.warmup_epochs=0.2",
+            "train.epochs=1",
+            "train.lr=0.05",
+        ],
+    )
+    engine = _engine(cfg, seed=0)
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(2):
+        _step(engine, gen)
+    manager = CheckpointManager(str(tmp_path / "ckpt"), keep_last=2, rank=0, world_size=1)
+    gen_state = gen.get_state()
+    saved_rng = rng_state()
+    path = manager.save(engine, cfg, step=2, epoch=0, batches_done=2)
+    after = [_step(engine, gen) for _ in range(3)]
+    lr_after = engine.lr_scheduler.get_last_lr()
+    head_after = engine.module.head.weight.detach().clone()
+
+    fresh = _engine(cfg, seed=123)  # other initial weights: everything must come from the checkpoint
+    assert not torch.equal(fresh.module.head.weight, engine.module.head.weight)
+    meta = manager.load(fresh, manager.resolve_resume("auto"), cfg)
+    set_rng_state(meta["rng"])
+    assert (meta["step"], meta["epoch"], meta["batches_done"]) == (2, 0, 2)
+    assert torch.equal(meta["rng"]["torch"], saved_rng["torch"])
+    assert fresh.global_steps == 2
+    gen.set_state(gen_state)
+    again = [_step(fresh, gen) for _ in range(3)]
+    assert again == after
+    assert fresh.lr_scheduler.get_last_lr() == lr_after
+    assert torch.equal(fresh.module.head.weight, head_after)
+    assert os.path.basename(path) == "step_00000002"
+
+
+def test_layout_pointer_pruning_and_best(world, tmp_path):
+    cfg = load_config(None, ["train.precision=fp32", "data.batch_size=2"])
+    engine = _engine(cfg, seed=0)
+    gen = torch.Generator().manual_seed(1)
+    root = str(tmp_path / "ckpt")
+    manager = CheckpointManager(root, keep_last=2, rank=0, world_size=1)
+    for step, metric in zip(range(1, 6), [0.1, 0.9, 0.3, 0.4, 0.2], strict=True):
+        _step(engine, gen)
+        manager.save(engine, cfg, step=step, epoch=step - 1, batches_done=1, metric=metric)
+    names = sorted(os.listdir(root))
+    assert names == ["best.json", "latest", "step_00000002", "step_00000004", "step_00000005"]
+    assert open(os.path.join(root, "latest")).read() == "step_00000005"
+    assert json.load(open(os.path.join(root, "best.json"))) == {"name": "step_00000002", "metric": 0.9}
+    tensors, meta = read_trainable(os.path.join(root, "step_00000005", "trainable.safetensors"))
+    assert sorted(tensors) == sorted(engine.module.trainable_parameter_names())
+    assert meta["step"] == "5"
+    ds_files = os.listdir(os.path.join(root, "step_00000005", "deepspeed"))
+    states = torch.load(
+        os.path.join(root, "step_00000005", "deepspeed", "mp_rank_00_model_states.pt"), weights_only=False
+    )
+    assert "backbone.weight" not in states["module"], ds_files  # the frozen backbone is not saved
+    assert "head.weight" in states["module"]
+
+
+def test_interrupted_save_is_ignored_and_cleaned(world, tmp_path):
+    cfg = load_config(None, ["train.precision=fp32", "data.batch_size=2"])
+    engine = _engine(cfg, seed=0)
+    root = str(tmp_path / "ckpt")
+    manager = CheckpointManager(root, keep_last=3, rank=0, world_size=1)
+    manager.save(engine, cfg, step=1, epoch=0, batches_done=1)
+    os.makedirs(os.path.join(root, ".tmp-step_00000002", "deepspeed"))  # what a kill during a save leaves
+    os.makedirs(os.path.join(root, "step_00000003"))  # a folder without meta.json is never taken
+    assert manager.resolve_resume("auto").endswith("step_00000001")
+    CheckpointManager(root, keep_last=3, rank=0, world_size=1)
+    assert not os.path.exists(os.path.join(root, ".tmp-step_00000002"))
+    with pytest.raises(CheckpointError, match="incomplete checkpoint"):
+        manager.resolve_resume(os.path.join(root, "step_00000003"))
+    with pytest.raises(CheckpointError, match="no such checkpoint"):
+        manager.resolve_resume(os.path.join(root, "step_00000009"))
+    assert CheckpointManager(str(tmp_path / "empty"), 2, 0, 1).resolve_resume("auto") is None
+
+
+def test_mismatched_checkpoint_is_refused(world, tmp_path):
+    cfg = load_config(None, ["train.precision=fp32", "data.batch_size=2"])
+    engine = _engine(cfg, seed=0)
+    manager = CheckpointManager(str(tmp_path / "ckpt"), keep_last=2, rank=0, world_size=1)
+    path = manager.save(engine, cfg, step=1, epoch=0, batches_done=1)
+    other = load_config(None, ["train.precision=fp32", "data.batch_size=2", "model.adapter_ratio=0.5"])
+    with pytest.raises(CheckpointError, match="model.adapter_ratio=0.25"):
+        manager.load(_engine(other, seed=0), path, other)
+    fewer = _engine(cfg, seed=0)
+    fewer.module.norm.requires_grad_(False)
+    fewer.module.trainable_parameter_names = lambda: ["head.weight", "head.bias"]
+    with pytest.raises(CheckpointError, match="trainable set differs"):
+        manager.load(fewer, path, cfg)

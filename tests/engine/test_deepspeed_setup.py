@@ -1,0 +1,65 @@
+import json
+
+import pytest
+
+from aim_video.config import load_config
+from aim_video.engine.deepspeed_setup import derive_ds_config, peak_lr, write_ds_config
+
+
+def test_global_batch_is_micro_times_accumulation_times_world():
+    cfg = load_config(None, ["data.batch_size=8", "train.grad_accum_steps=2"])
+    ds = derive_ds_config(cfg, world_size=4)
+    assert (ds["train_batch_size"], ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"]) == (
+        64,
+        8,
+        2,
+    )
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16", "fp32"])
+def test_precision_switches(precision):
+    ds = derive_ds_config(load_config(None, [f"train.precision={precision}"]), 1)
+    assert ds["bf16"]["enabled"] is (precision == "bf16")
+    assert ds["fp16"]["enabled"] is (precision == "fp16")
+    assert ds["fp16"]["loss_scale"] == 0  # dynamic loss scaling whenever fp16 is on
+
+
+@pytest.mark.parametrize("stage", [0, 1, 2])
+def test_zero_stage_and_clipping(stage):
+    ds = derive_ds_config(load_config(None, [f"train.zero_stage={stage}", "train.clip_grad=1.0"]), 2)
+    assert ds["zero_optimization"]["stage"] == stage
+    assert ds["gradient_clipping"] == 1.0
+
+
+def test_bad_precision_and_stage_are_named():
+    with pytest.raises(ValueError, match="train.precision"):
+        derive_ds_config(load_config(None, ["train.precision=fp8"]), 1)
+    with pytest.raises(ValueError, match="train.zero_stage"):
+        derive_ds_config(load_config(None, ["train.zero_stage=3"]), 1)
+
+
+def test_user_overrides_are_deep_merged_but_batch_keys_are_refused(tmp_path):
+    cfg = load_config(
+        None,
+        [
+            "train.deepspeed.zero_optimization.overlap_comm=true",
+            "train.zero_stage=2",
+            "train.deepspeed.wall_clock_breakdown=true",
+        ],
+    )
+    ds = derive_ds_config(cfg, 1)
+    assert ds["zero_optimization"] == {**ds["zero_optimization"], "stage": 2, "overlap_comm": True}
+    assert ds["zero_optimization"]["contiguous_gradients"] is True  # derived keys beside the override survive
+    assert ds["wall_clock_breakdown"] is True
+    path = write_ds_config(ds, str(tmp_path))
+    assert json.load(open(path)) == ds
+    bad = load_config(None, ["train.deepspeed.train_batch_size=128"])
+    with pytest.raises(ValueError, match="data.batch_size"):
+        derive_ds_config(bad, 1)
+
+
+def test_lr_scaling_with_global_batch():
+    cfg = load_config(None, ["data.batch_size=16", "train.scale_lr=true", "train.lr=3e-4"])
+    assert peak_lr(cfg, 8) == pytest.approx(3e-4 * 128 / 64)
+    cfg = load_config(None, ["data.batch_size=16", "train.lr=3e-4"])
+    assert peak_lr(cfg, 8) == pytest.approx(3e-4)

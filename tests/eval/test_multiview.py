@@ -1,0 +1,168 @@
+import math
+import os
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from aim_video.config import Config
+from aim_video.eval.metrics import compute_metrics
+from aim_video.eval.multiview import (
+    PROTOCOLS,
+    MissingVideosError,
+    apply_protocol,
+    average_views,
+    evaluate,
+    forward_views,
+    merge_rank_outputs,
+    resolve_protocol,
+)
+from tests.eval.conftest import SyntheticViews, TinyClassifier, synthetic_loader
+
+NUM_CLASSES = 5
+
+
+def _cfg(average: str = "prob", clips: int = 2, crops: int = 3, view_chunk: int = 4) -> Config:
+    cfg = Config()
+    cfg.model.num_classes = cfg.data.num_classes = NUM_CLASSES
+    cfg.data.test_num_clips, cfg.data.test_num_crops = clips, crops
+    cfg.eval.average, cfg.eval.view_chunk = average, view_chunk
+    return cfg
+
+
+def test_average_views_hand_computed_both_modes():
+    ln2, ln3 = math.log(2), math.log(3)
+    # one video, two views: softmax([0, ln2, 0]) = [1/4, 1/2, 1/4]; softmax([ln3, 0, 0]) = [3/5, 1/5, 1/5]
+    logits = torch.tensor([[[0.0, ln2, 0.0], [ln3, 0.0, 0.0]]])
+    prob = average_views(logits, "prob")
+    assert torch.allclose(prob, torch.tensor([[0.425, 0.35, 0.225]]), atol=1e-6)
+    score = average_views(logits, "score")
+    assert torch.allclose(score, torch.tensor([[ln3 / 2, ln2 / 2, 0.0]]), atol=1e-6)
+    # the two modes can disagree: a confident view dominates the logit mean, not the probability mean
+    logits = torch.tensor([[[0.0, 10.0, 0.0], [3.0, 0.0, 2.9]]])
+    assert int(average_views(logits, "score").argmax()) == 1
+    probs = [torch.tensor([0.0, 10.0, 0.0]).softmax(0), torch.tensor([3.0, 0.0, 2.9]).softmax(0)]
+    assert torch.allclose(average_views(logits, "prob")[0], (probs[0] + probs[1]) / 2)
+    with pytest.raises(ValueError, match="eval.average"):
+        average_views(logits, "max")
+
+
+def test_forward_views_chunks_bound_the_pass_and_keep_view_order():
+    model = TinyClassifier(NUM_CLASSES)
+    video = torch.randint(0, 256, (3, 6, 2, 3, 8, 8), dtype=torch.uint8)  # [B, V, T, C, H, W]
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+    out = forward_views(model, video, mean, std, view_chunk=4, device=torch.device("cpu"))
+    assert out.shape == (3, 6, NUM_CLASSES)
+    assert model.calls == [4, 4, 4, 4, 2]  # 18 views in passes of at most 4
+    for b in range(3):
+        for v in range(6):
+            x = (video[b, v].float() / 255 - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
+            assert torch.allclose(out[b, v], model(x[None])[0], atol=1e-5)
+
+
+def test_protocol_presets_and_custom():
+    assert (PROTOCOLS["k400"].num_clips, PROTOCOLS["k400"].num_crops) == (3, 1)
+    assert (PROTOCOLS["ssv2"].num_clips, PROTOCOLS["ssv2"].num_crops) == (1, 3)
+    assert (PROTOCOLS["diving48"].num_clips, PROTOCOLS["diving48"].num_crops) == (1, 1)
+    cfg = _cfg(clips=4, crops=1)
+    assert resolve_protocol(cfg).name == "custom" and resolve_protocol(cfg).num_views == 4
+    cfg.eval.protocol = "ssv2"
+    protocol = apply_protocol(cfg)
+    assert (cfg.data.test_num_clips, cfg.data.test_num_crops, protocol.num_views) == (1, 3, 3)
+    cfg.eval.protocol = "k700x"
+    with pytest.raises(ValueError, match="k400, ssv2, diving48"):
+        resolve_protocol(cfg)
+
+
+def _part(indices, labels, errors=()):
+    idx = torch.tensor(indices, dtype=torch.long)
+    return {"index": idx, "label": torch.tensor(labels), "scores": idx.float()[:, None].repeat(1, 2), "errors": errors}
+
+
+def test_merge_drops_sampler_padding_and_checks_exactly_once():
+    # 5 videos on 2 ranks: DistributedSampler gives rank0 [0, 2, 4], rank1 [1, 3, 0] (0 repeated as padding)
+    parts = [_part([0, 2, 4], [0, 0, 0]), _part([1, 3, 0], [1, 1, 0])]
+    merged = merge_rank_outputs(parts, dataset_size=5, world_size=2)
+    assert merged["index"].tolist() == [0, 1, 2, 3, 4] and merged["num_repeats_dropped"] == 1
+    assert merged["scores"][:, 0].tolist() == [0, 1, 2, 3, 4] and merged["missing"] == []
+    # an unreadable video, also hit again as padding, is listed once
+    parts = [_part([2, 4], [0, 0], [(0, "a.mp4", "bad")]), _part([1, 3], [1, 1], [(0, "a.mp4", "bad")])]
+    merged = merge_rank_outputs(parts, dataset_size=5, world_size=2)
+    assert merged["missing"] == [{"index": 0, "path": "a.mp4", "reason": "bad"}] and merged["num_repeats_dropped"] == 1
+    with pytest.raises(RuntimeError, match=r"never seen \[4\]"):
+        merge_rank_outputs([_part([0, 2], [0, 0]), _part([1, 3], [1, 1])], dataset_size=5, world_size=2)
+    with pytest.raises(RuntimeError, match="own shard"):  # both ranks ran the whole split
+        merge_rank_outputs([_part([0, 1, 2], [0, 0, 0]), _part([0, 1, 2], [0, 0, 0])], dataset_size=3, world_size=2)
+    with pytest.raises(RuntimeError, match="different labels"):
+        merge_rank_outputs([_part([0, 1], [0, 1]), _part([1], [2])], dataset_size=2, world_size=2)
+
+
+@pytest.mark.parametrize("average", ["prob", "score"])
+def test_evaluate_matches_per_video_hand_computation_and_lists_missing(average):
+    cfg = _cfg(average)
+    dataset = SyntheticViews(size=9, num_views=6, num_classes=NUM_CLASSES, broken=(4,))
+    model = TinyClassifier(NUM_CLASSES)
+    result = evaluate(model, synthetic_loader(dataset, batch_size=2), cfg, "cpu", progress=False)
+
+    assert result["missing"] == [{"index": 4, "path": "videos/004.mp4", "reason": "cannot decode: moov atom not found"}]
+    assert result["num_videos"] == 8 and result["num_missing"] == 1 and result["dataset_size"] == 9
+    preds = result["predictions"]
+    assert preds["index"].tolist() == [0, 1, 2, 3, 5, 6, 7, 8]  # the broken video is not substituted
+    expected = []
+    for i in preds["index"].tolist():
+        item = dataset[i]
+        x = (item["video"].float() / 255 - torch.tensor(cfg.data.mean).view(3, 1, 1)) / torch.tensor(cfg.data.std).view(
+            3, 1, 1
+        )
+        logits = model(x)  # [V, K]: each view on its own
+        expected.append(logits.softmax(-1).mean(0) if average == "prob" else logits.mean(0))
+    assert torch.allclose(preds["scores"], torch.stack(expected), atol=1e-5)
+    reference = compute_metrics(torch.stack(expected), preds["label"], NUM_CLASSES)
+    assert result["metrics"]["top1"] == pytest.approx(reference["top1"])
+    assert int(result["metrics"]["confusion_matrix"].sum()) == 8
+    assert result["protocol"]["label"] == "8x2x3" and result["protocol"]["average"] == average
+
+
+def test_strict_makes_missing_videos_fatal():
+    cfg = _cfg()
+    cfg.eval.strict = True
+    dataset = SyntheticViews(size=3, num_views=6, num_classes=NUM_CLASSES, broken=(1,))
+    with pytest.raises(MissingVideosError, match="videos/001.mp4: cannot decode"):
+        evaluate(TinyClassifier(NUM_CLASSES), synthetic_loader(dataset, 2), cfg, "cpu", progress=False)
+
+
+def test_wrong_view_count_is_named():
+    cfg = _cfg(clips=3, crops=1)
+    dataset = SyntheticViews(size=2, num_views=6, num_classes=NUM_CLASSES)
+    with pytest.raises(ValueError, match=r"expected \[B, 3, T, C, H, W\]"):
+        evaluate(TinyClassifier(NUM_CLASSES), synthetic_loader(dataset, 2), cfg, "cpu", progress=False)
+
+
+SIZE, BROKEN = 11, (3, 10)  # odd size: the sampler pads rank 1 with video 0
+
+
+def _two_rank_worker(rank: int, world_size: int, init_file: str, out_dir: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    try:
+        dataset = SyntheticViews(size=SIZE, num_views=6, num_classes=NUM_CLASSES, broken=BROKEN)
+        loader = synthetic_loader(dataset, batch_size=1, rank=rank, world_size=world_size)
+        result = evaluate(TinyClassifier(NUM_CLASSES), loader, _cfg(), "cpu", progress=False)
+        torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_ranks_count_each_video_once_and_equal_one_rank(tmp_path):
+    dataset = SyntheticViews(size=SIZE, num_views=6, num_classes=NUM_CLASSES, broken=BROKEN)
+    single = evaluate(TinyClassifier(NUM_CLASSES), synthetic_loader(dataset, 1), _cfg(), "cpu", progress=False)
+    mp.spawn(_two_rank_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    for rank in range(2):
+        multi = torch.load(tmp_path / f"rank{rank}.pt", weights_only=False)
+        assert multi["world_size"] == 2 and multi["num_repeats_dropped"] == 1
+        assert multi["predictions"]["index"].tolist() == [i for i in range(SIZE) if i not in BROKEN]
+        assert [m["index"] for m in multi["missing"]] == list(BROKEN)
+        assert torch.equal(multi["predictions"]["scores"], single["predictions"]["scores"])
+        for key in ("top1", "top5", "mean_class_accuracy"):
+            assert multi["metrics"][key] == single["metrics"][key]
+        assert torch.equal(multi["metrics"]["confusion_matrix"], single["metrics"]["confusion_matrix"])

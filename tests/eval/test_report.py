@@ -1,0 +1,87 @@
+import csv
+import hashlib
+import json
+
+import matplotlib.image
+import torch
+from safetensors import safe_open
+
+from aim_video.config import Config, to_dict
+from aim_video.eval.multiview import evaluate
+from aim_video.eval.report import (
+    load_class_names,
+    plot_confusion,
+    results_record,
+    sha256_file,
+    write_per_class_csv,
+    write_results_json,
+    write_scores,
+)
+from tests.eval.conftest import SyntheticViews, TinyClassifier, synthetic_loader
+
+
+def _result(num_classes: int = 4):
+    cfg = Config()
+    cfg.model.num_classes = num_classes
+    cfg.data.test_num_clips, cfg.data.test_num_crops = 1, 3
+    dataset = SyntheticViews(size=7, num_views=3, num_classes=num_classes, broken=(2,))
+    return cfg, evaluate(TinyClassifier(num_classes), synthetic_loader(dataset, 3), cfg, "cpu", progress=False)
+
+
+def test_results_json_lists_the_missing_video_and_scores_the_rest(tmp_path):
+    cfg, result = _result(num_classes=8)  # classes 7 has no video: NaN accuracy must become null
+    ckpt = tmp_path / "model_trainable.safetensors"
+    ckpt.write_bytes(b"weights")
+    record = results_record(result, to_dict(cfg), str(ckpt), sha256_file(str(ckpt)), split="val")
+    path = write_results_json(record, str(tmp_path / "out" / "results.json"))
+    loaded = json.loads(open(path).read())
+    assert loaded["missing"] == [{"index": 2, "path": "videos/002.mp4", "reason": "cannot decode: moov atom not found"}]
+    assert loaded["num_videos_evaluated"] == 6 and loaded["dataset_size"] == 7 and loaded["num_missing"] == 1
+    assert loaded["checkpoint_sha256"] == hashlib.sha256(b"weights").hexdigest()
+    assert loaded["per_class_accuracy"][7] is None
+    assert loaded["protocol"]["num_crops"] == 3 and loaded["config"]["model"]["num_classes"] == 8
+    assert abs(loaded["top1"] - 100 * result["metrics"]["top1"]) < 1e-9
+    assert not list((tmp_path / "out").glob("*.tmp*"))
+
+
+def test_per_class_csv_rows_match_the_confusion_matrix(tmp_path):
+    _, result = _result()
+    names = ["walk", "run", "jump", "swim"]
+    rows = list(csv.DictReader(open(write_per_class_csv(result, names, str(tmp_path / "per_class.csv")))))
+    cm = result["metrics"]["confusion_matrix"]
+    assert [r["class_name"] for r in rows] == names
+    for k, row in enumerate(rows):
+        assert int(row["support"]) == int(cm[k].sum()) and int(row["correct"]) == int(cm[k, k])
+    assert sum(int(r["support"]) for r in rows) == 6
+
+
+def test_confusion_png_at_400_classes(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    cm = torch.diag(torch.full((400,), 40)) + torch.randint(0, 3, (400, 400), generator=g) * (
+        torch.rand(400, 400, generator=g) < 0.01
+    )
+    cm[17, 212] = 25  # the most confused pair
+    path = plot_confusion(cm, [f"class_{i}" for i in range(400)], str(tmp_path / "confusion.png"))
+    image = matplotlib.image.imread(path)
+    assert image.shape[:2] == (1000, 2000)
+
+
+def test_scores_file_round_trips(tmp_path):
+    _, result = _result()
+    path = write_scores(result, str(tmp_path / "scores.safetensors"))
+    with safe_open(path, framework="pt") as f:
+        assert torch.equal(f.get_tensor("index"), result["predictions"]["index"])
+        assert torch.equal(f.get_tensor("scores"), result["predictions"]["scores"])
+        assert json.loads(f.metadata()["protocol"])["num_views"] == 3
+
+
+def test_class_map(tmp_path):
+    (tmp_path / "classes.txt").write_text("a\nb\n\nc\n")
+    assert load_class_names(str(tmp_path / "classes.txt"), 3) == ["a", "b", "c"]
+    assert load_class_names("", 2) == ["0", "1"]
+    try:
+        load_class_names(str(tmp_path / "classes.txt"), 4)
+    except ValueError as err:
+        assert "3 class names" in str(err)
+    else:
+        raise AssertionError("a class map of the wrong length must fail")

@@ -1,0 +1,167 @@
+"""build_model: the contract, the exact trainable set and the paper's parameter counts (on the meta device)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from aim_video.config import ModelConfig
+from aim_video.models.build import build_model, parse_adapter_layers
+from tests.models.conftest import NUM_FRAMES, TIMM_ARCH, tiny_cfg
+
+
+def _count_on_meta(num_frames: int = 8, **fields) -> tuple[int, int]:
+    with torch.device("meta"):  # the architecture only: no real weights allocated
+        return build_model(ModelConfig(**fields), num_frames).parameter_counts()
+
+
+def test_paper_counts_vit_b16_k400() -> None:
+    trainable, total = _count_on_meta(arch="vit_base_patch16_clip_quickgelu_224", num_classes=400)
+    assert trainable == 10_966_672  # 12 x 3 adapters (295,872 each) + temporal emb 8x768 + ln_post + head
+    assert abs(trainable / 1e6 - 10.97) <= 0.01
+    assert 96e6 < total < 97e6
+
+
+def test_paper_counts_vit_b16_ssv2_variant() -> None:
+    trainable, _ = _count_on_meta(
+        arch="vit_base_patch16_clip_quickgelu_224", num_classes=174, num_temporal_adapters=2, mlp_adapter_scale=1.0
+    )
+    assert abs(trainable / 1e6 - 14.3) <= 0.1
+
+
+def test_paper_counts_vit_l14() -> None:
+    trainable, _ = _count_on_meta(arch="vit_large_patch14_clip_quickgelu_224", num_classes=400)
+    assert abs(trainable / 1e6 - 38.3) <= 0.3
+
+
+def test_contract_shapes_and_exact_trainable_set(tiny_model) -> None:
+    logits = tiny_model(torch.randn(3, NUM_FRAMES, 3, 32, 32))
+    assert logits.shape == (3, 5) and logits.dtype == torch.float32
+    adapters = [
+        f"backbone.blocks.{i}.{a}.{fc}.{p}"
+        for i in range(2)
+        for a in ("t_adapter", "s_adapter", "mlp_adapter")
+        for fc in ("fc1", "fc2")
+        for p in ("weight", "bias")
+    ]
+    expected = {"temporal_embed", "backbone.norm.weight", "backbone.norm.bias", "head.weight", "head.bias", *adapters}
+    names = tiny_model.trainable_parameter_names()
+    assert len(names) == len(expected) and set(names) == expected
+    for name, param in tiny_model.named_parameters():
+        assert param.requires_grad == (name in expected), name
+    hidden, dim = 16, 64  # ratio 0.25 of width 64
+    per_adapter = dim * hidden + hidden + hidden * dim + dim
+    expected_count = 6 * per_adapter + NUM_FRAMES * dim + 2 * dim + dim * 5 + 5
+    assert tiny_model.parameter_counts()[0] == expected_count
+    # the head: dropout p from the config, weights normal(std 0.01), zero bias
+    assert tiny_model.head_drop.p == 0.0 and torch.count_nonzero(tiny_model.head.bias) == 0
+    assert build_model(tiny_cfg(head_dropout=0.5), NUM_FRAMES).head_drop.p == 0.5
+    assert torch.count_nonzero(tiny_model.temporal_embed) == 0
+
+
+def test_head_init_std() -> None:
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg(num_classes=400), NUM_FRAMES)
+    assert model.head.weight.std().item() == pytest.approx(0.01, rel=0.05)
+
+
+def test_flags_checkpointing_and_no_temporal_embedding() -> None:
+    model = build_model(tiny_cfg(grad_checkpointing=True, temporal_embedding=False, adapter_layers="top:1"), 2)
+    assert model.grad_checkpointing and model.temporal_embed is None
+    assert not any(".blocks.0." in n for n in model.trainable_parameter_names())
+    assert model(torch.randn(1, 2, 3, 32, 32)).shape == (1, 5)
+
+
+def test_counts_follow_the_ablation_knobs() -> None:
+    base = build_model(tiny_cfg(), NUM_FRAMES).parameter_counts()[0]
+    per_adapter = 64 * 16 + 16 + 16 * 64 + 64
+    assert build_model(tiny_cfg(spatial_adapter=False), NUM_FRAMES).parameter_counts()[0] == base - 2 * per_adapter
+    assert build_model(tiny_cfg(num_temporal_adapters=2), NUM_FRAMES).parameter_counts()[0] == base + 2 * per_adapter
+    assert build_model(tiny_cfg(adapter_layers="none"), NUM_FRAMES).parameter_counts()[0] == base - 6 * per_adapter
+    half = build_model(tiny_cfg(adapter_ratio=0.125), NUM_FRAMES).parameter_counts()[0]
+    assert half == base - 6 * (per_adapter - (64 * 8 + 8 + 8 * 64 + 64))
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        ("all", list(range(12))),
+        ("none", []),
+        ("top:6", [6, 7, 8, 9, 10, 11]),
+        ("bottom:6", [0, 1, 2, 3, 4, 5]),
+        ("every:2", [0, 2, 4, 6, 8, 10]),
+        ("every:3", [0, 3, 6, 9]),
+        ("11, 0,3", [0, 3, 11]),
+    ],
+)
+def test_parse_adapter_layers(spec: str, expected: list[int]) -> None:
+    assert parse_adapter_layers(spec, 12) == expected
+
+
+@pytest.mark.parametrize("spec", ["top:0", "top:13", "middle:2", "12", "a,b", "every:x"])
+def test_parse_adapter_layers_rejects(spec: str) -> None:
+    with pytest.raises(ValueError, match="model.adapter_layers"):
+        parse_adapter_layers(spec, 12)
+
+
+def test_bad_arch_and_kwargs_name_the_key() -> None:
+    with pytest.raises(ValueError, match="model.arch"):
+        build_model(tiny_cfg(arch="vit_bsae_patch16_224"), NUM_FRAMES)
+    with pytest.raises(ValueError, match="model.arch.*resnet18.*ResNet"):
+        build_model(ModelConfig(arch="resnet18"), NUM_FRAMES)
+    with pytest.raises(ValueError, match="model.vit_kwargs"):
+        build_model(tiny_cfg(vit_kwargs={**tiny_cfg().vit_kwargs, "embed_dimm": 3}), NUM_FRAMES)
+    with pytest.raises(ValueError, match="model.vit_kwargs.drop_path_rate"):
+        build_model(tiny_cfg(vit_kwargs={"drop_path_rate": 0.1}), NUM_FRAMES)
+    with pytest.raises(ValueError, match="token pooling"):
+        build_model(tiny_cfg(arch=TIMM_ARCH, vit_kwargs={**tiny_cfg().vit_kwargs, "global_pool": "avg"}), 2)
+
+
+def test_compile_flag_keeps_names_and_outputs() -> None:
+    cfg = tiny_cfg()
+    torch.manual_seed(0)
+    eager = build_model(cfg, NUM_FRAMES).eval()
+    torch.manual_seed(0)
+    compiled = build_model(tiny_cfg(compile=True), NUM_FRAMES).eval()
+    assert compiled.trainable_parameter_names() == eager.trainable_parameter_names()
+    assert all(blk._compiled_call_impl is not None for blk in compiled.backbone.blocks)
+
+
+@pytest.mark.slow  # inductor compiles two blocks on CPU: ~100 s on 2 cores
+def test_compiled_blocks_match_eager_outputs_and_grads() -> None:
+    from tests.models.conftest import perturb_adapters
+
+    models = []
+    for compile_flag in (False, True):
+        torch.manual_seed(0)
+        model = build_model(tiny_cfg(compile=compile_flag), NUM_FRAMES)
+        perturb_adapters(model)
+        models.append(model)
+    video = torch.randn(2, NUM_FRAMES, 3, 32, 32)
+    outs, grads = [], []
+    for model in models:
+        out = model(video)
+        out.square().sum().backward()
+        outs.append(out.detach())
+        grads.append({n: p.grad for n, p in model.named_parameters() if p.grad is not None})
+    assert torch.allclose(outs[0], outs[1], atol=1e-5)
+    assert grads[0].keys() == grads[1].keys() == set(models[0].trainable_parameter_names())
+    for name in grads[0]:
+        assert torch.allclose(grads[0][name], grads[1][name], atol=1e-5, rtol=1e-4), name
+
+
+def test_trainable_weights_file_round_trip(tmp_path) -> None:
+    from aim_video.models.trainable_io import load_trainable, save_trainable
+    from tests.models.conftest import perturb_adapters
+
+    trained = build_model(tiny_cfg(), NUM_FRAMES)
+    perturb_adapters(trained)
+    path = save_trainable(trained, str(tmp_path / "trainable.safetensors"), {"step": 3})
+    fresh = build_model(tiny_cfg(), NUM_FRAMES)
+    trainable = set(trained.trainable_parameter_names())
+    frozen = {k: v for k, v in trained.state_dict().items() if k not in trainable}
+    fresh.load_state_dict(frozen, strict=False)  # the same frozen backbone, as from model.pretrained
+    video = torch.randn(1, NUM_FRAMES, 3, 32, 32)
+    assert not torch.equal(fresh.eval()(video), trained.eval()(video))
+    load_trainable(fresh, path)
+    assert torch.equal(fresh.eval()(video), trained.eval()(video))

@@ -1,0 +1,158 @@
+"""Pretrained weights: OpenAI CLIP and timm layouts in every file form give the same model; mismatches fail loudly."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import timm
+import torch
+from safetensors.torch import save_file
+from timm.layers import resample_abs_pos_embed
+
+from aim_video.models.build import build_model
+from aim_video.models.pretrained import PretrainedLoadError, load_pretrained, resolve_weight_file
+from tests.models.conftest import (
+    NUM_FRAMES,
+    TIMM_ARCH,
+    openai_full_state,
+    openai_visual_state,
+    random_vit,
+    save_torchscript,
+    tiny_cfg,
+)
+
+
+@pytest.fixture(scope="module")
+def clip_vit() -> torch.nn.Module:
+    """A tiny CLIP-architecture ViT whose weights are exactly representable in fp16 (as OpenAI ships them)."""
+    vit = random_vit()
+    with torch.no_grad():
+        for p in vit.parameters():
+            p.copy_(p.half().float())
+    return vit
+
+
+def _timm_state(vit: torch.nn.Module) -> dict[str, torch.Tensor]:
+    state = dict(vit.state_dict())
+    state["head.weight"], state["head.bias"] = torch.randn(1000, 64), torch.zeros(1000)  # an ImageNet classifier
+    return state
+
+
+def _features(path: str, **cfg) -> torch.Tensor:
+    model = build_model(tiny_cfg(pretrained=path, **cfg), NUM_FRAMES).eval()
+    with torch.no_grad():
+        return model.forward_features(torch.randn(1, NUM_FRAMES, 3, 32, 32, generator=torch.Generator().manual_seed(0)))
+
+
+def test_every_layout_and_file_form_gives_identical_outputs(clip_vit, tmp_path) -> None:
+    files = {}
+    files["openai_torchscript"] = str(tmp_path / "ViT-B-16.pt")
+    save_torchscript(openai_full_state(clip_vit), files["openai_torchscript"])
+    files["openai_bare_fp16"] = str(tmp_path / "visual_bare.pth")
+    torch.save({k: v.half() for k, v in openai_visual_state(clip_vit, prefix="").items()}, files["openai_bare_fp16"])
+    files["timm_pth_wrapped"] = str(tmp_path / "timm.pth")
+    torch.save({"state_dict": _timm_state(clip_vit), "epoch": 3}, files["timm_pth_wrapped"])
+    files["timm_safetensors"] = str(tmp_path / "timm.safetensors")
+    save_file(_timm_state(clip_vit), files["timm_safetensors"])
+    snapshot = tmp_path / "models--timm--tiny_clip" / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    save_file(_timm_state(clip_vit), str(snapshot / "model.safetensors"))
+    (tmp_path / "models--timm--tiny_clip" / "refs").mkdir()
+    (tmp_path / "models--timm--tiny_clip" / "refs" / "main").write_text("abc123")
+    files["hf_cache_folder"] = str(tmp_path / "models--timm--tiny_clip")
+    files["hf_snapshot_folder"] = str(snapshot)
+
+    with torch.no_grad():
+        frames = torch.randn(1, NUM_FRAMES, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+        reference = torch.stack([clip_vit.forward_features(frames[:, t]) for t in range(NUM_FRAMES)], dim=1)
+    for form, path in files.items():
+        feats = _features(path)
+        assert torch.equal(feats, _features(files["timm_safetensors"])), form
+        assert (feats - reference).abs().max() <= 1e-5, form  # the loaded backbone is the image model
+
+
+def test_loaded_weights_are_fp32_and_final_norm_comes_from_ln_post(clip_vit, tmp_path) -> None:
+    path = str(tmp_path / "ViT-B-16.pt")
+    save_torchscript(openai_full_state(clip_vit), path)
+    model = build_model(tiny_cfg(pretrained=path), NUM_FRAMES)
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert torch.equal(model.backbone.norm.weight, clip_vit.norm.weight)
+    assert torch.equal(model.backbone.blocks[1].attn.qkv.weight, clip_vit.blocks[1].attn.qkv.weight)
+    assert model.backbone.norm.weight.requires_grad and not model.backbone.norm_pre.weight.requires_grad
+
+
+def test_missing_unexpected_and_wrong_shape_keys_fail_with_lists(clip_vit, tmp_path) -> None:
+    state = _timm_state(clip_vit)
+    del state["blocks.1.mlp.fc2.bias"]
+    state["blocks.1.extra.weight"] = torch.zeros(3)
+    state["norm_pre.weight"] = torch.ones(65)
+    path = str(tmp_path / "broken.safetensors")
+    save_file(state, path)
+    with pytest.raises(PretrainedLoadError) as info:
+        build_model(tiny_cfg(pretrained=path), NUM_FRAMES)
+    message = str(info.value)
+    assert "missing backbone keys (1): ['blocks.1.mlp.fc2.bias']" in message
+    assert "unexpected keys (1): ['blocks.1.extra.weight']" in message
+    assert "norm_pre.weight: checkpoint (65,) vs model (64,)" in message
+
+
+def test_checkpoint_of_another_architecture_fails(clip_vit, tmp_path) -> None:
+    path = str(tmp_path / "clip.pth")
+    torch.save(_timm_state(clip_vit), path)  # CLIP has norm_pre and a bias-free patch conv; vit_tiny does not
+    with pytest.raises(PretrainedLoadError, match="patch_embed.proj.bias"):
+        build_model(tiny_cfg(arch=TIMM_ARCH, pretrained=path), NUM_FRAMES)
+
+
+def test_checkpoint_with_adapter_weights_is_rejected(tmp_path) -> None:
+    model = build_model(tiny_cfg(), NUM_FRAMES)
+    path = str(tmp_path / "aim_backbone.pth")
+    torch.save(model.backbone.state_dict(), path)
+    with pytest.raises(PretrainedLoadError, match=r"AIM keys already present \(24\)"):
+        load_pretrained(model, path)
+
+
+def test_openai_weights_need_quickgelu(clip_vit, tmp_path) -> None:
+    path = str(tmp_path / "ViT-B-16.pt")
+    save_torchscript(openai_full_state(clip_vit), path)
+    with pytest.raises(PretrainedLoadError, match="QuickGELU"):
+        build_model(tiny_cfg(arch="vit_base_patch16_clip_224", pretrained=path), NUM_FRAMES)
+
+
+def test_position_embedding_resampled_to_the_input_size(tmp_path) -> None:
+    source = random_vit(img_size=48)  # pretrained at 48 px: 6x6 patches; the model runs at 32 px: 4x4
+    path = str(tmp_path / "vit48.safetensors")
+    save_file(dict(source.state_dict()), path)
+    model = build_model(tiny_cfg(pretrained=path), NUM_FRAMES)
+    expected = resample_abs_pos_embed(source.pos_embed.detach(), new_size=(4, 4), old_size=(6, 6), num_prefix_tokens=1)
+    assert model.backbone.pos_embed.shape == (1, 17, 64)
+    assert torch.allclose(model.backbone.pos_embed, expected)
+
+
+def test_timm_tiny_vit_from_a_local_file(tmp_path) -> None:
+    """What the demo does: a timm-layout vit_tiny checkpoint (with its 1000-class head) from a local file."""
+    torch.manual_seed(0)
+    vit = timm.create_model(TIMM_ARCH, pretrained=False, **tiny_cfg().vit_kwargs)
+    path = str(tmp_path / "vit_tiny.pth")
+    torch.save(vit.state_dict(), path)
+    model = build_model(tiny_cfg(arch=TIMM_ARCH, pretrained=path), NUM_FRAMES)
+    assert torch.equal(model.backbone.blocks[0].mlp.fc1.weight, vit.blocks[0].mlp.fc1.weight)
+
+
+def test_hub_names_get_a_download_hint() -> None:
+    with pytest.raises(FileNotFoundError, match="huggingface-cli download timm/vit_base_patch16_clip_224.openai"):
+        resolve_weight_file("vit_base_patch16_clip_224.openai")
+    with pytest.raises(FileNotFoundError, match=r"openaipublic.*ViT-B-16\.pt"):
+        resolve_weight_file("ViT-B/16")
+    with pytest.raises(FileNotFoundError, match="never downloads"):
+        build_model(tiny_cfg(pretrained="/nonexistent/weights.pth"), NUM_FRAMES)
+
+
+def test_folder_without_weights_and_unreadable_file(tmp_path) -> None:
+    with pytest.raises(FileNotFoundError, match="model.safetensors"):
+        resolve_weight_file(str(tmp_path))
+    bad = tmp_path / "corrupt.pth"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(PretrainedLoadError, match="cannot read checkpoint.*corrupt.pth"):
+        build_model(tiny_cfg(pretrained=str(bad)), NUM_FRAMES)
+    assert os.path.exists(bad)

@@ -1,0 +1,70 @@
+"""Config loading: schema defaults, YAML, dotted overrides, and errors that name the key."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from aim_video.config import Config, ConfigError, from_dict, load_config, save_config, to_dict
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_defaults_yaml_and_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("data:\n  num_frames: 16\nmodel:\n  vit_kwargs: {depth: 2}\n")
+    cfg = load_config(str(path), ["data.batch_size=3", "train.betas=[0.8,0.9]", "model.vit_kwargs.embed_dim=32"])
+    assert isinstance(cfg, Config)
+    assert cfg.data.num_frames == 16 and cfg.data.batch_size == 3
+    assert tuple(cfg.train.betas) == (0.8, 0.9)
+    assert cfg.model.vit_kwargs == {"depth": 2, "embed_dim": 32}
+    assert cfg.data.frame_stride == 16  # schema default kept
+
+
+def test_unknown_key_names_it_and_suggests(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["data.num_workrs=2"])
+    msg = str(err.value)
+    assert "data.num_workrs" in msg and "Did you mean 'num_workers'" in msg and "Allowed keys here:" in msg
+    path = tmp_path / "c.yaml"
+    path.write_text("modle:\n  arch: x\n")
+    with pytest.raises(ConfigError, match=r"c.yaml: unknown config key 'modle'. Did you mean 'model'"):
+        load_config(str(path))
+
+
+def test_wrong_type_names_key():
+    with pytest.raises(ConfigError, match=r"bad value for config key 'train.lr'"):
+        load_config(None, ["train.lr=fast"])
+    with pytest.raises(ConfigError, match="section.key=value"):
+        load_config(None, ["train.lr"])
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config("/nonexistent.yaml")
+
+
+def test_round_trip_and_saved_file(tmp_path):
+    cfg = load_config(None, ["data.num_frames=4", "model.vit_kwargs={depth: 2}"])
+    assert from_dict(to_dict(cfg)) == cfg
+    path = save_config(cfg, str(tmp_path / "run"))
+    assert load_config(path) == cfg
+    assert not [f for f in os.listdir(tmp_path / "run") if ".tmp" in f]
+
+
+def test_every_shipped_config_loads():
+    folder = os.path.join(REPO, "configs")
+    names = sorted(f for f in os.listdir(folder) if f.endswith(".yaml"))
+    assert "demo.yaml" in names
+    for name in names:
+        load_config(os.path.join(folder, name))
+
+
+def test_cli_exits_nonzero_naming_bad_key():
+    script = os.path.join(REPO, "tools", "pretrain_backbone.py")
+    proc = subprocess.run(
+        [sys.executable, script, "--config", os.path.join(REPO, "configs", "demo.yaml"), "data.bogus_key=1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "data.bogus_key" in proc.stderr and "Allowed keys here" in proc.stderr

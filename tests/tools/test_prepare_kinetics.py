@@ -1,0 +1,31 @@
+import os
+import shutil
+
+import pytest
+
+from aim_video.data.annotations import write_lines
+from tests.data.conftest import make_video
+
+pytestmark = pytest.mark.skipif(not shutil.which("ffmpeg"), reason="needs ffmpeg: apt-get install ffmpeg")
+
+
+def test_cli_lists_and_reencode(tmp_path, capsys):
+    from tools.prepare_kinetics import main
+
+    root = tmp_path / "videos"
+    os.makedirs(root / "a")
+    make_video(str(root / "a" / "v0.mp4"), 8)
+    (root / "a" / "broken.mp4").write_text("nope")
+    assert main(["lists", "--train", str(root), "--out-dir", str(tmp_path / "lists"), "--root", str(root)]) == 0
+    assert open(tmp_path / "lists" / "train.txt").read() == "a/broken.mp4 0\na/v0.mp4 0\n"
+    args = ["reencode", "--list", str(tmp_path / "lists" / "train.txt"), "--root", str(root), "--out-root",
+            str(tmp_path / "out"), "--out-list", str(tmp_path / "lists" / "train_out.txt"), "--short-side", "32",
+            "--jobs", "2"]  # fmt: skip
+    assert main(args) == 1  # one failure
+    text = capsys.readouterr().out
+    assert "re-encoded 1, skipped 0 (already done), failed 1" in text and "broken.mp4: ffmpeg exit" in text
+    assert open(tmp_path / "lists" / "train_out.txt").read() == "a/v0.mp4 0\n"
+    main(args)
+    assert "re-encoded 0, skipped 1" in capsys.readouterr().out
+    write_lines(str(tmp_path / "x.txt"), ["nothing.mp4 0"])
+    assert main(["reencode", "--list", str(tmp_path / "x.txt"), "--out-root", str(tmp_path / "o")]) == 2

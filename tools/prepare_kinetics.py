@@ -1,0 +1,112 @@
+"""Prepare a Kinetics-style data set: list files, re-encoding for fast random access.
+
+    # Kinetics CSVs (or list files, or class folders) -> train.txt / val.txt / classes.txt
+    python tools/prepare_kinetics.py lists --train k400/train.csv --val k400/validate.csv \\
+        --root /data/k400/videos --out-dir /data/k400/lists
+
+    # re-encode every video of a list to short side 256, a keyframe every 16 frames, 8 ffmpeg processes;
+    # finished outputs are skipped on a rerun; writes a list file of the outputs
+    python tools/prepare_kinetics.py reencode --list /data/k400/lists/train.txt --root /data/k400/videos \\
+        --out-root /data/k400/videos_256 --out-list /data/k400/lists/train_256.txt --jobs 8
+
+Each subcommand is a function `cmd_<name>(args) -> int` registered in `SUBCOMMANDS`; add one by adding both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from aim_video.data.annotations import AnnotationError, load_annotations, read_class_map  # noqa: E402
+from aim_video.data.prepare import build_lists, output_path, reencode_all, write_outputs_list  # noqa: E402
+
+
+def add_lists(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("lists", help="Kinetics CSV / list file / class folders -> list files and class map")
+    p.add_argument("--train", required=True, help="train CSV, list file or class folder (defines the classes)")
+    p.add_argument("--val", default="", help="validation source")
+    p.add_argument("--test", default="", help="test source")
+    p.add_argument("--root", default="", help="folder the videos' relative paths start from")
+    p.add_argument("--out-dir", required=True)
+    p.add_argument("--class-map", default="", help="class names, one per line, instead of the train labels")
+    p.add_argument("--missing", choices=("drop", "fail"), default="drop", help="entries whose file does not exist")
+    p.add_argument("--absolute", action="store_true", help="write absolute paths instead of paths under --root")
+
+
+def cmd_lists(args: argparse.Namespace) -> int:
+    sources = {k: v for k, v in (("train", args.train), ("val", args.val), ("test", args.test)) if v}
+    written = build_lists(sources, args.root, args.out_dir, args.class_map, args.missing, not args.absolute)
+    for name, (path, count, dropped) in written.items():
+        print(f"{name}: {count} entries -> {path}" + (f" ({dropped} missing videos dropped)" if dropped else ""))
+    return 0
+
+
+def add_reencode(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("reencode", help="re-encode videos: short side, keyframe interval, constant frame rate")
+    p.add_argument("--list", required=True, help="list file, Kinetics CSV or class folder of the source videos")
+    p.add_argument("--root", default="", help="folder the source paths are relative to (mirrored under --out-root)")
+    p.add_argument("--out-root", required=True)
+    p.add_argument("--out-list", default="", help="list file of the re-encoded videos (paths under --out-root)")
+    p.add_argument("--short-side", type=int, default=256, help="256 or 320 as in the papers; 0 keeps the size")
+    p.add_argument("--keyint", type=int, default=16, help="frames between keyframes")
+    p.add_argument("--crf", type=int, default=23)
+    p.add_argument("--preset", default="fast", help="x264 preset")
+    p.add_argument("--fps", type=float, default=None, help="output frame rate (default: the source's)")
+    p.add_argument("--keep-audio", action="store_true")
+    p.add_argument("--jobs", type=int, default=max(1, (os.cpu_count() or 2) - 1), help="parallel ffmpeg processes")
+    p.add_argument("--check-backend", default="decord", help="backend that must decode each output")
+    p.add_argument("--overwrite", action="store_true", help="re-encode even when the output exists")
+    p.add_argument("--class-map", default="", help="class names for a Kinetics CSV that is not the train split")
+
+
+def cmd_reencode(args: argparse.Namespace) -> int:
+    classes = read_class_map(args.class_map) if args.class_map else None
+    ann = load_annotations(args.list, args.root, classes, missing="drop", what="--list")
+    src_root = args.root or (
+        args.list if os.path.isdir(args.list) else os.path.commonpath([os.path.dirname(r.path) for r in ann.records])
+    )
+    pairs = [(r.path, output_path(r.path, src_root, args.out_root)) for r in ann.records]
+    results = reencode_all(
+        pairs, jobs=args.jobs, overwrite=args.overwrite, check_backend=args.check_backend,
+        short_side=args.short_side, keyint=args.keyint, crf=args.crf, preset=args.preset, fps=args.fps,
+        keep_audio=args.keep_audio,
+    )  # fmt: skip
+    counts = {s: sum(r.status == s for r in results) for s in ("done", "skipped", "failed")}
+    print(f"re-encoded {counts['done']}, skipped {counts['skipped']} (already done), failed {counts['failed']}"
+          + (f", {len(ann.missing)} sources missing" if ann.missing else ""))  # fmt: skip
+    if args.out_list:
+        n = write_outputs_list(args.out_list, ann, results, args.out_root)
+        print(f"list of {n} re-encoded videos -> {args.out_list}")
+    failed = [r for r in results if r.status == "failed"]
+    if failed or ann.missing:
+        print("failures:")
+        for path in ann.missing:
+            print(f"  {path}: source file not found")
+        for r in failed:
+            print(f"  {r.src}: {r.reason}")
+    return 1 if failed else 0
+
+
+SUBCOMMANDS = {"lists": (add_lists, cmd_lists), "reencode": (add_reencode, cmd_reencode)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add, _ in SUBCOMMANDS.values():
+        add(sub)
+    args = parser.parse_args(argv)
+    try:
+        return SUBCOMMANDS[args.command][1](args)
+    except (AnnotationError, RuntimeError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

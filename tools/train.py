@@ -1,0 +1,56 @@
+"""Train AIM on a video data set with DeepSpeed.
+
+    deepspeed --num_gpus 8 tools/train.py --config configs/k400_vit_b16_8f.yaml output_dir=runs/k400 [key=value ...]
+    deepspeed --hostfile hosts --num_nodes 2 --num_gpus 8 tools/train.py --config ... (multi-node; shared output_dir)
+    python tools/train.py --config ... (one process)
+    DS_ACCELERATOR=cpu deepspeed --num_gpus 2 tools/train.py --config ... (CPU, gloo; tests and the demo)
+
+Writes into `output_dir`: config.yaml, deepspeed_config.json, log.jsonl, tensorboard/, checkpoints/ (atomic, keep last K
+and the best), model_trainable.safetensors (the trainable set only) and train_summary.json. `--resume auto` continues
+from the newest complete checkpoint (or starts fresh when there is none).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout, no install
+
+from aim_video.config import config_cli_main  # noqa: E402
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--config", required=True, help="YAML config (configs/*.yaml)")
+    parser.add_argument("--resume", default="", help="'auto' (newest complete checkpoint) or a checkpoint folder")
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)  # launcher
+    parser.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. train.max_steps=10")
+    return parser.parse_known_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, unknown = parse_args(argv)
+    flags = [u for u in unknown if u.startswith("-")]
+    if flags:
+        raise SystemExit(f"error: unknown options {' '.join(flags)} (config values are given as section.key=value)")
+    cfg = config_cli_main(args.config, list(args.overrides) + unknown)
+
+    from aim_video.engine.checkpoint_io import CheckpointError
+    from aim_video.engine.fit import fit
+    from aim_video.engine.train_loop import NonFiniteLossError
+
+    try:
+        summary = fit(cfg, resume=args.resume)
+    except (NonFiniteLossError, CheckpointError) as err:
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        os._exit(1)  # other ranks may be blocked in a collective: leave at once so the launcher stops them
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps({k: summary[k] for k in ("steps", "epochs", "final_loss", "clips_per_s", "paths")}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
