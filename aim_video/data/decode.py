@@ -322,9 +322,10 @@ def read_frames(
     decodes (verify report), bounds the request: an index at or past it is an error, never passed to the decoder
     (decord can spin forever past the real end of a file that over-reports its length). `indices` may be a function
     of the usable frame count returning the indices: the loader samples a clip from the count of the reader it
-    already opened, so each clip costs one open; if the read then shows the file is shorter than it claims, the
-    function is called again with the real count (and the mismatch is logged and kept in `discovered_frame_counts`).
-    A list of indices that reaches past the real end raises `ShortVideoError` instead.
+    already opened, so each clip costs one open. A read that fails inside the claimed count triggers one sequential
+    count: if the file is shorter than it claims, indices past the real end raise `ShortVideoError` (the failure
+    names both counts) and the count is kept (`discovered_frame_counts`): later reads in this process sample and
+    read inside it.
     `fallback` names a backend tried when `backend` cannot open the file. `timeout_s` > 0 runs the read in a child
     process killed after that many seconds (`ReadTimeout`); None or 0 reads in this process with no overhead.
     """
@@ -368,18 +369,19 @@ def read_frames(
                     "(run `tools/prepare_kinetics.py verify` to find such files up front)",
                     *(path, reader.num_frames, real, real),
                 )
-                if not callable(indices) and uniq[-1] >= real:
+                if uniq[-1] >= real:  # reported as this read's failure; later reads sample inside the real count
                     raise ShortVideoError(path, reader.num_frames, real) from None
-                chosen, uniq = _choose(path, indices, real)  # re-sampled inside the real count
                 retry_with = reader
             frames = _read_again(path, uniq, retry_with, fallback if fallback != used else "", _open, used, err)
     finally:
         reader.close()
     if frames.shape[0] != len(uniq):
         raise VideoReadError(path, f"asked for {len(uniq)} frames, decoder returned {frames.shape[0]}")
+    out = torch.from_numpy(np.ascontiguousarray(frames))
+    if len(chosen) == len(uniq) and all(int(i) == u for i, u in zip(chosen, uniq, strict=True)):
+        return out  # already sorted and unique: no gather copy (about 3 ms for an 8x256x340 clip)
     position = {idx: k for k, idx in enumerate(uniq)}
-    order = torch.as_tensor([position[int(i)] for i in chosen])
-    return torch.from_numpy(np.ascontiguousarray(frames))[order]
+    return out[torch.as_tensor([position[int(i)] for i in chosen])]
 
 
 def _choose(

@@ -314,7 +314,7 @@ def repair_videos(
     Copies mirror the originals' paths relative to `root` (or their file names), as .mp4: constant frame rate,
     closed GOPs of `keyint` frames, optionally resized to `short_side` (`decode.transcode`). Originals are only
     read. Returns ({original absolute path: repaired path} for copies that verify `exact`, the copies' checks;
-    a copy that failed to encode is listed with status `unreadable` and the reason).
+    an original that could not be re-encoded is listed under its own path, status `unreadable`, with the reason).
     """
     out_dir = os.path.abspath(out_dir)
     jobs_list: list[tuple[str, str, int, int, int]] = []
@@ -336,31 +336,7 @@ def repair_videos(
             encoded[job[1]] = job[0]
         else:
             reason = err.reason if isinstance(err, decode.VideoReadError) else f"{type(err).__name__}: {err}"
-            failed.append(VideoCheck(job[1], "unreadable", backend, reason=f"re-encoding {job[0]} failed: {reason}"))
+            failed.append(VideoCheck(job[0], "unreadable", backend, reason=f"re-encoding failed: {reason}"))
     rechecked = verify_videos(list(encoded), backend, seek_mode, jobs, timeout_s, progress=progress)
     mapping = {encoded[c.path]: c.path for c in rechecked if c.status == "exact"}
     return mapping, rechecked + failed
-
-
-def rewrite_list(list_path: str, mapping: dict[str, str], out_path: str, root: str = "") -> int:
-    """Write a copy of a `path label` list file with repaired videos' paths swapped in; returns lines changed.
-
-    Paths in the list are resolved against `root` to look them up in `mapping` (absolute paths); a swapped-in path
-    is written relative to `root` when it lies under it, absolute otherwise. Other lines are kept as they are.
-    """
-    root_abs = os.path.abspath(root) if root else ""
-    changed, lines = 0, []
-    with open(list_path) as f:
-        for line in f:
-            parts = line.rstrip("\n").split(maxsplit=1)
-            if parts:
-                full = os.path.abspath(os.path.join(root_abs, parts[0]) if root_abs else parts[0])
-                if full in mapping:
-                    new = mapping[full]
-                    if root_abs and not os.path.relpath(new, root_abs).startswith(".."):
-                        new = os.path.relpath(new, root_abs)
-                    line = " ".join([new, *parts[1:]]) + "\n"
-                    changed += 1
-            lines.append(line)
-    _atomic_write(out_path, lambda f: f.writelines(lines))
-    return changed

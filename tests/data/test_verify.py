@@ -174,10 +174,31 @@ def test_repair_makes_every_backend_exact(files, tmp_path):
                 assert mean_abs_diff(clip[k], ref[i]) < 1.0, (copy, backend, opts, i)
         if not TORCHCODEC_MISSING:
             assert verify.check_video(copy, "torchcodec", "approximate").status == "exact"
+
+
+def test_verify_and_repair_subcommands(files, tmp_path):
+    from tools.prepare_kinetics import main
+
+    root = os.path.dirname(files["clean"])
+    names = ["clean.mp4", "kf.mp4", "short.mp4", "gone.mp4"]
     listing = tmp_path / "train.txt"
-    listing.write_text("".join(f"{os.path.basename(p)} {k}\n" for k, p in enumerate([files["clean"], *broken])))
-    out = str(tmp_path / "train_repaired.txt")
-    assert verify.rewrite_list(str(listing), mapping, out, root=root) == 3
-    lines = open(out).read().splitlines()
-    assert lines[0] == "clean.mp4 0" and all(line.startswith(str(tmp_path / "repaired")) for line in lines[1:])
-    assert [line.split()[1] for line in lines] == ["0", "1", "2", "3"]
+    listing.write_text("".join(f"{name} {k}\n" for k, name in enumerate(names)))
+    report = str(tmp_path / "train_verify.json")
+    args = ["--list", str(listing), "--root", root, "--jobs", "2", "--timeout", "60"]
+    assert main(["verify", *args, "--report", report]) == 1  # not every video is exact
+    assert json.load(open(report))["counts"] == {
+        "exact": 1, "shifted": 0, "corrupt_after_seek": 1, "short": 1, "hangs": 0, "unreadable": 1
+    }  # fmt: skip
+    assert not os.path.exists(report + ".partial.jsonl") and os.path.exists(str(tmp_path / "train_verify.csv"))
+    out_list = str(tmp_path / "train_repaired.txt")
+    repair = ["repair", *args, "--report", report, "--out-root", str(tmp_path / "fixed"), "--out-list", out_list]
+    assert main(repair) == 1  # the missing video cannot be repaired, and is reported
+    lines = [line.split() for line in open(out_list).read().splitlines()]
+    assert [label for _, label in lines] == ["0", "1", "2"]  # the missing one was dropped by the list loader
+    assert lines[0][0] == files["clean"]
+    assert lines[1][0] == str(tmp_path / "fixed" / "kf.mp4") and lines[2][0] == str(tmp_path / "fixed" / "short.mp4")
+    rechecked = json.load(open(str(tmp_path / "train_repaired_verify.json")))["videos"]
+    assert [(os.path.basename(v["path"]), v["status"]) for v in rechecked] == [
+        ("kf.mp4", "exact"), ("short.mp4", "exact"), ("gone.mp4", "unreadable")
+    ]  # fmt: skip
+    assert "file not found" in rechecked[2]["reason"] or "No such file" in rechecked[2]["reason"]
