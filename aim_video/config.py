@@ -37,6 +37,8 @@ class DataConfig:
     # decoding
     backend: str = "decord"  # decord | torchcodec | pyav
     fallback_backend: str = "pyav"  # tried when `backend` cannot open a file; "" for none
+    seek_mode: str = "exact"  # torchcodec: exact (scans the file once per open) | approximate (index from fps)
+    decode_device: str = "cpu"  # torchcodec: cpu | cuda | cuda:N (NVDEC; needs read_timeout_s=0, no worker forks)
     num_threads: int = 1  # decoder threads per reader (1 when many workers run)
     read_timeout_s: float = 60.0  # per-item watchdog in training; a slower read counts as a failed video
     verify_report: str = ""  # JSON from `tools/prepare_kinetics.py verify`: true frame counts
