@@ -14,8 +14,9 @@ backend's random-access reads with ONE sequential PyAV decode of the same file a
 
 Checked indices (`check_groups`): each seek point and the frame after it, the middle of each group of pictures, and
 the last two frames, read group by group from the end backwards so that every read starts with a seek, as in
-training. The sequential decode keeps full frames only at those indices and small thumbnails of all frames (to find
-which frame a wrong read returned), so the cost is about one sequential decode plus half of one for the reads.
+training. The sequential decode keeps full frames only at those indices and subsampled thumbnails of all frames (to
+find which frame a wrong read returned), so the cost is one sequential decode plus the reads (which decode about
+half of each group of pictures on average).
 """
 
 from __future__ import annotations
@@ -71,11 +72,9 @@ def check_groups(seek_points: list[int], num_frames: int, max_groups: int = 24) 
     return [list(g) for g in sorted(groups, key=lambda g: g[0], reverse=True)]
 
 
-def _thumb(frame: np.ndarray, factor: int) -> np.ndarray:
-    """Area-average downscale by `factor` (float32), to tell which frame a wrong read returned."""
-    h, w = frame.shape[0] // factor * factor, frame.shape[1] // factor * factor
-    small = frame[:h, :w].reshape(h // factor, factor, w // factor, factor, 3)
-    return small.mean(axis=(1, 3), dtype=np.float32)
+def _thumb(frame: np.ndarray, step: int) -> np.ndarray:
+    """Every `step`-th pixel (float32): cheap enough for every frame of a 720p video, and equal for equal frames."""
+    return frame[step // 2 :: step, step // 2 :: step].astype(np.float32)
 
 
 def check_video(
@@ -114,15 +113,15 @@ def _check(result: VideoCheck, backend: str, seek_mode: str, num_threads: int, t
         full: dict[int, np.ndarray] = {}
         thumbs: list[np.ndarray] = []
         keyframes: set[int] = set()  # frames that really are keyframes (decodable without earlier frames)
-        factor = 1
+        step = 1
         try:
             for i, av_frame in enumerate(decode.iter_decoded(container, rgb=False)):
                 frame = av_frame.to_ndarray(format="rgb24")
                 if av_frame.key_frame:
                     keyframes.add(i)
                 if i == 0:
-                    factor = max(1, min(frame.shape[:2]) // 32)
-                thumbs.append(_thumb(frame, factor))
+                    step = max(1, min(frame.shape[:2]) // 32)
+                thumbs.append(_thumb(frame, step))
                 if i in wanted:
                     full[i] = frame
         finally:
@@ -157,7 +156,7 @@ def _check(result: VideoCheck, backend: str, seek_mode: str, num_threads: int, t
                 result.max_error = max(result.max_error, round(err, 3))
                 if err < tol:
                     continue
-                diffs = np.abs(all_thumbs - _thumb(frame, factor)).mean(axis=(1, 2, 3))
+                diffs = np.abs(all_thumbs - _thumb(frame, step)).mean(axis=(1, 2, 3))
                 best = int(diffs.argmin())
                 gop_start = max([k for k in seek_points if k <= i], default=0)
                 if best != i and diffs[best] < tol and gop_start not in false_seeks:
