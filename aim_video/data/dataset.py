@@ -11,6 +11,8 @@ substituted: the item says it failed and why.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import torch
 from einops import rearrange
@@ -56,6 +58,9 @@ class TrainClipDataset(Dataset):
         repeated_aug: int = 1,
         max_retries: int = 10,
         frame_counts: dict[str, int] | None = None,
+        seek_mode: str = "exact",
+        decode_device: str = "cpu",
+        timeout_s: float = 0.0,
     ):
         if repeated_aug < 1:
             raise ValueError(f"data.repeated_aug must be >= 1, got {repeated_aug}")
@@ -72,7 +77,8 @@ class TrainClipDataset(Dataset):
         self.num_threads = num_threads
         self.repeated_aug = repeated_aug
         self.max_retries = max_retries
-        self.frame_counts = frame_counts or {}
+        self.frame_counts = frame_counts or {}  # {absolute path: frames that really decode} (verify report)
+        self.read_options = {"seek_mode": seek_mode, "device": decode_device, "timeout_s": timeout_s or None}
         self._rng: np.random.Generator | None = None
         self._rng_seed: int | None = None
         self._known_bad: dict[int, str] = {}  # per worker: videos that failed once are not decoded again
@@ -101,7 +107,8 @@ class TrainClipDataset(Dataset):
             backend=self.backend,
             num_threads=self.num_threads,
             fallback=self.fallback_backend,
-            num_frames=self.frame_counts.get(path),
+            num_frames=self.frame_counts.get(os.path.abspath(path)),
+            **self.read_options,
         )  # [T, H, W, C]
         return torch.stack([self.transform(frames) for _ in range(self.repeated_aug)])
 
@@ -158,6 +165,9 @@ class MultiViewDataset(Dataset):
         fallback_backend: str = "",
         num_threads: int = 1,
         frame_counts: dict[str, int] | None = None,
+        seek_mode: str = "exact",
+        decode_device: str = "cpu",
+        timeout_s: float = 0.0,
     ):
         self.records = records
         self.transform = transform
@@ -169,7 +179,8 @@ class MultiViewDataset(Dataset):
         self.backend = backend
         self.fallback_backend = fallback_backend
         self.num_threads = num_threads
-        self.frame_counts = frame_counts or {}
+        self.frame_counts = frame_counts or {}  # {absolute path: frames that really decode} (verify report)
+        self.read_options = {"seek_mode": seek_mode, "device": decode_device, "timeout_s": timeout_s or None}
 
     def __len__(self) -> int:
         return len(self.records)
@@ -189,7 +200,8 @@ class MultiViewDataset(Dataset):
             backend=self.backend,
             num_threads=self.num_threads,
             fallback=self.fallback_backend,
-            num_frames=self.frame_counts.get(path),
+            num_frames=self.frame_counts.get(os.path.abspath(path)),
+            **self.read_options,
         )  # [(k t), H, W, C]
         crops = self.transform(frames)  # [n, (k t), C, S, S]
         return rearrange(crops, "n (k t) c h w -> (k n) t c h w", k=self.num_clips).contiguous()

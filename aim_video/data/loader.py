@@ -18,6 +18,10 @@ Workers are seeded by the DataLoader (base seed from a generator seeded with `tr
 id), and both the sampling RNG and torch's RNG for augmentation derive from that seed: different workers, ranks
 and epochs draw different clips and augmentations, and a run is reproducible for a fixed seed and worker count.
 
+Reads go through `decode.read_frames` with data.backend (data.fallback_backend when it cannot open a file),
+data.seek_mode / data.decode_device for torchcodec, the true frame counts of data.verify_report, and
+data.read_timeout_s as a per-read watchdog (a read that runs over counts as a failed video; 0 turns it off).
+
 Evaluation (`build_eval_loader`): every video of a split in order, all views decoded once per video. Under
 several ranks a DistributedSampler pads the last batch with repeats; `batch["index"]` (dataset indices) and
 `len(loader.dataset)` let the evaluator keep each video exactly once.
@@ -73,6 +77,28 @@ def _loader_kwargs(cfg: Config) -> dict:
     return kwargs
 
 
+def frame_counts(cfg: Config) -> dict[str, int]:
+    """{absolute path: frames that really decode} from data.verify_report ({} when none is set)."""
+    if not cfg.data.verify_report:
+        return {}
+    from aim_video.data.verify import load_frame_counts
+
+    return load_frame_counts(cfg.data.verify_report)
+
+
+def _read_kwargs(cfg: Config) -> dict:
+    d = cfg.data
+    return {
+        "backend": d.backend,
+        "fallback_backend": d.fallback_backend,
+        "num_threads": d.num_threads,
+        "frame_counts": frame_counts(cfg),
+        "seek_mode": d.seek_mode,
+        "decode_device": d.decode_device,
+        "timeout_s": d.read_timeout_s,
+    }
+
+
 def build_train_dataset(cfg: Config) -> TrainClipDataset:
     d = cfg.data
     transform = build_train_transform(
@@ -81,7 +107,7 @@ def build_train_dataset(cfg: Config) -> TrainClipDataset:
     )  # fmt: skip
     return TrainClipDataset(
         load_split(cfg, "train").records, transform, d.sampling, d.num_frames, d.frame_stride, d.short_video,
-        d.backend, d.fallback_backend, d.num_threads, d.repeated_aug, d.max_retries,
+        repeated_aug=d.repeated_aug, max_retries=d.max_retries, **_read_kwargs(cfg),
     )  # fmt: skip
 
 
@@ -127,7 +153,7 @@ def build_eval_dataset(cfg: Config, split: str = "val") -> MultiViewDataset:
     transform = build_eval_transform(d.test_short_side, d.input_size, d.test_num_crops)
     return MultiViewDataset(
         load_split(cfg, split).records, transform, d.sampling, d.num_frames, d.frame_stride, d.test_num_clips,
-        d.short_video, d.backend, d.fallback_backend, d.num_threads,
+        d.short_video, **_read_kwargs(cfg),
     )  # fmt: skip
 
 

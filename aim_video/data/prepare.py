@@ -51,7 +51,8 @@ def reencode_command(
 ) -> list[str]:
     """The ffmpeg command line: short side <= `short_side` (never upscaled, even sizes), keyframe every `keyint`.
 
-    `fps` None keeps the source's frame rate (made constant); `short_side` 0 keeps the size.
+    `fps` None keeps the source's frame rate (made constant); `short_side` 0 keeps the size; `keyint` 0 keeps the
+    encoder's default keyframe placement (x264: at most 250 frames apart, plus scene cuts).
     """
     if short_side > 0:
         s = int(short_side)
@@ -65,7 +66,8 @@ def reencode_command(
     cmd = [ffmpeg_binary(), "-nostdin", "-y", "-loglevel", "error", "-threads", str(threads), "-i", src]
     cmd += ["-map", "0:v:0"] + (["-map", "0:a?", "-c:a", "aac"] if keep_audio else ["-an"])
     cmd += ["-vf", vf, "-c:v", "libx264", "-preset", preset, "-crf", str(crf), "-pix_fmt", "yuv420p"]
-    cmd += ["-g", str(keyint), "-keyint_min", str(keyint), "-sc_threshold", "0", "-flags", "+cgop"]
+    if keyint > 0:
+        cmd += ["-g", str(keyint), "-keyint_min", str(keyint), "-sc_threshold", "0", "-flags", "+cgop"]
     cmd += ["-fps_mode", "cfr", "-threads", str(threads), "-movflags", "+faststart", "-f", "mp4", dst]
     return cmd
 

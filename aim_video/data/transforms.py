@@ -27,7 +27,7 @@ def to_video(frames_thwc: torch.Tensor) -> tv_tensors.Video:
 
 
 def _plain(video: torch.Tensor) -> torch.Tensor:
-    return video.as_subclass(torch.Tensor).contiguous()
+    return video.as_subclass(torch.Tensor)
 
 
 def build_train_transform(

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from aim_video.config import load_config
+from aim_video.data import decode
 from aim_video.data.annotations import AnnotationError, VideoRecord, write_lines
 from aim_video.data.loader import FailureLog, build_eval_loader, build_train_loader, set_epoch
 from tests.data.conftest import decoded_frame_index, make_corrupt_corpus
@@ -181,8 +182,13 @@ def test_corrupt_corpus_training_epoch_counts_every_failure(tmp_path, workers):
         assert batch["video"].shape == (1, 2, 3, 32, 32)
     assert n_items == len(corpus)
     failed_paths = {f.split(": ", 1)[0] for f in log.reasons}
-    expected_bad = {p for k, p in bad.items() if k != "one_frame"}
+    expected_bad = {p for k, p in bad.items() if k not in ("one_frame", "overclaiming")}
     assert expected_bad <= failed_paths, expected_bad - failed_paths
+    # the overclaiming file either fails or is re-sampled inside the frames that really decode (and that count is
+    # recorded by decode in the process that read it)
+    if workers == 0 and corpus["overclaiming"] not in failed_paths:
+        claimed, real = decode.discovered_frame_counts()[corpus["overclaiming"]]
+        assert claimed == 60 and 0 < real < 60
     assert corpus["good_a"] not in failed_paths and corpus["good_b"] not in failed_paths
     # each bad video failed at least once and every failure string names a reason
     assert all(": " in f and f.split(": ", 1)[1] for f in log.reasons)
@@ -201,10 +207,11 @@ def test_corrupt_corpus_eval_lists_each_unreadable_video(tmp_path):
         good += b["index"].tolist()
         assert b["video"].shape[0] == len(b["index"]) == len(b["label"])
     names = {os.path.basename(p)[:-4] for _, p, _ in errors}
-    assert names == {"empty", "truncated", "text", "audio_only", "overclaiming"}
+    assert names - {"overclaiming"} == {"empty", "truncated", "text", "audio_only"}
     assert all(reason for _, _, reason in errors)
     assert len(good) + len(errors) == len(loader.dataset)
-    assert {os.path.basename(loader.dataset.records[i].path)[:-4] for i in good} == {"good_a", "good_b", "one_frame"}
+    good_names = {os.path.basename(loader.dataset.records[i].path)[:-4] for i in good}
+    assert good_names - {"overclaiming"} == {"good_a", "good_b", "one_frame"}
 
 
 def test_all_failing_data_set_raises_with_reasons(tmp_path):

@@ -1,0 +1,102 @@
+import numpy as np
+import psutil
+import pytest
+import torch
+from einops import rearrange
+
+from aim_video.data import decode
+from aim_video.data.annotations import VideoRecord
+from aim_video.data.dataset import MultiViewDataset, TrainClipDataset
+from aim_video.data.transforms import build_eval_transform, build_train_transform
+from tests.data.conftest import frame_code_video
+
+
+def installed_backends() -> list[str]:
+    names = ["decord", "pyav"]
+    try:
+        import torchcodec.decoders  # noqa: F401  (only to know whether its FFmpeg libraries load)
+
+        names.append("torchcodec")
+    except Exception:
+        pass
+    return names
+
+
+def identity(frames_thwc: torch.Tensor) -> torch.Tensor:
+    return rearrange(frames_thwc, "t h w c -> t c h w")
+
+
+class RecordingDataset(TrainClipDataset):
+    """Keeps the indices each clip was sampled with, to compare against a sequential decode."""
+
+    def sample_indices(self, num_frames: int) -> list[int]:
+        self.last = super().sample_indices(num_frames)
+        return self.last
+
+
+FORMATS = {"h264.mp4": "libx264", "mpeg4.avi": "mpeg4", "vp9.webm": "libvpx-vp9"}
+
+
+@pytest.fixture(scope="module")
+def format_videos(tmp_path_factory) -> dict[str, str]:
+    folder = tmp_path_factory.mktemp("formats")
+    out = {}
+    for name, codec in FORMATS.items():
+        path = str(folder / name)
+        decode.write_video(path, frame_code_video(40, 48, 64), fps=25, codec=codec, gop=12)
+        out[name] = path
+    return out
+
+
+@pytest.mark.parametrize("backend", installed_backends())
+@pytest.mark.parametrize("fmt", list(FORMATS))
+@pytest.mark.parametrize("mode", ["dense", "uniform"])
+def test_clips_equal_a_sequential_decode(format_videos, backend, fmt, mode):
+    path = format_videos[fmt]
+    reference = decode.read_frames(path, list(range(40)), backend="pyav").numpy()  # sequential, from frame 0
+    ds = RecordingDataset([VideoRecord(path, 0, (0,))], identity, mode, 6, 5, backend=backend, fallback_backend="")
+    torch.manual_seed(0)
+    for _ in range(6):
+        clip = ds.load(0)[0]  # [T, C, H, W]
+        got = rearrange(clip, "t c h w -> t h w c").numpy().astype(np.float64)
+        diff = np.abs(got - reference[ds.last]).mean()
+        assert diff < 1.0, (backend, fmt, ds.last, diff)
+
+
+@pytest.mark.parametrize("backend", installed_backends())
+def test_eval_views_equal_a_sequential_decode(format_videos, backend):
+    path = format_videos["h264.mp4"]
+    reference = torch.from_numpy(decode.read_frames(path, list(range(40)), backend="pyav").numpy())
+    tf = build_eval_transform(short_side=48, crop_size=48, num_crops=1)
+    ds = MultiViewDataset([VideoRecord(path, 0, (0,))], tf, "dense", 4, 3, num_clips=2, backend=backend)
+    item = ds[0]
+    assert item["error"] is None and item["video"].shape == (2, 4, 3, 48, 48)
+    for k, start in enumerate((7, 21)):  # 40 frames, span 12: 29 starts in 2 shares of 14.5 -> 7 and 21
+        expected = tf(reference[start : start + 12 : 3])[0]
+        assert (item["video"][k].float() - expected.float()).abs().mean() < 1.0
+
+
+def tree_rss() -> int:
+    me = psutil.Process()
+    return me.memory_info().rss + sum(c.memory_info().rss for c in me.children(recursive=True))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("timeout_s", [0.0, 60.0])
+def test_rss_stays_flat_over_2000_clip_loads(tmp_path, timeout_s):
+    paths = []
+    for k in range(4):
+        path = str(tmp_path / f"v{k}.mp4")
+        decode.write_video(path, frame_code_video(30 + k, 48, 64), fps=25, gop=8)
+        paths.append(path)
+    records = [VideoRecord(p, 0, (0,)) for p in paths]
+    ds = TrainClipDataset(records, build_train_transform(32), "dense", 4, 2, timeout_s=timeout_s, repeated_aug=1)
+    for k in range(200):  # warm-up: allocator pools, codec tables, the watchdog's child
+        ds[k % 4]
+    before = tree_rss()
+    for k in range(2000):
+        item = ds[k % 4]
+        assert item["failures"] == []
+    grown = (tree_rss() - before) / 2**20
+    assert grown < 50, f"RSS grew by {grown:.1f} MiB over 2000 clip loads"
+    print(f"RSS growth over 2000 loads (timeout_s={timeout_s}): {grown:.1f} MiB")

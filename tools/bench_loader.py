@@ -1,0 +1,295 @@
+"""Loader benchmark: aim-video's clip loader against the authors'-style pipeline and the decode floor.
+
+Side by side in one run, on generated 10 s H.264 videos (340x256 and 1280x720, 25 fps, the encoder's default
+keyframe interval), for dense 8x16 and TSN-style 8-segment sampling, for each decoding backend:
+  (a) authors' style: open the video, decode frame by frame (one read per index, as `vr[i]`), then per frame in
+      cv2/numpy: resize short side 256, random-resized crop, resize to 224, flip, normalise to float32 NCTHW;
+  (b) aim-video's training dataset (`TrainClipDataset`: one batched read, v2 RandomResizedCrop + flip, uint8);
+  (c) the decode floor: open the video and one batched read of the same sorted unique indices, nothing else;
+  (d) (b) on the same videos after `tools/prepare_kinetics.py reencode` (short side 256, keyframe every 16),
+      beside (b) on short side 256 with the encoder's default keyframe interval (the prepare tool with keyint 0).
+Each runs in this process (median seconds per clip -> clips/s) and in a 2-worker DataLoader (clips / wall time).
+Every method decodes the same clips (same videos, same frame indices). Also: decode-once-sample-2 (repeated_aug
+2) against one clip per decode.
+
+    PYTHONPATH=. python tools/bench_loader.py --clips 6 --out /tmp/aim_video_bench
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+import psutil
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from aim_video.config import CLIP_MEAN, CLIP_STD  # noqa: E402
+from aim_video.data import decode, sampling  # noqa: E402
+from aim_video.data.annotations import VideoRecord  # noqa: E402
+from aim_video.data.dataset import TrainClipDataset, collate_train  # noqa: E402
+from aim_video.data.prepare import reencode_one  # noqa: E402
+from aim_video.data.transforms import build_train_transform  # noqa: E402
+
+
+def make_video(path: str, width: int, height: int, seconds: float = 10.0, fps: float = 25.0) -> str:
+    """A panning smooth texture with a moving block and mild noise, encoded with x264's defaults."""
+    if os.path.exists(path):
+        return path
+    import cv2
+
+    rng = np.random.default_rng(0)
+    n = int(seconds * fps)
+    big_h, big_w = height + n, width + 2 * n
+
+    def texture(cell: int) -> np.ndarray:
+        coarse = rng.integers(0, 256, (big_h // cell + 2, big_w // cell + 2, 3), dtype=np.uint8)
+        size = ((big_w // cell + 2) * cell, (big_h // cell + 2) * cell)
+        return cv2.resize(coarse, size, interpolation=cv2.INTER_CUBIC)[:big_h, :big_w].astype(np.float32)
+
+    # detail at several scales, so the bitrate is near real footage's (about 0.5 MiB / 10 s at 340x256)
+    scene = 0.5 * texture(32) + 0.3 * texture(8) + 0.2 * texture(3)
+    frames = np.empty((n, height, width, 3), np.uint8)
+    for i in range(n):
+        frame = scene[i : i + height, 2 * i : 2 * i + width].copy()  # camera pans right and down
+        x = (7 * i) % max(1, width - width // 5)
+        frame[height // 3 : height // 3 + height // 5, x : x + width // 5] = (200, 60, 60)
+        frame += rng.normal(0, 3, frame.shape)
+        frames[i] = np.clip(frame, 0, 255)
+    decode.write_video(path, frames, fps=fps)
+    return path
+
+
+def plan_clips(paths: list[str], mode: str, n_clips: int, seed: int = 0) -> list[tuple[str, list[int]]]:
+    """(video, frame indices) for `n_clips` training clips, cycling over the videos."""
+    rng = np.random.default_rng(seed)
+    counts = {p: decode.probe(p).num_frames for p in paths}
+    return [(p, sampling.train_indices(counts[p], mode, 8, 16, rng)) for p in (paths * n_clips)[:n_clips]]
+
+
+class AuthorsStyle:
+    """Frame-by-frame reads + cv2/numpy float32 augmentation to NCTHW (mmaction's pipeline for AIM on K400)."""
+
+    def __init__(self, backend: str):
+        self.backend = backend
+        self.mean = np.array(CLIP_MEAN, np.float32) * 255
+        self.std = np.array(CLIP_STD, np.float32) * 255
+
+    def __call__(self, path: str, indices: list[int]) -> np.ndarray:
+        import cv2
+
+        reader = decode.open_reader(path, self.backend)
+        frames = [reader.get([i])[0] for i in indices]  # one read per index, like vr[i]
+        reader.close()
+        h, w = frames[0].shape[:2]
+        scale = 256 / min(h, w)
+        size = (round(w * scale), round(h * scale))
+        frames = [cv2.resize(f, size, interpolation=cv2.INTER_LINEAR) for f in frames]
+        rng = np.random.default_rng()
+        area = size[0] * size[1] * rng.uniform(0.08, 1.0)
+        ratio = np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3)))
+        cw, ch = min(size[0], int(round(np.sqrt(area * ratio)))), min(size[1], int(round(np.sqrt(area / ratio))))
+        x0, y0 = rng.integers(0, size[0] - cw + 1), rng.integers(0, size[1] - ch + 1)
+        flip = rng.random() < 0.5
+        out = []
+        for f in frames:
+            f = cv2.resize(f[y0 : y0 + ch, x0 : x0 + cw], (224, 224), interpolation=cv2.INTER_LINEAR)
+            f = np.flip(f, axis=1) if flip else f
+            out.append((f.astype(np.float32) - self.mean) / self.std)
+        return np.ascontiguousarray(np.stack(out).transpose(3, 0, 1, 2)[None])  # [1, C, T, H, W] float32
+
+
+class Floor:
+    """Open + one batched read of the sorted unique indices: what any loader must pay."""
+
+    def __init__(self, backend: str):
+        self.backend = backend
+
+    def __call__(self, path: str, indices: list[int]) -> np.ndarray:
+        reader = decode.open_reader(path, self.backend)
+        frames = reader.get(sorted(set(indices)))
+        reader.close()
+        return frames
+
+
+class Ours(TrainClipDataset):
+    """TrainClipDataset reading planned clips: `load(k)` decodes clip k of the plan."""
+
+    def __init__(self, plan: list[tuple[str, list[int]]], backend: str, repeated_aug: int = 1, timeout_s: float = 0):
+        records = [VideoRecord(p, 0, (0,)) for p, _ in plan]
+        transform = build_train_transform(224)
+        super().__init__(records, transform, backend=backend, repeated_aug=repeated_aug, timeout_s=timeout_s)
+        self.plan = plan
+
+    def load(self, index: int) -> torch.Tensor:
+        self._planned = self.plan[index][1]
+        return super().load(index)
+
+    def sample_indices(self, num_frames: int) -> list[int]:
+        return self._planned
+
+
+class PlanDataset(torch.utils.data.Dataset):
+    def __init__(self, plan, fn):
+        self.plan, self.fn = plan, fn
+
+    def __len__(self):
+        return len(self.plan)
+
+    def __getitem__(self, k):
+        return self.fn(*self.plan[k])
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process and its children (the read watchdog decodes in a forked child)."""
+    me = psutil.Process()
+    total = sum(me.cpu_times()[:2])
+    for child in me.children(recursive=True):
+        try:
+            total += sum(child.cpu_times()[:2])
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+def measure_inline(methods: dict, n: int, rounds: int, clock=cpu_seconds) -> dict:
+    """Per method: clips/s from the median time per clip, and paired per-clip time ratios against method 'c'.
+
+    `clock` is the process's CPU time by default (all its threads): on a shared, loaded machine it measures the
+    work done, where wall time measures the neighbours. The methods run interleaved clip by clip (in a rotating
+    order) and the ratios pair the same clip in the same round.
+    """
+    for fn in methods.values():
+        fn(0)  # warm-up: libraries loaded, caches filled
+    names = list(methods)
+    wall = {m: [] for m in names}
+    for r in range(rounds):
+        for k in range(n):
+            order = names[(k + r) % len(names) :] + names[: (k + r) % len(names)]
+            for m in order:
+                t0 = clock()
+                methods[m](k)
+                wall[m].append(max(clock() - t0, 1e-6))
+    out = {m: 1.0 / statistics.median(wall[m]) for m in names}
+    for m in names:
+        out[f"{m}/c"] = statistics.median(tc / tm for tc, tm in zip(wall["c"], wall[m], strict=True))
+    return out
+
+
+def clips_per_s_loader(dataset, workers: int, per_item: int = 1, collate=None) -> float:
+    loader = torch.utils.data.DataLoader(dataset, batch_size=1, num_workers=workers, collate_fn=collate or _first)
+    it = iter(loader)
+    next(it)  # workers started and warm
+    t0 = time.perf_counter()
+    count = sum(1 for _ in it)
+    return count * per_item / (time.perf_counter() - t0)
+
+
+def _first(batch):
+    return batch[0]
+
+
+def available_backends(names: list[str], probe_path: str) -> list[str]:
+    ok = []
+    for name in names:
+        try:
+            decode.probe(probe_path, name)
+            ok.append(name)
+        except decode.BackendUnavailable as err:
+            print(f"skipping backend {name}: {err.reason}")
+    return ok
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", default="/tmp/aim_video_bench", help="folder for the generated and prepared videos")
+    ap.add_argument("--clips", type=int, default=6, help="clips per measurement (medians in one process)")
+    ap.add_argument("--videos", type=int, default=2, help="videos per resolution")
+    ap.add_argument("--backends", default="decord,torchcodec")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--sizes", default="340x256,1280x720")
+    ap.add_argument("--rounds", type=int, default=2, help="passes over the clips in one process")
+    args = ap.parse_args(argv)
+    torch.manual_seed(0)
+    torch.set_num_threads(1)  # like a DataLoader worker
+    os.makedirs(args.out, exist_ok=True)
+    sets: dict[str, list[str]] = {}
+    for size in args.sizes.split(","):
+        w, h = map(int, size.split("x"))
+        sets[size] = [
+            make_video(os.path.join(args.out, f"raw_{size}_{k}.mp4"), w + 2 * k, h) for k in range(args.videos)
+        ]
+        for tag, keyint in (("256k16", 16), ("256kdef", 0)):
+            outs = []
+            for p in sets[size]:
+                res = reencode_one(p, p.replace("raw_", f"{tag}_"), short_side=256, keyint=keyint)
+                assert res.status != "failed", res.reason
+                outs.append(res.dst)
+            sets[f"{size}@{tag}"] = outs
+    backends = available_backends(args.backends.split(","), sets[next(iter(sets))][0])
+    for name, paths in sets.items():
+        mb = sum(os.path.getsize(p) for p in paths) / len(paths) / 2**20
+        info = decode.probe(paths[0])
+        print(f"videos {name}: {info.width}x{info.height}, {info.num_frames} frames, {mb:.2f} MiB each")
+    rows = []
+    load = os.getloadavg()[0]
+    print(
+        f"\nclips/s per CPU-second in one process (1 proc), per wall second through a {args.workers}-worker "
+        f"DataLoader ({args.workers} wrk); load average {load:.1f} on {os.cpu_count()} cores. b/c, b/a: medians "
+        f"of paired per-clip time ratios ({args.rounds} rounds x {args.clips} clips); wall b/c: from wall time"
+    )
+    print(f"{'backend':10} {'videos':20} {'sampling':8} {'mode':6} {'(a)':>7} {'(b)':>7} {'(c)':>7} {'b/c':>5} "
+          f"{'b/a':>5} {'wall b/c':>8} {'w/c':>5}")  # fmt: skip
+    for backend in backends:
+        for name, paths in sets.items():
+            for mode in ("dense", "uniform"):
+                plan = plan_clips(paths, mode, args.clips)
+                ours, authors, floor = Ours(plan, backend), AuthorsStyle(backend), Floor(backend)
+                guarded = Ours(plan, backend, timeout_s=60.0)
+                methods = {
+                    "a": lambda k, f=authors, p=plan: f(*p[k]),
+                    "b": ours.load,
+                    "c": lambda k, f=floor, p=plan: f(*p[k]),
+                    "w": guarded.load,
+                }
+                r = measure_inline(methods, len(plan), args.rounds)
+                r["b/a"] = r["b/c"] / r["a/c"]
+                r_wall = measure_inline({m: methods[m] for m in "bc"}, len(plan), 1, time.perf_counter)
+                r["wall b/c"] = r_wall["b/c"]
+                loaders = {
+                    "a": clips_per_s_loader(PlanDataset(plan, authors), args.workers),
+                    "b": clips_per_s_loader(ours, args.workers, collate=collate_train),
+                    "c": clips_per_s_loader(PlanDataset(plan, floor), args.workers),
+                }
+                loaders["b/c"], loaders["b/a"] = loaders["b"] / loaders["c"], loaders["b"] / loaders["a"]
+                for how, res in (("1 proc", r), (f"{args.workers} wrk", loaders)):
+                    rows.append((backend, name, mode, how, res))
+                    wall = f"{res['wall b/c']:8.2f} {res['w/c']:5.2f}" if "wall b/c" in res else ""
+                    print(f"{backend:10} {name:20} {mode:8} {how:6} {res['a']:7.2f} {res['b']:7.2f} {res['c']:7.2f} "
+                          f"{res['b/c']:5.2f} {res['b/a']:5.2f} {wall}", flush=True)  # fmt: skip
+    print("\nratios (one process, CPU time, aim-video's loader (b))")
+    for backend in backends:
+        got = {(n, m): r["b"] for b, n, m, how, r in rows if b == backend and how == "1 proc"}
+        for size in args.sizes.split(","):
+            for mode in ("dense", "uniform"):
+                d_raw = got[(f"{size}@256k16", mode)] / got[(size, mode)]
+                d_key = got[(f"{size}@256k16", mode)] / got[(f"{size}@256kdef", mode)]
+                print(f"{backend:10} {size:9} {mode:8} prepared(256,k16)/raw {d_raw:5.2f}x   "
+                      f"k16/default-keyint at 256 {d_key:5.2f}x")  # fmt: skip
+        paths = sets[next(iter(sets))]
+        plan = plan_clips(paths, "dense", args.clips)
+        r = measure_inline(
+            {"c": Ours(plan, backend, 1).load, "two": Ours(plan, backend, 2).load}, len(plan), args.rounds
+        )
+        print(f"{backend:10} decode-once-sample-2 / one clip per decode ({next(iter(sets))}, dense): "
+              f"{2 * r['two/c']:.2f}x clips/s")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
