@@ -323,9 +323,10 @@ def read_frames(
     (decord can spin forever past the real end of a file that over-reports its length). `indices` may be a function
     of the usable frame count returning the indices: the loader samples a clip from the count of the reader it
     already opened, so each clip costs one open. A read that fails inside the claimed count triggers one sequential
-    count: if the file is shorter than it claims, indices past the real end raise `ShortVideoError` (the failure
-    names both counts) and the count is kept (`discovered_frame_counts`): later reads in this process sample and
-    read inside it.
+    count: if the file is shorter than it claims, the count is logged and kept (`discovered_frame_counts`, which
+    the loader reports), the sampling function is called again with the real count and the read retried (fixed
+    indices past the real end raise `ShortVideoError` naming both counts); later reads in this process start
+    from the real count.
     `fallback` names a backend tried when `backend` cannot open the file. `timeout_s` > 0 runs the read in a child
     process killed after that many seconds (`ReadTimeout`); None or 0 reads in this process with no overhead.
     """
@@ -369,8 +370,9 @@ def read_frames(
                     "(run `tools/prepare_kinetics.py verify` to find such files up front)",
                     *(path, reader.num_frames, real, real),
                 )
-                if uniq[-1] >= real:  # reported as this read's failure; later reads sample inside the real count
+                if not callable(indices) and uniq[-1] >= real:  # fixed indices past the end: this read fails
                     raise ShortVideoError(path, reader.num_frames, real) from None
+                chosen, uniq = _choose(path, indices, real)  # a sampling function re-samples inside the real count
                 retry_with = reader
             frames = _read_again(path, uniq, retry_with, fallback if fallback != used else "", _open, used, err)
     finally:
