@@ -9,6 +9,17 @@
     python tools/prepare_kinetics.py reencode --list /data/k400/lists/train.txt --root /data/k400/videos \\
         --out-root /data/k400/videos_256 --out-list /data/k400/lists/train_256.txt --jobs 8
 
+    # frame accuracy of random access against one sequential decode, per video (exact / shifted /
+    # corrupt_after_seek / short / hangs / unreadable); resumable; report.json + report.csv; the report's true
+    # frame counts are what training samples from (data.verify_report=/data/k400/lists/train_verify.json)
+    python tools/prepare_kinetics.py verify --list /data/k400/lists/train.txt --root /data/k400/videos \
+        --report /data/k400/lists/train_verify.json --backend decord --jobs 8 --timeout 300
+
+    # re-encode every video that is not exact (originals untouched), verify the copies, write a list using them
+    python tools/prepare_kinetics.py repair --report /data/k400/lists/train_verify.json \
+        --list /data/k400/lists/train.txt --root /data/k400/videos --out-root /data/k400/repaired \
+        --out-list /data/k400/lists/train_repaired.txt --keyint 16 --jobs 8
+
 Each subcommand is a function `cmd_<name>(args) -> int` registered in `SUBCOMMANDS`; add one by adding both.
 """
 
@@ -20,7 +31,14 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from aim_video.data.annotations import AnnotationError, load_annotations, read_class_map  # noqa: E402
+from aim_video.data import verify  # noqa: E402
+from aim_video.data.annotations import (  # noqa: E402
+    AnnotationError,
+    VideoRecord,
+    load_annotations,
+    read_class_map,
+    write_list_file,
+)
 from aim_video.data.prepare import build_lists, output_path, reencode_all, write_outputs_list  # noqa: E402
 
 
@@ -90,7 +108,77 @@ def cmd_reencode(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-SUBCOMMANDS = {"lists": (add_lists, cmd_lists), "reencode": (add_reencode, cmd_reencode)}
+def _add_check_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backend", default="decord", help="decord | torchcodec | pyav: the backend training will use")
+    p.add_argument("--seek-mode", default="exact", help="torchcodec: exact | approximate")
+    p.add_argument("--jobs", type=int, default=max(1, (os.cpu_count() or 2) - 1), help="videos checked at once")
+    p.add_argument("--timeout", type=float, default=300.0, help="seconds per video; slower is classified `hangs`")
+
+
+def add_verify(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("verify", help="check random-access frame accuracy of every video against a sequential decode")
+    p.add_argument("--list", required=True, help="list file, Kinetics CSV or class folder")
+    p.add_argument("--root", default="", help="folder the list's relative paths start from")
+    p.add_argument("--class-map", default="", help="class names for a Kinetics CSV that is not the train split")
+    p.add_argument("--report", required=True, help="JSON report to write (a CSV is written beside it)")
+    p.add_argument("--fresh", action="store_true", help="ignore the journal of an interrupted run")
+    _add_check_args(p)
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    classes = read_class_map(args.class_map) if args.class_map else None
+    ann = load_annotations(args.list, args.root, classes, missing="drop", what="--list")
+    journal = args.report + ".partial.jsonl"
+    if args.fresh and os.path.exists(journal):
+        os.remove(journal)
+    paths = [r.path for r in ann.records] + ann.missing
+    checks = verify.verify_videos(paths, args.backend, args.seek_mode, args.jobs, args.timeout, journal=journal)
+    csv_path = verify.write_report(checks, args.report, args.backend, args.seek_mode)
+    os.remove(journal)
+    counts = verify.summarize(checks)
+    print(", ".join(f"{k} {v}" for k, v in counts.items()) + f" -> {args.report}, {csv_path}")
+    return 0 if counts["exact"] == len(checks) else 1
+
+
+def add_repair(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("repair", help="re-encode the videos a verify report found not exact, verify again, relist")
+    p.add_argument("--report", required=True, help="JSON report of `verify`")
+    p.add_argument("--list", required=True, help="the list the report was made from")
+    p.add_argument("--root", default="", help="folder the list's relative paths start from (mirrored in --out-root)")
+    p.add_argument("--class-map", default="", help="class names for a Kinetics CSV that is not the train split")
+    p.add_argument("--out-root", required=True, help="folder for the repaired copies (never the originals' folder)")
+    p.add_argument("--out-list", required=True, help="list file: repaired copies in place of their originals")
+    p.add_argument("--keyint", type=int, default=16, help="frames between keyframes")
+    p.add_argument("--short-side", type=int, default=0, help="0 keeps the size")
+    p.add_argument("--crf", type=int, default=18)
+    _add_check_args(p)
+
+
+def cmd_repair(args: argparse.Namespace) -> int:
+    classes = read_class_map(args.class_map) if args.class_map else None
+    ann = load_annotations(args.list, args.root, classes, missing="drop", what="--list")
+    checks = verify.load_report(args.report)
+    mapping, rechecked = verify.repair_videos(
+        checks, args.out_root, args.root, args.keyint, args.short_side, args.crf, args.backend, args.seek_mode,
+        args.jobs, args.timeout,
+    )  # fmt: skip
+    records = [VideoRecord(mapping.get(os.path.abspath(r.path), r.path), r.label, r.labels) for r in ann.records]
+    write_list_file(args.out_list, records)
+    report = os.path.splitext(args.out_list)[0] + "_verify.json"
+    verify.write_report(rechecked, report, args.backend, args.seek_mode)
+    still_bad = [c for c in rechecked if c.status != "exact"]
+    print(f"repaired {len(mapping)} of {len(rechecked)} videos -> {args.out_list} (copies verified: {report})")
+    for c in still_bad:
+        print(f"  not repaired: {c.path}: {c.status} {c.reason}")
+    return 1 if still_bad else 0
+
+
+SUBCOMMANDS = {
+    "lists": (add_lists, cmd_lists),
+    "reencode": (add_reencode, cmd_reencode),
+    "verify": (add_verify, cmd_verify),
+    "repair": (add_repair, cmd_repair),
+}
 
 
 def main(argv: list[str] | None = None) -> int:

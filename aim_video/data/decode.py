@@ -322,9 +322,11 @@ def read_frames(
     decodes (verify report), bounds the request: an index at or past it is an error, never passed to the decoder
     (decord can spin forever past the real end of a file that over-reports its length). `indices` may be a function
     of the usable frame count returning the indices: the loader samples a clip from the count of the reader it
-    already opened, so each clip costs one open; if the read then shows the file is shorter than it claims, the
-    function is called again with the real count (and the mismatch is logged and kept in `discovered_frame_counts`).
-    A list of indices that reaches past the real end raises `ShortVideoError` instead.
+    already opened, so each clip costs one open. A read that fails inside the claimed count triggers one sequential
+    count: if the file is shorter than it claims, the count is logged and kept (`discovered_frame_counts`, which
+    the loader reports), the sampling function is called again with the real count and the read retried (fixed
+    indices past the real end raise `ShortVideoError` naming both counts); later reads in this process start
+    from the real count.
     `fallback` names a backend tried when `backend` cannot open the file. `timeout_s` > 0 runs the read in a child
     process killed after that many seconds (`ReadTimeout`); None or 0 reads in this process with no overhead.
     """
@@ -358,36 +360,30 @@ def read_frames(
         except ReadTimeout:
             raise
         except Exception as err:
-            real = err.decodable if isinstance(err, ShortVideoError) else _recount(reader, path)
-            if real is None or real >= limit or real <= 0:
-                if isinstance(err, VideoReadError):
-                    raise
-                raise VideoReadError(
-                    path, f"{used} failed to decode frames {uniq[0]}..{uniq[-1]}: {_first_line(err)}"
-                ) from None
-            _DISCOVERED[path] = (reader.num_frames, real)
-            log.warning(
-                "%s: container claims %d frames but only %d decode; reads are bounded by %d from now on "
-                "(run `tools/prepare_kinetics.py verify` to find such files up front)",
-                path,
-                reader.num_frames,
-                real,
-                real,
-            )
-            if not callable(indices) and uniq[-1] >= real:
-                raise ShortVideoError(path, reader.num_frames, real) from None
-            chosen, uniq = _choose(path, indices, real)
-            frames = reader.get(uniq)  # indices now inside the real count
+            known = num_frames is not None or path in _DISCOVERED  # the limit already is the real count
+            real = err.decodable if isinstance(err, ShortVideoError) else None if known else _recount(reader, path)
+            retry_with: Any = None
+            if real is not None and 0 < real < limit:
+                _DISCOVERED[path] = (reader.num_frames, real)
+                log.warning(
+                    "%s: container claims %d frames but only %d decode; reads are bounded by %d from now on "
+                    "(run `tools/prepare_kinetics.py verify` to find such files up front)",
+                    *(path, reader.num_frames, real, real),
+                )
+                if not callable(indices) and uniq[-1] >= real:  # fixed indices past the end: this read fails
+                    raise ShortVideoError(path, reader.num_frames, real) from None
+                chosen, uniq = _choose(path, indices, real)  # a sampling function re-samples inside the real count
+                retry_with = reader
+            frames = _read_again(path, uniq, retry_with, fallback if fallback != used else "", _open, used, err)
     finally:
         reader.close()
     if frames.shape[0] != len(uniq):
         raise VideoReadError(path, f"asked for {len(uniq)} frames, decoder returned {frames.shape[0]}")
-    frames = torch.from_numpy(np.ascontiguousarray(frames))
+    out = torch.from_numpy(np.ascontiguousarray(frames))
     if len(chosen) == len(uniq) and all(int(i) == u for i, u in zip(chosen, uniq, strict=True)):
-        return frames  # already in order: no gather copy (about 2 ms of CPU for an 8x256x340 clip)
+        return out  # already sorted and unique: no gather copy (about 3 ms for an 8x256x340 clip)
     position = {idx: k for k, idx in enumerate(uniq)}
-    order = torch.as_tensor([position[int(i)] for i in chosen])
-    return frames[order]
+    return out[torch.as_tensor([position[int(i)] for i in chosen])]
 
 
 def _choose(
@@ -401,6 +397,29 @@ def _choose(
     if uniq[0] < 0 or uniq[-1] >= limit:
         raise VideoReadError(path, f"frame index {uniq[-1] if uniq[-1] >= limit else uniq[0]} outside 0..{limit - 1}")
     return chosen, uniq
+
+
+def _read_again(
+    path: str, uniq: list[int], reader: Any, fallback: str, opener: Callable, used: str, first: BaseException
+) -> np.ndarray:
+    """After a failed read: the same reader (indices re-chosen inside the real count), else the fallback backend
+    (decord fails now and then on the last real frames of a file with an undecodable tail; PyAV does not)."""
+    if reader is not None:
+        try:
+            return reader.get(uniq)
+        except ReadTimeout:
+            raise
+        except Exception as err:
+            first = err
+    if fallback:
+        other = opener(fallback, {})
+        try:
+            return other.get(uniq)
+        finally:
+            other.close()
+    if isinstance(first, VideoReadError):
+        raise first
+    raise VideoReadError(path, f"{used} failed to decode frames {uniq[0]}..{uniq[-1]}: {_first_line(first)}") from None
 
 
 def _recount(reader: Any, path: str) -> int | None:

@@ -91,3 +91,25 @@ def test_guarded_reads_inside_dataloader_workers(clean, tmp_path):
     errors = [b["error"][0] for b in loader]
     assert errors[0] == "" and errors[2] == ""
     assert errors[1].startswith(hang) and "read took longer than 2 s" in errors[1]
+
+
+def test_a_forked_process_never_uses_its_parents_child(clean):
+    parent_worker = watchdog.worker_for_this_process()
+    decode.read_frames(clean, [0], "decord", timeout_s=30)
+    assert parent_worker.alive()
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the forked process: its own child, forked on first use
+        ok = 0
+        try:
+            mine = watchdog.worker_for_this_process()
+            ok = int(mine is not parent_worker and not mine.alive() and not parent_worker.alive())
+            decode.read_frames(clean, [1], "decord", timeout_s=30)
+            ok &= int(mine.alive() and mine.pid != parent_worker.pid)
+            mine.kill()
+        finally:
+            os.write(write_end, bytes([ok]))
+            os._exit(0)
+    os.waitpid(pid, 0)
+    assert os.read(read_end, 1) == b"\x01"
+    assert parent_worker.alive() and decode.read_frames(clean, [2], "decord", timeout_s=30).shape[0] == 1

@@ -1,0 +1,204 @@
+"""verify.py: each failure class is built with PyAV remuxing and named for the backend that shows it; repair."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+
+import pytest
+
+from aim_video.data import decode, verify
+from tests.data.videos import (
+    SleepyReader,
+    false_keyframes,
+    make_h264,
+    mean_abs_diff,
+    sequential_frames,
+    timestamp_gap,
+    undecodable_tail,
+)
+
+TORCHCODEC_MISSING = decode.torchcodec_unavailable()
+needs_torchcodec = pytest.mark.skipif(bool(TORCHCODEC_MISSING), reason=TORCHCODEC_MISSING or "available")
+DECORD = ("decord", "exact")
+TC_EXACT = pytest.param("torchcodec", "exact", marks=needs_torchcodec, id="torchcodec-exact")
+TC_APPROX = pytest.param("torchcodec", "approximate", marks=needs_torchcodec, id="torchcodec-approximate")
+PYAV = ("pyav", "exact")
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> dict[str, str]:
+    folder = tmp_path_factory.mktemp("verify")
+    clean = make_h264(str(folder / "clean.mp4"))  # 300 frames, keyframe every 250, no B-frames
+    return {
+        "clean": clean,
+        "clean_bframes": make_h264(str(folder / "clean_b.mp4"), n=120, gop=30, bframes=2, seed=1),
+        "false_keyframes": false_keyframes(clean, str(folder / "kf.mp4")),
+        "gap": timestamp_gap(clean, str(folder / "gap.mp4")),
+        "short": undecodable_tail(clean, str(folder / "short.mp4")),
+    }
+
+
+def test_check_groups_cover_seek_points_mid_gop_and_the_end():
+    groups = verify.check_groups([0, 40, 110], 300)
+    assert groups == [[298, 299], [205], [110, 111], [75], [40, 41], [20], [0, 1]]  # last first: each read seeks
+    assert verify.check_groups([], 1) == [[0]]
+    assert verify.check_groups([], 0) == []
+    many = verify.check_groups(list(range(0, 1000, 10)), 1000, max_groups=5)
+    assert len([g for g in many if len(g) == 2 and g[1] == g[0] + 1 and g[0] % 10 == 0]) == 5
+    assert all(0 <= i < 1000 for g in many for i in g)
+
+
+@pytest.mark.parametrize("name", ["clean", "clean_bframes"])
+@pytest.mark.parametrize("backend,mode", [DECORD, TC_EXACT, TC_APPROX, PYAV])
+def test_clean_files_are_exact(files, name, backend, mode):
+    check = verify.check_video(files[name], backend, mode)
+    assert check.status == "exact", check
+    assert check.claimed_frames == check.decoded_frames and check.checked >= 8 and check.max_error < 1.0
+
+
+@pytest.mark.parametrize(
+    "backend,mode,status",
+    [
+        ("decord", "exact", "corrupt_after_seek"),
+        pytest.param("torchcodec", "approximate", "corrupt_after_seek", marks=needs_torchcodec),
+        pytest.param("torchcodec", "exact", "exact", marks=needs_torchcodec),  # its exact scan decodes from frame 0
+        ("pyav", "exact", "exact"),
+    ],
+)
+def test_false_keyframes(files, backend, mode, status):
+    """(a) keyframe flags on P-frames: reads starting at them come back wrong; sequential PyAV is unaffected."""
+    check = verify.check_video(files["false_keyframes"], backend, mode)
+    assert check.status == status, check
+    if status == "corrupt_after_seek":
+        assert check.max_error > 20 and {40, 41, 110, 111, 180, 181} & set(check.bad_indices)
+        assert "seek points that are not keyframes: [40, 110, 180]" in check.reason
+
+
+@pytest.mark.parametrize("backend,mode", [DECORD, TC_EXACT, PYAV])
+def test_timestamp_gap_is_exact_for_index_based_backends(files, backend, mode):
+    assert verify.check_video(files["gap"], backend, mode).status == "exact"
+
+
+@needs_torchcodec
+def test_timestamp_gap_shifts_torchcodec_approximate_by_three(files):
+    """(b) a 3-frame timestamp gap: approximate seeking (index -> time) returns frame i-3 after the gap."""
+    check = verify.check_video(files["gap"], "torchcodec", "approximate")
+    assert (check.status, check.offset) == ("shifted", 3), check
+    assert all(i >= 150 for i in check.bad_indices)
+
+
+@pytest.mark.parametrize("backend,mode", [DECORD, TC_EXACT, TC_APPROX, PYAV])
+def test_undecodable_tail_is_short(files, backend, mode):
+    """(c) one garbage packet appended: 301 claimed, 300 decode; the report's count keeps sampling below 300."""
+    check = verify.check_video(files["short"], backend, mode)
+    assert (check.status, check.claimed_frames, check.decoded_frames) == ("short", 301, 300), check
+
+
+def test_unreadable_files(tmp_path):
+    text = tmp_path / "notes.mp4"
+    text.write_text("hello\n" * 100)
+    for path, reason in [(str(text), "cannot open"), (str(tmp_path / "gone.mp4"), "file not found")]:
+        check = verify.check_video(path, "decord")
+        assert check.status == "unreadable" and reason in check.reason
+
+
+def test_verify_videos_report_resume_and_hangs(files, tmp_path):
+    decode.register_backend("sleepy", SleepyReader)
+    try:
+        hung = verify.verify_videos([files["clean"]], "sleepy", jobs=1, timeout_s=1.0, progress=False)
+    finally:
+        decode._READERS.pop("sleepy")
+    assert hung[0].status == "hangs" and "no result after 1 s" in hung[0].reason
+
+    paths = [files["clean"], files["false_keyframes"], files["short"], str(tmp_path / "gone.mp4")]
+    journal = str(tmp_path / "report.jsonl")
+    first = verify.verify_videos(paths[:2], "decord", jobs=2, journal=journal, progress=False)
+    checks = verify.verify_videos(paths, "decord", jobs=2, journal=journal, progress=False)  # resumes
+    assert [c.seconds for c in checks[:2]] == [c.seconds for c in first]  # taken from the journal, not re-run
+    assert [c.status for c in checks] == ["exact", "corrupt_after_seek", "short", "unreadable"]
+    report = str(tmp_path / "report.json")
+    csv_path = verify.write_report(checks, report, "decord", "exact")
+    data = json.load(open(report))
+    assert data["counts"] == {
+        "exact": 1,
+        "shifted": 0,
+        "corrupt_after_seek": 1,
+        "short": 1,
+        "hangs": 0,
+        "unreadable": 1,
+    }
+    rows = list(csv.DictReader(open(csv_path)))
+    assert [r["status"] for r in rows] == [c.status for c in checks]
+    counts = verify.load_frame_counts(report)
+    assert counts[os.path.abspath(files["short"])] == 300 and os.path.abspath(paths[3]) not in counts
+    # sampling through the report's count never asks for index 300
+    asked = []
+    clip = decode.read_frames(
+        files["short"],
+        lambda n: asked.append(n) or [n - 1],
+        "decord",
+        fallback="pyav",  # decord now and then fails on the last real frames of such a file: PyAV takes over
+        num_frames=counts[os.path.abspath(files["short"])],
+    )
+    assert asked == [300] and mean_abs_diff(clip[0], sequential_frames(files["short"])[299]) < 1.0
+
+
+def _sha(path: str) -> str:
+    return hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+
+def test_repair_makes_every_backend_exact(files, tmp_path):
+    root = os.path.dirname(files["clean"])
+    broken = [files["false_keyframes"], files["gap"], files["short"]]
+    before = {p: _sha(p) for p in broken}
+    checks = [verify.check_video(p, "decord") for p in [files["clean"], *broken]]
+    checks[2].status = "shifted"  # as torchcodec approximate reports it: repair whatever any backend got wrong
+    mapping, rechecked = verify.repair_videos(
+        checks, str(tmp_path / "repaired"), root=root, keyint=16, jobs=2, progress=False
+    )
+    assert sorted(mapping) == sorted(broken) and all(c.status == "exact" for c in rechecked)
+    assert {p: _sha(p) for p in broken} == before  # originals untouched
+    backends = [("decord", {}), ("pyav", {})]
+    if not TORCHCODEC_MISSING:
+        backends += [("torchcodec", {"seek_mode": "exact"}), ("torchcodec", {"seek_mode": "approximate"})]
+    for original, copy in mapping.items():
+        ref = sequential_frames(copy)
+        assert len(ref) == 300 and mean_abs_diff(ref[150], sequential_frames(original)[150]) < 3.0
+        indices = [0, 1, 16, 17, 41, 111, 155, 181, 250, 299]
+        for backend, opts in backends:
+            clip = decode.read_frames(copy, indices, backend, **opts)
+            for k, i in enumerate(indices):
+                assert mean_abs_diff(clip[k], ref[i]) < 1.0, (copy, backend, opts, i)
+        if not TORCHCODEC_MISSING:
+            assert verify.check_video(copy, "torchcodec", "approximate").status == "exact"
+
+
+def test_verify_and_repair_subcommands(files, tmp_path):
+    from tools.prepare_kinetics import main
+
+    root = os.path.dirname(files["clean"])
+    names = ["clean.mp4", "kf.mp4", "short.mp4", "gone.mp4"]
+    listing = tmp_path / "train.txt"
+    listing.write_text("".join(f"{name} {k}\n" for k, name in enumerate(names)))
+    report = str(tmp_path / "train_verify.json")
+    args = ["--list", str(listing), "--root", root, "--jobs", "2", "--timeout", "60"]
+    assert main(["verify", *args, "--report", report]) == 1  # not every video is exact
+    assert json.load(open(report))["counts"] == {
+        "exact": 1, "shifted": 0, "corrupt_after_seek": 1, "short": 1, "hangs": 0, "unreadable": 1
+    }  # fmt: skip
+    assert not os.path.exists(report + ".partial.jsonl") and os.path.exists(str(tmp_path / "train_verify.csv"))
+    out_list = str(tmp_path / "train_repaired.txt")
+    repair = ["repair", *args, "--report", report, "--out-root", str(tmp_path / "fixed"), "--out-list", out_list]
+    assert main(repair) == 1  # the missing video cannot be repaired, and is reported
+    lines = [line.split() for line in open(out_list).read().splitlines()]
+    assert [label for _, label in lines] == ["0", "1", "2"]  # the missing one was dropped by the list loader
+    assert lines[0][0] == files["clean"]
+    assert lines[1][0] == str(tmp_path / "fixed" / "kf.mp4") and lines[2][0] == str(tmp_path / "fixed" / "short.mp4")
+    rechecked = json.load(open(str(tmp_path / "train_repaired_verify.json")))["videos"]
+    assert [(os.path.basename(v["path"]), v["status"]) for v in rechecked] == [
+        ("kf.mp4", "exact"), ("short.mp4", "exact"), ("gone.mp4", "unreadable")
+    ]  # fmt: skip
+    assert "file not found" in rechecked[2]["reason"] or "No such file" in rechecked[2]["reason"]
