@@ -82,7 +82,7 @@ class ModelConfig:
     pretrained: str = ""  # local file or folder: OpenAI CLIP (.pt/.pth) or timm (.pth/.safetensors/HF cache)
     num_classes: int = 400
     adapter_ratio: float = 0.25
-    adapter_layers: str = "all"  # all | top:K | bottom:K | every:K | comma separated block indices
+    adapter_layers: str = "all"  # all | none | top:K | bottom:K | every:K (blocks 0, K, 2K, ...) | indices "0,3,5"
     spatial_adapter: bool = True
     temporal_adapter: bool = True
     joint_adapter: bool = True

@@ -170,3 +170,19 @@ def test_wrong_frame_count_and_shape_fail_clearly() -> None:
         model(torch.randn(1, 3, 3, 32, 32))
     with pytest.raises(ValueError, match=r"\[B, T, C, H, W\]"):
         model(torch.randn(4, 3, 32, 32))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_cuda_autocast_fused_attention_matches_fp32(dtype: torch.dtype) -> None:
+    model = aim_from(random_vit()).cuda()
+    perturb_adapters(model)
+    model.set_grad_checkpointing(True)
+    video = _video().cuda()
+    ref = model(video)
+    with torch.autocast("cuda", dtype=dtype):
+        low = model(video)
+        low.float().square().sum().backward()
+    assert (low.float() - ref).abs().max() < 0.05 * ref.abs().max()
+    assert all(model.get_parameter(n).grad is not None for n in model.trainable_parameter_names())
