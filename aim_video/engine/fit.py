@@ -228,7 +228,7 @@ def fit(cfg: Config, resume: str = "") -> dict[str, Any]:
         log.event("epoch", finished=finished, failures=len(failures), failure_examples=failures[:20], **stats)
         metric = None
         every = cfg.train.eval_every
-        if (finished and every > 0 and (state.epoch + 1) % every == 0) or last_epoch:
+        if (finished and every > 0 and (state.epoch + 1) % every == 0) or (last_epoch and every >= 0):
             result = run_evaluation(engine, cfg, info, eval_cache)
             if result is not None:
                 metric = result.get("top1")

@@ -35,9 +35,10 @@ def test_two_rank_bf16_zero1_run_writes_everything_and_exports_the_trainable_set
     train_list = _bad_video_list(video_root, str(tmp_path))
     cfg_path = tiny_config(
         str(tmp_path), video_root,
-        data={"train_list": train_list},
+        data={"train_list": train_list, "val_list": os.path.join(video_root, "train.txt"), "test_num_clips": 2,
+              "test_short_side": 32},
         train={"precision": "bf16", "zero_stage": 1, "epochs": 1, "mixup_alpha": 0.8, "cutmix_alpha": 1.0,
-               "label_smoothing": 0.1},
+               "label_smoothing": 0.1, "eval_every": 1},
     )  # fmt: skip
     out = str(tmp_path / "run")
     result = launch(cfg_path, f"output_dir={out}")
@@ -57,6 +58,11 @@ def test_two_rank_bf16_zero1_run_writes_everything_and_exports_the_trainable_set
     steps = [r for r in log if r["event"] == "train"]
     assert [r["step"] for r in steps] == [1, 2, 3, 4] and all(r["lr"] > 0 for r in steps)
     assert os.listdir(os.path.join(out, "tensorboard"))
+    evals = [r for r in log if r["event"] == "eval"]  # periodic multi-view evaluation of the bf16 model
+    assert len(evals) == 1 and evals[0]["num_videos"] == 16 and 0 <= evals[0]["top1"] <= 1
+    assert evals[0]["protocol"]["num_clips"] == 2
+    best = json.load(open(os.path.join(out, "checkpoints", "best.json")))
+    assert best == {"name": "step_00000004", "metric": evals[0]["top1"]} == summary["best"]
     ckpt = os.path.join(out, "checkpoints", "step_00000004")
     assert open(os.path.join(out, "checkpoints", "latest")).read() == "step_00000004"
     assert sorted(f for f in os.listdir(os.path.join(ckpt, "deepspeed")) if "optim_states" in f) == [
