@@ -118,7 +118,7 @@ class TrainConfig:
     zero_stage: int = 0  # 0 | 1 | 2
     deepspeed: dict[str, Any] = field(default_factory=dict)  # raw overrides merged into the derived DS config
     seed: int = 0
-    eval_every: int = 1  # epochs; 0 = only at the end
+    eval_every: int = 1  # epochs; 0 = only at the end; -1 = never (e.g. when tools/test.py evaluates afterwards)
     save_every: int = 1  # epochs
     save_every_steps: int = 0  # >0 also saves every this many optimizer steps inside an epoch (long epochs, preemption)
     keep_last: int = 2

@@ -39,12 +39,13 @@ def main(argv: list[str] | None = None) -> int:
     cfg = config_cli_main(args.config, list(args.overrides) + unknown)
 
     from aim_video.engine.checkpoint_io import CheckpointError
+    from aim_video.engine.deepspeed_setup import EngineSetupError
     from aim_video.engine.fit import fit
     from aim_video.engine.train_loop import NonFiniteLossError
 
     try:
         summary = fit(cfg, resume=args.resume)
-    except (NonFiniteLossError, CheckpointError) as err:
+    except (NonFiniteLossError, CheckpointError, EngineSetupError) as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
         os._exit(1)  # other ranks may be blocked in a collective: leave at once so the launcher stops them
     if int(os.environ.get("RANK", "0")) == 0:

@@ -20,6 +20,10 @@ from aim_video.engine.optim import build_optimizer, build_param_groups, build_sc
 PRECISIONS = ("bf16", "fp16", "fp32")
 
 
+class EngineSetupError(ValueError):
+    """A training setting this run cannot use (bad value, or a precision the device does not support)."""
+
+
 def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     out = copy.deepcopy(base)
     for key, value in extra.items():
@@ -34,14 +38,14 @@ def derive_ds_config(cfg: Config, world_size: int) -> dict[str, Any]:
     """DeepSpeed JSON for this run: batch sizes, precision, ZeRO stage, clipping, then `train.deepspeed` on top."""
     train = cfg.train
     if train.precision not in PRECISIONS:
-        raise ValueError(f"train.precision must be one of {', '.join(PRECISIONS)}, got '{train.precision}'")
+        raise EngineSetupError(f"train.precision must be one of {', '.join(PRECISIONS)}, got '{train.precision}'")
     if train.zero_stage not in (0, 1, 2):
-        raise ValueError(
+        raise EngineSetupError(
             f"train.zero_stage must be 0, 1 or 2, got {train.zero_stage} (stage 3 partitions the frozen backbone "
             "too and gains nothing for an ~11 M-parameter trainable set)"
         )
     if cfg.data.batch_size < 1 or train.grad_accum_steps < 1:
-        raise ValueError("data.batch_size and train.grad_accum_steps must be >= 1")
+        raise EngineSetupError("data.batch_size and train.grad_accum_steps must be >= 1")
     micro, accum = cfg.data.batch_size, train.grad_accum_steps
     ds: dict[str, Any] = {
         "train_batch_size": micro * accum * world_size,
@@ -74,7 +78,7 @@ def derive_ds_config(cfg: Config, world_size: int) -> dict[str, Any]:
     batch_keys = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps")
     changed = [k for k in batch_keys if merged[k] != ds[k]]
     if changed:
-        raise ValueError(
+        raise EngineSetupError(
             f"train.deepspeed sets {', '.join(changed)}: set data.batch_size (micro batch per rank) and "
             "train.grad_accum_steps instead; the global batch is derived from them and the world size"
         )
@@ -109,7 +113,16 @@ def build_engine(
     Returns the engine and a summary (lr, group sizes, schedule lengths) for the run log.
     """
     import deepspeed
+    from deepspeed.accelerator import get_accelerator
 
+    accel = get_accelerator()
+    supported = {"bf16": accel.is_bf16_supported(), "fp16": accel.is_fp16_supported(), "fp32": True}
+    if not supported[cfg.train.precision]:
+        other = "fp16" if cfg.train.precision == "bf16" else "bf16"
+        raise EngineSetupError(
+            f"train.precision={cfg.train.precision} is not supported on this device ({accel.device_name()}); "
+            f"use train.precision={other if supported[other] else 'fp32'}"
+        )
     lr = peak_lr(cfg, world_size)
     names = list(model.trainable_parameter_names())
     groups = build_param_groups(model, names, lr, cfg.train.weight_decay, cfg.train.backbone_lr_mult)

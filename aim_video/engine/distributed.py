@@ -7,10 +7,12 @@ same DeepSpeed code path runs both. On a CPU machine (`DS_ACCELERATOR=cpu`) the 
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 import signal
 import socket
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,8 +41,27 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def stable_extension_builds() -> str:
+    """Make DeepSpeed's JIT-built C++ ops (the CPU shared-memory comm op) build once per Python environment.
+
+    torch runs whichever `ninja` is first on PATH; two ninja versions (a venv's pip `ninja` and the system one)
+    hash build commands differently, so processes with different PATHs sharing ~/.cache/torch_extensions rebuild
+    the op for each other on every start (minutes each on a small machine). This puts the running environment's own
+    ninja first and, unless TORCH_EXTENSIONS_DIR is set, uses a cache folder of this environment's own.
+    """
+    bin_dir = os.path.dirname(sys.executable)
+    path = os.environ.get("PATH", "")
+    if os.path.isfile(os.path.join(bin_dir, "ninja")) and path.split(os.pathsep)[0] != bin_dir:
+        os.environ["PATH"] = bin_dir + os.pathsep + path
+    if "TORCH_EXTENSIONS_DIR" not in os.environ:
+        tag = hashlib.sha1(sys.prefix.encode()).hexdigest()[:8]
+        os.environ["TORCH_EXTENSIONS_DIR"] = os.path.expanduser(f"~/.cache/torch_extensions/aim_video_{tag}")
+    return os.environ["TORCH_EXTENSIONS_DIR"]
+
+
 def init_distributed() -> DistInfo:
     """Initialise DeepSpeed's process group (gloo on CPU, nccl on CUDA) and return this process's place in it."""
+    stable_extension_builds()
     import deepspeed
     from deepspeed.accelerator import get_accelerator
 

@@ -6,6 +6,7 @@ writes logs, the exported weights and the summary).
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import time
@@ -14,6 +15,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
+from torch.utils.data import DataLoader, Sampler
 
 from aim_video.config import Config, save_config, to_yaml
 from aim_video.engine.checkpoint_io import CheckpointManager, agree_on_resume
@@ -38,24 +40,70 @@ def _sampler_of(loader: Any) -> Any:
     return sampler
 
 
-def epoch_batches(loader: Any, epoch: int, skip: int, seed: int, rank: int) -> Iterator[dict[str, Any]]:
+class _SkipSampler(Sampler[int]):
+    """The indices an epoch's sampler yields after its first `start` (the part a resumed checkpoint consumed)."""
+
+    def __init__(self, sampler: Sampler[int], start: int) -> None:
+        self.sampler, self.start = sampler, start
+
+    def __iter__(self) -> Iterator[int]:
+        return itertools.islice(iter(self.sampler), self.start, None)
+
+    def __len__(self) -> int:
+        return max(0, len(self.sampler) - self.start)  # type: ignore[arg-type]
+
+
+def _rest_of_epoch(loader: DataLoader, skip_batches: int) -> DataLoader:
+    """A one-off DataLoader over the epoch's remaining samples: nothing already trained on is decoded again."""
+    extra = {}
+    if loader.num_workers > 0:
+        extra = {"prefetch_factor": loader.prefetch_factor, "persistent_workers": False}
+    return DataLoader(
+        loader.dataset,
+        batch_size=loader.batch_size,
+        sampler=_SkipSampler(loader.sampler, skip_batches * loader.batch_size),
+        collate_fn=loader.collate_fn,
+        num_workers=loader.num_workers,
+        pin_memory=loader.pin_memory,
+        drop_last=loader.drop_last,
+        worker_init_fn=loader.worker_init_fn,
+        generator=loader.generator,
+        **extra,
+    )
+
+
+def epoch_batches(loader: DataLoader, epoch: int, skip: int, seed: int, rank: int) -> Iterator[dict[str, Any]]:
     """The loader's batches for `epoch`, starting after the first `skip` (a resumed checkpoint consumed them).
 
     The sampler is re-seeded by epoch, and the DataLoader draws its workers' base seed from a generator seeded by
-    (seed, epoch, rank) rather than from the global RNG, so an epoch's batches do not depend on what ran before it.
+    (seed, epoch, rank) rather than from the global RNG, so with non-persistent workers an epoch's clips do not
+    depend on what ran before it and a resume at an epoch boundary is exact. A resume inside an epoch skips the
+    consumed samples without decoding them: same videos in the same order, but the workers' augmentation streams
+    restart, so those clips are augmented differently (exact only when the loader seeds per sample).
     """
     sampler = _sampler_of(loader)
     if hasattr(sampler, "set_epoch"):
         sampler.set_epoch(epoch)
     loader.generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch * 1009 + rank)
-    iterator = iter(loader)
-    for _ in range(skip):  # replaying keeps every worker's RNG stream where it was when the checkpoint was taken
-        next(iterator)
-    return iterator
+    return iter(_rest_of_epoch(loader, skip) if skip else loader)
+
+
+class _CastInput(torch.nn.Module):
+    """Feeds the model its own dtype: DeepSpeed keeps a bf16/fp16 module, evaluation normalises to float32."""
+
+    def __init__(self, model: torch.nn.Module, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.model, self.dtype = model, dtype
+
+    def forward(self, video: torch.Tensor) -> torch.Tensor:
+        return self.model(video.to(self.dtype))
 
 
 def run_evaluation(engine: Any, cfg: Config, info: DistInfo, cache: dict[str, Any]) -> dict[str, Any] | None:
-    """Periodic evaluation on `data.val_list` through aim_video.eval's `evaluate` (multi-view, every video once)."""
+    """Periodic multi-view evaluation on `data.val_list` with aim_video.eval's `evaluate` (every video once).
+
+    Returns the scalar results for the log (top-1, top-5, mean class accuracy, counts), or None without a val list.
+    """
     if not cfg.data.val_list:
         return None
     from aim_video.data.loader import build_eval_loader
@@ -63,9 +111,17 @@ def run_evaluation(engine: Any, cfg: Config, info: DistInfo, cache: dict[str, An
 
     if "loader" not in cache:
         cache["loader"] = build_eval_loader(cfg, "val", info.rank, info.world_size)
-    result = evaluate(engine.module, cache["loader"], cfg)
+    model = _CastInput(engine.module, model_dtype(cfg))
+    result = evaluate(model, cache["loader"], cfg, info.device, progress=False)
     engine.train()
-    return result
+    metrics = result["metrics"]
+    scalars = {k: float(metrics[k]) for k in ("top1", "top5", "mean_class_accuracy") if k in metrics}
+    return {
+        **scalars,
+        "num_videos": result["num_videos"],
+        "num_missing": result["num_missing"],
+        "protocol": result["protocol"],
+    }
 
 
 def _prepare_fn(cfg: Config, device: torch.device):
@@ -89,13 +145,14 @@ def fit(cfg: Config, resume: str = "") -> dict[str, Any]:
     started = time.time()
     info = init_distributed()
     out = cfg.output_dir
-    seed_everything(cfg.train.seed, info.rank)
     ds_config = derive_ds_config(cfg, info.world_size)
     if info.is_main:
         os.makedirs(out, exist_ok=True)
         save_config(cfg, out)
         write_ds_config(ds_config, out)
+    torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank (a random backbone included)
     model = build_model(cfg.model, cfg.data.num_frames)
+    seed_everything(cfg.train.seed, info.rank)  # then per-rank streams: dropout, drop_path, MixUp
     loader = build_train_loader(cfg, info.rank, info.world_size)
     accum = cfg.train.grad_accum_steps
     micro_per_epoch = (len(loader) // accum) * accum
@@ -171,10 +228,10 @@ def fit(cfg: Config, resume: str = "") -> dict[str, Any]:
         log.event("epoch", finished=finished, failures=len(failures), failure_examples=failures[:20], **stats)
         metric = None
         every = cfg.train.eval_every
-        if (finished and every > 0 and (state.epoch + 1) % every == 0) or last_epoch:
+        if (finished and every > 0 and (state.epoch + 1) % every == 0) or (last_epoch and every >= 0):
             result = run_evaluation(engine, cfg, info, eval_cache)
             if result is not None:
-                metric = float(result.get("top1", float("nan")))
+                metric = result.get("top1")
                 results.append({"epoch": state.epoch, "step": state.step, **result})
                 log.event("eval", epoch=state.epoch, step=state.step, **result)
                 log.scalars(state.step, "val", {k: v for k, v in result.items() if isinstance(v, float)})

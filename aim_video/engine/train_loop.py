@@ -155,6 +155,7 @@ def train_one_epoch(
                 f"lr {lr:.3g}. Lower train.lr, try train.precision=bf16/fp32 or set train.clip_grad."
             )
         engine.backward(loss)
+        step_lr = max(engine.lr_scheduler.get_last_lr())  # the lr this optimizer step applies
         engine.step()
         state.batches_done += 1
         micro += 1
@@ -181,25 +182,24 @@ def train_one_epoch(
         if state.step % log_every == 0 or state.batches_done >= micro_batches or state.step == max_steps:
             loss_sum, micro_sum, clips_sum = all_reduce_sum([window["loss"], window["micro"], window["clips"]])
             state.last_loss = loss_sum / micro_sum
-            lr = engine.lr_scheduler.get_last_lr()
             clips_s = clips_sum / max(window["time"], 1e-9)
             wait = window["wait"] / max(window["time"], 1e-9)
             record = {
                 "step": state.step,
                 "epoch": state.epoch,
                 "loss": state.last_loss,
-                "lr": max(lr),
+                "lr": step_lr,
                 "clips_per_s": clips_s,
                 "data_wait": wait,
             }
             log.event("train", **record)
             log.scalars(
-                state.step, "train", {"loss": state.last_loss, "lr": max(lr), "clips_per_s": clips_s, "data_wait": wait}
+                state.step, "train", {"loss": state.last_loss, "lr": step_lr, "clips_per_s": clips_s, "data_wait": wait}
             )
             log.progress(
                 0,
                 loss=f"{state.last_loss:.4f}",
-                lr=f"{max(lr):.2e}",
+                lr=f"{step_lr:.2e}",
                 clips_s=f"{clips_s:.1f}",
                 wait=f"{100 * wait:.0f}%",
             )

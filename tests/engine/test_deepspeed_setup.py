@@ -1,9 +1,14 @@
 import json
+import os
 
 import pytest
+import torch
 
 from aim_video.config import load_config
 from aim_video.engine.deepspeed_setup import derive_ds_config, peak_lr, write_ds_config
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 
 def test_global_batch_is_micro_times_accumulation_times_world():
@@ -63,3 +68,15 @@ def test_lr_scaling_with_global_batch():
     assert peak_lr(cfg, 8) == pytest.approx(3e-4 * 128 / 64)
     cfg = load_config(None, ["data.batch_size=16", "train.lr=3e-4"])
     assert peak_lr(cfg, 8) == pytest.approx(3e-4)
+
+
+def test_a_precision_the_device_lacks_is_refused_with_the_alternative(tiny):
+    from deepspeed.accelerator import get_accelerator
+
+    from aim_video.engine.deepspeed_setup import EngineSetupError, build_engine
+
+    if get_accelerator().is_fp16_supported():
+        pytest.skip("this device supports fp16")
+    cfg = load_config(None, ["train.precision=fp16", "data.batch_size=2"])
+    with pytest.raises(EngineSetupError, match="train.precision=fp16 is not supported on this device .* use train.pre"):
+        build_engine(cfg, tiny, steps_per_epoch=4, world_size=1, ds_config=derive_ds_config(cfg, 1))

@@ -1,0 +1,105 @@
+"""train_one_epoch with a real DeepSpeed engine in this process (a world of one), losses, MixUp/CutMix."""
+
+import json
+import os
+
+import pytest
+import torch
+from torch.utils.data import DataLoader, DistributedSampler
+
+from aim_video.config import load_config
+from aim_video.engine.deepspeed_setup import build_engine, derive_ds_config
+from aim_video.engine.distributed import init_distributed
+from aim_video.engine.fit import epoch_batches
+from aim_video.engine.train_loop import EpochState, NonFiniteLossError, RunLog, build_mixing, loss_fn, train_one_epoch
+from tests.engine.conftest import TinyAdapted
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+
+@pytest.fixture(scope="module")
+def world():
+    return init_distributed()
+
+
+def _batches(n, poison_at=None):
+    gen = torch.Generator().manual_seed(0)
+    for i in range(n):
+        x = torch.randn(2, 4, 8, generator=gen)
+        if i == poison_at:
+            x[0, 0, 0] = float("nan")
+        yield {"video": x, "label": torch.tensor([i % 3, (i + 1) % 3]), "index": torch.tensor([2 * i, 2 * i + 1]),
+               "failures": [f"bad{i}.mp4: unreadable"] if i == 1 else []}  # fmt: skip
+
+
+def _run(world, tmp_path, batches, accum=1, max_steps=-1, micro=6):
+    cfg = load_config(None, ["train.precision=fp32", "data.batch_size=2", f"train.grad_accum_steps={accum}"])
+    torch.manual_seed(0)
+    engine, _ = build_engine(cfg, TinyAdapted(), steps_per_epoch=micro // accum, world_size=1,
+                             ds_config=derive_ds_config(cfg, 1))  # fmt: skip
+    log = RunLog(str(tmp_path), is_main=True, total_steps=micro // accum, initial_step=0)
+    state, seen = EpochState(epoch=3), []
+    stats = train_one_epoch(
+        engine, batches, state, micro_batches=micro, prepare=lambda b: (b["video"], b["label"]), mix=None,
+        label_smoothing=0.0, max_steps=max_steps, log=log, log_every=1, rank=0, world_size=1,
+        on_step=lambda s: seen.append((s.step, s.batches_done)),
+    )  # fmt: skip
+    log.close()
+    return stats, state, seen, [json.loads(line) for line in open(tmp_path / "log.jsonl")]
+
+
+def test_epoch_counts_steps_failures_and_logs_every_step(world, tmp_path):
+    stats, state, seen, log = _run(world, tmp_path, _batches(6), accum=2)
+    assert seen == [(1, 2), (2, 4), (3, 6)] and state.batches_done == 6
+    assert stats["failures"] == ["bad1.mp4: unreadable"] and stats["steps"] == 3
+    train = [r for r in log if r["event"] == "train"]
+    assert [r["step"] for r in train] == [1, 2, 3] and all(r["epoch"] == 3 for r in train)
+    assert 0 <= stats["data_wait"] <= 1 and stats["clips_per_s"] > 0
+    assert os.listdir(tmp_path / "tensorboard")
+
+
+def test_max_steps_stops_inside_the_epoch(world, tmp_path):
+    _, state, seen, _ = _run(world, tmp_path, _batches(6), max_steps=2)
+    assert state.step == 2 and state.batches_done == 2 and seen == [(1, 1), (2, 2)]
+
+
+def test_nan_loss_stops_and_says_where(world, tmp_path):
+    with pytest.raises(NonFiniteLossError) as err:
+        _run(world, tmp_path, _batches(6, poison_at=4))
+    message = str(err.value)
+    assert "loss is nan on rank 0 at epoch 3, optimizer step 5, micro-batch 4" in message
+    assert "sample indices [8, 9]" in message
+
+
+def test_soft_targets_and_label_smoothing():
+    logits = torch.tensor([[2.0, 0.0, -1.0]])
+    hard = loss_fn(logits, torch.tensor([0]), 0.0)
+    assert hard == pytest.approx(loss_fn(logits, torch.tensor([[1.0, 0.0, 0.0]]), 0.0).item())
+    smooth = loss_fn(logits, torch.tensor([0]), 0.3)
+    manual = -(torch.log_softmax(logits, -1) * torch.tensor([0.8, 0.1, 0.1])).sum()
+    assert smooth.item() == pytest.approx(manual.item(), rel=1e-6)
+    assert loss_fn(logits.bfloat16(), torch.tensor([0]), 0.0).dtype == torch.float32
+
+
+@pytest.mark.parametrize("mixup,cutmix", [(0.8, 0.0), (0.0, 1.0), (0.8, 1.0)])
+def test_mixing_makes_soft_targets_and_mixes_whole_clips(mixup, cutmix):
+    torch.manual_seed(0)
+    mix = build_mixing(mixup, cutmix, num_classes=5)
+    video = torch.arange(4.0)[:, None, None, None, None].expand(4, 3, 3, 8, 8).clone()  # clip b is constant b
+    mixed, target = mix(video, torch.tensor([0, 1, 2, 3]))
+    assert type(mixed) is torch.Tensor and mixed.shape == video.shape
+    assert target.shape == (4, 5) and torch.allclose(target.sum(1), torch.ones(4))
+    assert torch.equal(mixed, mixed[:, :1].expand_as(mixed))  # every frame of a clip mixed the same way
+    assert build_mixing(0.0, 0.0, 5) is None
+
+
+def test_resume_inside_an_epoch_continues_with_the_same_samples():
+    data = list(range(20))
+    loader = DataLoader(data, batch_size=2, sampler=DistributedSampler(data, num_replicas=1, rank=0, seed=7),
+                        drop_last=True)  # fmt: skip
+    full = [b.tolist() for b in epoch_batches(loader, epoch=2, skip=0, seed=0, rank=0)]
+    rest = [b.tolist() for b in epoch_batches(loader, epoch=2, skip=3, seed=0, rank=0)]
+    assert rest == full[3:] and full != sorted(full)
+    other_epoch = [b.tolist() for b in epoch_batches(loader, epoch=3, skip=0, seed=0, rank=0)]
+    assert other_epoch != full

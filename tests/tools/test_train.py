@@ -1,0 +1,124 @@
+"""tools/train.py through the real `deepspeed` launcher on CPU (2 ranks, gloo): smoke run, export, accumulation,
+a dying rank. Each launch costs ~30-40 s here (process start and imports), hence the `slow` marks."""
+
+import json
+import math
+import os
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from aim_video.config import load_config
+from aim_video.models.build import build_model
+from aim_video.models.trainable_io import load_trainable, read_trainable
+from tests.tools.conftest import launch, read_log, tiny_config
+
+pytestmark = pytest.mark.slow
+
+
+def _bad_video_list(video_root, folder):
+    """train.txt plus a text file named .mp4: the loader replaces it and reports the failure."""
+    bad = os.path.join(folder, "broken.mp4")
+    with open(bad, "w") as f:
+        f.write("not a video")
+    path = os.path.join(folder, "train_with_broken.txt")
+    with open(os.path.join(video_root, "train.txt")) as f:
+        lines = f.read().splitlines()
+    with open(path, "w") as f:
+        f.write("\n".join(lines[:15] + [f"{bad} 1"]) + "\n")
+    return path
+
+
+def test_two_rank_bf16_zero1_run_writes_everything_and_exports_the_trainable_set(video_root, tmp_path):
+    train_list = _bad_video_list(video_root, str(tmp_path))
+    cfg_path = tiny_config(
+        str(tmp_path), video_root,
+        data={"train_list": train_list, "val_list": os.path.join(video_root, "train.txt"), "test_num_clips": 2,
+              "test_short_side": 32},
+        train={"precision": "bf16", "zero_stage": 1, "epochs": 1, "mixup_alpha": 0.8, "cutmix_alpha": 1.0,
+               "label_smoothing": 0.1, "eval_every": 1},
+    )  # fmt: skip
+    out = str(tmp_path / "run")
+    result = launch(cfg_path, f"output_dir={out}")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+    ds = json.load(open(os.path.join(out, "deepspeed_config.json")))
+    assert ds["train_batch_size"] == 4 and ds["bf16"]["enabled"] and ds["zero_optimization"]["stage"] == 1
+    assert load_config(os.path.join(out, "config.yaml")).train.mixup_alpha == 0.8
+    summary = json.load(open(os.path.join(out, "train_summary.json")))
+    assert summary["steps"] == 4 and summary["epochs"] == 1 and summary["world_size"] == 2
+    assert math.isfinite(summary["final_loss"]) and summary["clips_per_s"] > 0
+    assert 0 <= summary["data_wait_share"] <= 1
+    assert summary["loader_failures"] >= 1
+    log = read_log(out)
+    epoch = [r for r in log if r["event"] == "epoch"][0]
+    assert any("broken.mp4" in f for f in epoch["failure_examples"])
+    steps = [r for r in log if r["event"] == "train"]
+    assert [r["step"] for r in steps] == [1, 2, 3, 4] and all(r["lr"] > 0 for r in steps)
+    assert os.listdir(os.path.join(out, "tensorboard"))
+    evals = [r for r in log if r["event"] == "eval"]  # periodic multi-view evaluation of the bf16 model
+    assert len(evals) == 1 and evals[0]["num_videos"] == 16 and 0 <= evals[0]["top1"] <= 1
+    assert evals[0]["protocol"]["num_clips"] == 2
+    best = json.load(open(os.path.join(out, "checkpoints", "best.json")))
+    assert best == {"name": "step_00000004", "metric": evals[0]["top1"]} == summary["best"]
+    ckpt = os.path.join(out, "checkpoints", "step_00000004")
+    assert open(os.path.join(out, "checkpoints", "latest")).read() == "step_00000004"
+    assert sorted(f for f in os.listdir(os.path.join(ckpt, "deepspeed")) if "optim_states" in f) == [
+        "bf16_zero_pp_rank_0_mp_rank_00_optim_states.pt",
+        "bf16_zero_pp_rank_1_mp_rank_00_optim_states.pt",
+    ]
+
+    # the exported file alone + the base weights rebuild the trained model: compare with DeepSpeed's own saved module
+    cfg = load_config(os.path.join(out, "config.yaml"))
+    export = os.path.join(out, "model_trainable.safetensors")
+    tensors, meta = read_trainable(export)
+    assert os.path.getsize(export) < 64 * 1024 and int(meta["step"]) == 4
+    rebuilt = build_model(cfg.model, cfg.data.num_frames).eval()
+    load_trainable(rebuilt, export)
+    trained = build_model(cfg.model, cfg.data.num_frames).eval()
+    states = torch.load(os.path.join(ckpt, "deepspeed", "mp_rank_00_model_states.pt"), weights_only=False)["module"]
+    assert sorted(states) == sorted(trained.trainable_parameter_names())  # frozen backbone not in the checkpoint
+    trained.load_state_dict({k: v.float() for k, v in states.items()}, strict=False)
+    assert any(
+        v.abs().sum() > 0
+        for k, v in tensors.items()
+        if "adapter" in k and k.endswith("fc2.weight") or k.endswith("up.weight")
+    )  # the zero-initialised adapter outputs have been trained
+    clips = torch.randn(2, 4, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(rebuilt(clips), trained(clips))
+
+
+def test_accumulation_of_two_micro_batches_equals_one_double_batch(video_root, tmp_path):
+    exports = {}
+    for micro, accum in ((4, 1), (2, 2)):
+        folder = tmp_path / f"b{micro}"
+        folder.mkdir()
+        cfg_path = tiny_config(
+            str(folder), video_root,
+            data={"batch_size": micro}, model={"drop_path_rate": 0.0, "head_dropout": 0.0},
+            train={"grad_accum_steps": accum, "max_steps": 1, "zero_stage": 2, "lr": 1e-2, "warmup_epochs": 0.0},
+        )  # fmt: skip
+        result = launch(cfg_path, f"output_dir={folder / 'run'}")
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        exports[micro] = load_file(str(folder / "run" / "model_trainable.safetensors"))
+        assert [r["step"] for r in read_log(str(folder / "run")) if r["event"] == "train"] == [1]
+    moved = 0
+    for name, value in exports[4].items():
+        torch.testing.assert_close(exports[2][name], value, rtol=1e-5, atol=1e-6)
+        moved += int(not torch.equal(value, torch.zeros_like(value)))
+    assert moved > 0
+
+
+def test_a_rank_that_dies_makes_the_launcher_exit_nonzero(video_root, tmp_path):
+    cfg_path = tiny_config(str(tmp_path), video_root, train={"epochs": 3})
+    started = time.monotonic()
+    result = launch(
+        cfg_path, f"output_dir={tmp_path / 'run'}", env={"AIM_VIDEO_FAULT": "after_step@2:rank1:exit"}, timeout=300
+    )
+    assert result.returncode != 0
+    assert "rank 1 dies at after_step step 2" in result.stdout + result.stderr
+    assert time.monotonic() - started < 240  # stopped by the launcher, not by a collective timeout
+    assert not os.path.exists(tmp_path / "run" / "train_summary.json")
