@@ -153,6 +153,7 @@ def _two_rank_worker(rank: int, world_size: int, init_file: str, out_dir: str) -
         dist.destroy_process_group()
 
 
+@pytest.mark.slow  # ~30 s on the shared 2-core machine: two spawned processes import torch
 def test_two_ranks_count_each_video_once_and_equal_one_rank(tmp_path):
     dataset = SyntheticViews(size=SIZE, num_views=6, num_classes=NUM_CLASSES, broken=BROKEN)
     single = evaluate(TinyClassifier(NUM_CLASSES), synthetic_loader(dataset, 1), _cfg(), "cpu", progress=False)
@@ -166,3 +167,14 @@ def test_two_ranks_count_each_video_once_and_equal_one_rank(tmp_path):
         for key in ("top1", "top5", "mean_class_accuracy"):
             assert multi["metrics"][key] == single["metrics"][key]
         assert torch.equal(multi["metrics"]["confusion_matrix"], single["metrics"]["confusion_matrix"])
+
+
+def test_bf16_model_gets_bf16_inputs_on_its_own_device():
+    # DeepSpeed's engine.module holds bf16 weights: evaluate must feed it bf16 and find its device by itself
+    cfg = _cfg()
+    dataset = SyntheticViews(size=3, num_views=6, num_classes=NUM_CLASSES)
+    model = TinyClassifier(NUM_CLASSES).to(torch.bfloat16)
+    result = evaluate(model, synthetic_loader(dataset, 2), cfg, progress=False)
+    assert result["predictions"]["scores"].dtype == torch.float32 and result["num_videos"] == 3
+    reference = evaluate(TinyClassifier(NUM_CLASSES), synthetic_loader(dataset, 2), cfg, progress=False)
+    assert torch.allclose(result["predictions"]["scores"], reference["predictions"]["scores"], atol=0.05)
