@@ -35,7 +35,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--class-map", default=None, help="class names, one per line (default: data.class_map)")
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("overrides", nargs="*", help="section.key=value config overrides")
-    return p.parse_args(argv)
+    return p.parse_intermixed_args(argv)  # overrides may come before or after options
 
 
 def predict(model: torch.nn.Module, dataset: MultiViewDataset, cfg, device: torch.device) -> torch.Tensor:

@@ -22,7 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch.distributed as dist  # noqa: E402
 
 from aim_video.config import ConfigError, to_dict  # noqa: E402
-from aim_video.data.loader import build_eval_loader, resolve_classes  # noqa: E402
+from aim_video.data.loader import build_eval_loader, load_split, resolve_classes  # noqa: E402
 from aim_video.eval.loading import init_process, load_model, resolve_checkpoint, resolve_eval_config  # noqa: E402
 from aim_video.eval.multiview import MissingVideosError, apply_protocol, evaluate  # noqa: E402
 from aim_video.eval.report import (  # noqa: E402
@@ -33,6 +33,7 @@ from aim_video.eval.report import (  # noqa: E402
     write_results_json,
     write_scores,
 )
+from aim_video.models.pretrained import PretrainedLoadError  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -47,7 +48,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)  # deepspeed
     p.add_argument("overrides", nargs="*", help="section.key=value config overrides")
-    return p.parse_args(argv)
+    return p.parse_intermixed_args(argv)  # overrides may come before or after options
 
 
 def _default_out(cfg_output_dir: str, checkpoint_file: str, split: str) -> str:
@@ -71,11 +72,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     proc = init_process()
+    strict = args.strict or cfg.eval.strict
     try:
         model = load_model(cfg, checkpoint_file, proc.device)
         loader = build_eval_loader(cfg, args.split, proc.rank, proc.world_size)
-        strict = args.strict or cfg.eval.strict
+        dropped = load_split(cfg, args.split).missing if cfg.data.missing_files == "drop" else []
+        if strict and dropped:
+            raise MissingVideosError(f"{len(dropped)} listed videos do not exist (strict evaluation): {dropped[:10]}")
         result = evaluate(model, loader, cfg, proc.device, progress=not args.no_progress, strict=strict)
+    except (ValueError, FileNotFoundError, PretrainedLoadError) as err:  # bad list, labels, weights
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     except MissingVideosError as err:
         print(f"error: {err}", file=sys.stderr)
         return 3
@@ -87,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
 
     out = args.out or _default_out(cfg.output_dir, checkpoint_file, args.split)
     names = resolve_classes(cfg) or [str(i) for i in range(cfg.model.num_classes)]
-    record = results_record(result, to_dict(cfg), checkpoint_file, sha256_file(checkpoint_file), args.split)
+    sha256 = sha256_file(checkpoint_file)
+    record = results_record(result, to_dict(cfg), checkpoint_file, sha256, args.split, dropped)
     write_results_json(record, os.path.join(out, "results.json"))
     write_per_class_csv(result, names, os.path.join(out, "per_class.csv"))
     plot_confusion(result["metrics"]["confusion_matrix"], names, os.path.join(out, "confusion.png"))
@@ -96,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
             result, os.path.join(out, "scores.safetensors"), {"checkpoint_sha256": record["checkpoint_sha256"]}
         )
     scores = " ".join(f"{key} {_pct(record[key])}" for key in ("top1", "top5", "mean_class_accuracy"))
-    counts = f"{record['num_videos_evaluated']} of {record['dataset_size']} videos ({record['num_missing']} missing)"
+    counts = f"{record['num_videos_evaluated']} of {record['num_listed']} videos ({record['num_missing']} missing)"
     print(f"{args.split} [{protocol.name} {record['protocol']['label']}, {cfg.eval.average}]: {scores} over {counts}")
     print(f"results: {out}")
     return 0

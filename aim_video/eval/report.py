@@ -77,21 +77,34 @@ def _json_safe(value: Any) -> Any:
 
 
 def results_record(
-    result: dict[str, Any], config: dict[str, Any], checkpoint: str, checkpoint_sha256: str, split: str
+    result: dict[str, Any],
+    config: dict[str, Any],
+    checkpoint: str,
+    checkpoint_sha256: str,
+    split: str,
+    dropped_files: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """The JSON-ready summary of an :func:`~aim_video.eval.multiview.evaluate` result (accuracies in percent)."""
+    """The JSON-ready summary of an :func:`~aim_video.eval.multiview.evaluate` result (accuracies in percent).
+
+    ``dropped_files``: list entries whose file did not exist (``data.missing_files=drop`` removed them before the
+    dataset was built); they join ``missing`` with index null and count in ``num_listed``.
+    """
     m = result["metrics"]
+    reason = "file not found; dropped from the list (data.missing_files=drop)"
+    missing = [*result["missing"], *({"index": None, "path": p, "reason": reason} for p in dropped_files)]
+    listed = result["dataset_size"] + len(dropped_files)
     return _json_safe(
         {
             "top1": 100 * m["top1"],
             "top5": 100 * m["top5"],
             "mean_class_accuracy": 100 * m["mean_class_accuracy"],
             "num_videos_evaluated": result["num_videos"],
-            "num_missing": result["num_missing"],
+            "num_missing": len(missing),
             "num_unlabelled": result["num_unlabelled"],
             "dataset_size": result["dataset_size"],
-            "note": f"metrics over {result['num_videos']} of {result['dataset_size']} videos; "
-            f"{result['num_missing']} unreadable (listed in 'missing', not substituted)",
+            "num_listed": listed,
+            "note": f"metrics over {result['num_videos']} of {listed} listed videos; {len(missing)} missing or "
+            "unreadable (listed in 'missing', not substituted)",
             "split": split,
             "protocol": result["protocol"],
             "checkpoint": os.path.abspath(checkpoint),
@@ -99,7 +112,7 @@ def results_record(
             "world_size": result["world_size"],
             "elapsed_s": result["elapsed_s"],
             "videos_per_s": result["videos_per_s"],
-            "missing": result["missing"],
+            "missing": missing,
             "per_class_accuracy": [100 * a for a in m["per_class_accuracy"]],
             "config": config,
         }

@@ -91,3 +91,20 @@ def test_two_ranks_equal_one_rank_exactly(run):
         assert two[key] == one[key], key
     s1, s2 = _scores(os.path.join(run["out"], "scores.safetensors")), _scores(os.path.join(out2, "scores.safetensors"))
     assert torch.equal(s1["index"], s2["index"]) and torch.equal(s1["scores"], s2["scores"])
+
+
+def test_a_listed_file_that_does_not_exist_is_reported_missing(run, capsys):
+    listed = os.path.join(run["root"], "with_absent.txt")
+    with open(os.path.join(run["root"], "val.txt")) as src, open(listed, "w") as dst:
+        dst.write(src.read() + "videos/absent.mp4 1\n")
+    out = os.path.join(run["root"], "out_absent")
+    base = ["--checkpoint", run["ckpt"], "--no-progress", f"data.val_list={listed}"]
+    assert test_tool.main([*base, "--out", out, "data.missing_files=drop"]) == 0
+    results = json.load(open(os.path.join(out, "results.json")))
+    absent = [m for m in results["missing"] if m["path"].endswith("absent.mp4")]
+    assert len(absent) == 1 and absent[0]["index"] is None and "not found" in absent[0]["reason"]
+    assert results["num_missing"] == 2 and results["num_listed"] == NUM_VIDEOS + 1
+    assert results["num_videos_evaluated"] == NUM_VIDEOS - 1  # the metrics are over the readable videos only
+    assert test_tool.main([*base, "--strict", "data.missing_files=drop"]) == 3
+    assert test_tool.main(base) == 2  # data.missing_files=fail (default): the list is rejected, naming the file
+    assert "absent.mp4" in capsys.readouterr().err
