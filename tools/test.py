@@ -79,7 +79,9 @@ def main(argv: list[str] | None = None) -> int:
         dropped = load_split(cfg, args.split).missing if cfg.data.missing_files == "drop" else []
         if strict and dropped:
             raise MissingVideosError(f"{len(dropped)} listed videos do not exist (strict evaluation): {dropped[:10]}")
-        result = evaluate(model, loader, cfg, proc.device, progress=not args.no_progress, strict=strict)
+        result = evaluate(
+            model, loader, cfg, proc.device, progress=not args.no_progress, strict=strict, return_scores=True
+        )
     except (ValueError, FileNotFoundError, PretrainedLoadError) as err:  # bad list, labels, weights
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -95,16 +97,17 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or _default_out(cfg.output_dir, checkpoint_file, args.split)
     names = resolve_classes(cfg) or [str(i) for i in range(cfg.model.num_classes)]
     sha256 = sha256_file(checkpoint_file)
-    record = results_record(result, to_dict(cfg), checkpoint_file, sha256, args.split, dropped)
+    paths = [r.path for r in loader.dataset.records]
+    record = results_record(result, to_dict(cfg), checkpoint_file, sha256, args.split, dropped, paths)
     write_results_json(record, os.path.join(out, "results.json"))
     write_per_class_csv(result, names, os.path.join(out, "per_class.csv"))
-    plot_confusion(result["metrics"]["confusion_matrix"], names, os.path.join(out, "confusion.png"))
+    plot_confusion(result["confusion_matrix"], names, os.path.join(out, "confusion.png"))
     if args.save_scores or cfg.eval.save_scores:
         write_scores(
             result, os.path.join(out, "scores.safetensors"), {"checkpoint_sha256": record["checkpoint_sha256"]}
         )
-    scores = " ".join(f"{key} {_pct(record[key])}" for key in ("top1", "top5", "mean_class_accuracy"))
-    counts = f"{record['num_videos_evaluated']} of {record['num_listed']} videos ({record['num_missing']} missing)"
+    scores = " ".join(f"{key} {_pct(record['metrics'][key])}" for key in ("top1", "top5", "mean_class_acc"))
+    counts = f"{record['num_evaluated']} of {record['num_listed']} videos ({record['num_missing']} missing)"
     print(f"{args.split} [{protocol.name} {record['protocol']['label']}, {cfg.eval.average}]: {scores} over {counts}")
     print(f"results: {out}")
     return 0

@@ -207,13 +207,16 @@ def evaluate(
     dataset_size: int | None = None,
     progress: bool = True,
     strict: bool | None = None,
+    return_scores: bool = False,
 ) -> dict[str, Any]:
     """Multi-view evaluation of ``model`` on ``loader`` (this rank's shard); every rank returns the same dict.
 
-    Returns ``metrics`` (top1, top5, mean_class_accuracy, per_class_accuracy, support, confusion_matrix),
-    ``predictions`` (``index``, ``label``, averaged ``scores`` [N, K] of the evaluated videos, sorted by index, for
-    subset metrics and ensembling), ``num_videos`` (in the metrics), ``missing`` (unreadable videos, never
-    substituted), ``num_unlabelled`` (label < 0: predicted, not scored), ``protocol`` and throughput.
+    The dict is JSON-ready (a training log can store it): ``top1``, ``top5``, ``mean_class_acc`` and
+    ``per_class_acc`` in percent (NaN for a class without videos) over the ``num_evaluated`` labelled, readable
+    videos; ``missing`` (index, path, reason of each unreadable video: never substituted); ``num_unlabelled`` (label
+    < 0: predicted, not scored); ``per_video`` (index, label, pred for every readable video, sorted by index, so a
+    caller can score a subset of classes); ``protocol``; throughput. ``return_scores`` adds the tensors
+    ``scores`` (index [N], label [N], averaged scores [N, K]) and ``confusion_matrix`` [K, K].
     ``strict`` (default ``cfg.eval.strict``) raises :class:`MissingVideosError` on every rank when a video is missing.
     ``device`` defaults to the model's; call it on every rank (it gathers), with the model as it is (fp32 or the
     bf16/fp16 weights of DeepSpeed's ``engine.module``).
@@ -276,18 +279,29 @@ def evaluate(
     labelled = merged["label"] >= 0
     metrics = compute_metrics(merged["scores"][labelled], merged["label"][labelled], num_classes)
     num_seen = int(merged["index"].numel()) + len(merged["missing"])
-    return {
-        "metrics": metrics,
-        "num_videos": int(labelled.sum()),
+    preds = merged["scores"].argmax(dim=1) if merged["scores"].numel() else torch.zeros(0, dtype=torch.long)
+    result: dict[str, Any] = {
+        "top1": 100 * metrics["top1"],
+        "top5": 100 * metrics["top5"],
+        "mean_class_acc": 100 * metrics["mean_class_accuracy"],
+        "per_class_acc": [100 * a for a in metrics["per_class_accuracy"]],
+        "num_evaluated": int(labelled.sum()),
         "num_unlabelled": int((~labelled).sum()),
         "num_missing": len(merged["missing"]),
         "missing": merged["missing"],
         "dataset_size": dataset_size,
         "num_classes": num_classes,
         "protocol": protocol_record(cfg, protocol),
-        "predictions": {"index": merged["index"], "label": merged["label"], "scores": merged["scores"]},
+        "per_video": [
+            {"index": i, "label": y, "pred": p}
+            for i, y, p in zip(merged["index"].tolist(), merged["label"].tolist(), preds.tolist(), strict=True)
+        ],
         "world_size": world_size,
         "num_repeats_dropped": merged["num_repeats_dropped"],
         "elapsed_s": elapsed,
         "videos_per_s": num_seen / elapsed if elapsed > 0 else float("nan"),
     }
+    if return_scores:
+        result["scores"] = {"index": merged["index"], "label": merged["label"], "scores": merged["scores"]}
+        result["confusion_matrix"] = metrics["confusion_matrix"]
+    return result

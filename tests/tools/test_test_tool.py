@@ -44,14 +44,16 @@ def test_results_json_lists_the_unreadable_video_and_scores_the_rest(run):
     results = json.load(open(os.path.join(run["out"], "results.json")))
     assert [m["index"] for m in results["missing"]] == list(CORRUPT)
     assert results["missing"][0]["path"].endswith("videos/v03.mp4") and results["missing"][0]["reason"]
-    assert results["num_videos_evaluated"] == NUM_VIDEOS - 1 and results["dataset_size"] == NUM_VIDEOS
+    assert results["num_evaluated"] == NUM_VIDEOS - 1 and results["dataset_size"] == NUM_VIDEOS
     assert results["checkpoint_sha256"] == hashlib.sha256(open(run["ckpt"], "rb").read()).hexdigest()
     assert results["protocol"]["label"] == "4x2x1" and results["protocol"]["average"] == "prob"
     assert results["config"]["model"]["vit_kwargs"]["depth"] == 2 and results["world_size"] == 1
     scores = _scores(os.path.join(run["out"], "scores.safetensors"))
     assert scores["index"].tolist() == [i for i in range(NUM_VIDEOS) if i not in CORRUPT]  # not substituted
     top1 = (scores["scores"].argmax(1) == scores["label"]).float().mean().item()
-    assert results["top1"] == pytest.approx(100 * top1)
+    assert results["metrics"]["top1"] == pytest.approx(100 * top1)
+    assert results["per_video"][0]["path"].endswith("videos/v00.mp4")
+    assert [v["pred"] for v in results["per_video"]] == scores["scores"].argmax(1).tolist()
     assert torch.allclose(scores["scores"].sum(1), torch.ones(NUM_VIDEOS - 1), atol=1e-5)  # mean of softmaxes
     rows = list(csv.DictReader(open(os.path.join(run["out"], "per_class.csv"))))
     assert [int(r["support"]) for r in rows] == [2, 2, 2]  # labels i % 3 of videos 0..6 without video 3
@@ -87,7 +89,7 @@ def test_two_ranks_equal_one_rank_exactly(run):
     one = json.load(open(os.path.join(run["out"], "results.json")))
     two = json.load(open(os.path.join(out2, "results.json")))
     assert two["world_size"] == 2
-    for key in ("top1", "top5", "mean_class_accuracy", "per_class_accuracy", "missing", "num_videos_evaluated"):
+    for key in ("metrics", "missing", "num_evaluated", "per_video"):
         assert two[key] == one[key], key
     s1, s2 = _scores(os.path.join(run["out"], "scores.safetensors")), _scores(os.path.join(out2, "scores.safetensors"))
     assert torch.equal(s1["index"], s2["index"]) and torch.equal(s1["scores"], s2["scores"])
@@ -104,7 +106,7 @@ def test_a_listed_file_that_does_not_exist_is_reported_missing(run, capsys):
     absent = [m for m in results["missing"] if m["path"].endswith("absent.mp4")]
     assert len(absent) == 1 and absent[0]["index"] is None and "not found" in absent[0]["reason"]
     assert results["num_missing"] == 2 and results["num_listed"] == NUM_VIDEOS + 1
-    assert results["num_videos_evaluated"] == NUM_VIDEOS - 1  # the metrics are over the readable videos only
+    assert results["num_evaluated"] == NUM_VIDEOS - 1  # the metrics are over the readable videos only
     assert test_tool.main([*base, "--strict", "data.missing_files=drop"]) == 3
     assert test_tool.main(base) == 2  # data.missing_files=fail (default): the list is rejected, naming the file
     assert "absent.mp4" in capsys.readouterr().err

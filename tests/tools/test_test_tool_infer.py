@@ -40,9 +40,9 @@ def test_prints_top_k_names_with_the_evaluation_probabilities(run, capsys):
     cfg = run["cfg"]
     apply_protocol(cfg)
     model = load_model(cfg, run["ckpt"], torch.device("cpu"))
-    result = evaluate(model, build_eval_loader(cfg, "val"), cfg, progress=False)
-    row = result["predictions"]["index"].tolist().index(1)
-    probs = result["predictions"]["scores"][row]  # prob averaging: mean of per-view softmax
+    result = evaluate(model, build_eval_loader(cfg, "val"), cfg, progress=False, return_scores=True)
+    row = result["scores"]["index"].tolist().index(1)
+    probs = result["scores"]["scores"][row]  # prob averaging: mean of per-view softmax
     top = probs.topk(2)
     assert list(printed) == [CLASSES[k] for k in top.indices.tolist()]
     assert list(printed.values()) == pytest.approx(top.values.tolist(), abs=1e-4)
