@@ -68,6 +68,9 @@ def main(argv: list[str] | None = None) -> int:
         checkpoint_file = resolve_checkpoint(args.checkpoint)
         cfg = resolve_eval_config(checkpoint_file, args.config, args.overrides)
         protocol = apply_protocol(cfg)
+        names = resolve_classes(cfg) or [str(i) for i in range(cfg.model.num_classes)]
+        if len(names) != cfg.model.num_classes:
+            raise ValueError(f"the class map lists {len(names)} classes, model.num_classes is {cfg.model.num_classes}")
     except (ConfigError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -95,7 +98,6 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     out = args.out or _default_out(cfg.output_dir, checkpoint_file, args.split)
-    names = resolve_classes(cfg) or [str(i) for i in range(cfg.model.num_classes)]
     sha256 = sha256_file(checkpoint_file)
     paths = [r.path for r in loader.dataset.records]
     record = results_record(result, to_dict(cfg), checkpoint_file, sha256, args.split, dropped, paths)

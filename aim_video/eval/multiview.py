@@ -248,7 +248,8 @@ def evaluate(
             if video.ndim != 6 or video.shape[1] != protocol.num_views:
                 raise ValueError(
                     f"eval batch has shape {tuple(video.shape)}, expected [B, {protocol.num_views}, T, C, H, W] for "
-                    f"protocol {protocol.name} ({protocol.num_clips} clips x {protocol.num_crops} crops)"
+                    f"protocol {protocol.name} ({protocol.num_clips} clips x {protocol.num_crops} crops): call "
+                    "apply_protocol(cfg) before build_eval_loader so the loader makes the protocol's views"
                 )
             logits = forward_views(
                 model, video, cfg.data.mean, cfg.data.std, cfg.eval.view_chunk, device, amp_dtype, input_dtype

@@ -50,19 +50,6 @@ def sha256_file(path: str, block: int = 1 << 22) -> str:
     return digest.hexdigest()
 
 
-def load_class_names(path: str, num_classes: int) -> list[str]:
-    """Class names, one per line in index order; ``"0" .. "K-1"`` when ``path`` is empty."""
-    if not path:
-        return [str(i) for i in range(num_classes)]
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"class map not found: {path} (data.class_map: one class name per line)")
-    with open(path) as f:
-        names = [line.strip() for line in f if line.strip()]
-    if len(names) != num_classes:
-        raise ValueError(f"{path} lists {len(names)} class names, the model has {num_classes} classes")
-    return names
-
-
 def _json_safe(value: Any) -> Any:
     """NaN -> null (strict JSON), tensors -> lists."""
     if isinstance(value, torch.Tensor):

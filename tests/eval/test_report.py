@@ -9,7 +9,6 @@ from safetensors import safe_open
 from aim_video.config import Config, to_dict
 from aim_video.eval.multiview import evaluate
 from aim_video.eval.report import (
-    load_class_names,
     plot_confusion,
     results_record,
     sha256_file,
@@ -76,15 +75,3 @@ def test_scores_file_round_trips(tmp_path):
         assert torch.equal(f.get_tensor("index"), result["scores"]["index"])
         assert torch.equal(f.get_tensor("scores"), result["scores"]["scores"])
         assert json.loads(f.metadata()["protocol"])["num_views"] == 3
-
-
-def test_class_map(tmp_path):
-    (tmp_path / "classes.txt").write_text("a\nb\n\nc\n")
-    assert load_class_names(str(tmp_path / "classes.txt"), 3) == ["a", "b", "c"]
-    assert load_class_names("", 2) == ["0", "1"]
-    try:
-        load_class_names(str(tmp_path / "classes.txt"), 4)
-    except ValueError as err:
-        assert "3 class names" in str(err)
-    else:
-        raise AssertionError("a class map of the wrong length must fail")
