@@ -79,6 +79,15 @@ def subset_accuracy(
     return {"top1": float((pred == sub_labels).float().mean()), "num_videos": n}
 
 
+def confusion_from_predictions(per_video: Sequence[dict[str, int]], num_classes: int) -> torch.Tensor:
+    """Confusion matrix ``[K, K]`` (rows: true class) of the labelled entries of an ``evaluate`` ``per_video`` list."""
+    rows = [(v["label"], v["pred"]) for v in per_video if v["label"] >= 0]
+    if not rows:
+        return torch.zeros(num_classes, num_classes, dtype=torch.long)
+    labels, preds = torch.tensor(rows, dtype=torch.long).unbind(dim=1)
+    return multiclass_confusion_matrix(preds, labels, num_classes)
+
+
 def top_confused_pairs(confusion: torch.Tensor, k: int = 20) -> list[tuple[int, int, int]]:
     """The ``k`` largest off-diagonal entries of a confusion matrix as ``(true, predicted, count)``, count > 0."""
     off = confusion.clone().long()

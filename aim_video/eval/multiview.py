@@ -21,6 +21,7 @@ from einops import rearrange
 from tqdm import tqdm
 
 from aim_video.config import Config
+from aim_video.data.transforms import normalize
 from aim_video.eval.metrics import compute_metrics
 
 
@@ -94,14 +95,6 @@ def average_views(logits: torch.Tensor, mode: str) -> torch.Tensor:
     raise ValueError(f"eval.average must be one of {AVERAGE_MODES}, got '{mode}'")
 
 
-def _normalize(video: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """uint8 ``[..., C, H, W]`` -> float ``(x / 255 - mean) / std`` on the tensor's own device."""
-    shape = (len(mean), 1, 1)
-    mean_t = torch.as_tensor(mean, dtype=torch.float32, device=video.device).view(shape)
-    std_t = torch.as_tensor(std, dtype=torch.float32, device=video.device).view(shape)
-    return (video.float() / 255.0 - mean_t) / std_t
-
-
 @torch.inference_mode()
 def forward_views(
     model: torch.nn.Module,
@@ -111,14 +104,16 @@ def forward_views(
     view_chunk: int,
     device: torch.device,
     amp_dtype: torch.dtype | None = None,
+    input_dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
     """Logits ``[B, V, K]`` (fp32, on CPU) for a uint8 batch ``[B, V, T, C, H, W]``, at most ``view_chunk`` views
-    (of any videos) per forward pass; the uint8 chunk is copied to ``device`` and normalised there."""
+    (of any videos) per forward pass; the uint8 chunk is copied to ``device`` and normalised there, as
+    ``input_dtype`` (the model's own dtype when DeepSpeed holds it in bf16/fp16), under autocast to ``amp_dtype``."""
     b, v = video.shape[:2]
     flat = rearrange(video, "b v t c h w -> (b v) t c h w")  # [B*V, T, C, H, W], clip-major views stay adjacent
     outputs = []
     for chunk in flat.split(max(1, view_chunk)):
-        x = _normalize(chunk.to(device, non_blocking=True), mean, std)
+        x = normalize(chunk.to(device, non_blocking=True), mean, std, dtype=input_dtype)
         with torch.autocast(device_type=device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
             logits = model(x)
         outputs.append(logits.float().cpu())
@@ -188,10 +183,15 @@ def merge_rank_outputs(parts: Iterable[dict[str, Any]], dataset_size: int, world
     }
 
 
-def _amp_dtype(cfg: Config, device: torch.device) -> torch.dtype | None:
+def _precision(model: torch.nn.Module, cfg: Config, device: torch.device) -> tuple[torch.dtype | None, torch.dtype]:
+    """(autocast dtype, input dtype): a model already in bf16/fp16 (DeepSpeed's engine.module) gets inputs in its
+    dtype; an fp32 model on CUDA runs under autocast to ``train.precision``; on CPU everything stays fp32."""
+    param_dtype = next(model.parameters()).dtype
+    if param_dtype in (torch.bfloat16, torch.float16):
+        return None, param_dtype
     if device.type != "cuda":
-        return None
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.train.precision)
+        return None, torch.float32
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.train.precision), torch.float32
 
 
 class MissingVideosError(RuntimeError):
@@ -202,21 +202,26 @@ def evaluate(
     model: torch.nn.Module,
     loader: Iterable[dict[str, Any]],
     cfg: Config,
-    device: torch.device | str = "cpu",
+    device: torch.device | str | None = None,
     *,
     dataset_size: int | None = None,
     progress: bool = True,
     strict: bool | None = None,
+    return_scores: bool = False,
 ) -> dict[str, Any]:
     """Multi-view evaluation of ``model`` on ``loader`` (this rank's shard); every rank returns the same dict.
 
-    Returns ``metrics`` (top1, top5, mean_class_accuracy, per_class_accuracy, support, confusion_matrix),
-    ``predictions`` (``index``, ``label``, averaged ``scores`` [N, K] of the evaluated videos, sorted by index, for
-    subset metrics and ensembling), ``num_videos`` (in the metrics), ``missing`` (unreadable videos, never
-    substituted), ``num_unlabelled`` (label < 0: predicted, not scored), ``protocol`` and throughput.
+    The dict is JSON-ready (a training log can store it): ``top1``, ``top5``, ``mean_class_acc`` and
+    ``per_class_acc`` in percent (NaN for a class without videos) over the ``num_evaluated`` labelled, readable
+    videos; ``missing`` (index, path, reason of each unreadable video: never substituted); ``num_unlabelled`` (label
+    < 0: predicted, not scored); ``per_video`` (index, label, pred for every readable video, sorted by index, so a
+    caller can score a subset of classes); ``protocol``; throughput. ``return_scores`` adds the tensors
+    ``scores`` (index [N], label [N], averaged scores [N, K]) and ``confusion_matrix`` [K, K].
     ``strict`` (default ``cfg.eval.strict``) raises :class:`MissingVideosError` on every rank when a video is missing.
+    ``device`` defaults to the model's; call it on every rank (it gathers), with the model as it is (fp32 or the
+    bf16/fp16 weights of DeepSpeed's ``engine.module``).
     """
-    device = torch.device(device)
+    device = torch.device(device) if device is not None else next(model.parameters()).device
     world_size = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
     rank = dist.get_rank() if world_size > 1 else 0
     protocol = resolve_protocol(cfg)
@@ -224,12 +229,16 @@ def evaluate(
         raise ValueError(f"eval.average must be one of {AVERAGE_MODES}, got '{cfg.eval.average}'")
     if dataset_size is None:
         dataset_size = len(loader.dataset)  # type: ignore[attr-defined]
-    amp_dtype = _amp_dtype(cfg, device)
+    amp_dtype, input_dtype = _precision(model, cfg, device)
 
     model.eval()
     rows: dict[str, list[torch.Tensor]] = {"index": [], "label": [], "scores": []}
     errors: list[tuple[int, str, str]] = []
-    bar = tqdm(total=dataset_size, unit="video", desc="eval", disable=not (progress and rank == 0), dynamic_ncols=True)
+    sampler = getattr(loader, "sampler", None)
+    per_rank = len(sampler) if sampler is not None and hasattr(sampler, "__len__") else -(-dataset_size // world_size)
+    bar = tqdm(
+        total=per_rank * world_size, unit="video", desc="eval", disable=not (progress and rank == 0), dynamic_ncols=True
+    )
     start = time.perf_counter()
     for batch in loader:
         errors.extend((int(i), str(p), str(r)) for i, p, r in batch.get("errors", []))
@@ -239,14 +248,17 @@ def evaluate(
             if video.ndim != 6 or video.shape[1] != protocol.num_views:
                 raise ValueError(
                     f"eval batch has shape {tuple(video.shape)}, expected [B, {protocol.num_views}, T, C, H, W] for "
-                    f"protocol {protocol.name} ({protocol.num_clips} clips x {protocol.num_crops} crops)"
+                    f"protocol {protocol.name} ({protocol.num_clips} clips x {protocol.num_crops} crops): call "
+                    "apply_protocol(cfg) before build_eval_loader so the loader makes the protocol's views"
                 )
-            logits = forward_views(model, video, cfg.data.mean, cfg.data.std, cfg.eval.view_chunk, device, amp_dtype)
+            logits = forward_views(
+                model, video, cfg.data.mean, cfg.data.std, cfg.eval.view_chunk, device, amp_dtype, input_dtype
+            )
             rows["scores"].append(average_views(logits, cfg.eval.average))  # [B, K]
             rows["index"].append(torch.as_tensor(batch["index"]).long().view(-1))
             rows["label"].append(torch.as_tensor(batch["label"]).long().view(-1))
         bar.update((n + len(batch.get("errors", []))) * world_size)  # ranks move in step: a global estimate
-        bar.set_postfix(missing=len(errors) * world_size, refresh=False)
+        bar.set_postfix(missing_on_rank0=len(errors), refresh=False)
     bar.close()
     elapsed = time.perf_counter() - start
 
@@ -268,18 +280,29 @@ def evaluate(
     labelled = merged["label"] >= 0
     metrics = compute_metrics(merged["scores"][labelled], merged["label"][labelled], num_classes)
     num_seen = int(merged["index"].numel()) + len(merged["missing"])
-    return {
-        "metrics": metrics,
-        "num_videos": int(labelled.sum()),
+    preds = merged["scores"].argmax(dim=1) if merged["scores"].numel() else torch.zeros(0, dtype=torch.long)
+    result: dict[str, Any] = {
+        "top1": 100 * metrics["top1"],
+        "top5": 100 * metrics["top5"],
+        "mean_class_acc": 100 * metrics["mean_class_accuracy"],
+        "per_class_acc": [100 * a for a in metrics["per_class_accuracy"]],
+        "num_evaluated": int(labelled.sum()),
         "num_unlabelled": int((~labelled).sum()),
         "num_missing": len(merged["missing"]),
         "missing": merged["missing"],
         "dataset_size": dataset_size,
         "num_classes": num_classes,
         "protocol": protocol_record(cfg, protocol),
-        "predictions": {"index": merged["index"], "label": merged["label"], "scores": merged["scores"]},
+        "per_video": [
+            {"index": i, "label": y, "pred": p}
+            for i, y, p in zip(merged["index"].tolist(), merged["label"].tolist(), preds.tolist(), strict=True)
+        ],
         "world_size": world_size,
         "num_repeats_dropped": merged["num_repeats_dropped"],
         "elapsed_s": elapsed,
         "videos_per_s": num_seen / elapsed if elapsed > 0 else float("nan"),
     }
+    if return_scores:
+        result["scores"] = {"index": merged["index"], "label": merged["label"], "scores": merged["scores"]}
+        result["confusion_matrix"] = metrics["confusion_matrix"]
+    return result

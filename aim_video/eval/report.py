@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from aim_video.eval.metrics import top_confused_pairs
+from aim_video.eval.metrics import confusion_from_predictions, top_confused_pairs
 
 
 def _atomic(path: str, write: Callable[[str], None]) -> str:
@@ -50,19 +50,6 @@ def sha256_file(path: str, block: int = 1 << 22) -> str:
     return digest.hexdigest()
 
 
-def load_class_names(path: str, num_classes: int) -> list[str]:
-    """Class names, one per line in index order; ``"0" .. "K-1"`` when ``path`` is empty."""
-    if not path:
-        return [str(i) for i in range(num_classes)]
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"class map not found: {path} (data.class_map: one class name per line)")
-    with open(path) as f:
-        names = [line.strip() for line in f if line.strip()]
-    if len(names) != num_classes:
-        raise ValueError(f"{path} lists {len(names)} class names, the model has {num_classes} classes")
-    return names
-
-
 def _json_safe(value: Any) -> Any:
     """NaN -> null (strict JSON), tensors -> lists."""
     if isinstance(value, torch.Tensor):
@@ -77,21 +64,36 @@ def _json_safe(value: Any) -> Any:
 
 
 def results_record(
-    result: dict[str, Any], config: dict[str, Any], checkpoint: str, checkpoint_sha256: str, split: str
+    result: dict[str, Any],
+    config: dict[str, Any],
+    checkpoint: str,
+    checkpoint_sha256: str,
+    split: str,
+    dropped_files: Sequence[str] = (),
+    paths: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    """The JSON-ready summary of an :func:`~aim_video.eval.multiview.evaluate` result (accuracies in percent)."""
-    m = result["metrics"]
+    """The results JSON for an :func:`~aim_video.eval.multiview.evaluate` result (accuracies in percent).
+
+    ``dropped_files``: list entries whose file did not exist (``data.missing_files=drop`` removed them before the
+    dataset was built); they join ``missing`` with index null and count in ``num_listed``. ``paths``: the split's
+    video paths by dataset index, added to every ``per_video`` entry.
+    """
+    reason = "file not found; dropped from the list (data.missing_files=drop)"
+    missing = [*result["missing"], *({"index": None, "path": p, "reason": reason} for p in dropped_files)]
+    listed = result["dataset_size"] + len(dropped_files)
+    per_video = result["per_video"]
+    if paths is not None:
+        per_video = [{**v, "path": paths[v["index"]]} for v in per_video]
     return _json_safe(
         {
-            "top1": 100 * m["top1"],
-            "top5": 100 * m["top5"],
-            "mean_class_accuracy": 100 * m["mean_class_accuracy"],
-            "num_videos_evaluated": result["num_videos"],
-            "num_missing": result["num_missing"],
+            "metrics": {key: result[key] for key in ("top1", "top5", "mean_class_acc", "per_class_acc")},
+            "num_evaluated": result["num_evaluated"],
+            "num_missing": len(missing),
             "num_unlabelled": result["num_unlabelled"],
             "dataset_size": result["dataset_size"],
-            "note": f"metrics over {result['num_videos']} of {result['dataset_size']} videos; "
-            f"{result['num_missing']} unreadable (listed in 'missing', not substituted)",
+            "num_listed": listed,
+            "note": f"metrics over {result['num_evaluated']} of {listed} listed videos; {len(missing)} missing or "
+            "unreadable (listed in 'missing', not substituted)",
             "split": split,
             "protocol": result["protocol"],
             "checkpoint": os.path.abspath(checkpoint),
@@ -99,8 +101,8 @@ def results_record(
             "world_size": result["world_size"],
             "elapsed_s": result["elapsed_s"],
             "videos_per_s": result["videos_per_s"],
-            "missing": result["missing"],
-            "per_class_accuracy": [100 * a for a in m["per_class_accuracy"]],
+            "missing": missing,
+            "per_video": per_video,
             "config": config,
         }
     )
@@ -112,25 +114,23 @@ def write_results_json(record: dict[str, Any], path: str) -> str:
 
 def write_per_class_csv(result: dict[str, Any], class_names: Sequence[str], path: str) -> str:
     """One row per class: support, correct, accuracy (%), and the class it is most often mistaken for."""
-    m = result["metrics"]
-    confusion = m["confusion_matrix"].long()
+    confusion = confusion_from_predictions(result["per_video"], len(class_names))
     off = confusion.clone()
     off.fill_diagonal_(0)
     buf = io.StringIO()
     writer = csv.writer(buf)
     writer.writerow(["class_index", "class_name", "support", "correct", "accuracy", "most_confused_with", "count"])
     for k, name in enumerate(class_names):
-        support, correct = int(m["support"][k]), int(confusion[k, k])
-        acc = m["per_class_accuracy"][k]
+        acc = result["per_class_acc"][k]
         worst = int(off[k].argmax())
         worst_count = int(off[k, worst])
         writer.writerow(
             [
                 k,
                 name,
-                support,
-                correct,
-                "" if math.isnan(acc) else f"{100 * acc:.2f}",
+                int(confusion[k].sum()),
+                int(confusion[k, k]),
+                "" if acc is None or math.isnan(acc) else f"{acc:.2f}",
                 class_names[worst] if worst_count else "",
                 worst_count if worst_count else "",
             ]
@@ -190,8 +190,10 @@ def plot_confusion(confusion: torch.Tensor, class_names: Sequence[str], path: st
 
 
 def write_scores(result: dict[str, Any], path: str, metadata: dict[str, Any] | None = None) -> str:
-    """Per-video averaged scores for ensembling: safetensors ``index`` [N], ``label`` [N], ``scores`` [N, K]."""
-    preds = result["predictions"]
+    """Per-video averaged scores for ensembling: safetensors ``index`` [N], ``label`` [N], ``scores`` [N, K].
+
+    Needs a result of ``evaluate(..., return_scores=True)``."""
+    preds = result["scores"]
     tensors = {
         "index": preds["index"].long().contiguous(),
         "label": preds["label"].long().contiguous(),

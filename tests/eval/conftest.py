@@ -55,3 +55,84 @@ class TinyClassifier(torch.nn.Module):
         self.calls.append(int(x.shape[0]))
         pooled = torch.nn.functional.adaptive_avg_pool2d(x.mean(dim=1), 2)  # [B, C, 2, 2]
         return self.head(pooled.flatten(1)) * 4.0
+
+
+# --- real pieces: tiny videos on disk, a tiny AIM checkpoint (needs the data loader and the model) ---
+
+TINY_VIT = dict(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=4)
+BAND_COLOURS = ((230, 30, 30), (30, 230, 30), (30, 30, 230), (230, 230, 30))  # four vertical bands, left to right
+
+
+def band_video(num_frames: int, height: int = 32, width: int = 64, tint: int = 0) -> torch.Tensor:
+    """uint8 ``[T, H, W, 3]``: four flat colour bands across the width; frame t has a grey top strip of level 8 t
+    (readable back after lossy coding) and ``tint`` shifts the colours so videos of different classes differ."""
+    frames = torch.zeros(num_frames, height, width, 3, dtype=torch.uint8)
+    band = width // 4
+    for b, colour in enumerate(BAND_COLOURS):
+        frames[:, :, b * band : (b + 1) * band] = torch.tensor(colour).clamp(0, 255 - tint) + tint
+    for t in range(num_frames):
+        frames[t, : height // 4] = 8 * t
+    return frames
+
+
+def write_split(root: str, num_videos: int, num_classes: int, corrupt: tuple[int, ...] = (), num_frames: int = 24):
+    """``root/videos/vNN.mp4`` (label i % num_classes; the ``corrupt`` ones are junk bytes) and ``root/val.txt``."""
+    import os
+
+    from aim_video.data import decode
+
+    os.makedirs(os.path.join(root, "videos"), exist_ok=True)
+    lines = []
+    for i in range(num_videos):
+        path = os.path.join(root, "videos", f"v{i:02d}.mp4")
+        if i in corrupt:
+            with open(path, "wb") as f:
+                f.write(b"\x00\x00\x00\x18ftypmp42 this is not a video" * 4)
+        else:
+            decode.write_video(path, band_video(num_frames, tint=12 * (i % num_classes)), fps=25.0, gop=8)
+        lines.append(f"videos/v{i:02d}.mp4 {i % num_classes}")
+    with open(os.path.join(root, "val.txt"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return os.path.join(root, "val.txt")
+
+
+def tiny_config(root: str, num_classes: int = 3):
+    from aim_video.config import Config
+
+    cfg = Config()
+    cfg.output_dir = f"{root}/run"
+    cfg.data.root, cfg.data.val_list = root, f"{root}/val.txt"
+    cfg.data.num_classes = cfg.model.num_classes = num_classes
+    cfg.data.num_frames, cfg.data.frame_stride = 4, 2
+    cfg.data.input_size = cfg.data.test_short_side = 32
+    cfg.data.num_workers, cfg.data.backend, cfg.data.fallback_backend = 0, "pyav", ""
+    cfg.model.arch, cfg.model.vit_kwargs = "vit_base_patch16_clip_quickgelu_224", dict(TINY_VIT)
+    cfg.model.drop_path_rate = cfg.model.head_dropout = 0.0
+    cfg.model.pretrained = f"{root}/backbone.safetensors"
+    cfg.train.precision = "fp32"
+    cfg.eval.batch_size = 1
+    return cfg
+
+
+def write_tiny_checkpoint(cfg, folder: str) -> str:
+    """A frozen backbone file at ``cfg.model.pretrained`` and ``folder/trainable.safetensors`` with perturbed adapters
+    (so the adapters change the output) and the config in its metadata, as the engine writes them."""
+    import os
+
+    import timm
+    from safetensors.torch import save_file
+
+    from aim_video.config import to_yaml
+    from aim_video.models.build import build_model
+    from aim_video.models.trainable_io import save_trainable
+
+    torch.manual_seed(0)
+    vit = timm.create_model(cfg.model.arch, pretrained=False, num_classes=0, **cfg.model.vit_kwargs)
+    save_file({k: v.contiguous() for k, v in vit.state_dict().items()}, cfg.model.pretrained)
+    model = build_model(cfg.model, cfg.data.num_frames)
+    g = torch.Generator().manual_seed(1)
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name in model.trainable_parameter_names():
+            params[name].add_(0.5 * torch.randn(params[name].shape, generator=g))
+    return save_trainable(model, os.path.join(folder, "trainable.safetensors"), {"config": to_yaml(cfg), "step": 7})

@@ -1,3 +1,4 @@
+import json
 import math
 import os
 
@@ -103,11 +104,11 @@ def test_evaluate_matches_per_video_hand_computation_and_lists_missing(average):
     cfg = _cfg(average)
     dataset = SyntheticViews(size=9, num_views=6, num_classes=NUM_CLASSES, broken=(4,))
     model = TinyClassifier(NUM_CLASSES)
-    result = evaluate(model, synthetic_loader(dataset, batch_size=2), cfg, "cpu", progress=False)
+    result = evaluate(model, synthetic_loader(dataset, batch_size=2), cfg, "cpu", progress=False, return_scores=True)
 
     assert result["missing"] == [{"index": 4, "path": "videos/004.mp4", "reason": "cannot decode: moov atom not found"}]
-    assert result["num_videos"] == 8 and result["num_missing"] == 1 and result["dataset_size"] == 9
-    preds = result["predictions"]
+    assert result["num_evaluated"] == 8 and result["num_missing"] == 1 and result["dataset_size"] == 9
+    preds = result["scores"]
     assert preds["index"].tolist() == [0, 1, 2, 3, 5, 6, 7, 8]  # the broken video is not substituted
     expected = []
     for i in preds["index"].tolist():
@@ -119,8 +120,15 @@ def test_evaluate_matches_per_video_hand_computation_and_lists_missing(average):
         expected.append(logits.softmax(-1).mean(0) if average == "prob" else logits.mean(0))
     assert torch.allclose(preds["scores"], torch.stack(expected), atol=1e-5)
     reference = compute_metrics(torch.stack(expected), preds["label"], NUM_CLASSES)
-    assert result["metrics"]["top1"] == pytest.approx(reference["top1"])
-    assert int(result["metrics"]["confusion_matrix"].sum()) == 8
+    assert result["top1"] == pytest.approx(100 * reference["top1"])
+    assert result["mean_class_acc"] == pytest.approx(100 * reference["mean_class_accuracy"])
+    assert torch.equal(result["confusion_matrix"], reference["confusion_matrix"])
+    argmax = torch.stack(expected).argmax(1).tolist()
+    assert result["per_video"] == [
+        {"index": i, "label": y, "pred": p}
+        for i, y, p in zip(preds["index"].tolist(), preds["label"].tolist(), argmax, strict=True)
+    ]
+    json.dumps({k: v for k, v in result.items() if k not in ("scores", "confusion_matrix")})  # a log can store it
     assert result["protocol"]["label"] == "8x2x3" and result["protocol"]["average"] == average
 
 
@@ -129,14 +137,18 @@ def test_strict_makes_missing_videos_fatal():
     cfg.eval.strict = True
     dataset = SyntheticViews(size=3, num_views=6, num_classes=NUM_CLASSES, broken=(1,))
     with pytest.raises(MissingVideosError, match="videos/001.mp4: cannot decode"):
-        evaluate(TinyClassifier(NUM_CLASSES), synthetic_loader(dataset, 2), cfg, "cpu", progress=False)
+        evaluate(
+            TinyClassifier(NUM_CLASSES), synthetic_loader(dataset, 2), cfg, "cpu", progress=False, return_scores=True
+        )
 
 
 def test_wrong_view_count_is_named():
     cfg = _cfg(clips=3, crops=1)
     dataset = SyntheticViews(size=2, num_views=6, num_classes=NUM_CLASSES)
     with pytest.raises(ValueError, match=r"expected \[B, 3, T, C, H, W\]"):
-        evaluate(TinyClassifier(NUM_CLASSES), synthetic_loader(dataset, 2), cfg, "cpu", progress=False)
+        evaluate(
+            TinyClassifier(NUM_CLASSES), synthetic_loader(dataset, 2), cfg, "cpu", progress=False, return_scores=True
+        )
 
 
 SIZE, BROKEN = 11, (3, 10)  # odd size: the sampler pads rank 1 with video 0
@@ -147,22 +159,38 @@ def _two_rank_worker(rank: int, world_size: int, init_file: str, out_dir: str) -
     try:
         dataset = SyntheticViews(size=SIZE, num_views=6, num_classes=NUM_CLASSES, broken=BROKEN)
         loader = synthetic_loader(dataset, batch_size=1, rank=rank, world_size=world_size)
-        result = evaluate(TinyClassifier(NUM_CLASSES), loader, _cfg(), "cpu", progress=False)
+        result = evaluate(TinyClassifier(NUM_CLASSES), loader, _cfg(), "cpu", progress=False, return_scores=True)
         torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
 
 
+@pytest.mark.slow  # ~30 s on the shared 2-core machine: two spawned processes import torch
 def test_two_ranks_count_each_video_once_and_equal_one_rank(tmp_path):
     dataset = SyntheticViews(size=SIZE, num_views=6, num_classes=NUM_CLASSES, broken=BROKEN)
-    single = evaluate(TinyClassifier(NUM_CLASSES), synthetic_loader(dataset, 1), _cfg(), "cpu", progress=False)
+    single = evaluate(
+        TinyClassifier(NUM_CLASSES), synthetic_loader(dataset, 1), _cfg(), "cpu", progress=False, return_scores=True
+    )
     mp.spawn(_two_rank_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
     for rank in range(2):
         multi = torch.load(tmp_path / f"rank{rank}.pt", weights_only=False)
         assert multi["world_size"] == 2 and multi["num_repeats_dropped"] == 1
-        assert multi["predictions"]["index"].tolist() == [i for i in range(SIZE) if i not in BROKEN]
+        assert multi["scores"]["index"].tolist() == [i for i in range(SIZE) if i not in BROKEN]
         assert [m["index"] for m in multi["missing"]] == list(BROKEN)
-        assert torch.equal(multi["predictions"]["scores"], single["predictions"]["scores"])
-        for key in ("top1", "top5", "mean_class_accuracy"):
-            assert multi["metrics"][key] == single["metrics"][key]
-        assert torch.equal(multi["metrics"]["confusion_matrix"], single["metrics"]["confusion_matrix"])
+        assert torch.equal(multi["scores"]["scores"], single["scores"]["scores"])
+        for key in ("top1", "top5", "mean_class_acc", "per_video", "num_evaluated"):
+            assert multi[key] == single[key], key
+        assert torch.equal(multi["confusion_matrix"], single["confusion_matrix"])
+
+
+def test_bf16_model_gets_bf16_inputs_on_its_own_device():
+    # DeepSpeed's engine.module holds bf16 weights: evaluate must feed it bf16 and find its device by itself
+    cfg = _cfg()
+    dataset = SyntheticViews(size=3, num_views=6, num_classes=NUM_CLASSES)
+    model = TinyClassifier(NUM_CLASSES).to(torch.bfloat16)
+    result = evaluate(model, synthetic_loader(dataset, 2), cfg, progress=False, return_scores=True)
+    assert result["scores"]["scores"].dtype == torch.float32 and result["num_evaluated"] == 3
+    reference = evaluate(
+        TinyClassifier(NUM_CLASSES), synthetic_loader(dataset, 2), cfg, progress=False, return_scores=True
+    )
+    assert torch.allclose(result["scores"]["scores"], reference["scores"]["scores"], atol=0.05)

@@ -9,7 +9,6 @@ from safetensors import safe_open
 from aim_video.config import Config, to_dict
 from aim_video.eval.multiview import evaluate
 from aim_video.eval.report import (
-    load_class_names,
     plot_confusion,
     results_record,
     sha256_file,
@@ -25,7 +24,9 @@ def _result(num_classes: int = 4):
     cfg.model.num_classes = num_classes
     cfg.data.test_num_clips, cfg.data.test_num_crops = 1, 3
     dataset = SyntheticViews(size=7, num_views=3, num_classes=num_classes, broken=(2,))
-    return cfg, evaluate(TinyClassifier(num_classes), synthetic_loader(dataset, 3), cfg, "cpu", progress=False)
+    return cfg, evaluate(
+        TinyClassifier(num_classes), synthetic_loader(dataset, 3), cfg, "cpu", progress=False, return_scores=True
+    )
 
 
 def test_results_json_lists_the_missing_video_and_scores_the_rest(tmp_path):
@@ -36,11 +37,12 @@ def test_results_json_lists_the_missing_video_and_scores_the_rest(tmp_path):
     path = write_results_json(record, str(tmp_path / "out" / "results.json"))
     loaded = json.loads(open(path).read())
     assert loaded["missing"] == [{"index": 2, "path": "videos/002.mp4", "reason": "cannot decode: moov atom not found"}]
-    assert loaded["num_videos_evaluated"] == 6 and loaded["dataset_size"] == 7 and loaded["num_missing"] == 1
+    assert loaded["num_evaluated"] == 6 and loaded["dataset_size"] == 7 and loaded["num_missing"] == 1
     assert loaded["checkpoint_sha256"] == hashlib.sha256(b"weights").hexdigest()
-    assert loaded["per_class_accuracy"][7] is None
+    assert loaded["metrics"]["per_class_acc"][7] is None
     assert loaded["protocol"]["num_crops"] == 3 and loaded["config"]["model"]["num_classes"] == 8
-    assert abs(loaded["top1"] - 100 * result["metrics"]["top1"]) < 1e-9
+    assert loaded["metrics"]["top1"] == result["top1"] and loaded["per_video"] == result["per_video"]
+    assert [v["index"] for v in loaded["per_video"]] == [0, 1, 3, 4, 5, 6]
     assert not list((tmp_path / "out").glob("*.tmp*"))
 
 
@@ -48,7 +50,7 @@ def test_per_class_csv_rows_match_the_confusion_matrix(tmp_path):
     _, result = _result()
     names = ["walk", "run", "jump", "swim"]
     rows = list(csv.DictReader(open(write_per_class_csv(result, names, str(tmp_path / "per_class.csv")))))
-    cm = result["metrics"]["confusion_matrix"]
+    cm = result["confusion_matrix"]
     assert [r["class_name"] for r in rows] == names
     for k, row in enumerate(rows):
         assert int(row["support"]) == int(cm[k].sum()) and int(row["correct"]) == int(cm[k, k])
@@ -70,18 +72,6 @@ def test_scores_file_round_trips(tmp_path):
     _, result = _result()
     path = write_scores(result, str(tmp_path / "scores.safetensors"))
     with safe_open(path, framework="pt") as f:
-        assert torch.equal(f.get_tensor("index"), result["predictions"]["index"])
-        assert torch.equal(f.get_tensor("scores"), result["predictions"]["scores"])
+        assert torch.equal(f.get_tensor("index"), result["scores"]["index"])
+        assert torch.equal(f.get_tensor("scores"), result["scores"]["scores"])
         assert json.loads(f.metadata()["protocol"])["num_views"] == 3
-
-
-def test_class_map(tmp_path):
-    (tmp_path / "classes.txt").write_text("a\nb\n\nc\n")
-    assert load_class_names(str(tmp_path / "classes.txt"), 3) == ["a", "b", "c"]
-    assert load_class_names("", 2) == ["0", "1"]
-    try:
-        load_class_names(str(tmp_path / "classes.txt"), 4)
-    except ValueError as err:
-        assert "3 class names" in str(err)
-    else:
-        raise AssertionError("a class map of the wrong length must fail")

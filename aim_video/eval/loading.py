@@ -1,0 +1,116 @@
+"""Checkpoint -> (config, model) for evaluation and inference, and the process group for multi-rank testing.
+
+A checkpoint is given as any of: the exported ``model_trainable.safetensors`` (or any trainable-weights file), an
+engine checkpoint folder (``step_XXXXXXXX/`` holding ``trainable.safetensors``), the engine's ``checkpoints/`` folder
+(its ``latest`` pointer is followed) or a run's output folder. The file's ``config`` metadata is the resolved
+config it was trained with; the frozen backbone comes from ``cfg.model.pretrained``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from omegaconf import OmegaConf
+
+from aim_video.config import Config, from_dict, load_config, save_config, to_dict
+from aim_video.models.build import build_model
+from aim_video.models.trainable_io import load_trainable, read_trainable
+
+log = logging.getLogger(__name__)
+
+
+def resolve_checkpoint(path: str) -> str:
+    """The trainable-weights file that ``path`` designates (see the module docstring for the accepted forms)."""
+    if os.path.isfile(path):
+        return path
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    for name in ("trainable.safetensors", "model_trainable.safetensors"):
+        if os.path.isfile(os.path.join(path, name)):
+            return os.path.join(path, name)
+    for root in (path, os.path.join(path, "checkpoints")):
+        pointer = os.path.join(root, "latest")
+        if os.path.isfile(pointer):
+            with open(pointer) as f:
+                name = f.read().strip()
+            candidate = os.path.join(root, name, "trainable.safetensors")
+            if os.path.isfile(candidate):
+                return candidate
+            raise FileNotFoundError(f"{pointer} names '{name}', which has no trainable.safetensors ({candidate})")
+    raise FileNotFoundError(
+        f"{path} holds no trainable.safetensors, model_trainable.safetensors or 'latest' pointer: pass an engine "
+        "checkpoint folder (checkpoints/step_XXXXXXXX) or the exported model_trainable.safetensors"
+    )
+
+
+def checkpoint_config(path: str) -> Config | None:
+    """The resolved config stored in a trainable-weights file, or None when it has none."""
+    _, meta = read_trainable(path)
+    if "config" not in meta:
+        return None
+    return from_dict(OmegaConf.create(meta["config"]))
+
+
+def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
+    out = []
+    for key in sorted(set(a) | set(b)):
+        va, vb = a.get(key), b.get(key)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += _differences(va, vb, f"{prefix}{key}.")
+        elif va != vb:
+            out.append(f"{prefix}{key}: {vb!r} (checkpoint) -> {va!r}")
+    return out
+
+
+def resolve_eval_config(checkpoint_file: str, config_path: str | None, overrides: list[str]) -> Config:
+    """``--config`` (or, without one, the checkpoint's own config) plus overrides; model differences are logged."""
+    saved = checkpoint_config(checkpoint_file)
+    if config_path:
+        cfg = load_config(config_path, overrides)
+    elif saved is not None:
+        with tempfile.TemporaryDirectory() as tmp:  # validate the overrides like any CLI: through load_config
+            cfg = load_config(save_config(saved, tmp), overrides)
+    else:
+        raise ValueError(f"{checkpoint_file} carries no 'config' metadata: pass --config with the training YAML")
+    if saved is not None:
+        changed = _differences(to_dict(cfg)["model"], to_dict(saved)["model"], "model.")
+        if cfg.data.num_frames != saved.data.num_frames:
+            changed.append(f"data.num_frames: {saved.data.num_frames} (checkpoint) -> {cfg.data.num_frames}")
+        for line in changed:
+            log.warning("evaluating with a setting that differs from training: %s", line)
+    return cfg
+
+
+def load_model(cfg: Config, checkpoint_file: str, device: torch.device) -> torch.nn.Module:
+    """The AIM model with the frozen backbone from ``cfg.model.pretrained`` and the trainable set from the file."""
+    model = build_model(cfg.model, cfg.data.num_frames)
+    load_trainable(model, checkpoint_file)
+    return model.to(device).eval()
+
+
+@dataclass(frozen=True)
+class Process:
+    rank: int
+    world_size: int
+    device: torch.device
+
+
+def init_process() -> Process:
+    """Join the process group the launcher described (torchrun or the deepspeed launcher set RANK, WORLD_SIZE,
+    LOCAL_RANK, MASTER_ADDR/PORT); a plain run is a world of one. nccl on CUDA, gloo on CPU."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+    else:
+        device = torch.device("cpu")
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", init_method="env://")
+    rank = dist.get_rank() if world_size > 1 else 0
+    return Process(rank=rank, world_size=world_size, device=device)

@@ -1,0 +1,112 @@
+"""tools/test.py end to end on tiny real videos and a tiny AIM checkpoint: outputs, missing videos, 1 vs 2 ranks."""
+
+import csv
+import hashlib
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from tests.eval.conftest import tiny_config, write_split, write_tiny_checkpoint
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(REPO, "tools"))
+import test as test_tool  # noqa: E402  (tools/test.py)
+
+NUM_VIDEOS, CORRUPT, NUM_CLASSES = 7, (3,), 3  # odd: 2 ranks pad one repeat
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> dict:
+    root = str(tmp_path_factory.mktemp("eval_tool"))
+    write_split(root, NUM_VIDEOS, NUM_CLASSES, corrupt=CORRUPT)
+    cfg = tiny_config(root, NUM_CLASSES)
+    cfg.data.test_num_clips = 2
+    ckpt_dir = os.path.join(cfg.output_dir, "checkpoints", "step_00000007")
+    ckpt = write_tiny_checkpoint(cfg, ckpt_dir)
+    with open(os.path.join(cfg.output_dir, "checkpoints", "latest"), "w") as f:
+        f.write("step_00000007")
+    out = os.path.join(root, "out1")
+    assert test_tool.main(["--checkpoint", ckpt_dir, "--out", out, "--save-scores", "--no-progress"]) == 0
+    return {"root": root, "cfg": cfg, "ckpt_dir": ckpt_dir, "ckpt": ckpt, "out": out}
+
+
+def _scores(path: str) -> dict[str, torch.Tensor]:
+    with safe_open(path, framework="pt") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}
+
+
+def test_results_json_lists_the_unreadable_video_and_scores_the_rest(run):
+    results = json.load(open(os.path.join(run["out"], "results.json")))
+    assert [m["index"] for m in results["missing"]] == list(CORRUPT)
+    assert results["missing"][0]["path"].endswith("videos/v03.mp4") and results["missing"][0]["reason"]
+    assert results["num_evaluated"] == NUM_VIDEOS - 1 and results["dataset_size"] == NUM_VIDEOS
+    assert results["checkpoint_sha256"] == hashlib.sha256(open(run["ckpt"], "rb").read()).hexdigest()
+    assert results["protocol"]["label"] == "4x2x1" and results["protocol"]["average"] == "prob"
+    assert results["config"]["model"]["vit_kwargs"]["depth"] == 2 and results["world_size"] == 1
+    scores = _scores(os.path.join(run["out"], "scores.safetensors"))
+    assert scores["index"].tolist() == [i for i in range(NUM_VIDEOS) if i not in CORRUPT]  # not substituted
+    top1 = (scores["scores"].argmax(1) == scores["label"]).float().mean().item()
+    assert results["metrics"]["top1"] == pytest.approx(100 * top1)
+    assert results["per_video"][0]["path"].endswith("videos/v00.mp4")
+    assert [v["pred"] for v in results["per_video"]] == scores["scores"].argmax(1).tolist()
+    assert torch.allclose(scores["scores"].sum(1), torch.ones(NUM_VIDEOS - 1), atol=1e-5)  # mean of softmaxes
+    rows = list(csv.DictReader(open(os.path.join(run["out"], "per_class.csv"))))
+    assert [int(r["support"]) for r in rows] == [2, 2, 2]  # labels i % 3 of videos 0..6 without video 3
+    assert os.path.getsize(os.path.join(run["out"], "confusion.png")) > 10_000
+
+
+def test_checkpoint_forms_resolve_to_the_same_file(run):
+    from aim_video.eval.loading import resolve_checkpoint
+
+    checkpoints = os.path.dirname(run["ckpt_dir"])
+    for form in (run["ckpt"], run["ckpt_dir"], checkpoints, os.path.dirname(checkpoints)):
+        assert resolve_checkpoint(form) == run["ckpt"]
+    with pytest.raises(FileNotFoundError, match="model_trainable.safetensors"):
+        resolve_checkpoint(run["root"])
+
+
+def test_strict_fails_on_the_unreadable_video_and_bad_input_exits_2(run, capsys):
+    assert test_tool.main(["--checkpoint", run["ckpt"], "--strict", "--no-progress", "--out", run["root"]]) == 3
+    assert "v03.mp4" in capsys.readouterr().err
+    assert test_tool.main(["--checkpoint", os.path.join(run["root"], "nope")]) == 2
+    assert test_tool.main(["--checkpoint", run["ckpt"], "eval.protocl=k400"]) == 2
+    assert "eval.protocl" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # ~30 s: two fresh processes import torch, timm and PyAV
+def test_two_ranks_equal_one_rank_exactly(run):
+    out2 = os.path.join(run["root"], "out2")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    cmd += [os.path.join(REPO, "tools", "test.py"), "--checkpoint", run["ckpt_dir"], "--out", out2, "--save-scores"]
+    env = {**os.environ, "PYTHONPATH": REPO, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    one = json.load(open(os.path.join(run["out"], "results.json")))
+    two = json.load(open(os.path.join(out2, "results.json")))
+    assert two["world_size"] == 2
+    for key in ("metrics", "missing", "num_evaluated", "per_video"):
+        assert two[key] == one[key], key
+    s1, s2 = _scores(os.path.join(run["out"], "scores.safetensors")), _scores(os.path.join(out2, "scores.safetensors"))
+    assert torch.equal(s1["index"], s2["index"]) and torch.equal(s1["scores"], s2["scores"])
+
+
+def test_a_listed_file_that_does_not_exist_is_reported_missing(run, capsys):
+    listed = os.path.join(run["root"], "with_absent.txt")
+    with open(os.path.join(run["root"], "val.txt")) as src, open(listed, "w") as dst:
+        dst.write(src.read() + "videos/absent.mp4 1\n")
+    out = os.path.join(run["root"], "out_absent")
+    base = ["--checkpoint", run["ckpt"], "--no-progress", f"data.val_list={listed}"]
+    assert test_tool.main([*base, "--out", out, "data.missing_files=drop"]) == 0
+    results = json.load(open(os.path.join(out, "results.json")))
+    absent = [m for m in results["missing"] if m["path"].endswith("absent.mp4")]
+    assert len(absent) == 1 and absent[0]["index"] is None and "not found" in absent[0]["reason"]
+    assert results["num_missing"] == 2 and results["num_listed"] == NUM_VIDEOS + 1
+    assert results["num_evaluated"] == NUM_VIDEOS - 1  # the metrics are over the readable videos only
+    assert test_tool.main([*base, "--strict", "data.missing_files=drop"]) == 3
+    assert test_tool.main(base) == 2  # data.missing_files=fail (default): the list is rejected, naming the file
+    assert "absent.mp4" in capsys.readouterr().err

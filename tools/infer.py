@@ -1,0 +1,87 @@
+"""Classify one video: the top-5 class names with probabilities, from a trained checkpoint and a class map.
+
+    python tools/infer.py VIDEO --checkpoint runs/k400/model_trainable.safetensors [--class-map classes.txt] \\
+        [--config configs/k400.yaml] [--top-k 5] [eval.protocol=k400 ...]
+
+The video is tested like the evaluation split (the config's view protocol, one decode for all views). With
+``eval.average=score`` the probabilities are the softmax of the mean logits. Exit status 1: the video cannot be read;
+2: bad arguments, config or checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+
+from aim_video.config import ConfigError  # noqa: E402
+from aim_video.data.annotations import VideoRecord, read_class_map  # noqa: E402
+from aim_video.data.dataset import MultiViewDataset  # noqa: E402
+from aim_video.data.loader import resolve_classes  # noqa: E402
+from aim_video.data.transforms import build_eval_transform  # noqa: E402
+from aim_video.eval.loading import load_model, resolve_checkpoint, resolve_eval_config  # noqa: E402
+from aim_video.eval.multiview import apply_protocol, average_views, forward_views  # noqa: E402
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("video")
+    p.add_argument("--checkpoint", required=True, help="model_trainable.safetensors or an engine checkpoint folder")
+    p.add_argument("--config", default=None, help="YAML (default: the config stored in the checkpoint)")
+    p.add_argument("--class-map", default=None, help="class names, one per line (default: data.class_map)")
+    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("overrides", nargs="*", help="section.key=value config overrides")
+    return p.parse_intermixed_args(argv)  # overrides may come before or after options
+
+
+def predict(model: torch.nn.Module, dataset: MultiViewDataset, cfg, device: torch.device) -> torch.Tensor:
+    """Class probabilities ``[K]`` for the dataset's single video; raises RuntimeError if it cannot be read."""
+    item = dataset[0]
+    if item["error"] is not None:
+        raise RuntimeError(f"{item['path']}: {item['error']}")
+    logits = forward_views(model, item["video"][None], cfg.data.mean, cfg.data.std, cfg.eval.view_chunk, device)
+    scores = average_views(logits, cfg.eval.average)[0]  # [K]
+    return scores if cfg.eval.average == "prob" else scores.softmax(dim=-1)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        checkpoint_file = resolve_checkpoint(args.checkpoint)
+        cfg = resolve_eval_config(checkpoint_file, args.config, args.overrides)
+        apply_protocol(cfg)
+        names = read_class_map(args.class_map) if args.class_map else resolve_classes(cfg)
+        if names is not None and len(names) != cfg.model.num_classes:
+            raise ValueError(f"the class map lists {len(names)} classes, the model has {cfg.model.num_classes}")
+        model = load_model(cfg, checkpoint_file, device)
+    except (ConfigError, FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if not os.path.isfile(args.video):
+        print(f"error: video not found: {args.video}", file=sys.stderr)
+        return 1
+    d = cfg.data
+    transform = build_eval_transform(d.test_short_side, d.input_size, d.test_num_crops)
+    dataset = MultiViewDataset(
+        [VideoRecord(path=args.video, label=-1)], transform, d.sampling, d.num_frames, d.frame_stride,
+        d.test_num_clips, d.short_video, d.backend, d.fallback_backend, d.num_threads,
+    )  # fmt: skip
+    try:
+        probs = predict(model, dataset, cfg, device)
+    except RuntimeError as err:
+        print(f"error: cannot read the video: {err}", file=sys.stderr)
+        return 1
+    top = probs.topk(min(args.top_k, probs.numel()))
+    print(f"{args.video} ({d.test_num_clips} clips x {d.test_num_crops} crops, {cfg.eval.average} averaging):")
+    for rank, (p, k) in enumerate(zip(top.values.tolist(), top.indices.tolist(), strict=True), start=1):
+        print(f"{rank:2d}. {names[k] if names else k:<40} {p:.4f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

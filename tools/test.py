@@ -1,0 +1,119 @@
+"""Evaluate a checkpoint with multi-view testing on a split; one process or N ranks (torchrun / deepspeed launcher).
+
+    python tools/test.py --checkpoint runs/k400/model_trainable.safetensors [--config configs/k400.yaml] \\
+        [--split val] [--out DIR] [--strict] [--save-scores] [eval.protocol=k400 eval.view_chunk=6 ...]
+    torchrun --nproc_per_node 8 tools/test.py --checkpoint runs/k400/checkpoints/step_00012000
+    deepspeed --num_gpus 8 tools/test.py --checkpoint runs/k400
+
+Writes results.json (metrics, protocol, videos evaluated, missing list, checkpoint sha256, resolved config),
+per_class.csv, confusion.png and, with --save-scores, scores.safetensors (per-video averaged scores).
+Exit status 2: bad config or arguments; 3: missing videos under --strict.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch.distributed as dist  # noqa: E402
+
+from aim_video.config import ConfigError, to_dict  # noqa: E402
+from aim_video.data.loader import build_eval_loader, load_split, resolve_classes  # noqa: E402
+from aim_video.eval.loading import init_process, load_model, resolve_checkpoint, resolve_eval_config  # noqa: E402
+from aim_video.eval.multiview import MissingVideosError, apply_protocol, evaluate  # noqa: E402
+from aim_video.eval.report import (  # noqa: E402
+    plot_confusion,
+    results_record,
+    sha256_file,
+    write_per_class_csv,
+    write_results_json,
+    write_scores,
+)
+from aim_video.models.pretrained import PretrainedLoadError  # noqa: E402
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True, help="engine checkpoint folder, checkpoints/ root, run folder or "
+                   "model_trainable.safetensors")  # fmt: skip
+    p.add_argument("--config", default=None, help="YAML (default: the config stored in the checkpoint)")
+    p.add_argument("--split", default="val", choices=("val", "test"))
+    p.add_argument("--out", default=None, help="output folder (default: <output_dir>/eval/<checkpoint>-<split>)")
+    p.add_argument("--strict", action="store_true", help="missing or unreadable videos are fatal")
+    p.add_argument("--save-scores", action="store_true", help="also write per-video scores (for ensembling)")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)  # deepspeed
+    p.add_argument("overrides", nargs="*", help="section.key=value config overrides")
+    return p.parse_intermixed_args(argv)  # overrides may come before or after options
+
+
+def _default_out(cfg_output_dir: str, checkpoint_file: str, split: str) -> str:
+    folder = os.path.dirname(os.path.abspath(checkpoint_file))
+    name = os.path.basename(folder) if os.path.basename(checkpoint_file) == "trainable.safetensors" else "export"
+    return os.path.join(cfg_output_dir, "eval", f"{name}-{split}")
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        checkpoint_file = resolve_checkpoint(args.checkpoint)
+        cfg = resolve_eval_config(checkpoint_file, args.config, args.overrides)
+        protocol = apply_protocol(cfg)
+        names = resolve_classes(cfg) or [str(i) for i in range(cfg.model.num_classes)]
+        if len(names) != cfg.model.num_classes:
+            raise ValueError(f"the class map lists {len(names)} classes, model.num_classes is {cfg.model.num_classes}")
+    except (ConfigError, FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    proc = init_process()
+    strict = args.strict or cfg.eval.strict
+    try:
+        model = load_model(cfg, checkpoint_file, proc.device)
+        loader = build_eval_loader(cfg, args.split, proc.rank, proc.world_size)
+        dropped = load_split(cfg, args.split).missing if cfg.data.missing_files == "drop" else []
+        if strict and dropped:
+            raise MissingVideosError(f"{len(dropped)} listed videos do not exist (strict evaluation): {dropped[:10]}")
+        result = evaluate(
+            model, loader, cfg, proc.device, progress=not args.no_progress, strict=strict, return_scores=True
+        )
+    except (ValueError, FileNotFoundError, PretrainedLoadError) as err:  # bad list, labels, weights
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except MissingVideosError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 3
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    if proc.rank != 0:
+        return 0
+
+    out = args.out or _default_out(cfg.output_dir, checkpoint_file, args.split)
+    sha256 = sha256_file(checkpoint_file)
+    paths = [r.path for r in loader.dataset.records]
+    record = results_record(result, to_dict(cfg), checkpoint_file, sha256, args.split, dropped, paths)
+    write_results_json(record, os.path.join(out, "results.json"))
+    write_per_class_csv(result, names, os.path.join(out, "per_class.csv"))
+    plot_confusion(result["confusion_matrix"], names, os.path.join(out, "confusion.png"))
+    if args.save_scores or cfg.eval.save_scores:
+        write_scores(
+            result, os.path.join(out, "scores.safetensors"), {"checkpoint_sha256": record["checkpoint_sha256"]}
+        )
+    scores = " ".join(f"{key} {_pct(record['metrics'][key])}" for key in ("top1", "top5", "mean_class_acc"))
+    counts = f"{record['num_evaluated']} of {record['num_listed']} videos ({record['num_missing']} missing)"
+    print(f"{args.split} [{protocol.name} {record['protocol']['label']}, {cfg.eval.average}]: {scores} over {counts}")
+    print(f"results: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
