@@ -128,7 +128,8 @@ def summary_text(result: dict[str, Any]) -> str:
     parts += [
         f"end to end: {e2e['steps']} real steps, batch {e2e['batch_size']}, {e2e['workers']} worker(s): "
         f"{e2e['clips_per_s']:.1f} clips/s, waiting for data {100 * e2e['data_wait_share']:.0f}% "
-        f"({e2e['wait_ms_per_step']:.1f} ms wait + {e2e['compute_ms_per_step']:.1f} ms compute per step)",
+        f"({e2e['wait_ms_per_step']:.1f} ms wait + {e2e['compute_ms_per_step']:.1f} ms compute per step)"
+        + (f", MFU {100 * e2e['mfu']:.1f}%" if e2e.get("mfu") is not None else ""),
         f"verdict: {result['verdict']['text']}",
     ]
     return "\n".join(parts)

@@ -89,6 +89,9 @@ def run_profile(cfg: Config, out_dir: str, trace: bool = False, log: Callable[[s
     trace_dir = out_dir if trace or p.trace else None
     e2e = end_to_end(cfg, model, optimizer, device, dtype, p.steps, p.loader_delay_s, trace_dir)
 
+    e2e["train_tflops"] = flops["train"] * e2e["clips_per_s"] / 1e12
+    e2e["mfu"] = mfu(flops["train"], e2e["clips_per_s"], peak.get("peak_tflops"))
+
     result: dict[str, Any] = {
         "schema_version": 1,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

@@ -21,6 +21,7 @@ import dataclasses
 import os
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -123,7 +124,9 @@ def loader_sweep(cfg: Config, workers: list[int], batches: int, delay_s: float =
         loader = profiling_loader(cfg, num_workers, delay_s)
         stream = endless_batches(loader)
         start = time.perf_counter()
-        next(stream)
+        with warnings.catch_warnings():  # more workers than cores is the point of a sweep (the report names cores)
+            warnings.filterwarnings("ignore", message="This DataLoader will create", category=UserWarning)
+            next(stream)
         startup = time.perf_counter() - start
         for _ in range(max(0, num_workers - 1)):  # one batch per worker: every worker is running before timing
             next(stream)

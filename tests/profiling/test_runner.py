@@ -43,6 +43,7 @@ def test_profile_json_has_every_field_with_sane_values(baseline: dict) -> None:
     assert e2e["steps"] == 3 and e2e["batch_size"] == 4 and e2e["workers"] == 1
     assert 0 <= e2e["data_wait_share"] < 1
     assert e2e["compute_clips_per_s"] >= e2e["clips_per_s"] > 0
+    assert e2e["train_tflops"] > 0 and e2e["mfu"] is None
     v = r["verdict"]
     assert v["bound"] in ("loader", "compute") and v["workers_needed"] >= 1 and v["text"]
     assert r["device"]["type"] == "cpu" and r["device"]["cpu_cores"] >= 1
