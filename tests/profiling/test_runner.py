@@ -6,6 +6,7 @@ import json
 import os
 
 import pytest
+import torch
 
 from aim_video.profiling.runner import run_profile
 from tests.profiling.conftest import tiny_config
@@ -66,3 +67,15 @@ def test_verdict_flips_when_the_loader_is_slowed(baseline: dict, demo_root, tmp_
     assert slow["end_to_end"]["data_wait_share"] > 0.4
     assert slow["loader"][0]["batch_ms"] > 1000 * delay
     assert slow["verdict"]["workers_needed"] > 1  # one slowed worker cannot keep up with the model
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_gpu_profile_reports_cuda_memory_and_mfu(demo_root, tmp_path) -> None:
+    cfg = tiny_config(demo_root, "train.precision=bf16", "profile.max_workers=1", "profile.batch_sizes=[1,2]")
+    r = run_profile(cfg, str(tmp_path), log=lambda _: None)
+    assert r["memory_kind"] == "cuda_max_allocated" and r["device"]["type"] == "cuda"
+    assert r["peak"]["peak_tflops"] > 0 and r["peak"]["measured_matmul_tflops"] > 0
+    for row in r["model"]:
+        assert 0 < row["train_peak_mib"] and 0 < row["train_mfu"] < 1 and 0 < row["infer_mfu"] < 1
+    assert 0 < r["end_to_end"]["mfu"] < 1
