@@ -3,7 +3,8 @@
 The verdict rests on what training really does: the share of the end-to-end steps spent waiting for the next batch.
 Above `WAIT_THRESHOLD` the loop is loader-bound. The worker estimate compares what the model consumes (clips/s of
 the compute part of the real steps, at the configured batch size) with what one loader worker delivers (the best
-per-worker rate of the sweep): ceil(model / per worker), checked against the CPU cores this process may use.
+per-worker rate of the sweep): ceil(model / per worker), checked against the CPU cores one rank can count on (the
+node's cores shared by its GPUs).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ def verdict(
     model_clips_per_s: float,
     loader: list[dict[str, Any]],
     configured_workers: int,
-    cpu_cores: int,
+    cpu_cores_per_rank: int,
     threshold: float = WAIT_THRESHOLD,
 ) -> dict[str, Any]:
     """Loader- or compute-bound from the measured data wait; workers needed from the sweep's per-worker rate.
@@ -42,9 +43,9 @@ def verdict(
         text += f"; one worker delivers {per_worker:.1f} clips/s, so about {needed} worker(s) keep it fed"
         if enough:
             text += f" (measured: {min(enough)} suffice)"
-        if needed > cpu_cores:
+        if needed > cpu_cores_per_rank:
             text += (
-                f". That is more than the {cpu_cores} CPU core(s) available: make decoding cheaper (videos "
+                f". That is more than the {cpu_cores_per_rank} CPU core(s) per rank: make decoding cheaper (videos "
                 "pre-resized to the short side, fixed keyframe interval) or give each accelerator more cores"
             )
         elif bound == "loader" and needed > configured_workers:
@@ -58,7 +59,7 @@ def verdict(
         "workers_needed": needed,
         "measured_sufficient_workers": min(enough) if enough else None,
         "configured_workers": configured_workers,
-        "cpu_cores": cpu_cores,
+        "cpu_cores_per_rank": cpu_cores_per_rank,
         "text": text + ".",
     }
 

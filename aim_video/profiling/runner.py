@@ -30,6 +30,13 @@ def cpu_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+def cores_per_rank(device: torch.device) -> int:
+    """CPU cores one training rank can count on: all of them on CPU, an equal share per GPU of the node on CUDA
+    (training runs one rank per GPU, and every rank's loader workers share the node's cores)."""
+    gpus = torch.cuda.device_count() if device.type == "cuda" else 1
+    return max(1, cpu_cores() // max(1, gpus))
+
+
 def _cpu_name() -> str:
     try:
         with open("/proc/cpuinfo") as f:
@@ -47,6 +54,7 @@ def device_info(device: torch.device) -> dict[str, Any]:
         "type": device.type,
         "name": name,
         "cpu_cores": cpu_cores(),
+        "cpu_cores_per_rank": cores_per_rank(device),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
     }
@@ -121,7 +129,7 @@ def run_profile(cfg: Config, out_dir: str, trace: bool = False, log: Callable[[s
         "end_to_end": e2e,
     }
     result["verdict"] = verdict(
-        e2e["data_wait_share"], e2e["compute_clips_per_s"], loader_rows, d.num_workers, cpu_cores()
+        e2e["data_wait_share"], e2e["compute_clips_per_s"], loader_rows, d.num_workers, cores_per_rank(device)
     )
     result["resolved_config"] = to_dict(cfg)
     os.makedirs(out_dir, exist_ok=True)
