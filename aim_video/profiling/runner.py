@@ -1,8 +1,8 @@
 """One profile of a config: parameters, FLOPs, loader and model sweeps, real steps, verdict, JSON, table, plots.
 
 `run_profile(cfg, out_dir)` is what `tools/profile.py` calls; `profile.*` in the config sets the sweep sizes
-(`QUICK_OVERRIDES` gives the short settings the demo uses). The model is built exactly as training builds it
-(`build_model`, the configured precision, AdamW over the trainable set only) on CUDA when there is one.
+(`aim_video.profiling.QUICK_OVERRIDES` gives the demo's short settings). The model is built as training builds it
+(`build_model`, the configured precision, AdamW over the trainable set only), on CUDA when there is one.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import torch
 from aim_video.config import Config, to_dict
 from aim_video.engine.deepspeed_setup import model_dtype
 from aim_video.models.build import build_model
-from aim_video.profiling import QUICK_OVERRIDES, plots  # noqa: F401  (re-exported)
+from aim_video.profiling import plots
 from aim_video.profiling.flops import mfu, model_flops_per_clip, peak_info
 from aim_video.profiling.report import summary_text, verdict, write_json
 from aim_video.profiling.throughput import build_trainer, end_to_end, loader_sweep, model_sweep
