@@ -64,8 +64,8 @@ def test_verdict_flips_when_the_loader_is_slowed(baseline: dict, demo_root, tmp_
     cfg = tiny_config(demo_root, f"profile.loader_delay_s={delay}", *short)
     slow = run_profile(cfg, str(tmp_path), log=lambda _: None)
     assert slow["verdict"]["bound"] == "loader", slow["verdict"]["text"]
-    assert slow["end_to_end"]["data_wait_share"] > 0.4
-    assert slow["loader"][0]["batch_ms"] > 1000 * delay
+    assert slow["end_to_end"]["data_wait_share"] > 0.25
+    assert slow["loader"][0]["batch_ms"] > 0.8 * 1000 * delay
     assert slow["verdict"]["workers_needed"] > 1  # one slowed worker cannot keep up with the model
 
 
