@@ -148,6 +148,8 @@ class ProfileConfig:
     steps: int = 20
     warmup: int = 3
     trace: bool = False
+    loader_delay_s: float = 0.0  # sleep per batch in the loader workers: simulates slow storage (verdict tests)
+    peak_tflops: float = 0.0  # accelerator peak for MFU; 0 = the stated table in aim_video/profiling/flops.py
 
 
 @dataclass

@@ -1,0 +1,148 @@
+"""FLOPs per clip from torch's FLOP counter, accelerator peaks and model FLOP utilisation (MFU).
+
+`torch.utils.flop_counter.FlopCounterMode` counts the matrix products a forward (and backward) really runs:
+linear layers, convolutions and scaled-dot-product attention, as 2 FLOPs per multiply-add. That is the convention
+MFU is stated in (elementwise ops, norms and softmax are not counted). Two things are added here:
+
+- a formula for the CPU flash-attention kernel (`_scaled_dot_product_flash_attention_for_cpu` and its backward),
+  which torch's registry lacks, so attention is counted on CPU as it is on CUDA (same `sdpa_flop_count`);
+- the training count is measured, not assumed to be 3x the forward: AIM's frozen backbone computes no weight
+  gradients, so one training step costs about 2x the forward, which a 3x rule would overstate by half.
+
+Peaks are dense (no 2:4 sparsity) tensor-core figures from the vendors' data sheets, in TFLOP/s, by device name and
+compute dtype (fp32 without TF32, as torch's default matmul precision); `profile.peak_tflops` overrides them, and on
+a GPU the measured peak of a large matmul in the same dtype is reported beside them (and used when the device is
+not in the table).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
+
+aten = torch.ops.aten
+
+# (substrings that must all be in torch.cuda.get_device_name(), {dtype: dense TFLOP/s}); first match wins
+PEAK_TFLOPS: list[tuple[tuple[str, ...], dict[str, float]]] = [
+    (("H100", "PCIe"), {"bf16": 756.5, "fp16": 756.5, "tf32": 378.0, "fp32": 51.2}),
+    (("H100",), {"bf16": 989.4, "fp16": 989.4, "tf32": 494.7, "fp32": 66.9}),  # SXM5
+    (("H200",), {"bf16": 989.4, "fp16": 989.4, "tf32": 494.7, "fp32": 66.9}),
+    (("A100",), {"bf16": 312.0, "fp16": 312.0, "tf32": 156.0, "fp32": 19.5}),
+    (("L40S",), {"bf16": 362.1, "fp16": 362.1, "tf32": 183.0, "fp32": 91.6}),
+    (("A10",), {"bf16": 125.0, "fp16": 125.0, "tf32": 62.5, "fp32": 31.2}),  # A10 / A10G
+    (("V100",), {"fp16": 125.0, "fp32": 15.7}),
+]
+PEAK_SOURCE = "vendor data sheets, dense tensor-core TFLOP/s (H100 SXM5/PCIe, H200, A100, L40S, A10, V100)"
+
+
+def _cpu_sdpa(query, key, value, *args, out_shape=None, **kwargs) -> int:
+    return sdpa_flop_count(query, key, value)
+
+
+def _cpu_sdpa_backward(grad_out, query, key, value, *args, out_shape=None, **kwargs) -> int:
+    return sdpa_backward_flop_count(grad_out, query, key, value)
+
+
+CPU_ATTENTION_FLOPS = {
+    aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa,
+    aten._scaled_dot_product_flash_attention_for_cpu_backward: _cpu_sdpa_backward,
+}
+
+
+def count_flops(fn: Callable[[], Any]) -> int:
+    """Total FLOPs of the matrix products `fn()` runs (forward and whatever backward it calls)."""
+    with FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION_FLOPS) as counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
+def model_flops_per_clip(
+    model: nn.Module, num_frames: int, input_size: int, device: torch.device, dtype: torch.dtype
+) -> dict[str, int]:
+    """FLOPs of one clip [1, T, 3, S, S]: `forward` (inference) and `train` (forward + backward, measured).
+
+    The model keeps its mode and its trainable set; gradients the count leaves behind are dropped.
+    """
+    was_training = model.training
+    clip = torch.randn(1, num_frames, 3, input_size, input_size, device=device, dtype=dtype)
+    label = torch.zeros(1, dtype=torch.int64, device=device)
+    model.eval()
+    with torch.no_grad():
+        forward = count_flops(lambda: model(clip))
+    model.train()
+
+    def step() -> None:
+        F.cross_entropy(model(clip).float(), label).backward()
+
+    train = count_flops(step)
+    model.zero_grad(set_to_none=True)
+    model.train(was_training)
+    return {"forward": forward, "train": train}
+
+
+def dtype_key(dtype: torch.dtype) -> str:
+    """Peak-table column of a compute dtype (fp32 reads as tf32 when torch lets matmuls use TF32)."""
+    if dtype == torch.bfloat16:
+        return "bf16"
+    if dtype == torch.float16:
+        return "fp16"
+    return "tf32" if torch.backends.cuda.matmul.allow_tf32 else "fp32"
+
+
+def table_peak_tflops(device_name: str, dtype: torch.dtype) -> float | None:
+    """Dense peak of `device_name` in `dtype` from :data:`PEAK_TFLOPS`, or None when the device is not listed."""
+    for needles, peaks in PEAK_TFLOPS:
+        if all(n in device_name for n in needles):
+            return peaks.get(dtype_key(dtype))
+    return None
+
+
+def measured_peak_tflops(device: torch.device, dtype: torch.dtype, n: int = 8192, iters: int = 20) -> float:
+    """Achieved TFLOP/s of an n x n x n matmul in `dtype` on a CUDA device (warm-up, then synchronised timing)."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    for _ in range(iters):
+        a @ b
+    torch.cuda.synchronize(device)
+    elapsed = time.perf_counter() - start
+    del a, b
+    return 2 * n**3 * iters / elapsed / 1e12
+
+
+def peak_info(device: torch.device, dtype: torch.dtype, override_tflops: float = 0.0) -> dict[str, Any]:
+    """The peak MFU is stated against: the override, else the table, else the measured matmul peak (GPU only).
+
+    On CPU there is no peak (MFU is reported as null; achieved TFLOP/s still are).
+    """
+    info: dict[str, Any] = {"dtype": dtype_key(dtype) if device.type == "cuda" else str(dtype).replace("torch.", "")}
+    if device.type != "cuda":
+        info.update(peak_tflops=override_tflops or None, source="profile.peak_tflops" if override_tflops else None)
+        return info
+    name = torch.cuda.get_device_name(device)
+    table = table_peak_tflops(name, dtype)
+    measured = measured_peak_tflops(device, dtype)
+    info.update(device_name=name, table_tflops=table, measured_matmul_tflops=round(measured, 1))
+    if override_tflops > 0:
+        info.update(peak_tflops=override_tflops, source="profile.peak_tflops")
+    elif table is not None:
+        info.update(peak_tflops=table, source=PEAK_SOURCE)
+    else:
+        info.update(peak_tflops=measured, source="measured: 8192^3 matmul in the compute dtype")
+    return info
+
+
+def mfu(flops_per_clip: int, clips_per_s: float, peak_tflops: float | None) -> float | None:
+    """Model FLOP utilisation: achieved FLOP/s over the peak (None without a peak)."""
+    if not peak_tflops:
+        return None
+    return flops_per_clip * clips_per_s / (peak_tflops * 1e12)

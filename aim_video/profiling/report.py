@@ -1,0 +1,147 @@
+"""The verdict (loader-bound or compute-bound, and how many workers keep the model fed), the table and the JSON.
+
+The verdict rests on what training really does: the share of the end-to-end steps spent waiting for the next batch.
+Above `WAIT_THRESHOLD` the loop is loader-bound. The worker estimate compares what the model consumes (clips/s of
+the compute part of the real steps, at the configured batch size) with what one loader worker delivers (the best
+per-worker rate of the sweep): ceil(model / per worker), checked against the CPU cores one rank can count on (the
+node's cores shared by its GPUs).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any
+
+WAIT_THRESHOLD = 0.10  # share of step time spent waiting for data above which training is loader-bound
+
+
+def verdict(
+    data_wait_share: float,
+    model_clips_per_s: float,
+    loader: list[dict[str, Any]],
+    configured_workers: int,
+    cpu_cores_per_rank: int,
+    threshold: float = WAIT_THRESHOLD,
+) -> dict[str, Any]:
+    """Loader- or compute-bound from the measured data wait; workers needed from the sweep's per-worker rate.
+
+    `loader` rows carry `workers` and `clips_per_s`. Returns the bound, the numbers behind it and one sentence.
+    """
+    bound = "loader" if data_wait_share > threshold else "compute"
+    rows = [r for r in loader if r["workers"] > 0 and r["clips_per_s"] > 0]
+    per_worker = max((r["clips_per_s"] / r["workers"] for r in rows), default=0.0)
+    needed = max(1, math.ceil(model_clips_per_s / per_worker)) if per_worker > 0 else None
+    enough = [r["workers"] for r in rows if r["clips_per_s"] >= model_clips_per_s]
+    text = (
+        f"{bound}-bound: the training loop waited for data {100 * data_wait_share:.0f}% of the time "
+        f"(threshold {100 * threshold:.0f}%) with {configured_workers} worker(s). The model consumes "
+        f"{model_clips_per_s:.1f} clips/s at this batch size"
+    )
+    if needed is not None:
+        text += f"; one worker delivers {per_worker:.1f} clips/s, so about {needed} worker(s) keep it fed"
+        if enough:
+            text += f" (measured: {min(enough)} suffice)"
+        if needed > cpu_cores_per_rank:
+            text += (
+                f". That is more than the {cpu_cores_per_rank} CPU core(s) per rank: make decoding cheaper (videos "
+                "pre-resized to the short side, fixed keyframe interval) or give each accelerator more cores"
+            )
+        elif bound == "loader" and needed > configured_workers:
+            text += f": raise data.num_workers from {configured_workers} to {needed}"
+    return {
+        "bound": bound,
+        "data_wait_share": data_wait_share,
+        "threshold": threshold,
+        "model_clips_per_s": model_clips_per_s,
+        "clips_per_s_per_worker": per_worker,
+        "workers_needed": needed,
+        "measured_sufficient_workers": min(enough) if enough else None,
+        "configured_workers": configured_workers,
+        "cpu_cores_per_rank": cpu_cores_per_rank,
+        "text": text + ".",
+    }
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) < 10 else f"{value:.1f}"
+    return str(value)
+
+
+def format_table(headers: list[str], rows: list[list[Any]]) -> str:
+    """A plain aligned text table."""
+    cells = [headers] + [[_fmt(v) for v in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def summary_text(result: dict[str, Any]) -> str:
+    """The human-readable report printed by tools/profile.py."""
+    dev, cfg, params, flops, peak = (result[k] for k in ("device", "config", "params", "flops", "peak"))
+    mem = "CUDA max allocated" if result["memory_kind"] == "cuda_max_allocated" else "process RSS"
+    parts = [
+        f"device: {dev['name']} ({dev['type']}, {dev['cpu_cores']} CPU cores, {dev['torch_threads']} torch threads), "
+        f"torch {dev['torch']}, "
+        f"dtype {cfg['dtype']}",
+        f"model: {cfg['arch']}, {cfg['num_frames']} frames at {cfg['input_size']} px; parameters "
+        f"{params['total'] / 1e6:.3f} M total, {params['trainable'] / 1e6:.3f} M trainable "
+        f"({100 * params['trainable'] / params['total']:.1f}%)",
+        f"FLOPs per clip: forward {flops['forward_per_clip'] / 1e9:.3f} GFLOP, training step "
+        f"{flops['train_per_clip'] / 1e9:.3f} GFLOP (forward + backward, counted)"
+        + (f"; MFU against {peak['peak_tflops']:.1f} TFLOP/s ({peak['source']})" if peak.get("peak_tflops") else ""),
+        "",
+        f"loader ({cfg['train_list']}, batch {cfg['batch_size']}"
+        + (f", delay {cfg['loader_delay_s']} s/batch" if cfg["loader_delay_s"] else "")
+        + ")",
+        format_table(
+            ["workers", "clips/s", "ms/batch", "startup s"],
+            [[r["workers"], r["clips_per_s"], r["batch_ms"], r["startup_s"]] for r in result["loader"]],
+        ),
+        "",
+        f"model (synthetic clips on the device; peak memory = {mem}, MiB)",
+        format_table(
+            ["batch", "train clips/s", "train ms", "train MiB", "train TFLOP/s", "MFU", "infer clips/s", "infer MiB"],
+            [
+                [r["batch_size"], "OOM"] + [None] * 6
+                if r["oom"]
+                else [
+                    r["batch_size"],
+                    r["train_clips_per_s"],
+                    r["train_step_ms"],
+                    r["train_peak_mib"],
+                    r["train_tflops"],
+                    r["train_mfu"],
+                    r["infer_clips_per_s"],
+                    r["infer_peak_mib"],
+                ]
+                for r in result["model"]
+            ],
+        ),
+        "",
+    ]
+    e2e = result["end_to_end"]
+    parts += [
+        f"end to end: {e2e['steps']} real steps, batch {e2e['batch_size']}, {e2e['workers']} worker(s): "
+        f"{e2e['clips_per_s']:.1f} clips/s, waiting for data {100 * e2e['data_wait_share']:.0f}% "
+        f"({e2e['wait_ms_per_step']:.1f} ms wait + {e2e['compute_ms_per_step']:.1f} ms compute per step)"
+        + (f", MFU {100 * e2e['mfu']:.1f}%" if e2e.get("mfu") is not None else ""),
+        f"verdict: {result['verdict']['text']}",
+    ]
+    return "\n".join(parts)
+
+
+def write_json(data: dict[str, Any], path: str) -> str:
+    """Write `data` as indented JSON atomically (temporary name, then rename)."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=2)
+        f.write("\n")
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,315 @@
+"""Throughput measurements: the loader alone, the model alone, and real training steps end to end.
+
+Every timed part follows one rule (nanoGPT's benchmark): warm-up first, then `torch.cuda.synchronize` around the
+timed region on a GPU, so asynchronous kernel launches are not mistaken for finished work.
+
+- :func:`loader_sweep`: clips/s of the configured training loader (the real decode, sampling and augmentation) for
+  each worker count, after the workers have started and delivered one batch each.
+- :func:`model_sweep`: training-step (forward, loss, backward, AdamW over the trainable set only, as training does)
+  and inference clips/s for each batch size, on synthetic normalised clips already on the device, with the peak
+  memory of each (CUDA max allocated; on CPU the process RSS, sampled).
+- :func:`end_to_end`: N real steps fed by the configured loader, split into time spent waiting for the next batch
+  and time computing (copy, normalise, forward, backward, step), optionally with a torch.profiler trace.
+
+`profile.loader_delay_s` makes every loader worker sleep per batch (:class:`DelayedCollate`): an honest slow loader,
+as slow storage would be, used to check that the verdict follows the data wait.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import psutil
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from aim_video.config import Config
+from aim_video.data.loader import build_train_loader, set_epoch
+from aim_video.data.transforms import normalize
+from aim_video.engine.deepspeed_setup import peak_lr
+from aim_video.engine.optim import build_optimizer, build_param_groups
+from aim_video.engine.train_loop import loss_fn
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class PeakMemory:
+    """Context manager: peak memory in MiB of the code inside it, in `.peak_mib` after exit.
+
+    CUDA: `torch.cuda.max_memory_allocated` after a reset. CPU: the largest resident set size of this process,
+    sampled every `interval_s` by a thread (worker processes of a loader are not included).
+    """
+
+    def __init__(self, device: torch.device, interval_s: float = 0.005) -> None:
+        self.device = device
+        self.interval_s = interval_s
+        self.peak_mib = 0.0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _sample(self) -> None:
+        proc = psutil.Process()
+        peak = 0
+        while not self._stop.is_set():
+            peak = max(peak, proc.memory_info().rss)
+            self._stop.wait(self.interval_s)
+        self.peak_mib = max(peak, proc.memory_info().rss) / 2**20
+
+    def __enter__(self) -> PeakMemory:
+        if self.device.type == "cuda":
+            synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+        else:
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.device.type == "cuda":
+            synchronize(self.device)
+            self.peak_mib = torch.cuda.max_memory_allocated(self.device) / 2**20
+        elif self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+
+
+class DelayedCollate:
+    """Collate a batch, then sleep `delay_s` in the worker that built it (simulated slow storage, picklable)."""
+
+    def __init__(self, collate: Callable[[list], Any], delay_s: float) -> None:
+        self.collate = collate
+        self.delay_s = delay_s
+
+    def __call__(self, items: list) -> Any:
+        batch = self.collate(items)
+        time.sleep(self.delay_s)
+        return batch
+
+
+def profiling_loader(cfg: Config, num_workers: int | None = None, delay_s: float = 0.0) -> DataLoader:
+    """The training loader of `cfg` (rank 0 of 1), optionally with another worker count and a per-batch delay."""
+    data = cfg.data if num_workers is None else dataclasses.replace(cfg.data, num_workers=num_workers)
+    loader = build_train_loader(dataclasses.replace(cfg, data=data), 0, 1)
+    if delay_s > 0:
+        loader.collate_fn = DelayedCollate(loader.collate_fn, delay_s)
+    return loader
+
+
+def endless_batches(loader: DataLoader) -> Iterator[dict[str, Any]]:
+    """Batches over as many epochs as asked for (each epoch reshuffled, as training does)."""
+    epoch = 0
+    while True:
+        set_epoch(loader, epoch)
+        yield from loader
+        epoch += 1
+
+
+def loader_sweep(cfg: Config, workers: list[int], batches: int, delay_s: float = 0.0) -> list[dict[str, Any]]:
+    """Loader clips/s for each worker count: `batches` batches timed after one warm-up batch per worker.
+
+    Worker start-up (process spawn, first decode) is reported apart as `startup_s`, since training pays it once.
+    """
+    results = []
+    for num_workers in workers:
+        loader = profiling_loader(cfg, num_workers, delay_s)
+        stream = endless_batches(loader)
+        start = time.perf_counter()
+        with warnings.catch_warnings():  # more workers than cores is the point of a sweep (the report names cores)
+            warnings.filterwarnings("ignore", message="This DataLoader will create", category=UserWarning)
+            next(stream)
+        startup = time.perf_counter() - start
+        for _ in range(max(0, num_workers - 1)):  # one batch per worker: every worker is running before timing
+            next(stream)
+        clips = failures = 0
+        start = time.perf_counter()
+        for _ in range(batches):
+            batch = next(stream)
+            clips += int(batch["video"].shape[0])
+            failures += len(batch["failures"])
+        elapsed = time.perf_counter() - start
+        stream.close()  # shuts the workers down before the next count starts its own
+        del stream, loader
+        results.append(
+            {
+                "workers": num_workers,
+                "clips_per_s": clips / elapsed,
+                "batch_ms": 1000 * elapsed / batches,
+                "batches": batches,
+                "startup_s": startup,
+                "failed_loads": failures,
+            }
+        )
+    return results
+
+
+def build_trainer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
+    """AdamW over the model's trainable set only, with training's parameter groups (one rank)."""
+    lr = peak_lr(cfg, 1)
+    groups = build_param_groups(
+        model, model.trainable_parameter_names(), lr, cfg.train.weight_decay, cfg.train.backbone_lr_mult
+    )
+    return build_optimizer(groups, lr, cfg.train.betas)
+
+
+def train_step(
+    model: nn.Module, optimizer: torch.optim.Optimizer, video: torch.Tensor, label: torch.Tensor, smoothing: float
+) -> None:
+    """One optimizer step as training takes it: forward, fp32 cross-entropy, backward, AdamW, zero grads."""
+    loss = loss_fn(model(video), label, smoothing)
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def _timed(fn: Callable[[], None], warmup: int, steps: int, device: torch.device) -> float:
+    """Seconds per call of `fn` over `steps` calls, after `warmup` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    synchronize(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    synchronize(device)
+    return (time.perf_counter() - start) / steps
+
+
+def model_sweep(
+    cfg: Config,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batch_sizes: list[int],
+    device: torch.device,
+    dtype: torch.dtype,
+    warmup: int,
+    steps: int,
+) -> list[dict[str, Any]]:
+    """Training-step and inference clips/s and peak memory per batch size; stops at the first CUDA out-of-memory."""
+    d = cfg.data
+    results: list[dict[str, Any]] = []
+    for batch_size in batch_sizes:
+        row: dict[str, Any] = {"batch_size": batch_size, "oom": False}
+        # synthetic clips with the statistics of normalised frames: uint8 noise, normalised like real batches
+        raw = torch.randint(0, 256, (batch_size, d.num_frames, 3, d.input_size, d.input_size), dtype=torch.uint8)
+        video = normalize(raw.to(device), d.mean, d.std).to(dtype)
+        label = torch.randint(0, cfg.model.num_classes, (batch_size,), device=device)
+        try:
+            model.train()
+            with PeakMemory(device) as mem:
+                step_s = _timed(
+                    lambda: train_step(model, optimizer, video, label, cfg.train.label_smoothing),  # noqa: B023
+                    warmup,
+                    steps,
+                    device,
+                )
+            row.update(train_step_ms=1000 * step_s, train_clips_per_s=batch_size / step_s, train_peak_mib=mem.peak_mib)
+            model.eval()
+            with torch.inference_mode(), PeakMemory(device) as mem:
+                infer_s = _timed(lambda: model(video), warmup, steps, device)  # noqa: B023
+            row.update(
+                infer_step_ms=1000 * infer_s, infer_clips_per_s=batch_size / infer_s, infer_peak_mib=mem.peak_mib
+            )
+        except torch.cuda.OutOfMemoryError:
+            optimizer.zero_grad(set_to_none=True)
+            torch.cuda.empty_cache()
+            row["oom"] = True
+            results.append(row)
+            break
+        finally:
+            model.train()
+        results.append(row)
+    return results
+
+
+def end_to_end(
+    cfg: Config,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    device: torch.device,
+    dtype: torch.dtype,
+    steps: int,
+    delay_s: float = 0.0,
+    trace_dir: str | None = None,
+    trace_steps: int = 3,
+) -> dict[str, Any]:
+    """`steps` real training steps from the configured loader: clips/s and the share of time waiting for data.
+
+    The first batch (worker start-up) and its step are a warm-up and not timed. With `trace_dir`, `trace_steps`
+    more steps run under torch.profiler and a Chrome trace plus a table of the costliest ops are written there.
+    """
+    loader = profiling_loader(cfg, None, delay_s)
+    stream = endless_batches(loader)
+    d = cfg.data
+
+    def compute(batch: dict[str, Any]) -> int:
+        video = normalize(batch["video"].to(device, non_blocking=True), d.mean, d.std).to(dtype)
+        train_step(model, optimizer, video, batch["label"].to(device, non_blocking=True), cfg.train.label_smoothing)
+        synchronize(device)
+        return int(video.shape[0])
+
+    model.train()
+    compute(next(stream))  # warm-up: worker start-up and the first step
+    wait = busy = 0.0
+    clips = failures = 0
+    for _ in range(steps):
+        start = time.perf_counter()
+        batch = next(stream)
+        got = time.perf_counter()
+        failures += len(batch["failures"])
+        clips += compute(batch)
+        wait += got - start
+        busy += time.perf_counter() - got
+    result = {
+        "steps": steps,
+        "batch_size": d.batch_size,
+        "workers": d.num_workers,
+        "clips_per_s": clips / (wait + busy),
+        "compute_clips_per_s": clips / busy,
+        "data_wait_share": wait / (wait + busy),
+        "wait_ms_per_step": 1000 * wait / steps,
+        "compute_ms_per_step": 1000 * busy / steps,
+        "failed_loads": failures,
+    }
+    if trace_dir:
+        result["trace"] = _trace(stream, compute, device, trace_dir, trace_steps)
+    stream.close()
+    return result
+
+
+def _trace(
+    stream: Iterator[dict[str, Any]],
+    compute: Callable[[dict[str, Any]], int],
+    device: torch.device,
+    trace_dir: str,
+    steps: int,
+) -> dict[str, str]:
+    """Profile `steps` loader-fed steps; write trace.json (chrome://tracing, Perfetto) and trace_top_ops.txt."""
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities, record_shapes=True, profile_memory=True) as prof:
+        for _ in range(steps):
+            with record_function("data_wait"):
+                batch = next(stream)
+            with record_function("train_step"):
+                compute(batch)
+    os.makedirs(trace_dir, exist_ok=True)
+    trace_path = os.path.join(trace_dir, "trace.json")
+    tmp = f"{trace_path}.tmp.{os.getpid()}.json"
+    prof.export_chrome_trace(tmp)
+    os.replace(tmp, trace_path)
+    sort_by = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
+    table_path = os.path.join(trace_dir, "trace_top_ops.txt")
+    with open(table_path + ".tmp", "w") as f:
+        f.write(prof.key_averages().table(sort_by=sort_by, row_limit=25) + "\n")
+    os.replace(table_path + ".tmp", table_path)
+    return {"chrome_trace": trace_path, "top_ops": table_path}

@@ -1,0 +1,33 @@
+"""tools/profile.py: --quick with overrides after it writes profile.json and prints the table; a bad key exits 2."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from aim_video.config import to_yaml
+from tests.profiling.conftest import tiny_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def test_cli_quick_writes_json_and_bad_key_exits_2(demo_root, tmp_path) -> None:
+    env = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS="1")
+    cfg = tiny_config(demo_root)
+    config_path = tmp_path / "tiny.yaml"
+    config_path.write_text(to_yaml(cfg))
+    out = tmp_path / "out"
+    cmd = [sys.executable, os.path.join(REPO, "tools/profile.py"), "--config", str(config_path), "--out", str(out)]
+    small = ["profile.max_workers=1", "profile.steps=2", "data.input_size=32", "model.vit_kwargs.img_size=32"]
+    done = subprocess.run([*cmd, "--quick", *small], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "verdict:" in done.stdout and "clips/s" in done.stdout
+    with open(out / "profile.json") as f:
+        result = json.load(f)
+    assert [row["batch_size"] for row in result["model"]] == [1, 4]  # --quick's batch sizes
+    assert [row["workers"] for row in result["loader"]] == [1]  # the overrides after --quick win
+    assert result["end_to_end"]["steps"] == 2 and result["config"]["input_size"] == 32
+    bad = subprocess.run([*cmd, "profile.max_wrokers=2"], env=env, capture_output=True, text=True)
+    assert bad.returncode == 2 and "max_workers" in bad.stderr

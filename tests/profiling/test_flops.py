@@ -1,0 +1,81 @@
+"""FLOP counts against analytic counts (a timm ViT block, an AIM block, a whole AIM model) and the peak table."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from timm.models.vision_transformer import Block
+
+from aim_video.config import ModelConfig
+from aim_video.models.aim import AIMBlock
+from aim_video.models.build import build_model
+from aim_video.profiling.flops import count_flops, mfu, model_flops_per_clip, peak_info, table_peak_tflops
+
+
+def vit_block_flops(tokens: int, dim: int, mlp_ratio: float = 4.0) -> int:
+    """Analytic FLOPs (2 per multiply-add) of one pre-norm ViT block on one sequence of `tokens` tokens.
+
+    qkv 2*N*D*3D + q@k^T 2*N*N*D + attn@v 2*N*N*D + proj 2*N*D*D + MLP 2 * 2*N*D*(ratio*D).
+    """
+    n, d, hidden = tokens, dim, int(dim * mlp_ratio)
+    return 6 * n * d * d + 4 * n * n * d + 2 * n * d * d + 4 * n * d * hidden
+
+
+@pytest.mark.parametrize("tokens,dim", [(17, 64), (65, 32)])  # (65, 32): attention is a quarter of the block
+def test_vit_block_matches_analytic_count(tokens: int, dim: int) -> None:
+    block = Block(dim, num_heads=4).eval()
+    x = torch.randn(3, tokens, dim)
+    with torch.no_grad():
+        counted = count_flops(lambda: block(x))
+    analytic = 3 * vit_block_flops(tokens, dim)
+    assert abs(counted - analytic) / analytic < 0.05
+    assert counted == analytic  # the CPU attention kernel is counted exactly like the CUDA ones
+
+
+def test_aim_block_matches_analytic_count() -> None:
+    """AIM block on T frames of N tokens: the frozen block, temporal attention over T reusing its attention, and
+    three bottleneck adapters (D -> D/4 -> D) on every token."""
+    t, n, d = 8, 17, 64
+    block = AIMBlock(Block(d, num_heads=4), ratio=0.25).eval()
+    x = torch.randn(t, n, d)  # one clip: [B*T, N, D]
+    with torch.no_grad():
+        counted = count_flops(lambda: block(x, t))
+    spatial = t * vit_block_flops(n, d)
+    temporal = n * (8 * t * d * d + 4 * t * t * d)  # qkv + proj over every token, attention over the T axis
+    adapters = 3 * t * n * (2 * 2 * d * (d // 4))
+    analytic = spatial + temporal + adapters
+    assert abs(counted - analytic) / analytic < 0.05
+    assert counted == analytic
+
+
+def test_model_flops_per_clip_forward_and_training() -> None:
+    cfg = ModelConfig(
+        arch="vit_base_patch16_clip_quickgelu_224",
+        vit_kwargs=dict(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=4),
+        num_classes=5,
+        drop_path_rate=0.0,
+        head_dropout=0.0,
+    )
+    t, d, n = 4, 64, 17
+    model = build_model(cfg, t)
+    flops = model_flops_per_clip(model, t, 32, torch.device("cpu"), torch.float32)
+    patch_embed = t * 2 * (3 * 8 * 8) * d * 16
+    block = t * vit_block_flops(n, d) + n * (8 * t * d * d + 4 * t * t * d) + 3 * t * n * d * d
+    head = 2 * d * 5
+    assert flops["forward"] == patch_embed + 2 * block + head
+    # the frozen backbone computes no weight gradients: a training step costs well under 3x the forward
+    assert 1.5 * flops["forward"] < flops["train"] < 3 * flops["forward"]
+    assert all(p.grad is None for p in model.parameters())  # counting leaves no gradients behind
+
+
+def test_peak_table_and_mfu() -> None:
+    assert table_peak_tflops("NVIDIA H100 80GB HBM3", torch.bfloat16) == 989.4
+    assert table_peak_tflops("NVIDIA H100 PCIe", torch.bfloat16) == 756.5
+    assert table_peak_tflops("NVIDIA A100-SXM4-80GB", torch.float16) == 312.0
+    assert table_peak_tflops("NVIDIA A100-SXM4-80GB", torch.float32) == 19.5  # torch's default: no TF32
+    assert table_peak_tflops("Some Future GPU", torch.bfloat16) is None
+    assert mfu(10**12, 100.0, 400.0) == pytest.approx(0.25)
+    assert mfu(10**12, 100.0, None) is None
+    cpu = peak_info(torch.device("cpu"), torch.float32)
+    assert cpu["peak_tflops"] is None
+    assert peak_info(torch.device("cpu"), torch.float32, override_tflops=2.0)["peak_tflops"] == 2.0
