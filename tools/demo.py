@@ -20,6 +20,8 @@ import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# run from a checkout: the repo root on the path, tools/ off it (tools/profile.py would shadow the stdlib profile)
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
 sys.path.insert(0, REPO)
 
 from aim_video.config import config_cli_main  # noqa: E402

@@ -14,6 +14,8 @@ import argparse
 import os
 import sys
 
+# run from a checkout: the repo root on the path, tools/ off it (tools/profile.py would shadow the stdlib profile)
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402

@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
+# run from a checkout: the repo root on the path, tools/ off it (tools/profile.py would shadow the stdlib profile)
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from aim_video.config import config_cli_main  # noqa: E402
 from aim_video.data.demo_data import IMAGE_TASKS, render_image  # noqa: E402
