@@ -31,3 +31,16 @@ def test_cli_quick_writes_json_and_bad_key_exits_2(demo_root, tmp_path) -> None:
     assert result["end_to_end"]["steps"] == 2 and result["config"]["input_size"] == 32
     bad = subprocess.run([*cmd, "profile.max_wrokers=2"], env=env, capture_output=True, text=True)
     assert bad.returncode == 2 and "max_workers" in bad.stderr
+
+
+def test_tools_dir_does_not_shadow_the_stdlib_profile_module() -> None:
+    """Scripts in tools/ run with tools/ first on sys.path; `import cProfile` (torch._dynamo does it when timm loads)
+    must still get the standard library's `profile`, not tools/profile.py."""
+    code = (
+        f"import sys; sys.path.insert(0, {os.path.join(REPO, 'tools')!r}); import cProfile, profile; "
+        "assert hasattr(profile, 'Profile') and hasattr(profile, 'run'), profile.__file__; "
+        "cProfile.run('sum(range(10))', sort='calls'); print(profile.__file__)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert not done.stdout.strip().splitlines()[-1].startswith(os.path.join(REPO, "tools"))
