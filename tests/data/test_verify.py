@@ -151,6 +151,7 @@ def _sha(path: str) -> str:
     return hashlib.sha256(open(path, "rb").read()).hexdigest()
 
 
+@pytest.mark.slow  # 10-40 s on 2 shared cores: three re-encodes, verified, read by four backends
 def test_repair_makes_every_backend_exact(files, tmp_path):
     root = os.path.dirname(files["clean"])
     broken = [files["false_keyframes"], files["gap"], files["short"]]
@@ -173,8 +174,6 @@ def test_repair_makes_every_backend_exact(files, tmp_path):
             clip = decode.read_frames(copy, indices, backend, **opts)
             for k, i in enumerate(indices):
                 assert mean_abs_diff(clip[k], ref[i]) < 1.0, (copy, backend, opts, i)
-        if not TORCHCODEC_MISSING:
-            assert verify.check_video(copy, "torchcodec", "approximate").status == "exact"
 
 
 def test_verify_and_repair_subcommands(files, tmp_path):
