@@ -19,8 +19,8 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from aim_video.data import decode
 from aim_video.data.annotations import Annotations, load_annotations, read_class_map, write_lines, write_list_file
+from aim_video.data.verify import check_video
 
 
 @dataclass
@@ -73,16 +73,10 @@ def reencode_command(
 
 
 def check_decodes(path: str, backend: str = "decord") -> str:
-    """'' when `path` opens and its first, middle and last frames decode with `backend`, else the reason."""
-    try:
-        info = decode.probe(path, backend)
-        if info.num_frames < 1:
-            return "no frames"
-        last = info.num_frames - 1
-        decode.read_frames(path, sorted({0, last // 2, last}), backend=backend)
-    except decode.VideoReadError as err:
-        return err.reason
-    return ""
+    """'' when random access with `backend` returns exactly the frames of a sequential decode (`verify.check_video`:
+    every seek point, mid-group and last frames), else the verdict and reason."""
+    check = check_video(path, backend)
+    return "" if check.status == "exact" else f"{check.status}: {check.reason}"
 
 
 def reencode_one(

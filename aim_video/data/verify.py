@@ -15,8 +15,8 @@ backend's random-access reads with ONE sequential PyAV decode of the same file a
 Checked indices (`check_groups`): each seek point and the frame after it, the middle of each group of pictures, and
 the last two frames, read group by group from the end backwards so that every read starts with a seek, as in
 training. The sequential decode keeps full frames only at those indices and subsampled thumbnails of all frames (to
-find which frame a wrong read returned), so the cost is one sequential decode plus the reads (which decode about
-half of each group of pictures on average).
+find which frame a wrong read returned), so the cost is one sequential decode plus the reads (which decode half of
+each group of pictures, and all of the last one).
 """
 
 from __future__ import annotations
@@ -54,8 +54,11 @@ class VideoCheck:
 def check_groups(seek_points: list[int], num_frames: int, max_groups: int = 24) -> list[list[int]]:
     """Index groups to read, one random-access read per group, last group first (pure index math).
 
-    For at most `max_groups` groups of pictures (spread evenly over the video): [seek point, seek point + 1] and the
-    middle of the group; plus the last two frames. Indices stay inside 0..num_frames-1.
+    For at most `max_groups` groups of pictures (spread evenly over the video, the last one always included): one
+    read of [seek point, seek point + 1, middle of the group], for which the decoder seeks to the seek point and
+    decodes forward, as for a clip that starts anywhere in the group; the last group's read also takes the last two
+    frames. Groups are read from the end backwards, so every read starts with a seek. Indices stay inside
+    0..num_frames-1.
     """
     if num_frames <= 0:
         return []
@@ -64,12 +67,15 @@ def check_groups(seek_points: list[int], num_frames: int, max_groups: int = 24) 
     if len(bounds) > max_groups:
         pick = np.linspace(0, len(bounds) - 1, max_groups).round().astype(int)
         bounds = [bounds[i] for i in sorted(set(pick.tolist()))]
-    groups: set[tuple[int, ...]] = {tuple(sorted({max(num_frames - 2, 0), num_frames - 1}))}
+    groups = []
     for start, end in bounds:
-        groups.add(tuple(sorted({start, min(start + 1, end - 1)})))
+        group = {start, min(start + 1, end - 1)}
         if end - start > 3:
-            groups.add(((start + end) // 2,))
-    return [list(g) for g in sorted(groups, key=lambda g: g[0], reverse=True)]
+            group.add((start + end) // 2)
+        if end == num_frames:
+            group |= {max(num_frames - 2, start), num_frames - 1}
+        groups.append(sorted(group))
+    return groups[::-1]
 
 
 def _thumb(frame: np.ndarray, step: int) -> np.ndarray:

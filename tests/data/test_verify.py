@@ -43,11 +43,12 @@ def files(tmp_path_factory) -> dict[str, str]:
 
 def test_check_groups_cover_seek_points_mid_gop_and_the_end():
     groups = verify.check_groups([0, 40, 110], 300)
-    assert groups == [[298, 299], [205], [110, 111], [75], [40, 41], [20], [0, 1]]  # last first: each read seeks
+    assert groups == [[110, 111, 205, 298, 299], [40, 41, 75], [0, 1, 20]]  # last first: each read seeks
     assert verify.check_groups([], 1) == [[0]]
     assert verify.check_groups([], 0) == []
+    assert verify.check_groups([0, 299], 300) == [[299], [0, 1, 149]]  # a 1-frame last group
     many = verify.check_groups(list(range(0, 1000, 10)), 1000, max_groups=5)
-    assert len([g for g in many if len(g) == 2 and g[1] == g[0] + 1 and g[0] % 10 == 0]) == 5
+    assert [g[:2] for g in many] == [[990, 991], [740, 741], [500, 501], [250, 251], [0, 1]]
     assert all(0 <= i < 1000 for g in many for i in g)
 
 
@@ -150,6 +151,7 @@ def _sha(path: str) -> str:
     return hashlib.sha256(open(path, "rb").read()).hexdigest()
 
 
+@pytest.mark.slow  # 10-40 s on 2 shared cores: three re-encodes, verified, read by four backends
 def test_repair_makes_every_backend_exact(files, tmp_path):
     root = os.path.dirname(files["clean"])
     broken = [files["false_keyframes"], files["gap"], files["short"]]
@@ -172,8 +174,6 @@ def test_repair_makes_every_backend_exact(files, tmp_path):
             clip = decode.read_frames(copy, indices, backend, **opts)
             for k, i in enumerate(indices):
                 assert mean_abs_diff(clip[k], ref[i]) < 1.0, (copy, backend, opts, i)
-        if not TORCHCODEC_MISSING:
-            assert verify.check_video(copy, "torchcodec", "approximate").status == "exact"
 
 
 def test_verify_and_repair_subcommands(files, tmp_path):
