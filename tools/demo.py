@@ -77,8 +77,8 @@ def main() -> None:
 
     profile_path = os.path.join(cfg.output_dir, "profile", "profile.json")
     if not args.skip_profile:
-        profile_cmd = [sys.executable, "tools/profile.py", "--config", args.config, "--out",
-                       os.path.dirname(profile_path), "--quick", *overrides]
+        out = os.path.dirname(profile_path)
+        profile_cmd = [sys.executable, "tools/profile.py", "--config", args.config, "--out", out, "--quick", *overrides]
         run(profile_cmd, env, "throughput profile")
     with open(os.path.join(cfg.output_dir, "train_summary.json")) as f:
         summary = json.load(f)
@@ -86,7 +86,7 @@ def main() -> None:
     pair_classes = {c for pair in TEMPORAL_PAIRS for c in pair}
     videos = [v for v in results["per_video"] if v["label"] in pair_classes]
     pair_acc = sum(v["pred"] == v["label"] for v in videos) / max(len(videos), 1)
-    metrics = results["metrics"]
+    metrics = {key: results["metrics"][key] / 100 for key in ("top1", "top5", "mean_class_acc")}  # percent -> fraction
     line = {
         "top1": round(metrics["top1"], 4),
         "top5": round(metrics["top5"], 4),
@@ -96,7 +96,7 @@ def main() -> None:
         "videos_evaluated": results["num_evaluated"],
         "protocol": results["protocol"],
         "train_clips_per_s": round(summary["clips_per_s"], 2),
-        "train_data_wait_share": summary.get("data_wait_share"),
+        "train_data_wait_share": round(summary["data_wait_share"], 3),
         "seconds": round(time.time() - start, 1),
         "paths": {
             "run": cfg.output_dir,
