@@ -7,7 +7,7 @@ model). Each runs with and without gradient checkpointing, in fp32 and bf16 auto
 cross-entropy, backward, AdamW step over the trainable parameters. Peak memory: CUDA allocator statistics on a GPU;
 on CPU (no allocator statistics) torch's ``MemTracker`` counts every live tensor. Example (CPU, small batch):
 
-    PYTHONPATH=. python tools/bench_model.py --batch 1 --steps 3 --json runs/bench_model_cpu.json
+    python tools/bench_model.py --batch 1 --steps 3 --json runs/bench_model_cpu.json
 """
 
 from __future__ import annotations
@@ -15,24 +15,29 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 import weakref
 from collections import OrderedDict
 from contextlib import nullcontext
 
-import torch
-import torch.nn.functional as F
-from einops import rearrange
-from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
-from torch.utils.checkpoint import checkpoint
-from torch.utils.flop_counter import FlopCounterMode
-from torch.utils.weak import WeakIdKeyDictionary
+# run from a checkout: the repo root on the path, tools/ off it (tools/profile.py would shadow the stdlib profile)
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from aim_video.config import ModelConfig
-from aim_video.models.aim import AIMBlock, AIMVisionTransformer
-from aim_video.models.build import build_model
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from einops import rearrange  # noqa: E402
+from torch import nn  # noqa: E402
+from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
+from torch.utils._pytree import tree_flatten  # noqa: E402
+from torch.utils.checkpoint import checkpoint  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
+from torch.utils.weak import WeakIdKeyDictionary  # noqa: E402
+
+from aim_video.config import ModelConfig  # noqa: E402
+from aim_video.models.aim import AIMBlock, AIMVisionTransformer  # noqa: E402
+from aim_video.models.build import build_model  # noqa: E402
 
 
 class LayerNormFP32(nn.LayerNorm):

@@ -102,7 +102,8 @@ class _CastInput(torch.nn.Module):
 def run_evaluation(engine: Any, cfg: Config, info: DistInfo, cache: dict[str, Any]) -> dict[str, Any] | None:
     """Periodic multi-view evaluation on `data.val_list` with aim_video.eval's `evaluate` (every video once).
 
-    Returns the scalar results for the log (top-1, top-5, mean class accuracy, counts), or None without a val list.
+    Returns the scalar results for the log in percent, like tools/test.py (top-1, top-5, mean class accuracy),
+    with the counts and the protocol, or None without a val list.
     """
     if not cfg.data.val_list:
         return None
@@ -114,11 +115,9 @@ def run_evaluation(engine: Any, cfg: Config, info: DistInfo, cache: dict[str, An
     model = _CastInput(engine.module, model_dtype(cfg))
     result = evaluate(model, cache["loader"], cfg, info.device, progress=False)
     engine.train()
-    metrics = result["metrics"]
-    scalars = {k: float(metrics[k]) for k in ("top1", "top5", "mean_class_accuracy") if k in metrics}
     return {
-        **scalars,
-        "num_videos": result["num_videos"],
+        **{key: float(result[key]) for key in ("top1", "top5", "mean_class_acc")},
+        "num_videos": result["num_evaluated"],
         "num_missing": result["num_missing"],
         "protocol": result["protocol"],
     }

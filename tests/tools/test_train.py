@@ -59,7 +59,10 @@ def test_two_rank_bf16_zero1_run_writes_everything_and_exports_the_trainable_set
     assert [r["step"] for r in steps] == [1, 2, 3, 4] and all(r["lr"] > 0 for r in steps)
     assert os.listdir(os.path.join(out, "tensorboard"))
     evals = [r for r in log if r["event"] == "eval"]  # periodic multi-view evaluation of the bf16 model
-    assert len(evals) == 1 and evals[0]["num_videos"] == 16 and 0 <= evals[0]["top1"] <= 1
+    assert len(evals) == 1 and evals[0]["num_videos"] == 16 and evals[0]["num_missing"] == 0
+    correct = evals[0]["top1"] * 16 / 100  # percent of 16 videos, like tools/test.py: a whole number of videos
+    assert 0 <= evals[0]["top1"] <= 100 and correct == pytest.approx(round(correct))
+    assert evals[0]["top5"] == 100.0  # two classes: the true one is always in the top five
     assert evals[0]["protocol"]["num_clips"] == 2
     best = json.load(open(os.path.join(out, "checkpoints", "best.json")))
     assert best == {"name": "step_00000004", "metric": evals[0]["top1"]} == summary["best"]
