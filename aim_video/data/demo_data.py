@@ -34,7 +34,7 @@ CLASSES: list[str] = [
 TEMPORAL_PAIRS: list[tuple[int, int]] = [(0, 1), (2, 3)]
 _REVERSED_OF = {reverse: forward for forward, reverse in TEMPORAL_PAIRS}
 
-DATA_VERSION = 1  # bump when the rendering changes, so cached datasets are rebuilt
+DATA_VERSION = 2  # bump when the rendering changes, so cached datasets are rebuilt
 
 
 @dataclass
@@ -83,7 +83,7 @@ def render(label: int, rng: np.random.Generator, spec: DemoSpec) -> np.ndarray:
             level = lo + (hi - lo) * p
             frames[t] = np.where(mask, bg * (1 - level) + color * level, bg)
     elif label in (4, 5):  # a disc crossing the frame horizontally (4) or vertically (5), either direction
-        radius = rng.uniform(size * 0.1, size * 0.16)
+        radius = rng.uniform(size * 0.15, size * 0.22)
         across = rng.uniform(size * 0.3, size * 0.7)
         start, end = radius + 1, size - radius - 1
         if rng.random() < 0.5:
