@@ -12,7 +12,7 @@ Each runs in this process (median seconds per clip -> clips/s) and in a 2-worker
 Every method decodes the same clips (same videos, same frame indices). Also: decode-once-sample-2 (repeated_aug
 2) against one clip per decode.
 
-    PYTHONPATH=. python tools/bench_loader.py --clips 6 --out /tmp/aim_video_bench
+    python tools/bench_loader.py --clips 6 --out /tmp/aim_video_bench
 """
 
 from __future__ import annotations
