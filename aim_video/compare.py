@@ -18,6 +18,7 @@ import datetime
 import json
 import os
 import platform
+import statistics
 import time
 from typing import Any
 
@@ -101,9 +102,9 @@ def training_memory_mib(model: nn.Module, optimizer: torch.optim.Optimizer, step
     return (sum(params.values()) + grads + states + activations) / 2**20
 
 
-def measure_cost(cfg: Config, device: torch.device, warmup: int = 2, steps: int = 5) -> dict[str, Any]:
-    """Tunable parameters, training clips/s and peak memory of ``cfg``'s model on synthetic clips (batch of
-    ``data.batch_size``, the training shape), with training's AdamW groups. Seeded: the same clips for every method."""
+def measure_cost(cfg: Config, device: torch.device, warmup: int = 3, steps: int = 15) -> dict[str, Any]:
+    """Tunable parameters, training clips/s (median optimizer step) and peak memory of ``cfg``'s model on synthetic
+    clips (batch of ``data.batch_size``, the training shape), with training's AdamW groups; the same clips for all."""
     from aim_video.engine.deepspeed_setup import model_dtype
     from aim_video.models.build import build_model
     from aim_video.profiling.throughput import build_trainer, synchronize
@@ -125,12 +126,14 @@ def measure_cost(cfg: Config, device: torch.device, warmup: int = 2, steps: int 
 
     for _ in range(warmup):
         step()
-    synchronize(device)
-    start = time.perf_counter()
-    for _ in range(steps):
+    times = []
+    for _ in range(steps):  # the median step: robust to the other processes of a shared machine
+        synchronize(device)
+        start = time.perf_counter()
         step()
-    synchronize(device)
-    elapsed = (time.perf_counter() - start) / steps
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    elapsed = statistics.median(times)
     memory = training_memory_mib(model, optimizer, step, device)
     trainable, total = model.parameter_counts()
     return {
