@@ -6,11 +6,7 @@ import os
 import subprocess
 import sys
 
-import pytest
-
 from tests.tools.conftest import REPO, tiny_config
-
-pytestmark = pytest.mark.slow  # two in-process trainings and evaluations: ~40 s on 2 CPU cores
 
 
 def test_compare_two_methods_writes_table_json_and_chart(video_root, tmp_path):
