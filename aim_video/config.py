@@ -75,8 +75,10 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    """The frozen timm ViT and the AIM adapters around it."""
+    """The frozen timm ViT and the method that adapts it to video (AIM by default; baselines for comparisons)."""
 
+    # aim | linear_probe | full_finetune | lora | vpt_shallow | vpt_deep | linear_adapter (aim_video/models/build.py)
+    method: str = "aim"
     arch: str = "vit_base_patch16_clip_quickgelu_224"  # timm architecture name (weights never downloaded)
     vit_kwargs: dict[str, Any] = field(default_factory=dict)  # extra timm kwargs, e.g. a tiny ViT's embed_dim/depth
     pretrained: str = ""  # local file or folder: OpenAI CLIP (.pt/.pth) or timm (.pth/.safetensors/HF cache)
@@ -93,6 +95,11 @@ class ModelConfig:
     head_dropout: float = 0.5
     grad_checkpointing: bool = False
     compile: bool = False
+    # baselines (read only by their method)
+    lora_rank: int = 8  # lora: rank of the update on every block's attn.qkv and attn.proj
+    lora_alpha: float = 16.0  # lora: the update is scaled by alpha / rank
+    prompt_tokens: int = 8  # vpt_shallow / vpt_deep: learnable tokens per frame (per block for deep)
+    linear_adapter_rank: int = 16  # linear_adapter: bottleneck of each purely linear (mergeable) adapter
 
 
 @dataclass

@@ -1,4 +1,11 @@
-"""``build_model(cfg.model, num_frames)``: the one place that reads ModelConfig and assembles an AIM model."""
+"""``build_model(cfg.model, num_frames)``: the one place that reads ModelConfig and assembles a video model.
+
+``model.method`` picks the method on the same frozen timm backbone: ``aim`` (the default; its spatial, temporal and
+joint adapters and the temporal embedding switch on and off through their own flags) or one of the frame-by-frame
+baselines of :mod:`aim_video.models.frame_vit`: ``linear_probe`` (head only), ``full_finetune`` (every backbone
+parameter), ``lora`` (attention projections), ``vpt_shallow`` / ``vpt_deep`` (prompt tokens per frame) and
+``linear_adapter`` (ZeroI2V-style adapters that ``merge()`` folds into the weights).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +16,14 @@ from timm.models.vision_transformer import VisionTransformer
 
 from aim_video.config import ModelConfig
 from aim_video.models.aim import AIMVisionTransformer
+from aim_video.models.frame_vit import FrameViT
+from aim_video.models.linear_adapter import apply_linear_adapters
+from aim_video.models.lora import apply_lora
 from aim_video.models.pretrained import load_pretrained
+from aim_video.models.vpt import VisualPrompts
+
+METHODS = ("aim", "linear_probe", "full_finetune", "lora", "vpt_shallow", "vpt_deep", "linear_adapter")
+VideoModel = AIMVisionTransformer | FrameViT
 
 log = logging.getLogger(__name__)
 
@@ -68,27 +82,73 @@ def create_backbone(cfg: ModelConfig) -> VisionTransformer:
     return backbone
 
 
-def build_model(cfg: ModelConfig, num_frames: int) -> AIMVisionTransformer:
-    """AIM model for clips of ``num_frames``: backbone, adapters, pretrained weights, checkpointing, compile.
+def check_method(cfg: ModelConfig) -> None:
+    """``model.method`` is known and no AIM-only setting is given to a baseline (it would be silently ignored)."""
+    if cfg.method not in METHODS:
+        raise ValueError(f"model.method={cfg.method!r} is not one of {', '.join(METHODS)}")
+    if cfg.method == "aim":
+        return
+    defaults = ModelConfig()
+    aim_only = ("adapter_layers", "num_temporal_adapters")
+    changed = [f"model.{key}={getattr(cfg, key)!r}" for key in aim_only if getattr(cfg, key) != getattr(defaults, key)]
+    if changed:
+        raise ValueError(
+            f"{', '.join(changed)} only applies to model.method=aim, not model.method={cfg.method}; "
+            f"leave {' and '.join(f'model.{k}' for k in aim_only)} at their defaults"
+        )
 
-    Input float ``[B, T, C, H, W]`` -> logits ``[B, cfg.num_classes]``; only the trainable set requires grad.
-    """
-    backbone = create_backbone(cfg)
-    model = AIMVisionTransformer(
+
+def _build_frame_model(cfg: ModelConfig, backbone: VisionTransformer, num_frames: int) -> FrameViT:
+    """The frame-by-frame baseline named by ``cfg.method`` (its added modules go in before the wrapper freezes)."""
+    prompts = None
+    if cfg.method == "lora":
+        apply_lora(backbone, cfg.lora_rank, cfg.lora_alpha)
+    elif cfg.method == "linear_adapter":
+        apply_linear_adapters(backbone, cfg.linear_adapter_rank)
+    elif cfg.method in ("vpt_shallow", "vpt_deep"):
+        patch_h, patch_w = backbone.patch_embed.patch_size
+        prompts = VisualPrompts(
+            backbone.embed_dim,
+            cfg.prompt_tokens,
+            depth=len(backbone.blocks) if cfg.method == "vpt_deep" else 1,
+            patch_area=patch_h * patch_w,
+            num_prefix_tokens=backbone.num_prefix_tokens,
+        )
+    return FrameViT(
         backbone,
         num_frames=num_frames,
         num_classes=cfg.num_classes,
-        adapter_blocks=parse_adapter_layers(cfg.adapter_layers, len(backbone.blocks)),
-        ratio=cfg.adapter_ratio,
-        spatial=cfg.spatial_adapter,
-        temporal=cfg.temporal_adapter,
-        joint=cfg.joint_adapter,
-        num_temporal_adapters=cfg.num_temporal_adapters,
-        mlp_adapter_scale=cfg.mlp_adapter_scale,
-        temporal_embedding=cfg.temporal_embedding,
-        drop_path_rate=cfg.drop_path_rate,
+        train_backbone=cfg.method == "full_finetune",
+        prompts=prompts,
         head_dropout=cfg.head_dropout,
     )
+
+
+def build_model(cfg: ModelConfig, num_frames: int) -> VideoModel:
+    """The ``cfg.method`` model for clips of ``num_frames``: backbone, added modules, pretrained weights, switches.
+
+    Input float ``[B, T, C, H, W]`` -> logits ``[B, cfg.num_classes]``; only the trainable set requires grad.
+    """
+    check_method(cfg)
+    backbone = create_backbone(cfg)
+    if cfg.method != "aim":
+        model: VideoModel = _build_frame_model(cfg, backbone, num_frames)
+    else:
+        model = AIMVisionTransformer(
+            backbone,
+            num_frames=num_frames,
+            num_classes=cfg.num_classes,
+            adapter_blocks=parse_adapter_layers(cfg.adapter_layers, len(backbone.blocks)),
+            ratio=cfg.adapter_ratio,
+            spatial=cfg.spatial_adapter,
+            temporal=cfg.temporal_adapter,
+            joint=cfg.joint_adapter,
+            num_temporal_adapters=cfg.num_temporal_adapters,
+            mlp_adapter_scale=cfg.mlp_adapter_scale,
+            temporal_embedding=cfg.temporal_embedding,
+            drop_path_rate=cfg.drop_path_rate,
+            head_dropout=cfg.head_dropout,
+        )
     if cfg.pretrained:
         load_pretrained(model, cfg.pretrained)
     else:
@@ -98,7 +158,8 @@ def build_model(cfg: ModelConfig, num_frames: int) -> AIMVisionTransformer:
         model.compile_blocks()
     trainable, total = model.parameter_counts()
     log.info(
-        "AIM %s, %d frames: %.3f M trainable of %.3f M parameters (%d tensors trainable)",
+        "%s %s, %d frames: %.3f M trainable of %.3f M parameters (%d tensors trainable)",
+        cfg.method,
         cfg.arch,
         num_frames,
         trainable / 1e6,

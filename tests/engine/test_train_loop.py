@@ -103,3 +103,51 @@ def test_resume_inside_an_epoch_continues_with_the_same_samples():
     assert rest == full[3:] and full != sorted(full)
     other_epoch = [b.tolist() for b in epoch_batches(loader, epoch=3, skip=0, seed=0, rank=0)]
     assert other_epoch != full
+
+
+AIM_SPATIAL = ["model.temporal_adapter=false", "model.joint_adapter=false", "model.temporal_embedding=false"]
+METHOD_OVERRIDES = {
+    "aim": [],
+    "aim_spatial": AIM_SPATIAL,
+    **{m: [f"model.method={m}"] for m in ("linear_probe", "full_finetune", "lora", "vpt_shallow", "vpt_deep")},
+    "linear_adapter": ["model.method=linear_adapter"],
+}
+
+
+@pytest.mark.parametrize("method", list(METHOD_OVERRIDES))
+def test_mixup_and_cutmix_train_every_method_through_the_engine(world, tmp_path, method):
+    """Soft MixUp/CutMix targets through a real DeepSpeed engine: every trainable tensor moves, nothing else does."""
+    from aim_video.models.build import build_model
+    from tests.models.conftest import TINY_CLIP
+
+    cfg = load_config(None, ["train.precision=fp32", "data.batch_size=4", "model.num_classes=3", "train.lr=1e-2",
+                             "model.drop_path_rate=0", "model.head_dropout=0", *METHOD_OVERRIDES[method]])  # fmt: skip
+    cfg.model.arch, cfg.model.vit_kwargs = "vit_base_patch16_clip_quickgelu_224", dict(TINY_CLIP)
+    torch.manual_seed(0)
+    model = build_model(cfg.model, 4)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    engine, _ = build_engine(cfg, model, steps_per_epoch=3, world_size=1, ds_config=derive_ds_config(cfg, 1))
+    gen = torch.Generator().manual_seed(1)
+    batches = iter([{"video": torch.randn(4, 4, 3, 32, 32, generator=gen), "label": torch.tensor([0, 1, 2, 0]),
+                     "index": torch.arange(4)} for _ in range(3)])  # fmt: skip
+    mix = build_mixing(0.8, 1.0, num_classes=3)
+    seen = []
+
+    def prepare(batch):
+        return batch["video"], batch["label"]
+
+    def mixing(video, label):
+        video, target = mix(video, label)
+        seen.append(target)
+        return video, target
+
+    log = RunLog(str(tmp_path), is_main=True, total_steps=3, initial_step=0)
+    stats = train_one_epoch(engine, batches, EpochState(), micro_batches=3, prepare=prepare, mix=mixing,
+                            label_smoothing=0.1, max_steps=-1, log=log, log_every=1, rank=0,
+                            world_size=1)  # fmt: skip
+    log.close()
+    assert stats["steps"] == 3 and torch.isfinite(torch.tensor(stats["loss"]))
+    assert len(seen) == 3 and all(t.shape == (4, 3) and (t.max(1).values < 1).any() for t in seen)  # soft targets
+    trainable = set(model.trainable_parameter_names())
+    moved = {n for n, p in model.named_parameters() if not torch.equal(p.detach(), before[n])}
+    assert moved == trainable

@@ -1,0 +1,267 @@
+"""Fair method comparisons: every method trained on one split with the same config, seed, schedule and loader.
+
+:func:`run_method` trains one named method with :func:`aim_video.engine.fit.fit` in this process (a world of one:
+the same DeepSpeed engine, loader and recipe as ``tools/train.py``), evaluates the exported weights with the
+multi-view protocol (a mergeable method is merged first, so its row is the plain-ViT model it ships as) and
+measures its cost on synthetic clips of the training shape: tunable parameters, inference GFLOPs per clip,
+training clips/s of the optimizer step and peak training memory. :func:`write_outputs` writes the table as
+Markdown, JSON and a PNG chart.
+
+Peak memory is ``torch.cuda.max_memory_allocated`` on a GPU. On a CPU (no allocator statistics; the process RSS
+is mostly the interpreter) it is the training step's accounted memory: parameters + gradients + AdamW states +
+the activations autograd saves for the backward pass (distinct storages, counted once).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import statistics
+import time
+from typing import Any
+
+import torch
+from torch import nn
+
+from aim_video.config import Config, load_config
+from aim_video.data.transforms import normalize
+from aim_video.engine.train_loop import loss_fn
+
+# name -> config overrides on top of the common config: AIM's component ablations and the baselines
+METHODS: dict[str, list[str]] = {
+    "aim_spatial": [
+        "model.method=aim",
+        "model.temporal_adapter=false",
+        "model.joint_adapter=false",
+        "model.temporal_embedding=false",
+    ],
+    "aim_spatial_temporal": ["model.method=aim", "model.joint_adapter=false"],
+    "aim": ["model.method=aim"],
+    "linear_probe": ["model.method=linear_probe"],
+    "full_finetune": ["model.method=full_finetune"],
+    "lora": ["model.method=lora"],
+    "vpt_shallow": ["model.method=vpt_shallow"],
+    "vpt_deep": ["model.method=vpt_deep"],
+    "linear_adapter": ["model.method=linear_adapter"],
+}
+DESCRIPTIONS = {
+    "aim_spatial": "AIM, spatial adapters only, no temporal embedding",
+    "aim_spatial_temporal": "AIM, spatial + temporal adapters",
+    "aim": "AIM, spatial + temporal + joint adapters",
+    "linear_probe": "linear probe (frozen backbone, mean of per-frame CLS)",
+    "full_finetune": "full fine-tuning, space-only (frames averaged)",
+    "lora": "LoRA on attn.qkv and attn.proj",
+    "vpt_shallow": "VPT shallow (prompt tokens per frame)",
+    "vpt_deep": "VPT deep (prompt tokens per frame and block)",
+    "linear_adapter": "linear adapters, merged for inference (ZeroI2V-style)",
+}
+COLUMNS = [  # (key, header, format)
+    ("method", "method", "{}"),
+    ("tunable_params", "tunable params", "{:,}"),
+    ("gflops_per_clip", "GFLOPs / clip (inference)", "{:.4f}"),
+    ("train_clips_per_s", "train clips/s (step)", "{:.1f}"),
+    ("peak_memory_mib", "peak train memory (MiB)", "{:.1f}"),
+    ("top1", "top-1 (%)", "{:.1f}"),
+    ("top5", "top-5 (%)", "{:.1f}"),
+    ("temporal_pairs_top1", "temporal pairs top-1 (%)", "{:.1f}"),
+]
+
+
+def method_config(name: str, config_path: str, overrides: list[str], output_dir: str) -> Config:
+    """The common config with ``name``'s overrides; the run goes to ``output_dir/name``."""
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}: choose from {', '.join(METHODS)}")
+    extra = [*METHODS[name], f"output_dir={os.path.join(output_dir, name)}"]
+    return load_config(config_path, [*overrides, *extra])
+
+
+def training_memory_mib(model: nn.Module, optimizer: torch.optim.Optimizer, step: Any, device: torch.device) -> float:
+    """Peak memory of one training step (``step()`` runs forward + backward + optimizer step), see the module doc."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        step()
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    saved: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        saved[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        step()
+    params = {p.untyped_storage().data_ptr(): p.untyped_storage().nbytes() for p in model.parameters()}
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    grads = sum(p.numel() * p.element_size() for p in trainable)
+    states = sum(t.numel() * t.element_size() for s in optimizer.state.values() for t in s.values() if t.ndim > 0)
+    activations = sum(n for ptr, n in saved.items() if ptr not in params)
+    return (sum(params.values()) + grads + states + activations) / 2**20
+
+
+def measure_cost(cfg: Config, device: torch.device, warmup: int = 3, steps: int = 15) -> dict[str, Any]:
+    """Tunable parameters, training clips/s (median optimizer step) and peak memory of ``cfg``'s model on synthetic
+    clips (batch of ``data.batch_size``, the training shape), with training's AdamW groups; the same clips for all."""
+    from aim_video.engine.deepspeed_setup import model_dtype
+    from aim_video.models.build import build_model
+    from aim_video.profiling.throughput import build_trainer, synchronize
+
+    torch.manual_seed(cfg.train.seed)
+    d = cfg.data
+    dtype = model_dtype(cfg)
+    model = build_model(cfg.model, d.num_frames).to(device=device, dtype=dtype).train()
+    optimizer = build_trainer(cfg, model)
+    gen = torch.Generator().manual_seed(cfg.train.seed)
+    raw = torch.randint(0, 256, (d.batch_size, d.num_frames, 3, d.input_size, d.input_size), generator=gen)
+    video = normalize(raw.to(torch.uint8).to(device), d.mean, d.std).to(dtype)  # [B, T, C, H, W]
+    label = torch.randint(0, cfg.model.num_classes, (d.batch_size,), generator=gen).to(device)
+
+    def step() -> None:
+        loss_fn(model(video), label, cfg.train.label_smoothing).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(steps):  # the median step: robust to the other processes of a shared machine
+        synchronize(device)
+        start = time.perf_counter()
+        step()
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    elapsed = statistics.median(times)
+    memory = training_memory_mib(model, optimizer, step, device)
+    trainable, total = model.parameter_counts()
+    return {
+        "tunable_params": trainable,
+        "total_params": total,
+        "train_clips_per_s": d.batch_size / elapsed,
+        "peak_memory_mib": memory,
+    }
+
+
+def pair_accuracy(per_video: list[dict[str, int]], pairs: list[tuple[int, int]]) -> float:
+    """Top-1 in percent over the videos whose class belongs to one of ``pairs`` (the demo's temporal-order pairs)."""
+    classes = {c for pair in pairs for c in pair}
+    videos = [v for v in per_video if v["label"] in classes]
+    if not videos:
+        raise ValueError(f"no evaluated video belongs to the classes {sorted(classes)} of the temporal pairs")
+    return 100.0 * sum(v["pred"] == v["label"] for v in videos) / len(videos)
+
+
+def run_method(
+    name: str,
+    config_path: str,
+    overrides: list[str],
+    output_dir: str,
+    split: str = "val",
+    temporal_pairs: list[tuple[int, int]] | None = None,
+) -> dict[str, Any]:
+    """Train ``name``, evaluate it (merged when it can merge) and measure its cost; returns its table row."""
+    from aim_video.data.loader import build_eval_loader
+    from aim_video.engine.fit import fit
+    from aim_video.eval.loading import load_model
+    from aim_video.eval.multiview import apply_protocol, evaluate
+    from aim_video.profiling.flops import model_flops_per_clip
+
+    cfg = method_config(name, config_path, [*overrides, "train.eval_every=-1"], output_dir)
+    started = time.time()
+    summary = fit(cfg)
+    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    model = load_model(cfg, summary["paths"]["model_trainable"], device)
+    merged = cfg.model.method == "linear_adapter"  # the variant that ships merged: evaluated as a plain ViT
+    if merged:
+        model.merge()
+    apply_protocol(cfg)
+    result = evaluate(model, build_eval_loader(cfg, split, 0, 1), cfg, device, progress=False)
+    flops = model_flops_per_clip(model, cfg.data.num_frames, cfg.data.input_size, device, torch.float32)
+    row: dict[str, Any] = {
+        "method": name,
+        "description": DESCRIPTIONS[name],
+        "model_method": cfg.model.method,
+        "merged_for_eval": merged,
+        "gflops_per_clip": flops["forward"] / 1e9,
+        "inference_params": sum(p.numel() for p in model.parameters()),
+        **measure_cost(cfg, device),
+        "top1": float(result["top1"]),
+        "top5": float(result["top5"]),
+        "mean_class_acc": float(result["mean_class_acc"]),
+        "num_evaluated": result["num_evaluated"],
+        "protocol": result["protocol"],
+        "train_steps": summary["steps"],
+        "train_wall_s": summary["wall_s"],
+        "train_loader_clips_per_s": summary["clips_per_s"],
+        "final_loss": summary["final_loss"],
+        "wall_s": time.time() - started,
+        "run_dir": cfg.output_dir,
+    }
+    if temporal_pairs:
+        row["temporal_pairs_top1"] = pair_accuracy(result["per_video"], temporal_pairs)
+    return row
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    """The comparison as a Markdown table (columns absent from every row are left out)."""
+    columns = [c for c in COLUMNS if any(c[0] in r for r in rows)]
+    lines = ["| " + " | ".join(h for _, h, _ in columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        cells = [fmt.format(row[key]) if key in row else "n/a" for key, _, fmt in columns]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict[str, Any]], path: str, title: str) -> str:
+    """Bars of top-1 (and temporal-pair top-1) per method, with tunable parameters on a log axis beside them."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [r["method"] for r in rows]
+    fig, (ax_acc, ax_par) = plt.subplots(1, 2, figsize=(12, 0.45 * len(rows) + 1.8), sharey=True)
+    ys = range(len(rows))
+    has_pairs = any("temporal_pairs_top1" in r for r in rows)
+    height = 0.4 if has_pairs else 0.8
+    ax_acc.barh([y - height / 2 * has_pairs for y in ys], [r["top1"] for r in rows], height, label="top-1")
+    if has_pairs:
+        pairs = [r.get("temporal_pairs_top1", 0.0) for r in rows]
+        ax_acc.barh([y + height / 2 for y in ys], pairs, height, label="temporal pairs top-1")
+        ax_acc.axvline(50, color="grey", ls=":", lw=1, label="chance within a pair")
+    ax_acc.set_xlim(0, 100)
+    ax_acc.set_xlabel("accuracy (%)")
+    ax_acc.legend(fontsize=8, loc="lower right")
+    ax_acc.set_yticks(list(ys), names)
+    ax_acc.invert_yaxis()
+    ax_par.barh(list(ys), [r["tunable_params"] for r in rows], 0.6, color="tab:green")
+    ax_par.set_xscale("log")
+    ax_par.set_xlabel("tunable parameters (log)")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def machine_description() -> str:
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(torch.cuda.current_device())
+    return f"CPU ({os.cpu_count()} cores, {platform.processor() or platform.machine()})"
+
+
+def write_outputs(rows: list[dict[str, Any]], out_dir: str, meta: dict[str, Any]) -> dict[str, str]:
+    """``compare.md``, ``compare.json`` and ``compare.png`` in ``out_dir``; returns their paths."""
+    os.makedirs(out_dir, exist_ok=True)
+    meta = {"date": datetime.date.today().isoformat(), "machine": machine_description(), **meta}
+    paths = {k: os.path.join(out_dir, f"compare.{k}") for k in ("md", "json", "png")}
+    with open(paths["json"], "w") as f:
+        json.dump({"meta": meta, "rows": rows}, f, indent=2)
+    header = [f"- {key}: {value}" for key, value in meta.items()]
+    with open(paths["md"], "w") as f:
+        f.write("\n".join(header) + "\n\n" + markdown_table(rows) + "\n")
+    plot(rows, paths["png"], f"{meta.get('config', '')} ({meta['machine']}, {meta['date']})")
+    return paths
