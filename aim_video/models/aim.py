@@ -26,6 +26,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from aim_video.models.adapter import Adapter
+from aim_video.models.video_model import TrainableSetMixin, check_backbone
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +95,7 @@ class AIMBlock(nn.Module):
         return x
 
 
-class AIMVisionTransformer(nn.Module):
+class AIMVisionTransformer(TrainableSetMixin, nn.Module):
     """Video classifier: a timm ViT (frozen) with AIM blocks, temporal embedding, trainable final norm and head.
 
     Input float ``[B, T, C, H, W]`` (normalised frames) -> logits ``[B, num_classes]``. The backbone lives in
@@ -119,7 +120,7 @@ class AIMVisionTransformer(nn.Module):
         head_dropout: float = 0.5,
     ) -> None:
         super().__init__()
-        _check_backbone(backbone)
+        check_backbone(backbone)
         depth = len(backbone.blocks)
         adapted = set(range(depth) if adapter_blocks is None else adapter_blocks)
         # drop_path rises linearly over depth, as in the paper (0 at the first block)
@@ -169,28 +170,6 @@ class AIMVisionTransformer(nn.Module):
         }
         return [name for name, _ in self.named_parameters() if name in trainable]
 
-    def freeze(self) -> None:
-        """``requires_grad`` on exactly the trainable set, off everywhere else."""
-        trainable = set(self.trainable_parameter_names())
-        for name, param in self.named_parameters():
-            param.requires_grad_(name in trainable)
-
-    def parameter_counts(self) -> tuple[int, int]:
-        """(trainable, total) parameter counts."""
-        trainable = set(self.trainable_parameter_names())
-        params = list(self.named_parameters())
-        return sum(p.numel() for n, p in params if n in trainable), sum(p.numel() for _, p in params)
-
-    # -- switches -----------------------------------------------------------------------------------------------
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        """Recompute each block in the backward pass (non-reentrant, so adapters get gradients behind a frozen stem)."""
-        self.grad_checkpointing = enable
-
-    def compile_blocks(self, **kwargs) -> None:
-        """``torch.compile`` each block in place: parameter names and checkpointing stay as they are."""
-        for blk in self.backbone.blocks:
-            blk.compile(**kwargs)
-
     # -- forward ------------------------------------------------------------------------------------------------
     def forward_features(self, video: torch.Tensor) -> torch.Tensor:
         """``[B, T, C, H, W]`` -> final-norm tokens ``[B, T, N, D]`` (N includes CLS and any register tokens)."""
@@ -224,16 +203,3 @@ class AIMVisionTransformer(nn.Module):
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(video))
-
-
-def _check_backbone(backbone: nn.Module) -> None:
-    """AIM needs a class token (the per-frame CLS) and the final norm before pooling (token pooling)."""
-    if not isinstance(backbone, VisionTransformer):
-        raise TypeError(f"AIM wraps a timm VisionTransformer, got {type(backbone).__name__}")
-    if not backbone.has_class_token:
-        raise ValueError("AIM classifies the per-frame CLS token: this ViT has no class token (class_token=False)")
-    if backbone.attn_pool is not None or not isinstance(backbone.fc_norm, nn.Identity):
-        raise ValueError(
-            f"this ViT pools with global_pool={backbone.global_pool!r}; AIM needs token pooling: "
-            "add global_pool: token to model.vit_kwargs"
-        )

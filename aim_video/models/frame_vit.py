@@ -6,8 +6,9 @@ There is no temporal embedding and no exchange between frames, so these models a
 construction (the demo's temporal pairs show it).
 
 The interface is :class:`~aim_video.models.aim.AIMVisionTransformer`'s (``forward``, ``forward_features``,
-``forward_head``, ``trainable_parameter_names``, ``new_parameter_names``, ``freeze``, ``parameter_counts``,
-``set_grad_checkpointing``, ``compile_blocks``), so the engine, evaluation, export and profiler run unchanged.
+``forward_head``, ``trainable_parameter_names``, ``new_parameter_names``, and through
+:class:`~aim_video.models.video_model.TrainableSetMixin` ``freeze``, ``parameter_counts``, ``set_grad_checkpointing``,
+``compile_blocks``), so the engine, evaluation, export and profiler run unchanged.
 The trainable set is explicit: the head, the parameters each added module declares in ``adapter_params()``
 (LoRA, prompts, linear adapters) and, for full fine-tuning only, the whole backbone.
 """
@@ -20,11 +21,11 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from aim_video.models.aim import _check_backbone
+from aim_video.models.video_model import TrainableSetMixin, check_backbone
 from aim_video.models.vpt import VisualPrompts
 
 
-class FrameViT(nn.Module):
+class FrameViT(TrainableSetMixin, nn.Module):
     """Video classifier from an image ViT applied per frame; ``[B, T, C, H, W]`` -> logits ``[B, num_classes]``.
 
     ``train_backbone`` makes every backbone parameter trainable (full fine-tuning); ``prompts`` adds VPT tokens.
@@ -42,7 +43,7 @@ class FrameViT(nn.Module):
         head_dropout: float = 0.5,
     ) -> None:
         super().__init__()
-        _check_backbone(backbone)
+        check_backbone(backbone)
         backbone.reset_classifier(0)
         self.backbone = backbone
         self.num_frames = num_frames
@@ -73,18 +74,6 @@ class FrameViT(nn.Module):
             trainable |= {f"backbone.{name}" for name, _ in self.backbone.named_parameters()}
         return [name for name, _ in self.named_parameters() if name in trainable]
 
-    def freeze(self) -> None:
-        """``requires_grad`` on exactly the trainable set, off everywhere else."""
-        trainable = set(self.trainable_parameter_names())
-        for name, param in self.named_parameters():
-            param.requires_grad_(name in trainable)
-
-    def parameter_counts(self) -> tuple[int, int]:
-        """(trainable, total) parameter counts."""
-        trainable = set(self.trainable_parameter_names())
-        params = list(self.named_parameters())
-        return sum(p.numel() for n, p in params if n in trainable), sum(p.numel() for _, p in params)
-
     @torch.no_grad()
     def merge(self) -> FrameViT:
         """Fold every mergeable module (``merged()``: LoRA, linear adapters) into a plain ``nn.Linear``, in place.
@@ -103,16 +92,6 @@ class FrameViT(nn.Module):
             setattr(owner, child, getattr(owner, child).merged())
         self.freeze()
         return self
-
-    # -- switches -----------------------------------------------------------------------------------------------
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        """Recompute each block in the backward pass (non-reentrant: a frozen stem still lets gradients through)."""
-        self.grad_checkpointing = enable
-
-    def compile_blocks(self, **kwargs) -> None:
-        """``torch.compile`` each block in place: parameter names and checkpointing stay as they are."""
-        for blk in self.backbone.blocks:
-            blk.compile(**kwargs)
 
     # -- forward ------------------------------------------------------------------------------------------------
     def forward_features(self, video: torch.Tensor) -> torch.Tensor:

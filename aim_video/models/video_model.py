@@ -1,0 +1,55 @@
+"""What every video model here shares: it names its trainable set, and freezing and counting follow from that.
+
+:class:`TrainableSetMixin` gives :class:`~aim_video.models.aim.AIMVisionTransformer` and
+:class:`~aim_video.models.frame_vit.FrameViT` one implementation of ``freeze``, ``parameter_counts``,
+``set_grad_checkpointing`` and ``compile_blocks``; each model defines only ``trainable_parameter_names`` (and its
+forward, which reads ``self.grad_checkpointing``). :func:`check_backbone` is the read-out both rely on.
+"""
+
+from __future__ import annotations
+
+from timm.models.vision_transformer import VisionTransformer
+from torch import nn
+
+
+class TrainableSetMixin:
+    """For an ``nn.Module`` with ``self.backbone`` (a timm ViT) and ``trainable_parameter_names()``."""
+
+    grad_checkpointing: bool = False
+
+    def trainable_parameter_names(self) -> list[str]:
+        raise NotImplementedError
+
+    def freeze(self) -> None:
+        """``requires_grad`` on exactly the trainable set, off everywhere else."""
+        trainable = set(self.trainable_parameter_names())
+        for name, param in self.named_parameters():  # type: ignore[attr-defined]
+            param.requires_grad_(name in trainable)
+
+    def parameter_counts(self) -> tuple[int, int]:
+        """(trainable, total) parameter counts."""
+        trainable = set(self.trainable_parameter_names())
+        params = list(self.named_parameters())  # type: ignore[attr-defined]
+        return sum(p.numel() for n, p in params if n in trainable), sum(p.numel() for _, p in params)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each block in the backward pass (non-reentrant, so gradients pass a frozen stem)."""
+        self.grad_checkpointing = enable
+
+    def compile_blocks(self, **kwargs) -> None:
+        """``torch.compile`` each block in place: parameter names and checkpointing stay as they are."""
+        for blk in self.backbone.blocks:  # type: ignore[attr-defined]
+            blk.compile(**kwargs)
+
+
+def check_backbone(backbone: nn.Module) -> None:
+    """The video models classify the per-frame CLS token after the final norm (token pooling)."""
+    if not isinstance(backbone, VisionTransformer):
+        raise TypeError(f"AIM wraps a timm VisionTransformer, got {type(backbone).__name__}")
+    if not backbone.has_class_token:
+        raise ValueError("AIM classifies the per-frame CLS token: this ViT has no class token (class_token=False)")
+    if backbone.attn_pool is not None or not isinstance(backbone.fc_norm, nn.Identity):
+        raise ValueError(
+            f"this ViT pools with global_pool={backbone.global_pool!r}; AIM needs token pooling: "
+            "add global_pool: token to model.vit_kwargs"
+        )
