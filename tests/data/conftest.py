@@ -112,3 +112,15 @@ def make_corrupt_corpus(folder: str) -> dict[str, str]:
     write_audio_only(p["audio_only"])
     write_overclaiming(p["overclaiming"])
     return p
+
+
+def installed_backends() -> list[str]:
+    """Every decoding backend that loads here (torchcodec needs FFmpeg's shared libraries)."""
+    names = ["decord", "pyav"]
+    try:
+        import torchcodec.decoders  # noqa: F401  (only to know whether its FFmpeg libraries load)
+
+        names.append("torchcodec")
+    except Exception:
+        pass
+    return names

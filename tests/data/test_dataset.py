@@ -8,18 +8,7 @@ from aim_video.data import decode
 from aim_video.data.annotations import VideoRecord
 from aim_video.data.dataset import MultiViewDataset, TrainClipDataset
 from aim_video.data.transforms import build_eval_transform, build_train_transform
-from tests.data.conftest import frame_code_video
-
-
-def installed_backends() -> list[str]:
-    names = ["decord", "pyav"]
-    try:
-        import torchcodec.decoders  # noqa: F401  (only to know whether its FFmpeg libraries load)
-
-        names.append("torchcodec")
-    except Exception:
-        pass
-    return names
+from tests.data.conftest import frame_code_video, installed_backends
 
 
 def identity(frames_thwc: torch.Tensor) -> torch.Tensor:
