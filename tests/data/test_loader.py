@@ -9,6 +9,7 @@ from aim_video.data import decode
 from aim_video.data.annotations import AnnotationError, VideoRecord, write_lines
 from aim_video.data.loader import FailureLog, build_eval_loader, build_train_loader, set_epoch
 from tests.data.conftest import decoded_frame_index, installed_backends, make_corrupt_corpus
+from tests.data.videos import HangOnNameReader
 
 
 def tiny_cfg(train_list: str, val_list: str = "", **data):
@@ -231,3 +232,29 @@ def test_all_failing_data_set_raises_with_reasons(tmp_path):
     cfg = tiny_cfg(lst, batch_size=1, max_retries=3)
     with pytest.raises(RuntimeError, match=r"(?s)4 videos in a row failed.*text.mp4"):
         next(iter(build_train_loader(cfg, 0, 1)))
+
+
+def test_a_read_that_hangs_is_cut_off_and_the_training_epoch_finishes_naming_it(video_dir, tmp_path):
+    """The per-read watchdog inside the real training loader (worker processes, retries, failure log): a video
+    whose read never returns costs data.read_timeout_s, is counted and named, and the epoch goes on without it."""
+    hang = str(tmp_path / "hang.mp4")
+    os.link(os.path.join(video_dir, "archery", "v0.mp4"), hang)
+    good = [os.path.join(video_dir, cls, f"v{k}.mp4") for cls in ("archery", "bowling") for k in range(3)]
+    lst = str(tmp_path / "train.txt")
+    write_lines(lst, [f"{p} {k % 2}" for k, p in enumerate([*good[:3], hang, *good[3:]])])
+    cfg = tiny_cfg(lst, batch_size=1, num_workers=1, persistent_workers=False, backend="hang_on_name",
+                   fallback_backend="''", read_timeout_s=1.0, max_retries=3)  # fmt: skip
+    decode.register_backend("hang_on_name", HangOnNameReader)  # forked workers inherit the registration
+    try:
+        loader = build_train_loader(cfg, 0, 1)
+        set_epoch(loader, 0)
+        log, indices = FailureLog(), []
+        for batch in loader:
+            log.update(batch["failures"])
+            indices += batch["index"].tolist()
+            assert batch["video"].shape == (1, 4, 3, 32, 32)
+    finally:
+        decode._READERS.pop("hang_on_name", None)
+    assert len(indices) == 7  # every item of the epoch arrived: the hung one replaced by another video
+    assert hang not in {loader.dataset.records[i].path for i in indices}
+    assert list(log.reasons) == [f"{hang}: read took longer than 1 s (decoder killed)"]

@@ -6,6 +6,7 @@ clean h264 file (no re-encode): false keyframe flags, a timestamp gap, an undeco
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -109,6 +110,30 @@ class SleepyReader:
 
     def close(self) -> None:
         pass
+
+
+class HangOnNameReader:
+    """Test backend: decord for every file except those whose name starts with "hang", whose read sleeps past any
+    limit (tests the watchdog inside a real training loader, not decoding; registered as "hang_on_name")."""
+
+    def __init__(self, path: str, num_threads: int = 1, **_: Any):
+        self.path = path
+        self.hangs = os.path.basename(path).startswith("hang")
+        self._inner = None if self.hangs else decode.open_reader(path, "decord", num_threads)
+        self.num_frames = 100 if self._inner is None else self._inner.num_frames
+
+    @property
+    def info(self) -> decode.VideoInfo:
+        return decode.VideoInfo(100, 25.0, H, W) if self._inner is None else self._inner.info
+
+    def get(self, indices: list[int]) -> np.ndarray:
+        if self._inner is None:
+            time.sleep(3600)
+        return self._inner.get(indices)
+
+    def close(self) -> None:
+        if self._inner is not None:
+            self._inner.close()
 
 
 def mean_abs_diff(a: Any, b: Any) -> float:
