@@ -258,3 +258,19 @@ def test_a_read_that_hangs_is_cut_off_and_the_training_epoch_finishes_naming_it(
     assert len(indices) == 7  # every item of the epoch arrived: the hung one replaced by another video
     assert hang not in {loader.dataset.records[i].path for i in indices}
     assert list(log.reasons) == [f"{hang}: read took longer than 1 s (decoder killed)"]
+
+
+def test_a_read_that_hangs_is_reported_unreadable_in_evaluation(video_dir, tmp_path):
+    hang = str(tmp_path / "hang.mp4")
+    os.link(os.path.join(video_dir, "bowling", "v1.mp4"), hang)
+    lst = str(tmp_path / "val.txt")
+    write_lines(lst, [f"{os.path.join(video_dir, 'archery', 'v0.mp4')} 0", f"{hang} 1"])
+    cfg = tiny_cfg(lst, num_workers=1, backend="hang_on_name", fallback_backend="''", read_timeout_s=1.0)
+    decode.register_backend("hang_on_name", HangOnNameReader)
+    try:
+        batches = list(build_eval_loader(cfg, "val"))
+    finally:
+        decode._READERS.pop("hang_on_name", None)
+    errors = [e for b in batches for e in b["errors"]]
+    assert [int(i) for b in batches for i in b["index"]] == [0]  # never substituted
+    assert [(int(i), p) for i, p, _ in errors] == [(1, hang)] and "read took longer than 1 s" in errors[0][2]
