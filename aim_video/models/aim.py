@@ -26,7 +26,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from aim_video.models.adapter import Adapter
-from aim_video.models.video_model import TrainableSetMixin, check_backbone
+from aim_video.models.video_model import VideoModelMixin, check_backbone
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ class AIMBlock(nn.Module):
         return x
 
 
-class AIMVisionTransformer(TrainableSetMixin, nn.Module):
+class AIMVisionTransformer(VideoModelMixin, nn.Module):
     """Video classifier: a timm ViT (frozen) with AIM blocks, temporal embedding, trainable final norm and head.
 
     Input float ``[B, T, C, H, W]`` (normalised frames) -> logits ``[B, num_classes]``. The backbone lives in
@@ -195,11 +195,3 @@ class AIMVisionTransformer(TrainableSetMixin, nn.Module):
                 x = blk(x, num_frames)
         x = vit.norm(x)
         return rearrange(x, "(b t) n d -> b t n d", t=num_frames)
-
-    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
-        """Tokens ``[B, T, N, D]`` -> logits ``[B, K]``: per-frame CLS, mean over T, dropout, linear."""
-        cls = features[:, :, 0].mean(dim=1)  # [B, D]
-        return self.head(self.head_drop(cls))
-
-    def forward(self, video: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(video))

@@ -7,7 +7,7 @@ construction (the demo's temporal pairs show it).
 
 The interface is :class:`~aim_video.models.aim.AIMVisionTransformer`'s (``forward``, ``forward_features``,
 ``forward_head``, ``trainable_parameter_names``, ``new_parameter_names``, and through
-:class:`~aim_video.models.video_model.TrainableSetMixin` ``freeze``, ``parameter_counts``, ``set_grad_checkpointing``,
+:class:`~aim_video.models.video_model.VideoModelMixin` ``freeze``, ``parameter_counts``, ``set_grad_checkpointing``,
 ``compile_blocks``), so the engine, evaluation, export and profiler run unchanged.
 The trainable set is explicit: the head, the parameters each added module declares in ``adapter_params()``
 (LoRA, prompts, linear adapters) and, for full fine-tuning only, the whole backbone.
@@ -21,11 +21,11 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from aim_video.models.video_model import TrainableSetMixin, check_backbone
+from aim_video.models.video_model import VideoModelMixin, check_backbone
 from aim_video.models.vpt import VisualPrompts
 
 
-class FrameViT(TrainableSetMixin, nn.Module):
+class FrameViT(VideoModelMixin, nn.Module):
     """Video classifier from an image ViT applied per frame; ``[B, T, C, H, W]`` -> logits ``[B, num_classes]``.
 
     ``train_backbone`` makes every backbone parameter trainable (full fine-tuning); ``prompts`` adds VPT tokens.
@@ -116,11 +116,3 @@ class FrameViT(TrainableSetMixin, nn.Module):
             x = self.prompts.remove(x)  # [B*T, N, D]
         x = vit.norm(x)
         return rearrange(x, "(b t) n d -> b t n d", t=num_frames)
-
-    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
-        """Tokens ``[B, T, N, D]`` -> logits ``[B, K]``: per-frame CLS, mean over T, dropout, linear."""
-        cls = features[:, :, 0].mean(dim=1)  # [B, D]
-        return self.head(self.head_drop(cls))
-
-    def forward(self, video: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(video))

@@ -1,24 +1,40 @@
-"""What every video model here shares: it names its trainable set, and freezing and counting follow from that.
+"""What every video model here shares: it names its trainable set (freezing and counting follow from that) and
+classifies the mean over frames of the per-frame CLS token.
 
-:class:`TrainableSetMixin` gives :class:`~aim_video.models.aim.AIMVisionTransformer` and
+:class:`VideoModelMixin` gives :class:`~aim_video.models.aim.AIMVisionTransformer` and
 :class:`~aim_video.models.frame_vit.FrameViT` one implementation of ``freeze``, ``parameter_counts``,
-``set_grad_checkpointing`` and ``compile_blocks``; each model defines only ``trainable_parameter_names`` (and its
-forward, which reads ``self.grad_checkpointing``). :func:`check_backbone` is the read-out both rely on.
+``set_grad_checkpointing``, ``compile_blocks``, ``forward_head`` and ``forward``; each model defines
+``trainable_parameter_names`` and ``forward_features`` (which reads ``self.grad_checkpointing``).
+:func:`check_backbone` checks the backbone has what that read-out needs.
 """
 
 from __future__ import annotations
 
+import torch
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 
-class TrainableSetMixin:
-    """For an ``nn.Module`` with ``self.backbone`` (a timm ViT) and ``trainable_parameter_names()``."""
+class VideoModelMixin:
+    """For an ``nn.Module`` with ``self.backbone`` (a timm ViT), ``self.head_drop``, ``self.head``,
+    ``trainable_parameter_names()`` and ``forward_features()``."""
 
     grad_checkpointing: bool = False
 
     def trainable_parameter_names(self) -> list[str]:
         raise NotImplementedError
+
+    def forward_features(self, video: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        """Tokens ``[B, T, N, D]`` -> logits ``[B, K]``: per-frame CLS, mean over T, dropout, linear."""
+        cls = features[:, :, 0].mean(dim=1)  # [B, D]
+        return self.head(self.head_drop(cls))  # type: ignore[attr-defined]
+
+    def forward(self, video: torch.Tensor) -> torch.Tensor:
+        """``[B, T, C, H, W]`` normalised frames -> logits ``[B, K]``."""
+        return self.forward_head(self.forward_features(video))
 
     def freeze(self) -> None:
         """``requires_grad`` on exactly the trainable set, off everywhere else."""
