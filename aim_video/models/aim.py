@@ -146,10 +146,7 @@ class AIMVisionTransformer(VideoModelMixin, nn.Module):
         self.num_classes = num_classes
         dim = backbone.embed_dim
         self.temporal_embed = nn.Parameter(torch.zeros(1, num_frames, dim)) if temporal_embedding else None
-        self.head_drop = nn.Dropout(head_dropout)
-        self.head = nn.Linear(dim, num_classes)
-        nn.init.normal_(self.head.weight, std=0.01)
-        nn.init.zeros_(self.head.bias)
+        self.add_head(dim, num_classes, head_dropout)
         self.grad_checkpointing = False
         self.freeze()
 

@@ -50,11 +50,7 @@ class FrameViT(VideoModelMixin, nn.Module):
         self.num_classes = num_classes
         self.train_backbone = train_backbone
         self.prompts = prompts
-        dim = backbone.embed_dim
-        self.head_drop = nn.Dropout(head_dropout)
-        self.head = nn.Linear(dim, num_classes)
-        nn.init.normal_(self.head.weight, std=0.01)
-        nn.init.zeros_(self.head.bias)
+        self.add_head(backbone.embed_dim, num_classes, head_dropout)
         self.grad_checkpointing = False
         self.freeze()
 

@@ -3,7 +3,7 @@ classifies the mean over frames of the per-frame CLS token.
 
 :class:`VideoModelMixin` gives :class:`~aim_video.models.aim.AIMVisionTransformer` and
 :class:`~aim_video.models.frame_vit.FrameViT` one implementation of ``freeze``, ``parameter_counts``,
-``set_grad_checkpointing``, ``compile_blocks``, ``forward_head`` and ``forward``; each model defines
+``set_grad_checkpointing``, ``compile_blocks``, ``add_head``, ``forward_head`` and ``forward``; each model defines
 ``trainable_parameter_names`` and ``forward_features`` (which reads ``self.grad_checkpointing``).
 :func:`check_backbone` checks the backbone has what that read-out needs.
 """
@@ -16,8 +16,8 @@ from torch import nn
 
 
 class VideoModelMixin:
-    """For an ``nn.Module`` with ``self.backbone`` (a timm ViT), ``self.head_drop``, ``self.head``,
-    ``trainable_parameter_names()`` and ``forward_features()``."""
+    """For an ``nn.Module`` with ``self.backbone`` (a timm ViT), ``trainable_parameter_names()`` and
+    ``forward_features()``; it calls ``add_head`` in its ``__init__``."""
 
     grad_checkpointing: bool = False
 
@@ -27,10 +27,17 @@ class VideoModelMixin:
     def forward_features(self, video: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def add_head(self, dim: int, num_classes: int, dropout: float) -> None:
+        """The video head: dropout, then a linear layer with weights N(0, 0.01) and zero bias (AIM's init)."""
+        self.head_drop = nn.Dropout(dropout)
+        self.head = nn.Linear(dim, num_classes)
+        nn.init.normal_(self.head.weight, std=0.01)
+        nn.init.zeros_(self.head.bias)
+
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
         """Tokens ``[B, T, N, D]`` -> logits ``[B, K]``: per-frame CLS, mean over T, dropout, linear."""
         cls = features[:, :, 0].mean(dim=1)  # [B, D]
-        return self.head(self.head_drop(cls))  # type: ignore[attr-defined]
+        return self.head(self.head_drop(cls))
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:
         """``[B, T, C, H, W]`` normalised frames -> logits ``[B, K]``."""
