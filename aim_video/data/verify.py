@@ -14,9 +14,9 @@ backend's random-access reads with ONE sequential PyAV decode of the same file a
 
 Checked indices (`check_groups`): each seek point and the frame after it, the middle of each group of pictures, and
 the last two frames, read group by group from the end backwards so that every read starts with a seek, as in
-training. The sequential decode keeps full frames only at those indices and subsampled thumbnails of all frames (to
-find which frame a wrong read returned), so the cost is one sequential decode plus the reads (which decode half of
-each group of pictures, and all of the last one).
+training. The sequential decode converts frames to RGB only at those indices, so the cost of an exact file is one
+sequential decode plus the reads (which decode half of each group of pictures, and all of the last one). Only when
+a read is wrong does a second sequential decode build thumbnails of every frame, to find which frame it returned.
 """
 
 from __future__ import annotations
@@ -83,6 +83,51 @@ def _thumb(frame: np.ndarray, step: int) -> np.ndarray:
     return frame[step // 2 :: step, step // 2 :: step].astype(np.float32)
 
 
+def _reference_decode(path: str, wanted: set[int], num_threads: int) -> tuple[dict[int, np.ndarray], set[int], int]:
+    """One sequential PyAV decode: RGB frames at `wanted`, the indices of real keyframes, the number that decode.
+
+    Only the wanted frames are converted to RGB; the colour conversion of every frame would cost more than the
+    decoding itself at 720p."""
+    container = decode.open_av(path, num_threads)
+    full: dict[int, np.ndarray] = {}
+    keyframes: set[int] = set()  # frames that really are keyframes (decodable without earlier frames)
+    count = 0
+    try:
+        for i, av_frame in enumerate(decode.iter_decoded(container, rgb=False)):
+            count = i + 1
+            if av_frame.key_frame:
+                keyframes.add(i)
+            if i in wanted:
+                full[i] = av_frame.to_ndarray(format="rgb24")
+    finally:
+        container.close()
+    return full, keyframes, count
+
+
+class _Thumbnails:
+    """Subsampled RGB thumbnails of every frame (a second sequential decode), to name the frame a wrong read
+    returned: another frame of the video (`shifted`) or none of them (`corrupt_after_seek`)."""
+
+    def __init__(self, path: str, num_threads: int):
+        container = decode.open_av(path, num_threads)
+        thumbs: list[np.ndarray] = []
+        self.step = 1
+        try:
+            for i, frame in enumerate(decode.iter_decoded(container)):
+                if i == 0:
+                    self.step = max(1, min(frame.shape[:2]) // 32)
+                thumbs.append(_thumb(frame, self.step))
+        finally:
+            container.close()
+        self.all = np.stack(thumbs)  # [N, h, w, 3]
+
+    def nearest(self, frame: np.ndarray) -> tuple[int, float]:
+        """(index, mean absolute difference) of the frame of the video whose thumbnail is closest to `frame`'s."""
+        diffs = np.abs(self.all - _thumb(frame, self.step)).mean(axis=(1, 2, 3))
+        best = int(diffs.argmin())
+        return best, float(diffs[best])
+
+
 def check_video(
     path: str,
     backend: str = "decord",
@@ -114,30 +159,14 @@ def _check(result: VideoCheck, backend: str, seek_mode: str, num_threads: int, t
         seek_points = sorted(set(flagged) | set(decode.index_seek_points(path)))
         groups = check_groups(seek_points, min(result.claimed_frames, num_packets) or num_packets, max_groups)
         wanted = {i for g in groups for i in g}
-        # the reference: one sequential decode, full frames where checked, thumbnails everywhere
-        container = decode.open_av(path, num_threads)
-        full: dict[int, np.ndarray] = {}
-        thumbs: list[np.ndarray] = []
-        keyframes: set[int] = set()  # frames that really are keyframes (decodable without earlier frames)
-        step = 1
-        try:
-            for i, av_frame in enumerate(decode.iter_decoded(container, rgb=False)):
-                frame = av_frame.to_ndarray(format="rgb24")
-                if av_frame.key_frame:
-                    keyframes.add(i)
-                if i == 0:
-                    step = max(1, min(frame.shape[:2]) // 32)
-                thumbs.append(_thumb(frame, step))
-                if i in wanted:
-                    full[i] = frame
-        finally:
-            container.close()
-        result.decoded_frames = len(thumbs)
-        if not thumbs:
+        # the reference: one sequential decode, converted to RGB only at the checked indices
+        full, keyframes, decoded = _reference_decode(path, wanted, num_threads)
+        result.decoded_frames = decoded
+        if not decoded:
             raise decode.VideoReadError(path, "no frame decodes")
-        all_thumbs = np.stack(thumbs)  # [N, h, w, 3]
         # a read that starts at a seek point whose frame is not a real keyframe decodes from missing references
         false_seeks = [k for k in seek_points if k < result.decoded_frames and k not in keyframes]
+        thumbs: _Thumbnails | None = None  # built on the first wrong read only: exact files never pay for it
         offsets: Counter[int] = Counter()
         failed_reads: list[list[int]] = []
         corrupt: list[int] = []
@@ -162,10 +191,11 @@ def _check(result: VideoCheck, backend: str, seek_mode: str, num_threads: int, t
                 result.max_error = max(result.max_error, round(err, 3))
                 if err < tol:
                     continue
-                diffs = np.abs(all_thumbs - _thumb(frame, step)).mean(axis=(1, 2, 3))
-                best = int(diffs.argmin())
+                if thumbs is None:
+                    thumbs = _Thumbnails(path, num_threads)
+                best, best_err = thumbs.nearest(frame)
                 gop_start = max([k for k in seek_points if k <= i], default=0)
-                if best != i and diffs[best] < tol and gop_start not in false_seeks:
+                if best != i and best_err < tol and gop_start not in false_seeks:
                     offsets[i - best] += 1  # another true frame, after a seek from a true keyframe: timestamps
                 else:
                     corrupt.append(i)  # garbage, or whatever the decoder made of a seek to a false keyframe
@@ -296,9 +326,9 @@ def load_frame_counts(json_path: str) -> dict[str, int]:
     return {os.path.abspath(c.path): c.decoded_frames for c in load_report(json_path) if c.decoded_frames > 0}
 
 
-def _transcode_one(job: tuple[str, str, int, int, int]) -> int:
-    src, dst, keyint, short_side, crf = job
-    return decode.transcode(src, dst, keyint=keyint, short_side=short_side, crf=crf)
+def _transcode_one(job: tuple[str, str, int, int, int, str]) -> int:
+    src, dst, keyint, short_side, crf, tune = job
+    return decode.transcode(src, dst, keyint=keyint, short_side=short_side, crf=crf, tune=tune)
 
 
 def repair_videos(
@@ -313,16 +343,18 @@ def repair_videos(
     jobs: int = 1,
     timeout_s: float = 600.0,
     progress: bool = True,
+    tune: str = "fastdecode",
 ) -> tuple[dict[str, str], list[VideoCheck]]:
     """Re-encode every video that is not `exact` into `out_dir` and verify the copies with the same backend.
 
     Copies mirror the originals' paths relative to `root` (or their file names), as .mp4: constant frame rate,
-    closed GOPs of `keyint` frames, optionally resized to `short_side` (`decode.transcode`). Originals are only
-    read. Returns ({original absolute path: repaired path} for copies that verify `exact`, the copies' checks;
-    an original that could not be re-encoded is listed under its own path, status `unreadable`, with the reason).
+    closed GOPs of `keyint` frames, optionally resized to `short_side`, x264's `tune` (`decode.transcode`).
+    Originals are only read. Returns ({original absolute path: repaired path} for copies that verify `exact`, the
+    copies' checks; an original that could not be re-encoded is listed under its own path, status `unreadable`, with
+    the reason).
     """
     out_dir = os.path.abspath(out_dir)
-    jobs_list: list[tuple[str, str, int, int, int]] = []
+    jobs_list: list[tuple[str, str, int, int, int, str]] = []
     for check in checks:
         if check.status == "exact":
             continue
@@ -333,7 +365,7 @@ def repair_videos(
         dst = os.path.join(out_dir, os.path.splitext(rel)[0] + ".mp4")
         if dst == src:
             raise ValueError(f"repair would overwrite {src}; choose an output folder other than the videos' own")
-        jobs_list.append((src, dst, keyint, short_side, crf))
+        jobs_list.append((src, dst, keyint, short_side, crf, tune))
     failed: list[VideoCheck] = []
     encoded: dict[str, str] = {}
     for job, _, err in watchdog.run_pool(_transcode_one, jobs_list, jobs, timeout_s):
