@@ -74,6 +74,8 @@ def add_reencode(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--keyint", type=int, default=16, help="frames between keyframes")
     p.add_argument("--crf", type=int, default=23)
     p.add_argument("--preset", default="fast", help="x264 preset")
+    p.add_argument("--tune", default="fastdecode", help="x264 tune: fastdecode (default) decodes ~1.9x faster, "
+                   "~16%% more bytes; 'none' for x264's default (CABAC, deblocking)")  # fmt: skip
     p.add_argument("--fps", type=float, default=None, help="output frame rate (default: the source's)")
     p.add_argument("--keep-audio", action="store_true")
     p.add_argument("--jobs", type=int, default=max(1, (os.cpu_count() or 2) - 1), help="parallel ffmpeg processes")
@@ -91,7 +93,7 @@ def cmd_reencode(args: argparse.Namespace) -> int:
     pairs = [(r.path, output_path(r.path, src_root, args.out_root)) for r in ann.records]
     results = reencode_all(
         pairs, jobs=args.jobs, overwrite=args.overwrite, check_backend=args.check_backend,
-        short_side=args.short_side, keyint=args.keyint, crf=args.crf, preset=args.preset, fps=args.fps,
+        short_side=args.short_side, keyint=args.keyint, crf=args.crf, preset=args.preset, tune=args.tune, fps=args.fps,
         keep_audio=args.keep_audio,
     )  # fmt: skip
     counts = {s: sum(r.status == s for r in results) for s in ("done", "skipped", "failed")}
@@ -153,6 +155,7 @@ def add_repair(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--keyint", type=int, default=16, help="frames between keyframes")
     p.add_argument("--short-side", type=int, default=0, help="0 keeps the size")
     p.add_argument("--crf", type=int, default=18)
+    p.add_argument("--tune", default="fastdecode", help="x264 tune ('none' for x264's default), as for reencode")
     _add_check_args(p)
 
 
@@ -162,7 +165,7 @@ def cmd_repair(args: argparse.Namespace) -> int:
     checks = verify.load_report(args.report)
     mapping, rechecked = verify.repair_videos(
         checks, args.out_root, args.root, args.keyint, args.short_side, args.crf, args.backend, args.seek_mode,
-        args.jobs, args.timeout,
+        args.jobs, args.timeout, tune=args.tune,
     )  # fmt: skip
     records = [VideoRecord(mapping.get(os.path.abspath(r.path), r.path), r.label, r.labels) for r in ann.records]
     write_list_file(args.out_list, records)

@@ -497,12 +497,21 @@ def _encode(
     return count
 
 
-def transcode(src: str, dst: str, keyint: int = 16, short_side: int = 0, crf: int = 23, num_threads: int = 1) -> int:
+def transcode(
+    src: str,
+    dst: str,
+    keyint: int = 16,
+    short_side: int = 0,
+    crf: int = 23,
+    num_threads: int = 1,
+    tune: str = "fastdecode",
+) -> int:
     """Re-encode `src` to an h264 `dst` that random access reads exactly; returns the number of frames written.
 
     Decodes sequentially (never trusting the source's seek points or count, skipping undecodable packets), then
     encodes at a constant frame rate (the source's average) with a closed GOP of exactly `keyint` frames (true
-    IDR keyframes, no scene-cut keyframes), no B-frames, optionally resized to `short_side` (even sizes).
+    IDR keyframes, no scene-cut keyframes), no B-frames, optionally resized to `short_side` (even sizes), with
+    x264's `tune` ("" or "none": none; fastdecode by default, as `tools/prepare_kinetics.py reencode`).
     `src` is only read; `dst` is written atomically.
     """
     container = open_av(src, num_threads)
@@ -515,6 +524,7 @@ def transcode(src: str, dst: str, keyint: int = 16, short_side: int = 0, crf: in
             width, height = round(width * scale), round(height * scale)
         width, height = width - width % 2, height - height % 2
         params = f"keyint={keyint}:min-keyint={keyint}:scenecut=0:open-gop=0:bframes=0"
+        options = {"crf": str(crf), "x264-params": params} | ({"tune": tune} if tune and tune != "none" else {})
         resized = (f.reformat(width=width, height=height, format="yuv420p") for f in iter_decoded(container, rgb=False))
         count = _encode(
             dst,
@@ -525,7 +535,7 @@ def transcode(src: str, dst: str, keyint: int = 16, short_side: int = 0, crf: in
             "libx264",
             keyint,
             "yuv420p",
-            {"crf": str(crf), "x264-params": params},
+            options,
         )
     finally:
         container.close()

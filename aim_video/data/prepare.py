@@ -3,7 +3,8 @@
 Re-encoding (the AIM recipe pre-resizes videos once, offline) makes each clip cheaper twice over: fewer pixels to
 decode (short side 256 or 320 instead of 720 or more) and a short keyframe interval, so a seek decodes at most
 `keyint - 1` frames before the one asked for. Output is H.264 in mp4 at a constant frame rate with closed GOPs and
-a keyframe exactly every `keyint` frames (no scene-cut keyframes), moov atom first, video only by default.
+a keyframe exactly every `keyint` frames (no scene-cut keyframes), moov atom first, video only by default, tuned
+for decoding speed (x264 `-tune fastdecode`: CAVLC entropy coding, no deblocking filter).
 
 The encoder is the `ffmpeg` program (the same FFmpeg libraries torchcodec needs; Debian/Ubuntu:
 `apt-get install -y ffmpeg`). Every output is written under a temporary name, checked to decode, then renamed:
@@ -45,6 +46,7 @@ def reencode_command(
     keyint: int = 16,
     crf: int = 23,
     preset: str = "fast",
+    tune: str = "fastdecode",
     fps: float | None = None,
     keep_audio: bool = False,
     threads: int = 1,
@@ -52,7 +54,9 @@ def reencode_command(
     """The ffmpeg command line: short side <= `short_side` (never upscaled, even sizes), keyframe every `keyint`.
 
     `fps` None keeps the source's frame rate (made constant); `short_side` 0 keeps the size; `keyint` 0 keeps the
-    encoder's default keyframe placement (x264: at most 250 frames apart, plus scene cuts).
+    encoder's default keyframe placement (x264: at most 250 frames apart, plus scene cuts). `tune` is x264's
+    `-tune` ("" or "none" for none); the default, fastdecode, turns off CABAC, the deblocking filter and weighted
+    prediction: clips decode about 1.9x faster for about 16% more bytes and 0.1 dB less PSNR (docs/benchmarks.md).
     """
     if short_side > 0:
         s = int(short_side)
@@ -66,6 +70,8 @@ def reencode_command(
     cmd = [ffmpeg_binary(), "-nostdin", "-y", "-loglevel", "error", "-threads", str(threads), "-i", src]
     cmd += ["-map", "0:v:0"] + (["-map", "0:a?", "-c:a", "aac"] if keep_audio else ["-an"])
     cmd += ["-vf", vf, "-c:v", "libx264", "-preset", preset, "-crf", str(crf), "-pix_fmt", "yuv420p"]
+    if tune and tune != "none":
+        cmd += ["-tune", tune]
     if keyint > 0:
         cmd += ["-g", str(keyint), "-keyint_min", str(keyint), "-sc_threshold", "0", "-flags", "+cgop"]
     cmd += ["-fps_mode", "cfr", "-threads", str(threads), "-movflags", "+faststart", "-f", "mp4", dst]

@@ -169,6 +169,8 @@ def test_transcode_gives_true_keyframes_every_keyint(tmp_path):
     assert packets == 300 and points == list(range(0, 300, 16))
     assert decode.probe(dst, "pyav") == decode.VideoInfo(300, 25.0, 64, 96)
     assert not [f for f in os.listdir(tmp_path / "out") if ".tmp" in f]
+    settings = open(dst, "rb").read()
+    assert b" cabac=0 " in settings and b" bframes=0 " in settings  # tuned for decoding speed, no B-frames
 
 
 def test_write_video_rejects_wrong_arrays(tmp_path):

@@ -35,6 +35,27 @@ def test_reencode_short_side_keyframes_and_frames(tmp_path):
     assert not [f for f in os.listdir(tmp_path / "out") if ".tmp" in f]
 
 
+def x264_settings(path: str) -> str:
+    """The options string x264 writes into the stream (an SEI message): what the encoder really used."""
+    data = open(path, "rb").read()
+    start = data.index(b"x264 - core")
+    return data[start : data.index(b"\0", start)].decode("ascii", "replace")
+
+
+def test_reencode_tunes_for_decoding_speed_unless_told_not_to(tmp_path):
+    src = str(tmp_path / "src.mp4")
+    decode.write_video(src, frame_code_video(24, 96, 128), fps=25)
+    fast = reencode_one(src, str(tmp_path / "fast.mp4"), short_side=64, keyint=8)
+    plain = reencode_one(src, str(tmp_path / "plain.mp4"), short_side=64, keyint=8, tune="none")
+    assert fast.status == plain.status == "done", (fast.reason, plain.reason)
+    fast_opts, plain_opts = x264_settings(fast.dst), x264_settings(plain.dst)
+    assert " cabac=0 " in fast_opts and " deblock=0:" in fast_opts  # CAVLC, no deblocking filter
+    assert " cabac=1 " in plain_opts and " deblock=1:" in plain_opts
+    a = decode.read_frames(fast.dst, [0, 9, 23], backend="decord").float().mean((1, 2, 3))
+    b = decode.read_frames(plain.dst, [0, 9, 23], backend="decord").float().mean((1, 2, 3))
+    assert (a - b).abs().max() < 1  # the same frames
+
+
 def test_portrait_and_small_videos_are_not_upscaled(tmp_path):
     tall = str(tmp_path / "tall.mp4")
     decode.write_video(tall, np.zeros((4, 128, 64, 3), np.uint8))
