@@ -1,13 +1,15 @@
 """Loader benchmark: aim-video's clip loader against the authors'-style pipeline and the decode floor.
 
 Side by side in one run, on generated 10 s H.264 videos (340x256 and 1280x720, 25 fps, the encoder's default
-keyframe interval), for dense 8x16 and TSN-style 8-segment sampling, for each decoding backend:
+keyframe interval; one scene at both sizes, `aim_video.profiling.videos.scene_video`), for dense 8x16 and
+TSN-style 8-segment sampling, for each decoding backend:
   (a) authors' style: open the video, decode frame by frame (one read per index, as `vr[i]`), then per frame in
       cv2/numpy: resize short side 256, random-resized crop, resize to 224, flip, normalise to float32 NCTHW;
   (b) aim-video's training dataset (`TrainClipDataset`: one batched read, v2 RandomResizedCrop + flip, uint8);
   (c) the decode floor: open the video and one batched read of the same sorted unique indices, nothing else;
-  (d) (b) on the same videos after `tools/prepare_kinetics.py reencode` (short side 256, keyframe every 16),
-      beside (b) on short side 256 with the encoder's default keyframe interval (the prepare tool with keyint 0).
+  (d) (b) on the same videos after `tools/prepare_kinetics.py reencode` (short side 256, keyframe every 16, x264
+      `--tune`, fastdecode by default), beside (b) on short side 256 with the encoder's default keyframe interval
+      (the prepare tool with keyint 0, same tune).
 Each runs in this process (median seconds per clip -> clips/s) and in a 2-worker DataLoader (clips / wall time).
 Every method decodes the same clips (same videos, same frame indices). Also: decode-once-sample-2 (repeated_aug
 2) against one clip per decode.
@@ -37,34 +39,7 @@ from aim_video.data.annotations import VideoRecord  # noqa: E402
 from aim_video.data.dataset import TrainClipDataset, collate_train  # noqa: E402
 from aim_video.data.prepare import reencode_one  # noqa: E402
 from aim_video.data.transforms import build_train_transform  # noqa: E402
-
-
-def make_video(path: str, width: int, height: int, seconds: float = 10.0, fps: float = 25.0) -> str:
-    """A panning smooth texture with a moving block and mild noise, encoded with x264's defaults."""
-    if os.path.exists(path):
-        return path
-    import cv2
-
-    rng = np.random.default_rng(0)
-    n = int(seconds * fps)
-    big_h, big_w = height + n, width + 2 * n
-
-    def texture(cell: int) -> np.ndarray:
-        coarse = rng.integers(0, 256, (big_h // cell + 2, big_w // cell + 2, 3), dtype=np.uint8)
-        size = ((big_w // cell + 2) * cell, (big_h // cell + 2) * cell)
-        return cv2.resize(coarse, size, interpolation=cv2.INTER_CUBIC)[:big_h, :big_w].astype(np.float32)
-
-    # detail at several scales, so the bitrate is near real footage's (about 0.5 MiB / 10 s at 340x256)
-    scene = 0.5 * texture(32) + 0.3 * texture(8) + 0.2 * texture(3)
-    frames = np.empty((n, height, width, 3), np.uint8)
-    for i in range(n):
-        frame = scene[i : i + height, 2 * i : 2 * i + width].copy()  # camera pans right and down
-        x = (7 * i) % max(1, width - width // 5)
-        frame[height // 3 : height // 3 + height // 5, x : x + width // 5] = (200, 60, 60)
-        frame += rng.normal(0, 3, frame.shape)
-        frames[i] = np.clip(frame, 0, 255)
-    decode.write_video(path, frames, fps=fps)
-    return path
+from aim_video.profiling.videos import scene_video  # noqa: E402
 
 
 def plan_clips(paths: list[str], mode: str, n_clips: int, seed: int = 0) -> list[tuple[str, list[int]]]:
@@ -218,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--sizes", default="340x256,1280x720")
     ap.add_argument("--rounds", type=int, default=2, help="passes over the clips in one process")
+    ap.add_argument("--tune", default="fastdecode", help="x264 tune of the prepared copies (as prepare_kinetics)")
     args = ap.parse_args(argv)
     torch.manual_seed(0)
     torch.set_num_threads(1)  # like a DataLoader worker
@@ -226,12 +202,13 @@ def main(argv: list[str] | None = None) -> int:
     for size in args.sizes.split(","):
         w, h = map(int, size.split("x"))
         sets[size] = [
-            make_video(os.path.join(args.out, f"raw_{size}_{k}.mp4"), w + 2 * k, h) for k in range(args.videos)
+            scene_video(os.path.join(args.out, f"scene_{size}_{k}.mp4"), w, h, seed=k) for k in range(args.videos)
         ]
         for tag, keyint in (("256k16", 16), ("256kdef", 0)):
             outs = []
             for p in sets[size]:
-                res = reencode_one(p, p.replace("raw_", f"{tag}_"), short_side=256, keyint=keyint)
+                dst = p.replace("scene_", f"{tag}_{args.tune}_")
+                res = reencode_one(p, dst, short_side=256, keyint=keyint, tune=args.tune)
                 assert res.status != "failed", res.reason
                 outs.append(res.dst)
             sets[f"{size}@{tag}"] = outs
