@@ -41,6 +41,7 @@ from aim_video.data.annotations import (  # noqa: E402
     read_class_map,
     write_list_file,
 )
+from aim_video.data.decode import x264_tune  # noqa: E402
 from aim_video.data.prepare import build_lists, output_path, reencode_all, write_outputs_list  # noqa: E402
 
 
@@ -85,6 +86,7 @@ def add_reencode(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_reencode(args: argparse.Namespace) -> int:
+    x264_tune(args.tune)  # a wrong name fails here, not once per video
     classes = read_class_map(args.class_map) if args.class_map else None
     ann = load_annotations(args.list, args.root, classes, missing="drop", what="--list")
     src_root = args.root or (
@@ -160,6 +162,7 @@ def add_repair(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_repair(args: argparse.Namespace) -> int:
+    x264_tune(args.tune)
     classes = read_class_map(args.class_map) if args.class_map else None
     ann = load_annotations(args.list, args.root, classes, missing="drop", what="--list")
     checks = verify.load_report(args.report)

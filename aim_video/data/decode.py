@@ -497,6 +497,19 @@ def _encode(
     return count
 
 
+X264_TUNES = ("film", "animation", "grain", "stillimage", "fastdecode", "zerolatency", "psnr", "ssim")
+
+
+def x264_tune(tune: str) -> str:
+    """`tune` checked against x264's tunes ("" or "none": no tune -> ""; several joined by commas)."""
+    if not tune or tune == "none":
+        return ""
+    unknown = [t for t in tune.split(",") if t not in X264_TUNES]
+    if unknown:
+        raise ValueError(f"unknown x264 tune {unknown[0]!r}: use one of {', '.join(X264_TUNES)}, or 'none'")
+    return tune
+
+
 def transcode(
     src: str,
     dst: str,
@@ -524,7 +537,7 @@ def transcode(
             width, height = round(width * scale), round(height * scale)
         width, height = width - width % 2, height - height % 2
         params = f"keyint={keyint}:min-keyint={keyint}:scenecut=0:open-gop=0:bframes=0"
-        options = {"crf": str(crf), "x264-params": params} | ({"tune": tune} if tune and tune != "none" else {})
+        options = {"crf": str(crf), "x264-params": params} | ({"tune": x264_tune(tune)} if x264_tune(tune) else {})
         resized = (f.reformat(width=width, height=height, format="yuv420p") for f in iter_decoded(container, rgb=False))
         count = _encode(
             dst,

@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from aim_video.data.annotations import Annotations, load_annotations, read_class_map, write_lines, write_list_file
+from aim_video.data.decode import x264_tune
 from aim_video.data.verify import check_video
 
 
@@ -70,8 +71,8 @@ def reencode_command(
     cmd = [ffmpeg_binary(), "-nostdin", "-y", "-loglevel", "error", "-threads", str(threads), "-i", src]
     cmd += ["-map", "0:v:0"] + (["-map", "0:a?", "-c:a", "aac"] if keep_audio else ["-an"])
     cmd += ["-vf", vf, "-c:v", "libx264", "-preset", preset, "-crf", str(crf), "-pix_fmt", "yuv420p"]
-    if tune and tune != "none":
-        cmd += ["-tune", tune]
+    if x264_tune(tune):
+        cmd += ["-tune", x264_tune(tune)]
     if keyint > 0:
         cmd += ["-g", str(keyint), "-keyint_min", str(keyint), "-sc_threshold", "0", "-flags", "+cgop"]
     cmd += ["-fps_mode", "cfr", "-threads", str(threads), "-movflags", "+faststart", "-f", "mp4", dst]

@@ -29,3 +29,15 @@ def test_cli_lists_and_reencode(tmp_path, capsys):
     assert "re-encoded 0, skipped 1" in capsys.readouterr().out
     write_lines(str(tmp_path / "x.txt"), ["nothing.mp4 0"])
     assert main(["reencode", "--list", str(tmp_path / "x.txt"), "--out-root", str(tmp_path / "o")]) == 2
+
+
+def test_cli_names_an_unknown_x264_tune_before_encoding(tmp_path, capsys):
+    from tools.prepare_kinetics import main
+
+    make_video(str(tmp_path / "v.mp4"), 8)
+    write_lines(str(tmp_path / "l.txt"), ["v.mp4 0"])
+    args = ["reencode", "--list", str(tmp_path / "l.txt"), "--root", str(tmp_path), "--out-root", str(tmp_path / "o")]
+    assert main([*args, "--tune", "fastdecod"]) == 2
+    assert "unknown x264 tune 'fastdecod': use one of film, animation" in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "o")  # nothing encoded
+    assert main([*args, "--tune", "fastdecode,zerolatency"]) == 0  # x264 takes several, joined by commas
