@@ -60,6 +60,22 @@ def test_clean_files_are_exact(files, name, backend, mode):
     assert check.claimed_frames == check.decoded_frames and check.checked >= 8 and check.max_error < 1.0
 
 
+def test_only_files_with_a_wrong_read_pay_for_a_second_decode(files, monkeypatch):
+    """Exact files cost one reference decode (RGB only at checked frames); the thumbnails of every frame, which name
+    the frame a wrong read returned, come from a second decode made only after a wrong read."""
+    built = []
+
+    class Counted(verify._Thumbnails):
+        def __init__(self, path, num_threads):
+            built.append(path)
+            super().__init__(path, num_threads)
+
+    monkeypatch.setattr(verify, "_Thumbnails", Counted)
+    assert verify.check_video(files["clean"], "decord").status == "exact" and built == []
+    assert verify.check_video(files["false_keyframes"], "decord").status == "corrupt_after_seek"
+    assert built == [files["false_keyframes"]]  # once, however many reads were wrong
+
+
 @pytest.mark.parametrize(
     "backend,mode,status",
     [
