@@ -194,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sizes", default="340x256,1280x720")
     ap.add_argument("--rounds", type=int, default=2, help="passes over the clips in one process")
     ap.add_argument("--tune", default="fastdecode", help="x264 tune of the prepared copies (as prepare_kinetics)")
+    ap.add_argument("--keyint-sweep", default="", help="e.g. 8,16,32,64,0: the loader on prepared copies of the "
+                    "last size's videos at each keyframe interval (0: the encoder's default)")  # fmt: skip
     args = ap.parse_args(argv)
     torch.manual_seed(0)
     torch.set_num_threads(1)  # like a DataLoader worker
@@ -269,7 +271,33 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(f"{backend:10} decode-once-sample-2 / one clip per decode ({next(iter(sets))}, dense): "
               f"{2 * r['two/c']:.2f}x clips/s")  # fmt: skip
+    if args.keyint_sweep:
+        keyint_sweep(sets[args.sizes.split(",")[-1]], [int(k) for k in args.keyint_sweep.split(",")], backends, args)
     return 0
+
+
+def keyint_sweep(sources: list[str], keyints: list[int], backends: list[str], args: argparse.Namespace) -> None:
+    """aim-video's loader (b) on prepared copies (short side 256, `--tune`) for each keyframe interval against the
+    encoder's default (0), interleaved clip by clip in one process: what each interval buys, and costs in bytes."""
+    keyints = sorted(set(keyints) - {0}) + [0]
+    copies: dict[int, list[str]] = {}
+    for k in keyints:
+        tag = f"256k{k}_{args.tune}_" if k else f"256kdef_{args.tune}_"
+        results = [reencode_one(p, p.replace("scene_", tag), short_side=256, keyint=k, tune=args.tune) for p in sources]
+        assert all(r.status != "failed" for r in results), [r.reason for r in results]
+        copies[k] = [r.dst for r in results]
+    name = {k: f"k{k}" if k else "c" for k in keyints}  # "c": the default interval, what ratios are paired against
+    print(f"\nkeyframe interval sweep on {len(sources)} videos shrunk to short side 256 (tune {args.tune}): (b) "
+          "clips per CPU-second in one process, paired ratio to the default interval, MiB per video")  # fmt: skip
+    for backend in backends:
+        for mode in ("dense", "uniform"):
+            loads = {name[k]: Ours(plan_clips(paths, mode, args.clips), backend).load for k, paths in copies.items()}
+            r = measure_inline(loads, args.clips, args.rounds)
+            cells = []
+            for k, paths in copies.items():
+                mib = sum(os.path.getsize(p) for p in paths) / len(paths) / 2**20
+                cells.append(f"{k or 'default'}: {r[name[k]]:.1f} ({r[name[k] + '/c']:.2f}x, {mib:.2f} MiB)")
+            print(f"{backend:10} {mode:8} " + "  ".join(cells), flush=True)
 
 
 if __name__ == "__main__":
