@@ -86,8 +86,8 @@ def _thumb(frame: np.ndarray, step: int) -> np.ndarray:
 def _reference_decode(path: str, wanted: set[int], num_threads: int) -> tuple[dict[int, np.ndarray], set[int], int]:
     """One sequential PyAV decode: RGB frames at `wanted`, the indices of real keyframes, the number that decode.
 
-    Only the wanted frames are converted to RGB; the colour conversion of every frame would cost more than the
-    decoding itself at 720p."""
+    Only the wanted frames are converted to RGB: converting every frame costs about as much as decoding it, or
+    more (PyAV, 2 cores: 1-3x the decoding time on the benchmark videos)."""
     container = decode.open_av(path, num_threads)
     full: dict[int, np.ndarray] = {}
     keyframes: set[int] = set()  # frames that really are keyframes (decodable without earlier frames)
