@@ -1,24 +1,28 @@
-"""Prepare a Kinetics-style data set: list files, re-encoding for fast random access.
+"""Prepare a Kinetics-style data set: list files, re-encoding for fast random access, frame-accuracy checks.
 
-    # Kinetics CSVs (or list files, or class folders) -> train.txt / val.txt / classes.txt
+    # 1. Kinetics CSVs (or list files, or class folders) -> train.txt / val.txt / classes.txt
     python tools/prepare_kinetics.py lists --train k400/train.csv --val k400/validate.csv \\
         --root /data/k400/videos --out-dir /data/k400/lists
 
-    # re-encode every video of a list to short side 256, a keyframe every 16 frames, 8 ffmpeg processes;
-    # finished outputs are skipped on a rerun; writes a list file of the outputs
+    # 2a. either re-encode every video of a list (short side 256, a keyframe every 16 frames, x264 tuned for
+    # fast decoding), 8 ffmpeg processes; each output is frame-checked before it is listed, a rerun skips
+    # finished outputs; writes a list file of the outputs (repeat for val.txt)
     python tools/prepare_kinetics.py reencode --list /data/k400/lists/train.txt --root /data/k400/videos \\
         --out-root /data/k400/videos_256 --out-list /data/k400/lists/train_256.txt --jobs 8
 
-    # frame accuracy of random access against one sequential decode, per video (exact / shifted /
-    # corrupt_after_seek / short / hangs / unreadable); resumable; report.json + report.csv; the report's true
-    # frame counts are what training samples from (data.verify_report=/data/k400/lists/train_verify.json)
-    python tools/prepare_kinetics.py verify --list /data/k400/lists/train.txt --root /data/k400/videos \
+    # 2b. or keep the originals: check random access against one sequential decode, per video (exact / shifted /
+    # corrupt_after_seek / short / hangs / unreadable); resumable; report.json + report.csv, whose true frame
+    # counts are what training samples from (data.verify_report=...)
+    python tools/prepare_kinetics.py verify --list /data/k400/lists/train.txt --root /data/k400/videos \\
         --report /data/k400/lists/train_verify.json --backend decord --jobs 8 --timeout 300
-
-    # re-encode every video that is not exact (originals untouched), verify the copies, write a list using them
-    python tools/prepare_kinetics.py repair --report /data/k400/lists/train_verify.json \
-        --list /data/k400/lists/train.txt --root /data/k400/videos --out-root /data/k400/repaired \
+    # ... then re-encode the videos that are not exact (originals untouched), verify the copies, relist
+    python tools/prepare_kinetics.py repair --report /data/k400/lists/train_verify.json \\
+        --list /data/k400/lists/train.txt --root /data/k400/videos --out-root /data/k400/repaired \\
         --out-list /data/k400/lists/train_repaired.txt --keyint 16 --jobs 8
+
+    # 3. train on the result (data.root: the folder the list's relative paths start from)
+    deepspeed tools/train.py --config configs/k400_vit_b16_8f.yaml data.root=/data/k400/videos_256 \\
+        data.train_list=/data/k400/lists/train_256.txt data.val_list=/data/k400/lists/val_256.txt
 
 Each subcommand is a function `cmd_<name>(args) -> int` registered in `SUBCOMMANDS`; add one by adding both.
 """
@@ -190,9 +194,8 @@ SUBCOMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
-    )
+    first, _, examples = __doc__.split("Each subcommand is a function")[0].partition("\n\n")
+    parser = argparse.ArgumentParser(description=first, epilog=examples, formatter_class=argparse.RawTextHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     for add, _ in SUBCOMMANDS.values():
         add(sub)
