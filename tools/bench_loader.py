@@ -12,9 +12,12 @@ TSN-style 8-segment sampling, for each decoding backend:
       (the prepare tool with keyint 0, same tune).
 Each runs in this process (median seconds per clip -> clips/s) and in a 2-worker DataLoader (clips / wall time).
 Every method decodes the same clips (same videos, same frame indices). Also: decode-once-sample-2 (repeated_aug
-2) against one clip per decode.
+2) against one clip per decode. `--keyint-sweep` adds (b) on prepared copies at several keyframe intervals and x264
+tunes (`--sweep-tunes`), of the generated videos or of given files (`--sweep-sources`, e.g. real footage).
 
     python tools/bench_loader.py --clips 6 --out /tmp/aim_video_bench
+    python tools/bench_loader.py --sweep-only --keyint-sweep 8,16,32,0 --sweep-tunes fastdecode,none \
+        --sweep-sources bikes.mp4 --clips 16
 """
 
 from __future__ import annotations
@@ -196,16 +199,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tune", default="fastdecode", help="x264 tune of the prepared copies (as prepare_kinetics)")
     ap.add_argument("--keyint-sweep", default="", help="e.g. 8,16,32,64,0: the loader on prepared copies of the "
                     "last size's videos at each keyframe interval (0: the encoder's default)")  # fmt: skip
+    ap.add_argument(
+        "--sweep-tunes", default="", help="x264 tunes for the sweep, e.g. fastdecode,none (default: --tune)"
+    )
+    ap.add_argument("--sweep-sources", default="", help="comma-separated video files to sweep instead of the "
+                    "generated ones (real footage)")  # fmt: skip
+    ap.add_argument("--sweep-only", action="store_true", help="skip the main table")
     args = ap.parse_args(argv)
     torch.manual_seed(0)
     torch.set_num_threads(1)  # like a DataLoader worker
     os.makedirs(args.out, exist_ok=True)
+    if args.sweep_only:
+        sources = args.sweep_sources.split(",") if args.sweep_sources else generated(args, args.sizes.split(",")[-1])
+        keyint_sweep(sources, args, available_backends(args.backends.split(","), sources[0]))
+        return 0
     sets: dict[str, list[str]] = {}
     for size in args.sizes.split(","):
-        w, h = map(int, size.split("x"))
-        sets[size] = [
-            scene_video(os.path.join(args.out, f"scene_{size}_{k}.mp4"), w, h, seed=k) for k in range(args.videos)
-        ]
+        sets[size] = generated(args, size)
         for tag, keyint in (("256k16", 16), ("256kdef", 0)):
             outs = []
             for p in sets[size]:
@@ -272,32 +282,53 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{backend:10} decode-once-sample-2 / one clip per decode ({next(iter(sets))}, dense): "
               f"{2 * r['two/c']:.2f}x clips/s")  # fmt: skip
     if args.keyint_sweep:
-        keyint_sweep(sets[args.sizes.split(",")[-1]], [int(k) for k in args.keyint_sweep.split(",")], backends, args)
+        keyint_sweep(args.sweep_sources.split(",") if args.sweep_sources else sets[size], args, backends)
     return 0
 
 
-def keyint_sweep(sources: list[str], keyints: list[int], backends: list[str], args: argparse.Namespace) -> None:
-    """aim-video's loader (b) on prepared copies (short side 256, `--tune`) for each keyframe interval against the
-    encoder's default (0), interleaved clip by clip in one process: what each interval buys, and costs in bytes."""
-    keyints = sorted(set(keyints) - {0}) + [0]
-    copies: dict[int, list[str]] = {}
-    for k in keyints:
-        tag = f"256k{k}_{args.tune}_" if k else f"256kdef_{args.tune}_"
-        results = [reencode_one(p, p.replace("scene_", tag), short_side=256, keyint=k, tune=args.tune) for p in sources]
-        assert all(r.status != "failed" for r in results), [r.reason for r in results]
-        copies[k] = [r.dst for r in results]
-    name = {k: f"k{k}" if k else "c" for k in keyints}  # "c": the default interval, what ratios are paired against
-    print(f"\nkeyframe interval sweep on {len(sources)} videos shrunk to short side 256 (tune {args.tune}): (b) "
-          "clips per CPU-second in one process, paired ratio to the default interval, MiB per video")  # fmt: skip
+def generated(args: argparse.Namespace, size: str) -> list[str]:
+    """The scene videos of one size ("WxH") in args.out (made once)."""
+    w, h = map(int, size.split("x"))
+    return [scene_video(os.path.join(args.out, f"scene_{size}_{k}.mp4"), w, h, seed=k) for k in range(args.videos)]
+
+
+def keyint_sweep(sources: list[str], args: argparse.Namespace, backends: list[str]) -> None:
+    """aim-video's loader (b) on prepared copies (short side 256) for each x264 tune and keyframe interval (0: the
+    encoder's default), all interleaved clip by clip in one process: what each interval buys, and costs in bytes."""
+    keyints = sorted({int(k) for k in (args.keyint_sweep or "16,0").split(",")} - {0}) + [0]
+    tunes = (args.sweep_tunes or args.tune).split(",")
+    copies: dict[tuple[str, int], list[str]] = {}
+    for tune in tunes:
+        for k in keyints:
+            tag = f"256k{k if k else 'def'}_{tune}_"
+            dsts = [os.path.join(args.out, tag + os.path.basename(p).removeprefix("scene_")) for p in sources]
+            pairs = zip(sources, dsts, strict=True)
+            results = [reencode_one(p, d, short_side=256, keyint=k, tune=tune) for p, d in pairs]
+            assert all(r.status != "failed" for r in results), [r.reason for r in results]
+            copies[(tune, k)] = dsts
+    # measure_inline pairs ratios against "c": the first tune at the default interval
+    name = {key: "c" if key == (tunes[0], 0) else f"{key[0]}:{key[1]}" for key in copies}
+    print(f"\nkeyframe interval sweep on {', '.join(os.path.basename(p) for p in sources)} shrunk to short side "
+          f"256: (b) clips per CPU-second in one process ({args.rounds} rounds x {args.clips} clips), ratio to the "
+          "same tune's default interval, MiB per video; then the first tune against each other one")  # fmt: skip
     for backend in backends:
         for mode in ("dense", "uniform"):
-            loads = {name[k]: Ours(plan_clips(paths, mode, args.clips), backend).load for k, paths in copies.items()}
+            loads = {
+                name[key]: Ours(plan_clips(paths, mode, args.clips), backend).load for key, paths in copies.items()
+            }
             r = measure_inline(loads, args.clips, args.rounds)
-            cells = []
-            for k, paths in copies.items():
-                mib = sum(os.path.getsize(p) for p in paths) / len(paths) / 2**20
-                cells.append(f"{k or 'default'}: {r[name[k]]:.1f} ({r[name[k] + '/c']:.2f}x, {mib:.2f} MiB)")
-            print(f"{backend:10} {mode:8} " + "  ".join(cells), flush=True)
+            for tune in tunes:
+                cells = []
+                for k in keyints:
+                    mib = sum(os.path.getsize(p) for p in copies[(tune, k)]) / len(sources) / 2**20
+                    rate = r[name[(tune, k)]]
+                    cells.append(f"{k or 'default'}: {rate:.1f} ({rate / r[name[(tune, 0)]]:.2f}x, {mib:.2f} MiB)")
+                print(f"{backend:10} {mode:8} {tune:10} " + "  ".join(cells), flush=True)
+            for other in tunes[1:]:
+                ratios = "  ".join(
+                    f"{k or 'default'}: {r[name[(tunes[0], k)]] / r[name[(other, k)]]:.2f}x" for k in keyints
+                )
+                print(f"{backend:10} {mode:8} {tunes[0]}/{other}: {ratios}", flush=True)
 
 
 if __name__ == "__main__":
