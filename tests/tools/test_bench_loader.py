@@ -1,0 +1,39 @@
+"""tools/bench_loader.py: the authors'-style pipeline (a) yields what training needs, and the tool runs end to end."""
+
+from __future__ import annotations
+
+import re
+import shutil
+
+import numpy as np
+import pytest
+
+from aim_video.profiling.videos import scene_video
+from tools.bench_loader import AuthorsStyle, Floor, Ours, main, plan_clips
+
+pytestmark = pytest.mark.skipif(not shutil.which("ffmpeg"), reason="needs ffmpeg: apt-get install ffmpeg")
+
+
+def test_the_three_pipelines_read_the_same_clip(tmp_path):
+    path = scene_video(str(tmp_path / "v.mp4"), 170, 128, seconds=6)
+    plan = plan_clips([path], "dense", 1)
+    indices = plan[0][1]
+    floor = Floor("decord")(path, indices)
+    assert floor.shape == (len(set(indices)), 128, 170, 3)
+    authors = AuthorsStyle("decord")(path, indices)
+    assert authors.shape == (1, 3, 8, 224, 224) and authors.dtype == np.float32
+    ours = Ours(plan, "decord").load(0)
+    assert ours.shape == (1, 8, 3, 224, 224) and str(ours.dtype) == "torch.uint8"
+
+
+def test_cli_prints_the_ratios_and_the_keyframe_sweep(tmp_path, capsys):
+    args = ["--out", str(tmp_path), "--sizes", "170x128", "--clips", "2", "--videos", "1", "--rounds", "1",
+            "--backends", "decord", "--workers", "1", "--keyint-sweep", "8,0",
+            "--sweep-tunes", "fastdecode,none"]  # fmt: skip
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"decord +170x128 +dense +prepared\(256,k16\)/raw +\d+\.\d\dx +k16/default-keyint at 256", out)
+    assert re.search(r"decode-once-sample-2 / one clip per decode \(170x128, dense\): \d\.\d\dx", out)
+    for tune in ("fastdecode", "none"):
+        assert re.search(rf"decord +uniform +{tune} +8: [\d.]+ \([\d.]+x, [\d.]+ MiB\)  default: [\d.]+ \(1\.00x", out)
+    assert re.search(r"decord +dense +fastdecode/none: 8: [\d.]+x  default: [\d.]+x", out)
