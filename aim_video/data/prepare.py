@@ -57,7 +57,7 @@ def reencode_command(
     `fps` None keeps the source's frame rate (made constant); `short_side` 0 keeps the size; `keyint` 0 keeps the
     encoder's default keyframe placement (x264: at most 250 frames apart, plus scene cuts). `tune` is x264's
     `-tune` ("" or "none" for none); the default, fastdecode, turns off CABAC, the deblocking filter and weighted
-    prediction: clips decode about 1.9x faster for about 16% more bytes and 0.1 dB less PSNR (docs/benchmarks.md).
+    prediction: clips decode 1.6-2x faster for 12-16% more bytes (docs/benchmarks.md, generated and real footage).
     """
     if short_side > 0:
         s = int(short_side)
