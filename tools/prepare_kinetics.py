@@ -79,8 +79,8 @@ def add_reencode(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--keyint", type=int, default=16, help="frames between keyframes")
     p.add_argument("--crf", type=int, default=23)
     p.add_argument("--preset", default="fast", help="x264 preset")
-    p.add_argument("--tune", default="fastdecode", help="x264 tune: fastdecode (default) decodes 1.6-2x faster for "
-                   "12-16%% more bytes; 'none' for x264's default (CABAC, deblocking)")  # fmt: skip
+    p.add_argument("--tune", default="fastdecode", help="x264 tune: fastdecode (default) decodes 1.6-1.9x faster "
+                   "for 12-16%% more bytes; 'none' for x264's default (CABAC, deblocking)")  # fmt: skip
     p.add_argument("--fps", type=float, default=None, help="output frame rate (default: the source's)")
     p.add_argument("--keep-audio", action="store_true")
     p.add_argument("--jobs", type=int, default=max(1, (os.cpu_count() or 2) - 1), help="parallel ffmpeg processes")

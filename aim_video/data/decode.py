@@ -537,7 +537,8 @@ def transcode(
             width, height = round(width * scale), round(height * scale)
         width, height = width - width % 2, height - height % 2
         params = f"keyint={keyint}:min-keyint={keyint}:scenecut=0:open-gop=0:bframes=0"
-        options = {"crf": str(crf), "x264-params": params} | ({"tune": x264_tune(tune)} if x264_tune(tune) else {})
+        tune = x264_tune(tune)
+        options = {"crf": str(crf), "x264-params": params} | ({"tune": tune} if tune else {})
         resized = (f.reformat(width=width, height=height, format="yuv420p") for f in iter_decoded(container, rgb=False))
         count = _encode(
             dst,

@@ -57,7 +57,7 @@ def reencode_command(
     `fps` None keeps the source's frame rate (made constant); `short_side` 0 keeps the size; `keyint` 0 keeps the
     encoder's default keyframe placement (x264: at most 250 frames apart, plus scene cuts). `tune` is x264's
     `-tune` ("" or "none" for none); the default, fastdecode, turns off CABAC, the deblocking filter and weighted
-    prediction: clips decode 1.6-2x faster for 12-16% more bytes (docs/benchmarks.md, generated and real footage).
+    prediction: clips decode 1.6-1.9x faster for 12-16% more bytes (docs/benchmarks.md, generated and real footage).
     """
     if short_side > 0:
         s = int(short_side)
@@ -71,8 +71,9 @@ def reencode_command(
     cmd = [ffmpeg_binary(), "-nostdin", "-y", "-loglevel", "error", "-threads", str(threads), "-i", src]
     cmd += ["-map", "0:v:0"] + (["-map", "0:a?", "-c:a", "aac"] if keep_audio else ["-an"])
     cmd += ["-vf", vf, "-c:v", "libx264", "-preset", preset, "-crf", str(crf), "-pix_fmt", "yuv420p"]
-    if x264_tune(tune):
-        cmd += ["-tune", x264_tune(tune)]
+    tune = x264_tune(tune)
+    if tune:
+        cmd += ["-tune", tune]
     if keyint > 0:
         cmd += ["-g", str(keyint), "-keyint_min", str(keyint), "-sc_threshold", "0", "-flags", "+cgop"]
     cmd += ["-fps_mode", "cfr", "-threads", str(threads), "-movflags", "+faststart", "-f", "mp4", dst]
