@@ -74,6 +74,8 @@ def init_distributed() -> DistInfo:
         backend = "gloo"
     deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False)
     rank, world = dist.get_rank(), dist.get_world_size()
+    if accel.device_name() == "cpu":
+        release_shm_segment(rank)
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if accel.device_name() == "cpu":
         device = torch.device("cpu")
@@ -81,6 +83,31 @@ def init_distributed() -> DistInfo:
         accel.set_device(local_rank)
         device = torch.device(accel.device_name(local_rank))
     return DistInfo(rank=rank, world_size=world, local_rank=local_rank, device=device)
+
+
+def shm_segment_path(rank: int) -> str:
+    """The /dev/shm file DeepSpeed's CPU shared-memory all-reduce op maps for `rank` of this launch.
+
+    DeepSpeed 0.19 (`ops/csrc/cpu/comm/shm.cpp`) creates it at init when every rank is local (the launcher sets
+    LOCAL_SIZE), named after the user, MASTER_ADDR, MASTER_PORT and the rank, about 66 MB each.
+    """
+    addr, port = os.environ.get("MASTER_ADDR", ""), os.environ.get("MASTER_PORT", "")
+    return f"/dev/shm/deepspeed_allreduce_buffer_{os.getuid()}_{addr}_{port}_{rank}"
+
+
+def release_shm_segment(rank: int) -> None:
+    """Unlink this rank's DeepSpeed shared-memory segment once every rank has mapped every segment.
+
+    DeepSpeed never unlinks them, so each CPU launch left world_size x 66 MB in /dev/shm (RAM) until the machine
+    filled up and the kernel killed processes. All ranks open all segments inside `deepspeed.init_distributed`, so
+    after a barrier the names are no longer needed; the mappings stay valid until the processes exit, and a killed
+    run leaves nothing behind either.
+    """
+    barrier()
+    try:
+        os.unlink(shm_segment_path(rank))
+    except FileNotFoundError:  # not created: a single process, or ranks on several machines
+        pass
 
 
 def barrier() -> None:

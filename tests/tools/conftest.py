@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import os
 import subprocess
 import sys
@@ -84,13 +85,19 @@ def tiny_config(folder: str, data_root: str, **sections: dict) -> str:
 def launch(
     config: str, *overrides: str, ranks: int = 2, resume: str = "", env: dict | None = None, timeout: float = 600
 ) -> subprocess.CompletedProcess:
-    """`deepspeed --num_gpus N tools/train.py --config ... key=value` on CPU (gloo), as a user runs it."""
+    """`deepspeed --num_gpus N tools/train.py --config ... key=value` on CPU (gloo), as a user runs it.
+
+    The result's `shm_left` lists the launch's DeepSpeed shared-memory files still in /dev/shm afterwards.
+    """
+    port = _free_port()
     cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(ranks),
-           "--master_port", str(_free_port()), TRAIN, "--config", config, *overrides]  # fmt: skip
+           "--master_port", str(port), TRAIN, "--config", config, *overrides]  # fmt: skip
     if resume:
         cmd += ["--resume", resume]
     full_env = {**os.environ, "DS_ACCELERATOR": "cpu", "PYTHONPATH": REPO, "OMP_NUM_THREADS": "1", **(env or {})}
-    return subprocess.run(cmd, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout)
+    result = subprocess.run(cmd, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout)
+    result.shm_left = glob.glob(f"/dev/shm/deepspeed_allreduce_buffer_{os.getuid()}_*_{port}_*")
+    return result
 
 
 def _free_port() -> int:

@@ -43,6 +43,7 @@ def test_two_rank_bf16_zero1_run_writes_everything_and_exports_the_trainable_set
     out = str(tmp_path / "run")
     result = launch(cfg_path, f"output_dir={out}")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert result.shm_left == []  # DeepSpeed's shared-memory segments (66 MB per rank) do not outlive the run
 
     ds = json.load(open(os.path.join(out, "deepspeed_config.json")))
     assert ds["train_batch_size"] == 4 and ds["bf16"]["enabled"] and ds["zero_optimization"]["stage"] == 1
@@ -124,4 +125,5 @@ def test_a_rank_that_dies_makes_the_launcher_exit_nonzero(video_root, tmp_path):
     assert result.returncode != 0
     assert "rank 1 dies at after_step step 2" in result.stdout + result.stderr
     assert time.monotonic() - started < 240  # stopped by the launcher, not by a collective timeout
+    assert result.shm_left == []  # nor do they outlive a run that was killed
     assert not os.path.exists(tmp_path / "run" / "train_summary.json")
