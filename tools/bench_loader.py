@@ -8,16 +8,17 @@ TSN-style 8-segment sampling, for each decoding backend:
   (b) aim-video's training dataset (`TrainClipDataset`: one batched read, v2 RandomResizedCrop + flip, uint8);
   (c) the decode floor: open the video and one batched read of the same sorted unique indices, nothing else;
   (d) (b) on the same videos after `tools/prepare_kinetics.py reencode` (short side 256, keyframe every 16, x264
-      `--tune`, fastdecode by default), beside (b) on short side 256 with the encoder's default keyframe interval
-      (the prepare tool with keyint 0, same tune).
+      `--tune`, fastdecode by default, `--bframes`, 0 by default), beside (b) on short side 256 with the encoder's
+      default keyframe interval (the prepare tool with keyint 0, same encoding).
 Each runs in this process (median seconds per clip -> clips/s) and in a 2-worker DataLoader (clips / wall time).
 Every method decodes the same clips (same videos, same frame indices). Also: decode-once-sample-2 (repeated_aug
-2) against one clip per decode. `--keyint-sweep` adds (b) on prepared copies at several keyframe intervals and x264
-tunes (`--sweep-tunes`), of the generated videos or of given files (`--sweep-sources`, e.g. real footage).
+2) against one clip per decode. `--keyint-sweep` adds (b) on prepared copies at several keyframe intervals, x264
+tunes (`--sweep-tunes`) and B-frame counts (`--sweep-bframes`), of the generated videos or of given files
+(`--sweep-sources`, e.g. real footage).
 
     python tools/bench_loader.py --clips 6 --out /tmp/aim_video_bench
     python tools/bench_loader.py --sweep-only --keyint-sweep 8,16,32,0 --sweep-tunes fastdecode,none \
-        --sweep-sources bikes.mp4 --clips 16
+        --sweep-bframes 0,-1 --sweep-sources bikes.mp4 --clips 16
 """
 
 from __future__ import annotations
@@ -197,11 +198,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sizes", default="340x256,1280x720")
     ap.add_argument("--rounds", type=int, default=2, help="passes over the clips in one process")
     ap.add_argument("--tune", default="fastdecode", help="x264 tune of the prepared copies (as prepare_kinetics)")
+    ap.add_argument("--bframes", type=int, default=0, help="B-frames of the prepared copies (as prepare_kinetics; "
+                    "-1: x264's default)")  # fmt: skip
     ap.add_argument("--keyint-sweep", default="", help="e.g. 8,16,32,64,0: the loader on prepared copies of the "
                     "last size's videos at each keyframe interval (0: the encoder's default)")  # fmt: skip
     ap.add_argument(
         "--sweep-tunes", default="", help="x264 tunes for the sweep, e.g. fastdecode,none (default: --tune)"
     )
+    ap.add_argument("--sweep-bframes", default="", help="B-frame counts for the sweep, e.g. 0,-1 (default: "
+                    "--bframes)")  # fmt: skip
     ap.add_argument("--sweep-sources", default="", help="comma-separated video files to sweep instead of the "
                     "generated ones (real footage)")  # fmt: skip
     ap.add_argument("--sweep-only", action="store_true", help="skip the main table")
@@ -219,8 +224,8 @@ def main(argv: list[str] | None = None) -> int:
         for tag, keyint in (("256k16", 16), ("256kdef", 0)):
             outs = []
             for p in sets[size]:
-                dst = p.replace("scene_", f"{tag}_{args.tune}_")
-                res = reencode_one(p, dst, short_side=256, keyint=keyint, tune=args.tune)
+                dst = p.replace("scene_", f"{tag}_{encoding_label(args.tune, args.bframes)}_")
+                res = reencode_one(p, dst, short_side=256, keyint=keyint, **encoding(args.tune, args.bframes))
                 assert res.status != "failed", res.reason
                 outs.append(res.dst)
             sets[f"{size}@{tag}"] = outs
@@ -292,43 +297,56 @@ def generated(args: argparse.Namespace, size: str) -> list[str]:
     return [scene_video(os.path.join(args.out, f"scene_{size}_{k}.mp4"), w, h, seed=k) for k in range(args.videos)]
 
 
+def encoding(tune: str, bframes: int) -> dict:
+    """reencode_one's encoder options for an x264 tune and a B-frame count (negative: x264's default)."""
+    return {"tune": tune, "bframes": None if bframes < 0 else bframes}
+
+
+def encoding_label(tune: str, bframes: int) -> str:
+    return f"{tune}-bf{'def' if bframes < 0 else bframes}"
+
+
 def keyint_sweep(sources: list[str], args: argparse.Namespace, backends: list[str]) -> None:
-    """aim-video's loader (b) on prepared copies (short side 256) for each x264 tune and keyframe interval (0: the
-    encoder's default), all interleaved clip by clip in one process: what each interval buys, and costs in bytes."""
+    """aim-video's loader (b) on prepared copies (short side 256) for each encoding (x264 tune x B-frames) and
+    keyframe interval (0: the encoder's default), all interleaved clip by clip in one process: what each interval
+    buys, and costs in bytes."""
     keyints = sorted({int(k) for k in (args.keyint_sweep or "16,0").split(",")} - {0}) + [0]
     tunes = (args.sweep_tunes or args.tune).split(",")
-    copies: dict[tuple[str, int], list[str]] = {}
-    for tune in tunes:
+    bframes = [int(b) for b in (args.sweep_bframes or str(args.bframes)).split(",")]
+    encodings = [(t, b) for t in tunes for b in bframes]
+    copies: dict[tuple[tuple[str, int], int], list[str]] = {}
+    for enc in encodings:
         for k in keyints:
-            tag = f"256k{k if k else 'def'}_{tune}_"
+            tag = f"256k{k if k else 'def'}_{encoding_label(*enc)}_"
             dsts = [os.path.join(args.out, tag + os.path.basename(p).removeprefix("scene_")) for p in sources]
             pairs = zip(sources, dsts, strict=True)
-            results = [reencode_one(p, d, short_side=256, keyint=k, tune=tune) for p, d in pairs]
+            results = [reencode_one(p, d, short_side=256, keyint=k, **encoding(*enc)) for p, d in pairs]
             assert all(r.status != "failed" for r in results), [r.reason for r in results]
-            copies[(tune, k)] = dsts
-    # measure_inline pairs ratios against "c": the first tune at the default interval
-    name = {key: "c" if key == (tunes[0], 0) else f"{key[0]}:{key[1]}" for key in copies}
+            copies[(enc, k)] = dsts
+    # measure_inline pairs ratios against "c": the first encoding at the default interval
+    name = {key: "c" if key == (encodings[0], 0) else f"{encoding_label(*key[0])}:{key[1]}" for key in copies}
     print(f"\nkeyframe interval sweep on {', '.join(os.path.basename(p) for p in sources)} shrunk to short side "
           f"256: (b) clips per CPU-second in one process ({args.rounds} rounds x {args.clips} clips), ratio to the "
-          "same tune's default interval, MiB per video; then the first tune against each other one")  # fmt: skip
+          "same encoding's default interval, MiB per video; then the first encoding against each other")  # fmt: skip
     for backend in backends:
         for mode in ("dense", "uniform"):
             loads = {
                 name[key]: Ours(plan_clips(paths, mode, args.clips), backend).load for key, paths in copies.items()
             }
             r = measure_inline(loads, args.clips, args.rounds)
-            for tune in tunes:
+            for enc in encodings:
                 cells = []
                 for k in keyints:
-                    mib = sum(os.path.getsize(p) for p in copies[(tune, k)]) / len(sources) / 2**20
-                    rate = r[name[(tune, k)]]
-                    cells.append(f"{k or 'default'}: {rate:.1f} ({rate / r[name[(tune, 0)]]:.2f}x, {mib:.2f} MiB)")
-                print(f"{backend:10} {mode:8} {tune:10} " + "  ".join(cells), flush=True)
-            for other in tunes[1:]:
+                    mib = sum(os.path.getsize(p) for p in copies[(enc, k)]) / len(sources) / 2**20
+                    rate = r[name[(enc, k)]]
+                    cells.append(f"{k or 'default'}: {rate:.1f} ({rate / r[name[(enc, 0)]]:.2f}x, {mib:.2f} MiB)")
+                print(f"{backend:10} {mode:8} {encoding_label(*enc):16} " + "  ".join(cells), flush=True)
+            first = encodings[0]
+            for other in encodings[1:]:
                 ratios = "  ".join(
-                    f"{k or 'default'}: {r[name[(tunes[0], k)]] / r[name[(other, k)]]:.2f}x" for k in keyints
+                    f"{k or 'default'}: {r[name[(first, k)]] / r[name[(other, k)]]:.2f}x" for k in keyints
                 )
-                print(f"{backend:10} {mode:8} {tunes[0]}/{other}: {ratios}", flush=True)
+                print(f"{backend:10} {mode:8} {encoding_label(*first)}/{encoding_label(*other)}: {ratios}", flush=True)
 
 
 if __name__ == "__main__":

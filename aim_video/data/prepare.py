@@ -4,7 +4,8 @@ Re-encoding (the AIM recipe pre-resizes videos once, offline) makes each clip ch
 decode (short side 256 or 320 instead of 720 or more) and a short keyframe interval, so a seek decodes at most
 `keyint - 1` frames before the one asked for. Output is H.264 in mp4 at a constant frame rate with closed GOPs and
 a keyframe exactly every `keyint` frames (no scene-cut keyframes), moov atom first, video only by default, tuned
-for decoding speed (x264 `-tune fastdecode`: CAVLC entropy coding, no deblocking filter).
+for random access: x264 `-tune fastdecode` (CAVLC entropy coding, no deblocking filter) and no B-frames (a frame
+decodes once the frames before it have, never waiting for a later one; `decode.transcode` encodes the same way).
 
 The encoder is the `ffmpeg` program (the same FFmpeg libraries torchcodec needs; Debian/Ubuntu:
 `apt-get install -y ffmpeg`). Every output is written under a temporary name, checked to decode, then renamed:
@@ -48,6 +49,7 @@ def reencode_command(
     crf: int = 23,
     preset: str = "fast",
     tune: str = "fastdecode",
+    bframes: int | None = 0,
     fps: float | None = None,
     keep_audio: bool = False,
     threads: int = 1,
@@ -58,6 +60,9 @@ def reencode_command(
     encoder's default keyframe placement (x264: at most 250 frames apart, plus scene cuts). `tune` is x264's
     `-tune` ("" or "none" for none); the default, fastdecode, turns off CABAC, the deblocking filter and weighted
     prediction: clips decode 1.6-1.9x faster for 12-16% more bytes (docs/benchmarks.md, generated and real footage).
+    `bframes` is x264's B-frames between reference frames (None: x264's default, 3). The default, 0, reads clips of
+    keyframe-16 copies 1.07-1.26x faster for 7-19% more bytes: a frame is decoded from the frames before it, never
+    waiting for a later one (docs/benchmarks.md, "Loader"; generated and real footage).
     """
     if short_side > 0:
         s = int(short_side)
@@ -74,6 +79,10 @@ def reencode_command(
     tune = x264_tune(tune)
     if tune:
         cmd += ["-tune", tune]
+    if bframes is not None:
+        if bframes < 0:
+            raise ValueError(f"bframes must be >= 0 (or None for x264's default), got {bframes}")
+        cmd += ["-bf", str(bframes)]
     if keyint > 0:
         cmd += ["-g", str(keyint), "-keyint_min", str(keyint), "-sc_threshold", "0", "-flags", "+cgop"]
     cmd += ["-fps_mode", "cfr", "-threads", str(threads), "-movflags", "+faststart", "-f", "mp4", dst]

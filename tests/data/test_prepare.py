@@ -6,7 +6,7 @@ import pytest
 from aim_video.data import decode
 from aim_video.data.annotations import parse_list_file
 from aim_video.data.prepare import build_lists, check_decodes, output_path, reencode_all, reencode_one
-from tests.data.conftest import frame_code_video, make_video
+from tests.data.conftest import decoded_frame_index, frame_code_video, make_video
 
 pytestmark = pytest.mark.skipif(not __import__("shutil").which("ffmpeg"), reason="needs ffmpeg: apt-get install ffmpeg")
 
@@ -54,6 +54,32 @@ def test_reencode_tunes_for_decoding_speed_unless_told_not_to(tmp_path):
     a = decode.read_frames(fast.dst, [0, 9, 23], backend="decord").float().mean((1, 2, 3))
     b = decode.read_frames(plain.dst, [0, 9, 23], backend="decord").float().mean((1, 2, 3))
     assert (a - b).abs().max() < 1  # the same frames
+
+
+def picture_types(path: str) -> set[str]:
+    import av
+    from av.video.frame import PictureType
+
+    with av.open(path) as container:
+        return {PictureType(f.pict_type).name for f in container.decode(video=0)}
+
+
+def test_reencode_writes_no_b_frames_unless_told_to(tmp_path):
+    src = str(tmp_path / "src.mp4")
+    decode.write_video(src, frame_code_video(32, 96, 128), fps=25)
+    plain = reencode_one(src, str(tmp_path / "plain.mp4"), short_side=64, keyint=16)
+    with_b = reencode_one(src, str(tmp_path / "b.mp4"), short_side=64, keyint=16, bframes=None)
+    assert plain.status == with_b.status == "done", (plain.reason, with_b.reason)
+    assert " bframes=0 " in x264_settings(plain.dst)
+    assert " bframes=3 " in x264_settings(with_b.dst)  # x264's default
+    assert "B" in picture_types(with_b.dst)  # the setting took: B-frames are in the stream
+    assert picture_types(plain.dst) == {"I", "P"}
+    wanted = [0, 9, 23, 31]
+    for path in (plain.dst, with_b.dst):  # random access returns the frames asked for, either way
+        frames = decode.read_frames(path, wanted, backend="decord").numpy()
+        assert [decoded_frame_index(f, 32) for f in frames] == wanted
+    with pytest.raises(ValueError, match="bframes must be >= 0"):
+        reencode_one(src, str(tmp_path / "bad.mp4"), bframes=-2)
 
 
 def test_portrait_and_small_videos_are_not_upscaled(tmp_path):

@@ -29,11 +29,11 @@ def test_the_three_pipelines_read_the_same_clip(tmp_path):
 def test_cli_prints_the_ratios_and_the_keyframe_sweep(tmp_path, capsys):
     args = ["--out", str(tmp_path), "--sizes", "170x128", "--clips", "2", "--videos", "1", "--rounds", "1",
             "--backends", "decord", "--workers", "1", "--keyint-sweep", "8,0",
-            "--sweep-tunes", "fastdecode,none"]  # fmt: skip
+            "--sweep-tunes", "fastdecode,none", "--sweep-bframes", "0,-1"]  # fmt: skip
     assert main(args) == 0
     out = capsys.readouterr().out
     assert re.search(r"decord +170x128 +dense +prepared\(256,k16\)/raw +\d+\.\d\dx +k16/default-keyint at 256", out)
     assert re.search(r"decode-once-sample-2 / one clip per decode \(170x128, dense\): \d\.\d\dx", out)
-    for tune in ("fastdecode", "none"):
-        assert re.search(rf"decord +uniform +{tune} +8: [\d.]+ \([\d.]+x, [\d.]+ MiB\)  default: [\d.]+ \(1\.00x", out)
-    assert re.search(r"decord +dense +fastdecode/none: 8: [\d.]+x  default: [\d.]+x", out)
+    for enc in ("fastdecode-bf0", "fastdecode-bfdef", "none-bf0", "none-bfdef"):
+        assert re.search(rf"decord +uniform +{enc} +8: [\d.]+ \([\d.]+x, [\d.]+ MiB\)  default: [\d.]+ \(1\.00x", out)
+    assert re.search(r"decord +dense +fastdecode-bf0/none-bfdef: 8: [\d.]+x  default: [\d.]+x", out)

@@ -41,3 +41,17 @@ def test_cli_names_an_unknown_x264_tune_before_encoding(tmp_path, capsys):
     assert "unknown x264 tune 'fastdecod': use one of film, animation" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "o")  # nothing encoded
     assert main([*args, "--tune", "fastdecode,zerolatency"]) == 0  # x264 takes several, joined by commas
+
+
+def test_cli_encodes_without_b_frames_unless_told_to(tmp_path):
+    from tests.data.test_prepare import x264_settings
+    from tools.prepare_kinetics import main
+
+    make_video(str(tmp_path / "v.mp4"), 24)
+    write_lines(str(tmp_path / "l.txt"), ["v.mp4 0"])
+    cases = ([], " bframes=0 "), (["--bframes", "-1"], " bframes=3 "), (["--bframes", "2"], " bframes=2 ")
+    for flag, expected in cases:
+        out = tmp_path / f"o{len(flag)}{''.join(flag)}"
+        args = ["reencode", "--list", str(tmp_path / "l.txt"), "--root", str(tmp_path), "--out-root", str(out)]
+        assert main([*args, *flag]) == 0
+        assert expected in x264_settings(str(out / "v.mp4"))
