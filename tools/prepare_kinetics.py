@@ -46,7 +46,14 @@ from aim_video.data.annotations import (  # noqa: E402
     write_list_file,
 )
 from aim_video.data.decode import x264_tune  # noqa: E402
-from aim_video.data.prepare import build_lists, output_path, reencode_all, write_outputs_list  # noqa: E402
+from aim_video.data.prepare import (  # noqa: E402
+    build_lists,
+    claim_out_root,
+    encoder_settings,
+    output_path,
+    reencode_all,
+    write_outputs_list,
+)
 
 
 def add_lists(sub: argparse._SubParsersAction) -> None:
@@ -87,7 +94,8 @@ def add_reencode(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--keep-audio", action="store_true")
     p.add_argument("--jobs", type=int, default=max(1, (os.cpu_count() or 2) - 1), help="parallel ffmpeg processes")
     p.add_argument("--check-backend", default="decord", help="backend that must decode each output")
-    p.add_argument("--overwrite", action="store_true", help="re-encode even when the output exists")
+    p.add_argument("--overwrite", action="store_true", help="re-encode even when the output exists (needed to "
+                   "change settings in an --out-root: it records them in aim_video_reencode.json)")  # fmt: skip
     p.add_argument("--class-map", default="", help="class names for a Kinetics CSV that is not the train split")
 
 
@@ -99,11 +107,12 @@ def cmd_reencode(args: argparse.Namespace) -> int:
         args.list if os.path.isdir(args.list) else os.path.commonpath([os.path.dirname(r.path) for r in ann.records])
     )
     pairs = [(r.path, output_path(r.path, src_root, args.out_root)) for r in ann.records]
-    results = reencode_all(
-        pairs, jobs=args.jobs, overwrite=args.overwrite, check_backend=args.check_backend,
+    options = dict(
         short_side=args.short_side, keyint=args.keyint, crf=args.crf, preset=args.preset, tune=args.tune, fps=args.fps,
         bframes=None if args.bframes < 0 else args.bframes, keep_audio=args.keep_audio,
     )  # fmt: skip
+    claim_out_root(args.out_root, encoder_settings(**options), args.overwrite)  # a changed setting stops here
+    results = reencode_all(pairs, jobs=args.jobs, overwrite=args.overwrite, check_backend=args.check_backend, **options)
     counts = {s: sum(r.status == s for r in results) for s in ("done", "skipped", "failed")}
     print(f"re-encoded {counts['done']}, skipped {counts['skipped']} (already done), failed {counts['failed']}"
           + (f", {len(ann.missing)} sources missing" if ann.missing else ""))  # fmt: skip

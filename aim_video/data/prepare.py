@@ -9,11 +9,14 @@ decodes once the frames before it have, never waiting for a later one; `decode.t
 
 The encoder is the `ffmpeg` program (the same FFmpeg libraries torchcodec needs; Debian/Ubuntu:
 `apt-get install -y ffmpeg`). Every output is written under a temporary name, checked to decode, then renamed:
-an existing output is therefore complete, and a rerun skips it.
+an existing output is therefore complete, and a rerun skips it. The output folder records the encoder settings
+(`aim_video_reencode.json`), so a rerun with other settings stops instead of mixing two encodings in one folder.
 """
 
 from __future__ import annotations
 
+import inspect
+import json
 import os
 import shutil
 import subprocess
@@ -121,6 +124,46 @@ def reencode_one(
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+SETTINGS_FILE = "aim_video_reencode.json"
+
+
+def encoder_settings(**options) -> dict:
+    """What shapes a re-encoded video: `reencode_command`'s options, its defaults filled in, the tune resolved."""
+    params = inspect.signature(reencode_command).parameters
+    settings = {k: p.default for k, p in params.items() if k not in ("src", "dst", "threads")}
+    unknown = set(options) - set(settings)
+    if unknown:
+        raise ValueError(f"unknown re-encoding option(s) {sorted(unknown)}; known: {sorted(settings)}")
+    settings.update(options)
+    settings["tune"] = x264_tune(settings["tune"])
+    return settings
+
+
+def claim_out_root(out_root: str, settings: dict, overwrite: bool = False) -> str:
+    """Record `settings` in `out_root`/aim_video_reencode.json; refuse a folder whose videos used other settings.
+
+    A rerun skips outputs that exist, so without this a changed `--keyint` (say) would leave the folder holding two
+    encodings with nothing to tell them apart. `overwrite` (every output re-encoded) replaces the record.
+    Returns the record's path.
+    """
+    path = os.path.join(out_root, SETTINGS_FILE)
+    if os.path.exists(path) and not overwrite:
+        with open(path, encoding="utf-8") as f:
+            before = json.load(f).get("encoder", {})
+        changed = {k: (before.get(k), v) for k, v in settings.items() if before.get(k) != v}
+        if changed:
+            what = ", ".join(f"{k}={old!r} (this run: {new!r})" for k, (old, new) in sorted(changed.items()))
+            raise ValueError(
+                f"{out_root} holds videos re-encoded with other settings: {what}. A rerun skips existing outputs, "
+                "so the folder would mix two encodings: choose another --out-root, or pass --overwrite to re-encode "
+                "every video with this run's settings"
+            )
+    version = subprocess.run([ffmpeg_binary(), "-version"], capture_output=True, text=True).stdout.split("\n")[0]
+    record = {"encoder": settings, "ffmpeg": version}
+    write_lines(path, [json.dumps(record, indent=2, sort_keys=True)])
+    return path
 
 
 def output_path(src: str, src_root: str, out_root: str) -> str:

@@ -128,3 +128,14 @@ def test_build_lists_from_kinetics_csvs(tmp_path):
     assert open(out["val"][0]).read() == "zumba/c_000003_000013.mp4 1\n"
     assert open(out["classes"][0]).read() == "abseiling\nzumba\n"
     assert [r.label for r in parse_list_file(out["train"][0], str(root))] == [1, 0]
+
+
+def test_encoder_settings_fill_the_defaults_and_name_an_unknown_option():
+    from aim_video.data.prepare import encoder_settings
+
+    settings = encoder_settings(keyint=8, tune="none")
+    assert settings["keyint"] == 8 and settings["tune"] == "" and settings["bframes"] == 0
+    assert settings["short_side"] == 256 and "src" not in settings and "threads" not in settings
+    assert encoder_settings(tune="fastdecode") == encoder_settings()  # the same encoding, however it was spelled
+    with pytest.raises(ValueError, match=r"unknown re-encoding option\(s\) \['key_int'\]"):
+        encoder_settings(key_int=8)

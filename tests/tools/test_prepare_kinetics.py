@@ -55,3 +55,27 @@ def test_cli_encodes_without_b_frames_unless_told_to(tmp_path):
         args = ["reencode", "--list", str(tmp_path / "l.txt"), "--root", str(tmp_path), "--out-root", str(out)]
         assert main([*args, *flag]) == 0
         assert expected in x264_settings(str(out / "v.mp4"))
+
+
+def test_cli_refuses_to_mix_two_encodings_in_one_out_root(tmp_path, capsys):
+    import json
+
+    from tools.prepare_kinetics import main
+
+    make_video(str(tmp_path / "v.mp4"), 24)
+    write_lines(str(tmp_path / "l.txt"), ["v.mp4 0"])
+    out = tmp_path / "o"
+    args = ["reencode", "--list", str(tmp_path / "l.txt"), "--root", str(tmp_path), "--out-root", str(out)]
+    assert main([*args, "--keyint", "8"]) == 0
+    record = json.load(open(out / "aim_video_reencode.json"))
+    assert record["encoder"]["keyint"] == 8 and record["encoder"]["bframes"] == 0 and "ffmpeg" in record["ffmpeg"]
+    before = os.path.getmtime(out / "v.mp4")
+    assert main([*args, "--keyint", "8"]) == 0  # the same settings: a rerun skips the finished video
+    assert "skipped 1" in capsys.readouterr().out
+    assert main([*args, "--keyint", "16"]) == 2  # other settings: stop before anything is encoded
+    err = capsys.readouterr().err
+    assert "keyint=8 (this run: 16)" in err and "--overwrite" in err
+    assert os.path.getmtime(out / "v.mp4") == before
+    assert main([*args, "--keyint", "16", "--overwrite"]) == 0
+    assert json.load(open(out / "aim_video_reencode.json"))["encoder"]["keyint"] == 16
+    assert main([*args, "--keyint", "16"]) == 0
