@@ -50,6 +50,7 @@ from aim_video.data.prepare import (  # noqa: E402
     build_lists,
     claim_out_root,
     encoder_settings,
+    finish_out_root,
     output_path,
     reencode_all,
     write_outputs_list,
@@ -113,6 +114,7 @@ def cmd_reencode(args: argparse.Namespace) -> int:
     )  # fmt: skip
     claim_out_root(args.out_root, encoder_settings(**options), args.overwrite)  # a changed setting stops here
     results = reencode_all(pairs, jobs=args.jobs, overwrite=args.overwrite, check_backend=args.check_backend, **options)
+    finish_out_root(args.out_root, all(r.status == "done" for r in results))
     counts = {s: sum(r.status == s for r in results) for s in ("done", "skipped", "failed")}
     print(f"re-encoded {counts['done']}, skipped {counts['skipped']} (already done), failed {counts['failed']}"
           + (f", {len(ann.missing)} sources missing" if ann.missing else ""))  # fmt: skip

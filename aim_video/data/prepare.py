@@ -145,25 +145,44 @@ def claim_out_root(out_root: str, settings: dict, overwrite: bool = False) -> st
     """Record `settings` in `out_root`/aim_video_reencode.json; refuse a folder whose videos used other settings.
 
     A rerun skips outputs that exist, so without this a changed `--keyint` (say) would leave the folder holding two
-    encodings with nothing to tell them apart. `overwrite` (every output re-encoded) replaces the record.
-    Returns the record's path.
+    encodings with nothing to tell them apart. An `overwrite` run (every output re-encoded) replaces the record and
+    marks it unfinished until `finish_out_root` says every video was re-encoded: until then a rerun without
+    `overwrite` is refused too, since older outputs may remain. Returns the record's path.
     """
     path = os.path.join(out_root, SETTINGS_FILE)
     if os.path.exists(path) and not overwrite:
         with open(path, encoding="utf-8") as f:
-            before = json.load(f).get("encoder", {})
-        changed = {k: (before.get(k), v) for k, v in settings.items() if before.get(k) != v}
+            before = json.load(f)
+        old = before.get("encoder", {})
+        changed = {k: (old.get(k), v) for k, v in settings.items() if old.get(k) != v}
         if changed:
-            what = ", ".join(f"{k}={old!r} (this run: {new!r})" for k, (old, new) in sorted(changed.items()))
+            what = ", ".join(f"{k}={a!r} (this run: {b!r})" for k, (a, b) in sorted(changed.items()))
             raise ValueError(
                 f"{out_root} holds videos re-encoded with other settings: {what}. A rerun skips existing outputs, "
                 "so the folder would mix two encodings: choose another --out-root, or pass --overwrite to re-encode "
                 "every video with this run's settings"
             )
+        if before.get("overwriting"):
+            raise ValueError(
+                f"an --overwrite run into {out_root} did not re-encode every video, so some outputs may still have "
+                "the previous settings: run it again with --overwrite"
+            )
     version = subprocess.run([ffmpeg_binary(), "-version"], capture_output=True, text=True).stdout.split("\n")[0]
-    record = {"encoder": settings, "ffmpeg": version}
-    write_lines(path, [json.dumps(record, indent=2, sort_keys=True)])
+    _write_record(path, {"encoder": settings, "ffmpeg": version, "overwriting": overwrite})
     return path
+
+
+def finish_out_root(out_root: str, all_encoded: bool) -> None:
+    """After a run: an `overwrite` run that re-encoded every video clears the record's unfinished mark."""
+    path = os.path.join(out_root, SETTINGS_FILE)
+    with open(path, encoding="utf-8") as f:
+        record = json.load(f)
+    if record.get("overwriting") and all_encoded:
+        _write_record(path, record | {"overwriting": False})
+
+
+def _write_record(path: str, record: dict) -> None:
+    write_lines(path, [json.dumps(record, indent=2, sort_keys=True)])
 
 
 def output_path(src: str, src_root: str, out_root: str) -> str:

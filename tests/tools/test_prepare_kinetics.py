@@ -79,3 +79,16 @@ def test_cli_refuses_to_mix_two_encodings_in_one_out_root(tmp_path, capsys):
     assert main([*args, "--keyint", "16", "--overwrite"]) == 0
     assert json.load(open(out / "aim_video_reencode.json"))["encoder"]["keyint"] == 16
     assert main([*args, "--keyint", "16"]) == 0
+    capsys.readouterr()
+
+    # an --overwrite run that does not re-encode every video leaves the record unfinished: no plain rerun after it
+    (tmp_path / "broken.mp4").write_text("not a video")
+    write_lines(str(tmp_path / "l.txt"), ["v.mp4 0", "broken.mp4 0"])
+    assert main([*args, "--keyint", "8", "--overwrite"]) == 1  # broken.mp4 fails
+    assert json.load(open(out / "aim_video_reencode.json"))["overwriting"] is True
+    assert main([*args, "--keyint", "8"]) == 2
+    assert "did not re-encode every video" in capsys.readouterr().err
+    write_lines(str(tmp_path / "l.txt"), ["v.mp4 0"])
+    assert main([*args, "--keyint", "8", "--overwrite"]) == 0
+    assert json.load(open(out / "aim_video_reencode.json"))["overwriting"] is False
+    assert main([*args, "--keyint", "8"]) == 0
