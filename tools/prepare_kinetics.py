@@ -112,7 +112,8 @@ def cmd_reencode(args: argparse.Namespace) -> int:
         short_side=args.short_side, keyint=args.keyint, crf=args.crf, preset=args.preset, tune=args.tune, fps=args.fps,
         bframes=None if args.bframes < 0 else args.bframes, keep_audio=args.keep_audio,
     )  # fmt: skip
-    claim_out_root(args.out_root, encoder_settings(**options), args.overwrite)  # a changed setting stops here
+    existing = sum(os.path.exists(dst) for _, dst in pairs)
+    claim_out_root(args.out_root, encoder_settings(**options), args.overwrite, existing)  # a changed setting stops
     results = reencode_all(pairs, jobs=args.jobs, overwrite=args.overwrite, check_backend=args.check_backend, **options)
     finish_out_root(args.out_root, all(r.status == "done" for r in results))
     counts = {s: sum(r.status == s for r in results) for s in ("done", "skipped", "failed")}

@@ -141,15 +141,23 @@ def encoder_settings(**options) -> dict:
     return settings
 
 
-def claim_out_root(out_root: str, settings: dict, overwrite: bool = False) -> str:
+def claim_out_root(out_root: str, settings: dict, overwrite: bool = False, existing: int = 0) -> str:
     """Record `settings` in `out_root`/aim_video_reencode.json; refuse a folder whose videos used other settings.
 
     A rerun skips outputs that exist, so without this a changed `--keyint` (say) would leave the folder holding two
     encodings with nothing to tell them apart. An `overwrite` run (every output re-encoded) replaces the record and
     marks it unfinished until `finish_out_root` says every video was re-encoded: until then a rerun without
-    `overwrite` is refused too, since older outputs may remain. Returns the record's path.
+    `overwrite` is refused too, since older outputs may remain. `existing` (how many of this run's outputs exist
+    already) with no record means outputs of unknown settings (an older aim-video, another tool): refused unless
+    `overwrite`. Returns the record's path.
     """
     path = os.path.join(out_root, SETTINGS_FILE)
+    if existing and not overwrite and not os.path.exists(path):
+        raise ValueError(
+            f"{out_root} already holds {existing} of this run's outputs but no {SETTINGS_FILE}, so their encoder "
+            "settings are unknown (an older aim-video or another tool made them) and a rerun would skip them: "
+            "choose another --out-root, or pass --overwrite to re-encode them"
+        )
     if os.path.exists(path) and not overwrite:
         with open(path, encoding="utf-8") as f:
             before = json.load(f)

@@ -92,3 +92,10 @@ def test_cli_refuses_to_mix_two_encodings_in_one_out_root(tmp_path, capsys):
     assert main([*args, "--keyint", "8", "--overwrite"]) == 0
     assert json.load(open(out / "aim_video_reencode.json"))["overwriting"] is False
     assert main([*args, "--keyint", "8"]) == 0
+    capsys.readouterr()
+
+    # outputs without a record (an older aim-video made them): settings unknown, so they are not silently reused
+    os.remove(out / "aim_video_reencode.json")
+    assert main([*args, "--keyint", "8"]) == 2
+    assert "already holds 1 of this run's outputs but no aim_video_reencode.json" in capsys.readouterr().err
+    assert main([*args, "--keyint", "8", "--overwrite"]) == 0
