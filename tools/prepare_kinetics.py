@@ -133,7 +133,8 @@ def cmd_reencode(args: argparse.Namespace) -> int:
 
 
 def _add_check_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--backend", default="decord", help="decord | torchcodec | pyav: the backend training will use")
+    p.add_argument("--backend", default="decord", help="decord | decord_seek | torchcodec | pyav: the backend training "
+                   "will use")  # fmt: skip
     p.add_argument("--seek-mode", default="exact", help="torchcodec: exact | approximate")
     p.add_argument("--jobs", type=int, default=max(1, (os.cpu_count() or 2) - 1), help="videos checked at once")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds per video; slower is classified `hangs`")
