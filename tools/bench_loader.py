@@ -286,9 +286,24 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(f"{backend:10} decode-once-sample-2 / one clip per decode ({next(iter(sets))}, dense): "
               f"{2 * r['two/c']:.2f}x clips/s")  # fmt: skip
+    if len(backends) > 1:
+        compare_backends(sets, backends, args)
     if args.keyint_sweep:
         keyint_sweep(args.sweep_sources.split(",") if args.sweep_sources else sets[size], args, backends)
     return 0
+
+
+def compare_backends(sets: dict[str, list[str]], backends: list[str], args: argparse.Namespace) -> None:
+    """(b) through each backend against (b) through the first, interleaved clip by clip on the same clips (the
+    tables above measure one backend after the other, so their cross-backend ratios carry the machine's drift)."""
+    print(f"\n(b) per backend against {backends[0]}'s, interleaved ({args.rounds} rounds x {args.clips} clips):")
+    for name, paths in sets.items():
+        for mode in ("dense", "uniform"):
+            plan = plan_clips(paths, mode, args.clips)
+            loads = {("c" if b == backends[0] else b): Ours(plan, b).load for b in backends}
+            r = measure_inline(loads, len(plan), args.rounds)
+            ratios = "  ".join(f"{b}/{backends[0]} {r[f'{b}/c']:.2f}x" for b in backends[1:])
+            print(f"{name:20} {mode:8} {ratios}", flush=True)
 
 
 def generated(args: argparse.Namespace, size: str) -> list[str]:

@@ -94,7 +94,8 @@ def add_reencode(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fps", type=float, default=None, help="output frame rate (default: the source's)")
     p.add_argument("--keep-audio", action="store_true")
     p.add_argument("--jobs", type=int, default=max(1, (os.cpu_count() or 2) - 1), help="parallel ffmpeg processes")
-    p.add_argument("--check-backend", default="decord", help="backend that must decode each output")
+    p.add_argument("--check-backend", default="decord", help="backend that must read each output exactly (the "
+                   "one training will use, e.g. decord_seek or torchcodec)")  # fmt: skip
     p.add_argument("--overwrite", action="store_true", help="re-encode even when the output exists (needed to "
                    "change settings in an --out-root: it records them in aim_video_reencode.json)")  # fmt: skip
     p.add_argument("--class-map", default="", help="class names for a Kinetics CSV that is not the train split")
