@@ -35,7 +35,7 @@ class DataConfig:
     num_classes: int = 400
     missing_files: str = "fail"  # fail | drop: what to do with annotation entries whose file does not exist
     # decoding
-    backend: str = "decord"  # decord | decord_seek (files verify finds exact with it) | torchcodec | pyav
+    backend: str = "decord"  # decord | torchcodec | pyav
     fallback_backend: str = "pyav"  # tried when `backend` cannot open a file; "" for none
     seek_mode: str = "exact"  # torchcodec: exact (scans the file once per open) | approximate (index from fps)
     decode_device: str = "cpu"  # torchcodec: cpu | cuda | cuda:N (NVDEC; needs read_timeout_s=0, no worker forks)

@@ -95,7 +95,7 @@ def add_reencode(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--keep-audio", action="store_true")
     p.add_argument("--jobs", type=int, default=max(1, (os.cpu_count() or 2) - 1), help="parallel ffmpeg processes")
     p.add_argument("--check-backend", default="decord", help="backend that must read each output exactly (the "
-                   "one training will use, e.g. decord_seek or torchcodec)")  # fmt: skip
+                   "one training will use, e.g. torchcodec)")  # fmt: skip
     p.add_argument("--overwrite", action="store_true", help="re-encode even when the output exists (needed to "
                    "change settings in an --out-root: it records them in aim_video_reencode.json)")  # fmt: skip
     p.add_argument("--class-map", default="", help="class names for a Kinetics CSV that is not the train split")
@@ -134,8 +134,7 @@ def cmd_reencode(args: argparse.Namespace) -> int:
 
 
 def _add_check_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--backend", default="decord", help="decord | decord_seek | torchcodec | pyav: the backend training "
-                   "will use")  # fmt: skip
+    p.add_argument("--backend", default="decord", help="decord | torchcodec | pyav: the backend training will use")
     p.add_argument("--seek-mode", default="exact", help="torchcodec: exact | approximate")
     p.add_argument("--jobs", type=int, default=max(1, (os.cpu_count() or 2) - 1), help="videos checked at once")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds per video; slower is classified `hangs`")

@@ -12,7 +12,6 @@ A `timeout_s` runs the read in a forked child that is killed when the limit pass
 
 from __future__ import annotations
 
-import bisect
 import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
@@ -28,7 +27,7 @@ import torch
 
 from aim_video.data import watchdog
 
-BACKENDS = ("decord", "decord_seek", "torchcodec", "pyav")
+BACKENDS = ("decord", "torchcodec", "pyav")
 SEEK_MODES = ("exact", "approximate")
 FFMPEG_HINT = "apt-get install -y ffmpeg"
 log = logging.getLogger(__name__)
@@ -107,44 +106,6 @@ class _DecordReader:
 
     def close(self) -> None:
         del self._vr
-
-
-class _DecordSeekReader(_DecordReader):
-    """decord, seeking straight to each frame's keyframe and skipping forward (`seek`, `skip_frames`, `next`).
-
-    `get_batch` runs decord's `SeekAccurate` for every group of pictures a clip touches: a seek to the file's start,
-    a seek to the keyframe, a decoder-thread restart and an RGB conversion of the keyframe to check where the seek
-    landed. This reader does one seek and converts only the frames asked for, so clips of short-keyframe copies read
-    faster; without that check it is only for files `verify` finds exact with this backend (prepared copies are).
-    """
-
-    def __init__(self, path: str, num_threads: int = 1, **_: Any):
-        super().__init__(path, num_threads)
-        self._keys = self.seek_points() or [0]
-        self._pos = -1  # the frame `next()` returns; -1: unknown
-
-    @property
-    def info(self) -> VideoInfo:
-        info = super().info  # decodes frame 0, then seeks
-        self._pos = -1
-        return info
-
-    def get(self, indices: list[int]) -> np.ndarray:
-        frames = []
-        try:
-            for i in indices:
-                key = self._keys[max(0, bisect.bisect_right(self._keys, i) - 1)]
-                if self._pos < 0 or i < self._pos or key > self._pos:
-                    self._vr.seek(key)
-                    self._pos = key
-                if i > self._pos:
-                    self._vr.skip_frames(i - self._pos)
-                frames.append(self._vr.next().asnumpy())
-                self._pos = i + 1
-        except BaseException:
-            self._pos = -1  # where decord stopped is unknown: the next read seeks
-            raise
-        return np.stack(frames)
 
 
 def torchcodec_unavailable() -> str:
@@ -300,12 +261,7 @@ class _PyAVReader:
         self._container.close()
 
 
-_READERS: dict[str, type] = {
-    "decord": _DecordReader,
-    "decord_seek": _DecordSeekReader,
-    "torchcodec": _TorchCodecReader,
-    "pyav": _PyAVReader,
-}
+_READERS: dict[str, type] = {"decord": _DecordReader, "torchcodec": _TorchCodecReader, "pyav": _PyAVReader}
 
 
 def register_backend(name: str, reader_cls: type) -> None:

@@ -116,7 +116,7 @@ def make_corrupt_corpus(folder: str) -> dict[str, str]:
 
 def installed_backends() -> list[str]:
     """Every decoding backend that loads here (torchcodec needs FFmpeg's shared libraries)."""
-    names = ["decord", "decord_seek", "pyav"]
+    names = ["decord", "pyav"]
     try:
         import torchcodec.decoders  # noqa: F401  (only to know whether its FFmpeg libraries load)
 

@@ -24,7 +24,6 @@ needs_torchcodec = pytest.mark.skipif(bool(TORCHCODEC_MISSING), reason=TORCHCODE
 # (backend, options): every installed backend, torchcodec in both seek modes
 BACKENDS = [
     ("decord", {}),
-    ("decord_seek", {}),
     ("pyav", {}),
     pytest.param("torchcodec", {"seek_mode": "exact"}, marks=needs_torchcodec, id="torchcodec-exact"),
     pytest.param("torchcodec", {"seek_mode": "approximate"}, marks=needs_torchcodec, id="torchcodec-approximate"),
@@ -114,9 +113,7 @@ def test_pyav_fallback_for_a_file_decord_cannot_open(tmp_path):
     assert mean_abs_diff(clip[0], ref[3]) < 1.0 and mean_abs_diff(clip[1], ref[11]) < 1.0
 
 
-@pytest.mark.parametrize(
-    "backend", ["decord", "decord_seek", "pyav", pytest.param("torchcodec", marks=needs_torchcodec)]
-)
+@pytest.mark.parametrize("backend", ["decord", "pyav", pytest.param("torchcodec", marks=needs_torchcodec)])
 def test_bad_files_raise_naming_the_file(tmp_path, backend):
     empty, text = tmp_path / "empty.mp4", tmp_path / "text.mp4"
     empty.write_bytes(b"")
@@ -127,24 +124,8 @@ def test_bad_files_raise_naming_the_file(tmp_path, backend):
         assert err.value.path == str(path)
 
 
-def test_decord_seek_reads_what_get_batch_reads_in_any_order(tmp_path):
-    """One seek per group of pictures and skips forward: frames in any order, repeats and groups revisited, B-frames."""
-    path = make_h264(str(tmp_path / "b.mp4"), n=120, gop=30, bframes=2, seed=3)
-    indices = [95, 3, 3, 31, 30, 59, 119, 0, 61, 62, 29]
-    fast = decode.open_reader(path, "decord_seek")
-    plain = decode.open_reader(path, "decord")
-    try:
-        assert np.array_equal(fast.get(indices), plain.get(indices))
-    finally:
-        fast.close()
-        plain.close()
-    ref = sequential_frames(path)
-    clip = decode.read_frames(path, indices, "decord_seek")
-    assert max(mean_abs_diff(clip[k], ref[i]) for k, i in enumerate(indices)) < 1.0
-
-
 def test_unknown_backend_and_seek_mode(videos):
-    with pytest.raises(ValueError, match="choose one of decord, decord_seek, torchcodec, pyav"):
+    with pytest.raises(ValueError, match="choose one of decord, torchcodec, pyav"):
         decode.read_frames(videos["h264.mp4"], [0], "opencv")
     if not TORCHCODEC_MISSING:
         with pytest.raises(ValueError, match="exact, approximate"):

@@ -23,7 +23,6 @@ from tests.data.videos import (
 TORCHCODEC_MISSING = decode.torchcodec_unavailable()
 needs_torchcodec = pytest.mark.skipif(bool(TORCHCODEC_MISSING), reason=TORCHCODEC_MISSING or "available")
 DECORD = ("decord", "exact")
-DECORD_SEEK = ("decord_seek", "exact")
 TC_EXACT = pytest.param("torchcodec", "exact", marks=needs_torchcodec, id="torchcodec-exact")
 TC_APPROX = pytest.param("torchcodec", "approximate", marks=needs_torchcodec, id="torchcodec-approximate")
 PYAV = ("pyav", "exact")
@@ -54,7 +53,7 @@ def test_check_groups_cover_seek_points_mid_gop_and_the_end():
 
 
 @pytest.mark.parametrize("name", ["clean", "clean_bframes"])
-@pytest.mark.parametrize("backend,mode", [DECORD, DECORD_SEEK, TC_EXACT, TC_APPROX, PYAV])
+@pytest.mark.parametrize("backend,mode", [DECORD, TC_EXACT, TC_APPROX, PYAV])
 def test_clean_files_are_exact(files, name, backend, mode):
     check = verify.check_video(files[name], backend, mode)
     assert check.status == "exact", check
@@ -81,7 +80,6 @@ def test_only_files_with_a_wrong_read_pay_for_a_second_decode(files, monkeypatch
     "backend,mode,status",
     [
         ("decord", "exact", "corrupt_after_seek"),
-        ("decord_seek", "exact", "corrupt_after_seek"),
         pytest.param("torchcodec", "approximate", "corrupt_after_seek", marks=needs_torchcodec),
         pytest.param("torchcodec", "exact", "exact", marks=needs_torchcodec),  # its exact scan decodes from frame 0
         ("pyav", "exact", "exact"),
@@ -96,7 +94,7 @@ def test_false_keyframes(files, backend, mode, status):
         assert "seek points that are not keyframes: [40, 110, 180]" in check.reason
 
 
-@pytest.mark.parametrize("backend,mode", [DECORD, DECORD_SEEK, TC_EXACT, PYAV])
+@pytest.mark.parametrize("backend,mode", [DECORD, TC_EXACT, PYAV])
 def test_timestamp_gap_is_exact_for_index_based_backends(files, backend, mode):
     assert verify.check_video(files["gap"], backend, mode).status == "exact"
 
@@ -109,7 +107,7 @@ def test_timestamp_gap_shifts_torchcodec_approximate_by_three(files):
     assert all(i >= 150 for i in check.bad_indices)
 
 
-@pytest.mark.parametrize("backend,mode", [DECORD, DECORD_SEEK, TC_EXACT, TC_APPROX, PYAV])
+@pytest.mark.parametrize("backend,mode", [DECORD, TC_EXACT, TC_APPROX, PYAV])
 def test_undecodable_tail_is_short(files, backend, mode):
     """(c) one garbage packet appended: 301 claimed, 300 decode; the report's count keeps sampling below 300."""
     check = verify.check_video(files["short"], backend, mode)

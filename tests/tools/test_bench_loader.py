@@ -28,7 +28,7 @@ def test_the_three_pipelines_read_the_same_clip(tmp_path):
 
 def test_cli_prints_the_ratios_and_the_keyframe_sweep(tmp_path, capsys):
     args = ["--out", str(tmp_path), "--sizes", "170x128", "--clips", "2", "--videos", "1", "--rounds", "1",
-            "--backends", "decord,decord_seek", "--workers", "1", "--keyint-sweep", "8,0",
+            "--backends", "decord,torchcodec", "--workers", "1", "--keyint-sweep", "8,0",
             "--sweep-tunes", "fastdecode,none", "--sweep-bframes", "0,-1"]  # fmt: skip
     assert main(args) == 0
     out = capsys.readouterr().out
@@ -37,4 +37,4 @@ def test_cli_prints_the_ratios_and_the_keyframe_sweep(tmp_path, capsys):
     for enc in ("fastdecode-bf0", "fastdecode-bfdef", "none-bf0", "none-bfdef"):
         assert re.search(rf"decord +uniform +{enc} +8: [\d.]+ \([\d.]+x, [\d.]+ MiB\)  default: [\d.]+ \(1\.00x", out)
     assert re.search(r"decord +dense +fastdecode-bf0/none-bfdef: 8: [\d.]+x  default: [\d.]+x", out)
-    assert re.search(r"170x128@256k16 +uniform +decord_seek/decord \d+\.\d\dx", out)  # backends side by side
+    assert re.search(r"170x128@256k16 +uniform +torchcodec/decord \d+\.\d\dx", out)  # backends side by side
