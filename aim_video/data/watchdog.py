@@ -23,6 +23,7 @@ from multiprocessing.connection import Connection, Pipe, wait
 from typing import Any
 
 import numpy as np
+import torch
 
 from aim_video.data import decode
 
@@ -81,6 +82,9 @@ class ForkWorker:
                 _CHILD_SHARED = self.shared
                 parent_end.close()
                 signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+                # torch's OpenMP pool does not survive a fork: once the parent has run a parallel op (a torchcodec
+                # read does), the child's first one can wait forever. DataLoader workers do the same.
+                torch.set_num_threads(1)
                 _serve(child_end)
             except BaseException:  # noqa: BLE001
                 code = 1

@@ -113,3 +113,26 @@ def test_a_forked_process_never_uses_its_parents_child(clean):
     os.waitpid(pid, 0)
     assert os.read(read_end, 1) == b"\x01"
     assert parent_worker.alive() and decode.read_frames(clean, [2], "decord", timeout_s=30).shape[0] == 1
+
+
+@pytest.mark.skipif(bool(decode.torchcodec_unavailable()), reason="needs torchcodec's FFmpeg libraries")
+def test_a_guarded_torchcodec_read_works_after_torchcodec_ran_in_the_parent(tmp_path):
+    """torch's OpenMP pool does not survive fork: before the child set one thread, its first parallel op (torchcodec's
+    frame conversion) waited forever once the parent had run one, and every guarded read timed out."""
+    import subprocess
+    import sys
+
+    from aim_video.profiling.videos import scene_video
+
+    path = scene_video(str(tmp_path / "v.mp4"), 340, 256, seconds=4)  # hung; 64x96 test videos did not
+    code = (
+        "import sys; from aim_video.data import decode\n"
+        f"p = {path!r}; idx = [0, 50, 99]\n"
+        "a = decode.read_frames(p, idx, 'torchcodec')  # in this process: torch's thread pool starts\n"
+        "b = decode.read_frames(p, idx, 'torchcodec', timeout_s=20)  # in the forked child\n"
+        "print('same' if bool((a == b).all()) else 'differ')\n"
+    )
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = {**os.environ, "PYTHONPATH": repo, "OMP_NUM_THREADS": "2"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 0 and out.stdout.strip() == "same", out.stderr[-2000:]
