@@ -374,6 +374,9 @@ def repair_videos(
         else:
             reason = err.reason if isinstance(err, decode.VideoReadError) else f"{type(err).__name__}: {err}"
             failed.append(VideoCheck(job[0], "unreadable", backend, reason=f"re-encoding failed: {reason}"))
-    rechecked = verify_videos(list(encoded), backend, seek_mode, jobs, timeout_s, progress=progress)
+    position = {job[0]: k for k, job in enumerate(jobs_list)}  # the pool yields as jobs finish: report in input order
+    copies = sorted(encoded, key=lambda dst: position[encoded[dst]])
+    failed.sort(key=lambda c: position[c.path])
+    rechecked = verify_videos(copies, backend, seek_mode, jobs, timeout_s, progress=progress)
     mapping = {encoded[c.path]: c.path for c in rechecked if c.status == "exact"}
     return mapping, rechecked + failed

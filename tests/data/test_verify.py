@@ -218,3 +218,12 @@ def test_verify_and_repair_subcommands(files, tmp_path):
         ("kf.mp4", "exact"), ("short.mp4", "exact"), ("gone.mp4", "unreadable")
     ]  # fmt: skip
     assert "file not found" in rechecked[2]["reason"] or "No such file" in rechecked[2]["reason"]
+
+
+def test_repair_reports_in_input_order_whatever_finishes_first(tmp_path):
+    slow = make_h264(str(tmp_path / "slow.mp4"), n=600, seed=4)  # takes longer to re-encode than the next one
+    fast = make_h264(str(tmp_path / "fast.mp4"), n=10, seed=5)
+    checks = [verify.VideoCheck(slow, "short", "decord"), verify.VideoCheck(fast, "short", "decord")]
+    mapping, rechecked = verify.repair_videos(checks, str(tmp_path / "out"), jobs=2, progress=False)
+    assert [os.path.basename(c.path) for c in rechecked] == ["slow.mp4", "fast.mp4"]
+    assert list(mapping.values()) == [c.path for c in rechecked]
