@@ -36,7 +36,7 @@ def _engine(cfg, seed):
 def _step(engine, gen):
     x = torch.randn(2, 4, 8, generator=gen)
     y = torch.randint(0, 3, (2,), generator=gen)
-    loss = torch.nn.functional.cross_entropy(engine(x), y)
+    loss = torch.nn.functional.cross_entropy(engine(x.to(engine.device)), y.to(engine.device))
     engine.backward(loss)
     engine.step()
     return loss.item()

@@ -39,10 +39,12 @@ def _run(world, tmp_path, batches, accum=1, max_steps=-1, micro=6):
     engine, _ = build_engine(cfg, TinyAdapted(), steps_per_epoch=micro // accum, world_size=1,
                              ds_config=derive_ds_config(cfg, 1))  # fmt: skip
     log = RunLog(str(tmp_path), is_main=True, total_steps=micro // accum, initial_step=0)
+    device = engine.device
     state, seen = EpochState(epoch=3), []
     stats = train_one_epoch(
-        engine, batches, state, micro_batches=micro, prepare=lambda b: (b["video"], b["label"]), mix=None,
-        label_smoothing=0.0, max_steps=max_steps, log=log, log_every=1, rank=0, world_size=1,
+        engine, batches, state, micro_batches=micro, mix=None,
+        prepare=lambda b: (b["video"].to(device), b["label"].to(device)), label_smoothing=0.0,
+        max_steps=max_steps, log=log, log_every=1, rank=0, world_size=1,
         on_step=lambda s: seen.append((s.step, s.batches_done)),
     )  # fmt: skip
     log.close()
@@ -134,7 +136,7 @@ def test_mixup_and_cutmix_train_every_method_through_the_engine(world, tmp_path,
     seen = []
 
     def prepare(batch):
-        return batch["video"], batch["label"]
+        return batch["video"].to(engine.device), batch["label"].to(engine.device)
 
     def mixing(video, label):
         video, target = mix(video, label)
@@ -149,5 +151,5 @@ def test_mixup_and_cutmix_train_every_method_through_the_engine(world, tmp_path,
     assert stats["steps"] == 3 and torch.isfinite(torch.tensor(stats["loss"]))
     assert len(seen) == 3 and all(t.shape == (4, 3) and (t.max(1).values < 1).any() for t in seen)  # soft targets
     trainable = set(model.trainable_parameter_names())
-    moved = {n for n, p in model.named_parameters() if not torch.equal(p.detach(), before[n])}
+    moved = {n for n, p in model.named_parameters() if not torch.equal(p.detach().cpu(), before[n])}
     assert moved == trainable

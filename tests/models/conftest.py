@@ -48,7 +48,7 @@ def perturb_adapters(model: AIMVisionTransformer, seed: int = 1, std: float = 0.
     params = dict(model.named_parameters())
     with torch.no_grad():
         for name in model.trainable_parameter_names():
-            params[name].add_(std * torch.randn(params[name].shape, generator=gen))
+            params[name].add_(std * torch.randn(params[name].shape, generator=gen).to(params[name].device))
 
 
 def openai_visual_state(vit: nn.Module, prefix: str = "visual.") -> dict[str, torch.Tensor]:
