@@ -20,7 +20,6 @@ from collections.abc import Sequence
 
 import torch
 from einops import rearrange
-from timm.layers import DropPath
 from timm.models.vision_transformer import Block, VisionTransformer
 from torch import nn
 from torch.utils.checkpoint import checkpoint
@@ -29,6 +28,31 @@ from aim_video.models.adapter import Adapter
 from aim_video.models.video_model import VideoModelMixin, check_backbone
 
 log = logging.getLogger(__name__)
+
+
+class DropPath(nn.Module):
+    """Per-sample stochastic depth as timm's ``DropPath``, with the rate held in a tensor instead of a Python float.
+
+    ``torch.compile`` specialises on Python floats: with timm's module every block of a depth-scaled schedule
+    (0, 0.018, 0.036, ...) compiled its own graph, and past dynamo's recompile limit (8) the remaining blocks silently
+    ran uncompiled. With the rate in a (non-persistent) buffer all blocks share one graph.
+    """
+
+    def __init__(self, rate: float) -> None:
+        super().__init__()
+        if not 0.0 <= rate < 1.0:
+            raise ValueError(f"drop-path rate must be in [0, 1), got {rate}")
+        self.register_buffer("rate", torch.tensor(float(rate)), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return x
+        keep = 1.0 - self.rate.to(x.dtype)
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+        return x * (mask / keep)
+
+    def extra_repr(self) -> str:
+        return f"rate={self.rate.item():.3f}"
 
 
 class AIMBlock(nn.Module):
@@ -49,7 +73,7 @@ class AIMBlock(nn.Module):
         ratio: float = 0.25,
         num_temporal_adapters: int = 1,
         mlp_adapter_scale: float = 0.5,
-        drop_path: float = 0.0,
+        drop_path: float | None = None,
     ) -> None:
         super().__init__()
         if type(block) is not Block:
@@ -73,7 +97,8 @@ class AIMBlock(nn.Module):
         self.s_adapter = Adapter(dim, ratio, skip=True) if spatial else nn.Identity()
         self.mlp_adapter = Adapter(dim, ratio, skip=False) if joint else None
         self.mlp_adapter_scale = mlp_adapter_scale
-        self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
+        # None: no stochastic depth; a rate (0 too, so every block of a scheduled model shares one compiled graph)
+        self.drop_path = DropPath(drop_path) if drop_path is not None else nn.Identity()
 
     def forward(self, x: torch.Tensor, num_frames: int) -> torch.Tensor:
         """``x``: tokens ``[B*T, N, D]`` (frame-major within each clip) -> same shape."""
@@ -123,8 +148,8 @@ class AIMVisionTransformer(VideoModelMixin, nn.Module):
         check_backbone(backbone)
         depth = len(backbone.blocks)
         adapted = set(range(depth) if adapter_blocks is None else adapter_blocks)
-        # drop_path rises linearly over depth, as in the paper (0 at the first block)
-        rates = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
+        # drop_path rises linearly over depth, as in the paper (0 at the first block); None: off in every block
+        rates = [drop_path_rate * i / max(depth - 1, 1) if drop_path_rate > 0 else None for i in range(depth)]
         backbone.blocks = nn.Sequential(
             *[
                 AIMBlock(

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from timm.layers import DropPath
 
 from aim_video.models.adapter import Adapter
-from aim_video.models.aim import AIMBlock
+from aim_video.models.aim import AIMBlock, DropPath
 from tests.models.conftest import NUM_FRAMES, TIMM_ARCH, aim_from, perturb_adapters, random_vit
 
 
@@ -94,10 +93,12 @@ def test_checkpointing_same_outputs_and_grads_trainable_only(temporal_embedding:
 def test_drop_path_only_on_temporal_and_mlp_adapter_branches() -> None:
     vit = random_vit()
     model = aim_from(vit, drop_path_rate=0.9)
-    rates = [getattr(blk.drop_path, "drop_prob", 0.0) for blk in model.backbone.blocks]
+    rates = [blk.drop_path.rate.item() for blk in model.backbone.blocks]
     assert rates == pytest.approx([0.0, 0.9])  # linear over depth, from 0 at the first block
     drop_paths = [name for name, m in model.named_modules() if isinstance(m, DropPath)]
-    assert drop_paths == ["backbone.blocks.1.drop_path"]
+    assert drop_paths == ["backbone.blocks.0.drop_path", "backbone.blocks.1.drop_path"]  # one module type: one graph
+    assert not any(key.endswith("drop_path.rate") for key in model.state_dict())  # a buffer, not a checkpoint key
+    assert not any(isinstance(m, DropPath) for m in aim_from(vit, drop_path_rate=0.0).modules())
     # adapter branches are zero at init, so train-mode drop_path there changes nothing; frozen branches have none
     video = _video()
     with torch.no_grad():

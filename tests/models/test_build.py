@@ -165,3 +165,21 @@ def test_trainable_weights_file_round_trip(tmp_path) -> None:
     assert not torch.equal(fresh.eval()(video), trained.eval()(video))
     load_trainable(fresh, path)
     assert torch.equal(fresh.eval()(video), trained.eval()(video))
+
+
+def test_compiled_blocks_share_one_graph_under_a_drop_path_schedule() -> None:
+    """Every block compiles to the same graph although its drop-path rate differs (0, 0.07, 0.13, 0.2 here).
+
+    With a graph per rate, a depth-12 model passed dynamo's recompile limit (8) and the remaining blocks ran
+    uncompiled: on an H200 model.compile=true then trained no faster than eager. The limit is set to 1 here so that
+    a second graph fails the test instead of falling back.
+    """
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg(drop_path_rate=0.2, vit_kwargs={**tiny_cfg().vit_kwargs, "depth": 4}), NUM_FRAMES)
+    model.compile_blocks(backend="eager")  # dynamo's guards and graphs without inductor's code generation
+    video = torch.randn(2, NUM_FRAMES, 3, 32, 32)
+    with torch._dynamo.config.patch(recompile_limit=1, fail_on_recompile_limit_hit=True):
+        model.train()
+        model(video).sum().backward()
+    assert [blk.drop_path.rate.item() for blk in model.backbone.blocks] == pytest.approx([0, 0.2 / 3, 0.4 / 3, 0.2])
