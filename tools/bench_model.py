@@ -190,7 +190,8 @@ class LiveTensorPeak(TorchDispatchMode):
 
 
 def step_flops(model: nn.Module, video, labels) -> int:
-    with FlopCounterMode(display=False) as counter:
+    # eagerly even when compiled: see aim_video.profiling.flops.count_flops
+    with torch.compiler.set_stance("force_eager"), FlopCounterMode(display=False) as counter:
         F.cross_entropy(model(video), labels).backward()
     model.zero_grad(set_to_none=True)
     return counter.get_total_flops()
@@ -207,6 +208,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--dtypes", default="fp32,bf16")
     parser.add_argument("--variants", default="a,b,c")
+    parser.add_argument("--compile", action="store_true", help="compile (a) and (c) as model.compile=true does")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--json", default="", help="write the results here too")
     args = parser.parse_args(argv)
@@ -228,6 +230,8 @@ def main(argv: list[str] | None = None) -> dict:
     aim.train()
     trainable = [p for n, p in aim.named_parameters() if n in set(aim.trainable_parameter_names())]
     flops = {"a": step_flops(aim, video, labels)}
+    if args.compile:
+        aim.compile_blocks()
     results = {"config": vars(args), "device": str(device), "max_abs_diff_a_b_fp32": diff, "rows": []}
     dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
     for variant in args.variants.split(","):

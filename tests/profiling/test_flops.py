@@ -79,3 +79,25 @@ def test_peak_table_and_mfu() -> None:
     cpu = peak_info(torch.device("cpu"), torch.float32)
     assert cpu["peak_tflops"] is None
     assert peak_info(torch.device("cpu"), torch.float32, override_tflops=2.0)["peak_tflops"] == 2.0
+
+
+def test_counting_a_compiled_model_counts_it_eagerly_and_leaves_it_compiled() -> None:
+    from torch._dynamo.utils import counters
+
+    cfg = ModelConfig(
+        arch="vit_base_patch16_clip_quickgelu_224",
+        vit_kwargs=dict(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=4),
+        num_classes=5,
+    )
+    torch.manual_seed(0)
+    eager = build_model(cfg, 4)
+    torch.manual_seed(0)
+    compiled = build_model(cfg, 4)
+    compiled.compile_blocks(backend="eager")  # dynamo only: no code generation
+    video = torch.randn(2, 4, 3, 32, 32)
+    torch._dynamo.reset()
+    counters.clear()
+    assert count_flops(lambda: compiled(video).sum().backward()) == count_flops(lambda: eager(video).sum().backward())
+    assert counters["stats"]["unique_graphs"] == 0  # nothing traced while counting
+    compiled(video).sum().backward()
+    assert counters["stats"]["unique_graphs"] == 1  # one graph, shared by both blocks
