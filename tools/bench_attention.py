@@ -1,11 +1,14 @@
-"""Forward + backward time of AIM's two attention calls per scaled-dot-product-attention backend (GPU).
+"""Forward + backward time of AIM's two attention calls per implementation (SDPA backends, explicit formulations).
 
 AIM runs each block's frozen attention twice: over the N patch tokens of a frame (spatial: batch B*T, sequence N)
 and over the T frames of a token (temporal: batch B*N, sequence T = 8). The temporal call is thousands of very
-short sequences, a shape the fused kernels are not tuned for. This times both shapes, side by side in one run, for
-each backend torch offers (those that refuse a shape are reported as such):
+short sequences, a shape the fused kernels are not tuned for (on an H200 it took 3.7x the spatial call's time).
+This times both shapes, side by side in one run, for each scaled-dot-product-attention backend torch offers and for
+two explicit formulations a short-sequence attention could use: batched matmuls, and broadcast products reduced
+over the head dimension (which the compiler can fuse into a few kernels; `--compile` adds that compiled). Every
+implementation's output is checked against the math backend. Backends that refuse a shape are reported as such:
 
-    python tools/bench_attention.py --batch 32 --frames 8 --tokens 197 --heads 12 --head-dim 64
+    python tools/bench_attention.py --batch 32 --frames 8 --tokens 197 --heads 12 --head-dim 64 [--compile]
 """
 
 from __future__ import annotations
@@ -14,7 +17,8 @@ import argparse
 import json
 import os
 import sys
-from contextlib import nullcontext
+import time
+from collections.abc import Callable
 
 # run from a checkout: tools/ off the path (tools/profile.py would shadow the stdlib profile that torch imports)
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
@@ -23,36 +27,69 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
 
-BACKENDS = {
-    "default": None,
-    "cudnn": SDPBackend.CUDNN_ATTENTION,
-    "flash": SDPBackend.FLASH_ATTENTION,
-    "efficient": SDPBackend.EFFICIENT_ATTENTION,
-    "math": SDPBackend.MATH,
-}
+Attention = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def time_call(batch: int, heads: int, seq: int, head_dim: int, backend, dtype, iters: int) -> float:
-    """Milliseconds per forward + backward of one attention call on [batch, heads, seq, head_dim] inputs."""
-    shape = (batch, heads, seq, head_dim)
-    q, k, v = (torch.randn(shape, device="cuda", dtype=dtype, requires_grad=True) for _ in range(3))
-    grad = torch.randn(shape, device="cuda", dtype=dtype)
+def sdpa_with(backend: SDPBackend | None) -> Attention:
+    def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        if backend is None:
+            return F.scaled_dot_product_attention(q, k, v)
+        with sdpa_kernel(backend):
+            return F.scaled_dot_product_attention(q, k, v)
+
+    return attend
+
+
+def matmul_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d)) v as two batched matmuls, the softmax in fp32."""
+    scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
+    return scores.float().softmax(-1).to(q.dtype) @ v
+
+
+def reduce_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """The same as broadcast products and sums: [.., T, 1, d] * [.., 1, T, d] summed over d, then over T."""
+    scores = ((q * q.shape[-1] ** -0.5).unsqueeze(-2) * k.unsqueeze(-3)).sum(-1)  # [.., T, T]
+    probs = scores.float().softmax(-1).to(q.dtype)
+    return (probs.unsqueeze(-1) * v.unsqueeze(-3)).sum(-2)  # [.., T, d]
+
+
+def implementations(device: str, compile_: bool) -> dict[str, Attention]:
+    impls: dict[str, Attention] = {"sdpa default": sdpa_with(None)}
+    if device == "cuda":
+        impls.update(
+            {
+                "sdpa cudnn": sdpa_with(SDPBackend.CUDNN_ATTENTION),
+                "sdpa flash": sdpa_with(SDPBackend.FLASH_ATTENTION),
+                "sdpa efficient": sdpa_with(SDPBackend.EFFICIENT_ATTENTION),
+            }
+        )
+    impls.update({"sdpa math": sdpa_with(SDPBackend.MATH), "matmul": matmul_attention, "reduce": reduce_attention})
+    if compile_:
+        impls["reduce compiled"] = torch.compile(reduce_attention)
+        impls["matmul compiled"] = torch.compile(matmul_attention)
+    return impls
+
+
+def time_call(attend: Attention, shape: tuple[int, ...], device: str, dtype, iters: int) -> tuple[float, float]:
+    """(ms per forward + backward, max abs difference from the math backend) of one call on inputs of `shape`."""
+    gen = torch.Generator(device=device).manual_seed(0)
+    q, k, v = (torch.randn(shape, device=device, dtype=dtype, generator=gen).requires_grad_() for _ in range(3))
+    grad = torch.randn(shape, device=device, dtype=dtype, generator=gen)
+    with torch.no_grad():
+        error = (attend(q, k, v).float() - sdpa_with(SDPBackend.MATH)(q, k, v).float()).abs().max().item()
 
     def step() -> None:
-        with sdpa_kernel(backend) if backend is not None else nullcontext():
-            out = F.scaled_dot_product_attention(q, k, v)
-        out.backward(grad)
+        attend(q, k, v).backward(grad)
 
     for _ in range(3):
         step()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    torch.cuda.synchronize()
-    start.record()
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    sync()
+    start = time.perf_counter()
     for _ in range(iters):
         step()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / iters
+    sync()
+    return (time.perf_counter() - start) * 1000 / iters, error
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -62,26 +99,28 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--tokens", type=int, default=197, help="tokens per frame, CLS included (224 px, patch 16)")
     parser.add_argument("--heads", type=int, default=12)
     parser.add_argument("--head-dim", type=int, default=64)
-    parser.add_argument("--dtype", default="bf16", choices=["bf16", "fp16"])
+    parser.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
     parser.add_argument("--iters", type=int, default=20)
+    parser.add_argument("--compile", action="store_true", help="also time the explicit formulations compiled")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
-    if not torch.cuda.is_available():
-        raise SystemExit("bench_attention.py times CUDA kernels: run it on a machine with a GPU")
-    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float16
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
     shapes = {
-        "spatial": (args.batch * args.frames, args.tokens),
-        "temporal": (args.batch * args.tokens, args.frames),
+        "spatial": (args.batch * args.frames, args.heads, args.tokens, args.head_dim),
+        "temporal": (args.batch * args.tokens, args.heads, args.frames, args.head_dim),
     }
-    results: dict = {"device": torch.cuda.get_device_name(), "args": vars(args), "ms": {}}
-    for name, backend in BACKENDS.items():
-        row = {}
-        for shape_name, (batch, seq) in shapes.items():
+    name = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
+    results: dict = {"device": name, "args": vars(args), "ms": {}, "max_abs_error": {}}
+    for impl_name, attend in implementations(args.device, args.compile).items():
+        row, errors = {}, {}
+        for shape_name, shape in shapes.items():
             try:
-                row[shape_name] = round(time_call(batch, args.heads, seq, args.head_dim, backend, dtype, args.iters), 3)
-            except RuntimeError as err:  # a backend that cannot run this shape or dtype
-                row[shape_name] = f"refused: {str(err).splitlines()[0][:80]}"
-        results["ms"][name] = row
-        print(json.dumps({"backend": name, **row}), flush=True)
+                ms, err = time_call(attend, shape, args.device, dtype, args.iters)
+                row[shape_name], errors[shape_name] = round(ms, 3), err
+            except RuntimeError as exc:  # a backend that cannot run this shape or dtype
+                row[shape_name] = f"refused: {str(exc).splitlines()[0][:80]}"
+        results["ms"][impl_name], results["max_abs_error"][impl_name] = row, errors
+        print(json.dumps({"impl": impl_name, **row, "max_abs_error": errors}), flush=True)
     return results
 
 
