@@ -216,8 +216,11 @@ def load_config(path: str | None = None, overrides: list[str] | None = None) -> 
         bad = [o for o in overrides if "=" not in o]
         if bad:
             raise ConfigError(f"overrides must look like section.key=value, got: {' '.join(bad)}")
+        # `key=` means an empty value, as in a shell, not OmegaConf's null (no field here is optional):
+        # `model.pretrained=` is a random backbone, `train.epochs=` a type error naming the key
+        overrides = [f"{o}''" if o.endswith("=") else o for o in overrides]
         try:
-            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
         except OmegaConfBaseException as err:
             raise _explain(err, "command-line override") from None
     obj = OmegaConf.to_object(cfg)

@@ -42,6 +42,12 @@ def test_wrong_type_names_key():
         load_config("/nonexistent.yaml")
 
 
+def test_an_empty_override_is_an_empty_value_not_null():
+    assert load_config(None, ["model.pretrained="]).model.pretrained == ""
+    with pytest.raises(ConfigError, match="bad value for config key 'train.epochs'"):
+        load_config(None, ["train.epochs="])
+
+
 def test_round_trip_and_saved_file(tmp_path):
     cfg = load_config(None, ["data.num_frames=4", "model.vit_kwargs={depth: 2}"])
     assert from_dict(to_dict(cfg)) == cfg
