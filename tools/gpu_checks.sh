@@ -1,0 +1,87 @@
+#!/bin/bash
+# The GPU checks in one command (about 6 minutes on an H200), each side by side in one process where it compares:
+#   model step eager and compiled against the authors' computation and full fine-tuning (bench_model), AIM's two
+#   attention shapes per implementation (bench_attention), the profiler eager and compiled on generated videos
+#   (MFU, loader, data wait), a short DeepSpeed bf16 run with model.compile=true, and the CUDA tests.
+# Usage: bash tools/gpu_checks.sh OUT_DIR [PYTHON]      (PYTHON defaults to .venv/bin/python, else python3)
+#        TINY=1 bash tools/gpu_checks.sh OUT_DIR          a CPU smoke run of the same steps on a tiny ViT
+# Outputs in OUT_DIR: all.log and one JSON per step. Each step has its own time limit; a failing step does not
+# stop the others. Record what it measured in docs/benchmarks.md with the date and device.
+set -u
+OUT=${1:?usage: bash tools/gpu_checks.sh OUT_DIR [PYTHON]}
+PY=${2:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)}
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+mkdir -p "$OUT"
+exec > >(tee -a "$OUT/all.log") 2>&1
+T0=$(date +%s)
+stamp() { echo "=== [$(($(date +%s) - T0))s] $*"; }
+WORK=$(mktemp -d)
+V=$WORK/videos
+NVID=32
+BENCH=(--batch 32 --steps 10 --warmup 3 --dtypes bf16)
+ATTN=(--batch 32 --compile)
+TINY_CFG=()
+PROF=('profile.batch_sizes=[32]' profile.steps=10 data.batch_size=32)
+TRAIN=(data.batch_size=32 train.max_steps=40)
+DS=(--num_gpus 1)
+if [ -n "${TINY:-}" ]; then
+  NVID=4
+  BENCH=(--arch vit_tiny_patch16_224 --vit-kwargs '{"embed_dim": 64, "depth": 2, "num_heads": 2, "patch_size": 16}'
+    --batch 2 --steps 1 --warmup 1 --dtypes bf16)
+  ATTN=(--batch 1 --tokens 17 --dtype fp32 --iters 2)
+  TINY_CFG=(model.arch=vit_tiny_patch16_224 'model.vit_kwargs={img_size: 32, patch_size: 8, embed_dim: 64, depth: 2, num_heads: 2}'
+    data.input_size=32 data.test_short_side=32 data.num_workers=1)
+  PROF=('profile.batch_sizes=[4]' profile.steps=2 data.batch_size=4)
+  TRAIN=(data.batch_size=4 train.max_steps=3 train.precision=bf16)
+  export DS_ACCELERATOR=cpu
+fi
+
+stamp "environment"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null
+"$PY" -c "import torch, timm, deepspeed, decord; print('torch', torch.__version__, 'timm', timm.__version__,
+'deepspeed', deepspeed.__version__, 'decord', decord.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else 'no CUDA')"
+
+stamp "bench_model eager, then compiled"
+timeout 120 "$PY" tools/bench_model.py "${BENCH[@]}" --json "$OUT/bench_model_eager.json"
+TORCH_LOGS=recompiles timeout 180 "$PY" tools/bench_model.py "${BENCH[@]}" --compile --json "$OUT/bench_model_compiled.json"
+
+stamp "bench_attention"
+timeout 120 "$PY" tools/bench_attention.py "${ATTN[@]}" > "$OUT/bench_attention.jsonl"
+cat "$OUT/bench_attention.jsonl"
+
+stamp "$NVID generated videos, 340x256, 6 s"
+"$PY" - "$V" "$NVID" <<'EOF'
+import os, sys
+from multiprocessing import Pool
+from aim_video.profiling.videos import scene_video
+root, n = sys.argv[1], int(sys.argv[2])
+os.makedirs(root, exist_ok=True)
+def make(i):
+    return scene_video(f"{root}/v{i:03d}.mp4", 340, 256, seconds=6.0, seed=i)
+with Pool(min(16, os.cpu_count() or 1)) as pool:
+    pool.map(make, range(n))
+with open(f"{root}/train.txt", "w") as f:
+    f.writelines(f"v{i:03d}.mp4 {i % 400}\n" for _ in range(10) for i in range(n))  # 10 entries per video
+EOF
+DATA=(data.root="$V" data.train_list="$V/train.txt" data.val_list="$V/train.txt" data.test_list="$V/train.txt"
+  model.pretrained= data.num_workers=12)
+
+for compiled in false true; do
+  stamp "profile, model.compile=$compiled"
+  timeout 150 "$PY" tools/profile.py --config configs/k400_vit_b16_8f.yaml --out "$WORK/profile_$compiled" \
+    output_dir="$WORK/prof" "${DATA[@]}" "${TINY_CFG[@]}" "${PROF[@]}" profile.max_workers=1 profile.loader_batches=2 \
+    model.compile=$compiled
+  cp "$WORK/profile_$compiled/profile.json" "$OUT/profile_compile_$compiled.json"
+done
+
+stamp "DeepSpeed bf16, model.compile=true"
+timeout 180 "$PY" -m deepspeed.launcher.runner "${DS[@]}" tools/train.py --config configs/k400_vit_b16_8f.yaml \
+  output_dir="$WORK/train" "${DATA[@]}" "${TINY_CFG[@]}" "${TRAIN[@]}" model.compile=true train.epochs=2 \
+  train.eval_every=-1 train.save_every=1
+cp "$WORK/train/log.jsonl" "$OUT/train_compiled.jsonl"
+
+stamp "CUDA tests"
+timeout 150 "$PY" -m pytest -q -p no:cacheprovider tests/models/test_aim.py tests/profiling/test_runner.py \
+  tests/engine/test_train_loop.py tests/engine/test_checkpoint_io.py tests/engine/test_deepspeed_setup.py
+stamp "done"
+rm -rf "$WORK"
