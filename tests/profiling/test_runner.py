@@ -12,6 +12,7 @@ from aim_video.profiling.runner import run_profile
 from tests.profiling.conftest import tiny_config
 
 PNG = b"\x89PNG\r\n\x1a\n"
+CUDA = torch.cuda.is_available()  # the profiler measures on the GPU when there is one
 
 
 @pytest.fixture(scope="module")
@@ -36,18 +37,19 @@ def test_profile_json_has_every_field_with_sane_values(baseline: dict) -> None:
         assert not row["oom"]
         for key in ("train_clips_per_s", "infer_clips_per_s", "train_step_ms", "train_tflops"):
             assert row[key] > 0, key
-        assert row["train_peak_mib"] > 50 and row["infer_peak_mib"] > 50  # RSS of a process with torch loaded
+        assert row["train_peak_mib"] > (0 if CUDA else 50)  # on CPU: RSS of a process with torch loaded
+        assert row["infer_peak_mib"] > (0 if CUDA else 50)
         assert row["infer_clips_per_s"] > row["train_clips_per_s"]  # no backward, no optimizer
-        assert row["train_mfu"] is None  # no peak on CPU
-    assert r["memory_kind"] == "rss"
+        assert (row["train_mfu"] is None) is not CUDA  # no peak on CPU
+    assert r["memory_kind"] == ("cuda_max_allocated" if CUDA else "rss")
     e2e = r["end_to_end"]
     assert e2e["steps"] == 3 and e2e["batch_size"] == 4 and e2e["workers"] == 1
     assert 0 <= e2e["data_wait_share"] < 1
     assert e2e["compute_clips_per_s"] >= e2e["clips_per_s"] > 0
-    assert e2e["train_tflops"] > 0 and e2e["mfu"] is None
+    assert e2e["train_tflops"] > 0 and (e2e["mfu"] is None) is not CUDA
     v = r["verdict"]
     assert v["bound"] in ("loader", "compute") and v["workers_needed"] >= 1 and v["text"]
-    assert r["device"]["type"] == "cpu" and r["device"]["cpu_cores"] >= 1
+    assert r["device"]["type"] == ("cuda" if CUDA else "cpu") and r["device"]["cpu_cores"] >= 1
     assert r["resolved_config"]["data"]["input_size"] == 96
     for key in ("loader_plot", "model_plot"):
         with open(r["files"][key], "rb") as f:
@@ -56,6 +58,7 @@ def test_profile_json_has_every_field_with_sane_values(baseline: dict) -> None:
         assert "verdict:" in f.read()
 
 
+@pytest.mark.skipif(CUDA, reason="on a GPU the tiny model outruns the unslowed loader: no compute-bound baseline")
 def test_verdict_flips_when_the_loader_is_slowed(baseline: dict, demo_root, tmp_path) -> None:
     assert baseline["verdict"]["bound"] == "compute", baseline["verdict"]["text"]
     # each worker now sleeps several model steps per batch: the loop must wait for data most of the time
