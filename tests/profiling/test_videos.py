@@ -14,3 +14,10 @@ def test_scene_detail_scales_with_the_picture(tmp_path):
     assert os.path.getsize(large) < 6 * os.path.getsize(small)
     mtime = os.path.getmtime(small)
     assert scene_video(small, 170, 128, seconds=2) == small and os.path.getmtime(small) == mtime  # kept, not redone
+
+
+def test_sensor_noise_makes_the_scene_costlier(tmp_path):
+    mild = scene_video(str(tmp_path / "mild.mp4"), 170, 128, seconds=2)
+    noisy = scene_video(str(tmp_path / "noisy.mp4"), 170, 128, seconds=2, noise=8)
+    # noise is what P-frames cannot predict: the bench's --noise 8 videos decode as slowly as the issue's
+    assert os.path.getsize(noisy) > 1.5 * os.path.getsize(mild)
