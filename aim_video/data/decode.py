@@ -12,6 +12,7 @@ A `timeout_s` runs the read in a forked child that is killed when the limit pass
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
@@ -193,17 +194,35 @@ def index_seek_points(path: str) -> list[int]:
         return []
 
 
+def quarter_turns(frame: Any) -> int:
+    """Counter-clockwise quarter turns (0-3) that show a decoded PyAV frame upright.
+
+    Phone videos store the picture as the sensor saw it plus a display matrix ("rotate" 90/180/270). decord and
+    torchcodec return frames turned as a player shows them, so every PyAV path here turns them the same way:
+    whichever backend reads a file, the frames and their size agree. (Mirroring in a display matrix is ignored,
+    as decord ignores it.)
+    """
+    return round((getattr(frame, "rotation", 0) or 0) / 90) % 4
+
+
+def to_rgb(frame: Any) -> np.ndarray:
+    """A decoded PyAV frame as RGB uint8 [H, W, 3], upright (see `quarter_turns`)."""
+    img = frame.to_ndarray(format="rgb24")
+    turns = quarter_turns(frame)
+    return np.ascontiguousarray(np.rot90(img, turns)) if turns else img
+
+
 def iter_decoded(container: Any, rgb: bool = True) -> Iterator[Any]:
     """Decode the first video stream from the start, in presentation order, skipping packets that fail to decode.
 
     This is the reference: it never seeks, so it does not depend on the container's seek points or frame count.
-    Yields RGB uint8 [H, W, 3] arrays (or the raw `av.VideoFrame` with `rgb=False`).
+    Yields upright RGB uint8 [H, W, 3] arrays (`to_rgb`), or the raw `av.VideoFrame` with `rgb=False`.
     """
     stream = container.streams.video[0]
     decode_error = getattr(av, "FFmpegError", Exception)
 
     def _out(frame: Any) -> Any:
-        return frame.to_ndarray(format="rgb24") if rgb else frame
+        return to_rgb(frame) if rgb else frame
 
     for packet in container.demux(stream):
         try:
@@ -235,9 +254,16 @@ class _PyAVReader:
             claimed = sum(1 for p in self._container.demux(stream) if p.size > 0)
             self._container.seek(0)
         self.num_frames = claimed
-        rate = stream.average_rate or stream.guessed_rate or 0
-        ctx = stream.codec_context
-        self.info = VideoInfo(self.num_frames, float(rate), int(ctx.height), int(ctx.width))
+        self._fps = float(stream.average_rate or stream.guessed_rate or 0)
+
+    @property
+    def info(self) -> VideoInfo:  # the upright size needs the display rotation, which comes with a decoded frame
+        height = width = 0
+        self._container.seek(0)
+        for frame in iter_decoded(self._container, rgb=False):
+            height, width = (frame.width, frame.height) if quarter_turns(frame) % 2 else (frame.height, frame.width)
+            break
+        return VideoInfo(self.num_frames, self._fps, int(height), int(width))
 
     def seek_points(self) -> list[int]:
         return packet_seek_points(self.path)[0]
@@ -440,8 +466,12 @@ def write_video(
     gop: int | None = None,
     pix_fmt: str = "yuv420p",
     options: dict[str, str] | None = None,
+    rotation: int = 0,
 ) -> None:
-    """Encode uint8 RGB frames [T, H, W, C] to `path` atomically (temporary name, then rename)."""
+    """Encode uint8 RGB frames [T, H, W, C] to `path` atomically (temporary name, then rename).
+
+    `rotation` (degrees counter-clockwise, a multiple of 90) is stored as the display matrix, as phones do: the
+    frames are kept as given and readers show them turned."""
     arr = frames.numpy() if isinstance(frames, torch.Tensor) else np.asarray(frames)
     if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[-1] != 3:
         raise ValueError(f"write_video needs uint8 [T, H, W, 3] frames, got {arr.dtype} {tuple(arr.shape)}")
@@ -455,6 +485,7 @@ def write_video(
         gop,
         pix_fmt,
         options,
+        rotation,
     )
 
 
@@ -468,7 +499,9 @@ def _encode(
     gop: int | None,
     pix_fmt: str,
     options: dict[str, str] | None,
+    rotation: int = 0,
 ) -> int:
+    """Encode PyAV frames to `path` atomically; `rotation` (degrees counter-clockwise) goes in the display matrix."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     root, ext = os.path.splitext(path)
     tmp = f"{root}.tmp{os.getpid()}{ext}"
@@ -482,6 +515,8 @@ def _encode(
                 stream.codec_context.gop_size = gop
             if options:
                 stream.options = dict(options)
+            if rotation % 360:
+                stream.set_display_rotation(rotation)
             for frame in frames:
                 frame.pts, frame.time_base = count, 1 / rate  # constant frame rate: frame i shows at i / fps
                 frame.pict_type = 0  # NONE: the encoder places keyframes, not the source's frame types
@@ -539,7 +574,11 @@ def transcode(
         params = f"keyint={keyint}:min-keyint={keyint}:scenecut=0:open-gop=0:bframes=0"
         tune = x264_tune(tune)
         options = {"crf": str(crf), "x264-params": params} | ({"tune": tune} if tune else {})
-        resized = (f.reformat(width=width, height=height, format="yuv420p") for f in iter_decoded(container, rgb=False))
+        frames = iter_decoded(container, rgb=False)
+        first = next(frames, None)
+        if first is not None:  # the source's display rotation is kept (the picture itself is not turned)
+            frames = itertools.chain([first], frames)
+        resized = (f.reformat(width=width, height=height, format="yuv420p") for f in frames)
         count = _encode(
             dst,
             resized,
@@ -550,6 +589,7 @@ def transcode(
             keyint,
             "yuv420p",
             options,
+            rotation=90 * quarter_turns(first) if first is not None else 0,
         )
     finally:
         container.close()

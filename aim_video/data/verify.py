@@ -84,7 +84,7 @@ def _thumb(frame: np.ndarray, step: int) -> np.ndarray:
 
 
 def _reference_decode(path: str, wanted: set[int], num_threads: int) -> tuple[dict[int, np.ndarray], set[int], int]:
-    """One sequential PyAV decode: RGB frames at `wanted`, the indices of real keyframes, the number that decode.
+    """One sequential PyAV decode: upright RGB frames at `wanted`, the indices of real keyframes, how many decode.
 
     Only the wanted frames are converted to RGB: converting every frame costs about as much as decoding it, or
     more (PyAV, 2 cores: 1-3x the decoding time on the benchmark videos)."""
@@ -98,7 +98,7 @@ def _reference_decode(path: str, wanted: set[int], num_threads: int) -> tuple[di
             if av_frame.key_frame:
                 keyframes.add(i)
             if i in wanted:
-                full[i] = av_frame.to_ndarray(format="rgb24")
+                full[i] = decode.to_rgb(av_frame)
     finally:
         container.close()
     return full, keyframes, count

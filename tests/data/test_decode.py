@@ -15,6 +15,7 @@ from tests.data.videos import (
     make_frames,
     make_h264,
     mean_abs_diff,
+    rotated,
     sequential_frames,
     undecodable_tail,
 )
@@ -176,3 +177,34 @@ def test_transcode_gives_true_keyframes_every_keyint(tmp_path):
 def test_write_video_rejects_wrong_arrays(tmp_path):
     with pytest.raises(ValueError, match=r"uint8 \[T, H, W, 3\]"):
         decode.write_video(str(tmp_path / "x.mp4"), np.zeros((2, 8, 8, 3), np.float32))
+
+
+@pytest.mark.parametrize("degrees", [90, 180, 270])
+@pytest.mark.parametrize("backend,opts", BACKENDS)
+def test_phone_videos_read_upright_through_every_backend(tmp_path, degrees, backend, opts):
+    """A display matrix (how phones store portrait video) turns the frames for every backend alike; the size
+    that `probe` reports is the turned one. PyAV used to return the stored picture, so a fallback or the verify
+    reference disagreed with decord in shape and content."""
+    plain = str(tmp_path / "plain.mp4")
+    decode.write_video(plain, make_frames(20), fps=25, gop=8)
+    path = rotated(plain, str(tmp_path / f"rot{degrees}.mp4"), degrees)  # the same packets, turned for display
+    # what a player shows: the stored picture turned counter-clockwise by `degrees`
+    upright = np.rot90(sequential_frames(plain), degrees // 90, axes=(1, 2))
+    assert upright.shape[1:3] == ((96, 64) if degrees != 180 else (64, 96))
+    indices = [19, 0, 9, 9]
+    clip = decode.read_frames(path, indices, backend, **opts)
+    assert tuple(clip.shape) == (4, *upright.shape[1:]), (backend, degrees)
+    for k, i in enumerate(indices):
+        assert mean_abs_diff(clip[k], upright[i]) < 1.0, (backend, degrees, i)
+    info = decode.probe(path, backend, **opts)
+    assert (info.height, info.width) == upright.shape[1:3]
+    assert sequential_frames(path).shape[1:3] == upright.shape[1:3]  # the reference decode agrees
+
+
+def test_transcode_keeps_the_display_rotation(tmp_path):
+    src = str(tmp_path / "portrait.mp4")
+    decode.write_video(src, make_frames(20), fps=25, rotation=90)
+    dst = str(tmp_path / "fixed.mp4")
+    assert decode.transcode(src, dst, keyint=8) == 20
+    assert mean_abs_diff(sequential_frames(dst), sequential_frames(src)) < 3.0
+    assert decode.probe(dst, "pyav") == decode.probe(src, "pyav") == decode.VideoInfo(20, 25.0, 96, 64)

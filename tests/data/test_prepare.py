@@ -2,6 +2,7 @@ import os
 
 import numpy as np
 import pytest
+import torch
 
 from aim_video.data import decode
 from aim_video.data.annotations import parse_list_file
@@ -90,6 +91,22 @@ def test_portrait_and_small_videos_are_not_upscaled(tmp_path):
     small = make_video(str(tmp_path / "small.mp4"), 8)  # 48x64, below the short side asked
     res = reencode_one(small, str(tmp_path / "small_out.mp4"), short_side=256)
     assert res.status == "done" and (decode.probe(res.dst).height, decode.probe(res.dst).width) == (48, 64)
+
+
+def test_a_phone_video_is_re_encoded_upright(tmp_path):
+    """ffmpeg turns the picture by the display matrix (autorotate) before scaling: the copy shows what the
+    original showed, at the short side of the turned picture, and needs no matrix."""
+    src = str(tmp_path / "phone.mp4")
+    decode.write_video(src, frame_code_video(16, 128, 192), fps=25, rotation=90)  # shown 192 high, 128 wide
+    res = reencode_one(src, str(tmp_path / "out.mp4"), short_side=96, keyint=8)  # (decord: >= 64 px wide)
+    assert res.status == "done", res.reason
+    assert decode.probe(res.dst) == decode.VideoInfo(16, 25.0, 144, 96)
+    shown = decode.read_frames(src, [0, 9], backend="decord").permute(0, 3, 1, 2).float()
+    shown = torch.nn.functional.interpolate(shown, size=(144, 96), mode="area")
+    copy = decode.read_frames(res.dst, [0, 9], backend="decord").permute(0, 3, 1, 2).float()
+    # the same picture, shrunk (about 6 on this pattern of sharp wraps); upside down or mirrored: 40-80
+    assert (shown - copy).abs().mean() < 10
+    assert (shown.flip(-1, -2) - copy).abs().mean() > 30 and (shown.flip(-1) - copy).abs().mean() > 30
 
 
 def test_failures_are_reported_not_raised(tmp_path):

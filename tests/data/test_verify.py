@@ -15,6 +15,7 @@ from tests.data.videos import (
     false_keyframes,
     make_h264,
     mean_abs_diff,
+    rotated,
     sequential_frames,
     timestamp_gap,
     undecodable_tail,
@@ -38,6 +39,7 @@ def files(tmp_path_factory) -> dict[str, str]:
         "false_keyframes": false_keyframes(clean, str(folder / "kf.mp4")),
         "gap": timestamp_gap(clean, str(folder / "gap.mp4")),
         "short": undecodable_tail(clean, str(folder / "short.mp4")),
+        "portrait": rotated(clean, str(folder / "portrait.mp4"), 90),  # a phone video: a display matrix
     }
 
 
@@ -52,7 +54,7 @@ def test_check_groups_cover_seek_points_mid_gop_and_the_end():
     assert all(0 <= i < 1000 for g in many for i in g)
 
 
-@pytest.mark.parametrize("name", ["clean", "clean_bframes"])
+@pytest.mark.parametrize("name", ["clean", "clean_bframes", "portrait"])
 @pytest.mark.parametrize("backend,mode", [DECORD, TC_EXACT, TC_APPROX, PYAV])
 def test_clean_files_are_exact(files, name, backend, mode):
     check = verify.check_video(files[name], backend, mode)

@@ -61,6 +61,18 @@ def _remux(src: str, dst: str, edit: Callable[[int, Any], None], tail: Callable[
     return dst
 
 
+def rotated(src: str, dst: str, degrees: int) -> str:
+    """The same packets with a display matrix turning the picture `degrees` counter-clockwise (a phone video)."""
+    with av.open(src) as inp, av.open(dst, "w") as out:
+        in_stream = inp.streams.video[0]
+        out_stream = out.add_stream_from_template(in_stream)
+        out_stream.set_display_rotation(degrees)
+        for packet in [p for p in inp.demux(in_stream) if p.size > 0]:
+            packet.stream = out_stream
+            out.mux(packet)
+    return dst
+
+
 def false_keyframes(src: str, dst: str, at: tuple[int, ...] = (40, 110, 180)) -> str:
     """Set the keyframe flag on ordinary P-frame packets: the container's index lists them as seek points."""
 
