@@ -5,7 +5,10 @@ Random access trusts the container: its seek points (keyframe flags) and its fra
 decodes), and decord / torchcodec then return garbage or the wrong frame without raising. `check_video` compares the
 backend's random-access reads with ONE sequential PyAV decode of the same file and classifies the video:
 
-- `exact`: every checked frame equals the sequential decode (mean absolute difference < `tol` on uint8);
+- `exact`: every checked frame equals the sequential decode (mean absolute difference < `tol` on uint8), or,
+  where the backend converts colours differently from PyAV (high-bit-depth video: 10-bit HDR from phones and
+  YouTube, dithered down to 8 bits another way), is nearest to the frame asked for and differs from it no more
+  than the first frame of a fresh reader does (`conversion_error`, a read that involves no seek);
 - `shifted`: some reads return another frame of the video; `offset` = requested index - index returned;
 - `corrupt_after_seek`: some reads match no frame of the video (decoding started at a false seek point);
 - `short`: the backend claims more frames than decode (`claimed_frames` > `decoded_frames`);
@@ -45,6 +48,7 @@ class VideoCheck:
     decoded_frames: int = -1  # what a sequential decode yields: the count sampling must use
     offset: int = 0  # shifted: requested index - index of the frame returned (3: index i returns frame i-3)
     max_error: float = 0.0  # worst mean absolute difference (uint8) of a checked read against the true frame
+    conversion_error: float = 0.0  # the same for frame 0 read first by a fresh reader (measured after a wrong read)
     checked: int = 0  # frames compared
     bad_indices: list[int] = field(default_factory=list)  # first wrong reads
     reason: str = ""
@@ -149,6 +153,24 @@ def check_video(
     return result
 
 
+CONVERSION_SPREAD = 1.25  # a frame's conversion difference varies with its content (measured: within 10% of frame 0's)
+
+
+def _conversion_error(path: str, backend: str, num_threads: int, opts: dict, first: np.ndarray) -> float:
+    """Mean absolute difference of frame 0, read first by a fresh reader (no seek can go wrong), from `first`."""
+    try:
+        reader = decode.open_reader(path, backend, num_threads, **opts)
+        try:
+            frame = reader.get([0])[0]
+        finally:
+            reader.close()
+    except Exception:  # noqa: BLE001 - no allowance when even this read fails; the reads decide the status
+        return 0.0
+    if frame.shape != first.shape:
+        return 0.0
+    return float(np.abs(frame.astype(np.int16) - first).mean())
+
+
 def _check(result: VideoCheck, backend: str, seek_mode: str, num_threads: int, tol: float, max_groups: int) -> None:
     path = result.path
     opts = {"seek_mode": seek_mode} if backend == "torchcodec" else {}
@@ -158,7 +180,7 @@ def _check(result: VideoCheck, backend: str, seek_mode: str, num_threads: int, t
         flagged, num_packets = decode.packet_seek_points(path)
         seek_points = sorted(set(flagged) | set(decode.index_seek_points(path)))
         groups = check_groups(seek_points, min(result.claimed_frames, num_packets) or num_packets, max_groups)
-        wanted = {i for g in groups for i in g}
+        wanted = {0} | {i for g in groups for i in g}
         # the reference: one sequential decode, converted to RGB only at the checked indices
         full, keyframes, decoded = _reference_decode(path, wanted, num_threads)
         result.decoded_frames = decoded
@@ -167,6 +189,7 @@ def _check(result: VideoCheck, backend: str, seek_mode: str, num_threads: int, t
         # a read that starts at a seek point whose frame is not a real keyframe decodes from missing references
         false_seeks = [k for k in seek_points if k < result.decoded_frames and k not in keyframes]
         thumbs: _Thumbnails | None = None  # built on the first wrong read only: exact files never pay for it
+        conversion: float | None = None  # likewise
         offsets: Counter[int] = Counter()
         failed_reads: list[list[int]] = []
         corrupt: list[int] = []
@@ -194,6 +217,11 @@ def _check(result: VideoCheck, backend: str, seek_mode: str, num_threads: int, t
                 if thumbs is None:
                     thumbs = _Thumbnails(path, num_threads)
                 best, best_err = thumbs.nearest(frame)
+                if conversion is None:
+                    conversion = _conversion_error(path, backend, num_threads, opts, full[0])
+                    result.conversion_error = round(conversion, 3)
+                if best == i and err < tol + CONVERSION_SPREAD * conversion:
+                    continue  # the frame asked for, in the backend's colours
                 gop_start = max([k for k in seek_points if k <= i], default=0)
                 if best != i and best_err < tol and gop_start not in false_seeks:
                     offsets[i - best] += 1  # another true frame, after a seek from a true keyframe: timestamps

@@ -41,8 +41,11 @@ def sequential_frames(path: str) -> np.ndarray:
         container.close()
 
 
-def make_h264(path: str, n: int = 300, gop: int = 250, bframes: int = 0, seed: int = 0) -> str:
-    decode.write_video(path, make_frames(n, seed=seed), fps=25, gop=gop, options={"bf": str(bframes)})
+def make_h264(
+    path: str, n: int = 300, gop: int = 250, bframes: int = 0, seed: int = 0, pix_fmt: str = "yuv420p"
+) -> str:
+    frames = make_frames(n, seed=seed)
+    decode.write_video(path, frames, fps=25, gop=gop, pix_fmt=pix_fmt, options={"bf": str(bframes)})
     return path
 
 
