@@ -148,6 +148,19 @@ class _TorchCodecReader:
         del self._dec
 
 
+def video_stream(container: Any) -> Any:
+    """The stream PyAV decodes: FFmpeg's best video stream, the one decord and torchcodec pick, not merely the
+    first (an mkv can hold a cover image, or a thumbnail track, before the video)."""
+    return container.streams.best("video") or container.streams.video[0]
+
+
+def rewind(container: Any) -> None:
+    """Seek back to the first frame of `video_stream` (a plain seek(0) goes by FFmpeg's default stream, which in an
+    mkv with a cover image before the video left nothing to demux)."""
+    stream = video_stream(container)
+    container.seek(stream.start_time or 0, stream=stream)
+
+
 def open_av(path: str, num_threads: int = 1) -> Any:
     """Open `path` with PyAV (threads set before the decoder opens); raises VideoReadError without a video stream."""
     try:
@@ -157,7 +170,7 @@ def open_av(path: str, num_threads: int = 1) -> Any:
     if not container.streams.video:
         container.close()
         raise VideoReadError(path, "no video stream (audio-only or not a video)")
-    stream = container.streams.video[0]
+    stream = video_stream(container)
     stream.thread_type = "AUTO" if num_threads != 1 else "SLICE"
     if num_threads > 1:
         stream.thread_count = num_threads
@@ -169,7 +182,7 @@ def packet_seek_points(path: str) -> tuple[list[int], int]:
     container = open_av(path)
     try:
         stamps, keys = [], []
-        for packet in container.demux(container.streams.video[0]):
+        for packet in container.demux(video_stream(container)):
             if packet.size == 0:
                 continue
             stamp = packet.pts if packet.pts is not None else packet.dts
@@ -218,7 +231,7 @@ def iter_decoded(container: Any, rgb: bool = True) -> Iterator[Any]:
     This is the reference: it never seeks, so it does not depend on the container's seek points or frame count.
     Yields upright RGB uint8 [H, W, 3] arrays (`to_rgb`), or the raw `av.VideoFrame` with `rgb=False`.
     """
-    stream = container.streams.video[0]
+    stream = video_stream(container)
     decode_error = getattr(av, "FFmpegError", Exception)
 
     def _out(frame: Any) -> Any:
@@ -247,19 +260,19 @@ class _PyAVReader:
 
     def __init__(self, path: str, num_threads: int = 1, **_: Any):
         self._container = open_av(path, num_threads)
-        stream = self._container.streams.video[0]
+        stream = video_stream(self._container)
         self.path = path
         claimed = int(stream.frames or 0)
         if claimed <= 0:  # webm/mkv do not store a count: count packets (no decoding)
             claimed = sum(1 for p in self._container.demux(stream) if p.size > 0)
-            self._container.seek(0)
+            rewind(self._container)
         self.num_frames = claimed
         self._fps = float(stream.average_rate or stream.guessed_rate or 0)
 
     @property
     def info(self) -> VideoInfo:  # the upright size needs the display rotation, which comes with a decoded frame
         height = width = 0
-        self._container.seek(0)
+        rewind(self._container)
         for frame in iter_decoded(self._container, rgb=False):
             height, width = (frame.width, frame.height) if quarter_turns(frame) % 2 else (frame.height, frame.width)
             break
@@ -271,7 +284,7 @@ class _PyAVReader:
     def get(self, indices: list[int]) -> np.ndarray:
         wanted, last = set(indices), max(indices)
         out: dict[int, np.ndarray] = {}
-        self._container.seek(0)
+        rewind(self._container)
         decoded = 0
         for i, frame in enumerate(iter_decoded(self._container)):
             decoded = i + 1
@@ -564,7 +577,7 @@ def transcode(
     """
     container = open_av(src, num_threads)
     try:
-        stream = container.streams.video[0]
+        stream = video_stream(container)
         rate = stream.average_rate or stream.guessed_rate or 25
         width, height = int(stream.codec_context.width), int(stream.codec_context.height)
         if short_side > 0:

@@ -18,6 +18,7 @@ from tests.data.videos import (
     rotated,
     sequential_frames,
     undecodable_tail,
+    with_cover,
 )
 
 TORCHCODEC_MISSING = decode.torchcodec_unavailable()
@@ -208,3 +209,18 @@ def test_transcode_keeps_the_display_rotation(tmp_path):
     assert decode.transcode(src, dst, keyint=8) == 20
     assert mean_abs_diff(sequential_frames(dst), sequential_frames(src)) < 3.0
     assert decode.probe(dst, "pyav") == decode.probe(src, "pyav") == decode.VideoInfo(20, 25.0, 96, 64)
+
+
+@pytest.mark.parametrize("backend,opts", BACKENDS)
+def test_the_video_stream_is_found_behind_a_cover_image(tmp_path, backend, opts):
+    """An mkv whose first stream is a one-frame image: every backend, and the sequential reference, read the
+    video (FFmpeg's best stream). PyAV took the first stream and returned the image as a one-frame video."""
+    plain = make_h264(str(tmp_path / "plain.mp4"), n=60, gop=12)
+    path = with_cover(plain, str(tmp_path / "cover.mkv"))
+    ref = sequential_frames(plain)
+    assert len(sequential_frames(path)) == 60
+    assert decode.probe(path, backend, **opts).num_frames == 60
+    indices = [59, 0, 31]
+    clip = decode.read_frames(path, indices, backend, **opts)
+    for k, i in enumerate(indices):
+        assert mean_abs_diff(clip[k], ref[i]) < 1.0, (backend, i)

@@ -19,6 +19,7 @@ from tests.data.videos import (
     sequential_frames,
     timestamp_gap,
     undecodable_tail,
+    with_cover,
 )
 
 TORCHCODEC_MISSING = decode.torchcodec_unavailable()
@@ -41,6 +42,7 @@ def files(tmp_path_factory) -> dict[str, str]:
         "short": undecodable_tail(clean, str(folder / "short.mp4")),
         "portrait": rotated(clean, str(folder / "portrait.mp4"), 90),  # a phone video: a display matrix
         "ten_bit": make_h264(str(folder / "ten_bit.mp4"), pix_fmt="yuv420p10le"),  # HDR phones, YouTube
+        "cover": with_cover(clean, str(folder / "cover.mkv")),  # an image stream before the video
     }
 
 
@@ -55,7 +57,7 @@ def test_check_groups_cover_seek_points_mid_gop_and_the_end():
     assert all(0 <= i < 1000 for g in many for i in g)
 
 
-@pytest.mark.parametrize("name", ["clean", "clean_bframes", "portrait"])
+@pytest.mark.parametrize("name", ["clean", "clean_bframes", "portrait", "cover"])
 @pytest.mark.parametrize("backend,mode", [DECORD, TC_EXACT, TC_APPROX, PYAV])
 def test_clean_files_are_exact(files, name, backend, mode):
     check = verify.check_video(files[name], backend, mode)

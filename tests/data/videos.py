@@ -76,6 +76,22 @@ def rotated(src: str, dst: str, degrees: int) -> str:
     return dst
 
 
+def with_cover(src: str, dst: str) -> str:
+    """An mkv holding a one-frame image stream (cover art, a thumbnail track) before `src`'s video packets."""
+    with av.open(src) as inp, av.open(dst, "w", format="matroska") as out:
+        in_stream = inp.streams.video[0]
+        cover = out.add_stream("mjpeg", rate=1)
+        cover.width, cover.height, cover.pix_fmt = in_stream.width, in_stream.height, "yuvj420p"
+        video = out.add_stream_from_template(in_stream)
+        picture = av.VideoFrame.from_ndarray(np.full((in_stream.height, in_stream.width, 3), 200, np.uint8))
+        for packet in [*cover.encode(picture.reformat(format="yuvj420p")), *cover.encode()]:
+            out.mux(packet)
+        for packet in [p for p in inp.demux(in_stream) if p.size > 0]:
+            packet.stream = video
+            out.mux(packet)
+    return dst
+
+
 def false_keyframes(src: str, dst: str, at: tuple[int, ...] = (40, 110, 180)) -> str:
     """Set the keyframe flag on ordinary P-frame packets: the container's index lists them as seek points."""
 
