@@ -37,11 +37,13 @@ def failure_reason(err: Exception) -> str:
 
 
 class TrainClipDataset(Dataset):
-    """Random clips for training; items are dicts {video uint8 [N, T, C, H, W], label, index, failures}.
+    """Random clips for training; items are dicts {video uint8 [N, T, C, H, W], label, index, failures, fallbacks}.
 
     N = `repeated_aug` clips drawn from one decode: the same frames, augmented independently (RandomResizedCrop,
     flip, ...), as repeated augmentation wants. `index` is the index of the video actually returned (another one
-    when the requested video failed); `failures` holds "path: reason" for each video that failed on the way.
+    when the requested video failed); `failures` holds "path: reason" for each video that failed on the way;
+    `fallbacks` holds "path: reason" when the video returned was read with the fallback backend (exact, but slow:
+    PyAV decodes from the start), so an epoch can report how much of the data set takes that road.
     """
 
     def __init__(
@@ -121,8 +123,16 @@ class TrainClipDataset(Dataset):
             else:
                 try:
                     video = self.load(current)
-                    label = self.records[current].label
-                    return {"video": video, "label": label, "index": current, "failures": failures}
+                    label, path = self.records[current].label, self.records[current].path
+                    why = decode.fallback_reason(path)
+                    fallbacks = [f"{path}: {why}"] if why else []
+                    return {
+                        "video": video,
+                        "label": label,
+                        "index": current,
+                        "failures": failures,
+                        "fallbacks": fallbacks,
+                    }
                 except Exception as err:  # any failure of one video must not end the epoch: count it, go on
                     reason = failure_reason(err)
                     self._known_bad[current] = reason
@@ -135,7 +145,7 @@ class TrainClipDataset(Dataset):
 
 
 def collate_train(items: list[dict]) -> dict:
-    """Items with N clips each -> {video [B*N, T, C, H, W], label [B*N], index [B*N], failures list[str]}."""
+    """Items with N clips each -> {video [B*N, T, C, H, W], label [B*N], index [B*N], failures, fallbacks}."""
     videos = torch.cat([it["video"] for it in items])  # (b n) t c h w
     n = items[0]["video"].shape[0]
     return {
@@ -143,6 +153,7 @@ def collate_train(items: list[dict]) -> dict:
         "label": torch.tensor([it["label"] for it in items], dtype=torch.int64).repeat_interleave(n),
         "index": torch.tensor([it["index"] for it in items], dtype=torch.int64).repeat_interleave(n),
         "failures": [f for it in items for f in it["failures"]],
+        "fallbacks": [f for it in items for f in it.get("fallbacks", [])],
     }
 
 

@@ -88,6 +88,13 @@ class _DecordReader:
         try:
             self._vr = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=num_threads)
         except Exception as err:  # decord raises DECORDError (a RuntimeError) for anything it cannot open
+            codec = _undecodable_codec(path, err)
+            if codec:
+                raise VideoReadError(
+                    path,
+                    f"decord cannot decode its {codec} video (decord 0.6's FFmpeg has no {codec} decoder): re-encode "
+                    "it (tools/prepare_kinetics.py reencode) or use data.backend=torchcodec",
+                ) from None
             raise VideoReadError(path, f"decord cannot open it: {_first_line(err)}") from None
         self.path = path
         self.num_frames = len(self._vr)
@@ -107,6 +114,20 @@ class _DecordReader:
 
     def close(self) -> None:
         del self._vr
+
+
+def _undecodable_codec(path: str, err: BaseException) -> str:
+    """The codec of a video stream decord found no decoder for ("" when that is not why it failed).
+
+    decord reports "cannot find video stream" when its FFmpeg (4.x, in the wheel) has no decoder for the stream,
+    e.g. AV1, which YouTube serves for many videos today."""
+    if "cannot find video stream" not in str(err):
+        return ""
+    try:
+        with av.open(path) as container:
+            return video_stream(container).codec_context.codec.canonical_name if container.streams.video else ""
+    except Exception:  # noqa: BLE001 - not a video PyAV can open either: decord's own message stands
+        return ""
 
 
 def torchcodec_unavailable() -> str:
@@ -343,6 +364,16 @@ def discovered_frame_counts() -> dict[str, tuple[int, int]]:
     return dict(_DISCOVERED)
 
 
+# Files the backend could not open, read with the fallback instead (per process): {path: why}. Later reads of the
+# same file go straight to the fallback.
+_FALLBACKS: dict[str, str] = {}
+
+
+def fallback_reason(path: str) -> str:
+    """Why this process reads `path` with the fallback backend ("" when it does not)."""
+    return _FALLBACKS.get(path, "")
+
+
 def read_frames(
     path: str,
     indices: Sequence[int] | Callable[[int], Sequence[int]],
@@ -380,13 +411,17 @@ def read_frames(
         return open_reader(path, name, num_threads, **name_opts)
 
     try:
-        reader, used = _open(backend, opts), backend
+        if fallback and fallback != backend and path in _FALLBACKS:  # the backend failed to open it before
+            reader, used = _open(fallback, {}), fallback
+        else:
+            reader, used = _open(backend, opts), backend
     except (BackendUnavailable, ReadTimeout):
         raise
-    except VideoReadError:
+    except VideoReadError as err:
         if not fallback or fallback == backend:
             raise
         reader, used = _open(fallback, {}), fallback
+        _FALLBACKS[path] = f"read with {fallback}: {err.reason}"
     try:
         limit = reader.num_frames if num_frames is None else min(num_frames, reader.num_frames or num_frames)
         if path in _DISCOVERED:

@@ -221,10 +221,20 @@ def fit(cfg: Config, resume: str = "") -> dict[str, Any]:
         )
         del batches  # ends the epoch's workers before evaluation starts its own
         failures = [f for per_rank in all_gather_objects(stats.pop("failures")) for f in per_rank]
+        fallbacks = [f for per_rank in all_gather_objects(stats.pop("fallbacks")) for f in per_rank]
         totals["failures"] += len(failures)
+        totals["fallbacks"] += len(fallbacks)
         finished = state.batches_done >= micro_per_epoch
         last_epoch = state.epoch + 1 >= cfg.train.epochs or (0 < max_steps <= state.step)
-        log.event("epoch", finished=finished, failures=len(failures), failure_examples=failures[:20], **stats)
+        log.event(
+            "epoch",
+            finished=finished,
+            failures=len(failures),
+            failure_examples=failures[:20],
+            fallback_reads=len(fallbacks),  # clips read with data.fallback_backend: exact, but slow
+            fallback_examples=sorted(set(fallbacks))[:5],
+            **stats,
+        )
         metric = None
         every = cfg.train.eval_every
         if (finished and every > 0 and (state.epoch + 1) % every == 0) or (last_epoch and every >= 0):
@@ -259,6 +269,7 @@ def fit(cfg: Config, resume: str = "") -> dict[str, Any]:
         "data_wait_share": totals["data_wait_sum"] / epochs_run,
         "skipped_steps": int(engine.skipped_steps),
         "loader_failures": int(totals["failures"]),
+        "loader_fallback_reads": int(totals["fallbacks"]),
         "world_size": info.world_size,
         "global_batch": ds_config["train_batch_size"],
         "resumed_from": resumed_from,

@@ -131,6 +131,7 @@ def train_one_epoch(
     accum = engine.gradient_accumulation_steps()
     micro, clips_per_micro = 0, None
     failures: list[str] = []
+    fallbacks: list[str] = []
     window = {"loss": 0.0, "micro": 0, "wait": 0.0, "time": 0.0, "clips": 0}
     epoch_wait = epoch_time = 0.0
     epoch_clips = 0
@@ -140,6 +141,7 @@ def train_one_epoch(
         batch = next(batches)
         got = time.perf_counter()
         failures.extend(batch.get("failures", []))
+        fallbacks.extend(batch.get("fallbacks", []))
         video, label = prepare(batch)
         target = label
         if mix is not None:
@@ -218,5 +220,6 @@ def train_one_epoch(
         "clips_per_s": epoch_clips / max(epoch_time, 1e-9),
         "data_wait": epoch_wait / max(epoch_time, 1e-9),
         "failures": failures,
+        "fallbacks": fallbacks,
         "skipped_steps": int(engine.skipped_steps),
     }

@@ -105,14 +105,32 @@ def test_claimed_frame_past_the_real_end(videos, backend, opts, monkeypatch):
     assert (err.value.claimed, err.value.decodable) == (301, 300) and path in str(err.value)
 
 
-def test_pyav_fallback_for_a_file_decord_cannot_open(tmp_path):
+def test_pyav_fallback_for_a_file_decord_cannot_open(tmp_path, monkeypatch):
+    """AV1 (what YouTube serves for many videos): decord's FFmpeg has no decoder; the error says so and what to do,
+    the fallback reads it, says why, and later reads of the file go to the fallback at once."""
     path = str(tmp_path / "av1.mkv")
     decode.write_video(path, make_frames(12), codec="libsvtav1")
-    with pytest.raises(decode.VideoReadError, match="decord cannot open it"):
+    opened: list[str] = []
+
+    class CountingDecord(decode._DecordReader):  # the real decord reader, counting its opens
+        def __init__(self, p, *args, **kwargs):
+            opened.append(p)
+            super().__init__(p, *args, **kwargs)
+
+    monkeypatch.setitem(decode._READERS, "decord", CountingDecord)
+    monkeypatch.setattr(decode, "_FALLBACKS", {})
+    with pytest.raises(
+        decode.VideoReadError, match="decord cannot decode its av1 video .*prepare_kinetics.py reencode"
+    ):
         decode.read_frames(path, [3], "decord")
+    assert decode.fallback_reason(path) == ""  # no fallback was asked for
     clip = decode.read_frames(path, [3, 11], "decord", fallback="pyav")
     ref = sequential_frames(path)
     assert mean_abs_diff(clip[0], ref[3]) < 1.0 and mean_abs_diff(clip[1], ref[11]) < 1.0
+    assert decode.fallback_reason(path).startswith("read with pyav: decord cannot decode its av1 video")
+    assert len(opened) == 2
+    again = decode.read_frames(path, [5], "decord", fallback="pyav")
+    assert len(opened) == 2 and mean_abs_diff(again[0], ref[5]) < 1.0  # straight to the fallback
 
 
 @pytest.mark.parametrize("backend", ["decord", "pyav", pytest.param("torchcodec", marks=needs_torchcodec)])

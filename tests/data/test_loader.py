@@ -8,7 +8,7 @@ from aim_video.config import load_config
 from aim_video.data import decode
 from aim_video.data.annotations import AnnotationError, VideoRecord, write_lines
 from aim_video.data.loader import FailureLog, build_eval_loader, build_train_loader, set_epoch
-from tests.data.conftest import decoded_frame_index, installed_backends, make_corrupt_corpus
+from tests.data.conftest import decoded_frame_index, frame_code_video, installed_backends, make_corrupt_corpus
 from tests.data.videos import HangOnNameReader
 
 
@@ -36,9 +36,10 @@ def test_train_batches_follow_the_contract(video_dir):
     batches = list(loader)
     assert len(batches) == 3  # 6 videos, 2 per batch
     b = batches[0]
-    assert set(b) == {"video", "label", "index", "failures"}
+    assert set(b) == {"video", "label", "index", "failures", "fallbacks"}
     assert b["video"].dtype == torch.uint8 and b["video"].shape == (2, 4, 3, 32, 32)
-    assert b["label"].dtype == torch.int64 and b["index"].dtype == torch.int64 and b["failures"] == []
+    assert b["label"].dtype == torch.int64 and b["index"].dtype == torch.int64
+    assert b["failures"] == [] and b["fallbacks"] == []
     seen = torch.cat([x["index"] for x in batches]).tolist()
     assert sorted(seen) == list(range(6))
     recs = loader.dataset.records
@@ -203,6 +204,23 @@ def test_corrupt_corpus_training_epoch_counts_every_failure(tmp_path, workers, b
     # each bad video failed at least once and every failure string names a reason
     assert all(": " in f and f.split(": ", 1)[1] for f in log.reasons)
     assert log.summary()["failed_loads"] >= len(expected_bad)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_videos_read_through_the_fallback_are_reported_not_failed(video_dir, tmp_path, workers):
+    """An AV1 video (decord cannot decode it) is trained on through PyAV, and every batch that holds it says so,
+    so an epoch can report how much of the data set takes the slow road."""
+    av1 = str(tmp_path / "av1.mkv")
+    decode.write_video(av1, frame_code_video(24, 48, 64), fps=25, codec="libsvtav1")
+    lst = str(tmp_path / "train.txt")
+    write_lines(lst, [f"{video_dir}/archery/v0.mp4 0", f"{av1} 1", f"{video_dir}/bowling/v1.mp4 1"])
+    loader = build_train_loader(tiny_cfg(lst, batch_size=1, num_workers=workers, persistent_workers=False), 0, 1)
+    set_epoch(loader, 0)
+    batches = list(loader)
+    assert sorted(int(b["index"]) for b in batches) == [0, 1, 2] and all(b["failures"] == [] for b in batches)
+    reports = [f for b in batches for f in b["fallbacks"]]
+    assert len(reports) == 1 and reports[0].startswith(f"{av1}: read with pyav: decord cannot decode its av1 video")
+    assert [b["fallbacks"] != [] for b in batches] == [int(b["index"]) == 1 for b in batches]
 
 
 @pytest.mark.parametrize("backend", installed_backends())
