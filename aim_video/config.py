@@ -42,6 +42,7 @@ class DataConfig:
     num_threads: int = 1  # decoder threads per reader (1 when many workers run)
     read_timeout_s: float = 60.0  # per-item watchdog in training; a slower read counts as a failed video
     verify_report: str = ""  # JSON from `tools/prepare_kinetics.py verify`: true frame counts
+    inexact_videos: str = "fail"  # fail | drop | keep: listed videos the report found returning wrong frames
     # sampling
     sampling: str = "dense"  # dense (clip_len x stride) | uniform (TSN segments)
     num_frames: int = 8

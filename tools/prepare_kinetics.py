@@ -12,7 +12,8 @@
 
     # 2b. or keep the originals: check random access against one sequential decode, per video (exact / shifted /
     # corrupt_after_seek / short / hangs / unreadable); resumable; report.json + report.csv, whose true frame
-    # counts are what training samples from (data.verify_report=...)
+    # counts are what training samples from (data.verify_report=...); with the report, training and evaluation
+    # refuse videos it found returning wrong frames for data.backend (data.inexact_videos=fail|drop|keep)
     python tools/prepare_kinetics.py verify --list /data/k400/lists/train.txt --root /data/k400/videos \\
         --report /data/k400/lists/train_verify.json --backend decord --jobs 8 --timeout 300
     # ... then re-encode the videos that are not exact (originals untouched), verify the copies, relist

@@ -30,13 +30,21 @@ several ranks a DistributedSampler pads the last batch with repeats; `batch["ind
 from __future__ import annotations
 
 import logging
+import os
 from collections import Counter
 
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 from aim_video.config import Config
-from aim_video.data.annotations import AnnotationError, Annotations, kinetics_classes, load_annotations, read_class_map
+from aim_video.data.annotations import (
+    AnnotationError,
+    Annotations,
+    VideoRecord,
+    kinetics_classes,
+    load_annotations,
+    read_class_map,
+)
 from aim_video.data.dataset import CollateEval, MultiViewDataset, TrainClipDataset, collate_train
 from aim_video.data.transforms import build_eval_transform, build_train_transform
 
@@ -77,22 +85,67 @@ def _loader_kwargs(cfg: Config) -> dict:
     return kwargs
 
 
-def frame_counts(cfg: Config) -> dict[str, int]:
-    """{absolute path: frames that really decode} from data.verify_report ({} when none is set)."""
-    if not cfg.data.verify_report:
-        return {}
-    from aim_video.data.verify import load_frame_counts
-
-    return load_frame_counts(cfg.data.verify_report)
+INEXACT_POLICIES = ("fail", "drop", "keep")
 
 
-def _read_kwargs(cfg: Config) -> dict:
+def apply_verify_report(cfg: Config, records: list[VideoRecord], what: str) -> tuple[list[VideoRecord], dict]:
+    """(records, {absolute path: frames that really decode}) under data.verify_report ({} without one).
+
+    The report also says which videos return wrong frames on random access with the backend it was made for
+    (`shifted`, `corrupt_after_seek`). When that backend (and torchcodec seek mode) is data.backend's, such videos
+    among `records` are handled by data.inexact_videos: `fail` (the default: training on wrong frames is silent
+    otherwise), `drop` them (logged), or `keep` them (logged). A report made for another backend gives only counts.
+    """
+    d = cfg.data
+    if d.inexact_videos not in INEXACT_POLICIES:
+        raise ValueError(f"data.inexact_videos must be one of {', '.join(INEXACT_POLICIES)}, got {d.inexact_videos!r}")
+    if not d.verify_report:
+        return records, {}
+    from aim_video.data.verify import WRONG_FRAMES, read_report
+
+    header, checks = read_report(d.verify_report)
+    counts = {os.path.abspath(c.path): c.decoded_frames for c in checks if c.decoded_frames > 0}
+    same_reads = header["backend"] == d.backend and (d.backend != "torchcodec" or header["seek_mode"] == d.seek_mode)
+    if not same_reads:
+        made_for = header["backend"] + (f"/{header['seek_mode']}" if header["backend"] == "torchcodec" else "")
+        log.warning(
+            "%s was made for %s, not data.backend=%s: its frame counts are used, but whether %s reads these videos "
+            "exactly is unchecked (run verify with --backend %s)",
+            *(d.verify_report, made_for or "an unknown backend", d.backend, d.backend, d.backend),
+        )
+        return records, counts
+    wrong = {os.path.abspath(c.path): c for c in checks if c.status in WRONG_FRAMES}
+    hits = [r for r in records if os.path.abspath(r.path) in wrong]
+    if not hits:
+        return records, counts
+    examples = "; ".join(
+        f"{r.path} ({wrong[os.path.abspath(r.path)].status}: {wrong[os.path.abspath(r.path)].reason})" for r in hits[:3]
+    )
+    summary = (
+        f"{what}: {len(hits)} of {len(records)} videos return wrong frames on random access with {d.backend} "
+        f"according to {d.verify_report}, e.g. {examples}"
+    )
+    fix = (
+        f"Re-encode them with `tools/prepare_kinetics.py repair --report {d.verify_report}` (see its --help) "
+        "and use the list it writes"
+    )
+    if d.inexact_videos == "fail":
+        raise AnnotationError(f"{summary}. {fix}; or set data.inexact_videos=drop (or keep)")
+    if d.inexact_videos == "drop":
+        log.warning("%s; dropped (data.inexact_videos=drop)", summary)
+        gone = {r.path for r in hits}
+        return [r for r in records if r.path not in gone], counts
+    log.warning("%s; kept (data.inexact_videos=keep): their clips hold other frames than sampled", summary)
+    return records, counts
+
+
+def _read_kwargs(cfg: Config, counts: dict) -> dict:
     d = cfg.data
     return {
         "backend": d.backend,
         "fallback_backend": d.fallback_backend,
         "num_threads": d.num_threads,
-        "frame_counts": frame_counts(cfg),
+        "frame_counts": counts,
         "seek_mode": d.seek_mode,
         "decode_device": d.decode_device,
         "timeout_s": d.read_timeout_s,
@@ -105,9 +158,10 @@ def build_train_dataset(cfg: Config) -> TrainClipDataset:
         d.input_size, d.rrc_scale, d.rrc_ratio, d.flip, d.rand_augment_n, d.rand_augment_m, d.random_erasing,
         d.color_jitter, d.mean,
     )  # fmt: skip
+    records, counts = apply_verify_report(cfg, load_split(cfg, "train").records, "data.train_list")
     return TrainClipDataset(
-        load_split(cfg, "train").records, transform, d.sampling, d.num_frames, d.frame_stride, d.short_video,
-        repeated_aug=d.repeated_aug, max_retries=d.max_retries, **_read_kwargs(cfg),
+        records, transform, d.sampling, d.num_frames, d.frame_stride, d.short_video,
+        repeated_aug=d.repeated_aug, max_retries=d.max_retries, **_read_kwargs(cfg, counts),
     )  # fmt: skip
 
 
@@ -151,9 +205,10 @@ def set_epoch(loader: DataLoader, epoch: int) -> None:
 def build_eval_dataset(cfg: Config, split: str = "val") -> MultiViewDataset:
     d = cfg.data
     transform = build_eval_transform(d.test_short_side, d.input_size, d.test_num_crops)
+    records, counts = apply_verify_report(cfg, load_split(cfg, split).records, f"data.{split}_list")
     return MultiViewDataset(
-        load_split(cfg, split).records, transform, d.sampling, d.num_frames, d.frame_stride, d.test_num_clips,
-        d.short_video, **_read_kwargs(cfg),
+        records, transform, d.sampling, d.num_frames, d.frame_stride, d.test_num_clips,
+        d.short_video, **_read_kwargs(cfg, counts),
     )  # fmt: skip
 
 

@@ -339,11 +339,21 @@ def write_report(checks: list[VideoCheck], json_path: str, backend: str = "", se
     return csv_path
 
 
-def load_report(json_path: str) -> list[VideoCheck]:
+WRONG_FRAMES = ("shifted", "corrupt_after_seek")  # statuses whose reads silently return other frames
+
+
+def read_report(json_path: str) -> tuple[dict, list[VideoCheck]]:
+    """({"backend", "seek_mode"} the report was made with, its per-video checks)."""
     if not os.path.isfile(json_path):
         raise FileNotFoundError(f"verify report not found: {json_path} (run `tools/prepare_kinetics.py verify`)")
     with open(json_path) as f:
-        return [VideoCheck(**row) for row in json.load(f)["videos"]]
+        report = json.load(f)
+    header = {"backend": report.get("backend", ""), "seek_mode": report.get("seek_mode", "")}
+    return header, [VideoCheck(**row) for row in report["videos"]]
+
+
+def load_report(json_path: str) -> list[VideoCheck]:
+    return read_report(json_path)[1]
 
 
 def load_frame_counts(json_path: str) -> dict[str, int]:

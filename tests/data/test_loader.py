@@ -9,7 +9,7 @@ from aim_video.data import decode
 from aim_video.data.annotations import AnnotationError, VideoRecord, write_lines
 from aim_video.data.loader import FailureLog, build_eval_loader, build_train_loader, set_epoch
 from tests.data.conftest import decoded_frame_index, frame_code_video, installed_backends, make_corrupt_corpus
-from tests.data.videos import HangOnNameReader
+from tests.data.videos import HangOnNameReader, false_keyframes, make_h264
 
 
 def tiny_cfg(train_list: str, val_list: str = "", **data):
@@ -292,3 +292,39 @@ def test_a_read_that_hangs_is_reported_unreadable_in_evaluation(video_dir, tmp_p
     errors = [e for b in batches for e in b["errors"]]
     assert [int(i) for b in batches for i in b["index"]] == [0]  # never substituted
     assert [(int(i), p) for i, p, _ in errors] == [(1, hang)] and "read took longer than 1 s" in errors[0][2]
+
+
+def test_a_verify_report_stops_training_on_videos_that_return_wrong_frames(tmp_path, caplog):
+    """data.verify_report gives true frame counts, and names the videos whose random access returns other frames
+    with this backend: by default training and evaluation refuse them, `drop` leaves them out, `keep` warns."""
+    from aim_video.data import verify
+
+    clean = make_h264(str(tmp_path / "clean.mp4"), n=60, gop=50)
+    broken = false_keyframes(clean, str(tmp_path / "broken.mp4"), at=(20,))  # decord reads from frame 20 are wrong
+    lst = str(tmp_path / "train.txt")
+    write_lines(lst, [f"{clean} 0", f"{broken} 1"])
+    checks = verify.verify_videos([clean, broken], "decord", progress=False)
+    assert [c.status for c in checks] == ["exact", "corrupt_after_seek"]
+    report = str(tmp_path / "verify.json")
+    verify.write_report(checks, report, "decord", "exact")
+
+    cfg = tiny_cfg(lst, batch_size=1, verify_report=report)
+    for build in (lambda c: build_train_loader(c, 0, 1), lambda c: build_eval_loader(c, "val", 0, 1)):
+        with pytest.raises(
+            AnnotationError, match=r"1 of 2 videos return wrong frames .*broken.mp4 \(corrupt_after_seek"
+        ):
+            build(cfg)
+    with pytest.raises(AnnotationError, match="prepare_kinetics.py repair --report"):
+        build_train_loader(cfg, 0, 1)
+    dropped = build_train_loader(tiny_cfg(lst, batch_size=1, verify_report=report, inexact_videos="drop"), 0, 1)
+    assert [r.path for r in dropped.dataset.records] == [clean]
+    assert dropped.dataset.frame_counts == {clean: 60, broken: 60}
+    kept = build_eval_loader(tiny_cfg(lst, verify_report=report, inexact_videos="keep"), "val", 0, 1)
+    assert [r.path for r in kept.dataset.records] == [clean, broken] and "kept" in caplog.text
+    # a report made with another backend says nothing about decord's reads: its counts are used, with a warning
+    verify.write_report(checks, report, "pyav", "exact")
+    caplog.clear()
+    other = build_train_loader(cfg, 0, 1)
+    assert len(other.dataset.records) == 2 and "made for pyav, not data.backend=decord" in caplog.text
+    with pytest.raises(ValueError, match="data.inexact_videos must be one of fail, drop, keep"):
+        build_train_loader(tiny_cfg(lst, batch_size=1, verify_report=report, inexact_videos="skip"), 0, 1)
