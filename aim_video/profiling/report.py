@@ -24,10 +24,13 @@ def verdict(
     configured_workers: int,
     cpu_cores_per_rank: int,
     threshold: float = WAIT_THRESHOLD,
+    faster_backend: str = "",
 ) -> dict[str, Any]:
     """Loader- or compute-bound from the measured data wait; workers needed from the sweep's per-worker rate.
 
-    `loader` rows carry `workers` and `clips_per_s`. Returns the bound, the numbers behind it and one sentence.
+    `loader` rows carry `workers` and `clips_per_s`. `faster_backend`: a decoding backend installed here that reads
+    faster than the configured one (named when decoding is what falls short). Returns the bound, the numbers behind
+    it and one sentence.
     """
     bound = "loader" if data_wait_share > threshold else "compute"
     rows = [r for r in loader if r["workers"] > 0 and r["clips_per_s"] > 0]
@@ -46,7 +49,9 @@ def verdict(
         if needed > cpu_cores_per_rank:
             text += (
                 f". That is more than the {cpu_cores_per_rank} CPU core(s) per rank: make decoding cheaper (videos "
-                "pre-resized to the short side, fixed keyframe interval) or give each accelerator more cores"
+                "pre-resized to the short side, fixed keyframe interval: tools/prepare_kinetics.py reencode"
+                + (f"; data.backend={faster_backend}" if faster_backend else "")
+                + ") or give each accelerator more cores"
             )
         elif bound == "loader" and needed > configured_workers:
             text += f": raise data.num_workers from {configured_workers} to {needed}"

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from aim_video.config import Config, to_dict
+from aim_video.data import decode
 from aim_video.engine.deepspeed_setup import model_dtype
 from aim_video.models.build import build_model
 from aim_video.profiling import plots
@@ -129,7 +130,13 @@ def run_profile(cfg: Config, out_dir: str, trace: bool = False, log: Callable[[s
         "end_to_end": e2e,
     }
     result["verdict"] = verdict(
-        e2e["data_wait_share"], e2e["compute_clips_per_s"], loader_rows, d.num_workers, cores_per_rank(device)
+        e2e["data_wait_share"],
+        e2e["compute_clips_per_s"],
+        loader_rows,
+        d.num_workers,
+        cores_per_rank(device),
+        # torchcodec reads 1.04-1.56x decord's clips/s (docs/benchmarks.md "Loader"), where FFmpeg's libraries are
+        faster_backend="torchcodec" if d.backend == "decord" and not decode.torchcodec_unavailable() else "",
     )
     result["resolved_config"] = to_dict(cfg)
     os.makedirs(out_dir, exist_ok=True)

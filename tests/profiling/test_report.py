@@ -29,7 +29,9 @@ def test_threshold_is_the_boundary_and_cores_cap_is_named() -> None:
     assert verdict(0.11, 5.0, LOADER, 1, 8)["bound"] == "loader"
     v = verdict(0.5, 100.0, LOADER, 2, cpu_cores_per_rank=4)
     assert v["workers_needed"] == 10
-    assert "more than the 4 CPU core(s) per rank" in v["text"]
+    assert "more than the 4 CPU core(s) per rank" in v["text"] and "backend" not in v["text"]
+    v = verdict(0.5, 100.0, LOADER, 2, cpu_cores_per_rank=4, faster_backend="torchcodec")
+    assert "prepare_kinetics.py reencode; data.backend=torchcodec)" in v["text"]
 
 
 def test_format_table_aligns_columns() -> None:
