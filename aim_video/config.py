@@ -96,6 +96,7 @@ class ModelConfig:
     head_dropout: float = 0.5
     grad_checkpointing: bool = False
     compile: bool = False
+    temporal_attention: str = "sdpa"  # sdpa | math | matmul | reduce: how AIM's attention over T is computed
     # baselines (read only by their method)
     lora_rank: int = 8  # lora: rank of the update on every block's attn.qkv and attn.proj
     lora_alpha: float = 16.0  # lora: the update is scaled by alpha / rank

@@ -209,6 +209,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--dtypes", default="fp32,bf16")
     parser.add_argument("--variants", default="a,b,c")
     parser.add_argument("--compile", action="store_true", help="compile (a) and (c) as model.compile=true does")
+    parser.add_argument(
+        "--temporal-attention",
+        default="sdpa",
+        help="comma-separated model.temporal_attention values: (a) and (c) are timed with each, side by side",
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--json", default="", help="write the results here too")
     args = parser.parse_args(argv)
@@ -234,6 +239,7 @@ def main(argv: list[str] | None = None) -> dict:
         aim.compile_blocks()
     results = {"config": vars(args), "device": str(device), "max_abs_diff_a_b_fp32": diff, "rows": []}
     dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+    impls = args.temporal_attention.split(",")
     for variant in args.variants.split(","):
         model, params = (authors, trainable) if variant == "b" else (aim, trainable)
         if variant == "c":
@@ -241,13 +247,17 @@ def main(argv: list[str] | None = None) -> dict:
             for p in params:
                 p.requires_grad_(True)
             flops["c"] = step_flops(aim, video, labels)
-        for dtype_name in args.dtypes.split(","):
-            for ckpt in (False, True):
-                model.set_grad_checkpointing(ckpt)
-                seconds, peak = measure(model, params, video, labels, dtypes[dtype_name], args.steps, args.warmup)
-                row = dict(variant=variant, dtype=dtype_name, ckpt=ckpt, step_s=round(seconds, 4), peak_mib=peak)
-                results["rows"].append(row)
-                print(json.dumps(row), flush=True)
+        for impl in ["-"] if variant == "b" else impls:  # (b) computes its attention its own way
+            for blk in aim.backbone.blocks:
+                blk.temporal_attention = impl if impl != "-" else "sdpa"
+            for dtype_name in args.dtypes.split(","):
+                for ckpt in (False, True):
+                    model.set_grad_checkpointing(ckpt)
+                    seconds, peak = measure(model, params, video, labels, dtypes[dtype_name], args.steps, args.warmup)
+                    row = dict(variant=variant, attn=impl, dtype=dtype_name, ckpt=ckpt)
+                    row.update(step_s=round(seconds, 4), peak_mib=peak)
+                    results["rows"].append(row)
+                    print(json.dumps(row), flush=True)
         aim.freeze()
     results["ratios"] = _ratios(results["rows"])
     results["step_gflops"] = {k: round(v / 1e9, 1) for k, v in flops.items()}
@@ -261,19 +271,26 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def _ratios(rows: list[dict]) -> dict[str, float]:
-    """a/b and a/c time and memory per (dtype, ckpt); checkpointing's memory ratio per (variant, dtype)."""
-    by = {(r["variant"], r["dtype"], r["ckpt"]): r for r in rows}
+    """a/b and a/c time and memory per (dtype, ckpt), a and c with the same temporal attention; each temporal
+    attention's (a) time against the first one's; checkpointing's memory ratio per (variant, dtype)."""
+    by = {(r["variant"], r["attn"], r["dtype"], r["ckpt"]): r for r in rows}
+    first = next((r["attn"] for r in rows if r["variant"] == "a"), None)
     out = {}
-    for (variant, dtype, ckpt), row in by.items():
-        tag = f"{dtype},ckpt={'on' if ckpt else 'off'}"
-        for other in ("b", "c"):
-            if variant == "a" and (other, dtype, ckpt) in by:
-                ref = by[(other, dtype, ckpt)]
+    for (variant, attn, dtype, ckpt), row in by.items():
+        tag = f"{dtype},ckpt={'on' if ckpt else 'off'}" + ("" if attn in ("-", "sdpa") else f",{attn}")
+        for other, other_attn in (("b", "-"), ("c", attn)):
+            if variant == "a" and (other, other_attn, dtype, ckpt) in by:
+                ref = by[(other, other_attn, dtype, ckpt)]
                 out[f"time a/{other} {tag}"] = round(row["step_s"] / ref["step_s"], 3)
                 out[f"peak a/{other} {tag}"] = round(row["peak_mib"] / ref["peak_mib"], 3)
-        if ckpt and (variant, dtype, False) in by:
-            out[f"peak ckpt on/off {variant},{dtype}"] = round(
-                row["peak_mib"] / by[(variant, dtype, False)]["peak_mib"], 3
+        if variant == "a" and attn != first and ("a", first, dtype, ckpt) in by:
+            ref = by[("a", first, dtype, ckpt)]
+            out[f"time a {attn}/{first} {dtype},ckpt={'on' if ckpt else 'off'}"] = round(
+                row["step_s"] / ref["step_s"], 3
+            )
+        if ckpt and (variant, attn, dtype, False) in by:
+            out[f"peak ckpt on/off {variant},{attn},{dtype}"] = round(
+                row["peak_mib"] / by[(variant, attn, dtype, False)]["peak_mib"], 3
             )
     return out
 

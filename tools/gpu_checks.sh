@@ -1,6 +1,7 @@
 #!/bin/bash
-# The GPU checks in one command (about 6 minutes on an H200), each side by side in one process where it compares:
-#   model step eager and compiled against the authors' computation and full fine-tuning (bench_model), AIM's two
+# The GPU checks in one command (about 8-10 minutes on an H200), each side by side in one process where it compares:
+#   model step eager and compiled against the authors' computation and full fine-tuning, with each way of computing
+#   the temporal attention (bench_model --temporal-attention; the fastest should become the default), AIM's two
 #   attention shapes per implementation (bench_attention), the profiler eager and compiled on generated videos
 #   (MFU, loader, data wait), a short DeepSpeed bf16 run with model.compile=true, and the CUDA tests.
 # Usage: bash tools/gpu_checks.sh OUT_DIR [PYTHON]      (PYTHON defaults to .venv/bin/python, else python3)
@@ -40,9 +41,11 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null
 "$PY" -c "import torch, timm, deepspeed, decord; print('torch', torch.__version__, 'timm', timm.__version__,
 'deepspeed', deepspeed.__version__, 'decord', decord.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else 'no CUDA')"
 
-stamp "bench_model eager, then compiled"
-timeout 120 "$PY" tools/bench_model.py "${BENCH[@]}" --json "$OUT/bench_model_eager.json"
-TORCH_LOGS=recompiles timeout 180 "$PY" tools/bench_model.py "${BENCH[@]}" --compile --json "$OUT/bench_model_compiled.json"
+stamp "bench_model eager (each temporal attention), then compiled (the default and the fusable one)"
+timeout 200 "$PY" tools/bench_model.py "${BENCH[@]}" --temporal-attention sdpa,math,matmul,reduce \
+  --json "$OUT/bench_model_eager.json"
+TORCH_LOGS=recompiles timeout 240 "$PY" tools/bench_model.py "${BENCH[@]}" --compile --temporal-attention sdpa,reduce \
+  --json "$OUT/bench_model_compiled.json"
 
 stamp "bench_attention"
 timeout 120 "$PY" tools/bench_attention.py "${ATTN[@]}" > "$OUT/bench_attention.jsonl"

@@ -20,8 +20,9 @@ from collections.abc import Sequence
 
 import torch
 from einops import rearrange
-from timm.models.vision_transformer import Block, VisionTransformer
+from timm.models.vision_transformer import Attention, Block, VisionTransformer
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.checkpoint import checkpoint
 
 from aim_video.models.adapter import Adapter
@@ -55,6 +56,33 @@ class DropPath(nn.Module):
         return f"rate={self.rate.item():.3f}"
 
 
+# How the temporal branch computes its attention over T frames (the same frozen weights and result every way): the
+# block's own module with torch's default SDPA kernel ("sdpa"), the same under SDPA's math backend ("math"), or the
+# softmax written out over the module's projections, as batched matmuls ("matmul") or as broadcast products summed
+# over the head dimension ("reduce", which a compiler can fuse). Sequences of 8 tokens by the thousand are a shape
+# the fused kernels are not built for: on an H200 the temporal call took 3.7x the spatial one (docs/benchmarks.md,
+# `tools/bench_attention.py`); `tools/gpu_checks.sh` times the model with each.
+TEMPORAL_ATTENTION = ("sdpa", "math", "matmul", "reduce")
+
+
+def attend_written_out(attn: Attention, x: torch.Tensor, core: str) -> torch.Tensor:
+    """``attn(x)`` for timm's plain ``Attention`` with the softmax written out (``core``: matmul | reduce).
+
+    Scores and softmax in float32; everything else as timm computes it (qkv, q/k norms, output norm, proj).
+    """
+    b, n, _ = x.shape
+    q, k, v = attn.qkv(x).reshape(b, n, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+    q, k = attn.q_norm(q) * attn.scale, attn.k_norm(k)  # [B, H, N, d]
+    if core == "matmul":
+        probs = (q @ k.transpose(-2, -1)).float().softmax(-1).to(v.dtype)
+        out = probs @ v
+    else:
+        probs = (q.unsqueeze(-2) * k.unsqueeze(-3)).float().sum(-1).softmax(-1).to(v.dtype)  # [B, H, N, N]
+        out = (probs.unsqueeze(-1) * v.unsqueeze(-3)).sum(-2)
+    out = attn.norm(out.transpose(1, 2).reshape(b, n, attn.attn_dim))
+    return attn.proj_drop(attn.proj(out))
+
+
 class AIMBlock(nn.Module):
     """A frozen pre-norm timm ``Block`` with AIM's temporal, spatial and joint adapters around it.
 
@@ -74,8 +102,13 @@ class AIMBlock(nn.Module):
         num_temporal_adapters: int = 1,
         mlp_adapter_scale: float = 0.5,
         drop_path: float | None = None,
+        temporal_attention: str = "sdpa",
     ) -> None:
         super().__init__()
+        if temporal_attention not in TEMPORAL_ATTENTION:
+            raise ValueError(
+                f"model.temporal_attention must be one of {', '.join(TEMPORAL_ATTENTION)}, got {temporal_attention!r}"
+            )
         if type(block) is not Block:
             raise TypeError(
                 f"AIM adapts timm's pre-norm vision_transformer.Block, got {type(block).__name__}; "
@@ -97,6 +130,14 @@ class AIMBlock(nn.Module):
         self.s_adapter = Adapter(dim, ratio, skip=True) if spatial else nn.Identity()
         self.mlp_adapter = Adapter(dim, ratio, skip=False) if joint else None
         self.mlp_adapter_scale = mlp_adapter_scale
+        self.temporal_attention = temporal_attention
+        if temporal_attention in ("matmul", "reduce") and (
+            type(self.attn) is not Attention or getattr(self.attn, "gate", None) is not None or self.attn.attn_drop.p
+        ):
+            raise ValueError(
+                f"model.temporal_attention={temporal_attention} writes out timm's plain Attention (no gate, no "
+                "attention dropout); use sdpa with this backbone"
+            )
         # None: no stochastic depth; a rate (0 too, so every block of a scheduled model shares one compiled graph)
         self.drop_path = DropPath(drop_path) if drop_path is not None else nn.Identity()
 
@@ -108,7 +149,7 @@ class AIMBlock(nn.Module):
             xt = self.norm1(xt)
             if self.t_adapter_in is not None:
                 xt = self.t_adapter_in(xt)
-            xt = self.t_adapter(self.attn(xt))  # the block's own frozen attention over the T axis
+            xt = self.t_adapter(self.temporal_attend(xt))  # the block's own frozen attention over the T axis
             xt = rearrange(xt, "(b n) t d -> (b t) n d", n=n)  # [B*T, N, D]
             x = x + self.drop_path(xt)
         x = x + self.ls1(self.s_adapter(self.attn(self.norm1(x))))  # spatial: over the N axis, adapter with skip
@@ -118,6 +159,15 @@ class AIMBlock(nn.Module):
         else:
             x = x + self.ls2(self.mlp(h))
         return x
+
+    def temporal_attend(self, xt: torch.Tensor) -> torch.Tensor:
+        """The block's frozen attention over ``xt`` [B*N, T, D], computed the `temporal_attention` way."""
+        if self.temporal_attention == "sdpa":
+            return self.attn(xt)
+        if self.temporal_attention == "math":
+            with sdpa_kernel(SDPBackend.MATH):
+                return self.attn(xt)
+        return attend_written_out(self.attn, xt, self.temporal_attention)
 
 
 class AIMVisionTransformer(VideoModelMixin, nn.Module):
@@ -143,6 +193,7 @@ class AIMVisionTransformer(VideoModelMixin, nn.Module):
         temporal_embedding: bool = True,
         drop_path_rate: float = 0.2,
         head_dropout: float = 0.5,
+        temporal_attention: str = "sdpa",
     ) -> None:
         super().__init__()
         check_backbone(backbone)
@@ -161,6 +212,7 @@ class AIMVisionTransformer(VideoModelMixin, nn.Module):
                     num_temporal_adapters=num_temporal_adapters,
                     mlp_adapter_scale=mlp_adapter_scale,
                     drop_path=rates[i],
+                    temporal_attention=temporal_attention,
                 )
                 for i, blk in enumerate(backbone.blocks)
             ]

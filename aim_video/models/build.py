@@ -89,7 +89,7 @@ def check_method(cfg: ModelConfig) -> None:
     if cfg.method == "aim":
         return
     defaults = ModelConfig()
-    aim_only = ("adapter_layers", "num_temporal_adapters")
+    aim_only = ("adapter_layers", "num_temporal_adapters", "temporal_attention")
     changed = [f"model.{key}={getattr(cfg, key)!r}" for key in aim_only if getattr(cfg, key) != getattr(defaults, key)]
     if changed:
         raise ValueError(
@@ -148,6 +148,7 @@ def build_model(cfg: ModelConfig, num_frames: int) -> VideoModel:
             temporal_embedding=cfg.temporal_embedding,
             drop_path_rate=cfg.drop_path_rate,
             head_dropout=cfg.head_dropout,
+            temporal_attention=cfg.temporal_attention,
         )
     if cfg.pretrained:
         load_pretrained(model, cfg.pretrained)

@@ -129,6 +129,33 @@ def test_block_ablation_switches_and_scale() -> None:
     assert (outs[0.5] - outs[0.0]).abs().max() > 1e-3
 
 
+@pytest.mark.parametrize("impl", ["math", "matmul", "reduce"])
+@pytest.mark.parametrize("arch", ["vit_base_patch16_clip_quickgelu_224", TIMM_ARCH])
+def test_every_temporal_attention_computes_the_same(impl: str, arch: str) -> None:
+    """model.temporal_attention changes how the attention over T is computed, never what: outputs and gradients
+    equal the default's (the module's own SDPA call) in fp32, and stay close under bf16 autocast."""
+    ref_model = aim_from(random_vit(arch))
+    perturb_adapters(ref_model)
+    other = aim_from(random_vit(arch), temporal_attention=impl)
+    other.load_state_dict(ref_model.state_dict())
+    assert {blk.temporal_attention for blk in other.backbone.blocks} == {impl}
+    video = _video()
+    ref_out, ref_grads = _loss_and_grads(ref_model, video, checkpointing=False)
+    out, grads = _loss_and_grads(other, video, checkpointing=False)
+    assert (out - ref_out).abs().max() < 1e-5 * max(1.0, ref_out.abs().max().item())
+    assert grads.keys() == ref_grads.keys()
+    for name, grad in grads.items():
+        assert (grad - ref_grads[name]).abs().max() <= 1e-4 * max(1.0, ref_grads[name].abs().max().item()), name
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        low = other(video)
+    assert (low.float() - ref_out).abs().max() < 0.05 * ref_out.abs().max()
+
+
+def test_temporal_attention_is_checked() -> None:
+    with pytest.raises(ValueError, match="model.temporal_attention must be one of sdpa, math, matmul, reduce"):
+        aim_from(random_vit(), temporal_attention="flash")
+
+
 def test_block_rejects_non_prenorm_blocks() -> None:
     from timm.models.vision_transformer import ResPostBlock
 

@@ -142,6 +142,8 @@ def test_unknown_method_and_aim_only_settings_fail_naming_the_key() -> None:
         build_model(tiny_cfg(method="prompt"), NUM_FRAMES)
     with pytest.raises(ValueError, match=r"model.adapter_layers='top:1' only applies to model.method=aim"):
         build_model(tiny_cfg(method="lora", adapter_layers="top:1"), NUM_FRAMES)
+    with pytest.raises(ValueError, match=r"model.temporal_attention='reduce' only applies to model.method=aim"):
+        build_model(tiny_cfg(method="linear_probe", temporal_attention="reduce"), NUM_FRAMES)
     with pytest.raises(ValueError, match=r"model.lora_rank must be >= 1"):
         build_model(tiny_cfg(method="lora", lora_rank=0), NUM_FRAMES)
     with pytest.raises(ValueError, match=r"model.prompt_tokens must be >= 1"):

@@ -43,11 +43,17 @@ def test_live_tensor_peak_counts_activations_and_grads() -> None:
 def test_bench_runs_end_to_end_and_reports_ratios(tmp_path) -> None:
     out = tmp_path / "bench.json"
     args = ["--vit-kwargs", TINY, "--img-size", "32", "--frames", "4", "--batch", "2", "--steps", "1"]
-    results = main([*args, "--warmup", "0", "--dtypes", "fp32", "--json", str(out)])
+    results = main(
+        [*args, "--warmup", "0", "--dtypes", "fp32", "--json", str(out), "--temporal-attention", "sdpa,reduce"]
+    )
     assert out.exists() and results["max_abs_diff_a_b_fp32"] <= 1e-4
-    assert len(results["rows"]) == 6  # 3 variants x checkpointing off/on
-    rows = {(r["variant"], r["ckpt"]): r for r in results["rows"]}
+    # (a) and (c) with each temporal attention, (b) its own way; checkpointing off/on
+    assert [(r["variant"], r["attn"]) for r in results["rows"][::2]] == [
+        ("a", "sdpa"), ("a", "reduce"), ("b", "-"), ("c", "sdpa"), ("c", "reduce")
+    ]  # fmt: skip
+    rows = {(r["variant"], r["ckpt"]): r for r in results["rows"] if r["attn"] in ("sdpa", "-")}
     assert rows[("a", True)]["peak_mib"] < rows[("a", False)]["peak_mib"]
     assert rows[("a", False)]["peak_mib"] < rows[("c", False)]["peak_mib"]  # grads + AdamW state for all weights
     assert results["step_gflops"]["a"] < results["step_gflops"]["c"]
-    assert "time a/b fp32,ckpt=off" in results["ratios"]
+    assert "time a/b fp32,ckpt=off" in results["ratios"] and "time a/c fp32,ckpt=off,reduce" in results["ratios"]
+    assert "time a reduce/sdpa fp32,ckpt=off" in results["ratios"]
