@@ -247,7 +247,7 @@ def to_rgb(frame: Any) -> np.ndarray:
 
 
 def iter_decoded(container: Any, rgb: bool = True) -> Iterator[Any]:
-    """Decode the first video stream from the start, in presentation order, skipping packets that fail to decode.
+    """Decode the main video stream from the start, in presentation order, skipping packets that fail to decode.
 
     This is the reference: it never seeks, so it does not depend on the container's seek points or frame count.
     Yields upright RGB uint8 [H, W, 3] arrays (`to_rgb`), or the raw `av.VideoFrame` with `rgb=False`.
