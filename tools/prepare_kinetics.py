@@ -163,7 +163,16 @@ def cmd_verify(args: argparse.Namespace) -> int:
     os.remove(journal)
     counts = verify.summarize(checks)
     print(", ".join(f"{k} {v}" for k, v in counts.items()) + f" -> {args.report}, {csv_path}")
-    return 0 if counts["exact"] == len(checks) else 1
+    if counts["exact"] == len(checks):
+        return 0
+    print("\n".join(verify.explain(checks)))
+    print(
+        "re-encode those (originals untouched; `short` ones also train as they are, from the report's counts):\n"
+        f"  python tools/prepare_kinetics.py repair --report {args.report} --list {args.list}"
+        + (f" --root {args.root}" if args.root else "")
+        + " --out-root DIR --out-list NEW_LIST"
+    )
+    return 1
 
 
 def add_repair(sub: argparse._SubParsersAction) -> None:

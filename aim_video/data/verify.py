@@ -309,6 +309,20 @@ def summarize(checks: list[VideoCheck]) -> dict[str, int]:
     return {status: counts.get(status, 0) for status in STATUSES}
 
 
+def explain(checks: list[VideoCheck], examples: int = 2) -> list[str]:
+    """Lines naming, per status that is not `exact`, how many videos and an example or two ("path: reason")."""
+    lines = []
+    for status in STATUSES[1:]:
+        hits = [c for c in checks if c.status == status]
+        if hits:
+            shown = "; ".join(f"{c.path}: {c.reason}" for c in hits[:examples])
+            lines.append(
+                f"  {status} {len(hits)}: {shown}"
+                + (f" (+{len(hits) - examples} more)" if len(hits) > examples else "")
+            )
+    return lines
+
+
 def _atomic_write(path: str, write: Callable) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp{os.getpid()}"

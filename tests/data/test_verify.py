@@ -215,7 +215,7 @@ def test_repair_makes_every_backend_exact(files, tmp_path):
                 assert mean_abs_diff(clip[k], ref[i]) < 1.0, (copy, backend, opts, i)
 
 
-def test_verify_and_repair_subcommands(files, tmp_path):
+def test_verify_and_repair_subcommands(files, tmp_path, capsys):
     from tools.prepare_kinetics import main
 
     root = os.path.dirname(files["clean"])
@@ -225,6 +225,10 @@ def test_verify_and_repair_subcommands(files, tmp_path):
     report = str(tmp_path / "train_verify.json")
     args = ["--list", str(listing), "--root", root, "--jobs", "2", "--timeout", "60"]
     assert main(["verify", *args, "--report", report]) == 1  # not every video is exact
+    printed = capsys.readouterr().out
+    assert "  corrupt_after_seek 1: " + os.path.join(root, "kf.mp4") + ": " in printed
+    assert "  unreadable 1: " in printed and "gone.mp4" in printed and "  shifted" not in printed
+    assert f"prepare_kinetics.py repair --report {report} --list {listing} --root {root}" in printed
     assert json.load(open(report))["counts"] == {
         "exact": 1, "shifted": 0, "corrupt_after_seek": 1, "short": 1, "hangs": 0, "unreadable": 1
     }  # fmt: skip
