@@ -17,7 +17,11 @@ from __future__ import annotations
 import csv
 import logging
 import os
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import overload
+
+import numpy as np
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +38,47 @@ class VideoRecord:
     path: str  # absolute, or as resolved against the data root
     label: int  # -1 when unlabelled; the first label of a multi-label line
     labels: tuple[int, ...] = ()  # every label of the line (multi-label sets); () when unlabelled
+
+
+class RecordTable(Sequence[VideoRecord]):
+    """The records of a data set as a few numpy arrays, read back as `VideoRecord`s by index.
+
+    DataLoader workers are forked copies of the dataset. A list of Python objects does not stay shared: reading an
+    object writes its reference count, so every worker slowly copies every page the list touches (about 100 MB per
+    worker per pass over Kinetics-700's 545,000 records; docs/benchmarks.md). Arrays of bytes and integers are only
+    read, so their pages stay shared. (mmengine serializes its data lists for the same reason.)
+    """
+
+    def __init__(self, records: Iterable[VideoRecord]):
+        records = list(records)
+        paths = [r.path.encode("utf-8") for r in records]
+        self._path_ends = np.cumsum([len(p) for p in paths], dtype=np.int64)
+        self._paths = np.frombuffer(b"".join(paths), dtype=np.uint8) if paths else np.zeros(0, np.uint8)
+        self._labels = np.array([r.label for r in records], dtype=np.int64)
+        self._label_ends = np.cumsum([len(r.labels) for r in records], dtype=np.int64)
+        self._all_labels = np.array([lbl for r in records for lbl in r.labels], dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self._labels)
+
+    @overload
+    def __getitem__(self, index: int) -> VideoRecord: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[VideoRecord]: ...
+
+    def __getitem__(self, index: int | slice) -> VideoRecord | list[VideoRecord]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        n = len(self)
+        if not -n <= index < n:
+            raise IndexError(f"record {index} out of range for {n} records")
+        i = index % n
+        start = int(self._path_ends[i - 1]) if i else 0
+        path = self._paths[start : int(self._path_ends[i])].tobytes().decode("utf-8")
+        lo = int(self._label_ends[i - 1]) if i else 0
+        labels = tuple(int(v) for v in self._all_labels[lo : int(self._label_ends[i])])
+        return VideoRecord(path, int(self._labels[i]), labels)
 
 
 @dataclass

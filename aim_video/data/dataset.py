@@ -19,7 +19,7 @@ from einops import rearrange
 from torch.utils.data import Dataset, get_worker_info
 
 from aim_video.data import decode, sampling
-from aim_video.data.annotations import VideoRecord
+from aim_video.data.annotations import RecordTable, VideoRecord
 from aim_video.data.transforms import ClipTransform
 
 
@@ -68,7 +68,7 @@ class TrainClipDataset(Dataset):
             raise ValueError(f"data.repeated_aug must be >= 1, got {repeated_aug}")
         if sampling_mode not in sampling.SAMPLING_MODES:
             raise ValueError(f"data.sampling must be one of {sampling.SAMPLING_MODES}, got {sampling_mode!r}")
-        self.records = records
+        self.records = RecordTable(records)  # arrays, not objects: forked workers keep sharing them
         self.transform = transform
         self.sampling_mode = sampling_mode
         self.num_frames = num_frames
@@ -180,7 +180,7 @@ class MultiViewDataset(Dataset):
         decode_device: str = "cpu",
         timeout_s: float = 0.0,
     ):
-        self.records = records
+        self.records = RecordTable(records)  # arrays, not objects: forked workers keep sharing them
         self.transform = transform
         self.sampling_mode = sampling_mode
         self.num_frames = num_frames

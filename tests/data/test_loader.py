@@ -6,7 +6,7 @@ import torch
 
 from aim_video.config import load_config
 from aim_video.data import decode
-from aim_video.data.annotations import AnnotationError, VideoRecord, write_lines
+from aim_video.data.annotations import AnnotationError, RecordTable, VideoRecord, write_lines
 from aim_video.data.loader import FailureLog, build_eval_loader, build_train_loader, set_epoch
 from tests.data.conftest import decoded_frame_index, frame_code_video, installed_backends, make_corrupt_corpus
 from tests.data.videos import HangOnNameReader, false_keyframes, make_h264
@@ -171,7 +171,7 @@ def test_corrupt_corpus_training_epoch_counts_every_failure(tmp_path, workers, b
     loader = build_train_loader(cfg, 0, 1)
     # the missing file is dropped and reported up front; put it back to check the read-time path too
     assert all(r.path != corpus["missing"] for r in loader.dataset.records)
-    loader.dataset.records.append(VideoRecord(corpus["missing"], 0, (0,)))
+    loader.dataset.records = RecordTable([*loader.dataset.records, VideoRecord(corpus["missing"], 0, (0,))])
     from torch.utils.data import DistributedSampler
 
     loader = torch.utils.data.DataLoader(
