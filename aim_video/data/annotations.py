@@ -49,8 +49,11 @@ class RecordTable(Sequence[VideoRecord]):
     read, so their pages stay shared. (mmengine serializes its data lists for the same reason.)
     """
 
-    def __init__(self, records: Iterable[VideoRecord]):
+    def __init__(self, records: Iterable[VideoRecord], frame_counts: dict[str, int] | None = None):
+        """`frame_counts`: {absolute path: frames that really decode} (a verify report), kept per record."""
         records = list(records)
+        counts = frame_counts or {}
+        self._counts = np.array([counts.get(os.path.abspath(r.path), -1) for r in records], dtype=np.int64)
         paths = [r.path.encode("utf-8") for r in records]
         self._path_ends = np.cumsum([len(p) for p in paths], dtype=np.int64)
         self._paths = np.frombuffer(b"".join(paths), dtype=np.uint8) if paths else np.zeros(0, np.uint8)
@@ -79,6 +82,11 @@ class RecordTable(Sequence[VideoRecord]):
         lo = int(self._label_ends[i - 1]) if i else 0
         labels = tuple(int(v) for v in self._all_labels[lo : int(self._label_ends[i])])
         return VideoRecord(path, int(self._labels[i]), labels)
+
+    def frame_count(self, index: int) -> int | None:
+        """The frames that really decode in record `index` (from the verify report), None when not known."""
+        count = int(self._counts[index])
+        return count if count >= 0 else None
 
 
 @dataclass

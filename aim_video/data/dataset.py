@@ -11,8 +11,6 @@ substituted: the item says it failed and why.
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import torch
 from einops import rearrange
@@ -68,7 +66,8 @@ class TrainClipDataset(Dataset):
             raise ValueError(f"data.repeated_aug must be >= 1, got {repeated_aug}")
         if sampling_mode not in sampling.SAMPLING_MODES:
             raise ValueError(f"data.sampling must be one of {sampling.SAMPLING_MODES}, got {sampling_mode!r}")
-        self.records = RecordTable(records)  # arrays, not objects: forked workers keep sharing them
+        # arrays, not objects: forked workers keep sharing them; with the frame counts of a verify report
+        self.records = RecordTable(records, frame_counts)
         self.transform = transform
         self.sampling_mode = sampling_mode
         self.num_frames = num_frames
@@ -79,7 +78,6 @@ class TrainClipDataset(Dataset):
         self.num_threads = num_threads
         self.repeated_aug = repeated_aug
         self.max_retries = max_retries
-        self.frame_counts = frame_counts or {}  # {absolute path: frames that really decode} (verify report)
         self.read_options = {"seek_mode": seek_mode, "device": decode_device, "timeout_s": timeout_s or None}
         self._rng: np.random.Generator | None = None
         self._rng_seed: int | None = None
@@ -109,7 +107,7 @@ class TrainClipDataset(Dataset):
             backend=self.backend,
             num_threads=self.num_threads,
             fallback=self.fallback_backend,
-            num_frames=self.frame_counts.get(os.path.abspath(path)),
+            num_frames=self.records.frame_count(index),
             **self.read_options,
         )  # [T, H, W, C]
         return torch.stack([self.transform(frames) for _ in range(self.repeated_aug)])
@@ -180,7 +178,8 @@ class MultiViewDataset(Dataset):
         decode_device: str = "cpu",
         timeout_s: float = 0.0,
     ):
-        self.records = RecordTable(records)  # arrays, not objects: forked workers keep sharing them
+        # arrays, not objects: forked workers keep sharing them; with the frame counts of a verify report
+        self.records = RecordTable(records, frame_counts)
         self.transform = transform
         self.sampling_mode = sampling_mode
         self.num_frames = num_frames
@@ -190,7 +189,6 @@ class MultiViewDataset(Dataset):
         self.backend = backend
         self.fallback_backend = fallback_backend
         self.num_threads = num_threads
-        self.frame_counts = frame_counts or {}  # {absolute path: frames that really decode} (verify report)
         self.read_options = {"seek_mode": seek_mode, "device": decode_device, "timeout_s": timeout_s or None}
 
     def __len__(self) -> int:
@@ -211,7 +209,7 @@ class MultiViewDataset(Dataset):
             backend=self.backend,
             num_threads=self.num_threads,
             fallback=self.fallback_backend,
-            num_frames=self.frame_counts.get(os.path.abspath(path)),
+            num_frames=self.records.frame_count(index),
             **self.read_options,
         )  # [(k t), H, W, C]
         crops = self.transform(frames)  # [n, (k t), C, S, S]

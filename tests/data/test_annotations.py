@@ -138,6 +138,8 @@ def test_record_table_reads_back_every_record():
     with pytest.raises(IndexError, match="record 3 out of range for 3 records"):
         table[3]
     assert len(RecordTable([])) == 0 and list(RecordTable([])) == []
+    counted = RecordTable(records, {"/data/ssv2/ünïcödé clip.webm": 48, os.path.abspath("relative/unlabelled.mp4"): 9})
+    assert [counted.frame_count(i) for i in range(3)] == [None, 48, 9] and table.frame_count(1) is None
 
 
 def test_record_table_stays_shared_by_forked_workers():
