@@ -12,6 +12,11 @@ set -u
 OUT=${1:?usage: bash tools/gpu_checks.sh OUT_DIR [PYTHON]}
 PY=${2:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)}
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+if [ -f .gpu/site.tgz ] && ! "$PY" -c "import deepspeed" 2>/dev/null; then  # a lent machine: unpack what
+  mkdir -p /tmp/site && tar xzf .gpu/site.tgz -C /tmp &&                   # tools/gpu_carry.sh carried here
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .gpu/whl/*.whl
+  export PYTHONPATH="/tmp/site:$PYTHONPATH"
+fi
 mkdir -p "$OUT"
 exec > >(tee -a "$OUT/all.log") 2>&1
 T0=$(date +%s)
