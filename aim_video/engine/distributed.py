@@ -1,8 +1,9 @@
 """Process-group set-up, small collectives, RNG state capture and the fault points the crash tests use.
 
 `tools/train.py` runs under the `deepspeed` launcher (env vars RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT set by
-it) or as a plain single process; :func:`init_distributed` fills in a one-process world in the second case so the
-same DeepSpeed code path runs both. On a CPU machine (`DS_ACCELERATOR=cpu`) the backend is gloo.
+it), as one task per GPU of a Slurm job step (`srun`; :func:`world_from_slurm` sets the same variables from Slurm's),
+or as a plain single process; :func:`init_distributed` fills in a one-process world in the last case so the same
+DeepSpeed code path runs all three. On a CPU machine (`DS_ACCELERATOR=cpu`) the backend is gloo.
 """
 
 from __future__ import annotations
@@ -59,12 +60,51 @@ def stable_extension_builds() -> str:
     return os.environ["TORCH_EXTENSIONS_DIR"]
 
 
+def first_slurm_host(nodelist: str) -> str:
+    """The first host of a Slurm hostlist: "gpu-[07-09,12],cpu3" -> "gpu-07", "node[1,4]x" -> "node1x"."""
+    depth, first = 0, ""
+    for ch in nodelist:  # the first entry: up to a comma outside brackets
+        depth += (ch == "[") - (ch == "]")
+        if ch == "," and depth == 0:
+            break
+        first += ch
+    if "[" not in first:
+        return first.strip()
+    head, rest = first.split("[", 1)
+    inside, tail = rest.split("]", 1)
+    return f"{head}{inside.split(',')[0].split('-')[0]}{tail}".strip()
+
+
+def world_from_slurm(env: dict[str, str] | os._Environ = os.environ) -> bool:
+    """Under `srun` (a Slurm job step) and no launcher: set RANK, WORLD_SIZE, LOCAL_RANK and MASTER_ADDR/PORT from
+    Slurm's variables, so `srun --ntasks-per-node=8 python tools/train.py ...` (one task per GPU) forms one world.
+
+    Without this every task would train alone on GPU 0 of its node, all writing the same output folder. Only a job
+    step has SLURM_STEP_NUM_TASKS (a plain `python` in an sbatch script stays a world of one). MASTER_PORT, unless
+    set, derives from the job id, the same in every task. Returns whether Slurm's variables were used.
+    """
+    if "WORLD_SIZE" in env or "SLURM_STEP_NUM_TASKS" not in env or "SLURM_PROCID" not in env:
+        return False
+    visible = [d for d in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    env.update(
+        RANK=env["SLURM_PROCID"],
+        WORLD_SIZE=env["SLURM_STEP_NUM_TASKS"],
+        # --gpus-per-task=1 leaves each task one visible GPU: device 0, whatever its place on the node
+        LOCAL_RANK="0" if len(visible) == 1 else env.get("SLURM_LOCALID", "0"),
+        MASTER_ADDR=env.get("MASTER_ADDR")
+        or first_slurm_host(env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST") or "127.0.0.1"),
+    )
+    env.setdefault("MASTER_PORT", str(20000 + int(env.get("SLURM_JOB_ID", "0") or 0) % 20000))
+    return True
+
+
 def init_distributed() -> DistInfo:
     """Initialise DeepSpeed's process group (gloo on CPU, nccl on CUDA) and return this process's place in it."""
     stable_extension_builds()
     import deepspeed
     from deepspeed.accelerator import get_accelerator
 
+    world_from_slurm()
     if "WORLD_SIZE" not in os.environ:  # plain `python tools/train.py`: a world of one
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
         os.environ.setdefault("MASTER_PORT", str(_free_port()))

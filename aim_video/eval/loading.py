@@ -102,7 +102,11 @@ class Process:
 
 def init_process() -> Process:
     """Join the process group the launcher described (torchrun or the deepspeed launcher set RANK, WORLD_SIZE,
-    LOCAL_RANK, MASTER_ADDR/PORT); a plain run is a world of one. nccl on CUDA, gloo on CPU."""
+    LOCAL_RANK, MASTER_ADDR/PORT, or `srun` did: `world_from_slurm`); a plain run is a world of one. nccl on CUDA,
+    gloo on CPU."""
+    from aim_video.engine.distributed import world_from_slurm
+
+    world_from_slurm()
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if torch.cuda.is_available():

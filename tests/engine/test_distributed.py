@@ -1,0 +1,73 @@
+"""distributed.py: a Slurm job step forms one world without a launcher."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from aim_video.engine.distributed import first_slurm_host, world_from_slurm
+
+
+@pytest.mark.parametrize(
+    "nodelist,host",
+    [("gpu-[07-09,12],cpu3", "gpu-07"), ("node[1,4]x", "node1x"), ("host1,host2", "host1"), ("a[001-004]", "a001")],
+)
+def test_first_host_of_a_slurm_hostlist(nodelist: str, host: str) -> None:
+    assert first_slurm_host(nodelist) == host
+
+
+STEP = {"SLURM_STEP_NUM_TASKS": "16", "SLURM_PROCID": "9", "SLURM_LOCALID": "1", "SLURM_JOB_ID": "123456",
+        "SLURM_STEP_NODELIST": "gpu-[07-08]", "SLURM_JOB_NODELIST": "gpu-[07-08]"}  # fmt: skip
+
+
+def test_a_job_step_sets_the_launcher_variables() -> None:
+    env = dict(STEP)
+    assert world_from_slurm(env)
+    assert {k: env[k] for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")} == {
+        "RANK": "9", "WORLD_SIZE": "16", "LOCAL_RANK": "1", "MASTER_ADDR": "gpu-07", "MASTER_PORT": "23456"
+    }  # fmt: skip
+    one_gpu = dict(STEP, CUDA_VISIBLE_DEVICES="5", MASTER_PORT="29500")  # srun --gpus-per-task=1
+    assert world_from_slurm(one_gpu) and one_gpu["LOCAL_RANK"] == "0" and one_gpu["MASTER_PORT"] == "29500"
+
+
+def test_a_launcher_or_a_batch_script_is_left_alone() -> None:
+    launched = dict(STEP, WORLD_SIZE="8", RANK="3")  # the deepspeed launcher (or torchrun) inside a Slurm job
+    assert not world_from_slurm(launched) and launched["RANK"] == "3"
+    batch = {k: v for k, v in STEP.items() if k != "SLURM_STEP_NUM_TASKS"}  # plain python in the sbatch script
+    assert not world_from_slurm(batch) and "WORLD_SIZE" not in batch
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("entry", ["train", "eval"])
+def test_two_srun_tasks_form_one_world(tmp_path, entry: str) -> None:
+    """Two processes started as Slurm would start them (no launcher) join one process group, for training
+    (DeepSpeed's init) and for evaluation alike, and an all-reduce sees both."""
+    code = (
+        "import torch, torch.distributed as dist\n"
+        + (
+            "from aim_video.engine.distributed import init_distributed\ninfo = init_distributed()\n"
+            if entry == "train"
+            else "from aim_video.eval.loading import init_process\ninfo = init_process()\n"
+        )
+        + "t = torch.tensor([float(info.rank + 1)])\ndist.all_reduce(t)\n"
+        "print(info.rank, info.world_size, int(t.item()), flush=True)\ndist.destroy_process_group()\n"
+    )
+    port = str(_free_port())
+    procs = []
+    for rank in range(2):
+        env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR")}
+        env.update(DS_ACCELERATOR="cpu", CUDA_VISIBLE_DEVICES="", MASTER_PORT=port, SLURM_STEP_NUM_TASKS="2",
+                   SLURM_PROCID=str(rank), SLURM_LOCALID=str(rank), SLURM_STEP_NODELIST="localhost")  # fmt: skip
+        procs.append(subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True))
+    outs = [p.communicate(timeout=240)[0].strip().splitlines()[-1].split() for p in procs]  # after DeepSpeed's lines
+    assert [p.returncode for p in procs] == [0, 0]
+    assert outs == [["0", "2", "3"], ["1", "2", "3"]]
