@@ -130,6 +130,7 @@ class TrainConfig:
     eval_every: int = 1  # epochs; 0 = only at the end; -1 = never (e.g. when tools/test.py evaluates afterwards)
     save_every: int = 1  # epochs
     save_every_steps: int = 0  # >0 also saves every this many optimizer steps inside an epoch (long epochs, preemption)
+    stop_signals: str = "SIGTERM,SIGUSR1"  # on these: save at the next optimizer step and stop ("" = no handler)
     keep_last: int = 2
     resume: str = ""  # "" | auto | path to a checkpoint folder
     log_every: int = 10  # steps

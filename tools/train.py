@@ -40,8 +40,11 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"error: unknown options {' '.join(flags)} (config values are given as section.key=value)")
     cfg = config_cli_main(args.config, list(args.overrides) + unknown)
 
+    import torch.distributed as dist
+
     from aim_video.engine.checkpoint_io import CheckpointError
     from aim_video.engine.deepspeed_setup import EngineSetupError
+    from aim_video.engine.distributed import TrainingStopped
     from aim_video.engine.fit import fit
     from aim_video.engine.train_loop import NonFiniteLossError
 
@@ -50,10 +53,14 @@ def main(argv: list[str] | None = None) -> int:
     except (NonFiniteLossError, CheckpointError, EngineSetupError) as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
         os._exit(1)  # other ranks may be blocked in a collective: leave at once so the launcher stops them
+    except TrainingStopped as stop:  # every rank agreed at the same step, after the checkpoint was saved
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(str(stop), file=sys.stderr, flush=True)
+        if dist.is_initialized():
+            dist.destroy_process_group()
+        return 128 + stop.signum  # as if the signal had ended the process: not a finished run
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps({k: summary[k] for k in ("steps", "epochs", "final_loss", "clips_per_s", "paths")}))
-    import torch.distributed as dist
-
     if dist.is_initialized():  # without it NCCL warns at exit that resources may leak (seen on an H200)
         dist.destroy_process_group()
     return 0

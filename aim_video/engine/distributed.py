@@ -210,12 +210,66 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+_STOP_SIGNAL = 0  # the first stop signal this process received (0: none)
+
+
+class TrainingStopped(Exception):
+    """Training stopped on a signal after saving a checkpoint at `step`: rerun with `--resume auto` to go on."""
+
+    def __init__(self, signum: int, step: int):
+        super().__init__(
+            f"stopped by {signal.Signals(signum).name} at step {step}: a checkpoint was saved there; "
+            "continue with --resume auto"
+        )
+        self.signum, self.step = signum, step
+
+
+def catch_stop_signals(names: str) -> dict[signal.Signals, Any]:
+    """Remember (nothing more) the first of the signals `names` ("SIGTERM,SIGUSR1") this process receives.
+
+    Schedulers announce preemption and time limits with a signal (Slurm: SIGTERM, then SIGKILL after KillWait, or
+    `--signal=USR1@120` ahead of time; Kubernetes: SIGTERM): training then saves at the next optimizer step and
+    stops (`stop_requested`) instead of dying mid-epoch. DataLoader workers forked later inherit the handler, so
+    they are not killed by it either. Call from the main thread. Returns {signal: previous handler} for
+    `restore_signals`.
+    """
+    global _STOP_SIGNAL
+    wanted = []
+    for name in filter(None, (n.strip().upper() for n in names.split(","))):
+        signum = getattr(signal, name if name.startswith("SIG") else f"SIG{name}", None)
+        if not isinstance(signum, signal.Signals) or signum in (signal.SIGKILL, signal.SIGSTOP):
+            raise ValueError(f"train.stop_signals: {name!r} is not a signal that can be caught (e.g. SIGTERM,SIGUSR1)")
+        wanted.append(signum)
+    _STOP_SIGNAL = 0
+    return {signum: signal.signal(signum, _remember_stop) for signum in wanted}
+
+
+def restore_signals(previous: dict[signal.Signals, Any]) -> None:
+    """Put back the handlers `catch_stop_signals` replaced."""
+    for signum, handler in previous.items():
+        signal.signal(signum, handler)
+
+
+def _remember_stop(signum: int, frame: Any) -> None:
+    global _STOP_SIGNAL
+    _STOP_SIGNAL = _STOP_SIGNAL or signum
+
+
+def stop_requested(device: torch.device) -> int:
+    """The stop signal any rank has received (0: none), agreed by every rank: call it at the same step on all."""
+    flag = torch.tensor([_STOP_SIGNAL], dtype=torch.int64, device=device)
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return int(flag.item())
+
+
 def fault_point(name: str, step: int, rank: int) -> None:
     """Crash-test hook: SIGKILL (or exit 1) this process where `AIM_VIDEO_FAULT` says; a no-op otherwise.
 
-    `AIM_VIDEO_FAULT=<name>@<step>[:rank<r>][:exit]`, e.g. `after_step@3`, `during_save@4:rank0`,
-    `after_step@2:rank1:exit`. The tests use it to kill a real process at an exact point (between steps, between
-    the checkpoint shards and the rename, one rank only); it is never set in normal use.
+    `AIM_VIDEO_FAULT=<name>@<step>[:rank<r>][:exit|:signal=<NAME>]`, e.g. `after_step@3`, `during_save@4:rank0`,
+    `after_step@2:rank1:exit`, `after_step@2:rank0:signal=SIGUSR1` (the process sends itself that signal and goes
+    on). The tests use it to kill a real process at an exact point (between steps, between the checkpoint shards and
+    the rename, one rank only); it is never set in normal use.
     """
     spec = os.environ.get(FAULT_ENV, "")
     if not spec:
@@ -226,6 +280,11 @@ def fault_point(name: str, step: int, rank: int) -> None:
         return
     ranks = [int(o[4:]) for o in opts if o.startswith("rank")]
     if ranks and rank not in ranks:
+        return
+    sent = [o.split("=", 1)[1] for o in opts if o.startswith("signal=")]
+    if sent:
+        print(f"[fault injection] {FAULT_ENV}={spec}: rank {rank} gets {sent[0]} at {name} step {step}", flush=True)
+        os.kill(os.getpid(), getattr(signal, sent[0]))
         return
     print(f"[fault injection] {FAULT_ENV}={spec}: rank {rank} dies at {name} step {step}", flush=True)
     if "exit" in opts:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import signal
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -22,12 +23,16 @@ from aim_video.engine.checkpoint_io import CheckpointManager, agree_on_resume
 from aim_video.engine.deepspeed_setup import build_engine, derive_ds_config, model_dtype, write_ds_config
 from aim_video.engine.distributed import (
     DistInfo,
+    TrainingStopped,
     all_gather_objects,
     barrier,
+    catch_stop_signals,
     fault_point,
     init_distributed,
+    restore_signals,
     seed_everything,
     set_rng_state,
+    stop_requested,
 )
 from aim_video.engine.train_loop import EpochState, RunLog, build_mixing, train_one_epoch
 from aim_video.models.trainable_io import save_trainable
@@ -137,7 +142,19 @@ def _prepare_fn(cfg: Config, device: torch.device):
 
 
 def fit(cfg: Config, resume: str = "") -> dict[str, Any]:
-    """Train `cfg` to the end (or `train.max_steps`); returns the summary rank 0 writes to train_summary.json."""
+    """Train `cfg` to the end (or `train.max_steps`); returns the summary rank 0 writes to train_summary.json.
+
+    On one of `train.stop_signals` (preemption, a time limit) every rank saves at the next optimizer step and
+    `TrainingStopped` is raised; the signal handlers are put back on the way out.
+    """
+    previous = catch_stop_signals(cfg.train.stop_signals)  # before the loader's workers fork: they inherit it
+    try:
+        return _fit(cfg, resume, stop_signals=bool(previous))
+    finally:
+        restore_signals(previous)
+
+
+def _fit(cfg: Config, resume: str, stop_signals: bool) -> dict[str, Any]:
     from aim_video.data.loader import build_train_loader
     from aim_video.models.build import build_model
 
@@ -200,6 +217,13 @@ def fit(cfg: Config, resume: str = "") -> dict[str, Any]:
             manager.save(engine, cfg, s.step, s.epoch, s.batches_done)
             last_saved = s.step
         fault_point("after_step", s.step, info.rank)
+        signum = stop_requested(info.device) if stop_signals else 0
+        if signum:  # preemption or a time limit announced: save here, stop (the epoch's evaluation is skipped)
+            if last_saved != s.step:
+                manager.save(engine, cfg, s.step, s.epoch, s.batches_done)
+                last_saved = s.step
+            log.event("stopped", signal=signal.Signals(signum).name, step=s.step, epoch=s.epoch)
+            raise TrainingStopped(signum, s.step)
 
     max_steps = cfg.train.max_steps
     while state.epoch < cfg.train.epochs and (max_steps <= 0 or state.step < max_steps):

@@ -71,3 +71,27 @@ def test_two_srun_tasks_form_one_world(tmp_path, entry: str) -> None:
     outs = [p.communicate(timeout=240)[0].strip().splitlines()[-1].split() for p in procs]  # after DeepSpeed's lines
     assert [p.returncode for p in procs] == [0, 0]
     assert outs == [["0", "2", "3"], ["1", "2", "3"]]
+
+
+def test_stop_signals_are_remembered_checked_and_restored() -> None:
+    import signal
+
+    import torch
+
+    from aim_video.engine.distributed import catch_stop_signals, restore_signals, stop_requested
+
+    before = signal.getsignal(signal.SIGUSR1)
+    previous = catch_stop_signals("SIGUSR1, usr2")
+    try:
+        assert set(previous) == {signal.SIGUSR1, signal.SIGUSR2}
+        assert stop_requested(torch.device("cpu")) == 0
+        os.kill(os.getpid(), signal.SIGUSR2)  # the process goes on: the handler only takes note
+        os.kill(os.getpid(), signal.SIGUSR1)
+        assert stop_requested(torch.device("cpu")) == signal.SIGUSR2  # the first one received
+    finally:
+        restore_signals(previous)
+    assert signal.getsignal(signal.SIGUSR1) is before
+    assert catch_stop_signals("") == {}
+    for bad in ("SIGKILL", "SIGNOPE"):
+        with pytest.raises(ValueError, match="train.stop_signals: .* is not a signal that can be caught"):
+            catch_stop_signals(bad)

@@ -6,6 +6,7 @@ weights, optimizer, scheduler, RNG states and the sampler position all come back
 """
 
 import os
+import signal
 
 import pytest
 
@@ -57,4 +58,22 @@ def test_sigkill_during_a_save_leaves_the_previous_checkpoint_loadable(reference
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert not os.path.exists(os.path.join(ckpts, ".tmp-step_00000006"))
     assert open(os.path.join(ckpts, "latest")).read() == "step_00000006"
+    assert train_losses(out) == reference
+
+
+def test_a_stop_signal_on_one_rank_saves_at_the_next_step_and_resume_goes_on(reference, video_root, tmp_path):
+    """Preemption: rank 1 alone gets SIGUSR1 after step 3 (the end of epoch 0, before its evaluation); both ranks
+    agree to save there and stop with 128 + the signal, and `--resume auto` finishes the run with the uninterrupted
+    run's losses. (A stop inside an epoch resumes at the same sample, with restarted augmentation streams.)"""
+    cfg_path, out = _config(tmp_path, video_root), str(tmp_path / "run")
+    stopped = launch(cfg_path, f"output_dir={out}", env={"AIM_VIDEO_FAULT": "after_step@3:rank1:signal=SIGUSR1"})
+    assert stopped.returncode == 128 + signal.SIGUSR1, stopped.stdout[-3000:] + stopped.stderr[-3000:]
+    assert "stopped by SIGUSR1 at step 3: a checkpoint was saved there; continue with --resume auto" in stopped.stderr
+    assert open(os.path.join(out, "checkpoints", "latest")).read() == "step_00000003"
+    assert sorted(train_losses(out)) == [1, 2, 3]
+    events = read_log(out)
+    assert [(r["signal"], r["step"]) for r in events if r["event"] == "stopped"] == [("SIGUSR1", 3)]
+    assert not [r for r in events if r["event"] in ("eval", "epoch")]  # stopped at once: no evaluation, no summary
+    resumed = launch(cfg_path, f"output_dir={out}", resume="auto")
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert train_losses(out) == reference
