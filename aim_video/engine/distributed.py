@@ -14,6 +14,7 @@ import random
 import signal
 import socket
 import sys
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -241,6 +242,9 @@ def catch_stop_signals(names: str) -> dict[signal.Signals, Any]:
             raise ValueError(f"train.stop_signals: {name!r} is not a signal that can be caught (e.g. SIGTERM,SIGUSR1)")
         wanted.append(signum)
     _STOP_SIGNAL = 0
+    if wanted and threading.current_thread() is not threading.main_thread():  # Python allows handlers there only
+        print("warning: train.stop_signals ignored: training runs outside the main thread", file=sys.stderr)
+        return {}
     return {signum: signal.signal(signum, _remember_stop) for signum in wanted}
 
 

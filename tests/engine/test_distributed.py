@@ -92,6 +92,13 @@ def test_stop_signals_are_remembered_checked_and_restored() -> None:
         restore_signals(previous)
     assert signal.getsignal(signal.SIGUSR1) is before
     assert catch_stop_signals("") == {}
+    import threading
+
+    elsewhere: dict = {}
+    thread = threading.Thread(target=lambda: elsewhere.update(got=catch_stop_signals("SIGUSR1")))
+    thread.start()
+    thread.join()
+    assert elsewhere == {"got": {}} and signal.getsignal(signal.SIGUSR1) is before  # not the main thread: untouched
     for bad in ("SIGKILL", "SIGNOPE"):
         with pytest.raises(ValueError, match="train.stop_signals: .* is not a signal that can be caught"):
             catch_stop_signals(bad)
