@@ -87,7 +87,10 @@ class TrainClipDataset(Dataset):
         return len(self.records)
 
     def rng(self) -> np.random.Generator:
-        """Sampling RNG seeded from the worker's seed, so workers never draw the same clips."""
+        """Sampling RNG: the current item's (seeded by `SeededSampler`), else seeded from the worker's seed, so
+        workers never draw the same clips."""
+        if self._rng is not None and self._rng_seed is None:  # an item's own stream
+            return self._rng
         seed = worker_seed()
         if self._rng is None or seed != self._rng_seed:
             self._rng, self._rng_seed = np.random.default_rng(seed), seed
@@ -112,7 +115,19 @@ class TrainClipDataset(Dataset):
         )  # [T, H, W, C]
         return torch.stack([self.transform(frames) for _ in range(self.repeated_aug)])
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, item: int | tuple[int, int]) -> dict:
+        """`item`: a video index, or (index, seed) from `SeededSampler`: the clip then depends on the seed alone,
+        not on which worker reads it or what that worker read before (exact mid-epoch resume; results that do
+        not change with data.num_workers)."""
+        if isinstance(item, tuple):
+            index, seed = item
+            self._rng, self._rng_seed = np.random.default_rng(seed), None  # this item's stream (retries too)
+            with torch.random.fork_rng(devices=[]):  # transforms draw from torch's CPU RNG: seed it, put it back
+                torch.manual_seed(seed)
+                return self._get(index)
+        return self._get(item)
+
+    def _get(self, index: int) -> dict:
         failures: list[str] = []
         current = index
         for _ in range(self.max_retries + 1):

@@ -14,9 +14,10 @@ before iterating, or every epoch sees the same order:
             ...
         log(failures.summary()); failures.reset()
 
-Workers are seeded by the DataLoader (base seed from a generator seeded with `train.seed + rank`, plus the worker
-id), and both the sampling RNG and torch's RNG for augmentation derive from that seed: different workers, ranks
-and epochs draw different clips and augmentations, and a run is reproducible for a fixed seed and worker count.
+Every training sample carries its own seed (`SeededSampler`: from train.seed, the epoch, the rank and its position
+in the epoch), from which the clip's frame sampling and its augmentation draw: different samples, ranks and epochs
+draw different clips and augmentations, a run is reproducible for a fixed seed whatever data.num_workers is, and a
+resume inside an epoch gives the remaining samples exactly the clips the interrupted run would have read.
 
 Reads go through `decode.read_frames` with data.backend (data.fallback_backend when it cannot open a file),
 data.seek_mode / data.decode_device for torchcodec, the true frame counts of data.verify_report, and
@@ -32,9 +33,11 @@ from __future__ import annotations
 import logging
 import os
 from collections import Counter
+from collections.abc import Iterator
 
+import numpy as np
 import torch
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 from aim_video.config import Config
 from aim_video.data.annotations import (
@@ -181,9 +184,10 @@ def build_train_loader(cfg: Config, rank: int = 0, world_size: int = 1) -> DataL
             f"data.train_list has {len(dataset)} videos, fewer than one batch of {videos_per_batch} on each of "
             f"{world_size} ranks"
         )
-    sampler = DistributedSampler(
+    shuffled = DistributedSampler(
         dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=cfg.train.seed, drop_last=True
     )
+    sampler = SeededSampler(shuffled, cfg.train.seed, rank)
     return DataLoader(
         dataset,
         batch_size=videos_per_batch,
@@ -193,6 +197,30 @@ def build_train_loader(cfg: Config, rank: int = 0, world_size: int = 1) -> DataL
         generator=torch.Generator().manual_seed(cfg.train.seed * 1000 + rank),
         **_loader_kwargs(cfg),
     )
+
+
+class SeededSampler(Sampler[tuple[int, int]]):
+    """(index, seed) pairs: `sampler`'s indices, each with a seed from (seed, epoch, rank, position in the epoch).
+
+    The seed travels with the index to whichever worker reads it, so a sample's clip does not depend on the worker
+    count or on what ran before; skipping the first positions of an epoch (a resume) leaves the others' seeds as
+    they were.
+    """
+
+    def __init__(self, sampler: DistributedSampler, seed: int, rank: int) -> None:
+        self.sampler, self.seed, self.rank, self.epoch = sampler, seed, rank, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.sampler.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        for position, index in enumerate(self.sampler):
+            words = np.random.SeedSequence([self.seed, self.epoch, self.rank, position]).generate_state(2)
+            yield int(index), int(words[0]) << 32 | int(words[1])  # 64 bits: torch.manual_seed takes them all
+
+    def __len__(self) -> int:
+        return len(self.sampler)
 
 
 def set_epoch(loader: DataLoader, epoch: int) -> None:

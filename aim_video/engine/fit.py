@@ -80,11 +80,11 @@ def _rest_of_epoch(loader: DataLoader, skip_batches: int) -> DataLoader:
 def epoch_batches(loader: DataLoader, epoch: int, skip: int, seed: int, rank: int) -> Iterator[dict[str, Any]]:
     """The loader's batches for `epoch`, starting after the first `skip` (a resumed checkpoint consumed them).
 
-    The sampler is re-seeded by epoch, and the DataLoader draws its workers' base seed from a generator seeded by
-    (seed, epoch, rank) rather than from the global RNG, so with non-persistent workers an epoch's clips do not
-    depend on what ran before it and a resume at an epoch boundary is exact. A resume inside an epoch skips the
-    consumed samples without decoding them: same videos in the same order, but the workers' augmentation streams
-    restart, so those clips are augmented differently (exact only when the loader seeds per sample).
+    The sampler is re-seeded by epoch, and every sample carries its own seed (`data.loader.SeededSampler`), so an
+    epoch's clips do not depend on what ran before it. A resume inside an epoch skips the consumed samples without
+    decoding them; the others keep their seeds, so the resumed run reads exactly the clips the interrupted one
+    would have. (The workers' base seed, drawn from a generator seeded by (seed, epoch, rank), only matters to a
+    dataset read with plain indices.)
     """
     sampler = _sampler_of(loader)
     if hasattr(sampler, "set_epoch"):

@@ -86,6 +86,27 @@ def test_workers_draw_different_augmentations(video_dir, backend):
     assert len({c.numpy().tobytes() for c in clips}) == len(clips)
 
 
+def test_clips_depend_on_the_seed_not_on_the_workers(video_dir):
+    """Each sample's clip comes from its own seed (SeededSampler): 0 and 2 workers read the same epoch identically,
+    a later epoch differs, and the seeds of an epoch's later samples do not depend on the earlier ones."""
+
+    def epoch(workers: int, number: int) -> list[torch.Tensor]:
+        loader = build_train_loader(tiny_cfg(video_dir, num_workers=workers, persistent_workers=False), 0, 1)
+        set_epoch(loader, number)
+        return [b["video"] for b in loader]
+
+    inline = epoch(0, 1)
+    assert all(torch.equal(a, b) for a, b in zip(inline, epoch(2, 1), strict=True))
+    assert not any(torch.equal(a, b) for a, b in zip(inline, epoch(0, 2), strict=True))
+    sampler = build_train_loader(tiny_cfg(video_dir), 0, 1).sampler
+    sampler.set_epoch(1)
+    pairs = list(sampler)
+    assert len({seed for _, seed in pairs}) == len(pairs) and list(sampler) == pairs
+    import itertools
+
+    assert list(itertools.islice(iter(sampler), 2, None)) == pairs[2:]  # a resume skips, the rest keep their seeds
+
+
 def test_train_clips_hold_the_sampled_frames(tmp_path):
     from tests.data.conftest import make_video
 

@@ -61,19 +61,21 @@ def test_sigkill_during_a_save_leaves_the_previous_checkpoint_loadable(reference
     assert train_losses(out) == reference
 
 
-def test_a_stop_signal_on_one_rank_saves_at_the_next_step_and_resume_goes_on(reference, video_root, tmp_path):
-    """Preemption: rank 1 alone gets SIGUSR1 after step 3 (the end of epoch 0, before its evaluation); both ranks
-    agree to save there and stop with 128 + the signal, and `--resume auto` finishes the run with the uninterrupted
-    run's losses. (A stop inside an epoch resumes at the same sample, with restarted augmentation streams.)"""
+def test_a_stop_signal_on_one_rank_saves_at_the_next_step_and_resume_goes_on_exactly(reference, video_root, tmp_path):
+    """Preemption: rank 1 alone gets SIGUSR1 after step 2, inside epoch 0; both ranks agree to save there and stop
+    with 128 + the signal, and `--resume auto` finishes the run with the uninterrupted run's losses, bit for bit:
+    the remaining samples of the epoch get the clips they would have had (each sample carries its own seed)."""
     cfg_path, out = _config(tmp_path, video_root), str(tmp_path / "run")
-    stopped = launch(cfg_path, f"output_dir={out}", env={"AIM_VIDEO_FAULT": "after_step@3:rank1:signal=SIGUSR1"})
+    stopped = launch(cfg_path, f"output_dir={out}", env={"AIM_VIDEO_FAULT": "after_step@2:rank1:signal=SIGUSR1"})
     assert stopped.returncode == 128 + signal.SIGUSR1, stopped.stdout[-3000:] + stopped.stderr[-3000:]
-    assert "stopped by SIGUSR1 at step 3: a checkpoint was saved there; continue with --resume auto" in stopped.stderr
-    assert open(os.path.join(out, "checkpoints", "latest")).read() == "step_00000003"
-    assert sorted(train_losses(out)) == [1, 2, 3]
+    assert "stopped by SIGUSR1 at step 2: a checkpoint was saved there; continue with --resume auto" in stopped.stderr
+    assert open(os.path.join(out, "checkpoints", "latest")).read() == "step_00000002"
+    assert sorted(train_losses(out)) == [1, 2]
     events = read_log(out)
-    assert [(r["signal"], r["step"]) for r in events if r["event"] == "stopped"] == [("SIGUSR1", 3)]
-    assert not [r for r in events if r["event"] in ("eval", "epoch")]  # stopped at once: no evaluation, no summary
+    assert [(r["signal"], r["step"]) for r in events if r["event"] == "stopped"] == [("SIGUSR1", 2)]
+    assert not [r for r in events if r["event"] in ("eval", "epoch")]  # stopped at once
     resumed = launch(cfg_path, f"output_dir={out}", resume="auto")
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    start = [r for r in read_log(out) if r["event"] == "start"][-1]
+    assert start["start_step"] == 2
     assert train_losses(out) == reference
