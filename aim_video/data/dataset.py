@@ -171,7 +171,8 @@ def collate_train(items: list[dict]) -> dict:
 
 
 class MultiViewDataset(Dataset):
-    """All test views of a video from one decode; items {video uint8 [V, T, C, H, W] | None, label, index, error}.
+    """All test views of a video from one decode; items {video uint8 [V, T, C, H, W] | None, label, index, path,
+    error, fallback} (`fallback`: why the video was read with the fallback backend, "" when it was not).
 
     V = num_clips x num_crops, clip-major. A video that cannot be read yields video None and the reason in `error`.
     """
@@ -236,7 +237,8 @@ class MultiViewDataset(Dataset):
             video, error = self.load(index), None
         except Exception as err:  # reported, never substituted
             video, error = None, failure_reason(err)
-        return {"video": video, "label": record.label, "index": index, "path": record.path, "error": error}
+        item = {"video": video, "label": record.label, "index": index, "path": record.path, "error": error}
+        return item | {"fallback": decode.fallback_reason(record.path) if error is None else ""}
 
 
 class CollateEval:
@@ -256,4 +258,6 @@ class CollateEval:
             "label": torch.tensor([it["label"] for it in ok], dtype=torch.int64),
             "index": torch.tensor([it["index"] for it in ok], dtype=torch.int64),
             "errors": [(it["index"], it["path"], it["error"]) for it in items if it["error"] is not None],
+            # read with data.fallback_backend (exact, slow): (index, path, why)
+            "fallbacks": [(it["index"], it["path"], it["fallback"]) for it in ok if it.get("fallback")],
         }

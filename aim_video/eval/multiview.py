@@ -234,6 +234,7 @@ def evaluate(
     model.eval()
     rows: dict[str, list[torch.Tensor]] = {"index": [], "label": [], "scores": []}
     errors: list[tuple[int, str, str]] = []
+    fallbacks: dict[int, tuple[str, str]] = {}  # videos read with data.fallback_backend: exact, but slow
     sampler = getattr(loader, "sampler", None)
     per_rank = len(sampler) if sampler is not None and hasattr(sampler, "__len__") else -(-dataset_size // world_size)
     bar = tqdm(
@@ -242,6 +243,7 @@ def evaluate(
     start = time.perf_counter()
     for batch in loader:
         errors.extend((int(i), str(p), str(r)) for i, p, r in batch.get("errors", []))
+        fallbacks.update((int(i), (str(p), str(r))) for i, p, r in batch.get("fallbacks", []))
         video = batch["video"]
         n = 0 if video is None else int(video.shape[0])
         if n:
@@ -268,8 +270,11 @@ def evaluate(
         "label": torch.cat(rows["label"]) if rows["label"] else torch.zeros(0, dtype=torch.long),
         "scores": torch.cat(rows["scores"]) if rows["scores"] else torch.zeros(0, num_classes),
         "errors": errors,
+        "fallbacks": fallbacks,
     }
-    merged = merge_rank_outputs(_gather(local, world_size), dataset_size, world_size)
+    parts = _gather(local, world_size)
+    merged = merge_rank_outputs(parts, dataset_size, world_size)
+    fell_back = {i: pr for part in parts for i, pr in part.get("fallbacks", {}).items()}  # padded repeats: once
     strict = cfg.eval.strict if strict is None else strict
     if strict and merged["missing"]:
         listed = "; ".join(f"{m['path']}: {m['reason']}" for m in merged["missing"][:10])
@@ -290,6 +295,8 @@ def evaluate(
         "num_unlabelled": int((~labelled).sum()),
         "num_missing": len(merged["missing"]),
         "missing": merged["missing"],
+        "num_fallback_reads": len(fell_back),
+        "fallback_reads": [{"index": i, "path": p, "reason": r} for i, (p, r) in sorted(fell_back.items())],
         "dataset_size": dataset_size,
         "num_classes": num_classes,
         "protocol": protocol_record(cfg, protocol),

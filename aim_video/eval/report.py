@@ -102,6 +102,8 @@ def results_record(
             "elapsed_s": result["elapsed_s"],
             "videos_per_s": result["videos_per_s"],
             "missing": missing,
+            "num_fallback_reads": result.get("num_fallback_reads", 0),
+            "fallback_reads": result.get("fallback_reads", []),  # read with data.fallback_backend: exact, slow
             "per_video": per_video,
             "config": config,
         }

@@ -242,6 +242,8 @@ def test_videos_read_through_the_fallback_are_reported_not_failed(video_dir, tmp
     reports = [f for b in batches for f in b["fallbacks"]]
     assert len(reports) == 1 and reports[0].startswith(f"{av1}: read with pyav: decord cannot decode its av1 video")
     assert [b["fallbacks"] != [] for b in batches] == [int(b["index"]) == 1 for b in batches]
+    views = [b for b in build_eval_loader(tiny_cfg(lst, num_workers=workers), "val", 0, 1)]  # evaluation: listed too
+    assert [(int(i), p) for b in views for i, p, _ in b["fallbacks"]] == [(1, av1)]
 
 
 @pytest.mark.parametrize("backend", installed_backends())

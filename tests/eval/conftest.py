@@ -13,8 +13,17 @@ from torch.utils.data.distributed import DistributedSampler
 class SyntheticViews(Dataset):
     """Video ``i``: uint8 ``[V, T, C, H, W]`` drawn from a generator seeded with ``i``; indices in ``broken`` fail."""
 
-    def __init__(self, size: int, num_views: int, num_classes: int, broken: tuple[int, ...] = (), hw: int = 8):
+    def __init__(
+        self,
+        size: int,
+        num_views: int,
+        num_classes: int,
+        broken: tuple[int, ...] = (),
+        hw: int = 8,
+        fell_back: tuple[int, ...] = (),
+    ):
         self.size, self.num_views, self.num_classes, self.broken, self.hw = size, num_views, num_classes, broken, hw
+        self.fell_back = fell_back  # read, but through the fallback backend
 
     def __len__(self) -> int:
         return self.size
@@ -24,7 +33,8 @@ class SyntheticViews(Dataset):
             return {"index": i, "error": (i, f"videos/{i:03d}.mp4", "cannot decode: moov atom not found")}
         g = torch.Generator().manual_seed(i)
         video = torch.randint(0, 256, (self.num_views, 2, 3, self.hw, self.hw), generator=g, dtype=torch.uint8)
-        return {"video": video, "label": i % self.num_classes, "index": i, "error": None}
+        fallback = "read with pyav: decord cannot decode its av1 video" if i in self.fell_back else ""
+        return {"video": video, "label": i % self.num_classes, "index": i, "error": None, "fallback": fallback}
 
 
 def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
@@ -34,6 +44,7 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
         "label": torch.tensor([it["label"] for it in ok], dtype=torch.long),
         "index": torch.tensor([it["index"] for it in ok], dtype=torch.long),
         "errors": [it["error"] for it in items if it["error"] is not None],
+        "fallbacks": [(it["index"], f"videos/{it['index']:03d}.mp4", it["fallback"]) for it in ok if it["fallback"]],
     }
 
 

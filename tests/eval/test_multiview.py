@@ -102,11 +102,15 @@ def test_merge_drops_sampler_padding_and_checks_exactly_once():
 @pytest.mark.parametrize("average", ["prob", "score"])
 def test_evaluate_matches_per_video_hand_computation_and_lists_missing(average):
     cfg = _cfg(average)
-    dataset = SyntheticViews(size=9, num_views=6, num_classes=NUM_CLASSES, broken=(4,))
+    dataset = SyntheticViews(size=9, num_views=6, num_classes=NUM_CLASSES, broken=(4,), fell_back=(7, 2))
     model = TinyClassifier(NUM_CLASSES)
     result = evaluate(model, synthetic_loader(dataset, batch_size=2), cfg, "cpu", progress=False, return_scores=True)
 
     assert result["missing"] == [{"index": 4, "path": "videos/004.mp4", "reason": "cannot decode: moov atom not found"}]
+    why = "read with pyav: decord cannot decode its av1 video"
+    assert result["num_fallback_reads"] == 2 and result["fallback_reads"] == [
+        {"index": 2, "path": "videos/002.mp4", "reason": why}, {"index": 7, "path": "videos/007.mp4", "reason": why}
+    ]  # fmt: skip
     assert result["num_evaluated"] == 8 and result["num_missing"] == 1 and result["dataset_size"] == 9
     preds = result["scores"]
     assert preds["index"].tolist() == [0, 1, 2, 3, 5, 6, 7, 8]  # the broken video is not substituted
