@@ -2,7 +2,7 @@
 
 Three sources, chosen by what the path is:
 - a `path label` list file (whitespace separated; label absent or -1 for unlabelled inference lists; several
-  labels on a line for multi-label sets),
+  labels on a line for multi-label sets; the labels are the integers at the end, so a path may hold spaces),
 - a Kinetics CSV (`label,youtube_id,time_start,time_end,split[,is_cc]`; clips named
   `{youtube_id}_{start:06d}_{end:06d}.mp4` in per-class folders; class index = position of the label in the
   sorted set of train labels),
@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import logging
 import os
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import overload
@@ -27,6 +28,9 @@ log = logging.getLogger(__name__)
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".webm", ".mkv", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv")
 KINETICS_COLUMNS = ("label", "youtube_id", "time_start", "time_end")
+
+
+_INT = re.compile(r"-?\d+")
 
 
 class AnnotationError(ValueError):
@@ -112,24 +116,34 @@ def _resolve(root: str, path: str) -> str:
 
 
 def parse_list_file(path: str, root: str = "") -> list[VideoRecord]:
-    """Read a `path label [label ...]` file; blank lines and lines starting with '#' are skipped."""
+    """Read a `path label [label ...]` file; blank lines and lines starting with '#' are skipped.
+
+    The labels are the integer tokens at the end of a line and the path is everything before them, so paths may
+    hold spaces (Kinetics class folders named by their labels: `air drumming/<clip>.mp4 1`). A line without an
+    integer at its end is an unlabelled path; one that also holds whitespace must name an existing file, else it
+    is taken for a label that is not an integer and refused.
+    """
     records = []
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
-            parts = line.split()
-            if not parts or parts[0].startswith("#"):
+            text = line.strip()
+            if not text or text.startswith("#"):
                 continue
-            try:
-                labels = tuple(int(tok) for tok in parts[1:])
-            except ValueError:
+            tokens = text.split()
+            count = 0
+            while count < len(tokens) - 1 and _INT.fullmatch(tokens[-1 - count]):
+                count += 1
+            labels = tuple(int(tok) for tok in tokens[len(tokens) - count :])
+            video = re.sub(rf"(?:\s+-?\d+){{{count}}}$", "", text) if count else text  # the path keeps its spaces
+            if not count and len(tokens) > 1 and not os.path.exists(_resolve(root, text)):
                 raise AnnotationError(
-                    f"{path}:{lineno}: expected 'path label' with integer labels, got {line.strip()!r} "
-                    "(paths with spaces are not supported in list files: rename the file or use a class-folder tree)"
-                ) from None
+                    f"{path}:{lineno}: expected 'path label' with integer labels, got {text!r} (or, if that is a "
+                    "path with spaces, the file does not exist)"
+                )
             if any(lbl < -1 for lbl in labels):
-                raise AnnotationError(f"{path}:{lineno}: negative label in {line.strip()!r} (-1 means unlabelled)")
+                raise AnnotationError(f"{path}:{lineno}: negative label in {text!r} (-1 means unlabelled)")
             labels = tuple(lbl for lbl in labels if lbl >= 0)
-            records.append(VideoRecord(_resolve(root, parts[0]), labels[0] if labels else -1, labels))
+            records.append(VideoRecord(_resolve(root, video), labels[0] if labels else -1, labels))
     return records
 
 

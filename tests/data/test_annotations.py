@@ -36,9 +36,22 @@ def test_list_file_labels_unlabelled_and_multilabel(tmp_path):
 
 def test_list_file_bad_label_names_file_and_line(tmp_path):
     lst = tmp_path / "bad.txt"
-    lst.write_text("a.mp4 1\nmy video.mp4 2\n")
-    with pytest.raises(AnnotationError, match=r"bad.txt:2: .*integer labels"):
+    lst.write_text("a.mp4 1\nb.mp4 two\n")
+    with pytest.raises(AnnotationError, match=r"bad.txt:2: .*integer labels, got 'b.mp4 two'"):
         parse_list_file(str(lst))
+
+
+def test_list_file_paths_may_hold_spaces(tmp_path):
+    """Kinetics class folders are often named by their labels ('air drumming'): the labels are the integers at
+    the end of a line, the path the rest, so the lists `prepare_kinetics.py lists` writes for them read back."""
+    clip = touch(str(tmp_path / "air drumming" / "my clip 2.mp4"))
+    lst = tmp_path / "train.txt"
+    lst.write_text("air drumming/my clip 2.mp4 1\nair drumming/my clip 2.mp4\t3 4\nair drumming/my clip 2.mp4\n")
+    recs = parse_list_file(str(lst), root=str(tmp_path))
+    assert [(r.path, r.labels) for r in recs] == [(clip, (1,)), (clip, (3, 4)), (clip, ())]
+    out = str(tmp_path / "out.txt")
+    write_list_file(out, recs, root=str(tmp_path))
+    assert parse_list_file(out, root=str(tmp_path)) == recs
 
 
 KINETICS = """label,youtube_id,time_start,time_end,split,is_cc

@@ -130,21 +130,26 @@ def test_output_path_mirrors_the_tree():
 
 def test_build_lists_from_kinetics_csvs(tmp_path):
     root = tmp_path / "videos"
-    for cls, name in (("abseiling", "a_000001_000011"), ("zumba", "b_000002_000012"), ("zumba", "c_000003_000013")):
+    clips = (("abseiling", "a_000001_000011"), ("zumba", "b_000002_000012"), ("zumba", "c_000003_000013"),
+             ("air drumming", "d_000004_000014"))  # fmt: skip  # folders named by the label, space and all
+    for cls, name in clips:
         os.makedirs(root / cls, exist_ok=True)
         (root / cls / f"{name}.mp4").write_bytes(b"x")
     (tmp_path / "train.csv").write_text(
         "label,youtube_id,time_start,time_end,split\nzumba,b,2,12,train\nabseiling,a,1,11,train\n"
-        "zumba,missing,5,15,train\n"
+        "zumba,missing,5,15,train\nair drumming,d,4,14,train\n"
     )
     (tmp_path / "val.csv").write_text("label,youtube_id,time_start,time_end,split\nzumba,c,3,13,val\n")
     out = build_lists({"val": str(tmp_path / "val.csv"), "train": str(tmp_path / "train.csv")}, str(root),
                       str(tmp_path / "lists"))  # fmt: skip
-    assert out["train"][1:] == (2, 1) and out["val"][1:] == (1, 0)
-    assert open(out["train"][0]).read() == "zumba/b_000002_000012.mp4 1\nabseiling/a_000001_000011.mp4 0\n"
-    assert open(out["val"][0]).read() == "zumba/c_000003_000013.mp4 1\n"
-    assert open(out["classes"][0]).read() == "abseiling\nzumba\n"
-    assert [r.label for r in parse_list_file(out["train"][0], str(root))] == [1, 0]
+    assert out["train"][1:] == (3, 1) and out["val"][1:] == (1, 0)
+    assert open(out["train"][0]).read() == (
+        "zumba/b_000002_000012.mp4 2\nabseiling/a_000001_000011.mp4 0\nair drumming/d_000004_000014.mp4 1\n"
+    )
+    assert open(out["val"][0]).read() == "zumba/c_000003_000013.mp4 2\n"
+    assert open(out["classes"][0]).read() == "abseiling\nair drumming\nzumba\n"
+    records = parse_list_file(out["train"][0], str(root))  # the list it wrote reads back, the spaced path too
+    assert [(r.label, os.path.exists(r.path)) for r in records] == [(2, True), (0, True), (1, True)]
 
 
 def test_encoder_settings_fill_the_defaults_and_name_an_unknown_option():
