@@ -125,6 +125,8 @@ class TrainClipDataset(Dataset):
             with torch.random.fork_rng(devices=[]):  # transforms draw from torch's CPU RNG: seed it, put it back
                 torch.manual_seed(seed)
                 return self._get(index)
+        if self._rng is not None and self._rng_seed is None:  # after seeded items: back to the worker's stream
+            self._rng = None
         return self._get(item)
 
     def _get(self, index: int) -> dict:
