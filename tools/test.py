@@ -112,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     scores = " ".join(f"{key} {_pct(record['metrics'][key])}" for key in ("top1", "top5", "mean_class_acc"))
     counts = f"{record['num_evaluated']} of {record['num_listed']} videos ({record['num_missing']} missing)"
+    if record["num_fallback_reads"]:  # exact, but decoded from the start: say why evaluation was slow
+        counts += f"; {record['num_fallback_reads']} read with data.fallback_backend (see fallback_reads)"
     print(f"{args.split} [{protocol.name} {record['protocol']['label']}, {cfg.eval.average}]: {scores} over {counts}")
     print(f"results: {out}")
     return 0

@@ -110,3 +110,25 @@ def test_a_listed_file_that_does_not_exist_is_reported_missing(run, capsys):
     assert test_tool.main([*base, "--strict", "data.missing_files=drop"]) == 3
     assert test_tool.main(base) == 2  # data.missing_files=fail (default): the list is rejected, naming the file
     assert "absent.mp4" in capsys.readouterr().err
+
+
+def test_videos_read_through_the_fallback_are_listed(run, capsys):
+    """An AV1 video (decord cannot decode it) is evaluated through PyAV: scored like the others, and named in
+    results.json and on the console, so a slow evaluation says why."""
+    from aim_video.data import decode
+    from tests.eval.conftest import band_video
+
+    decode.write_video(os.path.join(run["root"], "videos", "av1.mkv"), band_video(24), fps=25.0, codec="libsvtav1")
+    listed = os.path.join(run["root"], "with_av1.txt")
+    with open(listed, "w") as f:
+        f.write("videos/v00.mp4 0\nvideos/av1.mkv 0\n")
+    out = os.path.join(run["root"], "out_av1")
+    args = ["--checkpoint", run["ckpt"], "--no-progress", "--out", out, f"data.val_list={listed}",
+            "data.backend=decord", "data.fallback_backend=pyav"]  # fmt: skip
+    assert test_tool.main(args) == 0
+    results = json.load(open(os.path.join(out, "results.json")))
+    assert results["num_evaluated"] == 2 and results["num_missing"] == 0 and results["num_fallback_reads"] == 1
+    (read,) = results["fallback_reads"]
+    assert read["index"] == 1 and read["path"].endswith("videos/av1.mkv")
+    assert read["reason"].startswith("read with pyav: decord cannot decode its av1 video")
+    assert "(0 missing); 1 read with data.fallback_backend (see fallback_reads)" in capsys.readouterr().out
