@@ -30,7 +30,13 @@ import torch
 
 from aim_video.config import Config, save_config, to_dict, to_yaml
 from aim_video.engine.distributed import barrier, broadcast_object, fault_point, rng_state
-from aim_video.models.trainable_io import read_trainable, save_trainable
+from aim_video.models.trainable_io import (
+    frozen_fingerprint,
+    read_trainable,
+    same_frozen_weights,
+    save_trainable,
+    saved_fingerprint,
+)
 
 DS_TAG = "deepspeed"
 _STEP_DIR = re.compile(r"^step_(\d{8})$")
@@ -220,12 +226,20 @@ class CheckpointManager:
                     f"{path} was trained with another model config: "
                     + ", ".join(f"model.{k}={saved_model.get(k)!r} (now {now_model[k]!r})" for k in diff)
                 )
-        tensors, _ = read_trainable(os.path.join(path, "trainable.safetensors"))
+        tensors, trainable_meta = read_trainable(os.path.join(path, "trainable.safetensors"))
         expected = set(engine.module.trainable_parameter_names())
         if set(tensors) != expected:
             raise CheckpointError(
                 f"{path}: trainable set differs from this model's (missing {sorted(expected - set(tensors))[:5]}, "
                 f"unexpected {sorted(set(tensors) - expected)[:5]})"
+            )
+        saved_print, now_print = saved_fingerprint(trainable_meta), frozen_fingerprint(engine.module)
+        if saved_print is not None and not same_frozen_weights(saved_print, now_print):
+            was = meta_pretrained(path)
+            raise CheckpointError(
+                f"{path} was trained on other frozen backbone weights than this model holds (model.pretrained was "
+                f"{was!r}, now {cfg.model.pretrained!r}; frozen weights {saved_print} then, {now_print} now). "
+                "A checkpoint holds only the trainable weights: resume with the backbone it was trained on"
             )
         load_path, _ = engine.load_checkpoint(
             path, tag=DS_TAG, load_module_strict=False, load_optimizer_states=True, load_lr_scheduler_states=True
@@ -235,6 +249,16 @@ class CheckpointManager:
         rng_path = os.path.join(path, f"rng_rank{self.rank}.pt")
         meta["rng"] = torch.load(rng_path, weights_only=False) if os.path.isfile(rng_path) else None
         return meta
+
+
+def meta_pretrained(path: str) -> str:
+    """model.pretrained in the config saved with checkpoint `path` ("?" when it cannot be read)."""
+    try:
+        from aim_video.config import load_config
+
+        return load_config(os.path.join(path, "config.yaml")).model.pretrained
+    except Exception:  # noqa: BLE001 - only for an error message
+        return "?"
 
 
 def agree_on_resume(manager: CheckpointManager, spec: str) -> str | None:

@@ -15,13 +15,41 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 
+def frozen_fingerprint(model: torch.nn.Module) -> list[float]:
+    """[count, sum, sum of |w|, sum of w^2] over the frozen parameters (float64, on their device).
+
+    A trainable-weights file (and a checkpoint) holds only the trainable set: the frozen backbone it was trained on
+    must be the one it is loaded into again. Cheap reductions, stored with the file and compared on loading.
+    """
+    trainable = set(model.trainable_parameter_names())  # type: ignore[operator]
+    frozen = [p.detach().double() for name, p in model.named_parameters() if name not in trainable]
+    if not frozen:
+        return [0.0, 0.0, 0.0, 0.0]
+    stats = torch.stack([torch.stack([p.sum(), p.abs().sum(), p.square().sum()]) for p in frozen]).sum(0)
+    return [float(sum(p.numel() for p in frozen)), *(float(v) for v in stats.cpu())]
+
+
+def same_frozen_weights(saved: list[float], now: list[float], rtol: float = 1e-2) -> bool:
+    """The same backbone, allowing for the rounding of another precision (bf16 against fp32 weights: ~1e-3)."""
+    return saved[0] == now[0] and all(
+        abs(a - b) <= rtol * max(abs(a), abs(b), 1e-12) for a, b in zip(saved[2:], now[2:], strict=True)
+    )
+
+
+def saved_fingerprint(meta: dict[str, str]) -> list[float] | None:
+    """The frozen fingerprint a trainable-weights file was written with (None for files from before it)."""
+    return json.loads(meta["frozen_fingerprint"]) if "frozen_fingerprint" in meta else None
+
+
 def save_trainable(model: torch.nn.Module, path: str, metadata: dict[str, Any] | None = None) -> str:
-    """Write the model's trainable parameters (fp32, contiguous) to `path` atomically; returns the path."""
+    """Write the model's trainable parameters (fp32, contiguous) to `path` atomically, with the fingerprint of its
+    frozen weights (`frozen_fingerprint`) in the metadata; returns the path."""
     names = list(model.trainable_parameter_names())
     params = dict(model.named_parameters())
     tensors = {name: params[name].detach().float().contiguous().cpu() for name in names}
     meta = {key: value if isinstance(value, str) else json.dumps(value) for key, value in (metadata or {}).items()}
     meta["format"] = "aim-video-trainable-v1"
+    meta["frozen_fingerprint"] = json.dumps(frozen_fingerprint(model))
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp.{os.getpid()}"
     save_file(tensors, tmp, metadata=meta)
@@ -50,6 +78,13 @@ def load_trainable(model: torch.nn.Module, path: str) -> dict[str, str]:
         raise ValueError(
             f"{path} does not match this model's trainable set: missing {missing[:10]} ({len(missing)}), "
             f"unexpected {unexpected[:10]} ({len(unexpected)}). Was it trained with another model config?"
+        )
+    saved = saved_fingerprint(meta)
+    if saved is not None and not same_frozen_weights(saved, now := frozen_fingerprint(model)):
+        raise ValueError(
+            f"{path} was trained on other frozen backbone weights than this model holds (fingerprints {saved} then, "
+            f"{now} now): the file holds only the trainable weights, so the backbone must be the one it was trained "
+            "on. Is model.pretrained the file training used (an empty one leaves the backbone random)?"
         )
     params = dict(model.named_parameters())
     for name, tensor in tensors.items():

@@ -137,3 +137,22 @@ def test_mismatched_checkpoint_is_refused(world, tmp_path):
     fewer.module.trainable_parameter_names = lambda: ["head.weight", "head.bias"]
     with pytest.raises(CheckpointError, match="trainable set differs"):
         manager.load(fewer, path, cfg)
+
+
+def test_a_checkpoint_refuses_another_frozen_backbone(world, tmp_path):
+    """A checkpoint holds the trainable weights only: resuming on other backbone weights (model.pretrained changed
+    or forgotten, so the backbone stays random) would go on training silently on the wrong features."""
+    cfg = load_config(None, ["train.precision=fp32", "data.batch_size=2", "model.pretrained=/weights/clip.pt"])
+    manager = CheckpointManager(str(tmp_path / "ckpt"), keep_last=2, rank=0, world_size=1)
+    path = manager.save(_engine(cfg, seed=0), cfg, step=1, epoch=0, batches_done=1)
+    assert manager.load(_engine(cfg, seed=5), path, cfg)["step"] == 1  # the same backbone: fine
+    forgot = load_config(None, ["train.precision=fp32", "data.batch_size=2"])
+    other = _engine(forgot, seed=0)
+    with torch.no_grad():
+        other.module.backbone.weight.normal_()  # e.g. the random init a missing model.pretrained leaves
+    with pytest.raises(CheckpointError, match=r"other frozen backbone weights .*was '/weights/clip.pt', now ''"):
+        manager.load(other, path, forgot)
+    low = _engine(cfg, seed=0)
+    with torch.no_grad():
+        low.module.backbone.weight.copy_(low.module.backbone.weight.bfloat16().float())  # bf16-rounded: the same
+    assert manager.load(low, path, cfg)["step"] == 1

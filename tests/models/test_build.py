@@ -165,6 +165,11 @@ def test_trainable_weights_file_round_trip(tmp_path) -> None:
     assert not torch.equal(fresh.eval()(video), trained.eval()(video))
     load_trainable(fresh, path)
     assert torch.equal(fresh.eval()(video), trained.eval()(video))
+    other_backbone = build_model(tiny_cfg(), NUM_FRAMES)  # another random init: what an empty model.pretrained leaves
+    with torch.no_grad():
+        other_backbone.backbone.blocks[0].attn.qkv.weight.mul_(3.0)
+    with pytest.raises(ValueError, match="trained on other frozen backbone weights .* Is model.pretrained the file"):
+        load_trainable(other_backbone, path)
 
 
 def test_compiled_blocks_share_one_graph_under_a_drop_path_schedule() -> None:
