@@ -76,9 +76,9 @@ def attend_written_out(attn: Attention, x: torch.Tensor, core: str) -> torch.Ten
     if core == "matmul":
         probs = (q @ k.transpose(-2, -1)).float().softmax(-1).to(v.dtype)
         out = probs @ v
-    else:
-        probs = (q.unsqueeze(-2) * k.unsqueeze(-3)).float().sum(-1).softmax(-1).to(v.dtype)  # [B, H, N, N]
-        out = (probs.unsqueeze(-1) * v.unsqueeze(-3)).sum(-2)
+    else:  # products and sums in float32 (a compiler fuses them; eager materialises [B, H, N, N, d])
+        probs = (q.float().unsqueeze(-2) * k.float().unsqueeze(-3)).sum(-1).softmax(-1)  # [B, H, N, N]
+        out = (probs.unsqueeze(-1) * v.float().unsqueeze(-3)).sum(-2).to(v.dtype)
     out = attn.norm(out.transpose(1, 2).reshape(b, n, attn.attn_dim))
     return attn.proj_drop(attn.proj(out))
 
