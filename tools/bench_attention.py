@@ -22,10 +22,13 @@ from collections.abc import Callable
 
 # run from a checkout: tools/ off the path (tools/profile.py would shadow the stdlib profile that torch imports)
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
+
+from aim_video.models.aim import matmul_attention, reduce_attention  # noqa: E402  (what the model computes)
 
 Attention = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -38,19 +41,6 @@ def sdpa_with(backend: SDPBackend | None) -> Attention:
             return F.scaled_dot_product_attention(q, k, v)
 
     return attend
-
-
-def matmul_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """softmax(q k^T / sqrt(d)) v as two batched matmuls, the softmax in fp32."""
-    scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
-    return scores.float().softmax(-1).to(q.dtype) @ v
-
-
-def reduce_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """The same as broadcast products and sums: [.., T, 1, d] * [.., 1, T, d] summed over d, then over T."""
-    scores = ((q * q.shape[-1] ** -0.5).unsqueeze(-2) * k.unsqueeze(-3)).sum(-1)  # [.., T, T]
-    probs = scores.float().softmax(-1).to(q.dtype)
-    return (probs.unsqueeze(-1) * v.unsqueeze(-3)).sum(-2)  # [.., T, d]
 
 
 def implementations(device: str, compile_: bool) -> dict[str, Attention]:

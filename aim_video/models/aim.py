@@ -65,6 +65,23 @@ class DropPath(nn.Module):
 TEMPORAL_ATTENTION = ("sdpa", "math", "matmul", "reduce")
 
 
+def matmul_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None) -> torch.Tensor:
+    """softmax(q k^T * scale) v as two batched matmuls, scores and softmax in float32 (scale: 1/sqrt(d) if None)."""
+    q = q * (q.shape[-1] ** -0.5 if scale is None else scale)
+    return (q @ k.transpose(-2, -1)).float().softmax(-1).to(v.dtype) @ v
+
+
+def reduce_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None) -> torch.Tensor:
+    """The same as broadcast products summed over the head dimension, then over the keys, all in float32 (a
+    compiler fuses them into a few kernels; eager materialises [.., N, N, d])."""
+    q = q.float() * (q.shape[-1] ** -0.5 if scale is None else scale)
+    probs = (q.unsqueeze(-2) * k.float().unsqueeze(-3)).sum(-1).softmax(-1)  # [.., N, N]
+    return (probs.unsqueeze(-1) * v.float().unsqueeze(-3)).sum(-2).to(v.dtype)
+
+
+WRITTEN_OUT = {"matmul": matmul_attention, "reduce": reduce_attention}
+
+
 def attend_written_out(attn: Attention, x: torch.Tensor, core: str) -> torch.Tensor:
     """``attn(x)`` for timm's plain ``Attention`` with the softmax written out (``core``: matmul | reduce).
 
@@ -72,13 +89,7 @@ def attend_written_out(attn: Attention, x: torch.Tensor, core: str) -> torch.Ten
     """
     b, n, _ = x.shape
     q, k, v = attn.qkv(x).reshape(b, n, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-    q, k = attn.q_norm(q) * attn.scale, attn.k_norm(k)  # [B, H, N, d]
-    if core == "matmul":
-        probs = (q @ k.transpose(-2, -1)).float().softmax(-1).to(v.dtype)
-        out = probs @ v
-    else:  # products and sums in float32 (a compiler fuses them; eager materialises [B, H, N, N, d])
-        probs = (q.float().unsqueeze(-2) * k.float().unsqueeze(-3)).sum(-1).softmax(-1)  # [B, H, N, N]
-        out = (probs.unsqueeze(-1) * v.float().unsqueeze(-3)).sum(-2).to(v.dtype)
+    out = WRITTEN_OUT[core](attn.q_norm(q), attn.k_norm(k), v, attn.scale)  # [B, H, N, d]
     out = attn.norm(out.transpose(1, 2).reshape(b, n, attn.attn_dim))
     return attn.proj_drop(attn.proj(out))
 
