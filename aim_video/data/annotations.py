@@ -124,7 +124,7 @@ def parse_list_file(path: str, root: str = "") -> list[VideoRecord]:
     is taken for a label that is not an integer and refused.
     """
     records = []
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8-sig") as f:  # -sig: a byte-order mark (Windows editors) is not part of a path
         for lineno, line in enumerate(f, 1):
             text = line.strip()
             if not text or text.startswith("#"):
@@ -149,7 +149,7 @@ def parse_list_file(path: str, root: str = "") -> list[VideoRecord]:
 
 def read_kinetics_csv(path: str) -> list[dict[str, str]]:
     """The rows of a Kinetics CSV as dicts; raises naming the file when required columns are absent."""
-    with open(path, encoding="utf-8", newline="") as f:
+    with open(path, encoding="utf-8-sig", newline="") as f:  # -sig: else a BOM renames the first column
         rows = list(csv.DictReader(f))
     if rows:
         cols = set(rows[0])
@@ -170,16 +170,31 @@ def kinetics_classes(csv_path: str) -> list[str]:
 def parse_kinetics_csv(
     path: str, root: str = "", classes: list[str] | None = None, ext: str = ".mp4"
 ) -> tuple[list[VideoRecord], list[str]]:
-    """Records of a Kinetics CSV; `classes` (from the train CSV or a class map) fixes the label indices.
+    """Records of a Kinetics CSV; `classes` (from the train CSV, a class map or class folders) fixes the indices.
 
-    Each clip is looked for in `root/<label>/` and `root/<normalised label>/` (the two folder conventions in use);
-    the first that holds the file wins, else the normalised one is recorded (and reported missing later).
+    Without `classes` the file's own sorted labels are the classes, which is right only for the train split: a
+    labelled file whose `split` column says otherwise is refused (its indices would differ from training's
+    whenever a class is absent from it). A label matches a class by name or by normalised name (class folders
+    named the download scripts' way). Each clip is looked for in `root/<label>/` and `root/<normalised label>/`
+    (the two folder conventions in use), as `ext` first, then with the other video extensions (downloads are
+    often .webm or .mkv); the first that exists wins, else the normalised .mp4 path is recorded (and reported
+    missing later).
     """
     rows = read_kinetics_csv(path)
+    labelled = [row for row in rows if row.get("label", "").strip()]
     if classes is None:
-        classes = sorted({row["label"].strip() for row in rows if row.get("label", "").strip()})
+        splits = sorted({row.get("split", "").strip().lower() for row in labelled} - {"train", ""})
+        if splits:
+            raise AnnotationError(
+                f"{path}: a labelled '{splits[0]}' split, but no train classes to take its label indices from (its "
+                "own sorted labels would number the classes differently whenever one is absent from it): give the "
+                "class names (data.class_map or --class-map classes.txt, written by `prepare_kinetics.py lists`), "
+                "or the train CSV as data.train_list"
+            )
+        classes = sorted({row["label"].strip() for row in labelled})
     index = {name: k for k, name in enumerate(classes)}
     index.update({normalize_class_name(name): k for k, name in enumerate(classes)})
+    extensions = (ext,) + tuple(e for e in VIDEO_EXTENSIONS if e != ext)
     records = []
     for lineno, row in enumerate(rows, 2):
         try:
@@ -188,23 +203,38 @@ def parse_kinetics_csv(
             raise AnnotationError(f"{path}:{lineno}: bad time_start/time_end in {row}") from None
         label_name = row.get("label", "").strip()
         if not label_name:
-            records.append(VideoRecord(_resolve(root, name), -1, ()))
+            records.append(VideoRecord(_find(root, [""], name, extensions), -1, ()))
             continue
-        if label_name not in index:
+        key = label_name if label_name in index else normalize_class_name(label_name)
+        if key not in index:
             raise AnnotationError(
-                f"{path}:{lineno}: label {label_name!r} is not among the {len(classes)} train classes "
-                "(pass the train CSV or a class map that holds it)"
+                f"{path}:{lineno}: label {label_name!r} is not among the {len(classes)} classes given (the train "
+                "CSV's labels, the class map or the class folders): pass the train CSV or a class map that holds it"
             )
-        raw = _resolve(root, os.path.join(label_name, name))
-        norm = _resolve(root, os.path.join(normalize_class_name(label_name), name))
-        chosen = raw if os.path.exists(raw) else norm
-        records.append(VideoRecord(chosen, index[label_name], (index[label_name],)))
+        folders = [label_name, normalize_class_name(label_name)]
+        records.append(VideoRecord(_find(root, folders, name, extensions), index[key], (index[key],)))
     return records, list(classes)
+
+
+def _find(root: str, folders: list[str], name: str, extensions: Sequence[str]) -> str:
+    """The first of root/<folder>/<name with an extension> that exists; else the last folder's first extension."""
+    stem = os.path.splitext(name)[0]
+    for ext in extensions:
+        for folder in folders:
+            candidate = _resolve(root, os.path.join(folder, stem + ext))
+            if os.path.exists(candidate):
+                return candidate
+    return _resolve(root, os.path.join(folders[-1], stem + extensions[0]))
+
+
+def class_folder_names(root: str) -> list[str]:
+    """The classes of a class-folder tree: its sub-folders, sorted by name."""
+    return sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)) and not d.startswith("."))
 
 
 def parse_class_folders(root: str) -> tuple[list[VideoRecord], list[str]]:
     """`root/<class>/<video>`: classes sorted by folder name, videos sorted by name within a class."""
-    classes = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)) and not d.startswith("."))
+    classes = class_folder_names(root)
     if not classes:
         raise AnnotationError(f"{root}: no class folders found (expected {root}/<class>/<video>.mp4)")
     records = []
@@ -217,8 +247,8 @@ def parse_class_folders(root: str) -> tuple[list[VideoRecord], list[str]]:
 
 def read_class_map(path: str) -> list[str]:
     """Class names, one per line, in index order."""
-    with open(path, encoding="utf-8") as f:
-        names = [line.rstrip("\n") for line in f if line.strip()]
+    with open(path, encoding="utf-8-sig") as f:
+        names = [line.rstrip("\r\n") for line in f if line.strip()]
     if len(set(names)) != len(names):
         raise AnnotationError(f"{path}: duplicate class names in the class map")
     return names
@@ -262,10 +292,10 @@ def load_annotations(
     if absent:
         summary = (
             f"{source}: {len(absent)} of {len(records)} videos not found, e.g. {', '.join(absent[:3])} "
-            f"(check data.root={root!r}"
+            f"(check the folder the paths start from, {root!r}: data.root, or --root in tools/prepare_kinetics.py"
         )
         if missing == "fail":
-            raise AnnotationError(summary + "; or set data.missing_files=drop to skip them)")
+            raise AnnotationError(summary + "; or skip them: data.missing_files=drop, or --missing drop)")
         log.warning("%s; dropped)", summary)
         gone = set(absent)
         records = [r for r in records if r.path not in gone]

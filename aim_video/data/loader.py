@@ -44,6 +44,7 @@ from aim_video.data.annotations import (
     AnnotationError,
     Annotations,
     VideoRecord,
+    class_folder_names,
     kinetics_classes,
     load_annotations,
     read_class_map,
@@ -55,9 +56,12 @@ log = logging.getLogger(__name__)
 
 
 def resolve_classes(cfg: Config) -> list[str] | None:
-    """Class names in index order: the class map if given, else the sorted labels of a train Kinetics CSV."""
+    """Class names in index order: the class map if given, else the sorted labels of a train Kinetics CSV or the
+    sorted folders of a train class-folder tree; None when the train source is a list file (integer labels)."""
     if cfg.data.class_map:
         return read_class_map(cfg.data.class_map)
+    if os.path.isdir(cfg.data.train_list):
+        return class_folder_names(cfg.data.train_list)
     if cfg.data.train_list.lower().endswith(".csv"):
         return kinetics_classes(cfg.data.train_list)
     return None

@@ -83,8 +83,45 @@ def test_kinetics_val_uses_train_classes_and_rejects_unknown(tmp_path):
     recs, classes = parse_kinetics_csv(str(csv), "", classes=["abseiling", "zumba"])
     assert recs[0].label == 1 and classes == ["abseiling", "zumba"]
     csv.write_text("label,youtube_id,time_start,time_end,split\nyoga,q,1,11,val\n")
-    with pytest.raises(AnnotationError, match="'yoga' is not among the 2 train classes"):
+    with pytest.raises(AnnotationError, match="'yoga' is not among the 2 classes given"):
         parse_kinetics_csv(str(csv), "", classes=["abseiling", "zumba"])
+
+
+def test_a_labelled_split_other_than_train_needs_the_train_classes(tmp_path):
+    """Its own sorted labels would number the classes differently from training whenever one is absent from it:
+    here 'zumba' would be 0 instead of 1, silently."""
+    csv = tmp_path / "val.csv"
+    csv.write_text("label,youtube_id,time_start,time_end,split\nzumba,q,1,11,val\n")
+    with pytest.raises(AnnotationError, match=r"val.csv: a labelled 'val' split, but no train classes.*class_map"):
+        parse_kinetics_csv(str(csv), "")
+    (tmp_path / "train.csv").write_text(KINETICS)  # the train split numbers its own classes
+    assert [r.label for r in parse_kinetics_csv(str(tmp_path / "train.csv"), "")[0]] == [1, 0, 0, 2]
+
+
+def test_kinetics_labels_match_normalised_class_folders_and_other_extensions(tmp_path):
+    """Class folders named the download scripts' way ('massaging_persons_head') define classes a CSV's raw labels
+    must match; clips downloaded as .webm or .mkv are found under their own extension."""
+    root = tmp_path / "videos"
+    webm = touch(str(root / "massaging_persons_head" / "q_000001_000011.webm"))
+    mp4 = touch(str(root / "zumba" / "r_000002_000012.mp4"))
+    csv = tmp_path / "val.csv"
+    csv.write_text(
+        'label,youtube_id,time_start,time_end,split\n"massaging person\'s head",q,1,11,val\nzumba,r,2,12,val\n'
+    )
+    recs, _ = parse_kinetics_csv(str(csv), str(root), classes=["massaging_persons_head", "zumba"])
+    assert [(r.path, r.label) for r in recs] == [(webm, 0), (mp4, 1)]
+    assert load_annotations(str(csv), str(root), ["massaging_persons_head", "zumba"]).missing == []
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_entry(tmp_path):
+    bom = "\ufeff"
+    (tmp_path / "train.csv").write_text(bom + KINETICS, encoding="utf-8")
+    recs, classes = parse_kinetics_csv(str(tmp_path / "train.csv"), "")
+    assert classes == ["abseiling", "passing American football (in game)", "zumba"] and recs[0].label == 1
+    (tmp_path / "train.txt").write_text(bom + "a/x.mp4 3\r\n", encoding="utf-8")
+    assert parse_list_file(str(tmp_path / "train.txt"), root="/d") == [VideoRecord("/d/a/x.mp4", 3, (3,))]
+    (tmp_path / "classes.txt").write_text(bom + "abseiling\r\nzumba\r\n", encoding="utf-8")
+    assert read_class_map(str(tmp_path / "classes.txt")) == ["abseiling", "zumba"]
 
 
 def test_kinetics_test_split_without_labels(tmp_path):
@@ -119,7 +156,8 @@ def test_class_folders_and_missing_policy(tmp_path):
 
     lst = tmp_path / "list.txt"
     lst.write_text("a_cls/x.mp4 0\ngone1.mp4 1\ngone2.mp4 1\n")
-    with pytest.raises(AnnotationError, match=r"2 of 3 videos not found, e.g. .*gone1.mp4.*missing_files=drop"):
+    found = r"2 of 3 videos not found, e.g. .*gone1.mp4.*data.root.*missing_files=drop"
+    with pytest.raises(AnnotationError, match=found):
         load_annotations(str(lst), root=str(root))
     ann = load_annotations(str(lst), root=str(root), missing="drop")
     assert len(ann.records) == 1 and len(ann.missing) == 2

@@ -351,3 +351,28 @@ def test_a_verify_report_stops_training_on_videos_that_return_wrong_frames(tmp_p
     assert len(other.dataset.records) == 2 and "made for pyav, not data.backend=decord" in caplog.text
     with pytest.raises(ValueError, match="data.inexact_videos must be one of fail, drop, keep"):
         build_train_loader(tiny_cfg(lst, batch_size=1, verify_report=report, inexact_videos="skip"), 0, 1)
+
+
+def test_a_val_csv_takes_its_label_indices_from_the_train_classes(tmp_path):
+    """A labelled val CSV numbered its own sorted labels when the train source was no CSV: with a class absent from
+    val, every index shifted, silently. Class folders (named the download scripts' way) now give the classes; a
+    train list file (integer labels only) needs data.class_map."""
+    from aim_video.data.loader import load_split
+
+    train = tmp_path / "train"
+    for folder in ("abseiling", "massaging_persons_head", "zumba"):
+        make_h264(str(train / folder / "t.mp4"), n=4)
+    make_h264(str(tmp_path / "val" / "massaging_persons_head" / "v_000001_000011.mp4"), n=4)
+    make_h264(str(tmp_path / "val" / "zumba" / "w_000002_000012.mp4"), n=4)
+    csv = tmp_path / "val.csv"
+    header = "label,youtube_id,time_start,time_end,split\n"
+    csv.write_text(header + '"massaging person\'s head",v,1,11,val\nzumba,w,2,12,val\n')
+    cfg = tiny_cfg(str(train), str(csv), root=str(tmp_path / "val"), num_classes=3)
+    assert [r.label for r in load_split(cfg, "val").records] == [1, 2]  # not [0, 1]
+    write_lines(str(tmp_path / "train.txt"), ["../train/zumba/t.mp4 2"])
+    cfg = tiny_cfg(str(tmp_path / "train.txt"), str(csv), root=str(tmp_path / "val"), num_classes=3)
+    with pytest.raises(AnnotationError, match="labelled 'val' split, but no train classes.*data.class_map"):
+        load_split(cfg, "val")
+    write_lines(str(tmp_path / "classes.txt"), ["abseiling", "massaging_persons_head", "zumba"])
+    cfg.data.class_map = str(tmp_path / "classes.txt")
+    assert [r.label for r in load_split(cfg, "val").records] == [1, 2]
