@@ -60,7 +60,8 @@ from aim_video.data.prepare import (  # noqa: E402
 
 def add_lists(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("lists", help="Kinetics CSV / list file / class folders -> list files and class map")
-    p.add_argument("--train", required=True, help="train CSV, list file or class folder (defines the classes)")
+    p.add_argument("--train", default="", help="train CSV, list file or class folder (defines the classes; "
+                   "optional with --class-map, e.g. to list a test folder that lives elsewhere)")  # fmt: skip
     p.add_argument("--val", default="", help="validation source")
     p.add_argument("--test", default="", help="test source")
     p.add_argument("--root", default="", help="folder the videos' relative paths start from")
@@ -166,12 +167,16 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if counts["exact"] == len(checks):
         return 0
     print("\n".join(verify.explain(checks)))
-    print(
-        "re-encode those (originals untouched; `short` ones also train as they are, from the report's counts):\n"
-        f"  python tools/prepare_kinetics.py repair --report {args.report} --list {args.list}"
-        + (f" --root {args.root}" if args.root else "")
-        + " --out-root DIR --out-list NEW_LIST"
-    )
+    if counts["unreadable"]:
+        print("`unreadable` files are broken (truncated or failed downloads): download them again, or drop them from "
+              "the list; training skips them and counts them, evaluation lists them as missing")  # fmt: skip
+    if len(checks) - counts["exact"] - counts["unreadable"]:
+        print(
+            "re-encode the others (originals untouched; `short` ones also train as they are, from the report's "
+            f"counts):\n  python tools/prepare_kinetics.py repair --report {args.report} --list {args.list}"
+            + (f" --root {args.root}" if args.root else "")
+            + " --out-root DIR --out-list NEW_LIST"
+        )
     return 1
 
 

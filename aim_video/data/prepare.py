@@ -20,11 +20,19 @@ import json
 import os
 import shutil
 import subprocess
+import threading
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from aim_video.data.annotations import Annotations, load_annotations, read_class_map, write_lines, write_list_file
+from aim_video.data.annotations import (
+    VIDEO_EXTENSIONS,
+    Annotations,
+    load_annotations,
+    read_class_map,
+    write_lines,
+    write_list_file,
+)
 from aim_video.data.decode import x264_tune
 from aim_video.data.verify import check_video
 
@@ -108,7 +116,8 @@ def reencode_one(
     if not os.path.isfile(src):
         return EncodeResult(src, dst, "failed", "source file not found")
     os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
-    tmp = f"{dst}.tmp{os.getpid()}.mp4"
+    # unique per process and thread; not a video extension, so a copy left by a killed run is never listed
+    tmp = f"{dst}.{os.getpid()}-{threading.get_ident()}.partial"
     try:
         proc = subprocess.run(reencode_command(src, tmp, **options), capture_output=True, text=True, timeout=timeout_s)
         if proc.returncode != 0:
@@ -152,6 +161,8 @@ def claim_out_root(out_root: str, settings: dict, overwrite: bool = False, exist
     `overwrite`. Returns the record's path.
     """
     path = os.path.join(out_root, SETTINGS_FILE)
+    if os.path.exists(path) and not overwrite and not _holds_videos(out_root):
+        os.remove(path)  # a first run stopped before any output: nothing was encoded with the recorded settings
     if existing and not overwrite and not os.path.exists(path):
         raise ValueError(
             f"{out_root} already holds {existing} of this run's outputs but no {SETTINGS_FILE}, so their encoder "
@@ -180,6 +191,10 @@ def claim_out_root(out_root: str, settings: dict, overwrite: bool = False, exist
     return path
 
 
+def _holds_videos(folder: str) -> bool:
+    return any(f.lower().endswith(VIDEO_EXTENSIONS) for _, _, files in os.walk(folder) for f in files)
+
+
 def finish_out_root(out_root: str, all_encoded: bool) -> None:
     """After a run: an `overwrite` run that re-encoded every video clears the record's unfinished mark."""
     path = os.path.join(out_root, SETTINGS_FILE)
@@ -204,20 +219,32 @@ def output_path(src: str, src_root: str, out_root: str) -> str:
 def reencode_all(
     pairs: Iterable[tuple[str, str]], jobs: int = 4, progress: bool = True, **options
 ) -> list[EncodeResult]:
-    """Re-encode (src, dst) pairs with `jobs` ffmpeg processes at once; results in input order."""
+    """Re-encode (src, dst) pairs with `jobs` ffmpeg processes at once; results in input order.
+
+    A pair listed twice is encoded once. Two sources with one output (`a/x.mp4` and `a/x.webm`) cannot both be
+    kept: the first is encoded, the others fail, naming it.
+    """
     from tqdm import tqdm
 
     pairs = list(pairs)
+    owner: dict[str, str] = {}
+    for src, dst in pairs:
+        owner.setdefault(dst, src)
+    todo = list(dict.fromkeys((src, dst) for src, dst in pairs if owner[dst] == src))
+    done: dict[tuple[str, str], EncodeResult] = {}
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        futures = [pool.submit(reencode_one, src, dst, **options) for src, dst in pairs]
+        futures = {pair: pool.submit(reencode_one, *pair, **options) for pair in todo}
         bar = tqdm(total=len(futures), desc="re-encode", unit="video", disable=not progress)
-        results = []
-        for fut in futures:
-            results.append(fut.result())
+        for pair, fut in futures.items():
+            done[pair] = fut.result()
             bar.update(1)
-            bar.set_postfix(failed=sum(r.status == "failed" for r in results))
+            bar.set_postfix(failed=sum(r.status == "failed" for r in done.values()))
         bar.close()
-    return results
+    clash = "{} has the same output {}: rename one of the two sources"
+    return [
+        done[(src, dst)] if owner[dst] == src else EncodeResult(src, dst, "failed", clash.format(owner[dst], dst))
+        for src, dst in pairs
+    ]
 
 
 def write_outputs_list(path: str, ann: Annotations, results: list[EncodeResult], out_root: str) -> int:
@@ -238,12 +265,16 @@ def build_lists(
     Returns {split or "classes": (written path, entries written, entries dropped as missing)}.
     """
     classes: list[str] | None = read_class_map(class_map) if class_map else None
+    if "train" not in sources and classes is None:
+        raise ValueError("without a train source the classes are unknown: give --train, or --class-map classes.txt")
     order = sorted(sources, key=lambda s: s != "train")  # train first: it defines the classes
+    loaded = {}
+    for split in order:  # every split read and checked before anything is written: no half-updated out_dir
+        loaded[split] = load_annotations(sources[split], root, classes, missing, what=f"{split} annotations")
+        if classes is None and loaded[split].classes:
+            classes = loaded[split].classes
     written = {}
-    for split in order:
-        ann = load_annotations(sources[split], root, classes, missing, what=f"{split} annotations")
-        if classes is None and ann.classes:
-            classes = ann.classes
+    for split, ann in loaded.items():
         path = os.path.join(out_dir, f"{split}.txt")
         base = root if relative and root else ""
         write_list_file(path, ann.records, root=base)

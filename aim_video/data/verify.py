@@ -283,6 +283,8 @@ def verify_videos(
                 if row.pop("tag", None) == tag:
                     done[row["path"]] = VideoCheck(**row)
     todo = [(p, backend, seek_mode, num_threads, tol) for p in paths if p not in done]
+    if journal:
+        os.makedirs(os.path.dirname(os.path.abspath(journal)), exist_ok=True)
     out = open(journal, "a") if journal else None  # noqa: SIM115 - closed in finally
     try:
         from tqdm import tqdm

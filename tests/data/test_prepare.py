@@ -161,3 +161,52 @@ def test_encoder_settings_fill_the_defaults_and_name_an_unknown_option():
     assert encoder_settings(tune="fastdecode") == encoder_settings()  # the same encoding, however it was spelled
     with pytest.raises(ValueError, match=r"unknown re-encoding option\(s\) \['key_int'\]"):
         encoder_settings(key_int=8)
+
+
+def test_a_pair_listed_twice_is_encoded_once_and_two_sources_of_one_output_are_named(tmp_path):
+    """Threads of one process shared a temporary name, so a video listed twice crashed the run with --jobs 2; and
+    `a/x.mp4` next to `a/x.webm` (one output) was reported as 'already done'."""
+    src = make_video(str(tmp_path / "a" / "x.mp4"), 8)
+    other = make_video(str(tmp_path / "a" / "x.mkv"), 8)
+    dst = str(tmp_path / "o" / "a" / "x.mp4")
+    results = reencode_all([(src, dst), (src, dst), (other, dst)], jobs=2, progress=False, short_side=32)
+    assert [r.status for r in results] == ["done", "done", "failed"]
+    assert results[2].reason == f"{src} has the same output {dst}: rename one of the two sources"
+    assert os.listdir(tmp_path / "o" / "a") == ["x.mp4"]  # no temporary left behind
+
+
+def test_a_run_killed_before_any_output_neither_lists_its_temporary_nor_locks_the_settings(tmp_path):
+    from aim_video.data.annotations import parse_class_folders
+    from aim_video.data.prepare import claim_out_root, encoder_settings
+
+    out = tmp_path / "o"
+    claim_out_root(str(out), encoder_settings(keyint=8))
+    os.makedirs(out / "cls")  # what ffmpeg finished after its parent was killed:
+    os.replace(make_video(str(tmp_path / "x.mp4"), 8), out / "cls" / "x.mp4.1234-5678.partial")
+    assert parse_class_folders(str(out))[0] == []  # not a video to train on
+    claim_out_root(str(out), encoder_settings(keyint=16))  # no video holds the first settings: nothing to mix
+    make_video(str(out / "cls" / "y.mp4"), 8)
+    with pytest.raises(ValueError, match="keyint=16 \\(this run: 4\\)"):
+        claim_out_root(str(out), encoder_settings(keyint=4))
+
+
+def test_build_lists_writes_nothing_unless_every_split_reads(tmp_path):
+    root = tmp_path / "videos"
+    (root / "zumba").mkdir(parents=True)
+    (root / "zumba" / "b_000002_000012.mp4").write_bytes(b"x")
+    (tmp_path / "train.csv").write_text("label,youtube_id,time_start,time_end,split\nzumba,b,2,12,train\n")
+    (tmp_path / "test.csv").write_text("youtube_id,time_start,time_end,split\ngone,1,11,test\n")
+    sources = {"train": str(tmp_path / "train.csv"), "test": str(tmp_path / "test.csv")}
+    with pytest.raises(Exception, match="test.csv: no videos left"):
+        build_lists(sources, str(root), str(tmp_path / "lists"))
+    assert not os.path.exists(tmp_path / "lists")
+    # a test folder elsewhere: its own root, the classes from the class map, no train source needed
+    (tmp_path / "test_videos").mkdir()
+    (tmp_path / "test_videos" / "gone_000001_000011.mp4").write_bytes(b"x")
+    (tmp_path / "classes.txt").write_text("zumba\n")
+    out = build_lists({"test": str(tmp_path / "test.csv")}, str(tmp_path / "test_videos"), str(tmp_path / "lists"),
+                      class_map=str(tmp_path / "classes.txt"))  # fmt: skip
+    assert open(out["test"][0]).read() == "gone_000001_000011.mp4 -1\n" and sorted(os.listdir(tmp_path / "lists")) == [
+        "classes.txt", "test.txt"]  # fmt: skip
+    with pytest.raises(ValueError, match="without a train source the classes are unknown"):
+        build_lists({"test": str(tmp_path / "test.csv")}, str(tmp_path / "test_videos"), str(tmp_path / "l2"))

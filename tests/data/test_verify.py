@@ -254,3 +254,21 @@ def test_repair_reports_in_input_order_whatever_finishes_first(tmp_path):
     mapping, rechecked = verify.repair_videos(checks, str(tmp_path / "out"), jobs=2, progress=False)
     assert [os.path.basename(c.path) for c in rechecked] == ["slow.mp4", "fast.mp4"]
     assert list(mapping.values()) == [c.path for c in rechecked]
+
+
+def test_verify_videos_makes_the_report_folder(files, tmp_path):
+    journal = str(tmp_path / "not" / "yet" / "report.json.partial.jsonl")
+    checks = verify.verify_videos([files["clean"]], "decord", jobs=1, journal=journal, progress=False)
+    assert checks[0].status == "exact" and os.path.isfile(journal)
+
+
+def test_verify_tells_to_download_broken_files_again_not_to_re_encode_them(files, tmp_path, capsys):
+    from tools.prepare_kinetics import main
+
+    (tmp_path / "broken.mp4").write_bytes(os.urandom(3000))
+    os.symlink(files["clean"], tmp_path / "clean.mp4")
+    (tmp_path / "l.txt").write_text("clean.mp4 0\nbroken.mp4 1\n")
+    report = str(tmp_path / "reports" / "v.json")  # a folder that does not exist yet
+    assert main(["verify", "--list", str(tmp_path / "l.txt"), "--root", str(tmp_path), "--report", report]) == 1
+    printed = capsys.readouterr().out
+    assert "download them again, or drop them" in printed and "repair" not in printed
