@@ -420,7 +420,17 @@ def read_frames(
     except VideoReadError as err:
         if not fallback or fallback == backend:
             raise
-        reader, used = _open(fallback, {}), fallback
+        try:
+            reader, used = _open(fallback, {}), fallback
+        except (BackendUnavailable, ReadTimeout):
+            raise
+        except VideoReadError as second:
+            raise VideoReadError(
+                path,
+                f"neither {backend} nor {fallback} can open it ({backend}: {err.reason}; {fallback}: {second.reason}): "
+                "it is probably truncated or not a video; download it again or drop it from the list "
+                "(`tools/prepare_kinetics.py verify` finds every such file)",
+            ) from None
         _FALLBACKS[path] = f"read with {fallback}: {err.reason}"
     try:
         limit = reader.num_frames if num_frames is None else min(num_frames, reader.num_frames or num_frames)

@@ -133,6 +133,17 @@ def test_pyav_fallback_for_a_file_decord_cannot_open(tmp_path, monkeypatch):
     assert len(opened) == 2 and mean_abs_diff(again[0], ref[5]) < 1.0  # straight to the fallback
 
 
+def test_a_file_neither_backend_opens_names_both_reasons_and_what_to_do(tmp_path):
+    path = tmp_path / "clip.mp4"
+    path.write_bytes(os.urandom(3000))  # a failed download
+    with pytest.raises(decode.VideoReadError) as info:
+        decode.read_frames(str(path), [0], "decord", fallback="pyav")
+    message = str(info.value)
+    assert "neither decord nor pyav can open it (decord: decord cannot open it" in message
+    assert "; pyav: " in message and "download it again or drop it" in message and "verify" in message
+    assert decode.fallback_reason(str(path)) == ""
+
+
 @pytest.mark.parametrize("backend", ["decord", "pyav", pytest.param("torchcodec", marks=needs_torchcodec)])
 def test_bad_files_raise_naming_the_file(tmp_path, backend):
     empty, text = tmp_path / "empty.mp4", tmp_path / "text.mp4"
