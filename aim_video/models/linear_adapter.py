@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from timm.layers import trunc_normal_
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
+
+from aim_video.models.adapter import init_trunc_normal
 
 
 class LinearAdapter(nn.Module):
@@ -29,7 +30,7 @@ class LinearAdapter(nn.Module):
             raise ValueError(f"model.linear_adapter_rank must be >= 1, got {rank}")
         self.down = nn.Linear(dim, rank, bias=False)
         self.up = nn.Linear(rank, dim, bias=False)
-        trunc_normal_(self.down.weight, std=0.02)
+        init_trunc_normal(self.down.weight)
         nn.init.zeros_(self.up.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -3,13 +3,15 @@
 Layouts read: OpenAI CLIP (the TorchScript ``.pt`` archive or a plain state dict, keys under ``visual.`` or bare,
 fp16, extra integer entries, text tower ignored), OpenCLIP, and timm (``.pth``/``.bin``, ``.safetensors``, a Hugging
 Face cache or snapshot folder). timm's own ``checkpoint_filter_fn`` converts CLIP keys and resamples position
-embeddings (and patch kernels) to the model's input size. After conversion the model's missing keys must be exactly
-the parameters AIM adds (adapters, temporal embedding, head) and nothing may be unexpected: the authors' users
-trained for days on a random frozen backbone when a flag was forgotten, so any difference here is an error.
+embeddings to the model's input size (a checkpoint of another patch size is refused). After conversion the model's
+missing keys must be exactly the parameters AIM adds (adapters, temporal embedding, head) and nothing may be
+unexpected: the authors' users trained for days on a random frozen backbone when a flag was forgotten, so any
+difference here is an error.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import warnings
@@ -110,8 +112,46 @@ def to_timm_layout(state: dict[str, torch.Tensor], backbone: torch.nn.Module) ->
             )
     elif any(k.startswith("visual.trunk.") for k in state):
         layout = "openclip-timm"
-    state = checkpoint_filter_fn(state, backbone)
+    _check_patch_size(state, backbone)
+    state = checkpoint_filter_fn(state, backbone)  # also resamples position embeddings to the model's input size
     return state, layout
+
+
+def _check_patch_size(state: dict[str, torch.Tensor], backbone: torch.nn.Module) -> None:
+    """timm's filter would resample a patch kernel of another size to the model's (FlexiViT-style) and the load
+    would go through: ViT-B/32 weights in a ViT-B/16. Those are weights of another model, so that is an error."""
+    kernel = next(
+        (state[k] for k in ("visual.conv1.weight", "patch_embed.proj.weight", "visual.trunk.patch_embed.proj.weight")
+         if k in state), None,
+    )  # fmt: skip
+    proj = getattr(getattr(backbone, "patch_embed", None), "proj", None)
+    if kernel is None or proj is None or kernel.ndim != 4:
+        return
+    theirs, ours = tuple(kernel.shape[-2:]), tuple(proj.weight.shape[-2:])
+    if theirs != ours:
+        raise PretrainedLoadError(
+            f"the checkpoint's patches are {theirs[0]}x{theirs[1]} pixels, the model's (model.arch) "
+            f"{ours[0]}x{ours[1]}: these are weights of another architecture (a ViT-x/{theirs[0]}); pick model.arch "
+            f"with patch size {theirs[0]}"
+        )
+
+
+def openai_weights(path: str, file: str) -> bool:
+    """Whether timm-layout weights are OpenAI's CLIP (trained with QuickGELU): timm names them `<arch>.openai`, in
+    the Hugging Face repository (folder `models--timm--<arch>.openai`), its config.json and downloaded file names."""
+    names = [os.path.basename(os.path.normpath(p)) for p in (path, file, os.path.dirname(file))]
+    names += [part for part in os.path.normpath(file).split(os.sep) if part.startswith("models--")]
+    if any(name.endswith(".openai") or ".openai." in name for name in names):
+        return True
+    config = os.path.join(os.path.dirname(file), "config.json")
+    if os.path.isfile(config):
+        try:
+            with open(config, encoding="utf-8") as f:
+                tag = (json.load(f).get("pretrained_cfg") or {}).get("tag", "")
+        except (OSError, ValueError, AttributeError):
+            return False
+        return tag == "openai"
+    return False
 
 
 def load_pretrained(model: torch.nn.Module, path: str) -> dict[str, list[str]]:
@@ -123,6 +163,12 @@ def load_pretrained(model: torch.nn.Module, path: str) -> dict[str, list[str]]:
     file = resolve_weight_file(path)
     backbone = model.backbone
     state, layout = to_timm_layout(read_state_dict(file), backbone)
+    if layout != "openai-clip" and openai_weights(path, file) and not isinstance(backbone.blocks[0].mlp.act, QuickGELU):
+        raise PretrainedLoadError(
+            f"{file} holds OpenAI's CLIP weights (tagged 'openai'), which need QuickGELU: pick the *_clip_quickgelu_* "
+            f"architecture (e.g. vit_base_patch16_clip_quickgelu_224) rather than the {type(backbone).__name__} with "
+            f"{type(backbone.blocks[0].mlp.act).__name__} that model.arch builds; its outputs would differ"
+        )
     ignored = sorted(k for k in state if k in IGNORED_KEYS)
     state = {k: v for k, v in state.items() if k not in IGNORED_KEYS}
 

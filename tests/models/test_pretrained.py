@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -117,6 +118,38 @@ def test_openai_weights_need_quickgelu(clip_vit, tmp_path) -> None:
     save_torchscript(openai_full_state(clip_vit), path)
     with pytest.raises(PretrainedLoadError, match="QuickGELU"):
         build_model(tiny_cfg(arch="vit_base_patch16_clip_224", pretrained=path), NUM_FRAMES)
+
+
+def test_timm_layout_openai_weights_need_quickgelu_too(clip_vit, tmp_path) -> None:
+    """timm's own `*_clip_quickgelu_224.openai` weights live in the repository named after the GELU architecture
+    (timm/vit_base_patch16_clip_224.openai): loading them into that architecture gives other outputs, silently."""
+    snapshot = tmp_path / "models--timm--vit_base_patch16_clip_224.openai" / "snapshots" / "abc"
+    snapshot.mkdir(parents=True)
+    save_file(_timm_state(clip_vit), str(snapshot / "open_clip_model.safetensors"))
+    gelu = "vit_base_patch16_clip_224"
+    with pytest.raises(PretrainedLoadError, match="OpenAI's CLIP weights .* need QuickGELU"):
+        build_model(tiny_cfg(arch=gelu, pretrained=str(snapshot.parent.parent)), NUM_FRAMES)
+    plain = tmp_path / "folder"  # a renamed copy: the tag in config.json still tells
+    plain.mkdir()
+    save_file(_timm_state(clip_vit), str(plain / "model.safetensors"))
+    (plain / "config.json").write_text(json.dumps({"architecture": gelu, "pretrained_cfg": {"tag": "openai"}}))
+    with pytest.raises(PretrainedLoadError, match="QuickGELU"):
+        build_model(tiny_cfg(arch=gelu, pretrained=str(plain)), NUM_FRAMES)
+    build_model(tiny_cfg(pretrained=str(plain)), NUM_FRAMES)  # the QuickGELU architecture takes them
+
+
+def test_weights_of_another_patch_size_are_refused(tmp_path) -> None:
+    """timm's filter resizes a patch kernel of another size to the model's, so ViT-B/32 weights went into a
+    ViT-B/16 without a word."""
+    source = random_vit(patch_size=4)  # the tiny model's patches are 8x8
+    path = str(tmp_path / "vit_p4.safetensors")
+    save_file(dict(source.state_dict()), path)
+    with pytest.raises(PretrainedLoadError, match=r"patches are 4x4 pixels, the model's \(model.arch\) 8x8"):
+        build_model(tiny_cfg(pretrained=path), NUM_FRAMES)
+    openai = openai_visual_state(source)
+    torch.save(openai, str(tmp_path / "openai_p4.pt"))
+    with pytest.raises(PretrainedLoadError, match="patches are 4x4"):
+        build_model(tiny_cfg(pretrained=str(tmp_path / "openai_p4.pt")), NUM_FRAMES)
 
 
 def test_position_embedding_resampled_to_the_input_size(tmp_path) -> None:
