@@ -176,6 +176,37 @@ class ConfigError(ValueError):
     """A config file or override names a key that does not exist or has a value of the wrong type."""
 
 
+# keys whose value is one of a few names: a typo stops at load time, not hours later in a worker or at evaluation
+CHOICES: dict[str, tuple[Any, ...]] = {
+    "data.missing_files": ("fail", "drop"),
+    "data.backend": ("decord", "torchcodec", "pyav"),
+    "data.fallback_backend": ("", "pyav", "decord", "torchcodec"),
+    "data.seek_mode": ("exact", "approximate"),
+    "data.inexact_videos": ("fail", "drop", "keep"),
+    "data.sampling": ("dense", "uniform"),
+    "data.short_video": ("loop", "clamp"),
+    "model.method": ("aim", "linear_probe", "full_finetune", "lora", "vpt_shallow", "vpt_deep", "linear_adapter"),
+    "model.temporal_attention": ("sdpa", "math", "matmul", "reduce"),
+    "train.precision": ("bf16", "fp16", "fp32"),
+    "train.zero_stage": (0, 1, 2),
+    "eval.protocol": ("", "k400", "ssv2", "diving48"),
+    "eval.average": ("prob", "score"),
+}
+
+
+def check_choices(cfg: Config, source: str) -> None:
+    """Raise ConfigError naming the first key of CHOICES whose value is not one of its names."""
+    for key, allowed in CHOICES.items():
+        section, leaf = key.split(".")
+        value = getattr(getattr(cfg, section), leaf)
+        if value not in allowed:
+            hint = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
+            raise ConfigError(
+                f"{source}: bad value for config key '{key}': {value!r} is not one of "
+                f"{', '.join(repr(a) for a in allowed)}" + (f". Did you mean {hint[0]!r}?" if hint else "")
+            )
+
+
 def _section_of(full_key: str) -> type:
     node: type = Config
     for part in full_key.split(".")[:-1]:
@@ -228,6 +259,7 @@ def load_config(path: str | None = None, overrides: list[str] | None = None) -> 
             raise _explain(err, "command-line override") from None
     obj = OmegaConf.to_object(cfg)
     assert isinstance(obj, Config)
+    check_choices(obj, (path or "defaults") + (" with overrides" if overrides else ""))
     return obj
 
 
