@@ -7,7 +7,8 @@
 
 Writes results.json (metrics, protocol, videos evaluated, missing list, checkpoint sha256, resolved config),
 per_class.csv, confusion.png and, with --save-scores, scores.safetensors (per-video averaged scores).
-Exit status 2: bad config or arguments; 3: missing videos under --strict.
+Exit status 2: bad config or arguments (an unwritable --out included); 3: missing videos under --strict, or no
+video readable at all.
 """
 
 from __future__ import annotations
@@ -73,7 +74,11 @@ def main(argv: list[str] | None = None) -> int:
         names = resolve_classes(cfg) or [str(i) for i in range(cfg.model.num_classes)]
         if len(names) != cfg.model.num_classes:
             raise ValueError(f"the class map lists {len(names)} classes, model.num_classes is {cfg.model.num_classes}")
-    except (ConfigError, FileNotFoundError, ValueError) as err:
+        out = args.out or _default_out(cfg.output_dir, checkpoint_file, args.split)
+        os.makedirs(out, exist_ok=True)  # before the evaluation, not after hours of it
+        if not os.access(out, os.W_OK):
+            raise PermissionError(f"cannot write results into {out}: choose another --out")
+    except (ConfigError, OSError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     proc = init_process()
@@ -99,7 +104,6 @@ def main(argv: list[str] | None = None) -> int:
     if proc.rank != 0:
         return 0
 
-    out = args.out or _default_out(cfg.output_dir, checkpoint_file, args.split)
     sha256 = sha256_file(checkpoint_file)
     paths = [r.path for r in loader.dataset.records]
     record = results_record(result, to_dict(cfg), checkpoint_file, sha256, args.split, dropped, paths)
@@ -116,6 +120,10 @@ def main(argv: list[str] | None = None) -> int:
         counts += f"; {record['num_fallback_reads']} read with data.fallback_backend (see fallback_reads)"
     print(f"{args.split} [{protocol.name} {record['protocol']['label']}, {cfg.eval.average}]: {scores} over {counts}")
     print(f"results: {out}")
+    if record["num_evaluated"] == 0:  # every video missing or unreadable: no accuracy to report
+        print(f"error: none of the {record['num_listed']} listed videos could be read (results.json lists why)",
+              file=sys.stderr)  # fmt: skip
+        return 3
     return 0
 
 

@@ -132,3 +132,17 @@ def test_videos_read_through_the_fallback_are_listed(run, capsys):
     assert read["index"] == 1 and read["path"].endswith("videos/av1.mkv")
     assert read["reason"].startswith("read with pyav: decord cannot decode its av1 video")
     assert "(0 missing); 1 read with data.fallback_backend (see fallback_reads)" in capsys.readouterr().out
+
+
+def test_an_unwritable_out_stops_before_the_evaluation_and_nothing_readable_is_an_error(run, capsys):
+    blocker = os.path.join(run["root"], "a_file")
+    open(blocker, "w").close()
+    assert test_tool.main(["--checkpoint", run["ckpt"], "--no-progress", "--out", os.path.join(blocker, "x")]) == 2
+    assert "a_file" in capsys.readouterr().err  # NotADirectoryError naming the path, before any video was read
+    only_bad = os.path.join(run["root"], "only_bad.txt")
+    with open(only_bad, "w") as f:
+        f.write("videos/v03.mp4 0\n")
+    out = os.path.join(run["root"], "out_bad")
+    assert test_tool.main(["--checkpoint", run["ckpt"], "--no-progress", "--out", out, f"data.val_list={only_bad}"]) == 3
+    assert "none of the 1 listed videos could be read" in capsys.readouterr().err
+    assert json.load(open(os.path.join(out, "results.json")))["num_evaluated"] == 0
