@@ -162,36 +162,67 @@ def read_kinetics_csv(path: str) -> list[dict[str, str]]:
     return rows
 
 
+# the names the `split` column of Kinetics-style CSVs uses for each split
+SPLIT_NAMES = {"train": ("train", "training"), "val": ("val", "validate", "validation"), "test": ("test", "testing")}
+
+
+def _split_of(row: dict[str, str]) -> str:
+    return (row.get("split") or "").strip().lower()
+
+
+def rows_of_split(rows: list[dict[str, str]], split: str, path: str) -> list[dict[str, str]]:
+    """The rows of `split` when the CSV holds several splits (one file for train and val); else every row."""
+    present = {_split_of(row) for row in rows} - {""}
+    if not split or len(present) <= 1:
+        return rows
+    names = SPLIT_NAMES.get(split, (split,))
+    kept = [row for row in rows if _split_of(row) in names]
+    if not kept:
+        raise AnnotationError(f"{path}: holds the splits {sorted(present)}, none of them the {split!r} split")
+    return kept
+
+
+def _train_labels(rows: list[dict[str, str]]) -> list[str] | None:
+    """The sorted labels of the train rows (of every labelled row when there is no split column); None when the
+    labelled rows all belong to another split."""
+    labelled = [row for row in rows if row.get("label", "").strip()]
+    train = [row for row in labelled if _split_of(row) in SPLIT_NAMES["train"]]
+    if not train and any(_split_of(row) for row in labelled):
+        return None
+    return sorted({row["label"].strip() for row in (train or labelled)})
+
+
 def kinetics_classes(csv_path: str) -> list[str]:
-    """Class names in index order: the sorted set of labels of (normally the train) CSV."""
-    return sorted({row["label"].strip() for row in read_kinetics_csv(csv_path) if row.get("label", "").strip()})
+    """Class names in index order: the sorted set of the train labels of (normally the train) CSV."""
+    return _train_labels(read_kinetics_csv(csv_path)) or []
 
 
 def parse_kinetics_csv(
-    path: str, root: str = "", classes: list[str] | None = None, ext: str = ".mp4"
+    path: str, root: str = "", classes: list[str] | None = None, ext: str = ".mp4", split: str = ""
 ) -> tuple[list[VideoRecord], list[str]]:
     """Records of a Kinetics CSV; `classes` (from the train CSV, a class map or class folders) fixes the indices.
 
-    Without `classes` the file's own sorted labels are the classes, which is right only for the train split: a
-    labelled file whose `split` column says otherwise is refused (its indices would differ from training's
-    whenever a class is absent from it). A label matches a class by name or by normalised name (class folders
+    Without `classes` the sorted labels of the file's train rows are the classes (of all its rows when it has no
+    `split` column); a labelled file of another split alone is refused (its own labels would number the classes
+    otherwise than training whenever one is absent from it). `split` ("train" | "val" | "test") keeps the rows
+    of that split when the file holds several. A label matches a class by name or by normalised name (class folders
     named the download scripts' way). Each clip is looked for in `root/<label>/` and `root/<normalised label>/`
     (the two folder conventions in use), as `ext` first, then with the other video extensions (downloads are
     often .webm or .mkv); the first that exists wins, else the normalised .mp4 path is recorded (and reported
     missing later).
     """
-    rows = read_kinetics_csv(path)
-    labelled = [row for row in rows if row.get("label", "").strip()]
+    all_rows = read_kinetics_csv(path)
+    rows = rows_of_split(all_rows, split, path)
     if classes is None:
-        splits = sorted({row.get("split", "").strip().lower() for row in labelled} - {"train", ""})
-        if splits:
+        classes = _train_labels(all_rows)
+        if classes is None:
+            first = next(_split_of(row) for row in all_rows if row.get("label", "").strip())
             raise AnnotationError(
-                f"{path}: a labelled '{splits[0]}' split, but no train classes to take its label indices from (its "
+                f"{path}: a labelled '{first}' split, but no train classes to take its label indices from (its "
                 "own sorted labels would number the classes differently whenever one is absent from it): give the "
                 "class names (data.class_map or --class-map classes.txt, written by `prepare_kinetics.py lists`), "
                 "or the train CSV as data.train_list"
             )
-        classes = sorted({row["label"].strip() for row in labelled})
     index = {name: k for k, name in enumerate(classes)}
     index.update({normalize_class_name(name): k for k, name in enumerate(classes)})
     extensions = (ext,) + tuple(e for e in VIDEO_EXTENSIONS if e != ext)
@@ -273,9 +304,15 @@ def write_list_file(path: str, records: list[VideoRecord], root: str = "") -> No
 
 
 def load_annotations(
-    source: str, root: str = "", classes: list[str] | None = None, missing: str = "fail", what: str = "annotations"
+    source: str,
+    root: str = "",
+    classes: list[str] | None = None,
+    missing: str = "fail",
+    what: str = "annotations",
+    split: str = "",
 ) -> Annotations:
-    """Read any supported source and check that every video exists (see the module docstring)."""
+    """Read any supported source and check that every video exists (see the module docstring). `split` picks the
+    rows of a Kinetics CSV that holds several splits."""
     if missing not in ("fail", "drop"):
         raise AnnotationError(f"data.missing_files must be 'fail' or 'drop', got {missing!r}")
     if not source:
@@ -285,9 +322,11 @@ def load_annotations(
     elif not os.path.isfile(source):
         raise AnnotationError(f"{what} not found: {source}")
     elif source.lower().endswith(".csv"):
-        records, names = parse_kinetics_csv(source, root, classes)
+        records, names = parse_kinetics_csv(source, root, classes, split=split)
     else:
         records, names = parse_list_file(source, root), list(classes or [])
+    if not records:
+        raise AnnotationError(f"{source}: lists no video (an empty file, or only comments and blank lines)")
     absent = [r.path for r in records if not os.path.isfile(r.path)]
     if absent:
         summary = (

@@ -270,7 +270,7 @@ def build_lists(
     order = sorted(sources, key=lambda s: s != "train")  # train first: it defines the classes
     loaded = {}
     for split in order:  # every split read and checked before anything is written: no half-updated out_dir
-        loaded[split] = load_annotations(sources[split], root, classes, missing, what=f"{split} annotations")
+        loaded[split] = load_annotations(sources[split], root, classes, missing, f"{split} annotations", split)
         if classes is None and loaded[split].classes:
             classes = loaded[split].classes
     written = {}

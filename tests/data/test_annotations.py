@@ -223,3 +223,29 @@ def test_record_table_stays_shared_by_forked_workers():
     before = private_mib()
     assert sum(len(b) for b in batches) == n - 2000
     assert private_mib() - before < 15, (before, private_mib())
+
+
+def test_a_csv_holding_several_splits_gives_each_split_its_rows(tmp_path):
+    """The demo's kinetics_demo.csv holds train and val rows: as data.val_list every row was evaluated as val (and
+    as data.train_list it would train on val)."""
+    csv = tmp_path / "all.csv"
+    csv.write_text(
+        "label,youtube_id,time_start,time_end,split\nzumba,a,0,10,train\nabseiling,b,0,10,train\n"
+        "zumba,c,0,10,val\nyoga,d,0,10,test\n"
+    )
+    for split, ids in (("train", ["a", "b"]), ("val", ["c"]), ("test", ["d"])):
+        recs, classes = parse_kinetics_csv(str(csv), "/r", split=split) if split != "test" else (None, None)
+        if recs is not None:
+            assert [os.path.basename(r.path)[0] for r in recs] == ids and classes == ["abseiling", "zumba"]
+    assert [r.label for r in parse_kinetics_csv(str(csv), "/r", split="val")[0]] == [1]
+    with pytest.raises(AnnotationError, match="'yoga' is not among the 2 classes"):  # test labels: train classes
+        parse_kinetics_csv(str(csv), "/r", split="test")
+    with pytest.raises(AnnotationError, match=r"holds the splits \['test', 'train', 'val'\], none of them the 'x'"):
+        parse_kinetics_csv(str(csv), "/r", split="x")
+    assert len(parse_kinetics_csv(str(csv), "/r", classes=["abseiling", "yoga", "zumba"])[0]) == 4  # no split: all
+
+
+def test_an_empty_list_says_so(tmp_path):
+    (tmp_path / "empty.txt").write_text("# nothing yet\n\n")
+    with pytest.raises(AnnotationError, match="empty.txt: lists no video"):
+        load_annotations(str(tmp_path / "empty.txt"))

@@ -7,6 +7,7 @@ import os
 import numpy as np
 import pytest
 
+from aim_video.data.annotations import load_annotations
 from aim_video.data.decode import probe, read_frames
 from aim_video.data.demo_data import CLASSES, TEMPORAL_PAIRS, DemoSpec, generate, render
 
@@ -35,6 +36,10 @@ def test_lists_csv_and_manifest_agree(demo):
         assert video["path"] == f"{row['label'].replace(' ', '_')}/{name}"
         assert CLASSES.index(row["label"]) == video["label"] and row["split"] == video["split"]
     assert open(files["class_map"]).read().split("\n")[: len(CLASSES)] == CLASSES
+    for split in ("train", "val"):  # the CSV holds both splits: each reads back as its list file
+        ann = load_annotations(files["csv"], files["root"], classes=CLASSES, split=split)
+        expected = [(v["path"], v["label"]) for v in videos if v["split"] == split]
+        assert [(os.path.relpath(r.path, files["root"]), r.label) for r in ann.records] == expected
 
 
 def test_every_video_decodes_with_decord(demo):
