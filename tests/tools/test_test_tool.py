@@ -143,6 +143,7 @@ def test_an_unwritable_out_stops_before_the_evaluation_and_nothing_readable_is_a
     with open(only_bad, "w") as f:
         f.write("videos/v03.mp4 0\n")
     out = os.path.join(run["root"], "out_bad")
-    assert test_tool.main(["--checkpoint", run["ckpt"], "--no-progress", "--out", out, f"data.val_list={only_bad}"]) == 3
+    args = ["--checkpoint", run["ckpt"], "--no-progress", "--out", out, f"data.val_list={only_bad}"]
+    assert test_tool.main(args) == 3
     assert "none of the 1 listed videos could be read" in capsys.readouterr().err
     assert json.load(open(os.path.join(out, "results.json")))["num_evaluated"] == 0
