@@ -42,17 +42,23 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch.distributed as dist
 
+    from aim_video.config import ConfigError
+    from aim_video.data.annotations import AnnotationError
     from aim_video.engine.checkpoint_io import CheckpointError
     from aim_video.engine.deepspeed_setup import EngineSetupError
     from aim_video.engine.distributed import TrainingStopped
     from aim_video.engine.fit import fit
     from aim_video.engine.train_loop import NonFiniteLossError
+    from aim_video.models.pretrained import PretrainedLoadError
 
     try:
         summary = fit(cfg, resume=args.resume)
     except (NonFiniteLossError, CheckpointError, EngineSetupError) as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
         os._exit(1)  # other ranks may be blocked in a collective: leave at once so the launcher stops them
+    except (ConfigError, AnnotationError, PretrainedLoadError, OSError) as err:  # the input: data, config, paths
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        os._exit(2)
     except TrainingStopped as stop:  # every rank agreed at the same step, after the checkpoint was saved
         if int(os.environ.get("RANK", "0")) == 0:
             print(str(stop), file=sys.stderr, flush=True)

@@ -39,6 +39,8 @@ from aim_video.models.trainable_io import (
 )
 
 DS_TAG = "deepspeed"
+# train.* settings that live on in the optimizer's parameter groups and the scheduler's base lrs once restored
+RESTORED_TRAIN_KEYS = ("lr", "base_batch_size", "scale_lr", "weight_decay", "betas", "backbone_lr_mult")
 _STEP_DIR = re.compile(r"^step_(\d{8})$")
 
 
@@ -164,6 +166,7 @@ class CheckpointManager:
                 "batches_done": batches_done,
                 "world_size": self.world_size,
                 "zero_stage": cfg.train.zero_stage,
+                "batch_size": cfg.data.batch_size,
                 "precision": cfg.train.precision,
                 "metric": metric,
                 **(extra or {}),
@@ -184,14 +187,22 @@ class CheckpointManager:
             os.rename(tmp, final)
             _fsync_dir(self.root)
             _atomic_write_text(os.path.join(self.root, "latest"), name)
-            if metric is not None:
-                best = self.best()
-                if best is None or metric > best["metric"]:
-                    record = json.dumps({"name": name, "metric": metric})
-                    _atomic_write_text(os.path.join(self.root, "best.json"), record)
+            self._update_best()
             self._prune()
         barrier()
         return final
+
+    def _update_best(self) -> None:
+        """best.json from the metrics in the checkpoints' own meta.json: a folder saved again at the same step (after
+        a resume) with another metric, or none, can no longer leave best.json naming weights it does not hold."""
+        scored = [(meta["metric"], os.path.basename(p)) for p in self.complete_checkpoints()
+                  if (meta := read_meta(p)).get("metric") is not None]  # fmt: skip
+        path = os.path.join(self.root, "best.json")
+        if scored:
+            metric, name = max(scored, key=lambda pair: (pair[0], -int(pair[1][5:])))  # the earliest of equal ones
+            _atomic_write_text(path, json.dumps({"name": name, "metric": metric}))
+        elif os.path.exists(path):
+            os.remove(path)
 
     def _prune(self) -> None:
         best = self.best()
@@ -226,7 +237,22 @@ class CheckpointManager:
                     f"{path} was trained with another model config: "
                     + ", ".join(f"model.{k}={saved_model.get(k)!r} (now {now_model[k]!r})" for k in diff)
                 )
-        tensors, trainable_meta = read_trainable(os.path.join(path, "trainable.safetensors"))
+            saved_train, now_train = to_dict(load_config(saved_cfg_path))["train"], to_dict(cfg)["train"]
+            kept = [k for k in RESTORED_TRAIN_KEYS if saved_train.get(k) != now_train[k]]
+            if kept:
+                raise CheckpointError(
+                    f"{path} was saved with "
+                    + ", ".join(f"train.{k}={saved_train.get(k)!r}" for k in kept)
+                    + f" (this run: {', '.join(f'{now_train[k]!r}' for k in kept)}). Resuming restores the optimizer "
+                    "and lr-scheduler states, which keep the saved values, so the change would not take effect: resume "
+                    "with the saved values (train.epochs, warmup and min_lr may change), or train anew in another "
+                    "output_dir"
+                )
+            meta.setdefault("batch_size", to_dict(load_config(saved_cfg_path))["data"]["batch_size"])
+        try:
+            tensors, trainable_meta = read_trainable(os.path.join(path, "trainable.safetensors"))
+        except Exception as err:  # noqa: BLE001 - safetensors raises its own error types for a damaged file
+            raise self._damaged(path, "trainable.safetensors", err) from None
         expected = set(engine.module.trainable_parameter_names())
         if set(tensors) != expected:
             raise CheckpointError(
@@ -241,14 +267,27 @@ class CheckpointManager:
                 f"{was!r}, now {cfg.model.pretrained!r}; frozen weights {saved_print} then, {now_print} now). "
                 "A checkpoint holds only the trainable weights: resume with the backbone it was trained on"
             )
-        load_path, _ = engine.load_checkpoint(
-            path, tag=DS_TAG, load_module_strict=False, load_optimizer_states=True, load_lr_scheduler_states=True
-        )
+        try:
+            load_path, _ = engine.load_checkpoint(
+                path, tag=DS_TAG, load_module_strict=False, load_optimizer_states=True, load_lr_scheduler_states=True
+            )
+        except (RuntimeError, OSError, EOFError, KeyError) as err:  # torch.load of a truncated or missing file
+            raise self._damaged(path, DS_TAG + "/", err) from None
         if load_path is None:
             raise CheckpointError(f"DeepSpeed could not load {os.path.join(path, DS_TAG)}")
         rng_path = os.path.join(path, f"rng_rank{self.rank}.pt")
         meta["rng"] = torch.load(rng_path, weights_only=False) if os.path.isfile(rng_path) else None
         return meta
+
+
+    def _damaged(self, path: str, part: str, err: BaseException) -> CheckpointError:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        older = [os.path.basename(p) for p in self.complete_checkpoints() if p != path]
+        hint = f"resume from an older one (--resume {os.path.join(self.root, older[-1])})" if older else "start anew"
+        return CheckpointError(
+            f"{path}: its {part} cannot be read ({type(err).__name__}: {first}): the checkpoint is damaged (a disk "
+            f"that filled up, a copy cut short); {hint}, or delete it and --resume auto takes the newest intact one"
+        )
 
 
 def meta_pretrained(path: str) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import os
 import signal
 import time
@@ -18,8 +19,8 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from aim_video.config import Config, save_config, to_yaml
-from aim_video.engine.checkpoint_io import CheckpointManager, agree_on_resume
+from aim_video.config import Config, ConfigError, save_config, to_yaml
+from aim_video.engine.checkpoint_io import CheckpointError, CheckpointManager, agree_on_resume
 from aim_video.engine.deepspeed_setup import build_engine, derive_ds_config, model_dtype, write_ds_config
 from aim_video.engine.distributed import (
     DistInfo,
@@ -159,6 +160,11 @@ def _fit(cfg: Config, resume: str, stop_signals: bool) -> dict[str, Any]:
     from aim_video.models.build import build_model
 
     started = time.time()
+    if cfg.model.num_classes != cfg.data.num_classes:  # else an IndexError in the loss, or a head with unused classes
+        raise ConfigError(
+            f"model.num_classes={cfg.model.num_classes} but data.num_classes={cfg.data.num_classes}: set both to the "
+            "number of classes of the data set"
+        )
     info = init_distributed()
     out = cfg.output_dir
     ds_config = derive_ds_config(cfg, info.world_size)
@@ -185,6 +191,14 @@ def _fit(cfg: Config, resume: str, stop_signals: bool) -> dict[str, Any]:
     if resumed_from:
         meta = manager.load(engine, resumed_from, cfg)
         state.epoch, state.batches_done, state.step = meta["epoch"], meta["batches_done"], meta["step"]
+        moved = (meta["world_size"], meta["batch_size"]) != (info.world_size, cfg.data.batch_size)
+        if 0 < state.batches_done < micro_per_epoch and moved:  # the position inside the epoch means other clips now
+            raise CheckpointError(
+                f"{resumed_from} was saved inside epoch {state.epoch}, after {state.batches_done} batches of "
+                f"{meta['batch_size']} clips on each of {meta['world_size']} ranks; this run has {info.world_size} "
+                f"ranks of {cfg.data.batch_size}, so which clips of the epoch were seen cannot be carried over. Resume "
+                "with the same ranks and data.batch_size, or from a checkpoint saved at the end of an epoch"
+            )
         if meta["rng"] is not None:
             set_rng_state(meta["rng"])
         if state.batches_done >= micro_per_epoch:
@@ -281,6 +295,14 @@ def _fit(cfg: Config, resume: str, stop_signals: bool) -> dict[str, Any]:
         last_stats = stats
 
     export = os.path.join(out, "model_trainable.safetensors")
+    summary_path = os.path.join(out, "train_summary.json")
+    if totals["epochs_run"] == 0 and resumed_from and os.path.isfile(summary_path):
+        # resumed at the end of training: nothing ran, so the finished run's summary and export stay as they are
+        note = f"nothing to train: {resumed_from} had already reached the end (train.epochs / train.max_steps)"
+        log.event("end", note=note, resumed_from=resumed_from)
+        log.close()
+        with open(summary_path) as f:
+            return {**json.load(f), "note": note, "resumed_from": resumed_from}
     if info.is_main:
         save_trainable(engine.module, export, {"config": to_yaml(cfg), "step": state.step, "epoch": state.epoch})
     barrier()
@@ -288,7 +310,7 @@ def _fit(cfg: Config, resume: str, stop_signals: bool) -> dict[str, Any]:
     summary = {
         "steps": state.step,
         "epochs": state.epoch,
-        "final_loss": state.last_loss,
+        "final_loss": state.last_loss if math.isfinite(state.last_loss) else None,  # no step ran: NaN is not JSON
         "clips_per_s": totals["clips_per_s_sum"] / epochs_run,
         "data_wait_share": totals["data_wait_sum"] / epochs_run,
         "skipped_steps": int(engine.skipped_steps),
@@ -318,8 +340,7 @@ def _fit(cfg: Config, resume: str, stop_signals: bool) -> dict[str, Any]:
     log.event("end", **{k: v for k, v in summary.items() if k != "eval"})
     log.close()
     if info.is_main:
-        path = os.path.join(out, "train_summary.json")
-        with open(path + ".tmp", "w") as f:
+        with open(summary_path + ".tmp", "w") as f:
             json.dump(summary, f, indent=2)
-        os.replace(path + ".tmp", path)
+        os.replace(summary_path + ".tmp", summary_path)
     return summary

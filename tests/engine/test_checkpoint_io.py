@@ -156,3 +156,50 @@ def test_a_checkpoint_refuses_another_frozen_backbone(world, tmp_path):
     with torch.no_grad():
         low.module.backbone.weight.copy_(low.module.backbone.weight.bfloat16().float())  # bf16-rounded: the same
     assert manager.load(low, path, cfg)["step"] == 1
+
+
+def test_a_changed_lr_is_refused_on_resume_since_the_restored_states_would_keep_the_old(world, tmp_path):
+    """The user saw 'peak_lr: 1e-06' logged at the start while the steps ran on the saved 2e-3 schedule."""
+    cfg = load_config(None, ["train.precision=fp32", "data.batch_size=2", "train.lr=0.002"])
+    manager = CheckpointManager(str(tmp_path / "ckpt"), keep_last=2, rank=0, world_size=1)
+    path = manager.save(_engine(cfg, seed=0), cfg, step=1, epoch=0, batches_done=1)
+    lower = load_config(None, ["train.precision=fp32", "data.batch_size=2", "train.lr=1e-6", "train.weight_decay=0"])
+    kept = r"saved with train.lr=0.002, train.weight_decay=0.05 \(this run: 1e-06, 0.0\)"
+    with pytest.raises(CheckpointError, match=kept):
+        manager.load(_engine(lower, seed=0), path, lower)
+    longer = load_config(None, ["train.precision=fp32", "data.batch_size=2", "train.lr=0.002", "train.epochs=60"])
+    meta = manager.load(_engine(longer, seed=0), path, longer)  # a longer schedule does take effect
+    assert meta["step"] == 1 and meta["batch_size"] == 2
+
+
+def test_best_follows_a_checkpoint_saved_again_at_the_same_step(world, tmp_path):
+    """After a resume a step can be saved again with other weights and no metric: best.json kept naming it with
+    the old metric."""
+    cfg = load_config(None, ["train.precision=fp32", "data.batch_size=2"])
+    engine = _engine(cfg, seed=0)
+    root = str(tmp_path / "ckpt")
+    manager = CheckpointManager(root, keep_last=3, rank=0, world_size=1)
+    manager.save(engine, cfg, step=1, epoch=0, batches_done=1, metric=40.0)
+    manager.save(engine, cfg, step=2, epoch=1, batches_done=1, metric=48.6)
+    assert manager.best() == {"name": "step_00000002", "metric": 48.6}
+    manager.save(engine, cfg, step=2, epoch=1, batches_done=1)  # saved again, not evaluated
+    assert manager.best() == {"name": "step_00000001", "metric": 40.0}
+    manager.save(engine, cfg, step=1, epoch=0, batches_done=1, metric=None)
+    assert manager.best() is None and not os.path.exists(os.path.join(root, "best.json"))
+
+
+def test_a_damaged_checkpoint_is_named_with_the_older_one_to_resume_from(world, tmp_path):
+    cfg = load_config(None, ["train.precision=fp32", "data.batch_size=2"])
+    manager = CheckpointManager(str(tmp_path / "ckpt"), keep_last=3, rank=0, world_size=1)
+    engine = _engine(cfg, seed=0)
+    older = manager.save(engine, cfg, step=1, epoch=0, batches_done=1)
+    path = manager.save(engine, cfg, step=2, epoch=0, batches_done=2)
+    weights = os.path.join(path, "trainable.safetensors")
+    os.truncate(weights, 100)
+    with pytest.raises(CheckpointError, match=rf"trainable.safetensors cannot be read .*--resume {older}\)"):
+        manager.load(_engine(cfg, seed=0), path, cfg)
+    manager.save(engine, cfg, step=2, epoch=0, batches_done=2)
+    states = os.path.join(path, "deepspeed", "mp_rank_00_model_states.pt")
+    os.truncate(states, os.path.getsize(states) // 2)
+    with pytest.raises(CheckpointError, match=r"its deepspeed/ cannot be read .*the checkpoint is damaged"):
+        manager.load(_engine(cfg, seed=0), path, cfg)

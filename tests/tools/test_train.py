@@ -127,3 +127,23 @@ def test_a_rank_that_dies_makes_the_launcher_exit_nonzero(video_root, tmp_path):
     assert time.monotonic() - started < 240  # stopped by the launcher, not by a collective timeout
     assert result.shm_left == []  # nor do they outlive a run that was killed
     assert not os.path.exists(tmp_path / "run" / "train_summary.json")
+
+
+def test_bad_input_is_one_error_line_and_status_2_not_a_traceback(video_root, tmp_path):
+    """A missing data root, or model.num_classes != data.num_classes (an IndexError in the loss before), used to
+    end in a traceback on every rank."""
+    import subprocess
+    import sys
+
+    from tests.tools.conftest import REPO, TRAIN
+
+    cfg_path = tiny_config(str(tmp_path), video_root)
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "PYTHONPATH": REPO, "OMP_NUM_THREADS": "1"}
+    for override, message in (
+        (f"data.root={tmp_path / 'nowhere'}", "videos not found"),
+        ("model.num_classes=5", "model.num_classes=5 but data.num_classes=2"),
+    ):
+        cmd = [sys.executable, TRAIN, "--config", cfg_path, f"output_dir={tmp_path / 'run'}", override]
+        result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 2 and message in result.stderr, result.stderr[-2000:]
+        assert "Traceback" not in result.stderr

@@ -74,8 +74,22 @@ def test_a_stop_signal_on_one_rank_saves_at_the_next_step_and_resume_goes_on_exa
     events = read_log(out)
     assert [(r["signal"], r["step"]) for r in events if r["event"] == "stopped"] == [("SIGUSR1", 2)]
     assert not [r for r in events if r["event"] in ("eval", "epoch")]  # stopped at once
+    # with other batches (or ranks) the position inside the epoch would name other clips: refused, not skipped over
+    smaller = launch(cfg_path, f"output_dir={out}", "data.batch_size=1", resume="auto")
+    assert smaller.returncode == 1, smaller.stderr[-3000:]
+    assert "saved inside epoch 0, after 2 batches of 2 clips on each of 2 ranks; this run has 2 ranks of 1" in (
+        smaller.stderr
+    )
     resumed = launch(cfg_path, f"output_dir={out}", resume="auto")
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     start = [r for r in read_log(out) if r["event"] == "start"][-1]
     assert start["start_step"] == 2
     assert train_losses(out) == reference
+    # resuming the finished run trains nothing and leaves its summary and export as they were
+    summary = open(os.path.join(out, "train_summary.json")).read()
+    export = os.path.join(out, "model_trainable.safetensors")
+    before = os.path.getmtime(export)
+    again = launch(cfg_path, f"output_dir={out}", resume="auto")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert '"final_loss": ' in again.stdout and "NaN" not in again.stdout
+    assert open(os.path.join(out, "train_summary.json")).read() == summary and os.path.getmtime(export) == before
