@@ -279,7 +279,6 @@ class CheckpointManager:
         meta["rng"] = torch.load(rng_path, weights_only=False) if os.path.isfile(rng_path) else None
         return meta
 
-
     def _damaged(self, path: str, part: str, err: BaseException) -> CheckpointError:
         first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
         older = [os.path.basename(p) for p in self.complete_checkpoints() if p != path]
