@@ -11,6 +11,7 @@ import json
 import math
 import os
 import signal
+import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -155,6 +156,24 @@ def fit(cfg: Config, resume: str = "") -> dict[str, Any]:
         restore_signals(previous)
 
 
+def normalization_warning(cfg: Config) -> str:
+    """Why data.mean / data.std look wrong for the pretrained weights ("" when they match or nothing is known):
+    a recipe's CLIP statistics kept after switching to an ImageNet ViT costs accuracy without any error."""
+    from aim_video.models.pretrained import weights_normalization
+
+    known = weights_normalization(cfg.model.pretrained, cfg.model.arch)
+    if known is None:
+        return ""
+    mean, std, source = known
+    close = all(abs(a - b) < 1e-4 for a, b in zip((*mean, *std), (*cfg.data.mean, *cfg.data.std), strict=True))
+    if close:
+        return ""
+    return (
+        f"data.mean={list(cfg.data.mean)} / data.std={list(cfg.data.std)} differ from the statistics the backbone was "
+        f"trained with, mean {list(mean)} / std {list(std)} ({source}): set data.mean and data.std to those"
+    )
+
+
 def _fit(cfg: Config, resume: str, stop_signals: bool) -> dict[str, Any]:
     from aim_video.data.loader import build_train_loader
     from aim_video.models.build import build_model
@@ -174,6 +193,9 @@ def _fit(cfg: Config, resume: str, stop_signals: bool) -> dict[str, Any]:
         write_ds_config(ds_config, out)
     torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank (a random backbone included)
     model = build_model(cfg.model, cfg.data.num_frames)
+    norm_warning = normalization_warning(cfg)
+    if norm_warning and info.is_main:
+        print(f"warning: {norm_warning}", file=sys.stderr, flush=True)
     seed_everything(cfg.train.seed, info.rank)  # then per-rank streams: dropout, drop_path, MixUp
     loader = build_train_loader(cfg, info.rank, info.world_size)
     accum = cfg.train.grad_accum_steps
@@ -214,6 +236,7 @@ def _fit(cfg: Config, resume: str, stop_signals: bool) -> dict[str, Any]:
         start_step=state.step,
         start_epoch=state.epoch,
         global_batch=ds_config["train_batch_size"],
+        normalization_warning=norm_warning,
         **opt_summary,
     )
     prepare = _prepare_fn(cfg, info.device)

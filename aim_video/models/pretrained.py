@@ -200,6 +200,33 @@ def load_pretrained(model: torch.nn.Module, path: str) -> dict[str, list[str]]:
     return {"layout": [layout], "ignored": ignored}
 
 
+def weights_normalization(path: str, arch: str) -> tuple[tuple[float, ...], tuple[float, ...], str] | None:
+    """(mean, std, where that is known from) of the images the weights at `path` were trained on, when known: a
+    timm/Hugging Face config.json beside them, else CLIP's for a CLIP architecture (OpenAI and OpenCLIP weights
+    both use CLIP's); None for other files (an ImageNet ViT's own statistics depend on its weights: 0.5 for
+    augreg, ImageNet's for DeiT)."""
+    from aim_video.config import CLIP_MEAN, CLIP_STD
+
+    if not path:
+        return None
+    try:
+        file = resolve_weight_file(path)
+    except FileNotFoundError:
+        return None
+    config = os.path.join(os.path.dirname(file), "config.json")
+    if os.path.isfile(config):
+        try:
+            with open(config, encoding="utf-8") as f:
+                cfg = json.load(f).get("pretrained_cfg") or {}
+            if cfg.get("mean") and cfg.get("std"):
+                return tuple(cfg["mean"]), tuple(cfg["std"]), config
+        except (OSError, ValueError, AttributeError):
+            pass
+    if "_clip_" in arch:
+        return CLIP_MEAN, CLIP_STD, f"CLIP weights ({arch})"
+    return None
+
+
 def _is_torchscript(path: str) -> bool:
     """TorchScript archives carry compiled code (``*/code/``) next to the tensors."""
     if not zipfile.is_zipfile(path):

@@ -189,3 +189,28 @@ def test_folder_without_weights_and_unreadable_file(tmp_path) -> None:
     with pytest.raises(PretrainedLoadError, match="cannot read checkpoint.*corrupt.pth"):
         build_model(tiny_cfg(pretrained=str(bad)), NUM_FRAMES)
     assert os.path.exists(bad)
+
+
+def test_the_weights_tell_the_normalisation_they_were_trained_with(clip_vit, tmp_path) -> None:
+    """A recipe's CLIP statistics kept after switching to an ImageNet ViT (0.5 for augreg) cost accuracy silently;
+    training now warns when the weights say otherwise."""
+    from aim_video.config import CLIP_MEAN, load_config
+    from aim_video.engine.fit import normalization_warning
+    from aim_video.models.pretrained import weights_normalization
+
+    folder = tmp_path / "vit_tiny_patch16_224.augreg_in21k"
+    folder.mkdir()
+    save_file(_timm_state(clip_vit), str(folder / "model.safetensors"))
+    half = {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}
+    (folder / "config.json").write_text(json.dumps({"architecture": TIMM_ARCH, "pretrained_cfg": half}))
+    assert weights_normalization(str(folder), TIMM_ARCH)[:2] == ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    assert weights_normalization(str(folder / "model.safetensors"), "vit_base_patch16_clip_224")[0] == (0.5,) * 3
+    plain = str(tmp_path / "timm.safetensors")
+    save_file(_timm_state(clip_vit), plain)
+    assert weights_normalization(plain, "vit_base_patch16_clip_224")[0] == CLIP_MEAN
+    assert weights_normalization(plain, TIMM_ARCH) is None  # an ImageNet ViT's file alone does not say
+    cfg = load_config(None, [f"model.arch={TIMM_ARCH}", f"model.pretrained={folder}"])  # the CLIP default stats
+    warning = normalization_warning(cfg)
+    assert "differ from the statistics the backbone was trained with, mean [0.5, 0.5, 0.5]" in warning
+    cfg.data.mean, cfg.data.std = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+    assert normalization_warning(cfg) == ""
