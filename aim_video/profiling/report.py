@@ -54,7 +54,19 @@ def verdict(
                 + ") or give each accelerator more cores"
             )
         elif bound == "loader" and needed > configured_workers:
-            text += f": raise data.num_workers from {configured_workers} to {needed}"
+            now = [r["clips_per_s"] for r in rows if r["workers"] == configured_workers]
+            more = [r for r in rows if r["workers"] > configured_workers]
+            best = max(more, key=lambda r: r["clips_per_s"], default=None)
+            if now and best is not None and best["clips_per_s"] <= 1.05 * now[0]:  # measured: more did not help
+                text += (
+                    f", but {best['workers']} workers delivered {best['clips_per_s']:.1f} clips/s against "
+                    f"{now[0]:.1f} with {configured_workers}: more workers do not help on these cores; make "
+                    "decoding cheaper (tools/prepare_kinetics.py reencode"
+                    + (f"; data.backend={faster_backend}" if faster_backend else "")
+                    + ") or give each accelerator more cores"
+                )
+            else:
+                text += f": raise data.num_workers from {configured_workers} to {needed}"
     return {
         "bound": bound,
         "data_wait_share": data_wait_share,

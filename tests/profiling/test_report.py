@@ -16,6 +16,15 @@ def test_loader_bound_when_waiting_and_workers_needed_from_per_worker_rate() -> 
     assert "raise data.num_workers from 1 to 4" in v["text"]
 
 
+def test_more_workers_are_not_advised_when_the_sweep_measured_them_no_faster() -> None:
+    """On 2 shared cores the sweep gave 253 clips/s with 1 worker and 246 with 2, and the verdict still said to
+    raise data.num_workers to 2."""
+    flat = [{"workers": 1, "clips_per_s": 253.0}, {"workers": 2, "clips_per_s": 246.0}]
+    v = verdict(0.4, 300.0, flat, configured_workers=1, cpu_cores_per_rank=2)
+    assert v["workers_needed"] == 2 and "raise data.num_workers" not in v["text"]
+    assert "2 workers delivered 246.0 clips/s against 253.0 with 1: more workers do not help" in v["text"]
+
+
 def test_compute_bound_when_hardly_waiting() -> None:
     v = verdict(0.02, 15.0, LOADER, configured_workers=2, cpu_cores_per_rank=8)
     assert v["bound"] == "compute"
