@@ -177,10 +177,9 @@ class ConfigError(ValueError):
 
 
 # keys whose value is one of a few names: a typo stops at load time, not hours later in a worker or at evaluation
+# (data.backend is checked when a loader is built: `decode.register_backend` may add names)
 CHOICES: dict[str, tuple[Any, ...]] = {
     "data.missing_files": ("fail", "drop"),
-    "data.backend": ("decord", "torchcodec", "pyav"),
-    "data.fallback_backend": ("", "pyav", "decord", "torchcodec"),
     "data.seek_mode": ("exact", "approximate"),
     "data.inexact_videos": ("fail", "drop", "keep"),
     "data.sampling": ("dense", "uniform"),

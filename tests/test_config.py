@@ -77,12 +77,11 @@ def test_cli_exits_nonzero_naming_bad_key():
 
 
 def test_a_value_that_is_not_one_of_the_names_stops_at_load_time():
-    """data.backend=foo used to surface only after max_retries as 'the data set is mostly unreadable' in training,
-    and evaluation reported 0 of 7 videos with exit status 0."""
+    """model.method=foo or data.sampling=foo surfaced only once a model or a worker used them."""
     from aim_video.config import CHOICES, ConfigError, load_config
 
-    with pytest.raises(ConfigError, match=r"'data.backend': 'decrod' is not one of .*Did you mean 'decord'\?"):
-        load_config(None, ["data.backend=decrod"])
+    with pytest.raises(ConfigError, match=r"'eval.average': 'probs' is not one of .*Did you mean 'prob'\?"):
+        load_config(None, ["eval.average=probs"])
     with pytest.raises(ConfigError, match=r"'data.sampling': 'foo' is not one of 'dense', 'uniform'"):
         load_config(None, ["data.sampling=foo"])
     cfg = load_config(None, [])

@@ -332,6 +332,11 @@ def register_backend(name: str, reader_cls: type) -> None:
     _READERS[name] = reader_cls
 
 
+def backend_names() -> list[str]:
+    """The decoding backends `data.backend` may name (the built-in ones and any registered)."""
+    return list(_READERS)
+
+
 def open_reader(path: str, backend: str = "decord", num_threads: int = 1, **kwargs: Any) -> Any:
     """Open `path` with one backend; raises VideoReadError naming the file and the reason.
 

@@ -30,16 +30,20 @@ several ranks a DistributedSampler pads the last batch with repeats; `batch["ind
 
 from __future__ import annotations
 
+import difflib
+import functools
 import logging
 import os
+import signal
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
-from aim_video.config import Config
+from aim_video.config import Config, ConfigError
+from aim_video.data import decode
 from aim_video.data.annotations import (
     AnnotationError,
     Annotations,
@@ -51,6 +55,7 @@ from aim_video.data.annotations import (
 )
 from aim_video.data.dataset import CollateEval, MultiViewDataset, TrainClipDataset, collate_train
 from aim_video.data.transforms import build_eval_transform, build_train_transform
+from aim_video.engine.distributed import parse_stop_signals
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +78,7 @@ def load_split(cfg: Config, split: str) -> Annotations:
     if split not in sources:
         raise ValueError(f"unknown split {split!r}; choose train, val or test")
     ann = load_annotations(
-        sources[split], cfg.data.root, resolve_classes(cfg), cfg.data.missing_files, what=f"data.{split}_list"
+        sources[split], cfg.data.root, resolve_classes(cfg), cfg.data.missing_files, f"data.{split}_list", split
     )
     bad = [r for r in ann.records if any(lbl >= cfg.data.num_classes for lbl in r.labels)]
     if bad:
@@ -84,11 +89,29 @@ def load_split(cfg: Config, split: str) -> Annotations:
     return ann
 
 
+def ignore_signals_in_worker(worker_id: int, signums: tuple[int, ...]) -> None:
+    """DataLoader worker init: ignore `signums`, the stop signals (train.stop_signals) the main process handles.
+
+    `scancel --signal=TERM`, Slurm's preemption and Kubernetes signal every process of the job, workers included.
+    torch gives each worker a SIGTERM handler that kills it unless the signal comes from its parent, and the main
+    process then fails with "DataLoader worker (pid ...) is killed by signal: Terminated" before it can save. The main
+    process shuts its workers down itself (and they exit on their own when it dies).
+    """
+    for signum in signums:
+        signal.signal(signum, signal.SIG_IGN)
+
+
+def _worker_init(cfg: Config) -> Callable[[int], None] | None:
+    signums = tuple(int(s) for s in parse_stop_signals(cfg.train.stop_signals))
+    return functools.partial(ignore_signals_in_worker, signums=signums) if signums else None  # picklable: spawn too
+
+
 def _loader_kwargs(cfg: Config) -> dict:
     workers = cfg.data.num_workers
     kwargs: dict = {"num_workers": workers, "pin_memory": cfg.data.pin_memory and torch.cuda.is_available()}
     if workers > 0:
         kwargs.update(prefetch_factor=cfg.data.prefetch_factor, persistent_workers=cfg.data.persistent_workers)
+        kwargs.update(worker_init_fn=_worker_init(cfg))  # training and its periodic evaluation alike
     return kwargs
 
 
@@ -148,6 +171,14 @@ def apply_verify_report(cfg: Config, records: list[VideoRecord], what: str) -> t
 
 def _read_kwargs(cfg: Config, counts: dict) -> dict:
     d = cfg.data
+    for key, name in (("data.backend", d.backend), ("data.fallback_backend", d.fallback_backend)):
+        known = decode.backend_names()
+        if name not in known and not (key == "data.fallback_backend" and name == ""):
+            hint = difflib.get_close_matches(name, known, n=1)
+            raise ConfigError(
+                f"bad value for config key '{key}': {name!r} is not a decoding backend; choose one of "
+                f"{', '.join(known)}" + (f". Did you mean {hint[0]!r}?" if hint else "")
+            )
     return {
         "backend": d.backend,
         "fallback_backend": d.fallback_backend,

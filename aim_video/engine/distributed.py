@@ -225,22 +225,30 @@ class TrainingStopped(Exception):
         self.signum, self.step = signum, step
 
 
-def catch_stop_signals(names: str) -> dict[signal.Signals, Any]:
-    """Remember (nothing more) the first of the signals `names` ("SIGTERM,SIGUSR1") this process receives.
-
-    Schedulers announce preemption and time limits with a signal (Slurm: SIGTERM, then SIGKILL after KillWait, or
-    `--signal=USR1@120` ahead of time; Kubernetes: SIGTERM): training then saves at the next optimizer step and
-    stops (`stop_requested`) instead of dying mid-epoch. DataLoader workers forked later inherit the handler, so
-    they are not killed by it either. Call from the main thread. Returns {signal: previous handler} for
-    `restore_signals`.
-    """
-    global _STOP_SIGNAL
+def parse_stop_signals(names: str) -> list[signal.Signals]:
+    """The signals of train.stop_signals ("SIGTERM,SIGUSR1", "TERM", "" = none); fails naming the key on a bad one."""
     wanted = []
     for name in filter(None, (n.strip().upper() for n in names.split(","))):
         signum = getattr(signal, name if name.startswith("SIG") else f"SIG{name}", None)
         if not isinstance(signum, signal.Signals) or signum in (signal.SIGKILL, signal.SIGSTOP):
             raise ValueError(f"train.stop_signals: {name!r} is not a signal that can be caught (e.g. SIGTERM,SIGUSR1)")
         wanted.append(signum)
+    return wanted
+
+
+def catch_stop_signals(names: str) -> dict[signal.Signals, Any]:
+    """Remember (nothing more) the first of the signals `names` ("SIGTERM,SIGUSR1") this process receives.
+
+    Schedulers announce preemption and time limits with a signal (Slurm: SIGTERM, then SIGKILL after KillWait, or
+    `--signal=USR1@120` ahead of time; Kubernetes: SIGTERM): training then saves at the next optimizer step and
+    stops (`stop_requested`) instead of dying mid-epoch. A scheduler signals every process of the job, DataLoader
+    workers included: those ignore the same signals (`data.loader.ignore_signals_in_worker`, their init function;
+    torch's own SIGTERM handler in a worker would otherwise kill it and the main process with it), and the main
+    process shuts them down itself. Call from the main thread. Returns {signal: previous handler} for
+    `restore_signals`.
+    """
+    global _STOP_SIGNAL
+    wanted = parse_stop_signals(names)
     _STOP_SIGNAL = 0
     if wanted and threading.current_thread() is not threading.main_thread():  # Python allows handlers there only
         print("warning: train.stop_signals ignored: training runs outside the main thread", file=sys.stderr)

@@ -149,7 +149,7 @@ def fit(cfg: Config, resume: str = "") -> dict[str, Any]:
     On one of `train.stop_signals` (preemption, a time limit) every rank saves at the next optimizer step and
     `TrainingStopped` is raised; the signal handlers are put back on the way out.
     """
-    previous = catch_stop_signals(cfg.train.stop_signals)  # before the loader's workers fork: they inherit it
+    previous = catch_stop_signals(cfg.train.stop_signals)  # the loader's workers ignore these signals (worker init)
     try:
         return _fit(cfg, resume, stop_signals=bool(previous))
     finally:
