@@ -1,4 +1,4 @@
-"""Classification metrics over per-video scores, computed with torchmetrics.
+"""Classification metrics over per-video scores: exact accuracies from counts, the confusion matrix from torchmetrics.
 
 Evaluation hands this module one row of averaged scores per video (already gathered across ranks, each video once).
 Everything here is a pure function of ``scores [N, K]`` and ``labels [N]``, so a caller can also score a subset of
@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from torchmetrics.functional.classification import multiclass_accuracy, multiclass_confusion_matrix
+from torchmetrics.functional.classification import multiclass_confusion_matrix
 
 
 def compute_metrics(scores: torch.Tensor, labels: torch.Tensor, num_classes: int) -> dict[str, Any]:
@@ -45,16 +45,18 @@ def compute_metrics(scores: torch.Tensor, labels: torch.Tensor, num_classes: int
             "does data.num_classes match the annotation file?"
         )
     scores, labels = scores.float().cpu(), labels.long().cpu()
-    top5_k = min(5, num_classes)
-    per_class = multiclass_accuracy(scores, labels, num_classes, average=None)
-    per_class = torch.where(support > 0, per_class, torch.full_like(per_class, float("nan")))
+    # accuracies from integer counts, divided in float64: 32 of 72 is 44.44444444444444 %, not float32's 44.444444775
+    confusion = multiclass_confusion_matrix(scores, labels, num_classes)  # rows: true class; prediction = argmax
+    hits = confusion.diagonal()  # [K] videos of each class predicted right
+    top5_hits = (scores.topk(min(5, num_classes), dim=1).indices == labels[:, None]).any(dim=1)  # [N]
+    per_class = hits.double() / support.double()  # NaN (0 / 0) for a class without videos
     return {
-        "top1": float(multiclass_accuracy(scores, labels, num_classes, average="micro", top_k=1)),
-        "top5": float(multiclass_accuracy(scores, labels, num_classes, average="micro", top_k=top5_k)),
+        "top1": int(hits.sum()) / n,
+        "top5": int(top5_hits.sum()) / n,
         "mean_class_accuracy": float(per_class.nanmean()),
         "per_class_accuracy": per_class.tolist(),
         "support": support.tolist(),
-        "confusion_matrix": multiclass_confusion_matrix(scores, labels, num_classes),
+        "confusion_matrix": confusion,
     }
 
 
@@ -76,7 +78,7 @@ def subset_accuracy(
         pred = classes_t[sub_scores[:, classes_t].argmax(dim=1)]
     else:
         pred = sub_scores.argmax(dim=1)
-    return {"top1": float((pred == sub_labels).float().mean()), "num_videos": n}
+    return {"top1": int((pred == sub_labels).sum()) / n, "num_videos": n}
 
 
 def confusion_from_predictions(per_video: Sequence[dict[str, int]], num_classes: int) -> torch.Tensor:

@@ -62,3 +62,18 @@ def test_top_confused_pairs_orders_off_diagonal_counts():
     cm = torch.tensor([[9, 3, 0], [1, 7, 5], [3, 0, 4]])
     assert top_confused_pairs(cm, k=3) == [(1, 2, 5), (0, 1, 3), (2, 0, 3)]
     assert top_confused_pairs(torch.eye(3, dtype=torch.long)) == []
+
+
+def test_accuracies_are_exact_fractions_not_float32():
+    """32 of 72 right was reported as top1 44.44444477558136 (float32); it is 44.44444444444444 (32 / 72 * 100)."""
+    labels = torch.arange(72) % 3  # 24 videos per class
+    right = torch.zeros(72, dtype=torch.bool)
+    right[torch.tensor([i for c, k in ((0, 10), (1, 11), (2, 11)) for i in range(c, 72, 3)[:k]])] = True  # 32
+    scores = torch.nn.functional.one_hot(torch.where(right, labels, (labels + 1) % 3), 3).float()
+    m = compute_metrics(scores, labels, 3)
+    assert m["top1"] == 32 / 72 and str(100 * m["top1"]) == "44.44444444444444"
+    assert m["per_class_accuracy"] == [10 / 24, 11 / 24, 11 / 24]
+    assert m["mean_class_accuracy"] == pytest.approx((10 / 24 + 11 / 24 + 11 / 24) / 3, rel=1e-15, abs=0)
+    assert m["top5"] == 1.0
+    sub = subset_accuracy(scores, labels, [1, 2])
+    assert sub["top1"] == 22 / 48 and sub["num_videos"] == 48
