@@ -53,19 +53,36 @@ def save_trainable(model: torch.nn.Module, path: str, metadata: dict[str, Any] |
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp.{os.getpid()}"
     save_file(tensors, tmp, metadata=meta)
+    os.chmod(tmp, 0o666 & ~_umask())  # safetensors creates the file 0600 (its own temp file, renamed); others: 0644
     os.replace(tmp, path)
     return path
+
+
+def _umask() -> int:
+    """This process's umask (reading it means setting it: put back at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def read_trainable(path: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Tensors and metadata of a file written by :func:`save_trainable`."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"trainable-weights file not found: {path}")
-    with safe_open(path, framework="pt") as f:
-        meta = f.metadata() or {}
-        if meta.get("format") != "aim-video-trainable-v1":
-            raise ValueError(f"{path} is not an aim-video trainable-weights file (no 'format' metadata)")
-        tensors = {key: f.get_tensor(key) for key in f.keys()}
+    try:
+        with safe_open(path, framework="pt") as f:
+            meta = f.metadata() or {}
+            if meta.get("format") != "aim-video-trainable-v1":
+                raise ValueError(f"{path} is not an aim-video trainable-weights file (no 'format' metadata)")
+            tensors = {key: f.get_tensor(key) for key in f.keys()}
+    except ValueError:
+        raise
+    except Exception as err:  # noqa: BLE001 - safetensors' own error types: a cut or foreign file
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise ValueError(
+            f"{path} cannot be read as safetensors ({type(err).__name__}: {first}): a copy cut short or another kind "
+            "of file; export it again or point at another checkpoint"
+        ) from None
     return tensors, meta
 
 

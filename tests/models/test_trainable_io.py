@@ -1,0 +1,37 @@
+"""aim_video.models.trainable_io: the exported trainable-weights file gets the usual file mode."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+
+from aim_video.models.build import build_model
+from aim_video.models.trainable_io import read_trainable, save_trainable
+from tests.models.conftest import NUM_FRAMES, tiny_cfg
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027, 0o002])
+def test_weight_files_get_the_mode_the_umask_gives_other_outputs(tmp_path, umask) -> None:
+    """safetensors writes 0600 files: model_trainable.safetensors was unreadable to the group (a shared cluster
+    folder) while config.yaml and the logs next to it were 0644."""
+    model = build_model(tiny_cfg(), NUM_FRAMES)
+    previous = os.umask(umask)
+    try:
+        path = save_trainable(model, str(tmp_path / "model_trainable.safetensors"), {"step": 1})
+        (tmp_path / "config.yaml").write_text("step: 1\n")  # an ordinary output, for comparison
+    finally:
+        os.umask(previous)
+    mode = stat.S_IMODE(os.stat(path).st_mode)
+    assert mode == 0o666 & ~umask == stat.S_IMODE(os.stat(tmp_path / "config.yaml").st_mode)
+    assert sorted(os.listdir(tmp_path)) == ["config.yaml", "model_trainable.safetensors"]  # no temp file left
+    tensors, meta = read_trainable(path)
+    assert set(tensors) == set(model.trainable_parameter_names()) and meta["step"] == "1"
+
+
+def test_a_cut_or_foreign_file_is_named_not_a_safetensors_traceback(tmp_path) -> None:
+    junk = tmp_path / "rand.safetensors"
+    junk.write_bytes(os.urandom(5000))
+    with pytest.raises(ValueError, match=r"rand.safetensors cannot be read as safetensors .*export it again"):
+        read_trainable(str(junk))
