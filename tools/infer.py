@@ -28,16 +28,34 @@ from aim_video.data.transforms import build_eval_transform  # noqa: E402
 from aim_video.eval.loading import load_model, resolve_checkpoint, resolve_eval_config  # noqa: E402
 from aim_video.eval.multiview import apply_protocol, average_views, forward_views  # noqa: E402
 
+LIST_SUFFIXES = (".txt", ".csv", ".lst", ".list")  # annotation lists, not videos
+
+
+def positive_int(text: str) -> int:
+    """argparse type of --top-k: an integer of at least 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("video")
+    p.add_argument("video", help="one video file (tools/test.py evaluates a list of videos)")
     p.add_argument("--checkpoint", required=True, help="model_trainable.safetensors or an engine checkpoint folder")
     p.add_argument("--config", default=None, help="YAML (default: the config stored in the checkpoint)")
     p.add_argument("--class-map", default=None, help="class names, one per line (default: data.class_map)")
-    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--top-k", type=positive_int, default=5, help="classes to print (default 5; at most all)")
     p.add_argument("overrides", nargs="*", help="section.key=value config overrides")
-    return p.parse_intermixed_args(argv)  # overrides may come before or after options
+    args = p.parse_intermixed_args(argv)  # overrides may come before or after options
+    if os.path.isdir(args.video) or args.video.lower().endswith(LIST_SUFFIXES):
+        p.error(
+            f"{args.video} is a list or folder of videos, but infer.py classifies one video file; evaluate a list "
+            f"with tools/test.py --checkpoint {args.checkpoint} data.test_list={args.video} --split test"
+        )
+    if args.class_map and not os.path.isfile(args.class_map):
+        p.error(f"--class-map {args.class_map}: no such file (class names, one per line)")
+    return args
 
 
 def predict(model: torch.nn.Module, dataset: MultiViewDataset, cfg, device: torch.device) -> torch.Tensor:
@@ -78,6 +96,10 @@ def main(argv: list[str] | None = None) -> int:
     except RuntimeError as err:
         print(f"error: cannot read the video: {err}", file=sys.stderr)
         return 1
+    if args.top_k > probs.numel():
+        print(
+            f"note: --top-k {args.top_k} is more than the model's {probs.numel()} classes: all shown", file=sys.stderr
+        )
     top = probs.topk(min(args.top_k, probs.numel()))
     print(f"{args.video} ({d.test_num_clips} clips x {d.test_num_crops} crops, {cfg.eval.average} averaging):")
     for rank, (p, k) in enumerate(zip(top.values.tolist(), top.indices.tolist(), strict=True), start=1):

@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--trace", action="store_true", help="also record a torch.profiler trace of a few steps")
     parser.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. profile.max_workers=8")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # overrides may come before, between or after options
     overrides = (QUICK_OVERRIDES if args.quick else []) + list(args.overrides)  # the user's overrides win
     cfg = config_cli_main(args.config, overrides)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")

@@ -58,3 +58,42 @@ def test_unreadable_or_absent_video_and_bad_class_map(run, capsys):
         f.write("a\nb\n")
     assert infer_tool.main([bad, "--checkpoint", run["ckpt"], "--class-map", short_map]) == 2
     assert "2 classes" in capsys.readouterr().err
+
+
+def test_a_list_file_or_folder_is_refused_naming_tools_test(run, capsys):
+    """A list file was decoded as if it were a video; infer.py classifies one video, tools/test.py evaluates lists."""
+    listing = os.path.join(run["root"], "val.txt")
+    with open(listing, "w") as f:
+        f.write("videos/v01.mp4 1\n")
+    for target in (listing, os.path.join(run["root"], "videos")):
+        with pytest.raises(SystemExit) as stop:
+            infer_tool.main([target, "--checkpoint", run["ckpt"]])
+        err = capsys.readouterr().err
+        assert stop.value.code == 2 and "one video file" in err and "tools/test.py" in err and target in err
+
+
+@pytest.mark.parametrize("k", ["0", "-1"])
+def test_top_k_below_one_is_an_argument_error(run, capsys, k):
+    """--top-k -1 crashed with a traceback and --top-k 0 printed only a header."""
+    video = os.path.join(run["root"], "videos", "v01.mp4")
+    with pytest.raises(SystemExit) as stop:
+        infer_tool.main([video, "--checkpoint", run["ckpt"], "--top-k", k])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "--top-k" in err and f"must be 1 or more, got {k}" in err
+
+
+def test_top_k_beyond_the_classes_shows_all_of_them_and_says_so(run, capsys):
+    video = os.path.join(run["root"], "videos", "v01.mp4")
+    assert infer_tool.main([video, "--checkpoint", run["ckpt"], "--class-map", run["classes"], "--top-k", "10"]) == 0
+    out, err = capsys.readouterr()
+    assert len(out.strip().splitlines()) == 1 + len(CLASSES)
+    assert "--top-k 10 is more than the model's 3 classes" in err
+
+
+def test_a_missing_class_map_names_the_option_and_the_path(run, capsys):
+    video = os.path.join(run["root"], "videos", "v01.mp4")
+    missing = os.path.join(run["root"], "no_such_classes.txt")
+    with pytest.raises(SystemExit) as stop:
+        infer_tool.main([video, "--checkpoint", run["ckpt"], "--class-map", missing])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and f"--class-map {missing}: no such file" in err
