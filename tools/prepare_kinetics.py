@@ -187,7 +187,8 @@ def add_repair(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--root", default="", help="folder the list's relative paths start from (mirrored in --out-root)")
     p.add_argument("--class-map", default="", help="class names for a Kinetics CSV that is not the train split")
     p.add_argument("--out-root", required=True, help="folder for the repaired copies (never the originals' folder)")
-    p.add_argument("--out-list", required=True, help="list file: repaired copies in place of their originals")
+    p.add_argument("--out-list", required=True, help="list file: repaired copies in place of their originals "
+                   "(absolute paths: the copies and the originals live under two roots)")  # fmt: skip
     p.add_argument("--keyint", type=int, default=16, help="frames between keyframes")
     p.add_argument("--short-side", type=int, default=0, help="0 keeps the size")
     p.add_argument("--crf", type=int, default=18)
