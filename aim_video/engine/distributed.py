@@ -106,6 +106,7 @@ def init_distributed() -> DistInfo:
     from deepspeed.accelerator import get_accelerator
 
     world_from_slurm()
+    own_port = "WORLD_SIZE" not in os.environ and "MASTER_PORT" not in os.environ
     if "WORLD_SIZE" not in os.environ:  # plain `python tools/train.py`: a world of one
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
         os.environ.setdefault("MASTER_PORT", str(_free_port()))
@@ -113,7 +114,16 @@ def init_distributed() -> DistInfo:
     backend = accel.communication_backend_name()
     if accel.device_name() == "cpu":
         backend = "gloo"
-    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False)
+    for attempt in range(3):
+        try:
+            deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False)
+            break
+        except RuntimeError as err:  # torch's DistNetworkError
+            # the free port this process picked was taken before its store could listen (another process on the
+            # machine opened a connection from it): pick another; a port the user or a launcher set is theirs
+            if not own_port or "EADDRINUSE" not in str(err) or attempt == 2:
+                raise
+            os.environ["MASTER_PORT"] = str(_free_port())
     rank, world = dist.get_rank(), dist.get_world_size()
     if accel.device_name() == "cpu":
         release_shm_segment(rank)

@@ -102,3 +102,26 @@ def test_stop_signals_are_remembered_checked_and_restored() -> None:
     for bad in ("SIGKILL", "SIGNOPE"):
         with pytest.raises(ValueError, match="train.stop_signals: .* is not a signal that can be caught"):
             catch_stop_signals(bad)
+
+
+def test_a_world_of_one_picks_another_port_when_its_free_port_was_taken_meanwhile(tmp_path):
+    """A plain `python tools/train.py` picks a free port for its one-process store; another process on the machine
+    took it in between once (EADDRINUSE in CI while other runs were going on)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import os, socket\n"
+        "os.environ.pop('WORLD_SIZE', None); os.environ.pop('MASTER_PORT', None)\n"
+        "busy = socket.socket(); busy.bind(('127.0.0.1', 0)); busy.listen(1)\n"
+        "from aim_video.engine import distributed\n"
+        "ports = iter([busy.getsockname()[1]])\n"
+        "real = distributed._free_port\n"
+        "distributed._free_port = lambda: next(ports, None) or real()\n"
+        "info = distributed.init_distributed()\n"
+        "print('WORLD', info.world_size, os.environ['MASTER_PORT'] != str(busy.getsockname()[1]))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "MASTER_PORT", "LOCAL_RANK")}
+    env.update(DS_ACCELERATOR="cpu", PYTHONPATH=os.getcwd())
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert "WORLD 1 True" in out.stdout, out.stderr[-2000:]
