@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         counts += f"; {record['num_fallback_reads']} read with data.fallback_backend (see fallback_reads)"
     print(f"{args.split} [{protocol.name} {record['protocol']['label']}, {cfg.eval.average}]: {scores} over {counts}")
     print(f"results: {out}")
-    if record["num_evaluated"] == 0:  # every video missing or unreadable: no accuracy to report
+    if record["num_evaluated"] + record["num_unlabelled"] == 0:  # every video missing or unreadable: nothing read
         print(f"error: none of the {record['num_listed']} listed videos could be read (results.json lists why)",
               file=sys.stderr)  # fmt: skip
         return 3

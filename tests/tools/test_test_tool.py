@@ -147,3 +147,9 @@ def test_an_unwritable_out_stops_before_the_evaluation_and_nothing_readable_is_a
     assert test_tool.main(args) == 3
     assert "none of the 1 listed videos could be read" in capsys.readouterr().err
     assert json.load(open(os.path.join(out, "results.json")))["num_evaluated"] == 0
+    unlabelled = os.path.join(run["root"], "unlabelled.txt")  # predicted, not scored: a success, not 'nothing read'
+    with open(unlabelled, "w") as f:
+        f.write("videos/v00.mp4\nvideos/v01.mp4 -1\n")
+    args = ["--checkpoint", run["ckpt"], "--no-progress", "--out", out, "--split", "test"]
+    assert test_tool.main([*args, f"data.test_list={unlabelled}"]) == 0
+    assert json.load(open(os.path.join(out, "results.json")))["num_unlabelled"] == 2
