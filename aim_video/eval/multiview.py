@@ -10,6 +10,7 @@ video of the split is counted exactly once (evaluated or listed as unreadable) a
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -20,9 +21,11 @@ import torch.distributed as dist
 from einops import rearrange
 from tqdm import tqdm
 
-from aim_video.config import Config
+from aim_video.config import Config, DataConfig
 from aim_video.data.transforms import normalize
 from aim_video.eval.metrics import compute_metrics
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,16 @@ def resolve_protocol(cfg: Config) -> ViewProtocol:
 def apply_protocol(cfg: Config) -> ViewProtocol:
     """Resolve the protocol and write its views into ``cfg.data`` so that ``build_eval_loader`` yields them."""
     protocol = resolve_protocol(cfg)
+    default = DataConfig()
+    asked = {k: getattr(cfg.data, k) for k in ("test_num_clips", "test_num_crops")}
+    wanted = {"test_num_clips": protocol.num_clips, "test_num_crops": protocol.num_crops}
+    dropped = {k: v for k, v in asked.items() if v != wanted[k] and v != getattr(default, k)}
+    if cfg.eval.protocol and dropped:  # set on purpose, yet the preset decides: say so, not silently
+        log.warning(
+            "eval.protocol=%s evaluates %d clips x %d crops; %s ignored (set eval.protocol= to use them)",
+            cfg.eval.protocol, protocol.num_clips, protocol.num_crops,
+            ", ".join(f"data.{k}={v}" for k, v in dropped.items()),
+        )  # fmt: skip
     cfg.data.test_num_clips = protocol.num_clips
     cfg.data.test_num_crops = protocol.num_crops
     return protocol

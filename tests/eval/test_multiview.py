@@ -76,6 +76,22 @@ def test_protocol_presets_and_custom():
         resolve_protocol(cfg)
 
 
+def test_a_preset_that_overrides_views_set_on_purpose_says_so(caplog):
+    """eval.protocol=k400 data.test_num_clips=5 ran 3 clips without a word."""
+    cfg = _cfg(clips=5, crops=3)
+    cfg.eval.protocol = "k400"
+    with caplog.at_level("WARNING"):
+        apply_protocol(cfg)
+    assert (cfg.data.test_num_clips, cfg.data.test_num_crops) == (3, 1)
+    assert "data.test_num_clips=5, data.test_num_crops=3 ignored" in caplog.text
+    caplog.clear()
+    cfg = _cfg(clips=3, crops=1)  # the defaults, or what the preset sets anyway: nothing to say
+    cfg.eval.protocol = "ssv2"
+    with caplog.at_level("WARNING"):
+        apply_protocol(cfg)
+    assert caplog.text == ""
+
+
 def _part(indices, labels, errors=()):
     idx = torch.tensor(indices, dtype=torch.long)
     return {"index": idx, "label": torch.tensor(labels), "scores": idx.float()[:, None].repeat(1, 2), "errors": errors}
