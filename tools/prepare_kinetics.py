@@ -167,10 +167,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if counts["exact"] == len(checks):
         return 0
     print("\n".join(verify.explain(checks)))
-    if counts["unreadable"]:
-        print("`unreadable` files are broken (truncated or failed downloads): download them again, or drop them from "
-              "the list; training skips them and counts them, evaluation lists them as missing")  # fmt: skip
-    if len(checks) - counts["exact"] - counts["unreadable"]:
+    broken = sum(c.status == "unreadable" and not verify.plays(c.path) for c in checks)  # PyAV decodes nothing
+    if broken:
+        print(f"{broken} `unreadable` file(s) decode with nothing (truncated or failed downloads): download them "
+              "again, or drop them from the list; training skips them and counts them, evaluation lists them as "
+              "missing")  # fmt: skip
+    if len(checks) - counts["exact"] - broken:
         print(
             "re-encode the others (originals untouched; `short` ones also train as they are, from the report's "
             f"counts):\n  python tools/prepare_kinetics.py repair --report {args.report} --list {args.list}"

@@ -132,6 +132,23 @@ class _Thumbnails:
         return best, float(diffs[best])
 
 
+def plays(path: str) -> bool:
+    """Whether PyAV decodes a first frame: an `unreadable` file that plays is the backend's problem (`repair`
+    re-encodes it, or data.fallback_backend reads it), one that does not is a broken download."""
+    if not os.path.isfile(path):
+        return False
+    try:
+        container = decode.open_av(path)
+    except decode.VideoReadError:
+        return False
+    try:
+        return next(decode.iter_decoded(container, rgb=False), None) is not None
+    except Exception:  # noqa: BLE001 - whatever the decoder raises, it does not play
+        return False
+    finally:
+        container.close()
+
+
 def check_video(
     path: str,
     backend: str = "decord",
@@ -191,7 +208,8 @@ def _check(result: VideoCheck, backend: str, seek_mode: str, num_threads: int, t
         thumbs: _Thumbnails | None = None  # built on the first wrong read only: exact files never pay for it
         conversion: float | None = None  # likewise
         offsets: Counter[int] = Counter()
-        failed_reads: list[list[int]] = []
+        failed_reads: list[list[int]] = []  # reads of a short file's tail that failed
+        failed_inside: list[tuple[list[int], str]] = []  # reads that failed inside the decodable frames
         corrupt: list[int] = []
         for group in groups:
             group = [i for i in group if i < result.decoded_frames]
@@ -202,12 +220,9 @@ def _check(result: VideoCheck, backend: str, seek_mode: str, num_threads: int, t
             except Exception as err:
                 if result.claimed_frames > result.decoded_frames:  # a short file's tail: still `short`, noted
                     failed_reads.append(group)
-                    continue
-                raise decode.VideoReadError(
-                    path,
-                    f"{backend} fails at frames {group} (inside the {result.decoded_frames} that decode): "
-                    f"{decode._first_line(err)}",
-                ) from None
+                else:  # go on: the other groups may read wrong frames, which matters more than a failing read
+                    failed_inside.append((group, decode._first_line(err)))
+                continue
             for i, frame in zip(group, got, strict=True):
                 result.checked += 1
                 err = float(np.abs(frame.astype(np.int16) - full[i]).mean())
@@ -231,15 +246,23 @@ def _check(result: VideoCheck, backend: str, seek_mode: str, num_threads: int, t
                     result.bad_indices.append(i)
     finally:
         reader.close()
+    failing = (
+        f"; {backend} fails at frames {failed_inside[0][0]} (inside the {result.decoded_frames} that decode): "
+        f"{failed_inside[0][1]}"
+        if failed_inside
+        else ""
+    )
     if corrupt:
         result.status = "corrupt_after_seek"
         result.reason = (
             f"{len(corrupt)} of {result.checked} checked reads are wrong after a seek (first at {corrupt[0]}); "
-            f"seek points that are not keyframes: {false_seeks[:5]}"
+            f"seek points that are not keyframes: {false_seeks[:5]}" + failing
         )
     elif offsets:
         result.status, result.offset = "shifted", offsets.most_common(1)[0][0]
-        result.reason = f"{sum(offsets.values())} of {result.checked} checked reads return another frame"
+        result.reason = f"{sum(offsets.values())} of {result.checked} checked reads return another frame" + failing
+    elif failed_inside:
+        result.status, result.reason = "unreadable", failing.removeprefix("; ")
     elif result.claimed_frames > result.decoded_frames:
         result.status = "short"
         result.reason = f"{backend} claims {result.claimed_frames} frames, {result.decoded_frames} decode"

@@ -272,3 +272,20 @@ def test_verify_tells_to_download_broken_files_again_not_to_re_encode_them(files
     assert main(["verify", "--list", str(tmp_path / "l.txt"), "--root", str(tmp_path), "--report", report]) == 1
     printed = capsys.readouterr().out
     assert "download them again, or drop them" in printed and "repair" not in printed
+
+
+@needs_torchcodec
+@pytest.mark.skipif(not __import__("shutil").which("ffmpeg"), reason="needs ffmpeg: apt-get install ffmpeg")
+def test_a_failing_read_does_not_hide_wrong_frames_elsewhere(tmp_path):
+    """MPEG-4 Part 2 in AVI with B-frames: torchcodec returns frames shifted by one after its seeks and fails on
+    the last two. verify stopped at the failing read (the last group is read first) and called the file
+    `unreadable`, a status the loader keeps: training would have read the wrong frames."""
+    import subprocess
+
+    path = str(tmp_path / "bf.avi")
+    cmd = ["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=s=128x96:r=25:d=2", "-c:v", "mpeg4"]
+    subprocess.run([*cmd, "-q:v", "3", "-g", "10", "-bf", "2", path], check=True)
+    check = verify.check_video(path, "torchcodec", "exact")
+    assert check.status in verify.WRONG_FRAMES, (check.status, check.reason)
+    assert "torchcodec fails at frames [48, 49]" in check.reason  # the failing read is still named
+    assert verify.plays(path) and not verify.plays(str(tmp_path / "gone.mp4"))
