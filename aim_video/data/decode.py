@@ -75,8 +75,9 @@ class VideoInfo:
 
 
 def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return (text[-1] if text else type(err).__name__)[:200]
+    """The line of an error message that says what went wrong: the last one that is not a bug-report link."""
+    text = [line for line in str(err).strip().splitlines() if line.strip() and "://" not in line]
+    return (text[-1].strip().rstrip(".") if text else type(err).__name__)[:200]
 
 
 class _DecordReader:
@@ -348,7 +349,23 @@ def open_reader(path: str, backend: str = "decord", num_threads: int = 1, **kwar
         raise VideoReadError(path, "file not found")
     if os.path.getsize(path) == 0:
         raise VideoReadError(path, "empty file (0 bytes)")
-    return _READERS[backend](path, num_threads=num_threads, **kwargs)
+    try:
+        return _READERS[backend](path, num_threads=num_threads, **kwargs)
+    except BackendUnavailable:
+        raise
+    except VideoReadError:
+        if _without_video(path):  # decord and torchcodec say so in words of their internals
+            raise VideoReadError(path, "no video stream (audio-only or not a video)") from None
+        raise
+
+
+def _without_video(path: str) -> bool:
+    """Whether FFmpeg opens the file and finds no video stream in it (False when it cannot tell)."""
+    try:
+        with av.open(path) as container:
+            return not container.streams.video
+    except Exception:  # noqa: BLE001 - not even a container: another error says why
+        return False
 
 
 def probe(path: str, backend: str = "decord", **kwargs: Any) -> VideoInfo:
@@ -423,8 +440,8 @@ def read_frames(
     except (BackendUnavailable, ReadTimeout):
         raise
     except VideoReadError as err:
-        if not fallback or fallback == backend:
-            raise
+        if not fallback or fallback == backend or not os.path.isfile(path) or os.path.getsize(path) == 0:
+            raise  # no other backend opens a file that is not there
         try:
             reader, used = _open(fallback, {}), fallback
         except (BackendUnavailable, ReadTimeout):
@@ -482,6 +499,9 @@ def _choose(
     chosen = indices(limit) if callable(indices) else indices
     if len(chosen) == 0:
         raise ValueError("read_frames: the index function returned no frame index")
+    odd = [i for i in chosen if isinstance(i, bool) or int(i) != i]
+    if odd:  # int() would truncate 1.5 to frame 1 without a word
+        raise ValueError(f"read_frames: frame indices must be integers, got {odd[:3]}")
     uniq = sorted({int(i) for i in chosen})
     if uniq[0] < 0 or uniq[-1] >= limit:
         raise VideoReadError(path, f"frame index {uniq[-1] if uniq[-1] >= limit else uniq[0]} outside 0..{limit - 1}")

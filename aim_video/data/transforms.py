@@ -66,7 +66,8 @@ class _Pipeline:
         self.compose = compose
 
     def __call__(self, frames_thwc: torch.Tensor) -> torch.Tensor:
-        return _plain(self.compose(to_video(frames_thwc)))
+        # the permuted [T, H, W, C] decode keeps channels-last strides through the crops; the batch is dense after it
+        return _plain(self.compose(to_video(frames_thwc))).contiguous()
 
     def __repr__(self) -> str:
         return f"ClipPipeline({self.compose})"
@@ -111,7 +112,7 @@ class _EvalViews:
             crops = [F.center_crop(video, [self.crop_size])]
         else:
             crops = three_crop(video, self.crop_size)
-        return torch.stack([_plain(c) for c in crops])  # [num_crops, T, C, crop, crop]
+        return torch.stack([_plain(c) for c in crops]).contiguous()  # [num_crops, T, C, crop, crop]
 
 
 def normalize(

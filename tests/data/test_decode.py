@@ -253,3 +253,40 @@ def test_the_video_stream_is_found_behind_a_cover_image(tmp_path, backend, opts)
     clip = decode.read_frames(path, indices, backend, **opts)
     for k, i in enumerate(indices):
         assert mean_abs_diff(clip[k], ref[i]) < 1.0, (backend, i)
+
+
+@pytest.mark.parametrize("backend", ["decord", "pyav", pytest.param("torchcodec", marks=needs_torchcodec)])
+def test_an_audio_only_file_is_named_as_such_by_every_backend(tmp_path, backend):
+    """decord said 'Check failed: st_nb >= 0 ... cannot find video stream with wanted index: -1', torchcodec 'This
+    should never happen' or a bug-report link."""
+    import av
+
+    path = str(tmp_path / "talk.m4a")
+    with av.open(path, "w") as out:
+        stream = out.add_stream("aac", rate=16000)
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+        frame.sample_rate = 16000
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            out.mux(packet)
+    with pytest.raises(decode.VideoReadError, match="no video stream \\(audio-only or not a video\\)"):
+        decode.read_frames(path, [0], backend)
+
+
+def test_read_errors_say_the_plain_cause():
+    missing = "/nonexistent/clip.mp4"
+    with pytest.raises(decode.VideoReadError, match=r"clip.mp4: file not found$"):  # no fallback tried on it
+        decode.read_frames(missing, [0], "decord", fallback="pyav")
+
+    class LinkError(Exception):
+        pass
+
+    err = LinkError("Could not open input file x.\nReport it at\nhttps://github.com/pytorch/torchcodec/issues/new.")
+    assert decode._first_line(err) == "Report it at"
+    assert decode._first_line(LinkError("https://example.org/x")) == "LinkError"
+
+
+def test_an_index_that_is_not_an_integer_is_refused(tmp_path):
+    path = make_h264(str(tmp_path / "a.mp4"), n=5)
+    with pytest.raises(ValueError, match=r"frame indices must be integers, got \[1.5\]"):  # not frame 1, silently
+        decode.read_frames(path, [0, 1.5], "decord")
+    assert decode.read_frames(path, [np.int64(2), 3.0], "decord").shape[0] == 2

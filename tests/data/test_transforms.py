@@ -79,3 +79,10 @@ def test_normalize_matches_reference_and_device():
     assert normalize(x, CLIP_MEAN, CLIP_STD, torch.bfloat16).dtype == torch.bfloat16
     with pytest.raises(TypeError, match="uint8"):
         normalize(x.float(), CLIP_MEAN, CLIP_STD)
+
+
+def test_train_clips_are_contiguous():
+    """The decode's [T, H, W, C] permuted to [T, C, H, W] kept channels-last strides through crop and resize."""
+    clip = torch.randint(0, 255, (4, 60, 80, 3), dtype=torch.uint8)
+    assert build_train_transform(48)(clip).is_contiguous()
+    assert build_eval_transform(48, 48, num_crops=3)(clip).is_contiguous()
