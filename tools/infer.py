@@ -23,9 +23,8 @@ import torch  # noqa: E402
 from aim_video.config import ConfigError  # noqa: E402
 from aim_video.data.annotations import VideoRecord, read_class_map  # noqa: E402
 from aim_video.data.dataset import MultiViewDataset  # noqa: E402
-from aim_video.data.loader import resolve_classes  # noqa: E402
 from aim_video.data.transforms import build_eval_transform  # noqa: E402
-from aim_video.eval.loading import load_model, resolve_checkpoint, resolve_eval_config  # noqa: E402
+from aim_video.eval.loading import class_names, load_model, resolve_checkpoint, resolve_eval_config  # noqa: E402
 from aim_video.eval.multiview import apply_protocol, average_views, forward_views  # noqa: E402
 
 LIST_SUFFIXES = (".txt", ".csv", ".lst", ".list")  # annotation lists, not videos
@@ -75,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         checkpoint_file = resolve_checkpoint(args.checkpoint)
         cfg = resolve_eval_config(checkpoint_file, args.config, args.overrides)
         apply_protocol(cfg)
-        names = read_class_map(args.class_map) if args.class_map else resolve_classes(cfg)
+        names = read_class_map(args.class_map) if args.class_map else class_names(cfg, checkpoint_file)
         if names is not None and len(names) != cfg.model.num_classes:
             raise ValueError(f"the class map lists {len(names)} classes, the model has {cfg.model.num_classes}")
         model = load_model(cfg, checkpoint_file, device)

@@ -25,8 +25,14 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch.distributed as dist  # noqa: E402
 
 from aim_video.config import ConfigError, to_dict  # noqa: E402
-from aim_video.data.loader import build_eval_loader, load_split, resolve_classes  # noqa: E402
-from aim_video.eval.loading import init_process, load_model, resolve_checkpoint, resolve_eval_config  # noqa: E402
+from aim_video.data.loader import build_eval_loader, load_split  # noqa: E402
+from aim_video.eval.loading import (  # noqa: E402
+    class_names,
+    init_process,
+    load_model,
+    resolve_checkpoint,
+    resolve_eval_config,
+)
 from aim_video.eval.multiview import MissingVideosError, apply_protocol, evaluate  # noqa: E402
 from aim_video.eval.report import (  # noqa: E402
     plot_confusion,
@@ -71,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         checkpoint_file = resolve_checkpoint(args.checkpoint)
         cfg = resolve_eval_config(checkpoint_file, args.config, args.overrides)
         protocol = apply_protocol(cfg)
-        names = resolve_classes(cfg) or [str(i) for i in range(cfg.model.num_classes)]
+        names = class_names(cfg, checkpoint_file) or [str(i) for i in range(cfg.model.num_classes)]
         if len(names) != cfg.model.num_classes:
             raise ValueError(f"the class map lists {len(names)} classes, model.num_classes is {cfg.model.num_classes}")
         out = args.out or _default_out(cfg.output_dir, checkpoint_file, args.split)

@@ -91,6 +91,7 @@ class CheckpointManager:
 
     def __init__(self, root: str, keep_last: int, rank: int, world_size: int) -> None:
         self.root, self.keep_last, self.rank, self.world_size = root, max(1, keep_last), rank, world_size
+        self.classes: list[str] | None = None  # class names stored with the weights (fit sets them)
         if rank == 0:
             os.makedirs(root, exist_ok=True)
             for name in os.listdir(root):
@@ -174,7 +175,8 @@ class CheckpointManager:
             save_trainable(
                 engine.module,
                 os.path.join(tmp, "trainable.safetensors"),
-                {"config": to_yaml(cfg), "step": step, "epoch": epoch},
+                {"config": to_yaml(cfg), "step": step, "epoch": epoch}
+                | ({"classes": self.classes} if self.classes else {}),
             )
             save_config(cfg, tmp)
             _atomic_write_text(os.path.join(tmp, "meta.json"), json.dumps(meta, indent=2))

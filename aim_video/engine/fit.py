@@ -175,7 +175,7 @@ def normalization_warning(cfg: Config) -> str:
 
 
 def _fit(cfg: Config, resume: str, stop_signals: bool) -> dict[str, Any]:
-    from aim_video.data.loader import build_train_loader
+    from aim_video.data.loader import build_train_loader, resolve_classes
     from aim_video.models.build import build_model
 
     started = time.time()
@@ -208,6 +208,7 @@ def _fit(cfg: Config, resume: str, stop_signals: bool) -> dict[str, Any]:
     steps_per_epoch = micro_per_epoch // accum
     engine, opt_summary = build_engine(cfg, model, steps_per_epoch, info.world_size, ds_config)
     manager = CheckpointManager(os.path.join(out, "checkpoints"), cfg.train.keep_last, info.rank, info.world_size)
+    manager.classes = resolve_classes(cfg)  # stored with the weights: evaluation checks its numbering against them
     state = EpochState()
     resumed_from = agree_on_resume(manager, resume or cfg.train.resume)
     if resumed_from:
@@ -327,7 +328,8 @@ def _fit(cfg: Config, resume: str, stop_signals: bool) -> dict[str, Any]:
         with open(summary_path) as f:
             return {**json.load(f), "note": note, "resumed_from": resumed_from}
     if info.is_main:
-        save_trainable(engine.module, export, {"config": to_yaml(cfg), "step": state.step, "epoch": state.epoch})
+        meta = {"config": to_yaml(cfg), "step": state.step, "epoch": state.epoch}
+        save_trainable(engine.module, export, meta | ({"classes": manager.classes} if manager.classes else {}))
     barrier()
     epochs_run = max(1, totals["epochs_run"])
     summary = {

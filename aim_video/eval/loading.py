@@ -8,6 +8,7 @@ config it was trained with; the frozen backbone comes from ``cfg.model.pretraine
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import tempfile
@@ -19,7 +20,7 @@ from omegaconf import OmegaConf
 
 from aim_video.config import Config, from_dict, load_config, save_config, to_dict
 from aim_video.models.build import build_model
-from aim_video.models.trainable_io import load_trainable, read_trainable
+from aim_video.models.trainable_io import load_trainable, read_metadata, read_trainable
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,28 @@ def checkpoint_config(path: str) -> Config | None:
     if "config" not in meta:
         return None
     return from_dict(OmegaConf.create(meta["config"]))
+
+
+def class_names(cfg: Config, path: str) -> list[str] | None:
+    """The class names of this evaluation: the configured ones (class map, train CSV or class folders), checked
+    against the names training stored in the weights file, or those stored names when nothing is configured.
+
+    Two numberings of the same classes (a class map in generation order against a CSV's sorted labels) give
+    wrong labels or wrong names in every report, without any other error."""
+    from aim_video.data.loader import resolve_classes
+
+    stored = read_metadata(path).get("classes")
+    trained = json.loads(stored) if stored else None
+    now = resolve_classes(cfg)
+    if trained and now is not None and list(now) != trained:
+        pairs = enumerate(zip(trained, now, strict=False))
+        first = next((k for k, (a, b) in pairs if a != b), min(len(now), len(trained)))
+        raise ValueError(
+            f"{path} was trained with other class numbers than this evaluation gives: class {first} is "
+            f"{trained[first] if first < len(trained) else '-'!r} there, {now[first] if first < len(now) else '-'!r} "
+            "here. Set data.class_map to the class map training used (the checkpoint's config names it)"
+        )
+    return list(now) if now is not None else trained
 
 
 def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:

@@ -65,6 +65,15 @@ def _umask() -> int:
     return mask
 
 
+def read_metadata(path: str) -> dict[str, str]:
+    """The metadata of a trainable-weights file, without reading its tensors."""
+    try:
+        with safe_open(path, framework="pt") as f:
+            return dict(f.metadata() or {})
+    except Exception as err:  # noqa: BLE001 - safetensors' own error types: a cut or foreign file
+        raise ValueError(f"{path} cannot be read as safetensors ({type(err).__name__}): {err}") from None
+
+
 def read_trainable(path: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Tensors and metadata of a file written by :func:`save_trainable`."""
     if not os.path.isfile(path):

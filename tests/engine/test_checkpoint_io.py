@@ -203,3 +203,13 @@ def test_a_damaged_checkpoint_is_named_with_the_older_one_to_resume_from(world, 
     os.truncate(states, os.path.getsize(states) // 2)
     with pytest.raises(CheckpointError, match=r"its deepspeed/ cannot be read .*the checkpoint is damaged"):
         manager.load(_engine(cfg, seed=0), path, cfg)
+
+
+def test_the_class_names_travel_with_the_weights(world, tmp_path):
+    from aim_video.models.trainable_io import read_metadata
+
+    cfg = load_config(None, ["train.precision=fp32", "data.batch_size=2"])
+    manager = CheckpointManager(str(tmp_path / "ckpt"), keep_last=2, rank=0, world_size=1)
+    manager.classes = ["zumba", "abseiling", "yoga"]
+    path = manager.save(_engine(cfg, seed=0), cfg, step=1, epoch=0, batches_done=1)
+    assert json.loads(read_metadata(os.path.join(path, "trainable.safetensors"))["classes"]) == manager.classes

@@ -1,0 +1,34 @@
+"""Class names stored with the weights: evaluation checks its numbering against them, or uses them."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from aim_video.eval.loading import class_names
+from aim_video.models.build import build_model
+from aim_video.models.trainable_io import save_trainable
+from tests.eval.conftest import tiny_config
+
+
+def test_a_class_numbering_other_than_trainings_is_refused_and_the_stored_names_fill_in(tmp_path):
+    """The demo's class map numbers classes in generation order, its Kinetics CSV by sorted labels: evaluating the
+    CSV without the map scored 5.6% instead of 48.6%, silently."""
+    cfg = tiny_config(str(tmp_path), num_classes=3)
+    cfg.model.pretrained = ""  # a random backbone: only the stored metadata matters here
+    path = save_trainable(
+        build_model(cfg.model, cfg.data.num_frames), str(tmp_path / "w.safetensors"), {"classes": ["b", "a", "c"]}
+    )
+    cfg.data.class_map, cfg.data.train_list = "", str(tmp_path / "train.txt")  # a list file: no names configured
+    assert class_names(cfg, path) == ["b", "a", "c"]
+    with open(tmp_path / "classes.txt", "w") as f:
+        f.write("a\nb\nc\n")
+    cfg.data.class_map = str(tmp_path / "classes.txt")
+    with pytest.raises(ValueError, match=r"other class numbers .*class 0 is 'b' there, 'a' here.*data.class_map"):
+        class_names(cfg, path)
+    with open(tmp_path / "classes.txt", "w") as f:
+        f.write("b\na\nc\n")
+    assert class_names(cfg, path) == ["b", "a", "c"]
+    old = save_trainable(build_model(cfg.model, cfg.data.num_frames), str(tmp_path / "old.safetensors"))
+    assert class_names(cfg, old) == ["b", "a", "c"] and os.path.isfile(old)  # files from before: nothing to check
