@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 from omegaconf import OmegaConf
 
-from aim_video.config import Config, from_dict, load_config, save_config, to_dict
+from aim_video.config import Config, ConfigError, from_dict, load_config, save_config, to_dict
 from aim_video.models.build import build_model
 from aim_video.models.trainable_io import load_trainable, read_metadata, read_trainable
 
@@ -97,7 +97,12 @@ def resolve_eval_config(checkpoint_file: str, config_path: str | None, overrides
         cfg = load_config(config_path, overrides)
     elif saved is not None:
         with tempfile.TemporaryDirectory() as tmp:  # validate the overrides like any CLI: through load_config
-            cfg = load_config(save_config(saved, tmp), overrides)
+            try:
+                cfg = load_config(save_config(saved, tmp), overrides)
+            except ConfigError as err:  # name the checkpoint, not the temporary copy of its config
+                raise ConfigError(
+                    str(err).replace(os.path.join(tmp, "config.yaml"), f"{checkpoint_file}'s config")
+                ) from None
     else:
         raise ValueError(f"{checkpoint_file} carries no 'config' metadata: pass --config with the training YAML")
     if saved is not None:

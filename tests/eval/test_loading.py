@@ -32,3 +32,16 @@ def test_a_class_numbering_other_than_trainings_is_refused_and_the_stored_names_
     assert class_names(cfg, path) == ["b", "a", "c"]
     old = save_trainable(build_model(cfg.model, cfg.data.num_frames), str(tmp_path / "old.safetensors"))
     assert class_names(cfg, old) == ["b", "a", "c"] and os.path.isfile(old)  # files from before: nothing to check
+
+
+def test_a_bad_override_names_the_checkpoint_not_a_temporary_file(tmp_path):
+    from aim_video.config import ConfigError, to_yaml
+    from aim_video.eval.loading import resolve_eval_config
+
+    cfg = tiny_config(str(tmp_path), num_classes=3)
+    cfg.model.pretrained = ""
+    path = save_trainable(
+        build_model(cfg.model, cfg.data.num_frames), str(tmp_path / "w.safetensors"), {"config": to_yaml(cfg)}
+    )
+    with pytest.raises(ConfigError, match=rf"^{path}'s config with overrides: bad value for config key 'eval.average'"):
+        resolve_eval_config(path, None, ["eval.average=mean"])
