@@ -209,16 +209,23 @@ def _fit(cfg: Config, resume: str, stop_signals: bool) -> dict[str, Any]:
     engine, opt_summary = build_engine(cfg, model, steps_per_epoch, info.world_size, ds_config)
     manager = CheckpointManager(os.path.join(out, "checkpoints"), cfg.train.keep_last, info.rank, info.world_size)
     manager.classes = resolve_classes(cfg)  # stored with the weights: evaluation checks its numbering against them
+    if manager.classes is not None and len(manager.classes) != cfg.data.num_classes:  # else test.py refuses, later
+        raise ConfigError(
+            f"the classes of this data set ({len(manager.classes)}: data.class_map, or the train CSV's labels or class "
+            f"folders) are not data.num_classes={cfg.data.num_classes}: set data.num_classes and model.num_classes "
+            f"to {len(manager.classes)}"
+        )
     state = EpochState()
     resumed_from = agree_on_resume(manager, resume or cfg.train.resume)
     if resumed_from:
         meta = manager.load(engine, resumed_from, cfg)
         state.epoch, state.batches_done, state.step = meta["epoch"], meta["batches_done"], meta["step"]
-        moved = (meta["world_size"], meta["batch_size"]) != (info.world_size, cfg.data.batch_size)
+        saved_batch = meta.get("batch_size", cfg.data.batch_size)  # meta lacks it only without a saved config
+        moved = (meta["world_size"], saved_batch) != (info.world_size, cfg.data.batch_size)
         if 0 < state.batches_done < micro_per_epoch and moved:  # the position inside the epoch means other clips now
             raise CheckpointError(
                 f"{resumed_from} was saved inside epoch {state.epoch}, after {state.batches_done} batches of "
-                f"{meta['batch_size']} clips on each of {meta['world_size']} ranks; this run has {info.world_size} "
+                f"{saved_batch} clips on each of {meta['world_size']} ranks; this run has {info.world_size} "
                 f"ranks of {cfg.data.batch_size}, so which clips of the epoch were seen cannot be carried over. Resume "
                 "with the same ranks and data.batch_size, or from a checkpoint saved at the end of an epoch"
             )

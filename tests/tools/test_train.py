@@ -138,10 +138,16 @@ def test_bad_input_is_one_error_line_and_status_2_not_a_traceback(video_root, tm
     from tests.tools.conftest import REPO, TRAIN
 
     cfg_path = tiny_config(str(tmp_path), video_root)
-    env = {**os.environ, "DS_ACCELERATOR": "cpu", "PYTHONPATH": REPO, "OMP_NUM_THREADS": "1"}
+    classes = tmp_path / "classes.txt"
+    classes.write_text("left\nright\nup\n")  # 3 names for a 2-class set: test.py refused only after training
+    # not this pytest process's world of one (tests that ran before set RANK, WORLD_SIZE and the port of its store)
+    dist_vars = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+    env = {k: v for k, v in os.environ.items() if k not in dist_vars}
+    env.update(DS_ACCELERATOR="cpu", PYTHONPATH=REPO, OMP_NUM_THREADS="1")
     for override, message in (
         (f"data.root={tmp_path / 'nowhere'}", "videos not found"),
         ("model.num_classes=5", "model.num_classes=5 but data.num_classes=2"),
+        (f"data.class_map={classes}", "the classes of this data set (3: data.class_map"),
     ):
         cmd = [sys.executable, TRAIN, "--config", cfg_path, f"output_dir={tmp_path / 'run'}", override]
         result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
