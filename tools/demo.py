@@ -1,6 +1,6 @@
 """The whole aim-video pipeline on the embedded demo data, on CPU, in a few minutes.
 
-    python tools/demo.py [--config configs/demo.yaml] [--nproc 2] [key=value ...]
+    python tools/demo.py [--config configs/demo.yaml] [--nproc 2] [--skip-profile] [key=value ...]
 
 1. writes the demo dataset (real h264 mp4s, Kinetics CSV, list files) under data/demo unless it is there already;
 2. trains a tiny image-pretrained frozen ViT with AIM adapters through the `deepspeed` launcher (2 ranks, gloo);

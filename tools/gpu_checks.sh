@@ -1,5 +1,5 @@
 #!/bin/bash
-# The GPU checks in one command (about 8-10 minutes on an H200), each side by side in one process where it compares:
+# The GPU checks in one command (estimated 8-10 minutes on an H200: not yet run whole), each side by side in one process where it compares:
 #   model step eager and compiled against the authors' computation and full fine-tuning, with each way of computing
 #   the temporal attention (bench_model --temporal-attention; the fastest should become the default), AIM's two
 #   attention shapes per implementation (bench_attention), the profiler eager and compiled on generated videos

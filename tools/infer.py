@@ -1,7 +1,7 @@
 """Classify one video: the top-5 class names with probabilities, from a trained checkpoint and a class map.
 
     python tools/infer.py VIDEO --checkpoint runs/k400/model_trainable.safetensors [--class-map classes.txt] \\
-        [--config configs/k400.yaml] [--top-k 5] [eval.protocol=k400 ...]
+        [--config configs/k400_vit_b16_8f.yaml] [--top-k 5] [eval.protocol=k400 ...]
 
 The video is tested like the evaluation split (the config's view protocol, one decode for all views). With
 ``eval.average=score`` the probabilities are the softmax of the mean logits. Exit status 1: the video cannot be read;
@@ -26,6 +26,7 @@ from aim_video.data.dataset import MultiViewDataset  # noqa: E402
 from aim_video.data.transforms import build_eval_transform  # noqa: E402
 from aim_video.eval.loading import class_names, load_model, resolve_checkpoint, resolve_eval_config  # noqa: E402
 from aim_video.eval.multiview import apply_protocol, average_views, forward_views  # noqa: E402
+from aim_video.models.pretrained import PretrainedLoadError  # noqa: E402
 
 LIST_SUFFIXES = (".txt", ".csv", ".lst", ".list")  # annotation lists, not videos
 
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         if names is not None and len(names) != cfg.model.num_classes:
             raise ValueError(f"the class map lists {len(names)} classes, the model has {cfg.model.num_classes}")
         model = load_model(cfg, checkpoint_file, device)
-    except (ConfigError, FileNotFoundError, ValueError) as err:
+    except (ConfigError, FileNotFoundError, ValueError, PretrainedLoadError) as err:  # a backbone file that misfits too
         print(f"error: {err}", file=sys.stderr)
         return 2
     if not os.path.isfile(args.video):

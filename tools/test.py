@@ -1,6 +1,6 @@
 """Evaluate a checkpoint with multi-view testing on a split; one process or N ranks (torchrun / deepspeed launcher).
 
-    python tools/test.py --checkpoint runs/k400/model_trainable.safetensors [--config configs/k400.yaml] \\
+    python tools/test.py --checkpoint runs/k400/model_trainable.safetensors [--config configs/k400_vit_b16_8f.yaml] \\
         [--split val] [--out DIR] [--strict] [--save-scores] [eval.protocol=k400 eval.view_chunk=6 ...]
     torchrun --nproc_per_node 8 tools/test.py --checkpoint runs/k400/checkpoints/step_00012000
     deepspeed --num_gpus 8 tools/test.py --checkpoint runs/k400

@@ -97,3 +97,13 @@ def test_a_missing_class_map_names_the_option_and_the_path(run, capsys):
         infer_tool.main([video, "--checkpoint", run["ckpt"], "--class-map", missing])
     err = capsys.readouterr().err
     assert stop.value.code == 2 and f"--class-map {missing}: no such file" in err
+
+
+def test_a_backbone_file_that_does_not_fit_is_status_2_not_a_traceback(run, tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    misfit = str(tmp_path / "other.safetensors")
+    save_file({"blocks.0.norm1.weight": torch.ones(3)}, misfit)
+    video = os.path.join(run["root"], "videos", "v00.mp4")
+    assert infer_tool.main([video, "--checkpoint", run["ckpt"], f"model.pretrained={misfit}"]) == 2
+    assert "does not fit" in capsys.readouterr().err
