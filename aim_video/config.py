@@ -109,7 +109,7 @@ class TrainConfig:
     """Optimisation, precision, schedule and checkpoints."""
 
     epochs: int = 30
-    max_steps: int = -1  # >0 stops after this many optimizer steps (smoke runs)
+    max_steps: int = -1  # >0 stops after this many optimizer steps (smoke runs; warmup + cosine fitted into them)
     lr: float = 3e-4  # for the global batch below; scale linearly with batch
     base_batch_size: int = 64  # global batch the lr is stated for (paper: 8 GPUs x 8)
     scale_lr: bool = False  # lr *= global_batch / base_batch_size

@@ -248,7 +248,7 @@ def _fit(cfg: Config, resume: str, stop_signals: bool) -> dict[str, Any]:
         **opt_summary,
     )
     prepare = _prepare_fn(cfg, info.device)
-    mix = build_mixing(cfg.train.mixup_alpha, cfg.train.cutmix_alpha, cfg.model.num_classes)
+    mix = build_mixing(cfg.train.mixup_alpha, cfg.train.cutmix_alpha, cfg.model.num_classes, cfg.data.repeated_aug)
     save_steps = cfg.train.save_every_steps
     last_saved = state.step if resumed_from else -1
     eval_cache: dict[str, Any] = {}

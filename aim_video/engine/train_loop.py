@@ -28,8 +28,14 @@ class NonFiniteLossError(FloatingPointError):
     """A NaN or infinite training loss; the message says where."""
 
 
-def build_mixing(mixup_alpha: float, cutmix_alpha: float, num_classes: int) -> Callable | None:
-    """torchvision v2 MixUp / CutMix (one of the two per batch when both are on) producing soft targets."""
+def build_mixing(mixup_alpha: float, cutmix_alpha: float, num_classes: int, repeats: int = 1) -> Callable | None:
+    """torchvision v2 MixUp / CutMix (one of the two per batch when both are on) producing soft targets.
+
+    v2 mixes each clip with its neighbour in the batch. With `repeats` = data.repeated_aug = N the batch holds the
+    N clips of each video side by side, so (N - 1) / N of the pairs would be one video with itself (an unmixed
+    target): the batch is first reordered repeat by repeat (all first clips, then all second clips, ...), which
+    puts another video next to every clip whenever a batch holds two videos or more.
+    """
     ops = []
     if mixup_alpha > 0:
         ops.append(v2.MixUp(alpha=mixup_alpha, num_classes=num_classes))
@@ -41,6 +47,9 @@ def build_mixing(mixup_alpha: float, cutmix_alpha: float, num_classes: int) -> C
 
     def mix(video: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # video: float [B, T, C, H, W]; wrapped as a Video so v2 mixes whole clips (one box / lambda per clip)
+        if repeats > 1 and video.shape[0] % repeats == 0:
+            order = torch.arange(video.shape[0], device=video.device).view(-1, repeats).t().reshape(-1)
+            video, label = video[order], label[order]  # [v0a, v0b, v1a, v1b] -> [v0a, v1a, v0b, v1b]
         mixed, target = op(tv_tensors.Video(video), label)
         return mixed.as_subclass(torch.Tensor), target
 

@@ -42,8 +42,9 @@ def saved_fingerprint(meta: dict[str, str]) -> list[float] | None:
 
 
 def save_trainable(model: torch.nn.Module, path: str, metadata: dict[str, Any] | None = None) -> str:
-    """Write the model's trainable parameters (fp32, contiguous) to `path` atomically, with the fingerprint of its
-    frozen weights (`frozen_fingerprint`) in the metadata; returns the path."""
+    """Write the model's trainable parameters (as fp32, contiguous) to `path` atomically, with the fingerprint of its
+    frozen weights (`frozen_fingerprint`) in the metadata; returns the path. Under bf16/fp16 training these are the
+    values the model computed with, rounded from the fp32 master weights that the checkpoint's deepspeed/ keeps."""
     names = list(model.trainable_parameter_names())
     params = dict(model.named_parameters())
     tensors = {name: params[name].detach().float().contiguous().cpu() for name in names}

@@ -96,6 +96,19 @@ def test_mixing_makes_soft_targets_and_mixes_whole_clips(mixup, cutmix):
     assert build_mixing(0.0, 0.0, 5) is None
 
 
+@pytest.mark.parametrize("mixup,cutmix", [(0.8, 0.0), (0.0, 1.0)])
+def test_with_repeated_augmentation_no_clip_is_mixed_with_its_own_video(mixup, cutmix):
+    """data.repeated_aug=2 puts a video's two clips side by side and v2 mixes neighbours: half the clips were mixed
+    with their own video, their targets left one-hot."""
+    torch.manual_seed(0)
+    label = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])  # 4 videos x 2 clips, as collate_train lays them out
+    video = label.float()[:, None, None, None, None].expand(8, 2, 3, 8, 8).clone()
+    _, target = build_mixing(mixup, cutmix, num_classes=4, repeats=2)(video, label)
+    assert (target.max(dim=1).values < 1).all()  # every target mixes two videos
+    _, unfixed = build_mixing(mixup, cutmix, num_classes=4)(video, label)
+    assert (unfixed.max(dim=1).values == 1).sum() == 4  # what the neighbour pairing gave
+
+
 def test_resume_inside_an_epoch_continues_with_the_same_samples():
     data = list(range(20))
     loader = DataLoader(data, batch_size=2, sampler=DistributedSampler(data, num_replicas=1, rank=0, seed=7),
