@@ -13,7 +13,9 @@ backend's random-access reads with ONE sequential PyAV decode of the same file a
 - `corrupt_after_seek`: some reads match no frame of the video (decoding started at a false seek point);
 - `short`: the backend claims more frames than decode (`claimed_frames` > `decoded_frames`);
 - `hangs`: the check did not finish within the per-video time limit (its child was killed);
-- `unreadable`: the file cannot be opened or decoded (`reason`).
+- `unreadable`: the file cannot be opened or decoded, or some reads fail and the others return the frames asked for
+  (`reason`). Wrong frames decide: a file where some reads fail and others return wrong frames is `shifted` or
+  `corrupt_after_seek`, its failing read named in the reason (the statuses data.inexact_videos acts on).
 
 Checked indices (`check_groups`): each seek point and the frame after it, the middle of each group of pictures, and
 the last two frames, read group by group from the end backwards so that every read starts with a seek, as in
