@@ -206,10 +206,11 @@ def parse_kinetics_csv(
     `split` column); a labelled file of another split alone is refused (its own labels would number the classes
     otherwise than training whenever one is absent from it). `split` ("train" | "val" | "test") keeps the rows
     of that split when the file holds several. A label matches a class by name or by normalised name (class folders
-    named the download scripts' way). Each clip is looked for in `root/<label>/` and `root/<normalised label>/`
-    (the two folder conventions in use), as `ext` first, then with the other video extensions (downloads are
-    often .webm or .mkv); the first that exists wins, else the normalised .mp4 path is recorded (and reported
-    missing later).
+    named the download scripts' way). Each clip is looked for (`KINETICS_LAYOUTS`) in `root/<label>/`,
+    `root/<normalised label>/` and `root/` itself (the folder conventions of the download tools in use), then the
+    same under `root/<split>/` (one root holding train/, val/ and test/), as `ext` first, then with the other video
+    extensions (downloads are often .webm or .mkv); the first that exists wins, else the normalised .mp4 path is
+    recorded (and reported missing later). Folders are listed once each, so a lookup costs no file-system call.
     """
     all_rows = read_kinetics_csv(path)
     rows = rows_of_split(all_rows, split, path)
@@ -226,6 +227,7 @@ def parse_kinetics_csv(
     index = {name: k for k, name in enumerate(classes)}
     index.update({normalize_class_name(name): k for k, name in enumerate(classes)})
     extensions = (ext,) + tuple(e for e in VIDEO_EXTENSIONS if e != ext)
+    listing = _Listing()
     records = []
     for lineno, row in enumerate(rows, 2):
         try:
@@ -233,8 +235,11 @@ def parse_kinetics_csv(
         except ValueError:
             raise AnnotationError(f"{path}:{lineno}: bad time_start/time_end in {row}") from None
         label_name = row.get("label", "").strip()
+        value = _split_of(row)  # its folder may use another of the split's names: validate/ for "val"
+        split_dirs = next((names for names in SPLIT_NAMES.values() if value in names), (value,)) if value else ()
         if not label_name:
-            records.append(VideoRecord(_find(root, [""], name, extensions), -1, ()))
+            folders = ["", *split_dirs]
+            records.append(VideoRecord(_find(root, folders, name, extensions, listing, folders[0]), -1, ()))
             continue
         key = label_name if label_name in index else normalize_class_name(label_name)
         if key not in index:
@@ -242,20 +247,46 @@ def parse_kinetics_csv(
                 f"{path}:{lineno}: label {label_name!r} is not among the {len(classes)} classes given (the train "
                 "CSV's labels, the class map or the class folders): pass the train CSV or a class map that holds it"
             )
-        folders = [label_name, normalize_class_name(label_name)]
-        records.append(VideoRecord(_find(root, folders, name, extensions), index[key], (index[key],)))
+        norm = normalize_class_name(label_name)
+        base = [label_name, norm, ""]
+        folders = base + [os.path.join(s, f) for s in split_dirs for f in base]
+        records.append(VideoRecord(_find(root, folders, name, extensions, listing, norm), index[key], (index[key],)))
     return records, list(classes)
 
 
-def _find(root: str, folders: list[str], name: str, extensions: Sequence[str]) -> str:
-    """The first of root/<folder>/<name with an extension> that exists; else the last folder's first extension."""
+KINETICS_LAYOUTS = "root/<label>/, root/<label with _ for spaces>/, root/, and root/<split>/ followed by each of those"
+
+
+class _Listing:
+    """The names in each folder, read once: a clip looked up in several folders and extensions costs set lookups,
+    not a stat each (545,000 clips, most of them found at the first try, the missing ones at every try)."""
+
+    def __init__(self) -> None:
+        self._names: dict[str, frozenset[str]] = {}
+
+    def has(self, path: str) -> bool:
+        folder, name = os.path.split(path)
+        folder = folder or "."
+        names = self._names.get(folder)
+        if names is None:
+            try:
+                names = frozenset(os.listdir(folder))
+            except OSError:  # absent, or not a folder
+                names = frozenset()
+            self._names[folder] = names
+        return name in names
+
+
+def _find(root: str, folders: list[str], name: str, extensions: Sequence[str], listing: _Listing, default: str) -> str:
+    """The first root/<folder>/<name with an extension> that exists, extensions in order, then folders; else
+    root/<default>/<name> with the first extension (reported missing later)."""
     stem = os.path.splitext(name)[0]
     for ext in extensions:
         for folder in folders:
             candidate = _resolve(root, os.path.join(folder, stem + ext))
-            if os.path.exists(candidate):
+            if listing.has(candidate):
                 return candidate
-    return _resolve(root, os.path.join(folders[-1], stem + extensions[0]))
+    return _resolve(root, os.path.join(default, stem + extensions[0]))
 
 
 def class_folder_names(root: str) -> list[str]:
@@ -329,9 +360,11 @@ def load_annotations(
         raise AnnotationError(f"{source}: lists no video (an empty file, or only comments and blank lines)")
     absent = [r.path for r in records if not os.path.isfile(r.path)]
     if absent:
+        where = f"; a CSV's clips are looked for in {KINETICS_LAYOUTS}" if source.lower().endswith(".csv") else ""
         summary = (
             f"{source}: {len(absent)} of {len(records)} videos not found, e.g. {', '.join(absent[:3])} "
             f"(check the folder the paths start from, {root!r}: data.root, or --root in tools/prepare_kinetics.py"
+            + where
         )
         if missing == "fail":
             raise AnnotationError(summary + "; or skip them: data.missing_files=drop, or --missing drop)")

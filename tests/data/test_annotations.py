@@ -249,3 +249,22 @@ def test_an_empty_list_says_so(tmp_path):
     (tmp_path / "empty.txt").write_text("# nothing yet\n\n")
     with pytest.raises(AnnotationError, match="empty.txt: lists no video"):
         load_annotations(str(tmp_path / "empty.txt"))
+
+
+def test_kinetics_clips_are_found_in_the_layouts_download_tools_write(tmp_path):
+    """One root with train/<label>/ and val/<label>/ (and flat folders, as the CVDF downloads are) gave 'no videos
+    left to read' for `prepare_kinetics.py lists --root videos`."""
+    root = tmp_path / "videos"
+    by_split = touch(str(root / "train" / "air drumming" / "a_000001_000011.mp4"))
+    flat_split = touch(str(root / "val" / "b_000002_000012.mp4"))
+    flat = touch(str(root / "c_000003_000013.mp4"))
+    csv = tmp_path / "all.csv"
+    csv.write_text(
+        "label,youtube_id,time_start,time_end,split\n"
+        "air drumming,a,1,11,train\nzumba,b,2,12,validate\nzumba,c,3,13,train\nzumba,d,4,14,train\n"
+    )
+    recs, _ = parse_kinetics_csv(str(csv), str(root))
+    assert [r.path for r in recs[:3]] == [by_split, flat_split, flat]
+    assert recs[3].path == str(root / "zumba" / "d_000004_000014.mp4")  # not found: the usual place is named
+    with pytest.raises(AnnotationError, match=r"1 of 4 videos not found.*looked for in root/<label>/.*root/<split>/"):
+        load_annotations(str(csv), str(root))
