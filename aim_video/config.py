@@ -41,7 +41,7 @@ class DataConfig:
     decode_device: str = "cpu"  # torchcodec: cpu | cuda | cuda:N (NVDEC; needs read_timeout_s=0, no worker forks)
     num_threads: int = 1  # decoder threads per reader (1 when many workers run)
     read_timeout_s: float = 60.0  # per-item watchdog in training; a slower read counts as a failed video
-    verify_report: str = ""  # JSON from `tools/prepare_kinetics.py verify`: true frame counts
+    verify_report: str = ""  # JSON from `tools/prepare_kinetics.py verify` (several: a,b): true frame counts
     inexact_videos: str = "fail"  # fail | drop | keep: listed videos the report found returning wrong frames
     # sampling
     sampling: str = "dense"  # dense (clip_len x stride) | uniform (TSN segments)
@@ -252,6 +252,11 @@ def load_config(path: str | None = None, overrides: list[str] | None = None) -> 
         # `key=` means an empty value, as in a shell, not OmegaConf's null (no field here is optional):
         # `model.pretrained=` is a random backbone, `train.epochs=` a type error naming the key
         overrides = [f"{o}''" if o.endswith("=") else o for o in overrides]
+        keys = [o.split("=", 1)[0].strip() for o in overrides]
+        for key in sorted({k for k in keys if keys.count(k) > 1}):  # easy to miss in a long command line
+            given = [o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0].strip() == key]
+            if len(set(given)) > 1:
+                print(f"warning: {key} is given as {', '.join(given)}: the last one counts", file=sys.stderr)
         try:
             cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
         except OmegaConfBaseException as err:

@@ -37,6 +37,7 @@ import os
 import signal
 from collections import Counter
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -86,6 +87,13 @@ def load_split(cfg: Config, split: str) -> Annotations:
             f"data.{split}_list={sources[split]}: {len(bad)} videos have a label >= data.num_classes="
             f"{cfg.data.num_classes}, e.g. {bad[0].path} (label {max(bad[0].labels)}); fix the list or num_classes"
         )
+    used = len({lbl for r in ann.records for lbl in r.labels})
+    if split == "train" and 0 < used < cfg.data.num_classes:  # e.g. a 3-class set under a recipe's 400-way head
+        log.warning(
+            "data.train_list=%s uses %d of data.num_classes=%d classes: if the data set has %d, set data.num_classes "
+            "and model.num_classes to it (and data.class_map to the classes.txt `prepare_kinetics.py lists` wrote)",
+            sources[split], used, cfg.data.num_classes, used,
+        )  # fmt: skip
     return ann
 
 
@@ -125,6 +133,7 @@ def apply_verify_report(cfg: Config, records: list[VideoRecord], what: str) -> t
     (`shifted`, `corrupt_after_seek`). When that backend (and torchcodec seek mode) is data.backend's, such videos
     among `records` are handled by data.inexact_videos: `fail` (the default: training on wrong frames is silent
     otherwise), `drop` them (logged), or `keep` them (logged). A report made for another backend gives only counts.
+    data.verify_report may name several reports, comma-separated (one per split's list, as `verify` writes them).
     """
     d = cfg.data
     if d.inexact_videos not in INEXACT_POLICIES:
@@ -133,18 +142,24 @@ def apply_verify_report(cfg: Config, records: list[VideoRecord], what: str) -> t
         return records, {}
     from aim_video.data.verify import WRONG_FRAMES, read_report
 
-    header, checks = read_report(d.verify_report)
-    counts = {os.path.abspath(c.path): c.decoded_frames for c in checks if c.decoded_frames > 0}
-    same_reads = header["backend"] == d.backend and (d.backend != "torchcodec" or header["seek_mode"] == d.seek_mode)
-    if not same_reads:
-        made_for = header["backend"] + (f"/{header['seek_mode']}" if header["backend"] == "torchcodec" else "")
-        log.warning(
-            "%s was made for %s, not data.backend=%s: its frame counts are used, but whether %s reads these videos "
-            "exactly is unchecked (run verify with --backend %s)",
-            *(d.verify_report, made_for or "an unknown backend", d.backend, d.backend, d.backend),
-        )
-        return records, counts
-    wrong = {os.path.abspath(c.path): c for c in checks if c.status in WRONG_FRAMES}
+    counts: dict[str, int] = {}
+    wrong: dict[str, Any] = {}
+    source: dict[str, str] = {}  # path -> the report that found it wrong
+    for report in [p.strip() for p in d.verify_report.split(",") if p.strip()]:
+        header, checks = read_report(report)
+        counts.update({os.path.abspath(c.path): c.decoded_frames for c in checks if c.decoded_frames > 0})
+        same = header["backend"] == d.backend and (d.backend != "torchcodec" or header["seek_mode"] == d.seek_mode)
+        if not same:
+            made_for = header["backend"] + (f"/{header['seek_mode']}" if header["backend"] == "torchcodec" else "")
+            log.warning(
+                "%s was made for %s, not data.backend=%s: its frame counts are used, but whether %s reads these "
+                "videos exactly is unchecked (run verify with --backend %s)",
+                *(report, made_for or "an unknown backend", d.backend, d.backend, d.backend),
+            )
+            continue
+        for c in checks:
+            if c.status in WRONG_FRAMES:
+                wrong[os.path.abspath(c.path)], source[os.path.abspath(c.path)] = c, report
     hits = [r for r in records if os.path.abspath(r.path) in wrong]
     if not hits:
         return records, counts
@@ -156,7 +171,8 @@ def apply_verify_report(cfg: Config, records: list[VideoRecord], what: str) -> t
         f"according to {d.verify_report}, e.g. {examples}"
     )
     fix = (
-        f"Re-encode them with `tools/prepare_kinetics.py repair --report {d.verify_report}` (see its --help) "
+        f"Re-encode them with `tools/prepare_kinetics.py repair --report {source[os.path.abspath(hits[0].path)]}` "
+        "(see its --help) "
         "and use the list it writes"
     )
     if d.inexact_videos == "fail":

@@ -419,3 +419,35 @@ def test_an_unknown_backend_stops_the_loader_build_naming_the_choices(video_dir)
         build_train_loader(tiny_cfg(video_dir, backend="decrod"), 0, 1)
     with pytest.raises(ConfigError, match="'data.fallback_backend': 'av' is not a decoding backend"):
         build_eval_loader(tiny_cfg(video_dir, fallback_backend="av"), "val", 0, 1)
+
+
+def test_a_train_list_using_far_fewer_classes_than_the_head_is_named(video_dir, caplog):
+    """A 3-class set trained under a recipe's data.num_classes=400 ran a 400-way head without a word."""
+    from aim_video.data.loader import load_split
+
+    with caplog.at_level("WARNING"):
+        load_split(tiny_cfg(video_dir, num_classes=400), "train")
+    assert "uses 2 of data.num_classes=400 classes" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        load_split(tiny_cfg(video_dir), "train")
+    assert "data.num_classes" not in caplog.text
+
+
+def test_one_verify_report_per_split_can_be_given_together(tmp_path):
+    """`verify` writes one report per list; data.verify_report took one file, so a val list went unchecked."""
+    from aim_video.data import verify
+
+    clean = make_h264(str(tmp_path / "clean.mp4"), n=60, gop=50)
+    broken = false_keyframes(clean, str(tmp_path / "broken.mp4"), at=(20,))
+    train, val = str(tmp_path / "train.txt"), str(tmp_path / "val.txt")
+    write_lines(train, [f"{clean} 0"])
+    write_lines(val, [f"{broken} 1"])
+    reports = []
+    for name, path in (("train", clean), ("val", broken)):
+        reports.append(str(tmp_path / f"{name}_verify.json"))
+        verify.write_report(verify.verify_videos([path], "decord", progress=False), reports[-1], "decord", "exact")
+    cfg = tiny_cfg(train, val, batch_size=1, verify_report=",".join(reports))
+    assert build_train_loader(cfg, 0, 1).dataset.records.frame_count(0) == 60
+    with pytest.raises(AnnotationError, match=rf"broken.mp4 \(corrupt_after_seek.*repair --report {reports[1]}`"):
+        build_eval_loader(cfg, "val", 0, 1)
