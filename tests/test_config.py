@@ -88,3 +88,13 @@ def test_a_value_that_is_not_one_of_the_names_stops_at_load_time():
     for key, allowed in CHOICES.items():  # every default is one of its names
         section, leaf = key.split(".")
         assert getattr(getattr(cfg, section), leaf) in allowed, key
+
+
+def test_a_key_given_twice_with_other_values_is_named(capsys):
+    """`--resume auto train.epochs=4 ... train.epochs=3` resumed into 'nothing to train' with no hint why."""
+    from aim_video.config import load_config
+
+    assert load_config(None, ["train.epochs=4", "train.lr=0.1", "train.epochs=3"]).train.epochs == 3
+    assert "warning: train.epochs is given as 4, 3: the last one counts" in capsys.readouterr().err
+    load_config(None, ["output_dir=x", "output_dir=x"])  # the same value twice (tools append their own): quiet
+    assert capsys.readouterr().err == ""

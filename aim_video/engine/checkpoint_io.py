@@ -24,6 +24,7 @@ import json
 import os
 import re
 import shutil
+import sys
 from typing import Any
 
 import torch
@@ -41,6 +42,8 @@ from aim_video.models.trainable_io import (
 DS_TAG = "deepspeed"
 # train.* settings that live on in the optimizer's parameter groups and the scheduler's base lrs once restored
 RESTORED_TRAIN_KEYS = ("lr", "base_batch_size", "scale_lr", "weight_decay", "betas", "backbone_lr_mult")
+# train.* settings that reshape the lr schedule when changed on resume (allowed, with a warning)
+SCHEDULE_TRAIN_KEYS = ("epochs", "warmup_epochs", "min_lr", "max_steps")
 _STEP_DIR = re.compile(r"^step_(\d{8})$")
 
 
@@ -251,6 +254,16 @@ class CheckpointManager:
                     "output_dir"
                 )
             meta.setdefault("batch_size", to_dict(load_config(saved_cfg_path))["data"]["batch_size"])
+            reshaped = [k for k in SCHEDULE_TRAIN_KEYS if saved_train.get(k) != now_train[k]]
+            if reshaped and self.rank == 0:  # allowed (a longer run), but the lr curve bends: say so
+                print(
+                    "warning: "
+                    + ", ".join(f"train.{k} {saved_train.get(k)!r} -> {now_train[k]!r}" for k in reshaped)
+                    + " since the checkpoint: the warmup + cosine schedule is recomputed over the new length, so "
+                    "the lr jumps to where that schedule is at this step",
+                    file=sys.stderr,
+                    flush=True,
+                )
         try:
             tensors, trainable_meta = read_trainable(os.path.join(path, "trainable.safetensors"))
         except Exception as err:  # noqa: BLE001 - safetensors raises its own error types for a damaged file

@@ -158,7 +158,7 @@ def test_a_checkpoint_refuses_another_frozen_backbone(world, tmp_path):
     assert manager.load(low, path, cfg)["step"] == 1
 
 
-def test_a_changed_lr_is_refused_on_resume_since_the_restored_states_would_keep_the_old(world, tmp_path):
+def test_a_changed_lr_is_refused_on_resume_since_the_restored_states_would_keep_the_old(world, tmp_path, capsys):
     """The user saw 'peak_lr: 1e-06' logged at the start while the steps ran on the saved 2e-3 schedule."""
     cfg = load_config(None, ["train.precision=fp32", "data.batch_size=2", "train.lr=0.002"])
     manager = CheckpointManager(str(tmp_path / "ckpt"), keep_last=2, rank=0, world_size=1)
@@ -170,6 +170,9 @@ def test_a_changed_lr_is_refused_on_resume_since_the_restored_states_would_keep_
     longer = load_config(None, ["train.precision=fp32", "data.batch_size=2", "train.lr=0.002", "train.epochs=60"])
     meta = manager.load(_engine(longer, seed=0), path, longer)  # a longer schedule does take effect
     assert meta["step"] == 1 and meta["batch_size"] == 2
+    assert "warning: train.epochs 30 -> 60 since the checkpoint: the warmup + cosine schedule is recomputed" in (
+        capsys.readouterr().err
+    )
 
 
 def test_best_follows_a_checkpoint_saved_again_at_the_same_step(world, tmp_path):
