@@ -45,7 +45,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--checkpoint", required=True, help="model_trainable.safetensors or an engine checkpoint folder")
     p.add_argument("--config", default=None, help="YAML (default: the config stored in the checkpoint)")
     p.add_argument("--class-map", default=None, help="class names, one per line (default: data.class_map)")
-    p.add_argument("--top-k", type=positive_int, default=5, help="classes to print (default 5; at most all)")
+    p.add_argument("--top-k", type=positive_int, default=None, help="classes to print (default 5; at most all)")
     p.add_argument("overrides", nargs="*", help="section.key=value config overrides")
     args = p.parse_intermixed_args(argv)  # overrides may come before or after options
     if os.path.isdir(args.video) or args.video.lower().endswith(LIST_SUFFIXES):
@@ -96,11 +96,11 @@ def main(argv: list[str] | None = None) -> int:
     except RuntimeError as err:
         print(f"error: cannot read the video: {err}", file=sys.stderr)
         return 1
-    if args.top_k > probs.numel():
+    if args.top_k is not None and args.top_k > probs.numel():  # asked for: say why fewer are shown
         print(
             f"note: --top-k {args.top_k} is more than the model's {probs.numel()} classes: all shown", file=sys.stderr
         )
-    top = probs.topk(min(args.top_k, probs.numel()))
+    top = probs.topk(min(args.top_k or 5, probs.numel()))
     print(f"{args.video} ({d.test_num_clips} clips x {d.test_num_crops} crops, {cfg.eval.average} averaging):")
     for rank, (p, k) in enumerate(zip(top.values.tolist(), top.indices.tolist(), strict=True), start=1):
         print(f"{rank:2d}. {names[k] if names else k:<40} {p:.4f}")

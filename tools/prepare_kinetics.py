@@ -1,6 +1,7 @@
 """Prepare a Kinetics-style data set: list files, re-encoding for fast random access, frame-accuracy checks.
 
-    # 1. Kinetics CSVs (or list files, or class folders) -> train.txt / val.txt / classes.txt
+    # 1. Kinetics CSVs (or list files, or class folders) -> train.txt / val.txt / classes.txt; clips are found in
+    # <root>/<label>/, <root>/<label_with_underscores>/, <root>/ or <root>/<split>/ any of those
     python tools/prepare_kinetics.py lists --train k400/train.csv --val k400/validate.csv \\
         --root /data/k400/videos --out-dir /data/k400/lists
 
@@ -12,8 +13,9 @@
 
     # 2b. or keep the originals: check random access against one sequential decode, per video (exact / shifted /
     # corrupt_after_seek / short / hangs / unreadable); resumable; report.json + report.csv, whose true frame
-    # counts are what training samples from (data.verify_report=...); with the report, training and evaluation
-    # refuse videos it found returning wrong frames for data.backend (data.inexact_videos=fail|drop|keep)
+    # counts are what training samples from (data.verify_report=train_verify.json,val_verify.json: one report per
+    # list, comma-separated); with the reports, training and evaluation
+    # refuse videos they found returning wrong frames for data.backend (data.inexact_videos=fail|drop|keep)
     python tools/prepare_kinetics.py verify --list /data/k400/lists/train.txt --root /data/k400/videos \\
         --report /data/k400/lists/train_verify.json --backend decord --jobs 8 --timeout 300
     # ... then re-encode the videos that are not exact (originals untouched), verify the copies, relist
@@ -21,9 +23,11 @@
         --list /data/k400/lists/train.txt --root /data/k400/videos --out-root /data/k400/repaired \\
         --out-list /data/k400/lists/train_repaired.txt --keyint 16 --jobs 8
 
-    # 3. train on the result (data.root: the folder the list's relative paths start from)
+    # 3. train on the result (data.root: the folder the list's relative paths start from; data.num_classes and
+    # model.num_classes: the number of lines of classes.txt, 400 for Kinetics-400)
     deepspeed tools/train.py --config configs/k400_vit_b16_8f.yaml data.root=/data/k400/videos_256 \\
-        data.train_list=/data/k400/lists/train_256.txt data.val_list=/data/k400/lists/val_256.txt
+        data.train_list=/data/k400/lists/train_256.txt data.val_list=/data/k400/lists/val_256.txt \\
+        data.class_map=/data/k400/lists/classes.txt
 
 Each subcommand is a function `cmd_<name>(args) -> int` registered in `SUBCOMMANDS`; add one by adding both.
 """

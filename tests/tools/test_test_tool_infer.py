@@ -88,6 +88,9 @@ def test_top_k_beyond_the_classes_shows_all_of_them_and_says_so(run, capsys):
     out, err = capsys.readouterr()
     assert len(out.strip().splitlines()) == 1 + len(CLASSES)
     assert "--top-k 10 is more than the model's 3 classes" in err
+    assert infer_tool.main([video, "--checkpoint", run["ckpt"], "--class-map", run["classes"]]) == 0  # default 5
+    out, err = capsys.readouterr()
+    assert len(out.strip().splitlines()) == 1 + len(CLASSES) and "--top-k" not in err  # not asked for: no note
 
 
 def test_a_missing_class_map_names_the_option_and_the_path(run, capsys):
