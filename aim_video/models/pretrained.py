@@ -143,15 +143,20 @@ def openai_weights(path: str, file: str) -> bool:
     names += [part for part in os.path.normpath(file).split(os.sep) if part.startswith("models--")]
     if any(name.endswith(".openai") or ".openai." in name for name in names):
         return True
+    return hub_pretrained_cfg(file).get("tag") == "openai"
+
+
+def hub_pretrained_cfg(file: str) -> dict:
+    """`pretrained_cfg` of the timm / Hugging Face config.json beside a weight file ({} when there is none)."""
     config = os.path.join(os.path.dirname(file), "config.json")
-    if os.path.isfile(config):
-        try:
-            with open(config, encoding="utf-8") as f:
-                tag = (json.load(f).get("pretrained_cfg") or {}).get("tag", "")
-        except (OSError, ValueError, AttributeError):
-            return False
-        return tag == "openai"
-    return False
+    if not os.path.isfile(config):
+        return {}
+    try:
+        with open(config, encoding="utf-8") as f:
+            cfg = json.load(f).get("pretrained_cfg")
+    except (OSError, ValueError, AttributeError):  # unreadable, not JSON, not an object
+        return {}
+    return cfg if isinstance(cfg, dict) else {}
 
 
 def load_pretrained(model: torch.nn.Module, path: str) -> dict[str, list[str]]:
@@ -213,15 +218,9 @@ def weights_normalization(path: str, arch: str) -> tuple[tuple[float, ...], tupl
         file = resolve_weight_file(path)
     except FileNotFoundError:
         return None
-    config = os.path.join(os.path.dirname(file), "config.json")
-    if os.path.isfile(config):
-        try:
-            with open(config, encoding="utf-8") as f:
-                cfg = json.load(f).get("pretrained_cfg") or {}
-            if cfg.get("mean") and cfg.get("std"):
-                return tuple(cfg["mean"]), tuple(cfg["std"]), config
-        except (OSError, ValueError, AttributeError):
-            pass
+    cfg = hub_pretrained_cfg(file)
+    if cfg.get("mean") and cfg.get("std"):
+        return tuple(cfg["mean"]), tuple(cfg["std"]), os.path.join(os.path.dirname(file), "config.json")
     if "_clip_" in arch:
         return CLIP_MEAN, CLIP_STD, f"CLIP weights ({arch})"
     return None
