@@ -72,7 +72,15 @@ def read_metadata(path: str) -> dict[str, str]:
         with safe_open(path, framework="pt") as f:
             return dict(f.metadata() or {})
     except Exception as err:  # noqa: BLE001 - safetensors' own error types: a cut or foreign file
-        raise ValueError(f"{path} cannot be read as safetensors ({type(err).__name__}): {err}") from None
+        raise _unreadable(path, err) from None
+
+
+def _unreadable(path: str, err: BaseException) -> ValueError:
+    first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+    return ValueError(
+        f"{path} cannot be read as safetensors ({type(err).__name__}: {first}): a copy cut short or another kind "
+        "of file; export it again or point at another checkpoint"
+    )
 
 
 def read_trainable(path: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -88,11 +96,7 @@ def read_trainable(path: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     except ValueError:
         raise
     except Exception as err:  # noqa: BLE001 - safetensors' own error types: a cut or foreign file
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
-        raise ValueError(
-            f"{path} cannot be read as safetensors ({type(err).__name__}: {first}): a copy cut short or another kind "
-            "of file; export it again or point at another checkpoint"
-        ) from None
+        raise _unreadable(path, err) from None
     return tensors, meta
 
 
