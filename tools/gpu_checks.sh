@@ -1,9 +1,11 @@
 #!/bin/bash
-# The GPU checks in one command (estimated 8-10 minutes on an H200: not yet run whole), each side by side in one process where it compares:
-#   model step eager and compiled against the authors' computation and full fine-tuning, with each way of computing
-#   the temporal attention (bench_model --temporal-attention; the fastest should become the default), AIM's two
-#   attention shapes per implementation (bench_attention), the profiler eager and compiled on generated videos
-#   (MFU, loader, data wait), a short DeepSpeed bf16 run with model.compile=true, and the CUDA tests.
+# The GPU checks in one command, most telling first, all inside DEADLINE seconds (default 540, so that one device
+# call of 600 s holds them): each step's time limit is cut to what is left, and a step with under 15 s left is
+# skipped. Each step compares side by side in one process:
+#   the model step eager against the authors' computation and full fine-tuning, with each way of computing the
+#   temporal attention (bench_model --temporal-attention; the fastest should become the default), the CUDA tests,
+#   the profiler on generated videos (MFU, loader, data wait), a short DeepSpeed bf16 run with model.compile=true,
+#   AIM's two attention shapes per implementation (bench_attention), then the model step compiled.
 # Usage: bash tools/gpu_checks.sh OUT_DIR [PYTHON]      (PYTHON defaults to .venv/bin/python, else python3)
 #        TINY=1 bash tools/gpu_checks.sh OUT_DIR          a CPU smoke run of the same steps on a tiny ViT
 # Outputs in OUT_DIR: all.log and one JSON per step. Each step has its own time limit; a failing step does not
@@ -20,7 +22,19 @@ fi
 mkdir -p "$OUT"
 exec > >(tee -a "$OUT/all.log") 2>&1
 T0=$(date +%s)
+DEADLINE=${DEADLINE:-540}
 stamp() { echo "=== [$(($(date +%s) - T0))s] $*"; }
+# step LIMIT NAME COMMAND...: runs COMMAND under min(LIMIT, the seconds left before DEADLINE), or skips it
+step() {
+  local limit=$1 name=$2 left=$((DEADLINE - ($(date +%s) - T0))) rc
+  shift 2
+  [ "$left" -lt "$limit" ] && limit=$left
+  if [ "$limit" -lt 15 ]; then stamp "$name: skipped, ${left}s left"; return 0; fi
+  stamp "$name (limit ${limit}s)"
+  timeout "$limit" "$@"
+  rc=$?
+  [ "$rc" -eq 0 ] || echo "=== $name: exit status $rc"
+}
 WORK=$(mktemp -d)
 V=$WORK/videos
 NVID=32
@@ -46,18 +60,8 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null
 "$PY" -c "import torch, timm, deepspeed, decord; print('torch', torch.__version__, 'timm', timm.__version__,
 'deepspeed', deepspeed.__version__, 'decord', decord.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else 'no CUDA')"
 
-stamp "bench_model eager (each temporal attention), then compiled (the default and the fusable one)"
-timeout 200 "$PY" tools/bench_model.py "${BENCH[@]}" --temporal-attention sdpa,math,matmul,reduce \
-  --json "$OUT/bench_model_eager.json"
-TORCH_LOGS=recompiles timeout 240 "$PY" tools/bench_model.py "${BENCH[@]}" --compile --temporal-attention sdpa,reduce \
-  --json "$OUT/bench_model_compiled.json"
-
-stamp "bench_attention"
-timeout 120 "$PY" tools/bench_attention.py "${ATTN[@]}" > "$OUT/bench_attention.jsonl"
-cat "$OUT/bench_attention.jsonl"
-
-stamp "$NVID generated videos, 340x256, 6 s"
-"$PY" - "$V" "$NVID" <<'EOF'
+stamp "generating $NVID videos, 340x256, 6 s, in the background"
+"$PY" - "$V" "$NVID" > "$WORK/videos.log" 2>&1 <<'EOF' &
 import os, sys
 from multiprocessing import Pool
 from aim_video.profiling.videos import scene_video
@@ -65,30 +69,36 @@ root, n = sys.argv[1], int(sys.argv[2])
 os.makedirs(root, exist_ok=True)
 def make(i):
     return scene_video(f"{root}/v{i:03d}.mp4", 340, 256, seconds=6.0, seed=i)
-with Pool(min(16, os.cpu_count() or 1)) as pool:
+with Pool(min(8, os.cpu_count() or 1)) as pool:
     pool.map(make, range(n))
 with open(f"{root}/train.txt", "w") as f:
     f.writelines(f"v{i:03d}.mp4 {i % 400}\n" for _ in range(10) for i in range(n))  # 10 entries per video
 EOF
+VIDEOS=$!
 DATA=(data.root="$V" data.train_list="$V/train.txt" data.val_list="$V/train.txt" data.test_list="$V/train.txt"
   model.pretrained= data.num_workers=12)
 
-for compiled in false true; do
-  stamp "profile, model.compile=$compiled"
-  timeout 150 "$PY" tools/profile.py --config configs/k400_vit_b16_8f.yaml --out "$WORK/profile_$compiled" \
-    output_dir="$WORK/prof" "${DATA[@]}" "${TINY_CFG[@]}" "${PROF[@]}" profile.max_workers=1 profile.loader_batches=2 \
-    model.compile=$compiled
-  cp "$WORK/profile_$compiled/profile.json" "$OUT/profile_compile_$compiled.json"
-done
+step 110 "bench_model eager, each temporal attention" "$PY" tools/bench_model.py "${BENCH[@]}" \
+  --temporal-attention sdpa,math,matmul,reduce --json "$OUT/bench_model_eager.json"
 
-stamp "DeepSpeed bf16, model.compile=true"
-timeout 180 "$PY" -m deepspeed.launcher.runner --num_gpus 1 tools/train.py --config configs/k400_vit_b16_8f.yaml \
-  output_dir="$WORK/train" "${DATA[@]}" "${TINY_CFG[@]}" "${TRAIN[@]}" model.compile=true train.epochs=2 \
-  train.eval_every=-1 train.save_every=1
+step 80 "CUDA tests" "$PY" -m pytest -q -p no:cacheprovider -m gpu tests/models/test_aim.py tests/profiling/test_runner.py
+step 60 "engine tests on this machine" "$PY" -m pytest -q -p no:cacheprovider tests/engine/test_train_loop.py \
+  tests/engine/test_checkpoint_io.py tests/engine/test_deepspeed_setup.py
+
+wait "$VIDEOS" || { echo "=== video generation failed:"; cat "$WORK/videos.log"; }
+step 110 "profile, eager" "$PY" tools/profile.py --config configs/k400_vit_b16_8f.yaml --out "$WORK/profile" \
+  output_dir="$WORK/prof" "${DATA[@]}" "${TINY_CFG[@]}" "${PROF[@]}" profile.max_workers=1 profile.loader_batches=2
+cp "$WORK/profile/profile.json" "$OUT/profile.json"
+
+step 130 "DeepSpeed bf16, model.compile=true" "$PY" -m deepspeed.launcher.runner --num_gpus 1 tools/train.py \
+  --config configs/k400_vit_b16_8f.yaml output_dir="$WORK/train" "${DATA[@]}" "${TINY_CFG[@]}" "${TRAIN[@]}" \
+  model.compile=true train.epochs=2 train.eval_every=-1 train.save_every=1
 cp "$WORK/train/log.jsonl" "$OUT/train_compiled.jsonl"
 
-stamp "CUDA tests"
-timeout 150 "$PY" -m pytest -q -p no:cacheprovider tests/models/test_aim.py tests/profiling/test_runner.py \
-  tests/engine/test_train_loop.py tests/engine/test_checkpoint_io.py tests/engine/test_deepspeed_setup.py
+step 50 "bench_attention" bash -c '"$0" tools/bench_attention.py "${@}" | tee "'"$OUT"'/bench_attention.jsonl"' "$PY" "${ATTN[@]}"
+
+export TORCH_LOGS=recompiles
+step 200 "bench_model compiled, (a) with sdpa" "$PY" tools/bench_model.py "${BENCH[@]}" --compile --variants a \
+  --temporal-attention sdpa --json "$OUT/bench_model_compiled.json"
 stamp "done"
 rm -rf "$WORK"
