@@ -59,9 +59,10 @@ class DropPath(nn.Module):
 # How the temporal branch computes its attention over T frames (the same frozen weights and result every way): the
 # block's own module with torch's default SDPA kernel ("sdpa"), the same under SDPA's math backend ("math"), or the
 # softmax written out over the module's projections, as batched matmuls ("matmul") or as broadcast products summed
-# over the head dimension ("reduce", which a compiler can fuse). Sequences of 8 tokens by the thousand are a shape
-# the fused kernels are not built for: on an H200 the temporal call took 3.7x the spatial one (docs/benchmarks.md,
-# `tools/bench_attention.py`); `tools/gpu_checks.sh` times the model with each.
+# over the head dimension ("reduce"). Sequences of 8 tokens by the thousand are a shape the fused kernels are not
+# built for: on an H200 the temporal call took 3.7x the spatial one with SDPA and 0.53x that with "matmul", which
+# made the ViT-B/16 8-frame training step 1.19x faster compiled, 1.08x eager, and about even at 16 frames; at 32
+# frames eager it was 3-6% slower (docs/benchmarks.md). The 8-frame ViT-B recipes set it; "sdpa" stays the default.
 TEMPORAL_ATTENTION = ("sdpa", "math", "matmul", "reduce")
 
 

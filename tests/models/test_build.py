@@ -172,7 +172,8 @@ def test_trainable_weights_file_round_trip(tmp_path) -> None:
         load_trainable(other_backbone, path)
 
 
-def test_compiled_blocks_share_one_graph_under_a_drop_path_schedule() -> None:
+@pytest.mark.parametrize("temporal_attention", ["sdpa", "matmul"])  # the default and the ViT-B/16 8-frame recipes'
+def test_compiled_blocks_share_one_graph_under_a_drop_path_schedule(temporal_attention: str) -> None:
     """Every block compiles to the same graph although its drop-path rate differs (0, 0.07, 0.13, 0.2 here).
 
     With a graph per rate, the k400 recipe's depth-12 model passed dynamo's recompile limit (8) and the remaining
@@ -181,7 +182,9 @@ def test_compiled_blocks_share_one_graph_under_a_drop_path_schedule() -> None:
     """
     torch._dynamo.reset()
     torch.manual_seed(0)
-    model = build_model(tiny_cfg(drop_path_rate=0.2, vit_kwargs={**tiny_cfg().vit_kwargs, "depth": 4}), NUM_FRAMES)
+    vit_kwargs = {**tiny_cfg().vit_kwargs, "depth": 4}
+    cfg = tiny_cfg(drop_path_rate=0.2, vit_kwargs=vit_kwargs, temporal_attention=temporal_attention)
+    model = build_model(cfg, NUM_FRAMES)
     model.compile_blocks(backend="eager")  # dynamo's guards and graphs without inductor's code generation
     video = torch.randn(2, NUM_FRAMES, 3, 32, 32)
     with torch._dynamo.config.patch(recompile_limit=1, fail_on_recompile_limit_hit=True):
