@@ -1,6 +1,7 @@
 """DataLoaders from the config: training clips and multi-view evaluation, both rank-aware.
 
-Training (`build_train_loader`): a DistributedSampler (shuffled, seeded by `train.seed`, reshuffled per epoch),
+Training (`build_train_loader`): `SeededSampler` (one shuffled order per epoch, seeded by `train.seed`, dealt out
+to the ranks as DistributedSampler does),
 workers with persistent state and prefetch, pinned memory when CUDA is present. **The caller sets the epoch**
 before iterating, or every epoch sees the same order:
 
@@ -14,10 +15,11 @@ before iterating, or every epoch sees the same order:
             ...
         log(failures.summary()); failures.reset()
 
-Every training sample carries its own seed (`SeededSampler`: from train.seed, the epoch, the rank and its position
-in the epoch), from which the clip's frame sampling and its augmentation draw: different samples, ranks and epochs
-draw different clips and augmentations, a run is reproducible for a fixed seed whatever data.num_workers is, and a
-resume inside an epoch gives the remaining samples exactly the clips the interrupted run would have read.
+Every training sample carries its own seed (`SeededSampler`: from train.seed, the epoch and its position in the
+epoch's order), from which the clip's frame sampling and its augmentation draw: different samples and epochs draw
+different clips and augmentations, a run is reproducible for a fixed seed whatever data.num_workers is, and a
+resume inside an epoch gives the remaining samples exactly the clips the interrupted run would have read, also
+under another number of ranks (the order and the seeds do not depend on it).
 
 Reads go through `decode.read_frames` with data.backend (data.fallback_backend when it cannot open a file),
 data.seek_mode / data.decode_device for torchcodec, the true frame counts of data.verify_report, and
@@ -235,10 +237,7 @@ def build_train_loader(cfg: Config, rank: int = 0, world_size: int = 1) -> DataL
             f"data.train_list has {len(dataset)} videos, fewer than one batch of {videos_per_batch} on each of "
             f"{world_size} ranks"
         )
-    shuffled = DistributedSampler(
-        dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=cfg.train.seed, drop_last=True
-    )
-    sampler = SeededSampler(shuffled, cfg.train.seed, rank)
+    sampler = SeededSampler(len(dataset), cfg.train.seed, rank, world_size)
     return DataLoader(
         dataset,
         batch_size=videos_per_batch,
@@ -251,27 +250,43 @@ def build_train_loader(cfg: Config, rank: int = 0, world_size: int = 1) -> DataL
 
 
 class SeededSampler(Sampler[tuple[int, int]]):
-    """(index, seed) pairs: `sampler`'s indices, each with a seed from (seed, epoch, rank, position in the epoch).
+    """(index, seed) pairs for one rank: the epoch's shuffled order, dealt out to the ranks, each index with a seed
+    from (seed, epoch, its position in the order).
 
-    The seed travels with the index to whichever worker reads it, so a sample's clip does not depend on the worker
-    count or on what ran before; skipping the first positions of an epoch (a resume) leaves the others' seeds as
-    they were.
+    The order is DistributedSampler's (`randperm` seeded by seed + epoch, cut to a multiple of the ranks so that
+    each gets as many) and so is the dealing: rank r of w reads positions r, r + w, r + 2w, ... After k batches of b
+    on every rank the ranks together have read positions [0, k*b*w), whatever w is, and the seed travels with the
+    index to whichever worker reads it. So a sample's clip depends neither on the worker count nor on what ran
+    before nor on the number of ranks, and `starting_at(p)` (a resume after p samples of the epoch, under any
+    number of ranks) deals out the rest of the same order with the same seeds.
     """
 
-    def __init__(self, sampler: DistributedSampler, seed: int, rank: int) -> None:
-        self.sampler, self.seed, self.rank, self.epoch = sampler, seed, rank, 0
+    def __init__(self, num_samples: int, seed: int, rank: int, world_size: int, start: int = 0) -> None:
+        self.num_samples, self.seed, self.rank, self.world_size, self.start = num_samples, seed, rank, world_size, start
+        self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
-        self.sampler.set_epoch(epoch)
+
+    def starting_at(self, start: int) -> SeededSampler:
+        """The same epoch's sampler after its first `start` positions (all ranks' together)."""
+        if start % self.world_size:
+            raise ValueError(f"a resume position must be a multiple of the {self.world_size} ranks, got {start}")
+        rest = SeededSampler(self.num_samples, self.seed, self.rank, self.world_size, self.start + start)
+        rest.epoch = self.epoch
+        return rest
+
+    def _end(self) -> int:
+        return self.num_samples - self.num_samples % self.world_size
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        for position, index in enumerate(self.sampler):
-            words = np.random.SeedSequence([self.seed, self.epoch, self.rank, position]).generate_state(2)
-            yield int(index), int(words[0]) << 32 | int(words[1])  # 64 bits: torch.manual_seed takes them all
+        order = torch.randperm(self.num_samples, generator=torch.Generator().manual_seed(self.seed + self.epoch))
+        for position in range(self.start + self.rank, self._end(), self.world_size):
+            words = np.random.SeedSequence([self.seed, self.epoch, position]).generate_state(2)
+            yield int(order[position]), int(words[0]) << 32 | int(words[1])  # 64 bits: torch.manual_seed takes them
 
     def __len__(self) -> int:
-        return len(self.sampler)
+        return len(range(self.start + self.rank, self._end(), self.world_size))
 
 
 def set_epoch(loader: DataLoader, epoch: int) -> None:

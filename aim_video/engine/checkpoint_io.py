@@ -5,6 +5,8 @@ Layout under `<output_dir>/checkpoints/`::
     step_00001200/            a complete checkpoint
       deepspeed/              DeepSpeed's files: trainable weights, optimizer (ZeRO shards), lr scheduler, counters
       trainable.safetensors   the trainable set alone (the evaluation / inference format)
+      optimizer.safetensors   under ZeRO: the optimizer state whole, by parameter name (a resume under another
+                              number of ranks partitions it anew; DeepSpeed's shards only load under the same)
       rng_rank<r>.pt          each rank's Python / NumPy / torch RNG states
       config.yaml             the resolved config
       meta.json               step, epoch, position in the epoch, world size, metric (written last)
@@ -16,6 +18,13 @@ DeepSpeed's own `save_checkpoint` writes `latest` from rank 0 with a plain write
 it is called with `save_latest=False` into a temporary folder; after a barrier (all shards written) rank 0 fsyncs,
 renames the folder and then replaces `latest`. A process killed at any point leaves `latest` naming a loadable
 checkpoint. The frozen backbone is not saved (it comes from `model.pretrained`).
+
+Under ZeRO (stage 1 or 2) each rank's optimizer shard holds one slice of the flat parameter groups, and DeepSpeed
+refuses to load them under another data-parallel size. So every save also gathers the fp32 master weights and the
+AdamW moments of each trainable parameter whole (DeepSpeed's `safe_get_full_*` API) into optimizer.safetensors,
+and a resume under another number of ranks loads the module and lr scheduler from DeepSpeed's files and deals this
+state out to the new partitions (`safe_set_full_*`). It costs 3 x 4 bytes per trainable parameter: 132 MB for
+ViT-B/16 AIM's 11 M.
 """
 
 from __future__ import annotations
@@ -28,6 +37,8 @@ import sys
 from typing import Any
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from aim_video.config import Config, save_config, to_dict, to_yaml
 from aim_video.engine.distributed import barrier, broadcast_object, fault_point, rng_state
@@ -45,6 +56,73 @@ RESTORED_TRAIN_KEYS = ("lr", "base_batch_size", "scale_lr", "weight_decay", "bet
 # train.* settings that reshape the lr schedule when changed on resume (allowed, with a warning)
 SCHEDULE_TRAIN_KEYS = ("epochs", "warmup_epochs", "min_lr", "max_steps")
 _STEP_DIR = re.compile(r"^step_(\d{8})$")
+OPTIMIZER_FILE = "optimizer.safetensors"
+
+
+def _partitioned(engine: Any) -> Any:
+    """DeepSpeed's ZeRO / bf16 optimizer wrapper (it keeps fp32 partitions linked to the parameters), else None."""
+    wrapper = engine.optimizer
+    return wrapper if hasattr(wrapper, "_lazy_init_hp_params_optimizer_state") else None
+
+
+def _relink_moments(wrapper: Any) -> None:
+    """Point every parameter's fragment at AdamW's moments. DeepSpeed (0.19.8, ZeRO 1/2) links them once, after it
+    stepped the first parameter group, so the other groups' parameters (here the ones without weight decay) have
+    none: `safe_get_full_optimizer_state` then fails on them."""
+    wrapper._hp_optimizer_states_linked = False
+    wrapper._lazy_init_hp_params_optimizer_state()
+
+
+def gather_optimizer_state(engine: Any) -> tuple[dict[str, torch.Tensor], int] | None:
+    """Collective. `{name:fp32, name:exp_avg, ...}` whole for every trainable parameter (the moments once AdamW has
+    stepped), and AdamW's step count; None when DeepSpeed does not partition the optimizer."""
+    from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_optimizer_state
+
+    wrapper = _partitioned(engine)
+    if wrapper is None:
+        return None
+    states = [st for st in wrapper.optimizer.state.values() if "step" in st]
+    step = int(states[0]["step"]) if states else 0
+    keys = [k for k, v in states[0].items() if torch.is_tensor(v) and v.dim() > 0] if states else []
+    if keys:
+        _relink_moments(wrapper)
+    tensors = {}
+    for name, param in engine.module.named_parameters():
+        if param.requires_grad:
+            tensors[f"{name}:fp32"] = safe_get_full_fp32_param(param).detach().float().cpu().contiguous()
+            for key in keys:
+                value = safe_get_full_optimizer_state(param, key)
+                tensors[f"{name}:{key}"] = value.detach().float().cpu().contiguous()
+    return tensors, step
+
+
+def restore_optimizer_state(engine: Any, tensors: dict[str, torch.Tensor], step: int) -> None:
+    """Deal a :func:`gather_optimizer_state` result out to this engine's partitions, whatever its number of ranks.
+    Call it after the lr scheduler's state is restored: the parameter groups take their lr from it."""
+    from deepspeed.utils import safe_set_full_fp32_param, safe_set_full_optimizer_state
+
+    wrapper = _partitioned(engine)
+    trainable = [(n, p) for n, p in engine.module.named_parameters() if p.requires_grad]
+    missing = sorted({f"{n}:fp32" for n, _ in trainable} - set(tensors))
+    if wrapper is None or missing:
+        raise CheckpointError(f"{OPTIMIZER_FILE} does not fit this model (missing {missing[:3]})")
+    keys = sorted({k.rsplit(":", 1)[1] for k in tensors} - {"fp32"})
+    base = wrapper.optimizer
+    for group in base.param_groups if keys else []:  # AdamW's state as its first step creates it, filled below
+        on_device = group.get("fused") or group.get("capturable")
+        for p in group["params"]:
+            count = torch.tensor(float(step), dtype=torch.float32, device=p.device if on_device else "cpu")
+            base.state[p] = {"step": count, **{k: torch.zeros_like(p) for k in keys}}
+    if keys:
+        _relink_moments(wrapper)
+    scheduler = getattr(engine, "lr_scheduler", None)
+    if scheduler is not None:  # the groups' lr came with the optimizer's state_dict, which is not loaded here
+        for group, lr in zip(scheduler.optimizer.param_groups, scheduler.get_last_lr(), strict=True):
+            group["lr"] = lr
+    for name, param in trainable:
+        safe_set_full_fp32_param(param, tensors[f"{name}:fp32"].to(param.device))
+        for key in keys:
+            safe_set_full_optimizer_state(param, tensors[f"{name}:{key}"].to(param.device), key)
 
 
 class CheckpointError(RuntimeError):
@@ -95,6 +173,7 @@ class CheckpointManager:
     def __init__(self, root: str, keep_last: int, rank: int, world_size: int) -> None:
         self.root, self.keep_last, self.rank, self.world_size = root, max(1, keep_last), rank, world_size
         self.classes: list[str] | None = None  # class names stored with the weights (fit sets them)
+        self.micro_per_epoch: int | None = None  # micro-batches per rank in an epoch (fit sets it), for meta.json
         if rank == 0:
             os.makedirs(root, exist_ok=True)
             for name in os.listdir(root):
@@ -171,6 +250,9 @@ class CheckpointManager:
                 "world_size": self.world_size,
                 "zero_stage": cfg.train.zero_stage,
                 "batch_size": cfg.data.batch_size,
+                "repeated_aug": cfg.data.repeated_aug,
+                "grad_accum_steps": cfg.train.grad_accum_steps,
+                "micro_per_epoch": self.micro_per_epoch,
                 "precision": cfg.train.precision,
                 "metric": metric,
                 **(extra or {}),
@@ -182,6 +264,14 @@ class CheckpointManager:
                 | ({"classes": self.classes} if self.classes else {}),
             )
             save_config(cfg, tmp)
+        if cfg.train.zero_stage > 0:
+            state = gather_optimizer_state(engine)  # collective: every rank contributes its partition
+            if self.rank == 0 and state is not None:
+                tensors, adam_step = state
+                scale = getattr(getattr(engine.optimizer, "loss_scaler", None), "cur_scale", None)  # fp16's
+                info = {"step": str(adam_step)} | ({"loss_scale": str(float(scale))} if scale is not None else {})
+                save_file(tensors, os.path.join(tmp, OPTIMIZER_FILE), metadata=info)
+        if self.rank == 0:
             _atomic_write_text(os.path.join(tmp, "meta.json"), json.dumps(meta, indent=2))
         barrier()  # every rank's shards and RNG file are written
         fault_point("during_save", step, self.rank)
@@ -221,10 +311,12 @@ class CheckpointManager:
     def load(self, engine: Any, path: str, cfg: Config) -> dict[str, Any]:
         """Restore weights, optimizer, scheduler and this rank's RNG file from `path`; returns its meta."""
         meta = read_meta(path)
-        if cfg.train.zero_stage > 0 and meta["world_size"] != self.world_size:
+        regroup = cfg.train.zero_stage > 0 and meta["world_size"] != self.world_size
+        if regroup and not os.path.isfile(os.path.join(path, OPTIMIZER_FILE)):
             raise CheckpointError(
-                f"{path} was saved by {meta['world_size']} ranks with ZeRO stage {meta['zero_stage']}; this run has "
-                f"{self.world_size}. Resume with the same number of ranks (optimizer shards are per rank)."
+                f"{path} was saved by {meta['world_size']} ranks with ZeRO stage {meta['zero_stage']}, without "
+                f"{OPTIMIZER_FILE} (an older version); this run has {self.world_size}. Resume it with "
+                f"{meta['world_size']} ranks (its optimizer shards are per rank)."
             )
         saved_cfg_path = os.path.join(path, "config.yaml")
         if os.path.isfile(saved_cfg_path):
@@ -283,13 +375,26 @@ class CheckpointManager:
                 "A checkpoint holds only the trainable weights: resume with the backbone it was trained on"
             )
         try:
-            load_path, _ = engine.load_checkpoint(
-                path, tag=DS_TAG, load_module_strict=False, load_optimizer_states=True, load_lr_scheduler_states=True
-            )
+            load_path, _ = engine.load_checkpoint(  # under another number of ranks: module, scheduler, counters
+                path, tag=DS_TAG, load_module_strict=False, load_optimizer_states=not regroup,
+                load_lr_scheduler_states=True,
+            )  # fmt: skip
         except (RuntimeError, OSError, EOFError, KeyError) as err:  # torch.load of a truncated or missing file
             raise self._damaged(path, DS_TAG + "/", err) from None
         if load_path is None:
             raise CheckpointError(f"DeepSpeed could not load {os.path.join(path, DS_TAG)}")
+        if regroup:
+            try:
+                with safe_open(os.path.join(path, OPTIMIZER_FILE), framework="pt") as f:
+                    info = f.metadata() or {}
+                    tensors = {key: f.get_tensor(key) for key in f.keys()}
+                adam_step = int(info["step"])
+            except Exception as err:  # noqa: BLE001 - safetensors' own error types for a damaged file
+                raise self._damaged(path, OPTIMIZER_FILE, err) from None
+            restore_optimizer_state(engine, tensors, adam_step)
+            scaler = getattr(engine.optimizer, "loss_scaler", None)
+            if "loss_scale" in info and hasattr(scaler, "cur_scale"):  # fp16: go on with the scale it had reached
+                scaler.cur_scale = float(info["loss_scale"])
         rng_path = os.path.join(path, f"rng_rank{self.rank}.pt")
         meta["rng"] = torch.load(rng_path, weights_only=False) if os.path.isfile(rng_path) else None
         return meta

@@ -62,13 +62,18 @@ class _SkipSampler(Sampler[int]):
 
 def _rest_of_epoch(loader: DataLoader, skip_batches: int) -> DataLoader:
     """A one-off DataLoader over the epoch's remaining samples: nothing already trained on is decoded again."""
+    sampler = loader.sampler
+    if hasattr(sampler, "starting_at"):  # data.loader.SeededSampler: skip every rank's first batches at once
+        sampler = sampler.starting_at(skip_batches * loader.batch_size * sampler.world_size)
+    else:
+        sampler = _SkipSampler(sampler, skip_batches * loader.batch_size)
     extra = {}
     if loader.num_workers > 0:
         extra = {"prefetch_factor": loader.prefetch_factor, "persistent_workers": False}
     return DataLoader(
         loader.dataset,
         batch_size=loader.batch_size,
-        sampler=_SkipSampler(loader.sampler, skip_batches * loader.batch_size),
+        sampler=sampler,
         collate_fn=loader.collate_fn,
         num_workers=loader.num_workers,
         pin_memory=loader.pin_memory,
@@ -77,6 +82,54 @@ def _rest_of_epoch(loader: DataLoader, skip_batches: int) -> DataLoader:
         generator=loader.generator,
         **extra,
     )
+
+
+def _resume_position(
+    cfg: Config, meta: dict[str, Any], world_size: int, micro_per_epoch: int, path: str, main: bool
+) -> int:
+    """The checkpoint's position in its epoch as this run's micro-batches per rank (`micro_per_epoch`: the epoch
+    was finished).
+
+    `SeededSampler` deals one order per epoch out to the ranks, so after k micro-batches of b videos on each of w
+    ranks the epoch has used its first k*b*w videos, whatever w was. Another number of ranks, batch size or
+    accumulation resumes at the same place, given that a whole number of this run's optimizer steps fits there.
+    """
+    saved_world, done = meta["world_size"], meta["batches_done"]
+    saved_videos = meta.get("batch_size", cfg.data.batch_size) // meta.get("repeated_aug", cfg.data.repeated_aug)
+    videos, accum = cfg.data.batch_size // cfg.data.repeated_aug, cfg.train.grad_accum_steps
+    saved_micro = meta.get("micro_per_epoch")
+    if saved_micro is None:  # saved by an older version: the epoch's end is known only under the same layout
+        saved_micro = micro_per_epoch if (saved_world, saved_videos) == (world_size, videos) else None
+    if saved_micro is not None and done >= saved_micro:
+        return micro_per_epoch
+    if (saved_world, saved_videos) == (world_size, videos):
+        return done
+    if saved_micro is None:
+        raise CheckpointError(
+            f"{path} was saved by an older version after {done} batches of {saved_videos} videos on each of "
+            f"{saved_world} ranks, without the length of its epoch, so whether that epoch was finished is not known "
+            f"under this run's {world_size} ranks of {videos}: resume it with {saved_world} ranks and "
+            f"data.batch_size={meta.get('batch_size', cfg.data.batch_size)}"
+        )
+    seen, per_step = done * saved_videos * saved_world, videos * world_size * accum
+    if seen % per_step:
+        raise CheckpointError(
+            f"{path} was saved inside epoch {meta['epoch']}, after {seen} videos of its order ({done} batches of "
+            f"{saved_videos} on each of {saved_world} ranks); this run's optimizer step takes {per_step} (data."
+            f"batch_size / data.repeated_aug = {videos}, x train.grad_accum_steps = {accum}, x {world_size} ranks), "
+            "which does not fit a whole number of times. Resume with a global batch that does (the saved run's: "
+            f"{saved_videos * saved_world * meta.get('grad_accum_steps', accum)}), or from a checkpoint saved at the "
+            "end of an epoch"
+        )
+    saved_step = saved_videos * saved_world * meta.get("grad_accum_steps", accum)
+    if saved_step != per_step and main:
+        print(
+            f"warning: the global batch changed from {saved_step} to {per_step} videos per optimizer step since "
+            f"{path}: the epoch goes on where it was, but the step-based lr schedule now counts steps of the new size",
+            file=sys.stderr,
+            flush=True,
+        )
+    return seen // (videos * world_size)
 
 
 def epoch_batches(loader: DataLoader, epoch: int, skip: int, seed: int, rank: int) -> Iterator[dict[str, Any]]:
@@ -208,6 +261,7 @@ def _fit(cfg: Config, resume: str, stop_signals: bool) -> dict[str, Any]:
     steps_per_epoch = micro_per_epoch // accum
     engine, opt_summary = build_engine(cfg, model, steps_per_epoch, info.world_size, ds_config)
     manager = CheckpointManager(os.path.join(out, "checkpoints"), cfg.train.keep_last, info.rank, info.world_size)
+    manager.micro_per_epoch = micro_per_epoch
     manager.classes = resolve_classes(cfg)  # stored with the weights: evaluation checks its numbering against them
     if manager.classes is not None and len(manager.classes) != cfg.data.num_classes:  # else test.py refuses, later
         raise ConfigError(
@@ -220,15 +274,7 @@ def _fit(cfg: Config, resume: str, stop_signals: bool) -> dict[str, Any]:
     if resumed_from:
         meta = manager.load(engine, resumed_from, cfg)
         state.epoch, state.batches_done, state.step = meta["epoch"], meta["batches_done"], meta["step"]
-        saved_batch = meta.get("batch_size", cfg.data.batch_size)  # meta lacks it only without a saved config
-        moved = (meta["world_size"], saved_batch) != (info.world_size, cfg.data.batch_size)
-        if 0 < state.batches_done < micro_per_epoch and moved:  # the position inside the epoch means other clips now
-            raise CheckpointError(
-                f"{resumed_from} was saved inside epoch {state.epoch}, after {state.batches_done} batches of "
-                f"{saved_batch} clips on each of {meta['world_size']} ranks; this run has {info.world_size} "
-                f"ranks of {cfg.data.batch_size}, so which clips of the epoch were seen cannot be carried over. Resume "
-                "with the same ranks and data.batch_size, or from a checkpoint saved at the end of an epoch"
-            )
+        state.batches_done = _resume_position(cfg, meta, info.world_size, micro_per_epoch, resumed_from, info.is_main)
         if meta["rng"] is not None:
             set_rng_state(meta["rng"])
         if state.batches_done >= micro_per_epoch:

@@ -451,3 +451,27 @@ def test_one_verify_report_per_split_can_be_given_together(tmp_path):
     assert build_train_loader(cfg, 0, 1).dataset.records.frame_count(0) == 60
     with pytest.raises(AnnotationError, match=rf"broken.mp4 \(corrupt_after_seek.*repair --report {reports[1]}`"):
         build_eval_loader(cfg, "val", 0, 1)
+
+
+def test_the_epoch_order_and_seeds_do_not_depend_on_the_number_of_ranks():
+    """SeededSampler: the ranks together read the epoch's order front to back, whatever their number, with the same
+    (index, seed) pairs; `starting_at` a resume position deals out the rest of that order, also to other ranks."""
+    from aim_video.data.loader import SeededSampler
+
+    def dealt(world: int, start: int = 0) -> list[tuple[int, int]]:
+        ranks = [SeededSampler(13, 7, r, world).starting_at(start) for r in range(world)]
+        for sampler in ranks:
+            sampler.set_epoch(3)
+        per_rank = [list(s) for s in ranks]
+        assert len({len(p) for p in per_rank}) == 1  # every rank the same count: no rank waits for another
+        return [pair for column in zip(*per_rank, strict=True) for pair in column]  # position order: r, r + w, ...
+
+    one = dealt(1)
+    assert sorted(i for i, _ in one) == list(range(13)) and len({s for _, s in one}) == 13
+    assert dealt(2) == one[:12] and dealt(3) == one[:12]  # cut to a multiple of the ranks
+    assert dealt(1, start=4) == one[4:] and dealt(2, start=4) == one[4:12]  # 4 used by 2 ranks, the rest on 1 or 2
+    moved = SeededSampler(13, 7, 0, 1)
+    moved.set_epoch(4)
+    assert [i for i, _ in moved] != [i for i, _ in one]
+    with pytest.raises(ValueError, match="multiple of the 2 ranks"):
+        SeededSampler(13, 7, 0, 2).starting_at(3)
