@@ -3,9 +3,11 @@
 # call of 600 s holds them): each step's time limit is cut to what is left, and a step with under 15 s left is
 # skipped. Each step compares side by side in one process:
 #   the model step eager against the authors' computation and full fine-tuning, with each way of computing the
-#   temporal attention (bench_model --temporal-attention; the fastest should become the default), the CUDA tests,
-#   the profiler on generated videos (MFU, loader, data wait), a short DeepSpeed bf16 run with model.compile=true,
-#   AIM's two attention shapes per implementation (bench_attention), then the model step compiled.
+#   temporal attention (bench_model --temporal-attention), the CUDA tests, the profiler eager and compiled on
+#   generated videos (MFU, loader, data wait), a short DeepSpeed bf16 run with model.compile=true, the model step
+#   compiled for AIM and full fine-tuning with sdpa and matmul, the same at 32 frames eager and compiled, then AIM's
+#   two attention shapes per implementation (bench_attention). On an H200 its steps took about 500 s in three calls
+#   (docs/benchmarks.md runs 4-6); not yet run whole in this form.
 # Usage: bash tools/gpu_checks.sh OUT_DIR [PYTHON]      (PYTHON defaults to .venv/bin/python, else python3)
 #        TINY=1 bash tools/gpu_checks.sh OUT_DIR          a CPU smoke run of the same steps on a tiny ViT
 # Outputs in OUT_DIR: all.log and one JSON per step. Each step has its own time limit; a failing step does not
@@ -39,6 +41,7 @@ WORK=$(mktemp -d)
 V=$WORK/videos
 NVID=32
 BENCH=(--batch 32 --steps 10 --warmup 3 --dtypes bf16)
+BENCH32=(--frames 32 --batch 16 --steps 6 --warmup 2 --dtypes bf16)
 ATTN=(--batch 32 --compile)
 TINY_CFG=()
 PROF=('profile.batch_sizes=[32]' profile.steps=10 data.batch_size=32)
@@ -47,6 +50,7 @@ if [ -n "${TINY:-}" ]; then
   NVID=4
   BENCH=(--arch vit_tiny_patch16_224 --vit-kwargs '{"embed_dim": 64, "depth": 2, "num_heads": 2, "patch_size": 16}'
     --batch 2 --steps 1 --warmup 1 --dtypes bf16)
+  BENCH32=("${BENCH[@]}" --frames 4)
   ATTN=(--batch 1 --tokens 17 --dtype fp32 --iters 2)
   TINY_CFG=(model.arch=vit_tiny_patch16_224 'model.vit_kwargs={img_size: 32, patch_size: 8, embed_dim: 64, depth: 2, num_heads: 2}'
     data.input_size=32 data.test_short_side=32 data.num_workers=1)
@@ -86,19 +90,28 @@ step 60 "engine tests on this machine" "$PY" -m pytest -q -p no:cacheprovider te
   tests/engine/test_checkpoint_io.py tests/engine/test_deepspeed_setup.py
 
 wait "$VIDEOS" || { echo "=== video generation failed:"; cat "$WORK/videos.log"; }
-step 110 "profile, eager" "$PY" tools/profile.py --config configs/k400_vit_b16_8f.yaml --out "$WORK/profile" \
-  output_dir="$WORK/prof" "${DATA[@]}" "${TINY_CFG[@]}" "${PROF[@]}" profile.max_workers=1 profile.loader_batches=2
-cp "$WORK/profile/profile.json" "$OUT/profile.json"
+for compiled in false true; do
+  step 110 "profile, model.compile=$compiled" "$PY" tools/profile.py --config configs/k400_vit_b16_8f.yaml \
+    --out "$WORK/profile_$compiled" output_dir="$WORK/prof" "${DATA[@]}" "${TINY_CFG[@]}" "${PROF[@]}" \
+    profile.max_workers=1 profile.loader_batches=2 model.compile=$compiled
+  cp "$WORK/profile_$compiled/profile.json" "$OUT/profile_compile_$compiled.json"
+done
 
 step 130 "DeepSpeed bf16, model.compile=true" "$PY" -m deepspeed.launcher.runner --num_gpus 1 tools/train.py \
   --config configs/k400_vit_b16_8f.yaml output_dir="$WORK/train" "${DATA[@]}" "${TINY_CFG[@]}" "${TRAIN[@]}" \
   model.compile=true train.epochs=2 train.eval_every=-1 train.save_every=1
 cp "$WORK/train/log.jsonl" "$OUT/train_compiled.jsonl"
 
-step 50 "bench_attention" bash -c '"$0" tools/bench_attention.py "${@}" | tee "'"$OUT"'/bench_attention.jsonl"' "$PY" "${ATTN[@]}"
-
 export TORCH_LOGS=recompiles
-step 200 "bench_model compiled, (a) with sdpa" "$PY" tools/bench_model.py "${BENCH[@]}" --compile --variants a \
-  --temporal-attention sdpa --json "$OUT/bench_model_compiled.json"
+step 150 "bench_model compiled, (a) and (c), sdpa and matmul" "$PY" tools/bench_model.py "${BENCH[@]}" --compile \
+  --variants a,c --temporal-attention sdpa,matmul --json "$OUT/bench_model_compiled.json"
+unset TORCH_LOGS
+for compiled in "" --compile; do
+  step 90 "bench_model at 32 frames${compiled:+, compiled}" "$PY" tools/bench_model.py "${BENCH32[@]}" $compiled \
+    --variants a --temporal-attention sdpa,matmul --json "$OUT/bench_model_32f${compiled:+_compiled}.json"
+done
+
+step 50 "bench_attention (its lines are in all.log: a device call returns 8 files at most)" "$PY" \
+  tools/bench_attention.py "${ATTN[@]}"
 stamp "done"
 rm -rf "$WORK"
