@@ -146,9 +146,12 @@ class AIMBlock(nn.Module):
         if temporal_attention in ("matmul", "reduce") and (
             type(self.attn) is not Attention or getattr(self.attn, "gate", None) is not None or self.attn.attn_drop.p
         ):
+            drop = getattr(getattr(self.attn, "attn_drop", None), "p", 0)
             raise ValueError(
-                f"model.temporal_attention={temporal_attention} writes out timm's plain Attention (no gate, no "
-                "attention dropout); use sdpa with this backbone"
+                f"model.temporal_attention={temporal_attention} writes out timm's plain Attention without gate or "
+                f"attention dropout; this backbone's is {type(self.attn).__name__}"
+                + (f" with attention dropout {drop}" if drop else "")
+                + ": set model.temporal_attention=sdpa (the ViT-B/16 8-frame recipes set matmul)"
             )
         # None: no stochastic depth; a rate (0 too, so every block of a scheduled model shares one compiled graph)
         self.drop_path = DropPath(drop_path) if drop_path is not None else nn.Identity()

@@ -214,3 +214,10 @@ def test_cuda_autocast_fused_attention_matches_fp32(dtype: torch.dtype) -> None:
         low.float().square().sum().backward()
     assert (low.float() - ref).abs().max() < 0.05 * ref.abs().max()
     assert all(model.get_parameter(n).grad is not None for n in model.trainable_parameter_names())
+
+
+def test_a_written_out_temporal_attention_refuses_an_attention_it_would_compute_otherwise() -> None:
+    """matmul/reduce rewrite timm's plain Attention: with attention dropout (or a gate) they would silently drop it."""
+    with pytest.raises(ValueError, match=r"is Attention with attention dropout .*: set model.temporal_attention=sdpa"):
+        aim_from(random_vit(attn_drop_rate=0.1), temporal_attention="matmul")
+    assert aim_from(random_vit(attn_drop_rate=0.1), temporal_attention="sdpa") is not None
