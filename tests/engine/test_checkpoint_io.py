@@ -222,3 +222,16 @@ def test_the_class_names_travel_with_the_weights(world, tmp_path):
     manager.classes = ["zumba", "abseiling", "yoga"]
     path = manager.save(_engine(cfg, seed=0), cfg, step=1, epoch=0, batches_done=1)
     assert json.loads(read_metadata(os.path.join(path, "trainable.safetensors"))["classes"]) == manager.classes
+
+
+def test_without_elastic_checkpoints_another_number_of_ranks_is_refused_naming_the_key(world, tmp_path):
+    cfg = load_config(None, ["train.precision=fp32", "train.zero_stage=1", "train.elastic_checkpoints=false"])
+    engine = _engine(cfg, seed=0)
+    _step(engine, torch.Generator().manual_seed(1))
+    manager = CheckpointManager(str(tmp_path / "ckpt"), keep_last=2, rank=0, world_size=1)
+    path = manager.save(engine, cfg, step=1, epoch=0, batches_done=1)
+    assert not os.path.exists(os.path.join(path, "optimizer.safetensors"))
+    meta_path = os.path.join(path, "meta.json")
+    json.dump({**json.load(open(meta_path)), "world_size": 2}, open(meta_path, "w"))
+    with pytest.raises(CheckpointError, match=r"saved by 2 ranks .*\(train.elastic_checkpoints=false.*Resume it with 2"):
+        manager.load(_engine(cfg, seed=1), path, cfg)
