@@ -29,6 +29,7 @@ ViT-B/16 AIM's 11 M beside DeepSpeed's 167 MiB (measured); `train.elastic_checkp
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import re
@@ -57,6 +58,7 @@ RESTORED_TRAIN_KEYS = ("lr", "base_batch_size", "scale_lr", "weight_decay", "bet
 SCHEDULE_TRAIN_KEYS = ("epochs", "warmup_epochs", "min_lr", "max_steps")
 _STEP_DIR = re.compile(r"^step_(\d{8})$")
 OPTIMIZER_FILE = "optimizer.safetensors"
+SCALER_KEYS = ("cur_scale", "cur_iter", "last_overflow_iter", "cur_hysteresis")  # DeepSpeed's DynamicLossScaler
 
 
 def _partitioned(engine: Any) -> Any:
@@ -73,9 +75,10 @@ def _relink_moments(wrapper: Any) -> None:
     wrapper._lazy_init_hp_params_optimizer_state()
 
 
-def gather_optimizer_state(engine: Any) -> tuple[dict[str, torch.Tensor], int] | None:
+def gather_optimizer_state(engine: Any, keep: bool = True) -> tuple[dict[str, torch.Tensor], int] | None:
     """Collective. `{name:fp32, name:exp_avg, ...}` whole for every trainable parameter (the moments once AdamW has
-    stepped), and AdamW's step count; None when DeepSpeed does not partition the optimizer."""
+    stepped), and AdamW's step count; None when DeepSpeed does not partition the optimizer. `keep=False` (the ranks
+    that do not write it) only takes part in the collectives: nothing is copied to host memory."""
     from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_optimizer_state
 
     wrapper = _partitioned(engine)
@@ -89,10 +92,10 @@ def gather_optimizer_state(engine: Any) -> tuple[dict[str, torch.Tensor], int] |
     tensors = {}
     for name, param in engine.module.named_parameters():
         if param.requires_grad:
-            tensors[f"{name}:fp32"] = safe_get_full_fp32_param(param).detach().float().cpu().contiguous()
-            for key in keys:
-                value = safe_get_full_optimizer_state(param, key)
-                tensors[f"{name}:{key}"] = value.detach().float().cpu().contiguous()
+            values = {"fp32": safe_get_full_fp32_param(param)}
+            values |= {key: safe_get_full_optimizer_state(param, key) for key in keys}
+            if keep:
+                tensors |= {f"{name}:{k}": v.detach().float().cpu().contiguous() for k, v in values.items()}
     return tensors, step
 
 
@@ -265,11 +268,12 @@ class CheckpointManager:
             )
             save_config(cfg, tmp)
         if cfg.train.zero_stage > 0 and cfg.train.elastic_checkpoints:
-            state = gather_optimizer_state(engine)  # collective: every rank contributes its partition
+            state = gather_optimizer_state(engine, keep=self.rank == 0)  # collective: every rank's partition
             if self.rank == 0 and state is not None:
                 tensors, adam_step = state
-                scale = getattr(getattr(engine.optimizer, "loss_scaler", None), "cur_scale", None)  # fp16's
-                info = {"step": str(adam_step)} | ({"loss_scale": str(float(scale))} if scale is not None else {})
+                scaler = getattr(engine.optimizer, "loss_scaler", None)  # fp16's dynamic loss scale
+                info = {"step": str(adam_step)}
+                info |= {key: repr(getattr(scaler, key)) for key in SCALER_KEYS if hasattr(scaler, key)}
                 save_file(tensors, os.path.join(tmp, OPTIMIZER_FILE), metadata=info)
         if self.rank == 0:
             _atomic_write_text(os.path.join(tmp, "meta.json"), json.dumps(meta, indent=2))
@@ -311,12 +315,21 @@ class CheckpointManager:
     def load(self, engine: Any, path: str, cfg: Config) -> dict[str, Any]:
         """Restore weights, optimizer, scheduler and this rank's RNG file from `path`; returns its meta."""
         meta = read_meta(path)
-        regroup = cfg.train.zero_stage > 0 and meta["world_size"] != self.world_size
+        saved_stage = meta.get("zero_stage", 0)
+        if (saved_stage > 0) != (cfg.train.zero_stage > 0):
+            raise CheckpointError(
+                f"{path} was saved with train.zero_stage={saved_stage}, this run has {cfg.train.zero_stage}: the "
+                "optimizer state is kept whole without ZeRO and in partitions with it. Resume with "
+                f"train.zero_stage={saved_stage}" + (" (or the other ZeRO stage)" if saved_stage else "")
+            )
+        saved_layout, layout = (meta["world_size"], saved_stage), (self.world_size, cfg.train.zero_stage)
+        regroup = cfg.train.zero_stage > 0 and saved_layout != layout  # DeepSpeed's shards fit only their layout
         if regroup and not os.path.isfile(os.path.join(path, OPTIMIZER_FILE)):
             raise CheckpointError(
-                f"{path} was saved by {meta['world_size']} ranks with ZeRO stage {meta['zero_stage']}, without "
-                f"{OPTIMIZER_FILE} (train.elastic_checkpoints=false, or an older version); this run has "
-                f"{self.world_size}. Resume it with {meta['world_size']} ranks (its optimizer shards are per rank)."
+                f"{path} was saved by {saved_layout[0]} ranks with ZeRO stage {saved_stage}, without "
+                f"{OPTIMIZER_FILE} (train.elastic_checkpoints=false, or an older version); this run has {layout[0]} "
+                f"with stage {layout[1]}. Resume it with {saved_layout[0]} ranks and train.zero_stage={saved_stage} "
+                "(its optimizer shards are per rank)."
             )
         saved_cfg_path = os.path.join(path, "config.yaml")
         if os.path.isfile(saved_cfg_path):
@@ -345,7 +358,10 @@ class CheckpointManager:
                     "with the saved values (train.epochs, warmup and min_lr may change), or train anew in another "
                     "output_dir"
                 )
-            meta.setdefault("batch_size", to_dict(load_config(saved_cfg_path))["data"]["batch_size"])
+            saved_data = to_dict(load_config(saved_cfg_path))["data"]
+            meta.setdefault("batch_size", saved_data["batch_size"])  # an older meta.json: from the saved config
+            meta.setdefault("repeated_aug", saved_data["repeated_aug"])
+            meta.setdefault("grad_accum_steps", saved_train["grad_accum_steps"])
             reshaped = [k for k in SCHEDULE_TRAIN_KEYS if saved_train.get(k) != now_train[k]]
             if reshaped and self.rank == 0:  # allowed (a longer run), but the lr curve bends: say so
                 print(
@@ -393,8 +409,9 @@ class CheckpointManager:
                 raise self._damaged(path, OPTIMIZER_FILE, err) from None
             restore_optimizer_state(engine, tensors, adam_step)
             scaler = getattr(engine.optimizer, "loss_scaler", None)
-            if "loss_scale" in info and hasattr(scaler, "cur_scale"):  # fp16: go on with the scale it had reached
-                scaler.cur_scale = float(info["loss_scale"])
+            for key in SCALER_KEYS:  # fp16: the loss scale goes on where it was, and grows when it would have
+                if key in info and hasattr(scaler, key):
+                    setattr(scaler, key, type(getattr(scaler, key))(ast.literal_eval(info[key])))
         rng_path = os.path.join(path, f"rng_rank{self.rank}.pt")
         meta["rng"] = torch.load(rng_path, weights_only=False) if os.path.isfile(rng_path) else None
         return meta

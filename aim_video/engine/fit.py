@@ -85,31 +85,32 @@ def _rest_of_epoch(loader: DataLoader, skip_batches: int) -> DataLoader:
 
 
 def _resume_position(
-    cfg: Config, meta: dict[str, Any], world_size: int, micro_per_epoch: int, path: str, main: bool
+    cfg: Config, meta: dict[str, Any], world_size: int, micro_per_epoch: int, num_videos: int, path: str, main: bool
 ) -> int:
     """The checkpoint's position in its epoch as this run's micro-batches per rank (`micro_per_epoch`: the epoch
-    was finished).
+    was finished). `num_videos`: the train list's length.
 
     `SeededSampler` deals one order per epoch out to the ranks, so after k micro-batches of b videos on each of w
     ranks the epoch has used its first k*b*w videos, whatever w was. Another number of ranks, batch size or
-    accumulation resumes at the same place, given that a whole number of this run's optimizer steps fits there.
+    accumulation resumes at the same place, given that a whole number of this run's optimizer steps fits there
+    (a step must start on DeepSpeed's accumulation boundary).
     """
     saved_world, done = meta["world_size"], meta["batches_done"]
     saved_videos = meta.get("batch_size", cfg.data.batch_size) // meta.get("repeated_aug", cfg.data.repeated_aug)
+    saved_accum = meta.get("grad_accum_steps", cfg.train.grad_accum_steps)
     videos, accum = cfg.data.batch_size // cfg.data.repeated_aug, cfg.train.grad_accum_steps
     saved_micro = meta.get("micro_per_epoch")
-    if saved_micro is None:  # saved by an older version: the epoch's end is known only under the same layout
-        saved_micro = micro_per_epoch if (saved_world, saved_videos) == (world_size, videos) else None
-    if saved_micro is not None and done >= saved_micro:
+    if saved_micro is None:  # saved by an older version: its epoch length, as fit computed it then
+        saved_micro = (num_videos // saved_world // saved_videos) // saved_accum * saved_accum
+    if done >= saved_micro:
         return micro_per_epoch
-    if (saved_world, saved_videos) == (world_size, videos):
-        return done
-    if saved_micro is None:
-        raise CheckpointError(
-            f"{path} was saved by an older version after {done} batches of {saved_videos} videos on each of "
-            f"{saved_world} ranks, without the length of its epoch, so whether that epoch was finished is not known "
-            f"under this run's {world_size} ranks of {videos}: resume it with {saved_world} ranks and "
-            f"data.batch_size={meta.get('batch_size', cfg.data.batch_size)}"
+    if "micro_per_epoch" not in meta and done and main:
+        print(
+            f"warning: {path} was saved inside epoch {meta['epoch']} by an older version, whose per-sample seeds "
+            "came from the rank: the rest of the epoch reads the videos the interrupted run would have, but draws "
+            "their clips and augmentations as this version does",
+            file=sys.stderr,
+            flush=True,
         )
     seen, per_step = done * saved_videos * saved_world, videos * world_size * accum
     if seen % per_step:
@@ -118,18 +119,25 @@ def _resume_position(
             f"{saved_videos} on each of {saved_world} ranks); this run's optimizer step takes {per_step} (data."
             f"batch_size / data.repeated_aug = {videos}, x train.grad_accum_steps = {accum}, x {world_size} ranks), "
             "which does not fit a whole number of times. Resume with a global batch that does (the saved run's: "
-            f"{saved_videos * saved_world * meta.get('grad_accum_steps', accum)}), or from a checkpoint saved at the "
-            "end of an epoch"
-        )
-    saved_step = saved_videos * saved_world * meta.get("grad_accum_steps", accum)
-    if saved_step != per_step and main:
-        print(
-            f"warning: the global batch changed from {saved_step} to {per_step} videos per optimizer step since "
-            f"{path}: the epoch goes on where it was, but the step-based lr schedule now counts steps of the new size",
-            file=sys.stderr,
-            flush=True,
+            f"{saved_videos * saved_world * saved_accum}), or from a checkpoint saved at the end of an epoch"
         )
     return seen // (videos * world_size)
+
+
+def _global_batch_warning(cfg: Config, meta: dict[str, Any], world_size: int, path: str) -> str:
+    """A warning when the videos per optimizer step differ from the checkpoint's (else "")."""
+    saved = (
+        meta.get("batch_size", cfg.data.batch_size) // meta.get("repeated_aug", cfg.data.repeated_aug)
+        * meta.get("grad_accum_steps", cfg.train.grad_accum_steps) * meta["world_size"]
+    )  # fmt: skip
+    now = cfg.data.batch_size // cfg.data.repeated_aug * cfg.train.grad_accum_steps * world_size
+    if saved == now:
+        return ""
+    return (
+        f"warning: the global batch changed from {saved} to {now} videos per optimizer step since {path}: the "
+        "step-based lr schedule now counts steps of the new size"
+        + (", and the peak lr stays the saved run's (train.scale_lr scaled it then)" if cfg.train.scale_lr else "")
+    )
 
 
 def epoch_batches(loader: DataLoader, epoch: int, skip: int, seed: int, rank: int) -> Iterator[dict[str, Any]]:
@@ -274,7 +282,11 @@ def _fit(cfg: Config, resume: str, stop_signals: bool) -> dict[str, Any]:
     if resumed_from:
         meta = manager.load(engine, resumed_from, cfg)
         state.epoch, state.batches_done, state.step = meta["epoch"], meta["batches_done"], meta["step"]
-        state.batches_done = _resume_position(cfg, meta, info.world_size, micro_per_epoch, resumed_from, info.is_main)
+        state.batches_done = _resume_position(
+            cfg, meta, info.world_size, micro_per_epoch, len(loader.dataset), resumed_from, info.is_main
+        )
+        if (batch_warning := _global_batch_warning(cfg, meta, info.world_size, resumed_from)) and info.is_main:
+            print(batch_warning, file=sys.stderr, flush=True)
         if meta["rng"] is not None:
             set_rng_state(meta["rng"])
         if state.batches_done >= micro_per_epoch:

@@ -233,5 +233,26 @@ def test_without_elastic_checkpoints_another_number_of_ranks_is_refused_naming_t
     assert not os.path.exists(os.path.join(path, "optimizer.safetensors"))
     meta_path = os.path.join(path, "meta.json")
     json.dump({**json.load(open(meta_path)), "world_size": 2}, open(meta_path, "w"))
-    with pytest.raises(CheckpointError, match=r"saved by 2 ranks .*\(train.elastic_checkpoints=false.*Resume it with 2"):
+    with pytest.raises(CheckpointError, match=r"saved by 2 ranks .*\(train.elastic_checkpoints=false.*with 2 ranks"):
         manager.load(_engine(cfg, seed=1), path, cfg)
+
+
+def test_another_zero_stage_resumes_through_the_whole_state_and_no_zero_is_refused(world, tmp_path):
+    """ZeRO 1 -> 2 deals optimizer.safetensors out (DeepSpeed's shards fit their own layout only) and goes on
+    exactly; 1 -> 0 keeps the state whole in another format: refused, naming the key."""
+    base = ["train.precision=fp32", "data.batch_size=2", "train.epochs=1", "train.lr=0.05"]
+    cfg = load_config(None, [*base, "train.zero_stage=1"])
+    engine, gen = _engine(cfg, seed=0), torch.Generator().manual_seed(1)
+    for _ in range(2):
+        _step(engine, gen)
+    manager = CheckpointManager(str(tmp_path / "ckpt"), keep_last=2, rank=0, world_size=1)
+    path = manager.save(engine, cfg, step=2, epoch=0, batches_done=2)
+    state = gen.get_state()
+    after = [_step(engine, gen) for _ in range(2)]
+    stage2 = load_config(None, [*base, "train.zero_stage=2"])
+    fresh = _engine(stage2, seed=5)
+    manager.load(fresh, path, stage2)
+    gen.set_state(state)
+    assert [_step(fresh, gen) for _ in range(2)] == after
+    with pytest.raises(CheckpointError, match="saved with train.zero_stage=1, this run has 0"):
+        manager.load(_engine(load_config(None, base), seed=5), path, load_config(None, base))
