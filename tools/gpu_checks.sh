@@ -6,8 +6,8 @@
 #   temporal attention (bench_model --temporal-attention), the CUDA tests, the profiler eager and compiled on
 #   generated videos (MFU, loader, data wait), a short DeepSpeed bf16 run with model.compile=true, the model step
 #   compiled for AIM and full fine-tuning with sdpa and matmul, the same at 32 frames eager and compiled, then AIM's
-#   two attention shapes per implementation (bench_attention). On an H200 its steps took about 500 s in three calls
-#   (docs/benchmarks.md runs 4-6); not yet run whole in this form.
+#   two attention shapes per implementation (bench_attention). Its steps, timed one by one in runs 4-6 on an H200
+#   (docs/benchmarks.md), add up to about 490 s; not yet run whole in this form.
 # Usage: bash tools/gpu_checks.sh OUT_DIR [PYTHON]      (PYTHON defaults to .venv/bin/python, else python3)
 #        TINY=1 bash tools/gpu_checks.sh OUT_DIR          a CPU smoke run of the same steps on a tiny ViT
 # Outputs in OUT_DIR: all.log and one JSON per step. Each step has its own time limit; a failing step does not
