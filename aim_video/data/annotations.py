@@ -15,6 +15,7 @@ them and reports the same summary.
 from __future__ import annotations
 
 import csv
+import functools
 import logging
 import os
 import re
@@ -193,8 +194,19 @@ def _train_labels(rows: list[dict[str, str]]) -> list[str] | None:
 
 
 def kinetics_classes(csv_path: str) -> list[str]:
-    """Class names in index order: the sorted set of the train labels of (normally the train) CSV."""
-    return _train_labels(read_kinetics_csv(csv_path)) or []
+    """Class names in index order: the sorted set of the train labels of (normally the train) CSV.
+
+    Remembered per file version (path, size, modification time): training asks for them for every split it loads
+    and for the weights' metadata, and reading Kinetics-700's train CSV takes about a second each time."""
+    if not os.path.isfile(csv_path):
+        return _train_labels(read_kinetics_csv(csv_path)) or []  # its own error for a missing file
+    stat = os.stat(csv_path)
+    return list(_kinetics_classes(os.path.realpath(csv_path), stat.st_size, stat.st_mtime_ns))
+
+
+@functools.lru_cache(maxsize=8)
+def _kinetics_classes(path: str, size: int, mtime_ns: int) -> tuple[str, ...]:
+    return tuple(_train_labels(read_kinetics_csv(path)) or [])
 
 
 def parse_kinetics_csv(

@@ -6,6 +6,7 @@ from aim_video.data.annotations import (
     AnnotationError,
     RecordTable,
     VideoRecord,
+    kinetics_classes,
     load_annotations,
     normalize_class_name,
     parse_kinetics_csv,
@@ -268,3 +269,16 @@ def test_kinetics_clips_are_found_in_the_layouts_download_tools_write(tmp_path):
     assert recs[3].path == str(root / "zumba" / "d_000004_000014.mp4")  # not found: the usual place is named
     with pytest.raises(AnnotationError, match=r"1 of 4 videos not found.*looked for in root/<label>/.*root/<split>/"):
         load_annotations(str(csv), str(root))
+
+
+def test_the_train_csv_classes_are_read_once_per_version_of_the_file(tmp_path):
+    """kinetics_classes is asked for by every split and by the weights' metadata: remembered, but never stale."""
+    path = tmp_path / "train.csv"
+    path.write_text("label,youtube_id,time_start,time_end,split\nb,y1,0,10,train\na,y2,0,10,train\n")
+    assert kinetics_classes(str(path)) == ["a", "b"]
+    assert kinetics_classes(str(path)) == ["a", "b"]
+    path.write_text(path.read_text() + "c c,y3,0,10,train\n")  # another version: read again
+    assert kinetics_classes(str(path)) == ["a", "b", "c c"]
+    classes = kinetics_classes(str(path))
+    classes.append("x")  # a caller's list is its own
+    assert kinetics_classes(str(path)) == ["a", "b", "c c"]
