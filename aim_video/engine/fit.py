@@ -84,20 +84,26 @@ def _rest_of_epoch(loader: DataLoader, skip_batches: int) -> DataLoader:
     )
 
 
+def _saved_layout(cfg: Config, meta: dict[str, Any]) -> tuple[int, int, int]:
+    """(videos per micro-batch, accumulation steps, ranks) of the run that saved `meta` (older meta.json files lack
+    the first two's parts: CheckpointManager.load fills them from the saved config, else this run's are assumed)."""
+    batch, repeats = meta.get("batch_size", cfg.data.batch_size), meta.get("repeated_aug", cfg.data.repeated_aug)
+    return batch // repeats, meta.get("grad_accum_steps", cfg.train.grad_accum_steps), meta["world_size"]
+
+
 def _resume_position(
     cfg: Config, meta: dict[str, Any], world_size: int, micro_per_epoch: int, num_videos: int, path: str, main: bool
 ) -> int:
-    """The checkpoint's position in its epoch as this run's micro-batches per rank (`micro_per_epoch`: the epoch
-    was finished). `num_videos`: the train list's length.
+    """The checkpoint's position in its epoch as this run's micro-batches per rank; `micro_per_epoch` when that
+    epoch was finished. `num_videos`: the train list's length.
 
     `SeededSampler` deals one order per epoch out to the ranks, so after k micro-batches of b videos on each of w
     ranks the epoch has used its first k*b*w videos, whatever w was. Another number of ranks, batch size or
     accumulation resumes at the same place, given that a whole number of this run's optimizer steps fits there
     (a step must start on DeepSpeed's accumulation boundary).
     """
-    saved_world, done = meta["world_size"], meta["batches_done"]
-    saved_videos = meta.get("batch_size", cfg.data.batch_size) // meta.get("repeated_aug", cfg.data.repeated_aug)
-    saved_accum = meta.get("grad_accum_steps", cfg.train.grad_accum_steps)
+    done = meta["batches_done"]
+    saved_videos, saved_accum, saved_world = _saved_layout(cfg, meta)
     videos, accum = cfg.data.batch_size // cfg.data.repeated_aug, cfg.train.grad_accum_steps
     saved_micro = meta.get("micro_per_epoch")
     if saved_micro is None:  # saved by an older version: its epoch length, as fit computed it then
@@ -126,10 +132,8 @@ def _resume_position(
 
 def _global_batch_warning(cfg: Config, meta: dict[str, Any], world_size: int, path: str) -> str:
     """A warning when the videos per optimizer step differ from the checkpoint's (else "")."""
-    saved = (
-        meta.get("batch_size", cfg.data.batch_size) // meta.get("repeated_aug", cfg.data.repeated_aug)
-        * meta.get("grad_accum_steps", cfg.train.grad_accum_steps) * meta["world_size"]
-    )  # fmt: skip
+    saved_videos, saved_accum, saved_world = _saved_layout(cfg, meta)
+    saved = saved_videos * saved_accum * saved_world
     now = cfg.data.batch_size // cfg.data.repeated_aug * cfg.train.grad_accum_steps * world_size
     if saved == now:
         return ""
