@@ -201,7 +201,7 @@ def kinetics_classes(csv_path: str) -> list[str]:
     if not os.path.isfile(csv_path):
         return _train_labels(read_kinetics_csv(csv_path)) or []  # its own error for a missing file
     stat = os.stat(csv_path)
-    return list(_kinetics_classes(os.path.realpath(csv_path), stat.st_size, stat.st_mtime_ns))
+    return list(_kinetics_classes(csv_path, stat.st_size, stat.st_mtime_ns))  # errors name the path as given
 
 
 @functools.lru_cache(maxsize=8)
