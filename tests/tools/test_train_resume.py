@@ -89,12 +89,13 @@ def test_a_stop_signal_on_one_rank_saves_at_the_next_step_and_resume_goes_on_exa
     assert open(os.path.join(out, "train_summary.json")).read() == summary and os.path.getmtime(export) == before
 
 
-def test_a_zero_run_stopped_inside_an_epoch_on_2_ranks_goes_on_on_1_rank_as_if_never_stopped(video_root, tmp_path):
+def test_a_zero_run_stopped_inside_an_epoch_goes_on_on_other_ranks_as_if_never_stopped(video_root, tmp_path):
     """Elastic resume: ZeRO-1 on 2 ranks (2 clips each) stopped after step 2, inside epoch 0, then resumed on 1 rank
-    with 2 micro-batches per step (the same 4 clips a step). DeepSpeed's optimizer shards only load under 2 ranks;
-    the whole optimizer state of optimizer.safetensors is dealt out to the new partition, and the epoch's order and
-    per-sample seeds do not depend on the ranks. With nothing random per rank (no MixUp, dropout or drop-path) the
-    losses of steps 3-6 are the uninterrupted 2-rank run's, up to the order of float sums."""
+    with 2 micro-batches per step (the same 4 clips a step); and the other way, 1 rank to 2. DeepSpeed's optimizer
+    shards only load under the saving ranks; the whole optimizer state of optimizer.safetensors is dealt out to the
+    new partitions, and the epoch's order and per-sample seeds do not depend on the ranks. With nothing random per
+    rank (no MixUp, dropout or drop-path) the losses of steps 3-6 are the uninterrupted 2-rank run's, up to the
+    order of float sums."""
     fixed = {"train": {"epochs": 2, "mixup_alpha": 0.0, "zero_stage": 1, "keep_last": 3},
              "model": {"drop_path_rate": 0.0, "head_dropout": 0.0},
              "data": {"train_list": os.path.join(video_root, "train12.txt")}}  # fmt: skip
@@ -120,4 +121,15 @@ def test_a_zero_run_stopped_inside_an_epoch_on_2_ranks_goes_on_on_1_rank_as_if_n
     assert sorted(got) == [1, 2, 3, 4, 5, 6]
     assert got[1] == expected[1] and got[2] == expected[2]  # before the stop: the same 2-rank run
     for step in (3, 4, 5, 6):
+        assert abs(got[step] - expected[step]) < 1e-6, (step, got[step], expected[step])
+    # 1 rank (2 micro-batches a step) stopped after step 2, then 2 ranks
+    grown = str(tmp_path / "grown")
+    one = launch(cfg_path, f"output_dir={grown}", "train.grad_accum_steps=2", ranks=1,
+                 env={"AIM_VIDEO_FAULT": "after_step@2:rank0:signal=SIGUSR1"})  # fmt: skip
+    assert one.returncode == 128 + signal.SIGUSR1, one.stderr[-3000:]
+    two = launch(cfg_path, f"output_dir={grown}", resume="auto")
+    assert two.returncode == 0, two.stdout[-3000:] + two.stderr[-3000:]
+    got = train_losses(grown)
+    assert sorted(got) == [1, 2, 3, 4, 5, 6]
+    for step in got:
         assert abs(got[step] - expected[step]) < 1e-6, (step, got[step], expected[step])
