@@ -2,8 +2,9 @@
 
 `train_one_epoch` drives a DeepSpeed engine over uint8 clip batches (normalised on the device after the copy), keeps
 the epoch's position (so a checkpoint can resume mid-epoch exactly), measures clips/s and the share of time spent
-waiting for data, counts the videos the loader had to replace, and stops with a message naming rank, epoch, step and
-sample indices when a loss is NaN or infinite. fp16 steps that DeepSpeed skips on overflow are reported, not fatal.
+waiting for data, logs the gradient norm DeepSpeed computed (bf16, fp16 or ZeRO), counts the videos the loader had
+to replace, and stops with a message naming rank, epoch, step and sample indices when a loss is NaN or infinite.
+fp16 steps that DeepSpeed skips on overflow are reported, not fatal.
 """
 
 from __future__ import annotations
@@ -141,7 +142,7 @@ def train_one_epoch(
     micro, clips_per_micro = 0, None
     failures: list[str] = []
     fallbacks: list[str] = []
-    window = {"loss": 0.0, "micro": 0, "wait": 0.0, "time": 0.0, "clips": 0}
+    window = {"loss": 0.0, "micro": 0, "wait": 0.0, "time": 0.0, "clips": 0, "norm": 0.0, "norms": 0}
     epoch_wait = epoch_time = 0.0
     epoch_clips = 0
     skipped_before = engine.skipped_steps
@@ -181,6 +182,10 @@ def train_one_epoch(
         if micro % accum:
             continue
         state.step += 1
+        norm = engine.get_global_grad_norm()  # the whole model's, before clipping (None: DeepSpeed kept none)
+        if norm is not None and math.isfinite(norm := float(norm)):
+            window["norm"] += norm
+            window["norms"] += 1
         skipped = engine.skipped_steps - skipped_before
         if skipped:
             log.event(
@@ -203,10 +208,10 @@ def train_one_epoch(
                 "clips_per_s": clips_s,
                 "data_wait": wait,
             }
+            if window["norms"]:  # mean over the window's steps (bf16/fp16 or ZeRO: DeepSpeed computes it)
+                record["grad_norm"] = window["norm"] / window["norms"]
             log.event("train", **record)
-            log.scalars(
-                state.step, "train", {"loss": state.last_loss, "lr": step_lr, "clips_per_s": clips_s, "data_wait": wait}
-            )
+            log.scalars(state.step, "train", {k: v for k, v in record.items() if k not in ("step", "epoch")})
             log.progress(
                 0,
                 loss=f"{state.last_loss:.4f}",
@@ -217,7 +222,7 @@ def train_one_epoch(
             epoch_wait += window["wait"]
             epoch_time += window["time"]
             epoch_clips += int(clips_sum)
-            window = {"loss": 0.0, "micro": 0, "wait": 0.0, "time": 0.0, "clips": 0}
+            window = {"loss": 0.0, "micro": 0, "wait": 0.0, "time": 0.0, "clips": 0, "norm": 0.0, "norms": 0}
         log.progress(1)
         if on_step is not None:
             on_step(state)

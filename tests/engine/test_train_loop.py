@@ -33,8 +33,9 @@ def _batches(n, poison_at=None):
                "failures": [f"bad{i}.mp4: unreadable"] if i == 1 else []}  # fmt: skip
 
 
-def _run(world, tmp_path, batches, accum=1, max_steps=-1, micro=6):
-    cfg = load_config(None, ["train.precision=fp32", "data.batch_size=2", f"train.grad_accum_steps={accum}"])
+def _run(world, tmp_path, batches, accum=1, max_steps=-1, micro=6, zero=0):
+    overrides = ["train.precision=fp32", "data.batch_size=2", f"train.grad_accum_steps={accum}"]
+    cfg = load_config(None, [*overrides, f"train.zero_stage={zero}"])
     torch.manual_seed(0)
     engine, _ = build_engine(cfg, TinyAdapted(), steps_per_epoch=micro // accum, world_size=1,
                              ds_config=derive_ds_config(cfg, 1))  # fmt: skip
@@ -59,6 +60,24 @@ def test_epoch_counts_steps_failures_and_logs_every_step(world, tmp_path):
     assert [r["step"] for r in train] == [1, 2, 3] and all(r["epoch"] == 3 for r in train)
     assert 0 <= stats["data_wait"] <= 1 and stats["clips_per_s"] > 0
     assert os.listdir(tmp_path / "tensorboard")
+
+
+def test_the_log_carries_the_gradient_norm_deepspeed_computed(world, tmp_path):
+    """grad_norm: the whole trainable set's, before any clipping; here checked at step 1 against autograd on a copy
+    of the model (ZeRO computes it; fp32 without ZeRO has none to log, so the key is absent there)."""
+    _, _, _, log = _run(world, tmp_path, _batches(6), zero=1)
+    train = [r for r in log if r["event"] == "train"]
+    assert all(r["grad_norm"] > 0 for r in train)
+    torch.manual_seed(0)
+    model = TinyAdapted()
+    first = next(_batches(1))
+    loss_fn(model(first["video"]), first["label"], 0.0).backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert train[0]["grad_norm"] == pytest.approx(
+        torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])).item(), rel=1e-5
+    )
+    plain = [r for r in _run(world, tmp_path / "plain", _batches(6))[3] if r["event"] == "train"]
+    assert plain and not any("grad_norm" in r for r in plain)
 
 
 def test_max_steps_stops_inside_the_epoch(world, tmp_path):
