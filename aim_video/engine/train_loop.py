@@ -142,7 +142,7 @@ def train_one_epoch(
     micro, clips_per_micro = 0, None
     failures: list[str] = []
     fallbacks: list[str] = []
-    window = {"loss": 0.0, "micro": 0, "wait": 0.0, "time": 0.0, "clips": 0, "norm": 0.0, "norms": 0}
+    window = {"loss": 0.0, "micro": 0, "wait": 0.0, "time": 0.0, "clips": 0, "norms": []}
     epoch_wait = epoch_time = 0.0
     epoch_clips = 0
     skipped_before = engine.skipped_steps
@@ -183,9 +183,8 @@ def train_one_epoch(
             continue
         state.step += 1
         norm = engine.get_global_grad_norm()  # the whole model's, before clipping (None: DeepSpeed kept none)
-        if norm is not None and math.isfinite(norm := float(norm)):
-            window["norm"] += norm
-            window["norms"] += 1
+        if norm is not None:
+            window["norms"].append(norm)  # read at the log step: no device sync per step here
         skipped = engine.skipped_steps - skipped_before
         if skipped:
             log.event(
@@ -208,8 +207,9 @@ def train_one_epoch(
                 "clips_per_s": clips_s,
                 "data_wait": wait,
             }
-            if window["norms"]:  # mean over the window's steps (bf16/fp16 or ZeRO: DeepSpeed computes it)
-                record["grad_norm"] = window["norm"] / window["norms"]
+            norms = [n for n in map(float, window["norms"]) if math.isfinite(n)]  # fp16 overflow steps: inf
+            if norms:  # mean over the window's steps (bf16/fp16 or ZeRO: DeepSpeed computes it)
+                record["grad_norm"] = sum(norms) / len(norms)
             log.event("train", **record)
             log.scalars(state.step, "train", {k: v for k, v in record.items() if k not in ("step", "epoch")})
             log.progress(
@@ -222,7 +222,7 @@ def train_one_epoch(
             epoch_wait += window["wait"]
             epoch_time += window["time"]
             epoch_clips += int(clips_sum)
-            window = {"loss": 0.0, "micro": 0, "wait": 0.0, "time": 0.0, "clips": 0, "norm": 0.0, "norms": 0}
+            window = {"loss": 0.0, "micro": 0, "wait": 0.0, "time": 0.0, "clips": 0, "norms": []}
         log.progress(1)
         if on_step is not None:
             on_step(state)
