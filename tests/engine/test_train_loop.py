@@ -33,7 +33,7 @@ def _batches(n, poison_at=None):
                "failures": [f"bad{i}.mp4: unreadable"] if i == 1 else []}  # fmt: skip
 
 
-def _run(world, tmp_path, batches, accum=1, max_steps=-1, micro=6, zero=0):
+def _run(world, tmp_path, batches, accum=1, max_steps=-1, micro=6, zero=0, log_every=1):
     overrides = ["train.precision=fp32", "data.batch_size=2", f"train.grad_accum_steps={accum}"]
     cfg = load_config(None, [*overrides, f"train.zero_stage={zero}"])
     torch.manual_seed(0)
@@ -45,7 +45,7 @@ def _run(world, tmp_path, batches, accum=1, max_steps=-1, micro=6, zero=0):
     stats = train_one_epoch(
         engine, batches, state, micro_batches=micro, mix=None,
         prepare=lambda b: (b["video"].to(device), b["label"].to(device)), label_smoothing=0.0,
-        max_steps=max_steps, log=log, log_every=1, rank=0, world_size=1,
+        max_steps=max_steps, log=log, log_every=log_every, rank=0, world_size=1,
         on_step=lambda s: seen.append((s.step, s.batches_done)),
     )  # fmt: skip
     log.close()
@@ -76,6 +76,10 @@ def test_the_log_carries_the_gradient_norm_deepspeed_computed(world, tmp_path):
     assert train[0]["grad_norm"] == pytest.approx(
         torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])).item(), rel=1e-5
     )
+    pairs = [r for r in _run(world, tmp_path / "pairs", _batches(6), zero=1, log_every=2)[3] if r["event"] == "train"]
+    assert [r["step"] for r in pairs] == [2, 4, 6]  # each record: the mean of its two steps' norms
+    for record, (a, b) in zip(pairs, zip(train[0::2], train[1::2], strict=True), strict=True):
+        assert record["grad_norm"] == pytest.approx((a["grad_norm"] + b["grad_norm"]) / 2, rel=1e-6)
     plain = [r for r in _run(world, tmp_path / "plain", _batches(6))[3] if r["event"] == "train"]
     assert plain and not any("grad_norm" in r for r in plain)
 
