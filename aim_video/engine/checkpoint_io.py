@@ -335,7 +335,8 @@ class CheckpointManager:
         if os.path.isfile(saved_cfg_path):
             from aim_video.config import load_config
 
-            saved_model = to_dict(load_config(saved_cfg_path))["model"]
+            saved = to_dict(load_config(saved_cfg_path))  # read once: model, train and data are checked below
+            saved_model = saved["model"]
             now_model = to_dict(cfg)["model"]
             diff = sorted(
                 k
@@ -347,7 +348,7 @@ class CheckpointManager:
                     f"{path} was trained with another model config: "
                     + ", ".join(f"model.{k}={saved_model.get(k)!r} (now {now_model[k]!r})" for k in diff)
                 )
-            saved_train, now_train = to_dict(load_config(saved_cfg_path))["train"], to_dict(cfg)["train"]
+            saved_train, now_train = saved["train"], to_dict(cfg)["train"]
             kept = [k for k in RESTORED_TRAIN_KEYS if saved_train.get(k) != now_train[k]]
             if kept:
                 raise CheckpointError(
@@ -358,7 +359,7 @@ class CheckpointManager:
                     "with the saved values (train.epochs, warmup and min_lr may change), or train anew in another "
                     "output_dir"
                 )
-            saved_data = to_dict(load_config(saved_cfg_path))["data"]
+            saved_data = saved["data"]
             meta.setdefault("batch_size", saved_data["batch_size"])  # an older meta.json: from the saved config
             meta.setdefault("repeated_aug", saved_data["repeated_aug"])
             meta.setdefault("grad_accum_steps", saved_train["grad_accum_steps"])

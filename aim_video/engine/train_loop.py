@@ -115,6 +115,11 @@ class RunLog:
             self.tb.close()
 
 
+def _new_window() -> dict[str, Any]:
+    """What a log line sums: loss, micro-batches, data wait, time, clips, and the steps' gradient norms."""
+    return {"loss": 0.0, "micro": 0, "wait": 0.0, "time": 0.0, "clips": 0, "norms": []}
+
+
 def train_one_epoch(
     engine: Any,
     batches: Iterator[dict[str, Any]],
@@ -142,7 +147,7 @@ def train_one_epoch(
     micro, clips_per_micro = 0, None
     failures: list[str] = []
     fallbacks: list[str] = []
-    window = {"loss": 0.0, "micro": 0, "wait": 0.0, "time": 0.0, "clips": 0, "norms": []}
+    window = _new_window()
     epoch_wait = epoch_time = 0.0
     epoch_clips = 0
     skipped_before = engine.skipped_steps
@@ -222,7 +227,7 @@ def train_one_epoch(
             epoch_wait += window["wait"]
             epoch_time += window["time"]
             epoch_clips += int(clips_sum)
-            window = {"loss": 0.0, "micro": 0, "wait": 0.0, "time": 0.0, "clips": 0, "norms": []}
+            window = _new_window()
         log.progress(1)
         if on_step is not None:
             on_step(state)
