@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--sizes", default="340x256,1280x720")
     ap.add_argument("--noise", type=float, default=3.0, help="sensor noise (std, uint8 levels) of the generated "
-                    "scene: 3 is mild; 8 decodes as slowly as the videos issue 3 was measured on")  # fmt: skip
+                    "scene: 3 is mild; 12 makes videos like the ones issue 3 was measured on")  # fmt: skip
     ap.add_argument("--rounds", type=int, default=2, help="passes over the clips in one process")
     ap.add_argument("--tune", default="fastdecode", help="x264 tune of the prepared copies (as prepare_kinetics)")
     ap.add_argument("--bframes", type=int, default=0, help="B-frames of the prepared copies (as prepare_kinetics; "

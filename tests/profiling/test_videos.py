@@ -19,5 +19,5 @@ def test_scene_detail_scales_with_the_picture(tmp_path):
 def test_sensor_noise_makes_the_scene_costlier(tmp_path):
     mild = scene_video(str(tmp_path / "mild.mp4"), 170, 128, seconds=2)
     noisy = scene_video(str(tmp_path / "noisy.mp4"), 170, 128, seconds=2, noise=8)
-    # noise is what P-frames cannot predict: the bench's --noise 8 videos decode as slowly as the issue's
+    # noise is what P-frames cannot predict: it makes videos as costly to decode as the (bench --noise 12)
     assert os.path.getsize(noisy) > 1.5 * os.path.getsize(mild)
