@@ -3,8 +3,9 @@
     python tools/infer.py VIDEO --checkpoint runs/k400/model_trainable.safetensors [--class-map classes.txt] \\
         [--config configs/k400_vit_b16_8f.yaml] [--top-k 5] [eval.protocol=k400 ...]
 
-The video is tested like the evaluation split (the config's view protocol, one decode for all views). With
-``eval.average=score`` the probabilities are the softmax of the mean logits. Exit status 1: the video cannot be read;
+The video is tested like the evaluation split (the config's view protocol and decoding settings, its verify report
+if the video is in it, one decode for all views, the same precision). With ``eval.average=score`` the probabilities
+are the softmax of the mean logits. Exit status 1: the video cannot be read (or the verify report refuses it);
 2: bad arguments, config or checkpoint.
 """
 
@@ -21,11 +22,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 from aim_video.config import ConfigError  # noqa: E402
-from aim_video.data.annotations import VideoRecord, read_class_map  # noqa: E402
+from aim_video.data.annotations import AnnotationError, VideoRecord, read_class_map  # noqa: E402
 from aim_video.data.dataset import MultiViewDataset  # noqa: E402
-from aim_video.data.transforms import build_eval_transform  # noqa: E402
+from aim_video.data.loader import eval_dataset_of  # noqa: E402
 from aim_video.eval.loading import class_names, load_model, resolve_checkpoint, resolve_eval_config  # noqa: E402
-from aim_video.eval.multiview import apply_protocol, average_views, forward_views  # noqa: E402
+from aim_video.eval.multiview import apply_protocol, average_views, forward_views, inference_precision  # noqa: E402
 from aim_video.models.pretrained import PretrainedLoadError  # noqa: E402
 
 LIST_SUFFIXES = (".txt", ".csv", ".lst", ".list")  # annotation lists, not videos
@@ -58,12 +59,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+class UnreadableVideoError(RuntimeError):
+    """The video cannot be decoded (a model error is not this: it propagates with its own traceback)."""
+
+
 def predict(model: torch.nn.Module, dataset: MultiViewDataset, cfg, device: torch.device) -> torch.Tensor:
-    """Class probabilities ``[K]`` for the dataset's single video; raises RuntimeError if it cannot be read."""
+    """Class probabilities ``[K]`` for the dataset's single video; UnreadableVideoError if it cannot be read."""
     item = dataset[0]
     if item["error"] is not None:
-        raise RuntimeError(f"{item['path']}: {item['error']}")
-    logits = forward_views(model, item["video"][None], cfg.data.mean, cfg.data.std, cfg.eval.view_chunk, device)
+        raise UnreadableVideoError(f"{item['path']}: {item['error']}")
+    amp_dtype, input_dtype = inference_precision(model, cfg, device)
+    logits = forward_views(
+        model, item["video"][None], cfg.data.mean, cfg.data.std, cfg.eval.view_chunk, device, amp_dtype, input_dtype
+    )
     scores = average_views(logits, cfg.eval.average)[0]  # [K]
     return scores if cfg.eval.average == "prob" else scores.softmax(dim=-1)
 
@@ -86,14 +94,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: video not found: {args.video}", file=sys.stderr)
         return 1
     d = cfg.data
-    transform = build_eval_transform(d.test_short_side, d.input_size, d.test_num_crops)
-    dataset = MultiViewDataset(
-        [VideoRecord(path=args.video, label=-1)], transform, d.sampling, d.num_frames, d.frame_stride,
-        d.test_num_clips, d.short_video, d.backend, d.fallback_backend, d.num_threads,
-    )  # fmt: skip
     try:
+        dataset = eval_dataset_of(cfg, [VideoRecord(path=args.video, label=-1)], "the video")
+        if not len(dataset):  # data.inexact_videos=drop
+            raise AnnotationError(f"{args.video}: {dataset.dropped[0][1]}")
         probs = predict(model, dataset, cfg, device)
-    except RuntimeError as err:
+    except (UnreadableVideoError, AnnotationError) as err:
         print(f"error: cannot read the video: {err}", file=sys.stderr)
         return 1
     if args.top_k is not None and args.top_k > probs.numel():  # asked for: say why fewer are shown

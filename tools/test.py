@@ -25,7 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch.distributed as dist  # noqa: E402
 
 from aim_video.config import ConfigError, to_dict  # noqa: E402
-from aim_video.data.loader import build_eval_loader, load_split  # noqa: E402
+from aim_video.data.loader import build_eval_loader  # noqa: E402
 from aim_video.eval.loading import (  # noqa: E402
     class_names,
     init_process,
@@ -92,9 +92,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         model = load_model(cfg, checkpoint_file, proc.device)
         loader = build_eval_loader(cfg, args.split, proc.rank, proc.world_size)
-        dropped = load_split(cfg, args.split).missing if cfg.data.missing_files == "drop" else []
+        dropped = loader.dataset.dropped  # missing files, videos a verify report found wrong: left out, listed
         if strict and dropped:
-            raise MissingVideosError(f"{len(dropped)} listed videos do not exist (strict evaluation): {dropped[:10]}")
+            raise MissingVideosError(
+                f"{len(dropped)} listed videos were left out before evaluation (strict evaluation), e.g. "
+                + "; ".join(f"{p}: {why}" for p, why in dropped[:3])
+            )
         result = evaluate(
             model, loader, cfg, proc.device, progress=not args.no_progress, strict=strict, return_scores=True
         )

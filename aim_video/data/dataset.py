@@ -198,6 +198,7 @@ class MultiViewDataset(Dataset):
     ):
         # arrays, not objects: forked workers keep sharing them; with the frame counts of a verify report
         self.records = RecordTable(records, frame_counts)
+        self.dropped: list[tuple[str, str]] = []  # (path, reason): listed videos left out before this dataset
         self.transform = transform
         self.sampling_mode = sampling_mode
         self.num_frames = num_frames

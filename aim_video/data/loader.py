@@ -128,20 +128,23 @@ def _loader_kwargs(cfg: Config) -> dict:
 INEXACT_POLICIES = ("fail", "drop", "keep")
 
 
-def apply_verify_report(cfg: Config, records: list[VideoRecord], what: str) -> tuple[list[VideoRecord], dict]:
-    """(records, {absolute path: frames that really decode}) under data.verify_report ({} without one).
+def apply_verify_report(
+    cfg: Config, records: list[VideoRecord], what: str
+) -> tuple[list[VideoRecord], dict, list[tuple[str, str]]]:
+    """(records, {absolute path: frames that really decode}, [(path, reason) dropped]) under data.verify_report.
 
     The report also says which videos return wrong frames on random access with the backend it was made for
     (`shifted`, `corrupt_after_seek`). When that backend (and torchcodec seek mode) is data.backend's, such videos
     among `records` are handled by data.inexact_videos: `fail` (the default: training on wrong frames is silent
-    otherwise), `drop` them (logged), or `keep` them (logged). A report made for another backend gives only counts.
-    data.verify_report may name several reports, comma-separated (one per split's list, as `verify` writes them).
+    otherwise), `drop` them (logged, and returned with the reason, for evaluation to list), or `keep` them (logged).
+    A report made for another backend gives only counts. data.verify_report may name several reports,
+    comma-separated (one per split's list, as `verify` writes them).
     """
     d = cfg.data
     if d.inexact_videos not in INEXACT_POLICIES:
         raise ValueError(f"data.inexact_videos must be one of {', '.join(INEXACT_POLICIES)}, got {d.inexact_videos!r}")
     if not d.verify_report:
-        return records, {}
+        return records, {}, []
     from aim_video.data.verify import WRONG_FRAMES, read_report
 
     counts: dict[str, int] = {}
@@ -164,7 +167,7 @@ def apply_verify_report(cfg: Config, records: list[VideoRecord], what: str) -> t
                 wrong[os.path.abspath(c.path)], source[os.path.abspath(c.path)] = c, report
     hits = [r for r in records if os.path.abspath(r.path) in wrong]
     if not hits:
-        return records, counts
+        return records, counts, []
     examples = "; ".join(
         f"{r.path} ({wrong[os.path.abspath(r.path)].status}: {wrong[os.path.abspath(r.path)].reason})" for r in hits[:3]
     )
@@ -181,10 +184,15 @@ def apply_verify_report(cfg: Config, records: list[VideoRecord], what: str) -> t
         raise AnnotationError(f"{summary}. {fix}; or set data.inexact_videos=drop (or keep)")
     if d.inexact_videos == "drop":
         log.warning("%s; dropped (data.inexact_videos=drop)", summary)
+        dropped = []
+        for r in hits:
+            check = wrong[os.path.abspath(r.path)]
+            why = f"returns wrong frames with {d.backend} ({check.status}: {check.reason}); dropped "
+            dropped.append((r.path, why + "(data.inexact_videos=drop): re-encode it with `prepare_kinetics.py repair`"))
         gone = {r.path for r in hits}
-        return [r for r in records if r.path not in gone], counts
+        return [r for r in records if r.path not in gone], counts, dropped
     log.warning("%s; kept (data.inexact_videos=keep): their clips hold other frames than sampled", summary)
-    return records, counts
+    return records, counts, []
 
 
 def _read_kwargs(cfg: Config, counts: dict) -> dict:
@@ -214,7 +222,7 @@ def build_train_dataset(cfg: Config) -> TrainClipDataset:
         d.input_size, d.rrc_scale, d.rrc_ratio, d.flip, d.rand_augment_n, d.rand_augment_m, d.random_erasing,
         d.color_jitter, d.mean,
     )  # fmt: skip
-    records, counts = apply_verify_report(cfg, load_split(cfg, "train").records, "data.train_list")
+    records, counts, _ = apply_verify_report(cfg, load_split(cfg, "train").records, "data.train_list")
     return TrainClipDataset(
         records, transform, d.sampling, d.num_frames, d.frame_stride, d.short_video,
         repeated_aug=d.repeated_aug, max_retries=d.max_retries, **_read_kwargs(cfg, counts),
@@ -296,14 +304,26 @@ def set_epoch(loader: DataLoader, epoch: int) -> None:
         sampler.set_epoch(epoch)
 
 
-def build_eval_dataset(cfg: Config, split: str = "val") -> MultiViewDataset:
+def eval_dataset_of(cfg: Config, records: list[VideoRecord], what: str) -> MultiViewDataset:
+    """The multi-view evaluation dataset of `records` under cfg.data: the test views, the decoding settings and the
+    verify report (`what` names the records in its messages); what the report's policy left out is in `dropped`."""
     d = cfg.data
     transform = build_eval_transform(d.test_short_side, d.input_size, d.test_num_crops)
-    records, counts = apply_verify_report(cfg, load_split(cfg, split).records, f"data.{split}_list")
-    return MultiViewDataset(
+    records, counts, inexact = apply_verify_report(cfg, records, what)
+    dataset = MultiViewDataset(
         records, transform, d.sampling, d.num_frames, d.frame_stride, d.test_num_clips,
         d.short_video, **_read_kwargs(cfg, counts),
     )  # fmt: skip
+    dataset.dropped = inexact
+    return dataset
+
+
+def build_eval_dataset(cfg: Config, split: str = "val") -> MultiViewDataset:
+    split_records = load_split(cfg, split)
+    dataset = eval_dataset_of(cfg, split_records.records, f"data.{split}_list")
+    missing = "file not found; dropped from the list (data.missing_files=drop)"
+    dataset.dropped = [(p, missing) for p in split_records.missing] + dataset.dropped
+    return dataset
 
 
 def build_eval_loader(cfg: Config, split: str = "val", rank: int = 0, world_size: int = 1) -> DataLoader:

@@ -196,7 +196,9 @@ def merge_rank_outputs(parts: Iterable[dict[str, Any]], dataset_size: int, world
     }
 
 
-def _precision(model: torch.nn.Module, cfg: Config, device: torch.device) -> tuple[torch.dtype | None, torch.dtype]:
+def inference_precision(
+    model: torch.nn.Module, cfg: Config, device: torch.device
+) -> tuple[torch.dtype | None, torch.dtype]:
     """(autocast dtype, input dtype): a model already in bf16/fp16 (DeepSpeed's engine.module) gets inputs in its
     dtype; an fp32 model on CUDA runs under autocast to ``train.precision``; on CPU everything stays fp32."""
     param_dtype = next(model.parameters()).dtype
@@ -242,7 +244,7 @@ def evaluate(
         raise ValueError(f"eval.average must be one of {AVERAGE_MODES}, got '{cfg.eval.average}'")
     if dataset_size is None:
         dataset_size = len(loader.dataset)  # type: ignore[attr-defined]
-    amp_dtype, input_dtype = _precision(model, cfg, device)
+    amp_dtype, input_dtype = inference_precision(model, cfg, device)
 
     model.eval()
     rows: dict[str, list[torch.Tensor]] = {"index": [], "label": [], "scores": []}

@@ -69,18 +69,18 @@ def results_record(
     checkpoint: str,
     checkpoint_sha256: str,
     split: str,
-    dropped_files: Sequence[str] = (),
+    dropped: Sequence[tuple[str, str]] = (),
     paths: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """The results JSON for an :func:`~aim_video.eval.multiview.evaluate` result (accuracies in percent).
 
-    ``dropped_files``: list entries whose file did not exist (``data.missing_files=drop`` removed them before the
-    dataset was built); they join ``missing`` with index null and count in ``num_listed``. ``paths``: the split's
-    video paths by dataset index, added to every ``per_video`` entry.
+    ``dropped``: (path, reason) of list entries left out before the dataset was built (a file that does not exist
+    under ``data.missing_files=drop``, a video the verify report found returning wrong frames under
+    ``data.inexact_videos=drop``: the eval dataset's ``dropped``); they join ``missing`` with index null and count in
+    ``num_listed``. ``paths``: the split's video paths by dataset index, added to every ``per_video`` entry.
     """
-    reason = "file not found; dropped from the list (data.missing_files=drop)"
-    missing = [*result["missing"], *({"index": None, "path": p, "reason": reason} for p in dropped_files)]
-    listed = result["dataset_size"] + len(dropped_files)
+    missing = [*result["missing"], *({"index": None, "path": p, "reason": why} for p, why in dropped)]
+    listed = result["dataset_size"] + len(dropped)
     per_video = result["per_video"]
     if paths is not None:
         per_video = [{**v, "path": paths[v["index"]]} for v in per_video]

@@ -342,6 +342,9 @@ def test_a_verify_report_stops_training_on_videos_that_return_wrong_frames(tmp_p
     dropped = build_train_loader(tiny_cfg(lst, batch_size=1, verify_report=report, inexact_videos="drop"), 0, 1)
     assert [r.path for r in dropped.dataset.records] == [clean]
     assert dropped.dataset.records.frame_count(0) == 60
+    left_out = build_eval_loader(tiny_cfg(lst, verify_report=report, inexact_videos="drop"), "val", 0, 1).dataset
+    assert [r.path for r in left_out.records] == [clean] and [p for p, _ in left_out.dropped] == [broken]
+    assert "returns wrong frames with decord (corrupt_after_seek" in left_out.dropped[0][1]  # for the results to list
     kept = build_eval_loader(tiny_cfg(lst, verify_report=report, inexact_videos="keep"), "val", 0, 1)
     assert [r.path for r in kept.dataset.records] == [clean, broken] and "kept" in caplog.text
     # a report made with another backend says nothing about decord's reads: its counts are used, with a warning

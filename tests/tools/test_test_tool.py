@@ -112,6 +112,30 @@ def test_a_listed_file_that_does_not_exist_is_reported_missing(run, capsys):
     assert "absent.mp4" in capsys.readouterr().err
 
 
+def test_a_video_the_verify_report_drops_is_listed_with_its_reason(run, capsys):
+    """data.inexact_videos=drop leaves out what a verify report found returning wrong frames: results.json still
+    lists it with the report's finding and counts it among the listed videos; --strict refuses."""
+    from aim_video.data import verify
+
+    wrong = os.path.join(run["root"], "videos", "v05.mp4")
+    report = os.path.join(run["root"], "verify_v05.json")
+    backend = run["cfg"].data.backend  # the report must be made for the backend evaluation reads with
+    verify.write_report([verify.VideoCheck(wrong, "shifted", backend, reason="3 of 9 checked reads")], report,
+                        backend, "exact")  # fmt: skip
+    out = os.path.join(run["root"], "out_inexact")
+    base = ["--checkpoint", run["ckpt"], "--no-progress", f"data.verify_report={report}"]
+    assert test_tool.main([*base, "--out", out, "data.inexact_videos=drop"]) == 0
+    results = json.load(open(os.path.join(out, "results.json")))
+    left_out = [m for m in results["missing"] if m["index"] is None]
+    assert [m["path"] for m in left_out] == [wrong]
+    assert "shifted: 3 of 9 checked reads" in left_out[0]["reason"] and "inexact_videos=drop" in left_out[0]["reason"]
+    assert results["num_listed"] == NUM_VIDEOS and results["dataset_size"] == NUM_VIDEOS - 1
+    assert results["num_missing"] == 2 and results["num_evaluated"] == NUM_VIDEOS - 2  # and the unreadable v03
+    assert test_tool.main([*base, "--strict", "data.inexact_videos=drop"]) == 3
+    assert f"v05.mp4: returns wrong frames with {backend} (shifted" in capsys.readouterr().err
+    assert test_tool.main(base) == 2  # data.inexact_videos=fail (default): refused, naming the video
+
+
 def test_videos_read_through_the_fallback_are_listed(run, capsys):
     """An AV1 video (decord cannot decode it) is evaluated through PyAV: scored like the others, and named in
     results.json and on the console, so a slow evaluation says why."""

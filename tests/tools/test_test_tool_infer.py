@@ -110,3 +110,30 @@ def test_a_backbone_file_that_does_not_fit_is_status_2_not_a_traceback(run, tmp_
     video = os.path.join(run["root"], "videos", "v00.mp4")
     assert infer_tool.main([video, "--checkpoint", run["ckpt"], f"model.pretrained={misfit}"]) == 2
     assert "does not fit" in capsys.readouterr().err
+
+
+def test_the_verify_report_applies_to_the_video_as_in_evaluation(run, capsys):
+    """A video the config's verify report found returning wrong frames is refused (or dropped: nothing to classify)
+    under data.inexact_videos=fail / drop, and classified under keep, as evaluation would."""
+    from aim_video.data import verify
+
+    video = os.path.join(run["root"], "videos", "v01.mp4")
+    report = os.path.join(run["root"], "verify_v01.json")
+    backend = run["cfg"].data.backend
+    verify.write_report([verify.VideoCheck(video, "shifted", backend, reason="2 of 9 reads")], report, backend, "exact")
+    base = [video, "--checkpoint", run["ckpt"], f"data.verify_report={report}"]
+    assert infer_tool.main(base) == 1
+    assert "return wrong frames" in capsys.readouterr().err
+    assert infer_tool.main([*base, "data.inexact_videos=drop"]) == 1
+    assert f"returns wrong frames with {backend} (shifted: 2 of 9 reads)" in capsys.readouterr().err
+    assert infer_tool.main([*base, "data.inexact_videos=keep"]) == 0
+
+
+def test_a_model_error_is_not_reported_as_an_unreadable_video(run, monkeypatch):
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(infer_tool, "forward_views", out_of_memory)
+    video = os.path.join(run["root"], "videos", "v01.mp4")
+    with pytest.raises(torch.OutOfMemoryError, match="CUDA out of memory"):  # its own traceback, not "cannot read"
+        infer_tool.main([video, "--checkpoint", run["ckpt"]])
