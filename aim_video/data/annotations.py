@@ -148,18 +148,32 @@ def parse_list_file(path: str, root: str = "") -> list[VideoRecord]:
     return records
 
 
+LINE = "_line"  # the key under which each row read keeps its line number in the file, for error messages
+
+
 def read_kinetics_csv(path: str) -> list[dict[str, str]]:
-    """The rows of a Kinetics CSV as dicts; raises naming the file when required columns are absent."""
+    """The rows of a Kinetics CSV as dicts, each with its line number under `LINE`; raises naming the file (and the
+    line) when required columns are absent or a row is short of fields."""
     with open(path, encoding="utf-8-sig", newline="") as f:  # -sig: else a BOM renames the first column
-        rows = list(csv.DictReader(f))
-    if rows:
-        cols = set(rows[0])
+        reader = csv.DictReader(f)
+        header = list(reader.fieldnames or ())
+        cols = set(header)
         needed = set(KINETICS_COLUMNS[1:])  # the test split has no label column
-        if not needed <= cols:
+        if cols and not needed <= cols:
             raise AnnotationError(
                 f"{path}: not a Kinetics CSV: columns {sorted(cols)} lack {sorted(needed - cols)} "
                 f"(expected header {','.join(KINETICS_COLUMNS)},split[,is_cc])"
             )
+        rows = []
+        for row in reader:
+            short = [col for col in header if row.get(col) is None]
+            if short:
+                raise AnnotationError(
+                    f"{path}:{reader.line_num}: {len(header) - len(short)} fields where the header has {len(header)} "
+                    f"(no {', '.join(short)}): a truncated line? Fix or delete it"
+                )
+            row[LINE] = reader.line_num  # type: ignore[assignment]
+            rows.append(row)
     return rows
 
 
@@ -241,7 +255,8 @@ def parse_kinetics_csv(
     extensions = (ext,) + tuple(e for e in VIDEO_EXTENSIONS if e != ext)
     listing = _Listing()
     records = []
-    for lineno, row in enumerate(rows, 2):
+    for row in rows:
+        lineno = row[LINE]
         try:
             name = kinetics_clip_name(row["youtube_id"].strip(), row["time_start"], row["time_end"], ext)
         except ValueError:
@@ -306,17 +321,31 @@ def class_folder_names(root: str) -> list[str]:
     return sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)) and not d.startswith("."))
 
 
-def parse_class_folders(root: str) -> tuple[list[VideoRecord], list[str]]:
-    """`root/<class>/<video>`: classes sorted by folder name, videos sorted by name within a class."""
-    classes = class_folder_names(root)
-    if not classes:
+def parse_class_folders(root: str, classes: list[str] | None = None) -> tuple[list[VideoRecord], list[str]]:
+    """`root/<class>/<video>`, videos sorted by name within a class. Without `classes` the sorted folder names are
+    the classes; with them (the train split's, a class map) each folder takes the index of the class it names, by
+    name or by normalised name, as a Kinetics CSV's labels do: a val tree lacking a class keeps training's indices."""
+    folders = class_folder_names(root)
+    if not folders:
         raise AnnotationError(f"{root}: no class folders found (expected {root}/<class>/<video>.mp4)")
+    if classes is None:
+        classes = folders
+    index = {normalize_class_name(name): k for k, name in enumerate(classes)}
+    index.update({name: k for k, name in enumerate(classes)})
+    unknown = [name for name in folders if name not in index and normalize_class_name(name) not in index]
+    if unknown:
+        raise AnnotationError(
+            f"{root}: {len(unknown)} class folders are not among the {len(classes)} classes given (the train split's "
+            f"or the class map), e.g. {', '.join(repr(n) for n in unknown[:3])}: rename them to a class, or give the "
+            "class map that holds them"
+        )
     records = []
-    for k, name in enumerate(classes):
+    for name in folders:
+        k = index[name] if name in index else index[normalize_class_name(name)]
         for fname in sorted(os.listdir(os.path.join(root, name))):
             if fname.lower().endswith(VIDEO_EXTENSIONS):
                 records.append(VideoRecord(os.path.join(root, name, fname), k, (k,)))
-    return records, classes
+    return records, list(classes)
 
 
 def read_class_map(path: str) -> list[str]:
@@ -361,7 +390,7 @@ def load_annotations(
     if not source:
         raise AnnotationError(f"no {what} given: set the list file, Kinetics CSV or class folder in the config")
     if os.path.isdir(source):
-        records, names = parse_class_folders(source)
+        records, names = parse_class_folders(source, classes)
     elif not os.path.isfile(source):
         raise AnnotationError(f"{what} not found: {source}")
     elif source.lower().endswith(".csv"):

@@ -166,6 +166,45 @@ def test_class_folders_and_missing_policy(tmp_path):
         load_annotations(str(tmp_path / "nope.txt"))
 
 
+def test_a_val_class_folder_tree_takes_the_train_classes_indices(tmp_path):
+    """A val tree that lacks a class, or spells one the download scripts' way, keeps training's indices."""
+    for name in ("abseiling", "air drumming", "zumba"):
+        touch(str(tmp_path / "train" / name / "t.mp4"))
+    touch(str(tmp_path / "val" / "abseiling" / "v.mp4"))
+    touch(str(tmp_path / "val" / "zumba" / "v.mp4"))
+    touch(str(tmp_path / "val" / "air_drumming" / "v.mp4"))  # normalised name
+    train = load_annotations(str(tmp_path / "train"))
+    val = load_annotations(str(tmp_path / "val"), classes=train.classes)
+    assert train.classes == val.classes == ["abseiling", "air drumming", "zumba"]
+    assert [(r.path.split(os.sep)[-2], r.label) for r in val.records] == [
+        ("abseiling", 0), ("air_drumming", 1), ("zumba", 2)
+    ]  # fmt: skip
+    # a class map fixes the indices even of the train tree
+    mapped = load_annotations(str(tmp_path / "train"), classes=["zumba", "air drumming", "abseiling"])
+    assert [r.label for r in mapped.records] == [2, 1, 0]
+    touch(str(tmp_path / "val" / "yodelling" / "v.mp4"))
+    with pytest.raises(AnnotationError, match="1 class folders are not among the 3 classes given.*'yodelling'"):
+        load_annotations(str(tmp_path / "val"), classes=train.classes)
+
+
+def test_kinetics_csv_errors_name_the_line_of_the_file(tmp_path):
+    """A truncated row is an error naming its line, not a TypeError; line numbers count blank lines and the rows
+    of other splits."""
+    csv_path = tmp_path / "k.csv"
+    csv_path.write_text(
+        "label,youtube_id,time_start,time_end,split\nabseiling,aaa,0,10,train\nzumba,bbb,0,10,train\n\n\n"
+        "yodelling,ccc,0,10,val\n"
+    )
+    with pytest.raises(AnnotationError, match=r"k.csv:6: label 'yodelling' is not among the 2 classes"):
+        parse_kinetics_csv(str(csv_path), str(tmp_path), split="val")
+    csv_path.write_text("label,youtube_id,time_start,time_end,split\nabseiling,aaa,0,10,train\nabseiling,bbb\n")
+    with pytest.raises(AnnotationError, match=r"k.csv:3: 2 fields where the header has 5 \(no time_start, time_end"):
+        parse_kinetics_csv(str(csv_path), str(tmp_path))
+    csv_path.write_text("label,youtube_id,time_start,time_end,split\nabseiling,aaa,x,10,train\n")
+    with pytest.raises(AnnotationError, match=r"k.csv:2: bad time_start/time_end"):
+        parse_kinetics_csv(str(csv_path), str(tmp_path))
+
+
 def test_written_list_and_class_map_round_trip(tmp_path):
     lst = tmp_path / "in.txt"
     lst.write_text("a.mp4 3\nb.mp4\nc.mp4 1 2\n")
