@@ -15,6 +15,7 @@ an existing output is therefore complete, and a rerun skips it. The output folde
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 import os
@@ -52,6 +53,17 @@ def ffmpeg_binary() -> str:
     return exe
 
 
+@functools.lru_cache(maxsize=4)
+def constant_rate_option(binary: str) -> tuple[str, ...]:
+    """`-fps_mode cfr` (FFmpeg 5.1 and later), or its older spelling `-vsync cfr` for an ffmpeg that does not know
+    it (FFmpeg 4.x, e.g. Ubuntu 22.04's), where `-fps_mode` would fail every encode with "Unrecognized option"."""
+    try:
+        out = subprocess.run([binary, "-hide_banner", "-h", "full"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return ("-fps_mode", "cfr")  # the encode itself then says what is wrong with the binary
+    return ("-fps_mode", "cfr") if "-fps_mode" in out.stdout else ("-vsync", "cfr")
+
+
 def reencode_command(
     src: str,
     dst: str,
@@ -84,7 +96,8 @@ def reencode_command(
     else:
         scale = "scale=trunc(iw/2)*2:trunc(ih/2)*2"
     vf = scale if fps is None else f"fps={fps},{scale}"
-    cmd = [ffmpeg_binary(), "-nostdin", "-y", "-loglevel", "error", "-threads", str(threads), "-i", src]
+    binary = ffmpeg_binary()
+    cmd = [binary, "-nostdin", "-y", "-loglevel", "error", "-threads", str(threads), "-i", src]
     cmd += ["-map", "0:v:0"] + (["-map", "0:a?", "-c:a", "aac"] if keep_audio else ["-an"])
     cmd += ["-vf", vf, "-c:v", "libx264", "-preset", preset, "-crf", str(crf), "-pix_fmt", "yuv420p"]
     tune = x264_tune(tune)
@@ -96,7 +109,7 @@ def reencode_command(
         cmd += ["-bf", str(bframes)]
     if keyint > 0:
         cmd += ["-g", str(keyint), "-keyint_min", str(keyint), "-sc_threshold", "0", "-flags", "+cgop"]
-    cmd += ["-fps_mode", "cfr", "-threads", str(threads), "-movflags", "+faststart", "-f", "mp4", dst]
+    cmd += [*constant_rate_option(binary), "-threads", str(threads), "-movflags", "+faststart", "-f", "mp4", dst]
     return cmd
 
 

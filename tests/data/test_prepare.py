@@ -6,7 +6,15 @@ import torch
 
 from aim_video.data import decode
 from aim_video.data.annotations import parse_list_file
-from aim_video.data.prepare import build_lists, check_decodes, output_path, reencode_all, reencode_one
+from aim_video.data.prepare import (
+    build_lists,
+    check_decodes,
+    constant_rate_option,
+    ffmpeg_binary,
+    output_path,
+    reencode_all,
+    reencode_one,
+)
 from tests.data.conftest import decoded_frame_index, frame_code_video, make_video
 
 pytestmark = pytest.mark.skipif(not __import__("shutil").which("ffmpeg"), reason="needs ffmpeg: apt-get install ffmpeg")
@@ -210,3 +218,12 @@ def test_build_lists_writes_nothing_unless_every_split_reads(tmp_path):
         "classes.txt", "test.txt"]  # fmt: skip
     with pytest.raises(ValueError, match="without a train source the classes are unknown"):
         build_lists({"test": str(tmp_path / "test.csv")}, str(tmp_path / "test_videos"), str(tmp_path / "l2"))
+
+
+def test_constant_frame_rate_is_asked_for_in_the_spelling_the_ffmpeg_knows(tmp_path):
+    """FFmpeg 5.1+ says -fps_mode; 4.x (Ubuntu 22.04) only -vsync, and refuses every encode given -fps_mode."""
+    assert constant_rate_option(ffmpeg_binary()) == ("-fps_mode", "cfr")  # this machine's FFmpeg 5.1
+    old = tmp_path / "ffmpeg44"
+    old.write_text("#!/bin/sh\necho '-vsync            video sync method'\necho '-r rate           set frame rate'\n")
+    old.chmod(0o755)
+    assert constant_rate_option(str(old)) == ("-vsync", "cfr")
