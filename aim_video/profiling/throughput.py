@@ -17,7 +17,9 @@ as slow storage would be, used to check that the verdict follows the data wait.
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
+import gc
 import os
 import threading
 import time
@@ -43,11 +45,21 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _malloc_trim() -> None:
+    """Return the C heap's free pages to the system (glibc; a no-op elsewhere)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 class PeakMemory:
     """Context manager: peak memory in MiB of the code inside it, in `.peak_mib` after exit.
 
     CUDA: `torch.cuda.max_memory_allocated` after a reset. CPU: the largest resident set size of this process,
-    sampled every `interval_s` by a thread (worker processes of a loader are not included).
+    sampled every `interval_s` by a thread (worker processes of a loader are not included), after handing the
+    memory freed by earlier measurements back to the system (glibc's `malloc_trim`), so that a small batch measured
+    after a large one does not report the large one's leftovers.
     """
 
     def __init__(self, device: torch.device, interval_s: float = 0.005) -> None:
@@ -70,6 +82,8 @@ class PeakMemory:
             synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
         else:
+            gc.collect()
+            _malloc_trim()
             self._thread = threading.Thread(target=self._sample, daemon=True)
             self._thread.start()
         return self
@@ -115,7 +129,8 @@ def endless_batches(loader: DataLoader) -> Iterator[dict[str, Any]]:
 
 
 def loader_sweep(cfg: Config, workers: list[int], batches: int, delay_s: float = 0.0) -> list[dict[str, Any]]:
-    """Loader clips/s for each worker count: `batches` batches timed after one warm-up batch per worker.
+    """Loader clips/s for each worker count: `batches` batches (rounded up to whole rounds of one batch per worker)
+    timed after one warm-up batch per worker.
 
     Worker start-up (process spawn, first decode) is reported apart as `startup_s`, since training pays it once.
     """
@@ -130,6 +145,9 @@ def loader_sweep(cfg: Config, workers: list[int], batches: int, delay_s: float =
         startup = time.perf_counter() - start
         for _ in range(max(0, num_workers - 1)):  # one batch per worker: every worker is running before timing
             next(stream)
+        # workers deliver in rounds of one batch each: time whole rounds (10 batches from 4 workers would time 3
+        # rounds' work as 2.5 and read 0.8x the rate)
+        batches = -(-batches // num_workers) * num_workers if num_workers > 0 else batches
         clips = failures = 0
         start = time.perf_counter()
         for _ in range(batches):
@@ -243,7 +261,9 @@ def end_to_end(
 ) -> dict[str, Any]:
     """`steps` real training steps from the configured loader: clips/s and the share of time waiting for data.
 
-    The first batch (worker start-up) and its step are a warm-up and not timed. With `trace_dir`, `trace_steps`
+    The warm-up is not timed: the first batch (worker start-up) and then as many steps as the loader holds batches
+    ahead (workers x prefetch factor), so that what the workers prefetched during the slow first step is used up
+    before timing (else a short run reads a loader-bound step as compute-bound). With `trace_dir`, `trace_steps`
     more steps run under torch.profiler and a Chrome trace plus a table of the costliest ops are written there.
     """
     loader = profiling_loader(cfg, None, delay_s)
@@ -257,7 +277,9 @@ def end_to_end(
         return int(video.shape[0])
 
     model.train()
-    compute(next(stream))  # warm-up: worker start-up and the first step
+    warmup = 1 + (d.num_workers * d.prefetch_factor if d.num_workers > 0 else 0)
+    for _ in range(warmup):  # worker start-up, the first step, then the backlog prefetched meanwhile
+        compute(next(stream))
     wait = busy = 0.0
     clips = failures = 0
     for _ in range(steps):
@@ -270,6 +292,7 @@ def end_to_end(
         busy += time.perf_counter() - got
     result = {
         "steps": steps,
+        "warmup_steps": warmup,
         "batch_size": d.batch_size,
         "workers": d.num_workers,
         "clips_per_s": clips / (wait + busy),

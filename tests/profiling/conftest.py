@@ -56,7 +56,7 @@ def tiny_config(root: str, *overrides: str) -> Config:
             "model.head_dropout=0.0",
             "train.precision=fp32",
             "profile.max_workers=2",
-            "profile.loader_batches=2",
+            "profile.loader_batches=3",  # 2 workers time 4: whole rounds
             "profile.batch_sizes=[1,2]",
             "profile.steps=3",
             "profile.warmup=1",

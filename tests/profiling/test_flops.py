@@ -66,6 +66,10 @@ def test_model_flops_per_clip_forward_and_training() -> None:
     # the frozen backbone computes no weight gradients: a training step costs well under 3x the forward
     assert 1.5 * flops["forward"] < flops["train"] < 3 * flops["forward"]
     assert all(p.grad is None for p in model.parameters())  # counting leaves no gradients behind
+    # gradient checkpointing recomputes each block's forward in the backward: the hardware's work, not the model's
+    model.set_grad_checkpointing(True)
+    assert model_flops_per_clip(model, t, 32, torch.device("cpu"), torch.float32) == flops
+    assert model.grad_checkpointing  # and the model keeps it
 
 
 def test_peak_table_and_mfu() -> None:

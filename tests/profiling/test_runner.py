@@ -29,6 +29,7 @@ def test_profile_json_has_every_field_with_sane_values(baseline: dict) -> None:
     assert 0 < r["params"]["trainable_share"] < 1
     assert r["flops"]["train_per_clip"] > r["flops"]["forward_per_clip"] > 0
     assert [row["workers"] for row in r["loader"]] == [1, 2]
+    assert [row["batches"] for row in r["loader"]] == [3, 4]  # profile.loader_batches=3 in whole rounds of workers
     for row in r["loader"]:
         assert row["clips_per_s"] > 0 and row["batch_ms"] > 0 and row["startup_s"] > 0
         assert row["failed_loads"] == 0
@@ -44,6 +45,7 @@ def test_profile_json_has_every_field_with_sane_values(baseline: dict) -> None:
     assert r["memory_kind"] == ("cuda_max_allocated" if CUDA else "rss")
     e2e = r["end_to_end"]
     assert e2e["steps"] == 3 and e2e["batch_size"] == 4 and e2e["workers"] == 1
+    assert e2e["warmup_steps"] == 1 + 1 * r["resolved_config"]["data"]["prefetch_factor"]  # the prefetched backlog
     assert 0 <= e2e["data_wait_share"] < 1
     assert e2e["compute_clips_per_s"] >= e2e["clips_per_s"] > 0
     assert e2e["train_tflops"] > 0 and (e2e["mfu"] is None) is not CUDA
