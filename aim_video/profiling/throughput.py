@@ -211,10 +211,11 @@ def model_sweep(
     warmup: int,
     steps: int,
 ) -> list[dict[str, Any]]:
-    """Training-step and inference clips/s and peak memory per batch size; stops at the first CUDA out-of-memory."""
+    """Training-step and inference clips/s and peak memory per batch size, smallest first; stops at the first CUDA
+    out-of-memory (a larger batch would not fit either), which its row reports."""
     d = cfg.data
     results: list[dict[str, Any]] = []
-    for batch_size in batch_sizes:
+    for batch_size in sorted(set(batch_sizes)):
         row: dict[str, Any] = {"batch_size": batch_size, "oom": False}
         # synthetic clips with the statistics of normalised frames: uint8 noise, normalised like real batches
         raw = torch.randint(0, 256, (batch_size, d.num_frames, 3, d.input_size, d.input_size), dtype=torch.uint8)
