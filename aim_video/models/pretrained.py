@@ -1,7 +1,8 @@
 """Image-model weights from a local path into an AIM model's frozen backbone, failing loudly on any mismatch.
 
 Layouts read: OpenAI CLIP (the TorchScript ``.pt`` archive or a plain state dict, keys under ``visual.`` or bare,
-fp16, extra integer entries, text tower ignored), OpenCLIP, and timm (``.pth``/``.bin``, ``.safetensors``, a Hugging
+fp16, extra integer entries, text tower ignored), OpenCLIP (the same layout; QuickGELU or GELU as the
+``open_clip_config.json`` beside it says), and timm (``.pth``/``.bin``, ``.safetensors``, a Hugging
 Face cache or snapshot folder). timm's own ``checkpoint_filter_fn`` converts CLIP keys and resamples position
 embeddings to the model's input size (a checkpoint of another patch size is refused). After conversion the model's
 missing keys must be exactly the parameters AIM adds (adapters, temporal embedding, head) and nothing may be
@@ -105,11 +106,6 @@ def to_timm_layout(state: dict[str, torch.Tensor], backbone: torch.nn.Module) ->
     if "visual.class_embedding" in state:
         layout = "openai-clip"
         state = {k: v for k, v in state.items() if k.startswith("visual.")}  # the text tower is not used
-        if not isinstance(backbone.blocks[0].mlp.act, QuickGELU):
-            raise PretrainedLoadError(
-                "OpenAI CLIP weights need QuickGELU: pick a *_clip_quickgelu_* architecture "
-                f"(e.g. vit_base_patch16_clip_quickgelu_224), not {type(backbone.blocks[0].mlp.act).__name__}"
-            )
     elif any(k.startswith("visual.trunk.") for k in state):
         layout = "openclip-timm"
     _check_patch_size(state, backbone)
@@ -146,6 +142,27 @@ def openai_weights(path: str, file: str) -> bool:
     return hub_pretrained_cfg(file).get("tag") == "openai"
 
 
+OPEN_CLIP_FILES = ("open_clip_pytorch_model.bin", "open_clip_model.safetensors")
+
+
+def openai_layout_quick_gelu(file: str) -> bool | None:
+    """Whether weights in the OpenAI CLIP layout were trained with QuickGELU. OpenAI's own are (the TorchScript
+    release and its state-dict copies); OpenCLIP writes the same layout for its models, most of which (LAION,
+    DataComp) use GELU, and says which in the `open_clip_config.json` beside the file (`model_cfg.quick_gelu`,
+    false when absent). None: an OpenCLIP-named file without that config, which could be either."""
+    config = os.path.join(os.path.dirname(file), "open_clip_config.json")
+    if os.path.isfile(config):
+        try:
+            with open(config, encoding="utf-8") as f:
+                model_cfg = json.load(f).get("model_cfg", {})
+            return bool(model_cfg.get("quick_gelu", False))
+        except (OSError, ValueError, AttributeError) as err:
+            raise PretrainedLoadError(f"cannot read {config}: {err}") from err
+    if os.path.basename(file) in OPEN_CLIP_FILES:
+        return None
+    return True
+
+
 def hub_pretrained_cfg(file: str) -> dict:
     """`pretrained_cfg` of the timm / Hugging Face config.json beside a weight file ({} when there is none)."""
     config = os.path.join(os.path.dirname(file), "config.json")
@@ -168,7 +185,33 @@ def load_pretrained(model: torch.nn.Module, path: str) -> dict[str, list[str]]:
     file = resolve_weight_file(path)
     backbone = model.backbone
     state, layout = to_timm_layout(read_state_dict(file), backbone)
-    if layout != "openai-clip" and openai_weights(path, file) and not isinstance(backbone.blocks[0].mlp.act, QuickGELU):
+    act = type(backbone.blocks[0].mlp.act).__name__
+    quick = isinstance(backbone.blocks[0].mlp.act, QuickGELU)
+    if layout == "openai-clip":
+        trained_quick = openai_layout_quick_gelu(file)
+        if trained_quick is None:
+            log.warning(
+                "%s: CLIP weights in the OpenAI layout without the open_clip_config.json that says whether they were "
+                "trained with QuickGELU (OpenAI's) or GELU (most OpenCLIP models): using model.arch's %s",
+                file,
+                act,
+            )
+        elif trained_quick != quick:
+            config = os.path.join(os.path.dirname(file), "open_clip_config.json")
+            source = (
+                f"{config} says quick_gelu={trained_quick}"
+                if os.path.isfile(config)
+                else "OpenAI's CLIP weights were trained with QuickGELU"
+            )
+            want = (
+                "a *_clip_quickgelu_* architecture (e.g. vit_base_patch16_clip_quickgelu_224)"
+                if trained_quick
+                else "the GELU CLIP architecture (e.g. vit_base_patch16_clip_224)"
+            )
+            raise PretrainedLoadError(
+                f"{file}: {source}, but model.arch builds a ViT with {act}: pick {want}; its outputs would differ"
+            )
+    elif openai_weights(path, file) and not quick:
         raise PretrainedLoadError(
             f"{file} holds OpenAI's CLIP weights (tagged 'openai'), which need QuickGELU: pick the *_clip_quickgelu_* "
             f"architecture (e.g. vit_base_patch16_clip_quickgelu_224) rather than the {type(backbone).__name__} with "

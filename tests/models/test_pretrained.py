@@ -120,6 +120,31 @@ def test_openai_weights_need_quickgelu(clip_vit, tmp_path) -> None:
         build_model(tiny_cfg(arch="vit_base_patch16_clip_224", pretrained=path), NUM_FRAMES)
 
 
+def test_openclip_weights_take_the_activation_their_config_names(tmp_path) -> None:
+    """OpenCLIP writes the OpenAI layout for its own models too, most of them (LAION) with GELU: its
+    open_clip_config.json decides, and loading into the wrong activation is refused, both ways."""
+    gelu = "vit_base_patch16_clip_224"
+    laion = random_vit(arch=gelu, seed=3)
+    with torch.no_grad():  # the layout's writer stores fp16, as OpenAI and OpenCLIP ship
+        for p in laion.parameters():
+            p.copy_(p.half().float())
+    folder = tmp_path / "laion"
+    folder.mkdir()
+    torch.save(openai_full_state(laion), str(folder / "open_clip_pytorch_model.bin"))
+    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": {"embed_dim": 64, "vision_cfg": {}}}))
+    model = build_model(tiny_cfg(arch=gelu, pretrained=str(folder)), NUM_FRAMES)
+    ours, theirs = model.backbone.state_dict(), laion.state_dict()
+    for key in ("blocks.1.attn.qkv.weight", "blocks.0.mlp.fc1.bias", "norm_pre.weight", "pos_embed", "norm.weight"):
+        assert torch.equal(ours[key], theirs[key]), key
+    with pytest.raises(PretrainedLoadError, match="quick_gelu=False, but model.arch builds a ViT with QuickGELU"):
+        build_model(tiny_cfg(pretrained=str(folder)), NUM_FRAMES)
+    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": {"quick_gelu": True}}))
+    with pytest.raises(PretrainedLoadError, match="quick_gelu=True, but .* GELU: pick a \\*_clip_quickgelu_\\*"):
+        build_model(tiny_cfg(arch=gelu, pretrained=str(folder)), NUM_FRAMES)
+    (folder / "open_clip_config.json").unlink()  # cannot tell: the architecture asked for, with a warning
+    build_model(tiny_cfg(arch=gelu, pretrained=str(folder)), NUM_FRAMES)
+
+
 def test_timm_layout_openai_weights_need_quickgelu_too(clip_vit, tmp_path) -> None:
     """timm's own `*_clip_quickgelu_224.openai` weights live in the repository named after the GELU architecture
     (timm/vit_base_patch16_clip_224.openai): loading them into that architecture gives other outputs, silently."""
