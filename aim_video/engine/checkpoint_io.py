@@ -35,6 +35,7 @@ import os
 import re
 import shutil
 import sys
+import time
 from typing import Any
 
 import torch
@@ -165,6 +166,12 @@ def is_complete(path: str) -> bool:
     return os.path.isfile(os.path.join(path, "meta.json")) and os.path.isdir(os.path.join(path, DS_TAG))
 
 
+def _saved_at(path: str) -> tuple[float, str]:
+    """When a checkpoint was saved (meta.json's `saved_at`; its modification time for older ones), then its name."""
+    saved = read_meta(path).get("saved_at")
+    return (float(saved) if saved is not None else os.path.getmtime(os.path.join(path, "meta.json")), path)
+
+
 def read_meta(path: str) -> dict[str, Any]:
     with open(os.path.join(path, "meta.json")) as f:
         return json.load(f)
@@ -193,7 +200,7 @@ class CheckpointManager:
         return [os.path.join(self.root, n) for n in names if is_complete(os.path.join(self.root, n))]
 
     def latest(self) -> str | None:
-        """The checkpoint `latest` names (falls back to the newest complete folder if the pointer is unusable)."""
+        """The checkpoint `latest` names (falls back to the last saved complete folder if the pointer is unusable)."""
         pointer = os.path.join(self.root, "latest")
         if os.path.isfile(pointer):
             with open(pointer) as f:
@@ -201,7 +208,7 @@ class CheckpointManager:
             if is_complete(path):
                 return path
         found = self.complete_checkpoints()
-        return found[-1] if found else None
+        return max(found, key=_saved_at) if found else None
 
     def best(self) -> dict[str, Any] | None:
         path = os.path.join(self.root, "best.json")
@@ -258,6 +265,8 @@ class CheckpointManager:
                 "micro_per_epoch": self.micro_per_epoch,
                 "precision": cfg.train.precision,
                 "metric": metric,
+                # keep_last keeps the latest saves: after a resume from an earlier checkpoint not the highest steps
+                "saved_at": time.time(),
                 **(extra or {}),
             }
             save_trainable(
@@ -287,7 +296,7 @@ class CheckpointManager:
             _fsync_dir(self.root)
             _atomic_write_text(os.path.join(self.root, "latest"), name)
             self._update_best()
-            self._prune()
+            self._prune(final)
         barrier()
         return final
 
@@ -303,11 +312,14 @@ class CheckpointManager:
         elif os.path.exists(path):
             os.remove(path)
 
-    def _prune(self) -> None:
+    def _prune(self, just_saved: str) -> None:
+        """Keep the `keep_last` latest saves (the one just made among them) and the best; by when they were saved,
+        not by step: after a resume from an earlier checkpoint the new saves have lower steps than the abandoned
+        run's, and ranking by step deleted each new save right after `latest` was pointed at it."""
         best = self.best()
         keep_best = os.path.join(self.root, best["name"]) if best else None
-        done = self.complete_checkpoints()
-        for path in done[: -self.keep_last]:
+        others = sorted((p for p in self.complete_checkpoints() if p != just_saved), key=_saved_at)
+        for path in others[: max(0, len(others) - (self.keep_last - 1))]:
             if path != keep_best:
                 shutil.rmtree(path, ignore_errors=True)
 

@@ -112,6 +112,23 @@ def test_layout_pointer_pruning_and_best(world, tmp_path):
     assert "head.weight" in states["module"]
 
 
+def test_after_a_resume_from_an_earlier_checkpoint_keep_last_keeps_the_new_saves(world, tmp_path):
+    """keep_last counts saves, not steps: resumed from step 2 with steps 4 and 5 on disk, the save at step 3 is the
+    newest and stays (ranked by step it was deleted right after `latest` was pointed at it)."""
+    cfg = load_config(None, ["train.precision=fp32", "data.batch_size=2"])
+    engine = _engine(cfg, seed=0)
+    root = str(tmp_path / "ckpt")
+    manager = CheckpointManager(root, keep_last=2, rank=0, world_size=1)
+    for step in (2, 4, 5):
+        manager.save(engine, cfg, step=step, epoch=0, batches_done=step)
+    assert sorted(n for n in os.listdir(root) if n.startswith("step_")) == ["step_00000004", "step_00000005"]
+    manager.save(engine, cfg, step=3, epoch=0, batches_done=3)  # the resumed run's first save
+    assert sorted(n for n in os.listdir(root) if n.startswith("step_")) == ["step_00000003", "step_00000005"]
+    assert manager.latest().endswith("step_00000003") and manager.resolve_resume("auto").endswith("step_00000003")
+    os.remove(os.path.join(root, "latest"))  # without the pointer: the last save, not the highest step
+    assert manager.latest().endswith("step_00000003")
+
+
 def test_interrupted_save_is_ignored_and_cleaned(world, tmp_path):
     cfg = load_config(None, ["train.precision=fp32", "data.batch_size=2"])
     engine = _engine(cfg, seed=0)
