@@ -125,3 +125,20 @@ def test_a_world_of_one_picks_another_port_when_its_free_port_was_taken_meanwhil
     env.update(DS_ACCELERATOR="cpu", PYTHONPATH=os.getcwd())
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert "WORLD 1 True" in out.stdout, out.stderr[-2000:]
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA device")
+def test_the_cuda_rng_state_is_this_devices_and_older_per_device_lists_restore() -> None:
+    import torch
+
+    from aim_video.engine.distributed import rng_state, set_rng_state
+
+    torch.cuda.manual_seed(7)
+    state = rng_state()
+    assert isinstance(state["cuda"], torch.Tensor)  # one device's state, restorable under any number of GPUs
+    expected = torch.rand(3, device="cuda")
+    set_rng_state(state)
+    assert torch.equal(torch.rand(3, device="cuda"), expected)
+    set_rng_state({**state, "cuda": [state["cuda"]] * (torch.cuda.current_device() + 1)})  # an older checkpoint
+    assert torch.equal(torch.rand(3, device="cuda"), expected)
+    set_rng_state({**state, "cuda": []})  # saved on fewer visible devices than this rank's index: left as it is
