@@ -128,9 +128,11 @@ def build_engine(
     groups = build_param_groups(model, names, lr, cfg.train.weight_decay, cfg.train.backbone_lr_mult)
     optimizer = build_optimizer(groups, lr, cfg.train.betas)
     total = max(1, round(cfg.train.epochs * steps_per_epoch))
-    if cfg.train.max_steps > 0:
-        total = min(total, cfg.train.max_steps)
-    warmup = min(total, max(1, round(cfg.train.warmup_epochs * steps_per_epoch)))
+    warmup = round(cfg.train.warmup_epochs * steps_per_epoch)
+    if 0 < cfg.train.max_steps < total:  # the whole schedule fitted into max_steps: warm-up keeps its share
+        warmup = round(cfg.train.max_steps * cfg.train.warmup_epochs / max(cfg.train.epochs, 1e-9))
+        total = cfg.train.max_steps
+    warmup = min(total, max(1, warmup))
     scheduler = build_scheduler(optimizer, warmup, total, cfg.train.min_lr / lr if lr > 0 else 0.0)
     engine, _, _, _ = deepspeed.initialize(
         model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config, dist_init_required=False

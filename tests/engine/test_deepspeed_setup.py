@@ -80,3 +80,20 @@ def test_a_precision_the_device_lacks_is_refused_with_the_alternative(tiny):
     cfg = load_config(None, ["train.precision=fp16", "data.batch_size=2"])
     with pytest.raises(EngineSetupError, match="train.precision=fp16 is not supported on this device .* use train.pre"):
         build_engine(cfg, tiny, steps_per_epoch=4, world_size=1, ds_config=derive_ds_config(cfg, 1))
+
+
+@pytest.mark.parametrize(
+    ("max_steps", "warmup", "total"),
+    [(-1, 250, 1000), (40, 10, 40), (2000, 250, 1000)],  # 10 epochs of 100 steps, warm-up 2.5 epochs
+)
+def test_max_steps_fits_the_whole_schedule_warm_up_included(tiny, max_steps, warmup, total):
+    """train.max_steps shortens the schedule: warm-up keeps its share of it (else a 40-step smoke run of a 2.5-epoch
+    warm-up recipe was warm-up only and never reached the cosine)."""
+    from aim_video.engine.deepspeed_setup import build_engine
+    from aim_video.engine.distributed import init_distributed
+
+    init_distributed()
+    overrides = ["train.precision=fp32", "data.batch_size=2", "train.epochs=10", "train.warmup_epochs=2.5"]
+    cfg = load_config(None, [*overrides, f"train.max_steps={max_steps}"])
+    _, summary = build_engine(cfg, tiny, steps_per_epoch=100, world_size=1, ds_config=derive_ds_config(cfg, 1))
+    assert (summary["warmup_steps"], summary["total_steps"]) == (warmup, total)
