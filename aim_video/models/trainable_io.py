@@ -118,10 +118,11 @@ def load_trainable(model: torch.nn.Module, path: str) -> dict[str, str]:
             "on. Is model.pretrained the file training used (an empty one leaves the backbone random)?"
         )
     params = dict(model.named_parameters())
-    for name, tensor in tensors.items():
-        if params[name].shape != tensor.shape:
-            expected_shape = tuple(params[name].shape)
-            raise ValueError(f"{path}: '{name}' has shape {tuple(tensor.shape)}, model expects {expected_shape}")
-        with torch.no_grad():
+    wrong = [f"'{n}' has shape {tuple(t.shape)}, model expects {tuple(params[n].shape)}"
+             for n, t in tensors.items() if params[n].shape != t.shape]  # fmt: skip
+    if wrong:  # checked before anything is copied: a refused file leaves the model as it was
+        raise ValueError(f"{path}: {'; '.join(wrong[:5])} ({len(wrong)} tensors; trained with other frames/classes?)")
+    with torch.no_grad():
+        for name, tensor in tensors.items():
             params[name].copy_(tensor)
     return meta

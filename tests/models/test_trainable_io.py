@@ -35,3 +35,22 @@ def test_a_cut_or_foreign_file_is_named_not_a_safetensors_traceback(tmp_path) ->
     junk.write_bytes(os.urandom(5000))
     with pytest.raises(ValueError, match=r"rand.safetensors cannot be read as safetensors .*export it again"):
         read_trainable(str(junk))
+
+
+def test_a_file_of_another_frame_count_is_refused_before_anything_is_copied(tmp_path) -> None:
+    import torch
+
+    from aim_video.models.trainable_io import load_trainable
+    from tests.models.conftest import perturb_adapters
+
+    trained = build_model(tiny_cfg(), NUM_FRAMES)
+    perturb_adapters(trained)
+    path = save_trainable(trained, str(tmp_path / "trainable.safetensors"), {"step": 3})
+    other = build_model(tiny_cfg(), 2 * NUM_FRAMES)
+    trainable = set(trained.trainable_parameter_names())
+    other.load_state_dict({k: v for k, v in trained.state_dict().items() if k not in trainable}, strict=False)
+    before = {k: v.clone() for k, v in other.state_dict().items()}
+    shapes = r"'temporal_embed' has shape \(1, 4, 64\), model expects \(1, 8, 64\)"
+    with pytest.raises(ValueError, match=shapes):
+        load_trainable(other, path)
+    assert all(torch.equal(v, before[k]) for k, v in other.state_dict().items())  # untouched: adapters, head too
