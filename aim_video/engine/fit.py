@@ -376,7 +376,7 @@ def _fit(cfg: Config, resume: str, stop_signals: bool) -> dict[str, Any]:
                 log.event("eval", epoch=state.epoch, step=state.step, **result)
                 log.scalars(state.step, "val", {k: v for k, v in result.items() if isinstance(v, float)})
         if (finished and (state.epoch + 1) % max(1, cfg.train.save_every) == 0) or last_epoch:
-            if last_saved != state.step:
+            if last_saved != state.step or metric is not None:  # a step save here holds no metric: best.json needs it
                 manager.save(engine, cfg, state.step, state.epoch, state.batches_done, metric=metric)
                 last_saved = state.step
             fault_point("after_epoch_save", state.step, info.rank)
@@ -389,6 +389,14 @@ def _fit(cfg: Config, resume: str, stop_signals: bool) -> dict[str, Any]:
 
     export = os.path.join(out, "model_trainable.safetensors")
     summary_path = os.path.join(out, "train_summary.json")
+    if totals["epochs_run"] == 0 and resumed_from and not os.path.isfile(summary_path) and cfg.train.eval_every >= 0:
+        # stopped by a signal at its very last step: training is done but its final evaluation never ran
+        result = run_evaluation(engine, cfg, info, eval_cache)
+        if result is not None:
+            results.append({"epoch": state.epoch, "step": state.step, **result})
+            log.event("eval", epoch=state.epoch, step=state.step, **result)
+            log.scalars(state.step, "val", {k: v for k, v in result.items() if isinstance(v, float)})
+            manager.save(engine, cfg, state.step, state.epoch, state.batches_done, metric=result.get("top1"))
     if totals["epochs_run"] == 0 and resumed_from and os.path.isfile(summary_path):
         # resumed at the end of training: nothing ran, so the finished run's summary and export stay as they are
         note = f"nothing to train: {resumed_from} had already reached the end (train.epochs / train.max_steps)"
@@ -428,7 +436,9 @@ def _fit(cfg: Config, resume: str, stop_signals: bool) -> dict[str, Any]:
         },
     }
     if totals["epochs_run"] == 0:
-        summary["note"] = "nothing to train: the resumed checkpoint had already reached the end"
+        summary["note"] = "nothing to train: the resumed checkpoint had already reached the end" + (
+            "; its final evaluation ran now" if results else ""
+        )
     elif last_stats:
         summary["last_epoch"] = last_stats
     log.event("end", **{k: v for k, v in summary.items() if k != "eval"})

@@ -133,3 +133,30 @@ def test_a_zero_run_stopped_inside_an_epoch_goes_on_on_other_ranks_as_if_never_s
     assert sorted(got) == [1, 2, 3, 4, 5, 6]
     for step in got:
         assert abs(got[step] - expected[step]) < 1e-6, (step, got[step], expected[step])
+
+
+def test_the_final_evaluation_reaches_best_json_after_a_step_save_or_a_stop_at_the_last_step(video_root, tmp_path):
+    """The final evaluation's metric must reach the last checkpoint and best.json: (a) a step save that lands on
+    train.max_steps used to keep the checkpoint without it; (b) a stop signal at the very last step skipped the
+    evaluation, and the resume found nothing to train."""
+    sections = {"data": {"train_list": os.path.join(video_root, "train12.txt"),
+                         "val_list": os.path.join(video_root, "train12.txt"), "test_num_clips": 1},
+                "train": {"epochs": 1, "eval_every": 0}}  # fmt: skip
+    cfg_path = tiny_config(str(tmp_path), video_root, **sections)
+    step_saved = str(tmp_path / "step_saved")
+    run = launch(cfg_path, f"output_dir={step_saved}", "train.max_steps=2", "train.save_every_steps=2")
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    evals = [r for r in read_log(step_saved) if r["event"] == "eval"]
+    best = open(os.path.join(step_saved, "checkpoints", "best.json")).read()
+    assert len(evals) == 1 and '"name": "step_00000002"' in best and str(evals[0]["top1"]) in best
+
+    stopped_out = str(tmp_path / "stopped")  # 3 steps per epoch: stopped after the last one
+    last_step = {"AIM_VIDEO_FAULT": "after_step@3:rank0:signal=SIGUSR1"}
+    stopped = launch(cfg_path, f"output_dir={stopped_out}", env=last_step)
+    assert stopped.returncode == 128 + signal.SIGUSR1, stopped.stderr[-3000:]
+    assert not [r for r in read_log(stopped_out) if r["event"] == "eval"]
+    resumed = launch(cfg_path, f"output_dir={stopped_out}", resume="auto")
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    evals = [r for r in read_log(stopped_out) if r["event"] == "eval"]
+    assert len(evals) == 1 and evals[0]["step"] == 3
+    assert '"name": "step_00000003"' in open(os.path.join(stopped_out, "checkpoints", "best.json")).read()
