@@ -332,6 +332,16 @@ def _fit(cfg: Config, resume: str, stop_signals: bool) -> dict[str, Any]:
             log.event("stopped", signal=signal.Signals(signum).name, step=s.step, epoch=s.epoch)
             raise TrainingStopped(signum, s.step)
 
+    def evaluate_now() -> float | None:
+        """Evaluate on the val list, log and keep the result; its top-1 (None without a val list)."""
+        result = run_evaluation(engine, cfg, info, eval_cache)
+        if result is None:
+            return None
+        results.append({"epoch": state.epoch, "step": state.step, **result})
+        log.event("eval", epoch=state.epoch, step=state.step, **result)
+        log.scalars(state.step, "val", {k: v for k, v in result.items() if isinstance(v, float)})
+        return result.get("top1")
+
     max_steps = cfg.train.max_steps
     while state.epoch < cfg.train.epochs and (max_steps <= 0 or state.step < max_steps):
         batches = epoch_batches(loader, state.epoch, state.batches_done, cfg.train.seed, info.rank)
@@ -369,12 +379,7 @@ def _fit(cfg: Config, resume: str, stop_signals: bool) -> dict[str, Any]:
         metric = None
         every = cfg.train.eval_every
         if (finished and every > 0 and (state.epoch + 1) % every == 0) or (last_epoch and every >= 0):
-            result = run_evaluation(engine, cfg, info, eval_cache)
-            if result is not None:
-                metric = result.get("top1")
-                results.append({"epoch": state.epoch, "step": state.step, **result})
-                log.event("eval", epoch=state.epoch, step=state.step, **result)
-                log.scalars(state.step, "val", {k: v for k, v in result.items() if isinstance(v, float)})
+            metric = evaluate_now()
         if (finished and (state.epoch + 1) % max(1, cfg.train.save_every) == 0) or last_epoch:
             if last_saved != state.step or metric is not None:  # a step save here holds no metric: best.json needs it
                 manager.save(engine, cfg, state.step, state.epoch, state.batches_done, metric=metric)
@@ -391,12 +396,8 @@ def _fit(cfg: Config, resume: str, stop_signals: bool) -> dict[str, Any]:
     summary_path = os.path.join(out, "train_summary.json")
     if totals["epochs_run"] == 0 and resumed_from and not os.path.isfile(summary_path) and cfg.train.eval_every >= 0:
         # stopped by a signal at its very last step: training is done but its final evaluation never ran
-        result = run_evaluation(engine, cfg, info, eval_cache)
-        if result is not None:
-            results.append({"epoch": state.epoch, "step": state.step, **result})
-            log.event("eval", epoch=state.epoch, step=state.step, **result)
-            log.scalars(state.step, "val", {k: v for k, v in result.items() if isinstance(v, float)})
-            manager.save(engine, cfg, state.step, state.epoch, state.batches_done, metric=result.get("top1"))
+        if (metric := evaluate_now()) is not None:
+            manager.save(engine, cfg, state.step, state.epoch, state.batches_done, metric=metric)
     if totals["epochs_run"] == 0 and resumed_from and os.path.isfile(summary_path):
         # resumed at the end of training: nothing ran, so the finished run's summary and export stay as they are
         note = f"nothing to train: {resumed_from} had already reached the end (train.epochs / train.max_steps)"
