@@ -109,11 +109,31 @@ class ForkWorker:
         self.pid, self.owner, self._conn, self.shared = None, None, None, None
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> None:
-        """Send a call without waiting; `fn` must be a module-level function (it is pickled by reference)."""
+        """Send a call without waiting; `fn` must be a module-level function (it is pickled by reference).
+
+        A child that died while idle (killed for memory, say) is reaped and replaced first: sending to it would
+        fail with a broken pipe, and every later call of this process with it."""
+        if self.alive() and self._exited():
+            self.pid = None  # reaped by _exited
+            self.kill()  # closes the pipe and the shared memory
         if not self.alive():
             self.start()
         assert self._conn is not None
-        self._conn.send((fn, args))
+        try:
+            self._conn.send((fn, args))
+        except (BrokenPipeError, ConnectionResetError):  # died between the check and the send
+            self.kill()
+            self.start()
+            self._conn.send((fn, args))
+
+    def _exited(self) -> bool:
+        """Whether the child has ended since its last call (reaping it if so)."""
+        assert self.pid is not None
+        try:
+            pid, _ = os.waitpid(self.pid, os.WNOHANG)
+        except ChildProcessError:
+            return True
+        return pid != 0
 
     def result(self, timeout_s: float) -> Any:
         """Wait for the answer to the last `submit`; kill the child on timeout or death."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import time
 
 import pytest
@@ -66,6 +67,21 @@ def test_child_death_is_reported():
         worker.call(_crash, None, timeout_s=10)
     assert worker.call(_nap, 0.0, timeout_s=10) == 0.0  # restarted
     worker.kill()
+
+
+def test_a_child_that_died_between_reads_is_replaced_and_reaped(clean):
+    """Killed while idle (out of memory, say): the next read starts a new child instead of failing on a broken pipe,
+    and the dead one is not left a zombie."""
+    decode.read_frames(clean, [0], "decord", timeout_s=30)
+    worker = watchdog.worker_for_this_process()
+    dead = worker.pid
+    os.kill(dead, signal.SIGKILL)
+    time.sleep(0.2)
+    clip = decode.read_frames(clean, [7, 3], "decord", timeout_s=30)
+    ref = sequential_frames(clean)
+    assert mean_abs_diff(clip[0], ref[7]) < 1.0 and mean_abs_diff(clip[1], ref[3]) < 1.0
+    assert worker.pid not in (None, dead)
+    assert not os.path.exists(f"/proc/{dead}")  # reaped: no zombie left
 
 
 class _Clips(torch.utils.data.Dataset):
