@@ -79,18 +79,21 @@ class TrainClipDataset(Dataset):
         self.repeated_aug = repeated_aug
         self.max_retries = max_retries
         self.read_options = {"seek_mode": seek_mode, "device": decode_device, "timeout_s": timeout_s or None}
-        self._rng: np.random.Generator | None = None
+        self._rng: np.random.Generator | None = None  # the worker's stream (items without a seed)
         self._rng_seed: int | None = None
+        self._item: tuple[int, int] | None = None  # (seed, attempt) of the seeded item being read
         self._known_bad: dict[int, str] = {}  # per worker: videos that failed once are not decoded again
 
     def __len__(self) -> int:
         return len(self.records)
 
     def rng(self) -> np.random.Generator:
-        """Sampling RNG: the current item's (seeded by `SeededSampler`), else seeded from the worker's seed, so
-        workers never draw the same clips."""
-        if self._rng is not None and self._rng_seed is None:  # an item's own stream
-            return self._rng
+        """Sampling RNG. A seeded item's (`SeededSampler`): a fresh generator of (seed, attempt) at every call, so a
+        clip depends on its seed, the attempt and the frame count alone, not on what this worker read before (a read
+        retried once a short file's real count is known samples as a worker that knew it would). Else the worker's
+        stream, seeded from the worker's seed, so workers never draw the same clips."""
+        if self._item is not None:
+            return np.random.default_rng(self._item)
         seed = worker_seed()
         if self._rng is None or seed != self._rng_seed:
             self._rng, self._rng_seed = np.random.default_rng(seed), seed
@@ -121,18 +124,25 @@ class TrainClipDataset(Dataset):
         not change with data.num_workers)."""
         if isinstance(item, tuple):
             index, seed = item
-            self._rng, self._rng_seed = np.random.default_rng(seed), None  # this item's stream (retries too)
             with torch.random.fork_rng(devices=[]):  # transforms draw from torch's CPU RNG: seed it, put it back
                 torch.manual_seed(seed)
-                return self._get(index)
-        if self._rng is not None and self._rng_seed is None:  # after seeded items: back to the worker's stream
-            self._rng = None
-        return self._get(item)
+                try:
+                    return self._get(index, seed)
+                finally:
+                    self._item = None
+        return self._get(item, None)
 
-    def _get(self, index: int) -> dict:
+    def _replacement(self, seed: int | None, attempt: int) -> int:
+        """The video tried after a failure: of (seed, attempt) for a seeded item, whatever this worker knew to be
+        bad already (a video skipped as known bad draws the same replacement as one read and failing)."""
+        rng = self.rng() if seed is None else np.random.default_rng((seed, attempt, 1))
+        return int(rng.integers(len(self.records)))
+
+    def _get(self, index: int, seed: int | None) -> dict:
         failures: list[str] = []
         current = index
-        for _ in range(self.max_retries + 1):
+        for attempt in range(self.max_retries + 1):
+            self._item = None if seed is None else (seed, attempt)
             if current in self._known_bad:
                 failures.append(f"{self.records[current].path}: {self._known_bad[current]}")
             else:
@@ -152,7 +162,7 @@ class TrainClipDataset(Dataset):
                     reason = failure_reason(err)
                     self._known_bad[current] = reason
                     failures.append(f"{self.records[current].path}: {reason}")
-            current = int(self.rng().integers(len(self.records)))
+            current = self._replacement(seed, attempt)
         raise RuntimeError(
             f"{len(failures)} videos in a row failed to load (data.max_retries={self.max_retries}); "
             "the data set is mostly unreadable. Failures:\n  " + "\n  ".join(failures)

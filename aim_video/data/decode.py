@@ -456,11 +456,14 @@ def read_frames(
         _FALLBACKS[path] = f"read with {fallback}: {err.reason}"
     try:
         limit = reader.num_frames if num_frames is None else min(num_frames, reader.num_frames or num_frames)
-        if path in _DISCOVERED:
-            limit = min(limit, _DISCOVERED[path][1])
-        if limit <= 0:
+        real_count = _DISCOVERED[path][1] if path in _DISCOVERED else limit  # found short by an earlier read here
+        if min(limit, real_count) <= 0:
             raise VideoReadError(path, "no decodable frames")
-        chosen, uniq = _choose(path, indices, limit)
+        # a sampling function samples in the count every process sees, then again in the real count only if its
+        # indices pass it, as a process that finds the file short by this read does: the same clip either way
+        chosen, uniq = _choose(path, indices, limit if callable(indices) else min(limit, real_count))
+        if uniq[-1] >= real_count:
+            chosen, uniq = _choose(path, indices, real_count)
         try:
             frames = reader.get(uniq)
         except ReadTimeout:

@@ -89,3 +89,38 @@ def test_rss_stays_flat_over_2000_clip_loads(tmp_path, timeout_s):
     grown = (tree_rss() - before) / 2**20
     assert grown < 50, f"RSS grew by {grown:.1f} MiB over 2000 clip loads"
     print(f"RSS growth over 2000 loads (timeout_s={timeout_s}): {grown:.1f} MiB")
+
+
+def test_a_seeded_item_does_not_depend_on_what_the_worker_read_before(tmp_path, monkeypatch):
+    """(index, seed) gives one clip and one replacement whatever this worker read before: a bad video known to it
+    already, or not; a short file's real count found already, or found by this read (exact resume, results that
+    do not change with data.num_workers)."""
+    from tests.data.conftest import make_video, write_overclaiming
+
+    bad = tmp_path / "bad.mp4"
+    bad.write_text("not a video")
+    good = [make_video(str(tmp_path / f"g{i}.mp4"), 24) for i in range(5)]
+    short = write_overclaiming(str(tmp_path / "short.mp4"))  # claims 60 frames, fewer decode
+    records = [VideoRecord(str(bad), 0, (0,)), VideoRecord(short, 1, (1,))]
+    records += [VideoRecord(p, 2, (2,)) for p in good]
+
+    def dataset() -> TrainClipDataset:
+        return TrainClipDataset(records, identity, "dense", num_frames=4, frame_stride=4, backend="pyav")
+
+    real = decode.count_decodable(short)
+    monkeypatch.setattr(decode, "_DISCOVERED", {})  # this process's discovered counts, restored afterwards
+    found: list[bool] = []
+    for seed in range(12):
+        decode._DISCOVERED.clear()  # a process that has not read the short file yet
+        fresh = dataset()
+        first = [fresh[(0, seed)], fresh[(1, seed)]]
+        found.append(short in decode._DISCOVERED)  # this read sampled past the real end and found the file short
+        decode._DISCOVERED[short] = (60, real)  # a process that knows the real count already
+        used = dataset()
+        used[(0, 10_000 + seed)]  # and the bad video
+        for index in (0, 1):
+            again = used[(index, seed)]
+            assert again["index"] == first[index]["index"], (index, seed)
+            assert torch.equal(again["video"], first[index]["video"]), (index, seed)
+        assert first[0]["index"] != 0 and first[0]["failures"]  # replaced, and the failure travels back
+    assert any(found) and not all(found)  # both ways: reads that found the file short, reads inside its real end
