@@ -91,7 +91,7 @@ def add_reencode(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out-list", default="", help="list file of the re-encoded videos (paths under --out-root)")
     p.add_argument("--short-side", type=int, default=256, help="256 or 320 as in the papers; 0 keeps the size")
     p.add_argument("--keyint", type=int, default=16, help="frames between keyframes: 16 (default) loads 8x16 "
-                   "clips 1.2-2x and TSN clips 1.5-2.5x faster than x264's default interval, the most on costly-"
+                   "clips 1.2-2.2x and TSN clips 1.5-2.6x faster than x264's default interval, the most on costly-"
                    "to-decode video; 8 gives 1.5x / 2.3x on low-bitrate footage, for 1.2-1.35x the bytes")  # fmt: skip
     p.add_argument("--crf", type=int, default=23)
     p.add_argument("--preset", default="fast", help="x264 preset")
