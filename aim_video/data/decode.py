@@ -77,7 +77,7 @@ class VideoInfo:
 def _first_line(err: BaseException) -> str:
     """The line of an error message that says what went wrong: the last one that is not a bug-report link."""
     text = [line for line in str(err).strip().splitlines() if line.strip() and "://" not in line]
-    return (text[-1].strip().rstrip(".") if text else type(err).__name__)[:200]
+    return (text[-1].strip().rstrip(". ") if text else type(err).__name__)[:200]
 
 
 class _DecordReader:
@@ -345,12 +345,18 @@ def open_reader(path: str, backend: str = "decord", num_threads: int = 1, **kwar
     """
     if backend not in _READERS:
         raise ValueError(f"unknown decoding backend '{backend}'; choose one of {', '.join(_READERS)}")
+    return open_with(_READERS[backend], path, num_threads, **kwargs)
+
+
+def open_with(reader_cls: type, path: str, num_threads: int = 1, **kwargs: Any) -> Any:
+    """`open_reader` with the reader class itself (the watchdog's forked child may not know a backend registered
+    after the fork, but the class travels to it)."""
     if not os.path.isfile(path):
         raise VideoReadError(path, "file not found")
     if os.path.getsize(path) == 0:
         raise VideoReadError(path, "empty file (0 bytes)")
     try:
-        return _READERS[backend](path, num_threads=num_threads, **kwargs)
+        return reader_cls(path, num_threads=num_threads, **kwargs)
     except BackendUnavailable:
         raise
     except VideoReadError:
@@ -386,8 +392,8 @@ def discovered_frame_counts() -> dict[str, tuple[int, int]]:
     return dict(_DISCOVERED)
 
 
-# Files the backend could not open, read with the fallback instead (per process): {path: why}. Later reads of the
-# same file go straight to the fallback.
+# Files the backend could not open or failed to decode, read with the fallback instead (per process): {path: why}.
+# Later reads of the same file go straight to the fallback.
 _FALLBACKS: dict[str, str] = {}
 
 
@@ -526,9 +532,13 @@ def _read_again(
     if fallback:
         other = opener(fallback, {})
         try:
-            return other.get(uniq)
+            frames = other.get(uniq)
         finally:
             other.close()
+        _FALLBACKS[path] = f"read with {fallback}: {used} failed to decode frames {uniq[0]}..{uniq[-1]}: " + (
+            first.reason if isinstance(first, VideoReadError) else _first_line(first)
+        )
+        return frames
     if isinstance(first, VideoReadError):
         raise first
     raise VideoReadError(path, f"{used} failed to decode frames {uniq[0]}..{uniq[-1]}: {_first_line(first)}") from None

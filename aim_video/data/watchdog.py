@@ -246,7 +246,7 @@ _CHILD_READER: list[Any] = []  # the reader open in the child (at most one)
 
 def _child_open(reader_cls: type, path: str, num_threads: int, opts: dict[str, Any]) -> int:
     _child_close()
-    reader = reader_cls(path, num_threads=num_threads, **opts)
+    reader = decode.open_with(reader_cls, path, num_threads, **opts)  # its errors say why in plain words
     _CHILD_READER.append(reader)
     return reader.num_frames
 

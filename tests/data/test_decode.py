@@ -135,6 +135,32 @@ def test_pyav_fallback_for_a_file_decord_cannot_open(tmp_path, monkeypatch):
     assert len(opened) == 2 and mean_abs_diff(again[0], ref[5]) < 1.0  # straight to the fallback
 
 
+def test_a_fallback_after_a_failed_read_is_reported_and_kept(videos, monkeypatch):
+    """A read the backend opens but fails to decode (decord on an undecodable tail, say) is read with the fallback;
+    it is reported like a fallback at open time (the epoch's `fallbacks`), and later reads go to the fallback."""
+    path = videos["h264.mp4"]
+    opened: list[str] = []
+
+    class FailingDecord(decode._DecordReader):  # the real decord reader, whose reads fail as on a broken packet
+        def __init__(self, p, *args, **kwargs):
+            opened.append(p)
+            super().__init__(p, *args, **kwargs)
+
+        def get(self, indices):
+            raise RuntimeError("[12:00:00] src/video/video_reader.cc:151: Check failed: ...")
+
+    monkeypatch.setitem(decode._READERS, "decord", FailingDecord)
+    monkeypatch.setattr(decode, "_FALLBACKS", {})
+    ref = sequential_frames(path)
+    clip = decode.read_frames(path, [7, 40], "decord", fallback="pyav", num_frames=60)  # known count: no recount
+    assert mean_abs_diff(clip[0], ref[7]) < 1.0 and mean_abs_diff(clip[1], ref[40]) < 1.0
+    assert decode.fallback_reason(path) == "read with pyav: decord failed to decode frames 7..40: [12:00:00] " + (
+        "src/video/video_reader.cc:151: Check failed:"
+    )  # the message's first telling line, trailing dots dropped
+    again = decode.read_frames(path, [5], "decord", fallback="pyav", num_frames=60)
+    assert opened == [path] and mean_abs_diff(again[0], ref[5]) < 1.0  # straight to the fallback
+
+
 def test_a_file_neither_backend_opens_names_both_reasons_and_what_to_do(tmp_path):
     path = tmp_path / "clip.mp4"
     path.write_bytes(os.urandom(3000))  # a failed download
@@ -146,14 +172,15 @@ def test_a_file_neither_backend_opens_names_both_reasons_and_what_to_do(tmp_path
     assert decode.fallback_reason(str(path)) == ""
 
 
+@pytest.mark.parametrize("timeout_s", [None, 30], ids=["in-process", "watchdog"])
 @pytest.mark.parametrize("backend", ["decord", "pyav", pytest.param("torchcodec", marks=needs_torchcodec)])
-def test_bad_files_raise_naming_the_file(tmp_path, backend):
+def test_bad_files_raise_naming_the_file(tmp_path, backend, timeout_s):
     empty, text = tmp_path / "empty.mp4", tmp_path / "text.mp4"
     empty.write_bytes(b"")
     text.write_text("not a video\n" * 50)
     for path, reason in [(tmp_path / "missing.mp4", "file not found"), (empty, "empty file"), (text, "cannot open")]:
         with pytest.raises(decode.VideoReadError, match=reason) as err:
-            decode.read_frames(str(path), [0], backend)
+            decode.read_frames(str(path), [0], backend, timeout_s=timeout_s)
         assert err.value.path == str(path)
 
 
@@ -257,10 +284,11 @@ def test_the_video_stream_is_found_behind_a_cover_image(tmp_path, backend, opts)
         assert mean_abs_diff(clip[k], ref[i]) < 1.0, (backend, i)
 
 
+@pytest.mark.parametrize("timeout_s", [None, 30], ids=["in-process", "watchdog"])
 @pytest.mark.parametrize("backend", ["decord", "pyav", pytest.param("torchcodec", marks=needs_torchcodec)])
-def test_an_audio_only_file_is_named_as_such_by_every_backend(tmp_path, backend):
+def test_an_audio_only_file_is_named_as_such_by_every_backend(tmp_path, backend, timeout_s):
     """decord said 'Check failed: st_nb >= 0 ... cannot find video stream with wanted index: -1', torchcodec 'This
-    should never happen' or a bug-report link."""
+    should never happen' or a bug-report link; the same words when the read runs in the watchdog's child."""
     import av
 
     path = str(tmp_path / "talk.m4a")
@@ -271,7 +299,7 @@ def test_an_audio_only_file_is_named_as_such_by_every_backend(tmp_path, backend)
         for packet in [*stream.encode(frame), *stream.encode(None)]:
             out.mux(packet)
     with pytest.raises(decode.VideoReadError, match="no video stream \\(audio-only or not a video\\)"):
-        decode.read_frames(path, [0], backend)
+        decode.read_frames(path, [0], backend, timeout_s=timeout_s)
 
 
 def test_read_errors_say_the_plain_cause():
