@@ -124,6 +124,7 @@ def build_engine(
             f"use train.precision={other if supported[other] else 'fp32'}"
         )
     lr = peak_lr(cfg, world_size)
+    model.to(accel.current_device_name())  # before the optimizer: on CUDA its parameters then take the fused AdamW
     names = list(model.trainable_parameter_names())
     groups = build_param_groups(model, names, lr, cfg.train.weight_decay, cfg.train.backbone_lr_mult)
     optimizer = build_optimizer(groups, lr, cfg.train.betas)

@@ -97,3 +97,25 @@ def test_max_steps_fits_the_whole_schedule_warm_up_included(tiny, max_steps, war
     cfg = load_config(None, [*overrides, f"train.max_steps={max_steps}"])
     _, summary = build_engine(cfg, tiny, steps_per_epoch=100, world_size=1, ds_config=derive_ds_config(cfg, 1))
     assert (summary["warmup_steps"], summary["total_steps"]) == (warmup, total)
+
+
+def test_the_optimizer_is_built_on_the_device_fused_on_cuda_and_steps(tiny):
+    """The model moves to the accelerator before AdamW is built, so on CUDA it takes the fused kernel (it was built
+    over CPU parameters and never fused); one step then moves the trainable weights and leaves the frozen ones."""
+    from aim_video.engine.deepspeed_setup import build_engine
+    from aim_video.engine.distributed import init_distributed
+
+    init_distributed()
+    cuda = torch.cuda.is_available()
+    cfg = load_config(None, [f"train.precision={'bf16' if cuda else 'fp32'}", "data.batch_size=2"])
+    engine, _ = build_engine(cfg, tiny, steps_per_epoch=4, world_size=1, ds_config=derive_ds_config(cfg, 1))
+    inner = engine.optimizer
+    while not isinstance(inner, torch.optim.AdamW):  # DeepSpeed's mixed-precision wrappers hold it as .optimizer
+        inner = inner.optimizer
+    assert inner.defaults["fused"] is (True if cuda else None)
+    frozen, head = tiny.backbone.weight.detach().clone(), tiny.head.weight.detach().float().clone()
+    x = torch.randn(2, 4, 8, device=engine.device, dtype=next(tiny.parameters()).dtype)
+    loss = torch.nn.functional.cross_entropy(engine(x).float(), torch.tensor([0, 2], device=engine.device))
+    engine.backward(loss)
+    engine.step()
+    assert torch.equal(tiny.backbone.weight, frozen) and not torch.equal(tiny.head.weight.float(), head)
