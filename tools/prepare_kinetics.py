@@ -105,7 +105,8 @@ def add_reencode(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--check-backend", default="decord", help="backend that must read each output exactly (the "
                    "one training will use, e.g. torchcodec)")  # fmt: skip
     p.add_argument("--overwrite", action="store_true", help="re-encode even when the output exists (needed to "
-                   "change settings in an --out-root: it records them in aim_video_reencode.json)")  # fmt: skip
+                   "change settings in an --out-root: it records them in aim_video_reencode.json; later runs of any "
+                   "list into it re-encode the outputs older than the overwrite)")  # fmt: skip
     p.add_argument("--class-map", default="", help="class names for a Kinetics CSV that is not the train split")
 
 
@@ -122,12 +123,16 @@ def cmd_reencode(args: argparse.Namespace) -> int:
         bframes=None if args.bframes < 0 else args.bframes, keep_audio=args.keep_audio,
     )  # fmt: skip
     existing = sum(os.path.exists(dst) for _, dst in pairs)
-    claim_out_root(args.out_root, encoder_settings(**options), args.overwrite, existing)  # a changed setting stops
-    results = reencode_all(pairs, jobs=args.jobs, overwrite=args.overwrite, check_backend=args.check_backend, **options)
-    finish_out_root(args.out_root, all(r.status == "done" for r in results))
+    # a changed setting stops here; during an --overwrite (this run's or an earlier one's), older outputs are stale
+    stale = claim_out_root(args.out_root, encoder_settings(**options), args.overwrite, existing)
+    results = reencode_all(pairs, jobs=args.jobs, stale_before=stale, check_backend=args.check_backend, **options)
+    left = finish_out_root(args.out_root)
     counts = {s: sum(r.status == s for r in results) for s in ("done", "skipped", "failed")}
     print(f"re-encoded {counts['done']}, skipped {counts['skipped']} (already done), failed {counts['failed']}"
           + (f", {len(ann.missing)} sources missing" if ann.missing else ""))  # fmt: skip
+    if left:
+        print(f"{left} videos in {args.out_root} still have the settings from before --overwrite (other lists' "
+              "outputs, or failures here): run reencode on their lists with these settings to re-encode them")  # fmt: skip
     if args.out_list:
         n = write_outputs_list(args.out_list, ann, results, args.out_root)
         print(f"list of {n} re-encoded videos -> {args.out_list}")

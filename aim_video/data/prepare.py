@@ -121,10 +121,17 @@ def check_decodes(path: str, backend: str = "decord") -> str:
 
 
 def reencode_one(
-    src: str, dst: str, overwrite: bool = False, check_backend: str = "decord", timeout_s: float = 600, **options
+    src: str,
+    dst: str,
+    overwrite: bool = False,
+    check_backend: str = "decord",
+    timeout_s: float = 600,
+    stale_before: float | None = None,
+    **options,
 ) -> EncodeResult:
-    """Re-encode `src` to `dst` (see reencode_command for `options`); skipped when `dst` already exists."""
-    if os.path.exists(dst) and not overwrite:
+    """Re-encode `src` to `dst` (see reencode_command for `options`); skipped when `dst` already exists, unless
+    `overwrite`, or it was written no later than `stale_before` (a pending overwrite's start, `claim_out_root`)."""
+    if os.path.exists(dst) and not overwrite and not (stale_before is not None and _older(dst, stale_before)):
         return EncodeResult(src, dst, "skipped")
     if not os.path.isfile(src):
         return EncodeResult(src, dst, "failed", "source file not found")
@@ -163,15 +170,16 @@ def encoder_settings(**options) -> dict:
     return settings
 
 
-def claim_out_root(out_root: str, settings: dict, overwrite: bool = False, existing: int = 0) -> str:
+def claim_out_root(out_root: str, settings: dict, overwrite: bool = False, existing: int = 0) -> float | None:
     """Record `settings` in `out_root`/aim_video_reencode.json; refuse a folder whose videos used other settings.
 
     A rerun skips outputs that exist, so without this a changed `--keyint` (say) would leave the folder holding two
-    encodings with nothing to tell them apart. An `overwrite` run (every output re-encoded) replaces the record and
-    marks it unfinished until `finish_out_root` says every video was re-encoded: until then a rerun without
-    `overwrite` is refused too, since older outputs may remain. `existing` (how many of this run's outputs exist
-    already) with no record means outputs of unknown settings (an older aim-video, another tool): refused unless
-    `overwrite`. Returns the record's path.
+    encodings with nothing to tell them apart. An `overwrite` run replaces the record and notes when it started (the
+    record's own mtime: the folder's clock, as the outputs' mtimes): every output older than that is stale and is
+    re-encoded, by this run and by any later run with the same settings, of this list or of another list that shares
+    the folder, until `finish_out_root` finds none left. `existing` (how many of this run's outputs exist already)
+    with no record means outputs of unknown settings (an older aim-video, another tool): refused unless `overwrite`.
+    Returns that start time while an overwrite is pending (outputs not newer are re-encoded), else None.
     """
     path = os.path.join(out_root, SETTINGS_FILE)
     if os.path.exists(path) and not overwrite and not _holds_videos(out_root):
@@ -182,9 +190,12 @@ def claim_out_root(out_root: str, settings: dict, overwrite: bool = False, exist
             "settings are unknown (an older aim-video or another tool made them) and a rerun would skip them: "
             "choose another --out-root, or pass --overwrite to re-encode them"
         )
-    if os.path.exists(path) and not overwrite:
+    before = None
+    if os.path.exists(path):
         with open(path, encoding="utf-8") as f:
             before = json.load(f)
+    same = before is not None and before.get("encoder", {}) == settings
+    if before is not None and not overwrite:
         old = before.get("encoder", {})
         changed = {k: (old.get(k), v) for k, v in settings.items() if old.get(k) != v}
         if changed:
@@ -194,27 +205,56 @@ def claim_out_root(out_root: str, settings: dict, overwrite: bool = False, exist
                 "so the folder would mix two encodings: choose another --out-root, or pass --overwrite to re-encode "
                 "every video with this run's settings"
             )
-        if before.get("overwriting"):
+        if before.get("overwriting") and "overwrite_started" not in before:  # written by an older aim-video
             raise ValueError(
                 f"an --overwrite run into {out_root} did not re-encode every video, so some outputs may still have "
                 "the previous settings: run it again with --overwrite"
             )
+        return float(before["overwrite_started"]) if before.get("overwriting") else None
+    if same and before.get("overwriting") and "overwrite_started" in before:
+        return float(before["overwrite_started"])  # an unfinished overwrite with these settings: go on with it
     version = subprocess.run([ffmpeg_binary(), "-version"], capture_output=True, text=True).stdout.split("\n")[0]
-    _write_record(path, {"encoder": settings, "ffmpeg": version, "overwriting": overwrite})
-    return path
+    record = {"encoder": settings, "ffmpeg": version, "overwriting": overwrite}
+    _write_record(path, record)
+    if not overwrite:
+        return None
+    started = os.path.getmtime(path)
+    _write_record(path, record | {"overwrite_started": started})
+    return started
 
 
 def _holds_videos(folder: str) -> bool:
     return any(f.lower().endswith(VIDEO_EXTENSIONS) for _, _, files in os.walk(folder) for f in files)
 
 
-def finish_out_root(out_root: str, all_encoded: bool) -> None:
-    """After a run: an `overwrite` run that re-encoded every video clears the record's unfinished mark."""
+def finish_out_root(out_root: str) -> int:
+    """After a run: how many videos in `out_root` still predate a pending overwrite (they have the old settings).
+
+    None left clears the record's overwrite mark; some left (another list's outputs, or failures here) keep it, and
+    the next run into the folder re-encodes the ones it lists.
+    """
     path = os.path.join(out_root, SETTINGS_FILE)
     with open(path, encoding="utf-8") as f:
         record = json.load(f)
-    if record.get("overwriting") and all_encoded:
-        _write_record(path, record | {"overwriting": False})
+    if not record.get("overwriting") or "overwrite_started" not in record:
+        return 0
+    stale = sum(
+        _older(os.path.join(folder, name), record["overwrite_started"])
+        for folder, _, files in os.walk(out_root)
+        for name in files
+        if name.lower().endswith(VIDEO_EXTENSIONS)
+    )
+    if stale == 0:
+        _write_record(path, {k: v for k, v in record.items() if k != "overwrite_started"} | {"overwriting": False})
+    return stale
+
+
+def _older(path: str, started: float) -> bool:
+    """Whether `path` was written no later than `started` (file times are coarse: a tie counts as older)."""
+    try:
+        return os.path.getmtime(path) <= started
+    except FileNotFoundError:  # removed meanwhile
+        return False
 
 
 def _write_record(path: str, record: dict) -> None:

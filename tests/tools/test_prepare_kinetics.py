@@ -60,6 +60,7 @@ def test_cli_encodes_without_b_frames_unless_told_to(tmp_path):
 def test_cli_refuses_to_mix_two_encodings_in_one_out_root(tmp_path, capsys):
     import json
 
+    from tests.data.test_prepare import x264_settings
     from tools.prepare_kinetics import main
 
     make_video(str(tmp_path / "v.mp4"), 24)
@@ -81,18 +82,40 @@ def test_cli_refuses_to_mix_two_encodings_in_one_out_root(tmp_path, capsys):
     assert main([*args, "--keyint", "16"]) == 0
     capsys.readouterr()
 
-    # an --overwrite run that does not re-encode every video leaves the record unfinished: no plain rerun after it
-    (tmp_path / "broken.mp4").write_text("not a video")
-    write_lines(str(tmp_path / "l.txt"), ["v.mp4 0", "broken.mp4 0"])
-    assert main([*args, "--keyint", "8", "--overwrite"]) == 1  # broken.mp4 fails
+    # an --overwrite run that leaves an old output (its re-encode failed) stays pending: a plain rerun with the same
+    # settings re-encodes what predates the overwrite, skips what it already re-encoded, then clears the mark
+    make_video(str(tmp_path / "w.mp4"), 24)
+    write_lines(str(tmp_path / "l.txt"), ["v.mp4 0", "w.mp4 0"])
+    assert main([*args, "--keyint", "16"]) == 0
+    os.replace(tmp_path / "w.mp4", tmp_path / "w.keep")
+    (tmp_path / "w.mp4").write_text("not a video")  # the source went bad: w.mp4's old output stays
+    assert main([*args, "--keyint", "8", "--overwrite"]) == 1
+    assert "1 videos in" in capsys.readouterr().out
     assert json.load(open(out / "aim_video_reencode.json"))["overwriting"] is True
-    assert main([*args, "--keyint", "8"]) == 2
-    assert "did not re-encode every video" in capsys.readouterr().err
-    write_lines(str(tmp_path / "l.txt"), ["v.mp4 0"])
-    assert main([*args, "--keyint", "8", "--overwrite"]) == 0
+    assert main([*args, "--keyint", "16"]) == 2  # other settings than the pending overwrite's: refused
+    assert "keyint=8 (this run: 16)" in capsys.readouterr().err
+    os.replace(tmp_path / "w.keep", tmp_path / "w.mp4")
+    v_done = os.path.getmtime(out / "v.mp4")
+    assert main([*args, "--keyint", "8"]) == 0
+    assert "re-encoded 1, skipped 1" in capsys.readouterr().out and os.path.getmtime(out / "v.mp4") == v_done
+    assert " keyint=8 " in x264_settings(str(out / "w.mp4"))
     assert json.load(open(out / "aim_video_reencode.json"))["overwriting"] is False
     assert main([*args, "--keyint", "8"]) == 0
     capsys.readouterr()
+
+    # two lists sharing one --out-root: overwriting one with new settings leaves the other's outputs stale, and a
+    # plain rerun of the other re-encodes them (it skipped them, so the folder mixed two encodings)
+    make_video(str(tmp_path / "u.mp4"), 24)
+    write_lines(str(tmp_path / "val.txt"), ["u.mp4 0"])
+    val = ["reencode", "--list", str(tmp_path / "val.txt"), "--root", str(tmp_path), "--out-root", str(out)]
+    assert main([*val, "--keyint", "8"]) == 0
+    assert main([*args, "--keyint", "4", "--overwrite"]) == 0
+    assert "1 videos in" in capsys.readouterr().out  # u.mp4's output still has keyframe 8
+    assert main([*val, "--keyint", "4"]) == 0
+    assert "re-encoded 1, skipped 0" in capsys.readouterr().out
+    assert all(" keyint=4 " in x264_settings(str(out / f"{n}.mp4")) for n in "uvw")
+    assert json.load(open(out / "aim_video_reencode.json"))["overwriting"] is False
+    write_lines(str(tmp_path / "l.txt"), ["v.mp4 0"])
 
     # outputs without a record (an older aim-video made them): settings unknown, so they are not silently reused
     os.remove(out / "aim_video_reencode.json")
