@@ -176,13 +176,6 @@ def video_stream(container: Any) -> Any:
     return container.streams.best("video") or container.streams.video[0]
 
 
-def rewind(container: Any) -> None:
-    """Seek back to the first frame of `video_stream` (a plain seek(0) goes by FFmpeg's default stream, which in an
-    mkv with a cover image before the video left nothing to demux)."""
-    stream = video_stream(container)
-    container.seek(stream.start_time or 0, stream=stream)
-
-
 def open_av(path: str, num_threads: int = 1) -> Any:
     """Open `path` with PyAV (threads set before the decoder opens); raises VideoReadError without a video stream."""
     try:
@@ -278,24 +271,33 @@ def count_decodable(path: str, num_threads: int = 1) -> int:
 
 
 class _PyAVReader:
-    """Sequential decode from the start: slow, but exact whatever the container's seek points claim."""
+    """Sequential decode from the start: slow, but exact whatever the container's seek points claim.
+
+    Each pass opens the file afresh rather than seeking back: a seek to the stream's start time lands on the second
+    keyframe of an MPEG-TS file with B-frames (its first frame is presented after its start time), and every index
+    read after it was one group late.
+    """
 
     def __init__(self, path: str, num_threads: int = 1, **_: Any):
+        self.path, self._threads = path, num_threads
         self._container = open_av(path, num_threads)
         stream = video_stream(self._container)
-        self.path = path
         claimed = int(stream.frames or 0)
         if claimed <= 0:  # webm/mkv do not store a count: count packets (no decoding)
             claimed = sum(1 for p in self._container.demux(stream) if p.size > 0)
-            rewind(self._container)
         self.num_frames = claimed
         self._fps = float(stream.average_rate or stream.guessed_rate or 0)
+
+    def _from_start(self) -> Any:
+        """The container opened again at its first packet (see the class docstring for why not a seek)."""
+        self._container.close()
+        self._container = open_av(self.path, self._threads)
+        return self._container
 
     @property
     def info(self) -> VideoInfo:  # the upright size needs the display rotation, which comes with a decoded frame
         height = width = 0
-        rewind(self._container)
-        for frame in iter_decoded(self._container, rgb=False):
+        for frame in iter_decoded(self._from_start(), rgb=False):
             height, width = (frame.width, frame.height) if quarter_turns(frame) % 2 else (frame.height, frame.width)
             break
         return VideoInfo(self.num_frames, self._fps, int(height), int(width))
@@ -306,9 +308,8 @@ class _PyAVReader:
     def get(self, indices: list[int]) -> np.ndarray:
         wanted, last = set(indices), max(indices)
         out: dict[int, np.ndarray] = {}
-        rewind(self._container)
         decoded = 0
-        for i, frame in enumerate(iter_decoded(self._container)):
+        for i, frame in enumerate(iter_decoded(self._from_start())):
             decoded = i + 1
             if i in wanted:
                 out[i] = frame

@@ -289,3 +289,31 @@ def test_a_failing_read_does_not_hide_wrong_frames_elsewhere(tmp_path):
     assert check.status in verify.WRONG_FRAMES, (check.status, check.reason)
     assert "torchcodec fails at frames [48, 49]" in check.reason  # the failing read is still named
     assert verify.plays(path) and not verify.plays(str(tmp_path / "gone.mp4"))
+
+
+@pytest.mark.skipif(not __import__("shutil").which("ffmpeg"), reason="needs ffmpeg: apt-get install ffmpeg")
+def test_mpeg_ts_with_b_frames_pyav_is_exact_and_decord_is_caught(tmp_path):
+    """An MPEG-TS file with B-frames presents its first frame after the stream's start time. PyAV's reader sought
+    back to that start time, landed on the second keyframe and returned every index one group late (frame 30 for
+    0), so the 'exact' fallback was not; decord returns other frames too. verify must clear PyAV and catch decord."""
+    import subprocess
+
+    path = str(tmp_path / "bf.ts")
+    cmd = ["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=s=160x120:r=25:d=4", "-c:v", "libx264"]
+    subprocess.run([*cmd, "-g", "30", "-bf", "2", "-f", "mpegts", path], check=True)
+    ref = sequential_frames(path)
+    assert len(ref) == 100
+    indices = [0, 1, 29, 30, 64, 99]
+    clip = decode.read_frames(path, indices, "pyav")
+    for k, i in enumerate(indices):
+        assert mean_abs_diff(clip[k], ref[i]) < 1.0, i
+    assert decode.read_frames(path, [5], "pyav", num_frames=100).shape[0] == 1  # the same reader, read twice
+    reader = decode.open_reader(path, "pyav")
+    try:
+        first = reader.get([40])
+        assert mean_abs_diff(reader.get([40])[0], first[0]) == 0 and mean_abs_diff(first[0], ref[40]) < 1.0
+    finally:
+        reader.close()
+    assert verify.check_video(path, "pyav").status == "exact"
+    decord = verify.check_video(path, "decord")
+    assert decord.status in verify.WRONG_FRAMES, (decord.status, decord.reason)
