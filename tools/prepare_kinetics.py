@@ -222,8 +222,10 @@ def cmd_repair(args: argparse.Namespace) -> int:
     write_list_file(args.out_list, records)
     report = os.path.splitext(args.out_list)[0] + "_verify.json"
     verify.write_report(rechecked, report, args.backend, args.seek_mode)
-    still_bad = [c for c in rechecked if c.status != "exact"]
-    print(f"repaired {len(mapping)} of {len(rechecked)} videos -> {args.out_list} (copies verified: {report})")
+    sources = {os.path.abspath(c.path) for c in checks}
+    still_bad = [c for c in rechecked if c.path in sources]  # originals kept: no exact copy replaces them
+    print(f"repaired {len(mapping)} of {len(mapping) + len(still_bad)} videos -> {args.out_list} (copies verified: "
+          f"{report})")  # fmt: skip
     for c in still_bad:
         print(f"  not repaired: {c.path}: {c.status} {c.reason}")
     return 1 if still_bad else 0

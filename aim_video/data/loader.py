@@ -145,13 +145,27 @@ def apply_verify_report(
         raise ValueError(f"data.inexact_videos must be one of {', '.join(INEXACT_POLICIES)}, got {d.inexact_videos!r}")
     if not d.verify_report:
         return records, {}, []
-    from aim_video.data.verify import WRONG_FRAMES, read_report
+    from aim_video.data.verify import WRONG_FRAMES, is_stale, read_report
 
     counts: dict[str, int] = {}
     wrong: dict[str, Any] = {}
     source: dict[str, str] = {}  # path -> the report that found it wrong
+    listed = {os.path.abspath(r.path) for r in records}
+    covered: set[str] = set()
+    stale: list[str] = []
+    example = ""
     for report in [p.strip() for p in d.verify_report.split(",") if p.strip()]:
-        header, checks = read_report(report)
+        header, every = read_report(report)
+        example = example or next((c.path for c in every), "")
+        checks = []
+        for c in every:
+            if os.path.abspath(c.path) not in listed:
+                continue
+            if is_stale(c):  # the file changed after the check: its verdict and count say nothing of it now
+                stale.append(c.path)
+                continue
+            covered.add(os.path.abspath(c.path))
+            checks.append(c)
         counts.update({os.path.abspath(c.path): c.decoded_frames for c in checks if c.decoded_frames > 0})
         same = header["backend"] == d.backend and (d.backend != "torchcodec" or header["seek_mode"] == d.seek_mode)
         if not same:
@@ -165,6 +179,20 @@ def apply_verify_report(
         for c in checks:
             if c.status in WRONG_FRAMES:
                 wrong[os.path.abspath(c.path)], source[os.path.abspath(c.path)] = c, report
+    if stale:
+        log.warning(
+            "%s: %d videos changed after %s checked them (size or modification time differ), e.g. %s: their checks "
+            "are ignored and they are read unchecked; run `tools/prepare_kinetics.py verify` again",
+            *(what, len(stale), d.verify_report, stale[0]),
+        )
+    unchecked = sorted(listed - covered - {os.path.abspath(p) for p in stale})
+    if unchecked:
+        log.warning(
+            "%s: %d of %d videos are in no verify report of %s, e.g. %s (the reports list paths such as %s): they are "
+            "read unchecked; a report made from another list, or from relative paths under another working folder, "
+            "matches none; run `tools/prepare_kinetics.py verify` on this list",
+            *(what, len(unchecked), len(listed), d.verify_report, unchecked[0], example or "none"),
+        )
     hits = [r for r in records if os.path.abspath(r.path) in wrong]
     if not hits:
         return records, counts, []

@@ -19,7 +19,9 @@ backend's random-access reads with ONE sequential PyAV decode of the same file a
 
 Checked indices (`check_groups`): each seek point and the frame after it, the middle of each group of pictures, and
 the last two frames, read group by group from the end backwards so that every read starts with a seek, as in
-training. The sequential decode converts frames to RGB only at those indices, so the cost of an exact file is one
+training. A long video with more than `max_groups` (24) groups has that many checked, spread evenly, plus every
+group that starts at a seek point the sequential decode found not to be a real keyframe (up to another 24): those
+are where reads go wrong. The sequential decode converts frames to RGB only at those indices, so the cost of an exact file is one
 sequential decode plus the reads (which decode half of each group of pictures, and all of the last one). Only when
 a read is wrong does a second sequential decode build thumbnails of every frame, to find which frame it returned.
 """
@@ -32,7 +34,7 @@ import os
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 
 import numpy as np
 
@@ -55,24 +57,43 @@ class VideoCheck:
     bad_indices: list[int] = field(default_factory=list)  # first wrong reads
     reason: str = ""
     seconds: float = 0.0
+    size: int = -1  # the file's size and modification time when checked: a report is stale for a file that
+    mtime_ns: int = -1  # changed since (-1: not recorded, reports of an older aim-video)
 
 
-def check_groups(seek_points: list[int], num_frames: int, max_groups: int = 24) -> list[list[int]]:
+def file_stamp(path: str) -> tuple[int, int]:
+    """(size, mtime_ns) of `path`, (-1, -1) when it is not there: what a check holds to tell a changed file."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return -1, -1
+    return st.st_size, st.st_mtime_ns
+
+
+def is_stale(check: VideoCheck) -> bool:
+    """Whether the file changed (or went) since `check` was made; checks without a stamp are taken as current."""
+    return check.size >= 0 and file_stamp(check.path) != (check.size, check.mtime_ns)
+
+
+def check_groups(
+    seek_points: list[int], num_frames: int, max_groups: int = 24, include: Iterable[int] = ()
+) -> list[list[int]]:
     """Index groups to read, one random-access read per group, last group first (pure index math).
 
     For at most `max_groups` groups of pictures (spread evenly over the video, the last one always included): one
     read of [seek point, seek point + 1, middle of the group], for which the decoder seeks to the seek point and
     decodes forward, as for a clip that starts anywhere in the group; the last group's read also takes the last two
     frames. Groups are read from the end backwards, so every read starts with a seek. Indices stay inside
-    0..num_frames-1.
+    0..num_frames-1. Groups that start at a seek point in `include` are kept whatever `max_groups` says.
     """
     if num_frames <= 0:
         return []
     starts = sorted({k for k in seek_points if 0 <= k < num_frames} | {0})
     bounds = list(zip(starts, starts[1:] + [num_frames], strict=True))
     if len(bounds) > max_groups:
-        pick = np.linspace(0, len(bounds) - 1, max_groups).round().astype(int)
-        bounds = [bounds[i] for i in sorted(set(pick.tolist()))]
+        pick = set(np.linspace(0, len(bounds) - 1, max_groups).round().astype(int).tolist())
+        must = set(include)
+        bounds = [b for i, b in enumerate(bounds) if i in pick or b[0] in must]
     groups = []
     for start, end in bounds:
         group = {start, min(start + 1, end - 1)}
@@ -127,10 +148,14 @@ class _Thumbnails:
             container.close()
         self.all = np.stack(thumbs)  # [N, h, w, 3]
 
-    def nearest(self, frame: np.ndarray) -> tuple[int, float]:
-        """(index, mean absolute difference) of the frame of the video whose thumbnail is closest to `frame`'s."""
+    def nearest(self, frame: np.ndarray, asked: int, tol: float) -> tuple[int, float]:
+        """(index, mean absolute difference) of the frame of the video whose thumbnail is closest to `frame`'s;
+        `asked` when it is within `tol` of the closest (a still scene repeats frames, equal but for encoding noise:
+        the closest of them is not the answer)."""
         diffs = np.abs(self.all - _thumb(frame, self.step)).mean(axis=(1, 2, 3))
         best = int(diffs.argmin())
+        if 0 <= asked < len(diffs) and diffs[asked] < diffs[best] + tol:
+            best = asked
         return best, float(diffs[best])
 
 
@@ -161,7 +186,8 @@ def check_video(
 ) -> VideoCheck:
     """Classify one video (see the module docstring); never raises for a bad file."""
     start = time.monotonic()
-    result = VideoCheck(path, "unreadable", backend)
+    size, mtime_ns = file_stamp(path)  # before reading: a file replaced during the check then looks changed
+    result = VideoCheck(path, "unreadable", backend, size=size, mtime_ns=mtime_ns)
     try:
         _check(result, backend, seek_mode, num_threads, tol, max_groups)
     except decode.VideoReadError as err:
@@ -198,7 +224,8 @@ def _check(result: VideoCheck, backend: str, seek_mode: str, num_threads: int, t
         result.claimed_frames = int(reader.num_frames)
         flagged, num_packets = decode.packet_seek_points(path)
         seek_points = sorted(set(flagged) | set(decode.index_seek_points(path)))
-        groups = check_groups(seek_points, min(result.claimed_frames, num_packets) or num_packets, max_groups)
+        span = min(result.claimed_frames, num_packets) or num_packets
+        groups = check_groups(seek_points, span, max_groups)
         wanted = {0} | {i for g in groups for i in g}
         # the reference: one sequential decode, converted to RGB only at the checked indices
         full, keyframes, decoded = _reference_decode(path, wanted, num_threads)
@@ -207,6 +234,12 @@ def _check(result: VideoCheck, backend: str, seek_mode: str, num_threads: int, t
             raise decode.VideoReadError(path, "no frame decodes")
         # a read that starts at a seek point whose frame is not a real keyframe decodes from missing references
         false_seeks = [k for k in seek_points if k < result.decoded_frames and k not in keyframes]
+        checked_starts = {g[0] for g in groups}
+        unchecked = [k for k in false_seeks if k not in checked_starts][:max_groups]
+        if unchecked:  # a long video whose spread-out groups missed them: read those groups too (a second decode)
+            groups = check_groups(seek_points, span, max_groups, include=unchecked)
+            extra = {i for g in groups for i in g} - set(full)
+            full.update(_reference_decode(path, extra, num_threads)[0])
         thumbs: _Thumbnails | None = None  # built on the first wrong read only: exact files never pay for it
         conversion: float | None = None  # likewise
         offsets: Counter[int] = Counter()
@@ -224,6 +257,8 @@ def _check(result: VideoCheck, backend: str, seek_mode: str, num_threads: int, t
                     failed_reads.append(group)
                 else:  # go on: the other groups may read wrong frames, which matters more than a failing read
                     failed_inside.append((group, decode._first_line(err)))
+                reader.close()  # a failed read can leave decord's decoder broken for the next ones: start afresh
+                reader = decode.open_reader(path, backend, num_threads, **opts)
                 continue
             for i, frame in zip(group, got, strict=True):
                 result.checked += 1
@@ -233,14 +268,15 @@ def _check(result: VideoCheck, backend: str, seek_mode: str, num_threads: int, t
                     continue
                 if thumbs is None:
                     thumbs = _Thumbnails(path, num_threads)
-                best, best_err = thumbs.nearest(frame)
+                best, best_err = thumbs.nearest(frame, i, tol)
                 if conversion is None:
                     conversion = _conversion_error(path, backend, num_threads, opts, full[0])
                     result.conversion_error = round(conversion, 3)
-                if best == i and err < tol + CONVERSION_SPREAD * conversion:
+                allowed = tol + CONVERSION_SPREAD * conversion  # what the backend's colours alone explain
+                if best == i and err < allowed:
                     continue  # the frame asked for, in the backend's colours
                 gop_start = max([k for k in seek_points if k <= i], default=0)
-                if best != i and best_err < tol and gop_start not in false_seeks:
+                if best != i and best_err < allowed and gop_start not in false_seeks:
                     offsets[i - best] += 1  # another true frame, after a seek from a true keyframe: timestamps
                 else:
                     corrupt.append(i)  # garbage, or whatever the decoder made of a seek to a false keyframe
@@ -295,7 +331,7 @@ def verify_videos(
     `journal`: a JSON-lines file that every finished check is appended to; videos already in it (same backend and
     seek mode) are not checked again, so an interrupted run resumes where it stopped.
     """
-    paths = list(dict.fromkeys(paths))
+    paths = list(dict.fromkeys(os.path.abspath(p) for p in paths))  # a report matches whatever the cwd of its reader
     done: dict[str, VideoCheck] = {}
     tag = f"{backend}/{seek_mode}"
     if journal and os.path.isfile(journal):
@@ -306,7 +342,9 @@ def verify_videos(
                 except json.JSONDecodeError:  # a line cut by an interruption
                     continue
                 if row.pop("tag", None) == tag:
-                    done[row["path"]] = VideoCheck(**row)
+                    check = VideoCheck(**row)
+                    if not is_stale(check):  # a file replaced since is checked again
+                        done[check.path] = check
     todo = [(p, backend, seek_mode, num_threads, tol) for p in paths if p not in done]
     if journal:
         os.makedirs(os.path.dirname(os.path.abspath(journal)), exist_ok=True)
@@ -318,7 +356,9 @@ def verify_videos(
         for job, check, err in watchdog.run_pool(_check_one, todo, jobs, timeout_s):
             if err is not None:
                 status = "hangs" if isinstance(err, watchdog.CallTimeout) else "unreadable"
+                size, mtime_ns = file_stamp(job[0])
                 check = VideoCheck(job[0], status, backend, reason=f"{type(err).__name__}: {err}", seconds=timeout_s)
+                check.size, check.mtime_ns = size, mtime_ns
             done[job[0]] = check
             if out is not None:
                 out.write(json.dumps({**asdict(check), "tag": tag}) + "\n")
@@ -428,22 +468,34 @@ def repair_videos(
 
     Copies mirror the originals' paths relative to `root` (or their file names), as .mp4: constant frame rate,
     closed GOPs of `keyint` frames, optionally resized to `short_side`, x264's `tune` (`decode.transcode`).
-    Originals are only read. Returns ({original absolute path: repaired path} for copies that verify `exact`, the
-    copies' checks; an original that could not be re-encoded is listed under its own path, status `unreadable`, with
-    the reason).
+    Originals are only read; two originals that differ only in extension (`x.mp4`, `x.mkv`) get copies `x.mp4` and
+    `x_mkv.mp4`. Returns ({original absolute path: repaired path} for copies that verify `exact`, the checks to
+    report: the copies', and for every original not replaced (its copy failed to encode or is not exact) its own
+    check, the failure added to the reason, so that training with the new report still knows what it is.
     """
     out_dir = os.path.abspath(out_dir)
     jobs_list: list[tuple[str, str, int, int, int, str]] = []
+    original: dict[str, VideoCheck] = {}
+    taken: set[str] = set()
     for check in checks:
         if check.status == "exact":
             continue
         src = os.path.abspath(check.path)
+        if src in original:
+            continue
         rel = os.path.relpath(src, os.path.abspath(root)) if root else os.path.basename(src)
         if rel.startswith(".."):
             rel = os.path.basename(src)
-        dst = os.path.join(out_dir, os.path.splitext(rel)[0] + ".mp4")
+        stem, ext = os.path.splitext(rel)
+        dst = os.path.join(out_dir, stem + ".mp4")
+        if dst in taken:  # another original with this name and another extension already has it
+            dst = os.path.join(out_dir, f"{stem}_{ext.lstrip('.').lower()}.mp4")
         if dst == src:
             raise ValueError(f"repair would overwrite {src}; choose an output folder other than the videos' own")
+        if dst in taken:
+            raise ValueError(f"repair would write two copies to {dst}; rename one of their originals")
+        taken.add(dst)
+        original[src] = replace(check, path=src)
         jobs_list.append((src, dst, keyint, short_side, crf, tune))
     failed: list[VideoCheck] = []
     encoded: dict[str, str] = {}
@@ -452,10 +504,17 @@ def repair_videos(
             encoded[job[1]] = job[0]
         else:
             reason = err.reason if isinstance(err, decode.VideoReadError) else f"{type(err).__name__}: {err}"
-            failed.append(VideoCheck(job[0], "unreadable", backend, reason=f"re-encoding failed: {reason}"))
+            before = original[job[0]]
+            failed.append(replace(before, reason=f"re-encoding failed: {reason}; as it is: {before.reason}"))
     position = {job[0]: k for k, job in enumerate(jobs_list)}  # the pool yields as jobs finish: report in input order
     copies = sorted(encoded, key=lambda dst: position[encoded[dst]])
     failed.sort(key=lambda c: position[c.path])
     rechecked = verify_videos(copies, backend, seek_mode, jobs, timeout_s, progress=progress)
     mapping = {encoded[c.path]: c.path for c in rechecked if c.status == "exact"}
-    return mapping, rechecked + failed
+    kept = [  # originals whose copy is not exact stay in the list: the report must still say what they are
+        replace(original[encoded[c.path]], reason=f"its copy {c.path} is {c.status} too; as it is: "
+                + original[encoded[c.path]].reason)
+        for c in rechecked
+        if c.status != "exact"
+    ]  # fmt: skip
+    return mapping, rechecked + kept + failed

@@ -1,3 +1,4 @@
+import json
 import os
 
 import numpy as np
@@ -478,3 +479,34 @@ def test_the_epoch_order_and_seeds_do_not_depend_on_the_number_of_ranks():
     assert [i for i, _ in moved] != [i for i, _ in one]
     with pytest.raises(ValueError, match="multiple of the 2 ranks"):
         SeededSampler(13, 7, 0, 2).starting_at(3)
+
+
+def test_a_verify_report_that_is_stale_or_matches_nothing_says_so(tmp_path, caplog, monkeypatch):
+    """A report whose file changed after the check (replaced by a repaired copy, say) used its old verdict and count;
+    a report of relative paths made in another folder matched no video and was silently a no-op."""
+    from aim_video.data import verify
+
+    clean = make_h264(str(tmp_path / "clean.mp4"), n=60, gop=50)
+    broken = false_keyframes(clean, str(tmp_path / "broken.mp4"), at=(20,))
+    lst = str(tmp_path / "train.txt")
+    write_lines(lst, [f"{clean} 0", f"{broken} 1"])
+    report = str(tmp_path / "verify.json")
+    verify.write_report(verify.verify_videos([clean, broken], "decord", progress=False), report, "decord", "exact")
+    cfg = tiny_cfg(lst, batch_size=1, verify_report=report)
+    with pytest.raises(AnnotationError, match="1 of 2 videos return wrong frames"):
+        build_train_loader(cfg, 0, 1)
+    make_h264(broken, n=60, gop=50, seed=2)  # repaired in place after the report
+    caplog.clear()
+    loader = build_train_loader(cfg, 0, 1)
+    assert len(loader.dataset.records) == 2
+    assert "1 videos changed after" in caplog.text and "broken.mp4" in caplog.text
+
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    rows = json.load(open(report))
+    for row in rows["videos"]:
+        row["path"] = os.path.relpath(row["path"], tmp_path)  # made with relative paths in tmp_path
+    json.dump(rows, open(report, "w"))
+    caplog.clear()
+    build_train_loader(cfg, 0, 1)
+    assert "2 of 2 videos are in no verify report" in caplog.text and "paths such as clean.mp4" in caplog.text

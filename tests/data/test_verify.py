@@ -317,3 +317,71 @@ def test_mpeg_ts_with_b_frames_pyav_is_exact_and_decord_is_caught(tmp_path):
     assert verify.check_video(path, "pyav").status == "exact"
     decord = verify.check_video(path, "decord")
     assert decord.status in verify.WRONG_FRAMES, (decord.status, decord.reason)
+
+
+def test_a_false_keyframe_in_a_long_video_is_checked_though_groups_are_spread(tmp_path):
+    """With more than 24 groups of pictures verify reads 24 spread evenly; a false keyframe in a group between them
+    passed as `exact`, though the sequential decode had found it. Its group is now read too."""
+    from tests.data.videos import make_frames
+
+    src = str(tmp_path / "long.mp4")
+    params = {"bf": "0", "x264-params": "scenecut=0:keyint=10:min-keyint=10"}
+    decode.write_video(src, make_frames(600), fps=25, gop=10, options=params)
+    points, _ = decode.packet_seek_points(src)
+    spread = verify.check_groups(points, 600)
+    at = next(f for f in range(15, 600, 10) if not any(f in g for g in verify.check_groups([*points, f], 600)))
+    assert len(spread) == 24 and [g for g in verify.check_groups([*points, at], 600, include=[at]) if g[0] == at]
+    check = verify.check_video(false_keyframes(src, str(tmp_path / "bad.mp4"), at=(at,)), "decord")
+    assert check.status == "corrupt_after_seek" and at in check.bad_indices, (check.status, check.reason)
+
+
+def test_a_still_scene_in_high_bit_depth_video_is_exact(tmp_path):
+    """10-bit video read with other colours than PyAV's: a wrong-looking read is matched to its nearest frame, and
+    in a still scene that was the first of the identical frames, not the one asked for: `corrupt_after_seek`, so
+    training refused a good file."""
+    import numpy as np
+
+    from tests.data.videos import make_frames
+
+    frames = make_frames(120)
+    still = np.concatenate([frames[:40], np.repeat(frames[40:41], 40, 0), frames[41:81]])  # 40..79 identical
+    path = str(tmp_path / "still10.mp4")
+    decode.write_video(path, still, fps=25, gop=250, pix_fmt="yuv420p10le", options={"bf": "0"})
+    check = verify.check_video(path, "decord")
+    assert check.status == "exact" and check.conversion_error > 1.0, (check.status, check.reason)
+
+
+def test_reports_hold_absolute_paths_and_file_stamps_and_a_changed_file_is_checked_again(tmp_path, monkeypatch):
+    clean = make_h264(str(tmp_path / "v.mp4"), n=60, gop=50)
+    monkeypatch.chdir(tmp_path)
+    journal = str(tmp_path / "j.jsonl")
+    (check,) = verify.verify_videos(["v.mp4"], "decord", journal=journal, progress=False)
+    assert check.path == clean and check.status == "exact"
+    assert (check.size, check.mtime_ns) == (os.path.getsize(clean), os.stat(clean).st_mtime_ns)
+    assert not verify.is_stale(check)
+    false_keyframes(make_h264(str(tmp_path / "src.mp4"), n=60, gop=50), clean, at=(20,))  # replaced in place
+    assert verify.is_stale(check)
+    (again,) = verify.verify_videos([clean], "decord", journal=journal, progress=False)  # the journal's is stale
+    assert again.status == "corrupt_after_seek"
+
+
+def test_repair_keeps_same_named_originals_apart_and_reports_what_it_could_not_replace(tmp_path):
+    """`x.mp4` and `x.mkv` were both copied to `x.mp4`, one lost; an original whose re-encode failed was reported as
+    `unreadable`, a status training keeps, so the new report let its wrong frames through."""
+    from tests.data.videos import make_frames
+
+    clean = make_h264(str(tmp_path / "src.mp4"), n=60, gop=50)
+    (tmp_path / "v").mkdir()
+    mp4 = false_keyframes(clean, str(tmp_path / "v" / "x.mp4"), at=(20,))
+    mkv = str(tmp_path / "v" / "x.mkv")
+    decode.write_video(mkv, make_frames(60, seed=3), fps=25, gop=50)
+    gone = str(tmp_path / "v" / "y.mp4")
+    checks = verify.verify_videos([mp4], "decord", progress=False)
+    why = "3 of 9 checked reads return another frame"
+    checks += [verify.VideoCheck(p, "shifted", "decord", reason=why) for p in (mkv, gone)]  # as a report says
+    mapping, rechecked = verify.repair_videos(checks, str(tmp_path / "out"), str(tmp_path / "v"), progress=False)
+    assert mapping == {mp4: str(tmp_path / "out" / "x.mp4"), mkv: str(tmp_path / "out" / "x_mkv.mp4")}
+    for original, copy in mapping.items():
+        assert mean_abs_diff(sequential_frames(copy)[30], sequential_frames(original)[30]) < 3
+    (lost,) = [c for c in rechecked if c.path == gone]  # its re-encode failed: its verdict stays for training
+    assert lost.status == "shifted" and lost.reason.startswith("re-encoding failed: ") and "3 of 9" in lost.reason
