@@ -1,25 +1,40 @@
 """Fair method comparisons: every method trained on one split with the same config, seed, schedule and loader.
 
-:func:`run_method` trains one named method with :func:`aim_video.engine.fit.fit` in this process (a world of one:
-the same DeepSpeed engine, loader and recipe as ``tools/train.py``), evaluates the exported weights with the
-multi-view protocol (a mergeable method is merged first, so its row is the plain-ViT model it ships as) and
-measures its cost on synthetic clips of the training shape: tunable parameters, inference GFLOPs per clip,
-training clips/s of the optimizer step and peak training memory. :func:`write_outputs` writes the table as
-Markdown, JSON and a PNG chart.
+:func:`prepare_methods` builds each method's config and checks its model (on the meta device) before anything
+trains: a setting a method does not read (``build.READ_BY``: AIM's adapter settings, LoRA's rank, ...) is reset to
+what that method behaves as, so that a recipe tuned for AIM runs every baseline instead of failing after hours.
+:func:`run_method` trains one method with :func:`aim_video.engine.fit.fit` in this process (a world of one: the
+same DeepSpeed engine, loader and recipe as ``tools/train.py``), evaluates the exported weights with the multi-view
+protocol (a model that can merge is merged first, so its row is the plain-ViT model it ships as) and measures its
+cost on synthetic clips of the training shape: tunable parameters, inference FLOPs per clip, training clips/s of the
+optimizer step and peak training memory. :func:`write_outputs` writes the table as Markdown, JSON and a PNG chart.
 
-Peak memory is ``torch.cuda.max_memory_allocated`` on a GPU. On a CPU (no allocator statistics; the process RSS
-is mostly the interpreter) it is the training step's accounted memory: parameters + gradients + AdamW states +
-the activations autograd saves for the backward pass (distinct storages, counted once).
+Every method trains with the config's recipe (lr, weight decay, schedule): for the recipe configs that is AIM's,
+so ``full_finetune`` is full fine-tuning under AIM's recipe, not the paper's full fine-tuning baseline (TimeSformer
+with its own recipe). FLOPs are ``FlopCounterMode``'s, 2 per multiply-add; the AIM paper's "GFLOPs" are
+multiply-adds (GMACs here: AIM ViT-B/16 at 8 frames counts 404 GFLOPs = 202 GMACs per view, the paper's 606 for
+3 views).
+
+The measured step is DeepSpeed's for ``train.precision`` (:func:`build_train_step`): in bf16/fp16 the model is
+held in that precision with fp32 master copies, gradient buffers and AdamW moments of the trainable parameters. Peak
+memory is ``torch.cuda.max_memory_allocated`` on a GPU, minus what was allocated when the measurement started
+(earlier models are freed first). On a CPU (no allocator statistics; the process RSS is mostly the interpreter) it
+is the training step's accounted memory (:func:`accounted_training_memory`): parameters + gradients + master
+weights and their gradients + AdamW states + the activations autograd saves for the backward pass (distinct
+storages, counted once).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
+import gc
 import json
 import os
 import platform
 import statistics
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -51,8 +66,8 @@ DESCRIPTIONS = {
     "aim_spatial_temporal": "AIM, spatial + temporal adapters",
     "aim": "AIM, spatial + temporal + joint adapters",
     "linear_probe": "linear probe (frozen backbone, mean of per-frame CLS)",
-    "full_finetune": "full fine-tuning, space-only (frames averaged)",
-    "lora": "LoRA on attn.qkv and attn.proj",
+    "full_finetune": "full fine-tuning, space-only (frames averaged), with the config's (AIM) recipe: lr, weight decay",
+    "lora": "LoRA on attn.qkv and attn.proj, merged for inference",
     "vpt_shallow": "VPT shallow (prompt tokens per frame)",
     "vpt_deep": "VPT deep (prompt tokens per frame and block)",
     "linear_adapter": "linear adapters, merged for inference (ZeroI2V-style)",
@@ -60,31 +75,124 @@ DESCRIPTIONS = {
 COLUMNS = [  # (key, header, format)
     ("method", "method", "{}"),
     ("tunable_params", "tunable params", "{:,}"),
-    ("gflops_per_clip", "GFLOPs / clip (inference)", "{:.4f}"),
+    ("gflops_per_clip", "GFLOPs / clip (inference, 2 per MAC)", "{:.4f}"),
+    ("gmacs_per_clip", "GMACs / clip (the paper's GFLOPs)", "{:.4f}"),
     ("train_clips_per_s", "train clips/s (step)", "{:.1f}"),
     ("peak_memory_mib", "peak train memory (MiB)", "{:.1f}"),
     ("top1", "top-1 (%)", "{:.1f}"),
     ("top5", "top-5 (%)", "{:.1f}"),
     ("temporal_pairs_top1", "temporal pairs top-1 (%)", "{:.1f}"),
 ]
+NOTES = [
+    "every method trains with this config's recipe (lr, weight decay, schedule), AIM's for the recipe configs: "
+    "full_finetune is not the paper's full fine-tuning baseline (TimeSformer, its own recipe)",
+    "GFLOPs count 2 FLOPs per multiply-add; the AIM paper's GFLOPs are GMACs (one per multiply-add)",
+    "settings a method does not read (aim_video/models/build.py READ_BY) are reset for it",
+]
 
 
-def method_config(name: str, config_path: str, overrides: list[str], output_dir: str) -> Config:
-    """The common config with ``name``'s overrides; the run goes to ``output_dir/name``."""
+def method_config(name: str, config_path: str | None, overrides: list[str], output_dir: str) -> Config:
+    """The common config with ``name``'s overrides; the run goes to ``output_dir/name``.
+
+    Settings the method does not read are reset to what it behaves as (``build.unread_settings``): a recipe's
+    ``model.temporal_attention=matmul`` or ``model.lora_rank=4`` among the overrides reaches only the methods that
+    read it, where ``build_model`` would otherwise refuse the baselines.
+    """
+    from aim_video.models.build import unread_settings
+
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}: choose from {', '.join(METHODS)}")
     extra = [*METHODS[name], f"output_dir={os.path.join(output_dir, name)}"]
-    return load_config(config_path, [*overrides, *extra])
+    cfg = load_config(config_path, [*overrides, *extra])
+    cfg.model = dataclasses.replace(cfg.model, **unread_settings(cfg.model.method))
+    return cfg
 
 
-def training_memory_mib(model: nn.Module, optimizer: torch.optim.Optimizer, step: Any, device: torch.device) -> float:
-    """Peak memory of one training step (``step()`` runs forward + backward + optimizer step), see the module doc."""
+def prepare_methods(
+    names: list[str], config_path: str | None, overrides: list[str], output_dir: str
+) -> dict[str, Config]:
+    """Every method's config, its model checked on the meta device: a bad setting fails here, before any training."""
+    from aim_video.models.build import check_model_config
+
+    configs = {}
+    for name in names:
+        cfg = method_config(name, config_path, [*overrides, "train.eval_every=-1"], output_dir)
+        try:
+            check_model_config(cfg.model, cfg.data.num_frames)
+        except ValueError as err:
+            raise ValueError(f"method {name}: {err}") from None
+        configs[name] = cfg
+    return configs
+
+
+def free_memory(device: torch.device) -> None:
+    """Collect garbage (models kept by reference cycles) and hand the CUDA cache back, before a measurement."""
+    gc.collect()
     if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        step()
-        torch.cuda.synchronize(device)
-        return torch.cuda.max_memory_allocated(device) / 2**20
+        torch.cuda.empty_cache()
+
+
+def build_train_step(
+    cfg: Config, model: nn.Module, device: torch.device, video: torch.Tensor, label: torch.Tensor
+) -> tuple[torch.optim.Optimizer, Callable[[], None]]:
+    """Move the fp32 ``model`` to ``device`` and return AdamW (training's groups) and one optimizer step on
+    ``video`` / ``label``, with the memory layout of DeepSpeed's step for ``train.precision`` at ZeRO stage 0.
+
+    bf16 / fp16: DeepSpeed casts the module to that precision and its optimizer wrapper (``BF16_Optimizer`` /
+    ``FP16_Optimizer``) keeps fp32 master weights, fp32 gradient buffers and fp32 AdamW moments for the trainable
+    parameters only: 2 + 2 + 4 + 4 + 8 = 20 bytes per trainable parameter, 2 per frozen one. The step below does the
+    same. We chose this over fp32 parameters under ``torch.autocast`` (the simpler option) because autocast holds
+    every frozen weight in fp32 plus a bf16 copy per step, twice DeepSpeed's memory for the frozen backbone (the
+    bulk of AIM's), and runs casts DeepSpeed does not. fp16's loss scaling is left out: it changes no tensor's size.
+    fp32: AdamW on the parameters themselves, as DeepSpeed without a wrapper.
+    """
+    from aim_video.engine.deepspeed_setup import model_dtype, peak_lr
+    from aim_video.engine.optim import build_optimizer, build_param_groups
+
+    dtype = model_dtype(cfg)
+    lr = peak_lr(cfg, 1)
+    names = model.trainable_parameter_names()
+    groups = build_param_groups(model, names, lr, cfg.train.weight_decay, cfg.train.backbone_lr_mult)
+    pairs: list[tuple[nn.Parameter, nn.Parameter]] = []  # (model parameter, its fp32 master)
+    if dtype != torch.float32:
+        for group in groups:
+            masters = [
+                nn.Parameter(p.detach().to(device=device, dtype=torch.float32, copy=True)) for p in group["params"]
+            ]
+            pairs += zip(group["params"], masters, strict=True)
+            group["params"] = masters
+        for _, master in pairs:
+            master.grad = torch.zeros_like(master)  # DeepSpeed's fp32 gradient buffer, kept between steps
+    model.to(device=device, dtype=dtype)  # tensor by tensor: no fp32 copy of the whole model on the device
+    optimizer = build_optimizer(groups, lr, cfg.train.betas)  # after the move: fused AdamW on CUDA
+    smoothing = cfg.train.label_smoothing
+
+    def step() -> None:
+        loss_fn(model(video), label, smoothing).backward()
+        if not pairs:
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            return
+        with torch.no_grad():
+            for param, master in pairs:
+                if param.grad is None:  # a parameter this step did not reach: zero, as DeepSpeed's buffer
+                    master.grad.zero_()
+                else:
+                    master.grad.copy_(param.grad)  # low-precision gradient -> fp32 buffer
+                param.grad = None
+            optimizer.step()  # on the fp32 masters
+            for param, master in pairs:
+                param.copy_(master)  # the updated weights, back in the model's precision
+
+    return optimizer, step
+
+
+def accounted_training_memory(
+    model: nn.Module, optimizer: torch.optim.Optimizer, step: Callable[[], None]
+) -> dict[str, int]:
+    """Bytes one training step holds (``step()`` runs forward + backward + optimizer step), by kind: the model's
+    parameters, their gradients (the trainable ones, in the model's precision), the optimizer's fp32 master weights
+    with their gradient buffers (mixed precision), the AdamW states and the activations saved for the backward."""
     saved: dict[int, int] = {}
 
     def pack(t: torch.Tensor) -> torch.Tensor:
@@ -95,34 +203,52 @@ def training_memory_mib(model: nn.Module, optimizer: torch.optim.Optimizer, step
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         step()
     params = {p.untyped_storage().data_ptr(): p.untyped_storage().nbytes() for p in model.parameters()}
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    grads = sum(p.numel() * p.element_size() for p in trainable)
-    states = sum(t.numel() * t.element_size() for s in optimizer.state.values() for t in s.values() if t.ndim > 0)
-    activations = sum(n for ptr, n in saved.items() if ptr not in params)
-    return (sum(params.values()) + grads + states + activations) / 2**20
+    masters = [p for g in optimizer.param_groups for p in g["params"] if p.untyped_storage().data_ptr() not in params]
+    return {
+        "parameters": sum(params.values()),
+        "gradients": sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad),
+        "master_weights": sum(2 * p.numel() * p.element_size() for p in masters),  # weights + gradient buffers
+        "optimizer_states": sum(
+            t.numel() * t.element_size() for s in optimizer.state.values() for t in s.values() if t.ndim > 0
+        ),
+        "activations": sum(n for ptr, n in saved.items() if ptr not in params),
+    }
+
+
+def training_memory_mib(
+    model: nn.Module, optimizer: torch.optim.Optimizer, step: Callable[[], None], device: torch.device, base: int
+) -> float:
+    """Peak memory of training, see the module doc; on CUDA since the peak statistics were reset with ``base``
+    bytes allocated (before the model was built), so leftovers of earlier work do not count."""
+    if device.type == "cuda":
+        step()
+        torch.cuda.synchronize(device)
+        return (torch.cuda.max_memory_allocated(device) - base) / 2**20
+    return sum(accounted_training_memory(model, optimizer, step).values()) / 2**20
 
 
 def measure_cost(cfg: Config, device: torch.device, warmup: int = 3, steps: int = 15) -> dict[str, Any]:
     """Tunable parameters, training clips/s (median optimizer step) and peak memory of ``cfg``'s model on synthetic
-    clips (batch of ``data.batch_size``, the training shape), with training's AdamW groups; the same clips for all."""
+    clips (batch of ``data.batch_size``, the training shape), with training's AdamW groups and DeepSpeed's mixed
+    precision (:func:`build_train_step`); the same clips for all."""
     from aim_video.engine.deepspeed_setup import model_dtype
     from aim_video.models.build import build_model
-    from aim_video.profiling.throughput import build_trainer, synchronize
+    from aim_video.profiling.throughput import synchronize
 
+    free_memory(device)
+    base = 0
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
     torch.manual_seed(cfg.train.seed)
     d = cfg.data
-    dtype = model_dtype(cfg)
-    model = build_model(cfg.model, d.num_frames).to(device=device, dtype=dtype).train()
-    optimizer = build_trainer(cfg, model)
+    model = build_model(cfg.model, d.num_frames).train()  # fp32 on the CPU; build_train_step moves and casts it
     gen = torch.Generator().manual_seed(cfg.train.seed)
     raw = torch.randint(0, 256, (d.batch_size, d.num_frames, 3, d.input_size, d.input_size), generator=gen)
-    video = normalize(raw.to(torch.uint8).to(device), d.mean, d.std).to(dtype)  # [B, T, C, H, W]
+    video = normalize(raw.to(torch.uint8).to(device), d.mean, d.std).to(model_dtype(cfg))  # [B, T, C, H, W]
     label = torch.randint(0, cfg.model.num_classes, (d.batch_size,), generator=gen).to(device)
-
-    def step() -> None:
-        loss_fn(model(video), label, cfg.train.label_smoothing).backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+    optimizer, step = build_train_step(cfg, model, device, video, label)
 
     for _ in range(warmup):
         step()
@@ -134,7 +260,7 @@ def measure_cost(cfg: Config, device: torch.device, warmup: int = 3, steps: int 
         synchronize(device)
         times.append(time.perf_counter() - start)
     elapsed = statistics.median(times)
-    memory = training_memory_mib(model, optimizer, step, device)
+    memory = training_memory_mib(model, optimizer, step, device, base)
     trainable, total = model.parameter_counts()
     return {
         "tunable_params": trainable,
@@ -153,39 +279,46 @@ def pair_accuracy(per_video: list[dict[str, int]], pairs: list[tuple[int, int]])
     return 100.0 * sum(v["pred"] == v["label"] for v in videos) / len(videos)
 
 
+def can_merge(model: nn.Module) -> bool:
+    """Whether ``model.merge()`` folds it into a plain ViT: mergeable modules (LoRA, linear adapters), no prompts."""
+    has_mergeable = any(hasattr(m, "merged") for m in model.modules())
+    return hasattr(model, "merge") and has_mergeable and getattr(model, "prompts", None) is None
+
+
 def run_method(
-    name: str,
-    config_path: str,
-    overrides: list[str],
-    output_dir: str,
-    split: str = "val",
-    temporal_pairs: list[tuple[int, int]] | None = None,
+    name: str, cfg: Config, split: str = "val", temporal_pairs: list[tuple[int, int]] | None = None
 ) -> dict[str, Any]:
-    """Train ``name``, evaluate it (merged when it can merge) and measure its cost; returns its table row."""
+    """Train ``name`` with its config from :func:`prepare_methods`, evaluate it (merged when it can merge) and
+    measure its cost; returns its table row."""
     from aim_video.data.loader import build_eval_loader
     from aim_video.engine.fit import fit
     from aim_video.eval.loading import load_model
     from aim_video.eval.multiview import apply_protocol, evaluate
     from aim_video.profiling.flops import model_flops_per_clip
 
-    cfg = method_config(name, config_path, [*overrides, "train.eval_every=-1"], output_dir)
     started = time.time()
     summary = fit(cfg)
     device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
     model = load_model(cfg, summary["paths"]["model_trainable"], device)
-    merged = cfg.model.method == "linear_adapter"  # the variant that ships merged: evaluated as a plain ViT
+    merged = can_merge(model)  # the variants that ship merged are evaluated as the plain ViT they become
     if merged:
         model.merge()
     apply_protocol(cfg)
     result = evaluate(model, build_eval_loader(cfg, split, 0, 1), cfg, device, progress=False)
     flops = model_flops_per_clip(model, cfg.data.num_frames, cfg.data.input_size, device, torch.float32)
+    inference_params = sum(p.numel() for p in model.parameters())
+    # neither this fp32 evaluation model nor fit's (kept by reference cycles until collected) may count in the
+    # training peak that measure_cost reads
+    del model
+    free_memory(device)
     row: dict[str, Any] = {
         "method": name,
         "description": DESCRIPTIONS[name],
         "model_method": cfg.model.method,
         "merged_for_eval": merged,
         "gflops_per_clip": flops["forward"] / 1e9,
-        "inference_params": sum(p.numel() for p in model.parameters()),
+        "gmacs_per_clip": flops["forward"] / 2e9,  # FlopCounterMode counts 2 FLOPs per multiply-add
+        "inference_params": inference_params,
         **measure_cost(cfg, device),
         "top1": float(result["top1"]),
         "top5": float(result["top5"]),
@@ -242,7 +375,7 @@ def plot(rows: list[dict[str, Any]], path: str, title: str) -> str:
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, format="png")  # the format by name: the path may be a temporary one
     plt.close(fig)
     return path
 
@@ -253,15 +386,32 @@ def machine_description() -> str:
     return f"CPU ({os.cpu_count()} cores, {platform.processor() or platform.machine()})"
 
 
+def _replace_atomically(path: str, write: Callable[[str], None]) -> None:
+    """``write(tmp)`` then rename over ``path``: a crash never leaves a half-written file."""
+    tmp = f"{path}.tmp.{os.getpid()}"
+    write(tmp)
+    os.replace(tmp, path)
+
+
 def write_outputs(rows: list[dict[str, Any]], out_dir: str, meta: dict[str, Any]) -> dict[str, str]:
-    """``compare.md``, ``compare.json`` and ``compare.png`` in ``out_dir``; returns their paths."""
+    """``compare.md``, ``compare.json`` and ``compare.png`` in ``out_dir``, each replaced atomically (tools/compare.py
+    rewrites them after every method); returns their paths."""
     os.makedirs(out_dir, exist_ok=True)
-    meta = {"date": datetime.date.today().isoformat(), "machine": machine_description(), **meta}
+    meta = {"date": datetime.date.today().isoformat(), "machine": machine_description(), **meta, "notes": NOTES}
     paths = {k: os.path.join(out_dir, f"compare.{k}") for k in ("md", "json", "png")}
-    with open(paths["json"], "w") as f:
-        json.dump({"meta": meta, "rows": rows}, f, indent=2)
-    header = [f"- {key}: {value}" for key, value in meta.items()]
-    with open(paths["md"], "w") as f:
-        f.write("\n".join(header) + "\n\n" + markdown_table(rows) + "\n")
-    plot(rows, paths["png"], f"{meta.get('config', '')} ({meta['machine']}, {meta['date']})")
+
+    def write_json(tmp: str) -> None:
+        with open(tmp, "w") as f:
+            json.dump({"meta": meta, "rows": rows}, f, indent=2)
+
+    def write_md(tmp: str) -> None:
+        header = [f"- {key}: {value}" for key, value in meta.items() if key != "notes"]
+        header += [f"- note: {note}" for note in NOTES]
+        with open(tmp, "w") as f:
+            f.write("\n".join(header) + "\n\n" + markdown_table(rows) + "\n")
+
+    _replace_atomically(paths["json"], write_json)
+    _replace_atomically(paths["md"], write_md)
+    title = f"{meta.get('config', '')} ({meta['machine']}, {meta['date']})"
+    _replace_atomically(paths["png"], lambda tmp: plot(rows, tmp, title))
     return paths

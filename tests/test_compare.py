@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
 
 from aim_video.compare import METHODS, markdown_table, measure_cost, method_config, pair_accuracy, write_outputs
 from aim_video.config import load_config
+from aim_video.models.build import build_model, check_method
 from tests.models.conftest import TINY_CLIP
+from tests.tools.conftest import REPO, TINY_VIT, make_videos, tiny_config, write_base_weights
 
 
-def _cfg(method: str):
-    cfg = method_config(method, None, ["data.batch_size=2", "data.num_frames=4", "data.input_size=32",
-                                       "model.num_classes=5", "train.precision=fp32"], "/tmp/unused")  # fmt: skip
+def _cfg(method: str, precision: str = "fp32"):
+    shape = ["data.batch_size=2", "data.num_frames=4", "data.input_size=32", "model.num_classes=5"]
+    cfg = method_config(method, None, [*shape, f"train.precision={precision}"], "/tmp/unused")
     cfg.model.arch, cfg.model.vit_kwargs = "vit_base_patch16_clip_quickgelu_224", dict(TINY_CLIP)
     return cfg
 
@@ -32,6 +36,40 @@ def test_every_method_builds_a_distinct_config_and_unknown_names_fail() -> None:
         method_config("adapter", None, [], "runs/x")
 
 
+@pytest.mark.parametrize("recipe", ["k400_vit_b16_8f.yaml", "ssv2_vit_b16_8f.yaml"])
+def test_a_recipe_config_gives_every_method_only_the_settings_it_reads(recipe: str) -> None:
+    """The k400 ViT-B/16 8-frame recipe sets temporal_attention=matmul, the SSv2 ones two temporal adapters and
+    mlp_adapter_scale=1.0: build_model refused every baseline with them, after the AIM variants had trained."""
+    path = os.path.join(REPO, "configs", recipe)
+    recipe_model = load_config(path).model
+    models = {name: method_config(name, path, ["model.lora_rank=4"], "runs/x").model for name in METHODS}
+    for model in models.values():
+        check_method(model)  # raised for every baseline before
+    aim = models["aim"]
+    assert (aim.temporal_attention, aim.num_temporal_adapters, aim.mlp_adapter_scale, aim.drop_path_rate) == (
+        recipe_model.temporal_attention,
+        recipe_model.num_temporal_adapters,
+        recipe_model.mlp_adapter_scale,
+        0.2,
+    )
+    assert aim.lora_rank == 8  # the shared override reaches only LoRA
+    lora = models["lora"]
+    assert (lora.lora_rank, lora.temporal_attention, lora.num_temporal_adapters, lora.mlp_adapter_scale) == (
+        4, "sdpa", 1, 0.5)  # fmt: skip
+    assert lora.drop_path_rate == 0.0 and models["linear_probe"].drop_path_rate == 0.0  # what they run with
+    assert models["full_finetune"].drop_path_rate == 0.2 and models["full_finetune"].lora_rank == 8
+    assert models["vpt_deep"].arch == recipe_model.arch and models["vpt_deep"].num_classes == recipe_model.num_classes
+
+
+def test_every_method_is_checked_before_any_trains(tmp_path) -> None:
+    from aim_video.compare import prepare_methods
+
+    configs = prepare_methods(["aim", "linear_probe"], None, ["model.lora_rank=0"], str(tmp_path))
+    assert list(configs) == ["aim", "linear_probe"] and configs["aim"].train.eval_every == -1
+    with pytest.raises(ValueError, match="method lora: model.lora_rank must be >= 1, got 0"):
+        prepare_methods(["aim", "linear_probe", "lora"], None, ["model.lora_rank=0"], str(tmp_path))
+
+
 def test_cost_counts_parameters_and_memory_grows_with_the_trainable_set() -> None:
     probe = measure_cost(_cfg("linear_probe"), torch.device("cpu"), warmup=1, steps=1)
     full = measure_cost(_cfg("full_finetune"), torch.device("cpu"), warmup=1, steps=1)
@@ -43,6 +81,43 @@ def test_cost_counts_parameters_and_memory_grows_with_the_trainable_set() -> Non
     assert probe["peak_memory_mib"] > params_mib
 
 
+@pytest.mark.parametrize("method", ["full_finetune", "aim"])
+def test_bf16_step_keeps_fp32_master_weights_and_adam_state_as_deepspeed(method: str) -> None:
+    """DeepSpeed bf16: bf16 model, fp32 master weights + gradient buffers + AdamW moments of the trainable set,
+    20 bytes per trainable parameter and 2 per frozen one."""
+    from aim_video.compare import accounted_training_memory, build_train_step
+
+    cfg = _cfg(method, precision="bf16")
+    torch.manual_seed(0)
+    model = build_model(cfg.model, 4)
+    trainable, total = model.parameter_counts()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    video, label = torch.randn(2, 4, 3, 32, 32, dtype=torch.bfloat16), torch.tensor([0, 3])
+    optimizer, step = build_train_step(cfg, model, torch.device("cpu"), video, label)
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    memory = accounted_training_memory(model, optimizer, step)
+    masters = [p for g in optimizer.param_groups for p in g["params"]]
+    assert {p.dtype for p in masters} == {torch.float32} and sum(p.numel() for p in masters) == trainable
+    states = [t for s in optimizer.state.values() for t in s.values() if t.ndim > 0]
+    assert len(states) == 2 * len(masters) and {t.dtype for t in states} == {torch.float32}
+    assert memory["parameters"] == 2 * total and memory["gradients"] == 2 * trainable
+    assert memory["master_weights"] == 8 * trainable and memory["optimizer_states"] == 8 * trainable
+    assert sum(memory.values()) - memory["activations"] == 20 * trainable + 2 * (total - trainable)
+    # the step updated the masters and copied them back: the model holds them, rounded to bf16
+    params = dict(model.named_parameters())
+    held = [params[n] for n in model.trainable_parameter_names()]
+    assert all(any(p.shape == m.shape and torch.equal(p, m.to(torch.bfloat16)) for p in held) for m in masters)
+    assert not torch.equal(params["head.weight"].float(), before["head.weight"])
+
+
+def test_bf16_memory_counts_20_bytes_per_trainable_parameter() -> None:
+    """A bf16 model under torch AdamW (bf16 moments, no fp32 masters) counted 6: full fine-tuning looked cheap."""
+    full = measure_cost(_cfg("full_finetune", "bf16"), torch.device("cpu"), warmup=1, steps=1)
+    probe = measure_cost(_cfg("linear_probe", "bf16"), torch.device("cpu"), warmup=1, steps=1)
+    extra_trainable = full["tunable_params"] - probe["tunable_params"]
+    assert full["peak_memory_mib"] - probe["peak_memory_mib"] > extra_trainable * 20 / 2**20
+
+
 def test_pair_accuracy_scores_only_the_pair_classes() -> None:
     videos = [{"index": i, "label": y, "pred": p} for i, (y, p) in enumerate([(0, 0), (1, 0), (2, 2), (3, 3), (4, 5)])]
     assert pair_accuracy(videos, [(0, 1), (2, 3)]) == 75.0
@@ -52,16 +127,107 @@ def test_pair_accuracy_scores_only_the_pair_classes() -> None:
 
 def test_outputs_table_json_and_chart(tmp_path) -> None:
     rows = [
-        {"method": "aim", "tunable_params": 20182, "gflops_per_clip": 0.05, "train_clips_per_s": 30.0,
-         "peak_memory_mib": 20.0, "top1": 100.0, "top5": 100.0, "temporal_pairs_top1": 100.0},
-        {"method": "linear_probe", "tunable_params": 390, "gflops_per_clip": 0.04, "train_clips_per_s": 60.0,
-         "peak_memory_mib": 10.0, "top1": 60.0, "top5": 100.0, "temporal_pairs_top1": 50.0},
+        {"method": "aim", "tunable_params": 20182, "gflops_per_clip": 0.05, "gmacs_per_clip": 0.025,
+         "train_clips_per_s": 30.0, "peak_memory_mib": 20.0, "top1": 100.0, "top5": 100.0,
+         "temporal_pairs_top1": 100.0},
+        {"method": "linear_probe", "tunable_params": 390, "gflops_per_clip": 0.04, "gmacs_per_clip": 0.02,
+         "train_clips_per_s": 60.0, "peak_memory_mib": 10.0, "top1": 60.0, "top5": 100.0, "temporal_pairs_top1": 50.0},
     ]  # fmt: skip
     paths = write_outputs(rows, str(tmp_path), {"config": "configs/demo.yaml", "command": "python tools/compare.py"})
     table = open(paths["md"]).read()
-    assert "| aim | 20,182 | 0.0500 | 30.0 | 20.0 | 100.0 | 100.0 | 100.0 |" in table
+    assert (
+        "| method | tunable params | GFLOPs / clip (inference, 2 per MAC) | GMACs / clip (the paper's GFLOPs) |"
+        in table
+    )
+    assert "| aim | 20,182 | 0.0500 | 0.0250 | 30.0 | 20.0 | 100.0 | 100.0 | 100.0 |" in table
     assert "- command: python tools/compare.py" in table
+    assert "full_finetune is not the paper's full fine-tuning baseline" in table
     data = json.load(open(paths["json"]))
     assert data["rows"] == rows and data["meta"]["machine"]
     assert os.path.getsize(paths["png"]) > 10_000
+    assert sorted(os.listdir(tmp_path)) == ["compare.json", "compare.md", "compare.png"]  # no temporary left
     assert "temporal pairs" not in markdown_table([{k: v for k, v in rows[0].items() if "pairs" not in k}])
+
+
+# tools/compare.py in a child process, with the third method crashing (a stand-in for an out-of-memory error) and
+# measure_cost wrapped to count the video models alive (reachable or in uncollected cycles) when it starts
+CHILD = """
+import gc, json, runpy, sys
+import aim_video.compare as compare
+from aim_video.models.video_model import VideoModelMixin
+
+real_run, real_measure, alive = compare.run_method, compare.measure_cost, []
+
+def measure(*args, **kwargs):
+    alive.append(sum(isinstance(o, VideoModelMixin) for o in gc.get_objects()))
+    return real_measure(*args, **kwargs)
+
+def run(name, *args, **kwargs):
+    if name == "vpt_shallow":
+        raise RuntimeError("simulated crash of the third method")
+    return real_run(name, *args, **kwargs)
+
+compare.measure_cost, compare.run_method = measure, run
+sys.argv = ["tools/compare.py", *sys.argv[1:]]
+try:
+    runpy.run_path("tools/compare.py", run_name="__main__")
+except RuntimeError as err:
+    print(f"crashed: {err}")
+print(json.dumps({"alive": alive}))
+"""
+
+
+@pytest.fixture(scope="module")
+def tiny_videos(tmp_path_factory) -> str:
+    root = str(tmp_path_factory.mktemp("videos"))
+    make_videos(root)
+    write_base_weights(os.path.join(root, "base_vit.safetensors"), TINY_VIT)
+    return root
+
+
+def _compare(tmp_path, root: str, args: list[str], script: str | None = None) -> subprocess.CompletedProcess:
+    cfg = tiny_config(
+        str(tmp_path), root,
+        data={"val_list": os.path.join(root, "train.txt"), "test_num_clips": 1, "test_short_side": 32},
+        model={"temporal_attention": "matmul", "num_temporal_adapters": 2},  # AIM-only settings, as the recipes'
+        train={"max_steps": 2, "save_every": 100},
+    )  # fmt: skip
+    cmd = ["-c", script] if script else ["tools/compare.py"]
+    cmd = [sys.executable, *cmd, "--config", cfg, "--out", str(tmp_path / "table"), *args,
+           f"output_dir={tmp_path / 'runs'}"]  # fmt: skip
+    dist_keys = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+    env = {k: v for k, v in os.environ.items() if k not in dist_keys}
+    env.update(DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", PYTHONPATH=REPO)
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_rows_are_written_as_each_method_ends_and_measured_without_leftover_models(tiny_videos, tmp_path) -> None:
+    result = _compare(tmp_path, tiny_videos, ["--methods", "aim,lora,linear_probe,vpt_shallow"], CHILD)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "crashed: simulated crash of the third method" in result.stdout
+    # the evaluation model and fit's model were freed before each measurement
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == {"alive": [0, 0, 0]}
+    data = json.load(open(tmp_path / "table" / "compare.json"))
+    aim, lora, probe = data["rows"]
+    assert [r["method"] for r in data["rows"]] == ["aim", "lora", "linear_probe"]
+    assert data["meta"]["methods_done"] == "3 of 4"
+    assert "| linear_probe |" in (tmp_path / "table" / "compare.md").read_text()
+    assert sorted(os.listdir(tmp_path / "table")) == ["compare.json", "compare.md", "compare.png"]
+    # the recipe's AIM settings reached AIM (two temporal adapters per block) and LoRA ran with the defaults
+    per_adapter = 32 * 8 + 8 + 8 * 32 + 32  # width 32, ratio 0.25
+    assert aim["tunable_params"] == 2 * 4 * per_adapter + 4 * 32 + 2 * 32 + 32 * 2 + 2  # + temporal emb, norm, head
+    lora_per_block = 8 * ((32 + 3 * 32) + (32 + 32))  # default rank 8 on qkv and proj
+    assert lora["tunable_params"] == probe["tunable_params"] + 2 * lora_per_block
+    assert lora["train_steps"] == probe["train_steps"] == 2
+    # LoRA merges for inference: a plain ViT + head, the probe's parameters and FLOPs
+    assert lora["merged_for_eval"] and not probe["merged_for_eval"] and not aim["merged_for_eval"]
+    assert lora["inference_params"] == probe["inference_params"] == probe["total_params"] < lora["total_params"]
+    assert lora["gflops_per_clip"] == probe["gflops_per_clip"] < aim["gflops_per_clip"]
+    assert all(r["gmacs_per_clip"] * 2 == pytest.approx(r["gflops_per_clip"]) for r in data["rows"])
+
+
+def test_a_bad_setting_of_a_later_method_stops_the_run_before_any_training(tiny_videos, tmp_path) -> None:
+    result = _compare(tmp_path, tiny_videos, ["--methods", "linear_probe,lora", "model.lora_rank=0"])
+    assert result.returncode == 2, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "error: method lora: model.lora_rank must be >= 1, got 0" in result.stderr
+    assert not os.path.exists(tmp_path / "runs" / "linear_probe") and not os.path.exists(tmp_path / "table")

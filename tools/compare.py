@@ -5,9 +5,13 @@
 
 Each method (aim_video/compare.py METHODS: AIM's component ablations, linear probe, full fine-tuning, LoRA, VPT
 shallow/deep, merged linear adapters) is trained in this process with the engine of tools/train.py (a world of one),
-evaluated with the multi-view protocol on --split and measured (tunable parameters, inference GFLOPs per clip,
-training clips/s, peak training memory). Writes compare.md, compare.json and compare.png into --out; the run folders
-go under output_dir (one per method). `--temporal-pairs demo` adds top-1 on the demo's temporal-order class pairs.
+evaluated with the multi-view protocol on --split and measured (tunable parameters, inference GFLOPs and GMACs per
+clip, training clips/s, peak training memory). Every method's config is built and its model checked before the first
+one trains; settings a method does not read (AIM's adapter settings for a baseline, ...) are reset for it. Every
+method trains with the config's recipe: with a recipe config, full_finetune is full fine-tuning under AIM's lr and
+weight decay, not the paper's full fine-tuning baseline. compare.md, compare.json and compare.png in --out are
+rewritten after each method, so a crash later keeps the rows done; the run folders go under output_dir (one per
+method). `--temporal-pairs demo` adds top-1 on the demo's temporal-order class pairs.
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if not torch.cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")  # DeepSpeed's CPU accelerator (gloo), as tools/demo.py sets
-    from aim_video.compare import METHODS, markdown_table, run_method, write_outputs
+    from aim_video.compare import METHODS, markdown_table, prepare_methods, run_method, write_outputs
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m not in METHODS]
@@ -52,19 +56,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --methods: unknown {unknown or 'empty list'}; choose from {', '.join(METHODS)}", file=sys.stderr)
         return 2
     cfg = config_cli_main(args.config, args.overrides)  # validates the shared config and overrides up front
+    try:  # every method's config and model, before the first one trains
+        configs = prepare_methods(methods, args.config, args.overrides, cfg.output_dir)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     pairs = None
     if args.temporal_pairs == "demo":
         from aim_video.data.demo_data import TEMPORAL_PAIRS
 
         pairs = TEMPORAL_PAIRS
     started = time.time()
-    rows = []
-    for name in methods:
-        print(f"[compare] {name}", flush=True)
-        row = run_method(name, args.config, args.overrides, cfg.output_dir, args.split, pairs)
-        rows.append(row)
-        shown = {k: row[k] for k in ("top1", "top5", "tunable_params", "wall_s") if k in row}
-        print(f"[compare] {name}: {json.dumps(shown)}", flush=True)
     command = "python tools/compare.py " + " ".join(sys.argv[1:] if argv is None else argv)
     meta = {
         "command": command,
@@ -73,9 +75,16 @@ def main(argv: list[str] | None = None) -> int:
         "split": args.split,
         "seed": cfg.train.seed,
         "epochs": cfg.train.epochs,
-        "total_wall_s": round(time.time() - started, 1),
     }
-    paths = write_outputs(rows, args.out, meta)
+    rows = []
+    for name in methods:
+        print(f"[compare] {name}", flush=True)
+        row = run_method(name, configs[name], args.split, pairs)
+        rows.append(row)
+        shown = {k: row[k] for k in ("top1", "top5", "tunable_params", "wall_s") if k in row}
+        print(f"[compare] {name}: {json.dumps(shown)}", flush=True)
+        meta.update(methods_done=f"{len(rows)} of {len(methods)}", total_wall_s=round(time.time() - started, 1))
+        paths = write_outputs(rows, args.out, meta)  # after each method: a later crash loses none of these rows
     print(markdown_table(rows))
     print(json.dumps({"paths": paths, "total_wall_s": meta["total_wall_s"]}))
     return 0

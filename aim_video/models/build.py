@@ -5,17 +5,22 @@ joint adapters and the temporal embedding switch on and off through their own fl
 baselines of :mod:`aim_video.models.frame_vit`: ``linear_probe`` (head only), ``full_finetune`` (every backbone
 parameter), ``lora`` (attention projections), ``vpt_shallow`` / ``vpt_deep`` (prompt tokens per frame) and
 ``linear_adapter`` (ZeroI2V-style adapters that ``merge()`` folds into the weights).
+
+A setting that the chosen method does not read (:data:`READ_BY`) is refused unless it keeps its default, so that no
+run silently trains something other than what its config says.
 """
 
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import timm
+import torch
 from timm.models.vision_transformer import VisionTransformer
 
 from aim_video.config import ModelConfig
-from aim_video.models.aim import AIMVisionTransformer
+from aim_video.models.aim import AIMVisionTransformer, DropPath
 from aim_video.models.frame_vit import FrameViT
 from aim_video.models.linear_adapter import apply_linear_adapters
 from aim_video.models.lora import apply_lora
@@ -26,6 +31,20 @@ METHODS = ("aim", "linear_probe", "full_finetune", "lora", "vpt_shallow", "vpt_d
 VideoModel = AIMVisionTransformer | FrameViT
 
 log = logging.getLogger(__name__)
+
+AIM_ONLY = ("adapter_ratio", "adapter_layers", "spatial_adapter", "temporal_adapter", "joint_adapter",
+            "num_temporal_adapters", "mlp_adapter_scale", "temporal_embedding", "temporal_attention")  # fmt: skip
+# ModelConfig keys that only some methods read (every other key is read by every method)
+READ_BY: dict[str, tuple[str, ...]] = {
+    **dict.fromkeys(AIM_ONLY, ("aim",)),
+    "drop_path_rate": ("aim", "full_finetune"),  # the frozen-backbone baselines run their ViT without stochastic depth
+    "lora_rank": ("lora",),
+    "lora_alpha": ("lora",),
+    "prompt_tokens": ("vpt_shallow", "vpt_deep"),
+    "linear_adapter_rank": ("linear_adapter",),
+}
+# what a method that does not read the key behaves as; accepted besides the schema default
+UNREAD_VALUE: dict[str, Any] = {"drop_path_rate": 0.0}
 
 
 def parse_adapter_layers(spec: str, depth: int) -> list[int]:
@@ -73,7 +92,7 @@ def create_backbone(cfg: ModelConfig) -> VisionTransformer:
             "(OpenAI CLIP weights) or vit_base_patch16_224"
         )
     try:
-        # drop_path stays off in the frozen branches; AIM puts it on its own temporal and MLP-adapter branches
+        # drop_path stays off in timm's blocks: AIM puts it on its own branches, full fine-tuning adds it below
         backbone = timm.create_model(cfg.arch, pretrained=False, num_classes=0, drop_path_rate=0.0, **kwargs)
     except TypeError as err:
         raise ValueError(f"model.vit_kwargs does not fit timm's {cfg.arch}: {err}") from None
@@ -82,25 +101,44 @@ def create_backbone(cfg: ModelConfig) -> VisionTransformer:
     return backbone
 
 
+def unread_settings(method: str) -> dict[str, Any]:
+    """The ModelConfig keys ``method`` does not read, each with the value it behaves as (see :data:`READ_BY`)."""
+    defaults = ModelConfig()
+    return {
+        key: UNREAD_VALUE.get(key, getattr(defaults, key)) for key, methods in READ_BY.items() if method not in methods
+    }
+
+
 def check_method(cfg: ModelConfig) -> None:
-    """``model.method`` is known and no AIM-only setting is given to a baseline (it would be silently ignored)."""
+    """``model.method`` is known and every setting it does not read keeps its default (else it is silently ignored)."""
     if cfg.method not in METHODS:
         raise ValueError(f"model.method={cfg.method!r} is not one of {', '.join(METHODS)}")
-    if cfg.method == "aim":
-        return
     defaults = ModelConfig()
-    aim_only = ("adapter_layers", "num_temporal_adapters", "temporal_attention")
-    changed = [f"model.{key}={getattr(cfg, key)!r}" for key in aim_only if getattr(cfg, key) != getattr(defaults, key)]
-    if changed:
-        raise ValueError(
-            f"{', '.join(changed)} only applies to model.method=aim, not model.method={cfg.method}; "
-            f"leave {' and '.join(f'model.{k}' for k in aim_only)} at their defaults"
-        )
+    ignored = [
+        f"model.{key}={getattr(cfg, key)!r} only applies to model.method={' or '.join(READ_BY[key])}, "
+        f"not model.method={cfg.method}"
+        for key, value in unread_settings(cfg.method).items()
+        if getattr(cfg, key) not in (getattr(defaults, key), value)
+    ]
+    if ignored:
+        raise ValueError("; ".join(ignored) + ": remove these settings or leave them at their defaults")
+
+
+def add_drop_path(backbone: VisionTransformer, rate: float) -> None:
+    """Stochastic depth on every timm block's attention and MLP branches, rising linearly from 0 to ``rate`` over
+    depth (timm's schedule), for full fine-tuning. AIM's :class:`DropPath` (rate in a tensor) instead of timm's, so
+    that ``model.compile`` traces every block to one graph, as for AIM."""
+    depth = len(backbone.blocks)
+    for i, blk in enumerate(backbone.blocks):
+        blk_rate = rate * i / max(depth - 1, 1)
+        blk.drop_path1, blk.drop_path2 = DropPath(blk_rate), DropPath(blk_rate)
 
 
 def _build_frame_model(cfg: ModelConfig, backbone: VisionTransformer, num_frames: int) -> FrameViT:
     """The frame-by-frame baseline named by ``cfg.method`` (its added modules go in before the wrapper freezes)."""
     prompts = None
+    if cfg.method == "full_finetune" and cfg.drop_path_rate > 0:
+        add_drop_path(backbone, cfg.drop_path_rate)
     if cfg.method == "lora":
         apply_lora(backbone, cfg.lora_rank, cfg.lora_alpha)
     elif cfg.method == "linear_adapter":
@@ -124,32 +162,43 @@ def _build_frame_model(cfg: ModelConfig, backbone: VisionTransformer, num_frames
     )
 
 
+def assemble_model(cfg: ModelConfig, num_frames: int) -> VideoModel:
+    """The ``cfg.method`` architecture with fresh weights: checks, backbone, added modules; nothing loaded."""
+    check_method(cfg)
+    backbone = create_backbone(cfg)
+    if cfg.method != "aim":
+        return _build_frame_model(cfg, backbone, num_frames)
+    return AIMVisionTransformer(
+        backbone,
+        num_frames=num_frames,
+        num_classes=cfg.num_classes,
+        adapter_blocks=parse_adapter_layers(cfg.adapter_layers, len(backbone.blocks)),
+        ratio=cfg.adapter_ratio,
+        spatial=cfg.spatial_adapter,
+        temporal=cfg.temporal_adapter,
+        joint=cfg.joint_adapter,
+        num_temporal_adapters=cfg.num_temporal_adapters,
+        mlp_adapter_scale=cfg.mlp_adapter_scale,
+        temporal_embedding=cfg.temporal_embedding,
+        drop_path_rate=cfg.drop_path_rate,
+        head_dropout=cfg.head_dropout,
+        temporal_attention=cfg.temporal_attention,
+    )
+
+
+def check_model_config(cfg: ModelConfig, num_frames: int) -> None:
+    """Raise what :func:`build_model` would raise for ``cfg`` (apart from loading ``cfg.pretrained``), in a moment:
+    the architecture is built on the meta device, with no memory for its weights."""
+    with torch.device("meta"):
+        assemble_model(cfg, num_frames)
+
+
 def build_model(cfg: ModelConfig, num_frames: int) -> VideoModel:
     """The ``cfg.method`` model for clips of ``num_frames``: backbone, added modules, pretrained weights, switches.
 
     Input float ``[B, T, C, H, W]`` -> logits ``[B, cfg.num_classes]``; only the trainable set requires grad.
     """
-    check_method(cfg)
-    backbone = create_backbone(cfg)
-    if cfg.method != "aim":
-        model: VideoModel = _build_frame_model(cfg, backbone, num_frames)
-    else:
-        model = AIMVisionTransformer(
-            backbone,
-            num_frames=num_frames,
-            num_classes=cfg.num_classes,
-            adapter_blocks=parse_adapter_layers(cfg.adapter_layers, len(backbone.blocks)),
-            ratio=cfg.adapter_ratio,
-            spatial=cfg.spatial_adapter,
-            temporal=cfg.temporal_adapter,
-            joint=cfg.joint_adapter,
-            num_temporal_adapters=cfg.num_temporal_adapters,
-            mlp_adapter_scale=cfg.mlp_adapter_scale,
-            temporal_embedding=cfg.temporal_embedding,
-            drop_path_rate=cfg.drop_path_rate,
-            head_dropout=cfg.head_dropout,
-            temporal_attention=cfg.temporal_attention,
-        )
+    model = assemble_model(cfg, num_frames)
     if cfg.pretrained:
         load_pretrained(model, cfg.pretrained)
     else:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
 from aim_video.config import ModelConfig
-from aim_video.models.build import build_model, parse_adapter_layers
+from aim_video.models.build import build_model, check_method, parse_adapter_layers
 from tests.models.conftest import NUM_FRAMES, TIMM_ARCH, tiny_cfg
 
 
@@ -191,3 +193,74 @@ def test_compiled_blocks_share_one_graph_under_a_drop_path_schedule(temporal_att
         model.train()
         model(video).sum().backward()
     assert [blk.drop_path.rate.item() for blk in model.backbone.blocks] == pytest.approx([0, 0.2 / 3, 0.4 / 3, 0.2])
+
+
+@pytest.mark.parametrize(
+    ("method", "setting", "message"),
+    [
+        ("aim", dict(lora_rank=4), "model.lora_rank=4 only applies to model.method=lora, not model.method=aim"),
+        ("aim", dict(prompt_tokens=3), "model.prompt_tokens=3 only applies to model.method=vpt_shallow or vpt_deep"),
+        (
+            "lora",
+            dict(linear_adapter_rank=4),
+            "model.linear_adapter_rank=4 only applies to model.method=linear_adapter",
+        ),
+        (
+            "linear_adapter",
+            dict(lora_alpha=8.0),
+            "model.lora_alpha=8.0 only applies to model.method=lora, not model.me",
+        ),
+        ("full_finetune", dict(mlp_adapter_scale=1.0), "model.mlp_adapter_scale=1.0 only applies to model.method=aim"),
+        ("vpt_deep", dict(temporal_embedding=False), "model.temporal_embedding=False only applies to model.method=aim"),
+        (
+            "lora",
+            dict(adapter_ratio=0.5),
+            "model.adapter_ratio=0.5 only applies to model.method=aim, not model.method=",
+        ),
+        (
+            "linear_probe",
+            dict(drop_path_rate=0.1),
+            "model.drop_path_rate=0.1 only applies to model.method=aim or full_f",
+        ),
+    ],
+)
+def test_a_setting_the_method_does_not_read_is_refused(method: str, setting: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        build_model(tiny_cfg(method=method, **setting), NUM_FRAMES)
+
+
+@pytest.mark.parametrize("method", ["aim", "linear_probe", "full_finetune", "lora", "vpt_shallow", "vpt_deep",
+                                    "linear_adapter"])  # fmt: skip
+def test_defaults_and_what_the_method_runs_with_are_accepted(method: str) -> None:
+    check_method(ModelConfig(method=method))  # every default, drop_path_rate=0.2 included
+    check_method(ModelConfig(method=method, drop_path_rate=0.0))  # what the frozen baselines run with
+    from aim_video.models.build import unread_settings
+
+    check_method(dataclasses.replace(ModelConfig(method=method), **unread_settings(method)))  # what compare sets
+
+
+def test_full_finetune_honours_drop_path_rate() -> None:
+    """It built every backbone with drop_path_rate=0: full fine-tuning trained without stochastic depth."""
+    video = torch.randn(2, NUM_FRAMES, 3, 32, 32)
+    vit_kwargs = {**tiny_cfg().vit_kwargs, "depth": 4}
+    model = build_model(tiny_cfg(method="full_finetune", drop_path_rate=0.3, vit_kwargs=vit_kwargs), NUM_FRAMES)
+    model.train()
+    torch.manual_seed(0)
+    first = model(video)
+    torch.manual_seed(1)
+    assert not torch.allclose(first, model(video))  # head dropout is 0: the difference is the dropped paths
+    model.eval()
+    assert torch.equal(model(video), model(video))
+    rates = [(blk.drop_path1.rate.item(), blk.drop_path2.rate.item()) for blk in model.backbone.blocks]
+    assert [r for pair in rates for r in pair] == pytest.approx([0, 0, 0.1, 0.1, 0.2, 0.2, 0.3, 0.3])  # timm's
+    plain = build_model(tiny_cfg(method="full_finetune", drop_path_rate=0.0), NUM_FRAMES).train()
+    torch.manual_seed(0)
+    first = plain(video)
+    torch.manual_seed(1)
+    assert torch.equal(first, plain(video))
+    # every block still compiles to one graph, as AIM's do under their drop-path schedule
+    torch._dynamo.reset()
+    model.compile_blocks(backend="eager")
+    with torch._dynamo.config.patch(recompile_limit=1, fail_on_recompile_limit_hit=True):
+        model.train()
+        model(video).sum().backward()
