@@ -17,6 +17,7 @@ import argparse
 import logging
 import os
 import sys
+import traceback
 
 # run from a checkout: the repo root on the path, tools/ off it (tools/profile.py would shadow the stdlib profile)
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
@@ -107,6 +108,10 @@ def main(argv: list[str] | None = None) -> int:
     except MissingVideosError as err:
         print(f"error: {err}", file=sys.stderr)
         return 3
+    except (Exception, KeyboardInterrupt):  # anything else (CUDA out of memory, a bug): say it, then leave at once:
+        traceback.print_exc()  # a normal exit would wait forever for the loader workers, which ignore the stop
+        sys.stderr.flush()  # signals (train.stop_signals)
+        os._exit(1)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import sys
+import traceback
 
 # run from a checkout: the repo root on the path, tools/ off it (tools/profile.py would shadow the stdlib profile)
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
@@ -65,6 +66,10 @@ def main(argv: list[str] | None = None) -> int:
         if dist.is_initialized():
             dist.destroy_process_group()
         return 128 + stop.signum  # as if the signal had ended the process: not a finished run
+    except (Exception, KeyboardInterrupt):  # anything else (CUDA out of memory, a bug): say it, then leave at once.
+        traceback.print_exc()  # A normal exit would wait forever for the loader workers, which ignore the stop
+        sys.stderr.flush()  # signals (train.stop_signals), and hold the GPUs until someone kills the job
+        os._exit(1)
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps({k: summary[k] for k in ("steps", "epochs", "final_loss", "clips_per_s", "paths")}))
     if dist.is_initialized():  # without it NCCL warns at exit that resources may leak (seen on an H200)

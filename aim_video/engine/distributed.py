@@ -9,6 +9,7 @@ DeepSpeed code path runs all three. On a CPU machine (`DS_ACCELERATOR=cpu`) the 
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import random
 import signal
@@ -193,9 +194,10 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     return box[0]
 
 
-def seed_everything(seed: int, rank: int) -> None:
-    """Different but reproducible streams per rank (dropout, drop_path and MixUp differ across ranks)."""
-    value = seed + 1000 * rank
+def seed_everything(seed: int, rank: int, step: int = 0) -> None:
+    """Different but reproducible streams per rank (dropout, drop_path and MixUp differ across ranks); `step` > 0
+    gives the streams of a rank that joins a resumed run there (see `restore_rng`)."""
+    value = seed + 1000 * rank + 1_000_003 * step
     random.seed(value)
     np.random.seed(value % 2**32)
     torch.manual_seed(value)
@@ -213,6 +215,17 @@ def rng_state() -> dict[str, Any]:
         # could not restore 8 devices' states (and each rank's own stream is the one that matters)
         state["cuda"] = torch.cuda.get_rng_state()
     return state
+
+
+def restore_rng(state: dict[str, Any] | None, seed: int, rank: int, step: int) -> bool:
+    """This rank's RNG states from a checkpoint; a rank the saving world did not have (an elastic resume on more
+    ranks) gets fresh streams of (seed, rank, step) instead of replaying the ones it started the run with. Returns
+    whether saved states were restored."""
+    if state is None:
+        seed_everything(seed, rank, step)
+        return False
+    set_rng_state(state)
+    return True
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
@@ -292,13 +305,27 @@ def stop_requested(device: torch.device) -> int:
     return int(flag.item())
 
 
+def rank_with_non_finite(value: float, rank: int, device: torch.device) -> int:
+    """A rank whose `value` (its loss) is NaN or infinite, agreed by every rank (-1: none). Call it at the same
+    micro-step on all: a rank that stopped alone left the others waiting in the next gradient all-reduce until the
+    launcher (30 s) or, under srun, the collective's timeout killed them. One scalar all-reduce; the loss's `.item()`
+    has already synchronised the device."""
+    bad = not math.isfinite(value)
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return rank if bad else -1
+    flag = torch.tensor([rank + 1 if bad else 0], dtype=torch.int64, device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return int(flag.item()) - 1
+
+
 def fault_point(name: str, step: int, rank: int) -> None:
     """Crash-test hook: SIGKILL (or exit 1) this process where `AIM_VIDEO_FAULT` says; a no-op otherwise.
 
-    `AIM_VIDEO_FAULT=<name>@<step>[:rank<r>][:exit|:signal=<NAME>]`, e.g. `after_step@3`, `during_save@4:rank0`,
-    `after_step@2:rank1:exit`, `after_step@2:rank0:signal=SIGUSR1` (the process sends itself that signal and goes
-    on). The tests use it to kill a real process at an exact point (between steps, between the checkpoint shards and
-    the rename, one rank only); it is never set in normal use.
+    `AIM_VIDEO_FAULT=<name>@<step>[:rank<r>][:exit|:raise|:signal=<NAME>]`, e.g. `after_step@3`,
+    `during_save@4:rank0`, `after_step@2:rank1:exit`, `after_step@2:rank0:raise` (a RuntimeError),
+    `after_step@2:rank0:signal=SIGUSR1` (the process sends itself that signal and goes on). The tests use it to
+    kill a real process at an exact point (between steps, between the checkpoint shards and the rename, one rank
+    only); it is never set in normal use.
     """
     spec = os.environ.get(FAULT_ENV, "")
     if not spec:
@@ -315,6 +342,8 @@ def fault_point(name: str, step: int, rank: int) -> None:
         print(f"[fault injection] {FAULT_ENV}={spec}: rank {rank} gets {sent[0]} at {name} step {step}", flush=True)
         os.kill(os.getpid(), getattr(signal, sent[0]))
         return
+    if "raise" in opts:  # an error nothing expects (CUDA out of memory, a bug): the tools must still exit
+        raise RuntimeError(f"[fault injection] {FAULT_ENV}={spec}: rank {rank} raises at {name} step {step}")
     print(f"[fault injection] {FAULT_ENV}={spec}: rank {rank} dies at {name} step {step}", flush=True)
     if "exit" in opts:
         os._exit(1)

@@ -6,6 +6,7 @@ writes logs, the exported weights and the summary).
 
 from __future__ import annotations
 
+import copy
 import itertools
 import json
 import math
@@ -31,9 +32,9 @@ from aim_video.engine.distributed import (
     catch_stop_signals,
     fault_point,
     init_distributed,
+    restore_rng,
     restore_signals,
     seed_everything,
-    set_rng_state,
     stop_requested,
 )
 from aim_video.engine.train_loop import EpochState, RunLog, build_mixing, train_one_epoch
@@ -180,12 +181,14 @@ def run_evaluation(engine: Any, cfg: Config, info: DistInfo, cache: dict[str, An
     if not cfg.data.val_list:
         return None
     from aim_video.data.loader import build_eval_loader
-    from aim_video.eval.multiview import evaluate
+    from aim_video.eval.multiview import apply_protocol, evaluate
 
     if "loader" not in cache:
-        cache["loader"] = build_eval_loader(cfg, "val", info.rank, info.world_size)
+        cache["cfg"] = copy.deepcopy(cfg)
+        apply_protocol(cache["cfg"])  # eval.protocol's views, as tools/test.py evaluates (not data.test_num_*)
+        cache["loader"] = build_eval_loader(cache["cfg"], "val", info.rank, info.world_size)
     model = _CastInput(engine.module, model_dtype(cfg))
-    result = evaluate(model, cache["loader"], cfg, info.device, progress=False)
+    result = evaluate(model, cache["loader"], cache["cfg"], info.device, progress=False)
     engine.train()
     return {
         **{key: float(result[key]) for key in ("top1", "top5", "mean_class_acc")},
@@ -291,8 +294,7 @@ def _fit(cfg: Config, resume: str, stop_signals: bool) -> dict[str, Any]:
         )
         if (batch_warning := _global_batch_warning(cfg, meta, info.world_size, resumed_from)) and info.is_main:
             print(batch_warning, file=sys.stderr, flush=True)
-        if meta["rng"] is not None:
-            set_rng_state(meta["rng"])
+        restore_rng(meta["rng"], cfg.train.seed, info.rank, state.step)
         if state.batches_done >= micro_per_epoch:
             state.epoch, state.batches_done = state.epoch + 1, 0
     total_steps = opt_summary["total_steps"]

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from aim_video.engine.distributed import all_reduce_sum
+from aim_video.engine.distributed import all_reduce_sum, rank_with_non_finite
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -164,12 +164,18 @@ def train_one_epoch(
         logits = engine(video)
         loss = loss_fn(logits, target, label_smoothing)
         value = loss.item()
-        if not math.isfinite(value):
+        bad_rank = rank_with_non_finite(value, rank, loss.device)  # every rank stops at once, not only this one
+        if bad_rank >= 0:
             lr = engine.lr_scheduler.get_last_lr()[0]
+            where = f"at epoch {state.epoch}, optimizer step {state.step + 1}, micro-batch {state.batches_done}"
+            where += " of the epoch"
+            if math.isfinite(value):
+                what = f"loss is not finite on rank {bad_rank} {where} (its message names the samples); rank {rank}"
+                what += " stops with it"
+            else:
+                what = f"loss is {value} on rank {rank} {where} (sample indices {batch['index'].tolist()})"
             raise NonFiniteLossError(
-                f"loss is {value} on rank {rank} at epoch {state.epoch}, optimizer step {state.step + 1}, "
-                f"micro-batch {state.batches_done} of the epoch (sample indices {batch['index'].tolist()}), "
-                f"lr {lr:.3g}. Lower train.lr, try train.precision=bf16/fp32 or set train.clip_grad."
+                f"{what}, lr {lr:.3g}. Lower train.lr, try train.precision=bf16/fp32 or set train.clip_grad."
             )
         engine.backward(loss)
         step_lr = max(engine.lr_scheduler.get_last_lr())  # the lr this optimizer step applies

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
 import sys
 
 import pytest
+import torch
 
 from aim_video.engine.distributed import first_slurm_host, world_from_slurm
 
@@ -142,3 +144,53 @@ def test_the_cuda_rng_state_is_this_devices_and_older_per_device_lists_restore()
     set_rng_state({**state, "cuda": [state["cuda"]] * (torch.cuda.current_device() + 1)})  # an older checkpoint
     assert torch.equal(torch.rand(3, device="cuda"), expected)
     set_rng_state({**state, "cuda": []})  # saved on fewer visible devices than this rank's index: left as it is
+
+
+def test_a_rank_without_saved_rng_states_does_not_replay_its_first_streams():
+    """An elastic resume on more ranks: the new ranks have no RNG file. They kept the streams seeded at start, so
+    their drop_path and MixUp draws repeated those of step 0; now they draw fresh streams of (seed, rank, step)."""
+    import torch
+
+    from aim_video.engine.distributed import restore_rng, rng_state, seed_everything
+
+    seed_everything(7, 3)
+    at_start = torch.rand(4)
+    assert restore_rng(None, 7, 3, 120) is False
+    joined = torch.rand(4)
+    restore_rng(None, 7, 3, 120)
+    assert torch.equal(torch.rand(4), joined) and not torch.equal(joined, at_start)  # reproducible, not replayed
+    restore_rng(None, 7, 4, 120)
+    assert not torch.equal(torch.rand(4), joined)  # and per rank
+    saved = rng_state()
+    expected = torch.rand(4)
+    assert restore_rng(saved, 7, 3, 120) is True and torch.equal(torch.rand(4), expected)
+
+
+def _agree_worker(rank: int, init_file: str, out_dir: str) -> None:
+    import torch.distributed as dist
+
+    from aim_video.engine.distributed import rank_with_non_finite
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        losses = [[0.5, float("nan"), 1.0], [0.7, 2.0, float("inf")]][rank]  # three micro-steps
+        seen = [rank_with_non_finite(loss, rank, torch.device("cpu")) for loss in losses]
+        with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
+            json.dump(seen, f)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_every_rank_learns_that_one_rank_has_a_non_finite_loss(tmp_path):
+    """A NaN on one rank stopped that rank alone; the others waited in the next gradient all-reduce until the
+    launcher (30 s) or, under srun, the collective's timeout killed them. Now all ranks agree at the same micro-step."""
+    import torch.multiprocessing as mp
+
+    from aim_video.engine.distributed import rank_with_non_finite
+
+    assert rank_with_non_finite(float("nan"), 0, torch.device("cpu")) == 0  # one process: no collective
+    assert rank_with_non_finite(2.0, 0, torch.device("cpu")) == -1
+    # spawned (a fork would inherit this pytest process's world of one, made by earlier tests)
+    mp.start_processes(_agree_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2, start_method="spawn")
+    seen = [json.load(open(tmp_path / f"rank{r}.json")) for r in range(2)]
+    assert seen == [[-1, 0, 1], [-1, 0, 1]]  # both ranks name the rank with the NaN, then the one with the inf

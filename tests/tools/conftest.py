@@ -75,7 +75,7 @@ def tiny_config(folder: str, data_root: str, **sections: dict) -> str:
         "output_dir": os.path.join(folder, "run"),
     }  # fmt: skip
     for section, values in sections.items():
-        cfg[section].update(values)
+        cfg.setdefault(section, {}).update(values)
     path = os.path.join(folder, "config.yaml")
     with open(path, "w") as f:
         yaml.safe_dump(cfg, f)

@@ -39,6 +39,7 @@ def test_two_rank_bf16_zero1_run_writes_everything_and_exports_the_trainable_set
               "test_short_side": 32},
         train={"precision": "bf16", "zero_stage": 1, "epochs": 1, "mixup_alpha": 0.8, "cutmix_alpha": 1.0,
                "label_smoothing": 0.1, "eval_every": 1},
+        eval={"protocol": "k400"},  # its 3 clips win over data.test_num_clips (training's evaluation built 2: crash)
     )  # fmt: skip
     out = str(tmp_path / "run")
     result = launch(cfg_path, f"output_dir={out}")
@@ -64,7 +65,7 @@ def test_two_rank_bf16_zero1_run_writes_everything_and_exports_the_trainable_set
     correct = evals[0]["top1"] * 16 / 100  # percent of 16 videos, like tools/test.py: a whole number of videos
     assert 0 <= evals[0]["top1"] <= 100 and correct == pytest.approx(round(correct))
     assert evals[0]["top5"] == 100.0  # two classes: the true one is always in the top five
-    assert evals[0]["protocol"]["num_clips"] == 2
+    assert evals[0]["protocol"]["num_clips"] == 3 and evals[0]["protocol"]["name"] == "k400"
     best = json.load(open(os.path.join(out, "checkpoints", "best.json")))
     assert best == {"name": "step_00000004", "metric": evals[0]["top1"]} == summary["best"]
     ckpt = os.path.join(out, "checkpoints", "step_00000004")
@@ -127,6 +128,19 @@ def test_a_rank_that_dies_makes_the_launcher_exit_nonzero(video_root, tmp_path):
     assert time.monotonic() - started < 240  # stopped by the launcher, not by a collective timeout
     assert result.shm_left == []  # nor do they outlive a run that was killed
     assert not os.path.exists(tmp_path / "run" / "train_summary.json")
+
+
+def test_an_unexpected_error_ends_the_run_with_its_traceback_instead_of_hanging(video_root, tmp_path):
+    """A RuntimeError nothing catches (as CUDA out of memory is): the interpreter's exit waited forever for the
+    loader workers, which ignore the stop signals, so the job held its GPUs until someone killed it."""
+    cfg_path = tiny_config(str(tmp_path), video_root, train={"epochs": 3})
+    started = time.monotonic()
+    result = launch(
+        cfg_path, f"output_dir={tmp_path / 'run'}", env={"AIM_VIDEO_FAULT": "after_step@2:rank0:raise"}, timeout=240
+    )  # the old code ran into this timeout (TimeoutExpired fails the test)
+    assert result.returncode != 0
+    assert "RuntimeError: [fault injection]" in result.stderr and "Traceback" in result.stderr
+    assert time.monotonic() - started < 200
 
 
 def test_bad_input_is_one_error_line_and_status_2_not_a_traceback(video_root, tmp_path):
