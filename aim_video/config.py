@@ -11,9 +11,11 @@ import dataclasses
 import difflib
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -208,6 +210,71 @@ def check_choices(cfg: Config, source: str) -> None:
             )
 
 
+# numeric keys with a valid range: a 0 stride (one frame repeated) or a warm-up longer than the run is accepted by
+# the types, then trains something else than asked, or fails at the first evaluation, hours later
+RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "data.num_classes": (lambda v: v >= 1, "at least 1"),
+    "data.num_frames": (lambda v: v >= 1, "at least 1"),
+    "data.frame_stride": (lambda v: v >= 1, "at least 1 (frames between sampled frames)"),
+    "data.input_size": (lambda v: v >= 1, "at least 1"),
+    "data.rrc_scale": (lambda v: 0 < v[0] <= v[1] <= 1, "(min, max) with 0 < min <= max <= 1"),
+    "data.rrc_ratio": (lambda v: 0 < v[0] <= v[1], "(min, max) with 0 < min <= max"),
+    "data.rand_augment_n": (lambda v: v >= 0, "0 (off) or more"),
+    "data.random_erasing": (lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
+    "data.color_jitter": (lambda v: v >= 0, "0 (off) or more"),
+    "data.repeated_aug": (lambda v: v >= 1, "at least 1"),
+    "data.test_num_clips": (lambda v: v >= 1, "at least 1"),
+    "data.test_num_crops": (lambda v: v in (1, 3), "1 (centre) or 3 (along the long side)"),
+    "data.batch_size": (lambda v: v >= 1, "at least 1"),
+    "data.num_workers": (lambda v: v >= 0, "0 (load in the main process) or more"),
+    "data.prefetch_factor": (lambda v: v >= 1, "at least 1"),
+    "data.num_threads": (lambda v: v >= 0, "0 (the decoder's choice) or more"),
+    "data.read_timeout_s": (lambda v: v >= 0, "0 (no watchdog) or more"),
+    "data.max_retries": (lambda v: v >= 0, "0 or more"),
+    "model.num_classes": (lambda v: v >= 1, "at least 1"),
+    "model.adapter_ratio": (lambda v: v > 0, "more than 0"),
+    "model.drop_path_rate": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "model.head_dropout": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "model.lora_rank": (lambda v: v >= 1, "at least 1"),
+    "model.prompt_tokens": (lambda v: v >= 1, "at least 1"),
+    "model.linear_adapter_rank": (lambda v: v >= 1, "at least 1"),
+    "train.epochs": (lambda v: v >= 1, "at least 1"),
+    "train.lr": (lambda v: v >= 0, "0 or more"),
+    "train.warmup_epochs": (lambda v: v >= 0, "0 or more"),
+    "train.weight_decay": (lambda v: v >= 0, "0 or more"),
+    "train.label_smoothing": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "train.mixup_alpha": (lambda v: v >= 0, "0 (off) or more"),
+    "train.cutmix_alpha": (lambda v: v >= 0, "0 (off) or more"),
+    "train.grad_accum_steps": (lambda v: v >= 1, "at least 1"),
+    "train.clip_grad": (lambda v: v >= 0, "0 (off) or more"),
+    "train.log_every": (lambda v: v >= 1, "at least 1"),
+    "eval.view_chunk": (lambda v: v >= 1, "at least 1"),
+    "eval.batch_size": (lambda v: v >= 1, "at least 1"),
+}
+
+
+def check_ranges(cfg: Config, source: str) -> None:
+    """Raise ConfigError naming the first key of RANGES out of its range, or two keys that contradict each other
+    (a warm-up longer than the run only warns: smoke runs of a recipe do that)."""
+    for key, (ok, allowed) in RANGES.items():
+        section, leaf = key.split(".")
+        value = getattr(getattr(cfg, section), leaf)
+        if not ok(value):
+            raise ConfigError(f"{source}: bad value for config key '{key}': {value!r}; it must be {allowed}")
+    d, t = cfg.data, cfg.train
+    if d.test_short_side < d.input_size:
+        raise ConfigError(
+            f"{source}: data.test_short_side={d.test_short_side} is smaller than data.input_size={d.input_size}: "
+            "test views are crops of input_size from videos resized to that short side; raise data.test_short_side"
+        )
+    if t.warmup_epochs > t.epochs and t.max_steps <= 0:  # a smoke run of a recipe, say: allowed, but not silently
+        print(
+            f"warning: train.warmup_epochs={t.warmup_epochs} is longer than train.epochs={t.epochs}: the lr is still "
+            "rising when the run ends (train.max_steps fits the warm-up into a short run instead)",
+            file=sys.stderr,
+        )
+
+
 def _section_of(full_key: str) -> type:
     node: type = Config
     for part in full_key.split(".")[:-1]:
@@ -259,13 +326,24 @@ def load_config(path: str | None = None, overrides: list[str] | None = None) -> 
             given = [o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0].strip() == key]
             if len(set(given)) > 1:
                 print(f"warning: {key} is given as {', '.join(given)}: the last one counts", file=sys.stderr)
+        for override in overrides:  # a value YAML cannot parse: name the override, not a scanner traceback
+            try:
+                yaml.safe_load(override.split("=", 1)[1])
+            except yaml.YAMLError as err:
+                what = str(err).splitlines()[0] if str(err) else type(err).__name__
+                raise ConfigError(
+                    f"command-line override '{override}': its value is not valid YAML ({what}); quote it, or close "
+                    "its brackets: a list is written [a,b]"
+                ) from None
         try:
             cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
         except OmegaConfBaseException as err:
             raise _explain(err, "command-line override") from None
     obj = OmegaConf.to_object(cfg)
     assert isinstance(obj, Config)
-    check_choices(obj, (path or "defaults") + (" with overrides" if overrides else ""))
+    source = (path or "defaults") + (" with overrides" if overrides else "")
+    check_choices(obj, source)
+    check_ranges(obj, source)
     return obj
 
 

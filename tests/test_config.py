@@ -98,3 +98,31 @@ def test_a_key_given_twice_with_other_values_is_named(capsys):
     assert "warning: train.epochs is given as 4, 3: the last one counts" in capsys.readouterr().err
     load_config(None, ["output_dir=x", "output_dir=x"])  # the same value twice (tools append their own): quiet
     assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("data.frame_stride=0", "'data.frame_stride': 0; it must be at least 1"),  # every frame the same one
+        ("data.frame_stride=-4", "'data.frame_stride': -4; it must be at least 1"),  # a clip played backwards
+        ("data.test_num_crops=2", "'data.test_num_crops': 2; it must be 1 (centre) or 3"),
+        ("eval.view_chunk=0", "'eval.view_chunk': 0; it must be at least 1"),
+        ("data.rrc_scale=[0.9,0.5]", "'data.rrc_scale': (0.9, 0.5); it must be (min, max) with 0 < min <= max <= 1"),
+        ("model.drop_path_rate=1.0", "'model.drop_path_rate': 1.0; it must be in [0, 1)"),
+        ("data.test_short_side=16", "data.test_short_side=16 is smaller than data.input_size=224"),
+        ("data.rrc_scale=[0.5,1.0", "override 'data.rrc_scale=[0.5,1.0': its value is not valid YAML"),
+    ],
+)
+def test_a_value_out_of_range_or_malformed_stops_at_load_time_naming_the_key(override, message):
+    """These were accepted, then trained on something else than asked (a repeated frame), failed at the first
+    evaluation hours later, or (a malformed list) ended in a YAML scanner traceback."""
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [override])
+    assert message in str(err.value)
+
+
+def test_a_warm_up_longer_than_the_run_is_allowed_with_a_warning(capsys):
+    assert load_config(None, ["train.warmup_epochs=40"]).train.warmup_epochs == 40
+    assert "train.warmup_epochs=40.0 is longer than train.epochs=30" in capsys.readouterr().err
+    load_config(None, ["train.warmup_epochs=40", "train.max_steps=100"])  # max_steps fits it in: no warning
+    assert capsys.readouterr().err == ""
