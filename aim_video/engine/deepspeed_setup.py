@@ -82,6 +82,19 @@ def derive_ds_config(cfg: Config, world_size: int) -> dict[str, Any]:
             f"train.deepspeed sets {', '.join(changed)}: set data.batch_size (micro batch per rank) and "
             "train.grad_accum_steps instead; the global batch is derived from them and the world size"
         )
+    owned = {  # what train.precision and train.zero_stage decide: the engine, checkpoints and logs rely on them
+        "zero_optimization.stage": ("train.zero_stage", ds["zero_optimization"]["stage"]),
+        "bf16.enabled": ("train.precision", ds["bf16"]["enabled"]),
+        "fp16.enabled": ("train.precision", ds["fp16"]["enabled"]),
+    }
+    for path, (key, value) in owned.items():
+        outer, inner = path.split(".")
+        given = merged.get(outer, {}).get(inner, value) if isinstance(merged.get(outer), dict) else value
+        if given != value:
+            raise EngineSetupError(
+                f"train.deepspeed sets {path}={given!r}: set {key} instead (the model's dtype, the checks of stage "
+                "and precision, checkpoints and the saved config follow it)"
+            )
     return merged
 
 

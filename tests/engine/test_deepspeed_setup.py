@@ -61,6 +61,15 @@ def test_user_overrides_are_deep_merged_but_batch_keys_are_refused(tmp_path):
     bad = load_config(None, ["train.deepspeed.train_batch_size=128"])
     with pytest.raises(ValueError, match="data.batch_size"):
         derive_ds_config(bad, 1)
+    # stage 3 and a precision the model is not cast to got through here (saved config: zero_stage 0, a dtype crash)
+    for override, key in (
+        ("train.deepspeed.zero_optimization.stage=3", "set train.zero_stage instead"),
+        ("train.deepspeed.bf16.enabled=true", "bf16.enabled=True: set train.precision instead"),
+    ):
+        with pytest.raises(ValueError, match=key):
+            derive_ds_config(load_config(None, ["train.precision=fp32", override]), 1)
+    same = load_config(None, ["train.precision=bf16", "train.deepspeed.bf16.enabled=true"])
+    assert derive_ds_config(same, 1)["bf16"]["enabled"] is True  # saying what train.precision says is fine
 
 
 def test_lr_scaling_with_global_batch():
