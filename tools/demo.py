@@ -45,6 +45,25 @@ def launcher(nproc: int, script: str) -> list[str]:
     return [deepspeed, "--num_gpus", str(nproc), "--master_port", str(29500 + os.getpid() % 1000), script]
 
 
+RUN_MARKERS = ("log.jsonl", "config.yaml", "train_summary.json")  # what a previous run left in its folder
+
+
+def clear_run_folder(folder: str) -> None:
+    """Start the demo's run folder afresh: remove it only when it is empty or holds a previous run, never a folder
+    of anything else that `output_dir` happens to name (the checkout itself, say)."""
+    if not os.path.isdir(folder):
+        return
+    path = os.path.realpath(folder)
+    if path == os.path.realpath(REPO) or os.path.realpath(REPO).startswith(path + os.sep) or path == os.sep:
+        raise SystemExit(f"[demo] error: output_dir={folder} holds the checkout; choose a run folder such as runs/demo")
+    if os.listdir(path) and not any(os.path.exists(os.path.join(path, m)) for m in RUN_MARKERS):
+        raise SystemExit(
+            f"[demo] error: output_dir={folder} exists and holds no previous run ({', '.join(RUN_MARKERS)}); the demo "
+            "starts its run folder afresh, so choose another output_dir or empty this one"
+        )
+    shutil.rmtree(path)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/demo.yaml")
@@ -52,6 +71,7 @@ def main() -> None:
     parser.add_argument("--skip-profile", action="store_true")
     parser.add_argument("overrides", nargs="*", help="section.key=value")
     args = parser.parse_args()
+    args.config = os.path.abspath(args.config)  # given from the caller's folder; the steps run from the checkout
     os.chdir(REPO)
     cfg = config_cli_main(args.config, args.overrides)
     start = time.time()
@@ -60,12 +80,19 @@ def main() -> None:
     env.setdefault("OMP_NUM_THREADS", "1")  # 2 ranks on 2 cores: one thread each
 
     print(f"[demo] data: {cfg.data.root} (generated once, then cached)", flush=True)
-    generate(cfg.data.root)
-    if not os.path.isfile(cfg.model.pretrained):
-        run([sys.executable, "tools/pretrain_backbone.py", "--config", args.config], env, "pretrain the backbone")
-    if os.path.isdir(cfg.output_dir):
-        shutil.rmtree(cfg.output_dir)  # the demo's own run folder: start fresh every time
-    overrides = [f"output_dir={cfg.output_dir}", *args.overrides]
+    try:
+        files = generate(cfg.data.root)
+    except FileExistsError as err:
+        raise SystemExit(f"[demo] error: {err}") from None
+    given = {o.split("=", 1)[0].strip() for o in args.overrides}
+    lists = [f"data.{k}={files[k]}" for k in ("train_list", "val_list") if f"data.{k}" not in given]
+    if "data.root" not in given:
+        lists = []  # the config's lists are the generated ones
+    if not os.path.isfile(cfg.model.pretrained):  # the weights go where the run will look for them
+        pretrain = [sys.executable, "tools/pretrain_backbone.py", "--config", args.config, *args.overrides]
+        run(pretrain, env, "pretrain the backbone")
+    clear_run_folder(cfg.output_dir)
+    overrides = [f"output_dir={cfg.output_dir}", *args.overrides, *lists]
     run([*launcher(args.nproc, "tools/train.py"), "--config", args.config, *overrides], env, "train")
 
     weights = os.path.join(cfg.output_dir, "model_trainable.safetensors")

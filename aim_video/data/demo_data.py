@@ -12,6 +12,7 @@ is reported on its own. The other classes need the axis of motion (an object mov
 from __future__ import annotations
 
 import csv
+import glob
 import json
 import os
 import shutil
@@ -108,6 +109,21 @@ def _youtube_id(seed: int) -> str:
     return "".join(alphabet[i] for i in rng.integers(0, len(alphabet), size=11))
 
 
+def _remove_stale_partials(root: str) -> None:
+    """Remove `root.tmp<pid>` folders left by generations that were killed (their process is gone)."""
+    for partial in glob.glob(f"{glob.escape(root.rstrip('/'))}.tmp*"):
+        pid = partial.rsplit(".tmp", 1)[1]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue  # still running: another generation in progress
+        except ProcessLookupError:
+            shutil.rmtree(partial, ignore_errors=True)
+        except PermissionError:  # alive, another user's
+            continue
+
+
 def generate(root: str, spec: DemoSpec | None = None, force: bool = False) -> dict[str, str]:
     """Write the demo dataset under `root` unless an identical one is already there; return its files.
 
@@ -128,6 +144,12 @@ def generate(root: str, spec: DemoSpec | None = None, force: bool = False) -> di
         with open(stamp_path) as f:
             if json.load(f) == stamp:
                 return files
+    if os.path.isdir(root) and os.listdir(root) and not os.path.isfile(stamp_path):
+        raise FileExistsError(
+            f"{root} exists and is not a demo dataset (no dataset.json): the demo replaces its data folder, so "
+            "choose another data.root or empty this one"
+        )
+    _remove_stale_partials(root)
     tmp_root = f"{root.rstrip('/')}.tmp{os.getpid()}"
     shutil.rmtree(tmp_root, ignore_errors=True)
     os.makedirs(tmp_root)

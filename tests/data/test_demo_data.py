@@ -80,3 +80,19 @@ def test_generation_is_cached_and_seeded(demo):
     assert os.path.getmtime(files["manifest"]) == stamp  # not rewritten
     a = render(4, np.random.default_rng(7), spec)
     assert np.array_equal(a, render(4, np.random.default_rng(7), spec))
+
+
+def test_a_folder_that_is_no_demo_dataset_is_never_replaced_and_killed_partials_go(tmp_path):
+    """generate() replaced whatever data.root named whenever its stamp differed: a user's folder was deleted."""
+    spec = DemoSpec(num_frames=16, size=32, train_per_class=1, val_per_class=1, seed=3)
+    precious = tmp_path / "mine"
+    precious.mkdir()
+    (precious / "notes.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match="is not a demo dataset"):
+        generate(str(precious), spec)
+    assert (precious / "notes.txt").read_text() == "keep me"
+    root = tmp_path / "demo"
+    dead = tmp_path / "demo.tmp999999999"  # a generation killed midway (no such process)
+    dead.mkdir()
+    generate(str(root), spec)
+    assert not dead.exists() and (root / "dataset.json").exists()
