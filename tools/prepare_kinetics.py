@@ -132,7 +132,8 @@ def cmd_reencode(args: argparse.Namespace) -> int:
           + (f", {len(ann.missing)} sources missing" if ann.missing else ""))  # fmt: skip
     if left:
         print(f"{left} videos in {args.out_root} still have the settings from before --overwrite (other lists' "
-              "outputs, or failures here): run reencode on their lists with these settings to re-encode them")  # fmt: skip
+              "outputs, or failures here): run reencode on their lists with these settings to re-encode "
+              "them")  # fmt: skip
     if args.out_list:
         n = write_outputs_list(args.out_list, ann, results, args.out_root)
         print(f"list of {n} re-encoded videos -> {args.out_list}")

@@ -21,9 +21,10 @@ Checked indices (`check_groups`): each seek point and the frame after it, the mi
 the last two frames, read group by group from the end backwards so that every read starts with a seek, as in
 training. A long video with more than `max_groups` (24) groups has that many checked, spread evenly, plus every
 group that starts at a seek point the sequential decode found not to be a real keyframe (up to another 24): those
-are where reads go wrong. The sequential decode converts frames to RGB only at those indices, so the cost of an exact file is one
-sequential decode plus the reads (which decode half of each group of pictures, and all of the last one). Only when
-a read is wrong does a second sequential decode build thumbnails of every frame, to find which frame it returned.
+are where reads go wrong. The sequential decode converts frames to RGB only at those indices, so the cost of an
+exact file is one sequential decode plus the reads (which decode half of each group of pictures, and all of the
+last one). Only when a read is wrong does a second sequential decode build thumbnails of every frame, to find which
+frame it returned.
 """
 
 from __future__ import annotations
