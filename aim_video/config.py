@@ -49,7 +49,7 @@ class DataConfig:
     sampling: str = "dense"  # dense (clip_len x stride) | uniform (TSN segments)
     num_frames: int = 8
     frame_stride: int = 16
-    short_video: str = "loop"  # loop | clamp: videos shorter than the sampled span
+    short_video: str = ""  # "" | loop | clamp: videos shorter than the sampled span ("": loop dense, clamp uniform)
     # train augmentation (tensor ops, identical over the frames of a clip)
     input_size: int = 224
     rrc_scale: tuple[float, float] = (0.08, 1.0)
@@ -187,7 +187,7 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "data.seek_mode": ("exact", "approximate"),
     "data.inexact_videos": ("fail", "drop", "keep"),
     "data.sampling": ("dense", "uniform"),
-    "data.short_video": ("loop", "clamp"),
+    "data.short_video": ("", "loop", "clamp"),
     "model.method": ("aim", "linear_probe", "full_finetune", "lora", "vpt_shallow", "vpt_deep", "linear_adapter"),
     "model.temporal_attention": ("sdpa", "math", "matmul", "reduce"),
     "train.precision": ("bf16", "fp16", "fp32"),

@@ -65,8 +65,10 @@ def _segment_bounds(num_frames: int, clip_len: int) -> tuple[np.ndarray, np.ndar
     return edges[:-1], edges[1:]
 
 
-def uniform_train(num_frames: int, clip_len: int, rng: np.random.Generator, short_video: str = "loop") -> list[int]:
-    """One random frame per segment of `num_frames / clip_len` frames (TSN training)."""
+def uniform_train(num_frames: int, clip_len: int, rng: np.random.Generator, short_video: str = "clamp") -> list[int]:
+    """One random frame per segment of `num_frames / clip_len` frames (TSN training). A video shorter than
+    `clip_len` gives its frames in order, repeated (`clamp`, the default, as the authors' SampleFrames), or from the
+    start again (`loop`: the clip's end jumps back to its start)."""
     _check(num_frames, clip_len)
     if num_frames < clip_len:  # segments shorter than a frame
         base = np.arange(clip_len) if short_video == "loop" else np.floor(np.arange(clip_len) * num_frames / clip_len)
@@ -77,7 +79,7 @@ def uniform_train(num_frames: int, clip_len: int, rng: np.random.Generator, shor
     return _fit(rng.integers(first, last + 1), num_frames, short_video)
 
 
-def uniform_test(num_frames: int, clip_len: int, num_clips: int = 1, short_video: str = "loop") -> list[list[int]]:
+def uniform_test(num_frames: int, clip_len: int, num_clips: int = 1, short_video: str = "clamp") -> list[list[int]]:
     """Per clip k of K, the frame (k + 0.5) / K of the way through each segment (K = 1: the middle)."""
     _check(num_frames, clip_len)
     clips = []
@@ -90,10 +92,17 @@ def uniform_test(num_frames: int, clip_len: int, num_clips: int = 1, short_video
     return clips
 
 
+def short_video_policy(mode: str, short_video: str) -> str:
+    """`short_video`, or for "" the mode's own: `loop` for dense clips, `clamp` (frames in order) for uniform ones,
+    as the authors' mmaction SampleFrames does; looping a TSN clip scrambles the order that SSv2 is about."""
+    return short_video or ("clamp" if mode == "uniform" else "loop")
+
+
 def train_indices(
-    num_frames: int, mode: str, clip_len: int, stride: int, rng: np.random.Generator, short_video: str = "loop"
+    num_frames: int, mode: str, clip_len: int, stride: int, rng: np.random.Generator, short_video: str = ""
 ) -> list[int]:
     """One training clip for `mode` ('dense' or 'uniform'; stride is unused for uniform)."""
+    short_video = short_video_policy(mode, short_video)
     if mode == "dense":
         return dense_train(num_frames, clip_len, stride, rng, short_video)
     if mode == "uniform":
@@ -102,9 +111,10 @@ def train_indices(
 
 
 def test_indices(
-    num_frames: int, mode: str, clip_len: int, stride: int, num_clips: int, short_video: str = "loop"
+    num_frames: int, mode: str, clip_len: int, stride: int, num_clips: int, short_video: str = ""
 ) -> list[list[int]]:
     """The K test clips for `mode`, in temporal order."""
+    short_video = short_video_policy(mode, short_video)
     if mode == "dense":
         return dense_test(num_frames, clip_len, stride, num_clips, short_video)
     if mode == "uniform":

@@ -83,3 +83,16 @@ def test_bad_arguments_raise():
         sampling.dense_train(10, 8, 16, rng, "wrap")
     with pytest.raises(ValueError, match="data.sampling"):
         sampling.train_indices(10, "tsn", 8, 16, rng)
+
+
+def test_by_default_a_short_video_keeps_its_order_in_uniform_clips_and_loops_in_dense_ones():
+    """A TSN clip of a 20-frame video looped back to frame 0 half-way (0..19, 0..11): on SSv2, whose classes are
+    temporal directions, the clip said the opposite of the video. The authors' SampleFrames keeps the order."""
+    rng = np.random.default_rng(0)
+    (test,) = sampling.test_indices(20, "uniform", 32, 4, 1)
+    assert test == sorted(test) and test[0] == 0 and test[-1] == 19
+    train = sampling.train_indices(20, "uniform", 32, 4, rng)
+    assert train == sorted(train) and set(train) == set(range(20))
+    assert sampling.train_indices(20, "uniform", 32, 4, rng, "loop")[19:21] == [19, 0]  # loop when asked for
+    (dense,) = sampling.test_indices(40, "dense", 8, 16, 1)
+    assert any(b < a for a, b in zip(dense, dense[1:], strict=False))  # dense still loops by default
