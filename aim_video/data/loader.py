@@ -89,6 +89,13 @@ def load_split(cfg: Config, split: str) -> Annotations:
             f"data.{split}_list={sources[split]}: {len(bad)} videos have a label >= data.num_classes="
             f"{cfg.data.num_classes}, e.g. {bad[0].path} (label {max(bad[0].labels)}); fix the list or num_classes"
         )
+    multi = [r for r in ann.records if len(r.labels) > 1]
+    if multi:  # only the first label reached the loss and the metrics: a correct second label scored as wrong
+        raise AnnotationError(
+            f"data.{split}_list={sources[split]}: {len(multi)} lines carry several labels, e.g. {multi[0].path} "
+            f"(labels {list(multi[0].labels)}); training and evaluation are single-label (one class per video, as "
+            "Kinetics and SSv2): keep one label per line"
+        )
     used = len({lbl for r in ann.records for lbl in r.labels})
     if split == "train" and 0 < used < cfg.data.num_classes:  # e.g. a 3-class set under a recipe's 400-way head
         log.warning(

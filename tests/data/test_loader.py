@@ -510,3 +510,13 @@ def test_a_verify_report_that_is_stale_or_matches_nothing_says_so(tmp_path, capl
     caplog.clear()
     build_train_loader(cfg, 0, 1)
     assert "2 of 2 videos are in no verify report" in caplog.text and "paths such as clean.mp4" in caplog.text
+
+
+def test_multi_label_lines_are_refused_for_training_and_evaluation(tmp_path):
+    """Only a line's first label reached the loss and the metrics: predicting its second label scored as wrong."""
+    video = make_h264(str(tmp_path / "v.mp4"), n=30, gop=10)
+    lst = str(tmp_path / "train.txt")
+    write_lines(lst, [f"{video} 1", f"{video} 0 1"])
+    for build in (lambda c: build_train_loader(c, 0, 1), lambda c: build_eval_loader(c, "val", 0, 1)):
+        with pytest.raises(AnnotationError, match=r"1 lines carry several labels, e.g. .*v.mp4 \(labels \[0, 1\]\)"):
+            build(tiny_cfg(lst, batch_size=1))
