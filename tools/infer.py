@@ -22,7 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 from aim_video.config import ConfigError  # noqa: E402
-from aim_video.data.annotations import AnnotationError, VideoRecord, read_class_map  # noqa: E402
+from aim_video.data.annotations import AnnotationError, VideoRecord  # noqa: E402
 from aim_video.data.dataset import MultiViewDataset  # noqa: E402
 from aim_video.data.loader import eval_dataset_of  # noqa: E402
 from aim_video.eval.loading import class_names, load_model, resolve_checkpoint, resolve_eval_config  # noqa: E402
@@ -83,7 +83,9 @@ def main(argv: list[str] | None = None) -> int:
         checkpoint_file = resolve_checkpoint(args.checkpoint)
         cfg = resolve_eval_config(checkpoint_file, args.config, args.overrides)
         apply_protocol(cfg)
-        names = read_class_map(args.class_map) if args.class_map else class_names(cfg, checkpoint_file)
+        if args.class_map:  # checked against the names training stored, as data.class_map is
+            cfg.data.class_map = args.class_map
+        names = class_names(cfg, checkpoint_file)
         if names is not None and len(names) != cfg.model.num_classes:
             raise ValueError(f"the class map lists {len(names)} classes, the model has {cfg.model.num_classes}")
         model = load_model(cfg, checkpoint_file, device)

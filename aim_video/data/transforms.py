@@ -108,8 +108,10 @@ class _EvalViews:
 
     def __call__(self, frames_thwc: torch.Tensor) -> torch.Tensor:
         video = resize_short_side(to_video(frames_thwc), self.short_side)
-        if self.num_crops == 1:
-            crops = [F.center_crop(video, [self.crop_size])]
+        if self.num_crops == 1:  # floored offsets, as three_crop's middle crop and mmaction's CenterCrop
+            h, w = video.shape[-2:]  # (torchvision's center_crop rounds: one pixel off on an odd margin)
+            s = self.crop_size
+            crops = [F.crop(video, (h - s) // 2, (w - s) // 2, s, s)]
         else:
             crops = three_crop(video, self.crop_size)
         return torch.stack([_plain(c) for c in crops]).contiguous()  # [num_crops, T, C, crop, crop]

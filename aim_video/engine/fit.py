@@ -193,7 +193,8 @@ def run_evaluation(engine: Any, cfg: Config, info: DistInfo, cache: dict[str, An
     return {
         **{key: float(result[key]) for key in ("top1", "top5", "mean_class_acc")},
         "num_videos": result["num_evaluated"],
-        "num_missing": result["num_missing"],
+        # as tools/test.py counts them: unreadable ones, and those left out before (missing files, verify report)
+        "num_missing": result["num_missing"] + len(cache["loader"].dataset.dropped),
         "protocol": result["protocol"],
     }
 

@@ -21,7 +21,7 @@ import torch.distributed as dist
 from einops import rearrange
 from tqdm import tqdm
 
-from aim_video.config import Config, DataConfig
+from aim_video.config import Config
 from aim_video.data.transforms import normalize
 from aim_video.eval.metrics import compute_metrics
 
@@ -69,10 +69,10 @@ def resolve_protocol(cfg: Config) -> ViewProtocol:
 def apply_protocol(cfg: Config) -> ViewProtocol:
     """Resolve the protocol and write its views into ``cfg.data`` so that ``build_eval_loader`` yields them."""
     protocol = resolve_protocol(cfg)
-    default = DataConfig()
     asked = {k: getattr(cfg.data, k) for k in ("test_num_clips", "test_num_crops")}
     wanted = {"test_num_clips": protocol.num_clips, "test_num_crops": protocol.num_crops}
-    dropped = {k: v for k, v in asked.items() if v != wanted[k] and v != getattr(default, k)}
+    # any disagreement is told: a value equal to the schema default may have been set on purpose all the same
+    dropped = {k: v for k, v in asked.items() if v != wanted[k]}
     if cfg.eval.protocol and dropped:  # set on purpose, yet the preset decides: say so, not silently
         log.warning(
             "eval.protocol=%s evaluates %d clips x %d crops; %s ignored (set eval.protocol= to use them)",

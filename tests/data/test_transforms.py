@@ -86,3 +86,12 @@ def test_train_clips_are_contiguous():
     clip = torch.randint(0, 255, (4, 60, 80, 3), dtype=torch.uint8)
     assert build_train_transform(48)(clip).is_contiguous()
     assert build_eval_transform(48, 48, num_crops=3)(clip).is_contiguous()
+
+
+def test_the_centre_crop_is_the_middle_of_the_three_crops_on_an_odd_margin():
+    """torchvision's center_crop rounds the offset (38 of a 75-pixel margin), three_crop and mmaction floor (37)."""
+    ramp = torch.arange(299, dtype=torch.int64).clamp(max=255).to(torch.uint8)
+    clip = ramp.reshape(1, 1, 299, 1).expand(2, 224, 299, 3).contiguous()
+    one = build_eval_transform(short_side=224, crop_size=224, num_crops=1)(clip)
+    three = build_eval_transform(short_side=224, crop_size=224, num_crops=3)(clip)
+    assert int(one[0, 0, 0, 0, 0]) == int(three[1, 0, 0, 0, 0]) == 37

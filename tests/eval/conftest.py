@@ -125,9 +125,10 @@ def tiny_config(root: str, num_classes: int = 3):
     return cfg
 
 
-def write_tiny_checkpoint(cfg, folder: str) -> str:
+def write_tiny_checkpoint(cfg, folder: str, classes: list[str] | None = None) -> str:
     """A frozen backbone file at ``cfg.model.pretrained`` and ``folder/trainable.safetensors`` with perturbed adapters
-    (so the adapters change the output) and the config in its metadata, as the engine writes them."""
+    (so the adapters change the output) and the config (and `classes`, when given) in its metadata, as the engine
+    writes them."""
     import os
 
     import timm
@@ -146,4 +147,5 @@ def write_tiny_checkpoint(cfg, folder: str) -> str:
     with torch.no_grad():
         for name in model.trainable_parameter_names():
             params[name].add_(0.5 * torch.randn(params[name].shape, generator=g))
-    return save_trainable(model, os.path.join(folder, "trainable.safetensors"), {"config": to_yaml(cfg), "step": 7})
+    meta = {"config": to_yaml(cfg), "step": 7, **({"classes": classes} if classes else {})}
+    return save_trainable(model, os.path.join(folder, "trainable.safetensors"), meta)

@@ -85,7 +85,13 @@ def test_a_preset_that_overrides_views_set_on_purpose_says_so(caplog):
     assert (cfg.data.test_num_clips, cfg.data.test_num_crops) == (3, 1)
     assert "data.test_num_clips=5, data.test_num_crops=3 ignored" in caplog.text
     caplog.clear()
-    cfg = _cfg(clips=3, crops=1)  # the defaults, or what the preset sets anyway: nothing to say
+    cfg = _cfg(clips=3, crops=1)  # the schema's defaults, asked for on purpose all the same: ssv2 had said nothing
+    cfg.eval.protocol = "ssv2"
+    with caplog.at_level("WARNING"):
+        apply_protocol(cfg)
+    assert "data.test_num_clips=3, data.test_num_crops=1 ignored" in caplog.text
+    caplog.clear()
+    cfg = _cfg(clips=1, crops=3)  # what the preset sets anyway: nothing to say
     cfg.eval.protocol = "ssv2"
     with caplog.at_level("WARNING"):
         apply_protocol(cfg)

@@ -40,6 +40,9 @@ def test_results_json_lists_the_missing_video_and_scores_the_rest(tmp_path):
     assert loaded["num_evaluated"] == 6 and loaded["dataset_size"] == 7 and loaded["num_missing"] == 1
     assert loaded["checkpoint_sha256"] == hashlib.sha256(b"weights").hexdigest()
     assert loaded["metrics"]["per_class_acc"][7] is None
+    assert loaded["top5_of_k"] == 5  # 8 classes; with 3 it says top-5 is top-3 (always 100 %)
+    _, few = _result(num_classes=3)
+    assert results_record(few, to_dict(cfg), str(ckpt), "0" * 64, split="val")["top5_of_k"] == 3
     assert loaded["protocol"]["num_crops"] == 3 and loaded["config"]["model"]["num_classes"] == 8
     assert loaded["metrics"]["top1"] == result["top1"] and loaded["per_video"] == result["per_video"]
     assert [v["index"] for v in loaded["per_video"]] == [0, 1, 3, 4, 5, 6]
