@@ -64,10 +64,13 @@ def test_a_recipe_config_gives_every_method_only_the_settings_it_reads(recipe: s
 def test_every_method_is_checked_before_any_trains(tmp_path) -> None:
     from aim_video.compare import prepare_methods
 
-    configs = prepare_methods(["aim", "linear_probe"], None, ["model.lora_rank=0"], str(tmp_path))
-    assert list(configs) == ["aim", "linear_probe"] and configs["aim"].train.eval_every == -1
-    with pytest.raises(ValueError, match="method lora: model.lora_rank must be >= 1, got 0"):
+    configs = prepare_methods(["aim", "linear_probe", "lora"], None, ["model.lora_rank=4"], str(tmp_path))
+    assert list(configs) == ["aim", "linear_probe", "lora"] and configs["aim"].train.eval_every == -1
+    assert configs["lora"].model.lora_rank == 4 and configs["aim"].model.lora_rank == 8  # only where it is read
+    with pytest.raises(ValueError, match="bad value for config key 'model.lora_rank': 0"):  # before any training
         prepare_methods(["aim", "linear_probe", "lora"], None, ["model.lora_rank=0"], str(tmp_path))
+    with pytest.raises(ValueError, match="method aim: model.vit_kwargs does not fit timm's"):  # checked by building
+        prepare_methods(["aim", "lora"], None, ["model.vit_kwargs={depth_of_field: 3}"], str(tmp_path))
 
 
 def test_cost_counts_parameters_and_memory_grows_with_the_trainable_set() -> None:
@@ -229,5 +232,5 @@ def test_rows_are_written_as_each_method_ends_and_measured_without_leftover_mode
 def test_a_bad_setting_of_a_later_method_stops_the_run_before_any_training(tiny_videos, tmp_path) -> None:
     result = _compare(tmp_path, tiny_videos, ["--methods", "linear_probe,lora", "model.lora_rank=0"])
     assert result.returncode == 2, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "error: method lora: model.lora_rank must be >= 1, got 0" in result.stderr
+    assert "bad value for config key 'model.lora_rank': 0; it must be at least 1" in result.stderr
     assert not os.path.exists(tmp_path / "runs" / "linear_probe") and not os.path.exists(tmp_path / "table")

@@ -121,6 +121,7 @@ def test_train_clips_hold_the_sampled_frames(tmp_path):
         rrc_ratio="[1.3333334,1.3333334]",
         flip=False,
         input_size=48,
+        test_short_side=48,
         num_frames=4,
         frame_stride=5,
     )
