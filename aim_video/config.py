@@ -7,6 +7,7 @@ resolved config beside a run's outputs.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import os
@@ -366,6 +367,31 @@ def from_dict(data: dict[str, Any] | DictConfig) -> Config:
     obj = OmegaConf.to_object(merged)
     assert isinstance(obj, Config)
     return obj
+
+
+# settings that name files or folders: a run saves them absolute (`with_absolute_paths`)
+PATH_KEYS = (
+    "data.root", "data.train_list", "data.val_list", "data.test_list", "data.class_map", "data.verify_report",
+    "model.pretrained", "output_dir",
+)  # fmt: skip
+
+
+def with_absolute_paths(cfg: Config) -> Config:
+    """A copy of `cfg` whose PATH_KEYS are absolute, resolved against the current folder.
+
+    A run saves its config (config.yaml, the checkpoints, the exported weights): relative paths in it resolved
+    against whatever folder tools/test.py or infer.py ran from later, and failed anywhere but where training ran.
+    """
+    out = copy.deepcopy(cfg)
+    for key in PATH_KEYS:
+        *sections, leaf = key.split(".")
+        owner = out
+        for section in sections:
+            owner = getattr(owner, section)
+        value = getattr(owner, leaf)
+        if value:  # "" stays unset; verify reports are comma-separated
+            setattr(owner, leaf, ",".join(os.path.abspath(p.strip()) for p in value.split(",") if p.strip()))
+    return out
 
 
 def save_config(cfg: Config, folder: str, name: str = "config.yaml") -> str:

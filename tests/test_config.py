@@ -126,3 +126,20 @@ def test_a_warm_up_longer_than_the_run_is_allowed_with_a_warning(capsys):
     assert "train.warmup_epochs=40.0 is longer than train.epochs=30" in capsys.readouterr().err
     load_config(None, ["train.warmup_epochs=40", "train.max_steps=100"])  # max_steps fits it in: no warning
     assert capsys.readouterr().err == ""
+
+
+def test_a_run_saves_its_paths_absolute(tmp_path, monkeypatch):
+    """config.yaml and the weights kept `root: v64`, `class_map: lists/classes.txt` as typed: tools/test.py and
+    infer.py resolved them against their own folder and failed anywhere but where training ran."""
+    from aim_video.config import with_absolute_paths
+
+    monkeypatch.chdir(tmp_path)
+    given = ["data.root=v64", "data.class_map=lists/classes.txt", "output_dir=runs/a"]
+    given += ["data.verify_report=r/train.json, r/val.json", "model.pretrained=", "data.test_list="]
+    cfg = load_config(None, given)
+    out = with_absolute_paths(cfg)
+    assert out.data.root == str(tmp_path / "v64") and out.data.class_map == str(tmp_path / "lists" / "classes.txt")
+    assert out.output_dir == str(tmp_path / "runs" / "a")
+    assert out.data.verify_report == f"{tmp_path}/r/train.json,{tmp_path}/r/val.json"
+    assert out.model.pretrained == "" and out.data.test_list == ""  # unset stays unset
+    assert cfg.data.root == "v64"  # a copy: the caller's config is untouched

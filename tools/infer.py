@@ -104,6 +104,9 @@ def main(argv: list[str] | None = None) -> int:
     except (UnreadableVideoError, AnnotationError) as err:
         print(f"error: cannot read the video: {err}", file=sys.stderr)
         return 1
+    except OSError as err:  # a verify report or another file the config names is not there: the setting, not the video
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     if args.top_k is not None and args.top_k > probs.numel():  # asked for: say why fewer are shown
         print(
             f"note: --top-k {args.top_k} is more than the model's {probs.numel()} classes: all shown", file=sys.stderr

@@ -63,7 +63,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def _default_out(cfg_output_dir: str, checkpoint_file: str, split: str) -> str:
     folder = os.path.dirname(os.path.abspath(checkpoint_file))
-    name = os.path.basename(folder) if os.path.basename(checkpoint_file) == "trainable.safetensors" else "export"
+    in_checkpoint = os.path.basename(checkpoint_file) == "trainable.safetensors"  # <run>/checkpoints/<name>/
+    name = os.path.basename(folder) if in_checkpoint else "export"
+    if not os.path.isabs(cfg_output_dir):  # an older run saved it as typed: beside the weights, not under this folder
+        cfg_output_dir = os.path.dirname(os.path.dirname(folder)) if in_checkpoint else folder
     return os.path.join(cfg_output_dir, "eval", f"{name}-{split}")
 
 

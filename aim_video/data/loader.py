@@ -67,6 +67,11 @@ def resolve_classes(cfg: Config) -> list[str] | None:
     """Class names in index order: the class map if given, else the sorted labels of a train Kinetics CSV or the
     sorted folders of a train class-folder tree; None when the train source is a list file (integer labels)."""
     if cfg.data.class_map:
+        if not os.path.isfile(cfg.data.class_map):
+            raise AnnotationError(
+                f"data.class_map={cfg.data.class_map}: no such file (a relative path starts from the current folder, "
+                f"{os.getcwd()}): give the classes.txt that `prepare_kinetics.py lists` wrote"
+            )
         return read_class_map(cfg.data.class_map)
     if os.path.isdir(cfg.data.train_list):
         return class_folder_names(cfg.data.train_list)

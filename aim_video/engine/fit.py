@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from aim_video.config import Config, ConfigError, save_config, to_yaml
+from aim_video.config import Config, ConfigError, save_config, to_yaml, with_absolute_paths
 from aim_video.engine.checkpoint_io import CheckpointError, CheckpointManager, agree_on_resume
 from aim_video.engine.deepspeed_setup import build_engine, derive_ds_config, model_dtype, write_ds_config
 from aim_video.engine.distributed import (
@@ -248,6 +248,7 @@ def _fit(cfg: Config, resume: str, stop_signals: bool) -> dict[str, Any]:
     from aim_video.models.build import build_model
 
     started = time.time()
+    cfg = with_absolute_paths(cfg)  # the saved config (and the weights' copy of it) work from any folder
     if cfg.model.num_classes != cfg.data.num_classes:  # else an IndexError in the loss, or a head with unused classes
         raise ConfigError(
             f"model.num_classes={cfg.model.num_classes} but data.num_classes={cfg.data.num_classes}: set both to the "

@@ -177,3 +177,15 @@ def test_an_unwritable_out_stops_before_the_evaluation_and_nothing_readable_is_a
     args = ["--checkpoint", run["ckpt"], "--no-progress", "--out", out, "--split", "test"]
     assert test_tool.main([*args, f"data.test_list={unlabelled}"]) == 0
     assert json.load(open(os.path.join(out, "results.json")))["num_unlabelled"] == 2
+
+
+def test_default_results_go_beside_the_weights_of_a_run_with_a_relative_output_dir(tmp_path, monkeypatch):
+    """An older run saved output_dir as typed (runs/v64): results went under whatever folder test.py ran from."""
+    monkeypatch.chdir(tmp_path)
+    run_dir = tmp_path / "somewhere" / "runs" / "v64"
+    assert test_tool._default_out("runs/v64", str(run_dir / "model_trainable.safetensors"), "val") == str(
+        run_dir / "eval" / "export-val"
+    )
+    step = run_dir / "checkpoints" / "step_00000004" / "trainable.safetensors"
+    assert test_tool._default_out("runs/v64", str(step), "val") == str(run_dir / "eval" / "step_00000004-val")
+    assert test_tool._default_out("/abs/run", str(step), "test") == "/abs/run/eval/step_00000004-test"
