@@ -219,7 +219,9 @@ def cmd_repair(args: argparse.Namespace) -> int:
         checks, args.out_root, args.root, args.keyint, args.short_side, args.crf, args.backend, args.seek_mode,
         args.jobs, args.timeout, tune=args.tune,
     )  # fmt: skip
-    records = [VideoRecord(mapping.get(os.path.abspath(r.path), r.path), r.label, r.labels) for r in ann.records]
+    # absolute, all of them (as --out-list says): the copies and the originals live under two roots
+    records = [VideoRecord(mapping.get(os.path.abspath(r.path), os.path.abspath(r.path)), r.label, r.labels)
+               for r in ann.records]  # fmt: skip
     write_list_file(args.out_list, records)
     report = os.path.splitext(args.out_list)[0] + "_verify.json"
     verify.write_report(rechecked, report, args.backend, args.seek_mode)

@@ -21,7 +21,9 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import threading
+from collections import Counter
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -308,6 +310,21 @@ def write_outputs_list(path: str, ann: Annotations, results: list[EncodeResult],
     return len(records)
 
 
+def _warn_duplicates(split: str, records: list, loaded: dict) -> None:
+    """Say when a split lists a video twice (evaluation would count it twice) or shares videos with train (the
+    score would be measured on training data). Real Kinetics CSVs hold both; the lists are written as given."""
+    paths = [os.path.abspath(r.path) for r in records]
+    twice = sorted(p for p, n in Counter(paths).items() if n > 1)
+    if twice:
+        print(f"warning: {split}: {len(twice)} videos are listed more than once, e.g. {twice[0]}: evaluation counts "
+              "each listing; remove the repeats", file=sys.stderr)  # fmt: skip
+    if split != "train" and "train" in loaded:
+        shared = set(paths) & {os.path.abspath(r.path) for r in loaded["train"].records}
+        if shared:
+            print(f"warning: {split}: {len(shared)} videos are also in train, e.g. {sorted(shared)[0]}: the {split} "
+                  "score would be measured on training videos", file=sys.stderr)  # fmt: skip
+
+
 def build_lists(
     sources: dict[str, str], root: str, out_dir: str, class_map: str = "", missing: str = "drop", relative: bool = True
 ) -> dict[str, tuple[str, int, int]]:
@@ -330,7 +347,11 @@ def build_lists(
     for split, ann in loaded.items():
         path = os.path.join(out_dir, f"{split}.txt")
         base = root if relative and root else ""
-        write_list_file(path, ann.records, root=base)
+        records = list(ann.records)
+        if not relative:  # paths under a relative --root are relative too: make them what --absolute says
+            records = [type(r)(os.path.abspath(r.path), r.label, r.labels) for r in records]
+        _warn_duplicates(split, records, loaded)
+        write_list_file(path, records, root=base)
         written[split] = (path, len(ann.records), len(ann.missing))
     if classes:
         path = os.path.join(out_dir, "classes.txt")

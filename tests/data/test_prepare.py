@@ -227,3 +227,20 @@ def test_constant_frame_rate_is_asked_for_in_the_spelling_the_ffmpeg_knows(tmp_p
     old.write_text("#!/bin/sh\necho '-vsync            video sync method'\necho '-r rate           set frame rate'\n")
     old.chmod(0o755)
     assert constant_rate_option(str(old)) == ("-vsync", "cfr")
+
+
+def test_absolute_lists_under_a_relative_root_and_repeats_or_leaks_are_named(tmp_path, monkeypatch, capsys):
+    """`lists --absolute --root raw` wrote `raw/zumba/...` (relative: data.root=raw then read raw/raw/...); a val CSV
+    listing a clip twice, or a train clip, was written without a word and evaluation counted the repeat twice."""
+    monkeypatch.chdir(tmp_path)
+    for cls, name in (("zumba", "b_000002_000012"), ("abseiling", "a_000001_000011")):
+        os.makedirs(tmp_path / "raw" / cls, exist_ok=True)
+        (tmp_path / "raw" / cls / f"{name}.mp4").write_bytes(b"x")
+    head = "label,youtube_id,time_start,time_end,split\n"
+    (tmp_path / "train.csv").write_text(head + "zumba,b,2,12,train\nabseiling,a,1,11,train\n")
+    (tmp_path / "val.csv").write_text(head + "zumba,b,2,12,val\nzumba,b,2,12,val\n")
+    out = build_lists({"train": "train.csv", "val": "val.csv"}, "raw", "lists", relative=False)
+    assert open(out["train"][0]).read().splitlines()[0] == f"{tmp_path}/raw/zumba/b_000002_000012.mp4 1"
+    err = capsys.readouterr().err
+    assert "val: 1 videos are listed more than once, e.g. " + str(tmp_path / "raw" / "zumba") in err
+    assert "val: 1 videos are also in train, e.g. " + str(tmp_path / "raw" / "zumba") in err

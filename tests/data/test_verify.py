@@ -385,3 +385,22 @@ def test_repair_keeps_same_named_originals_apart_and_reports_what_it_could_not_r
         assert mean_abs_diff(sequential_frames(copy)[30], sequential_frames(original)[30]) < 3
     (lost,) = [c for c in rechecked if c.path == gone]  # its re-encode failed: its verdict stays for training
     assert lost.status == "shifted" and lost.reason.startswith("re-encoding failed: ") and "3 of 9" in lost.reason
+
+
+def test_repair_lists_every_video_absolute_under_a_relative_root(tmp_path, monkeypatch, capsys):
+    """The repaired copies were absolute but the originals kept `raw/...`: with data.root=raw nothing was found."""
+    from tools.prepare_kinetics import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "raw").mkdir()
+    make_h264(str(tmp_path / "raw" / "good.mp4"), n=30, gop=10)
+    make_h264(str(tmp_path / "raw" / "short.mp4"), n=30, gop=10, seed=2)
+    (tmp_path / "l.txt").write_text("good.mp4 0\nshort.mp4 1\n")
+    checks = [verify.VideoCheck(str(tmp_path / "raw" / "good.mp4"), "exact", "decord"),
+              verify.VideoCheck(str(tmp_path / "raw" / "short.mp4"), "short", "decord")]  # fmt: skip
+    verify.write_report(checks, "report.json", "decord", "exact")
+    args = ["repair", "--report", "report.json", "--list", "l.txt", "--root", "raw", "--out-root", "fixed"]
+    assert main([*args, "--out-list", "new.txt"]) == 0
+    assert [line.split()[0] for line in open("new.txt").read().splitlines()] == [
+        str(tmp_path / "raw" / "good.mp4"), str(tmp_path / "fixed" / "short.mp4")
+    ]  # fmt: skip
