@@ -45,23 +45,25 @@ def launcher(nproc: int, script: str) -> list[str]:
     return [deepspeed, "--num_gpus", str(nproc), "--master_port", str(29500 + os.getpid() % 1000), script]
 
 
-RUN_MARKERS = ("log.jsonl", "config.yaml", "train_summary.json")  # what a previous run left in its folder
+DEMO_MARKER = ".aim_video_demo"  # written into the demo's run folder: only such a folder is ever removed
 
 
 def clear_run_folder(folder: str) -> None:
-    """Start the demo's run folder afresh: remove it only when it is empty or holds a previous run, never a folder
-    of anything else that `output_dir` happens to name (the checkout itself, say)."""
-    if not os.path.isdir(folder):
-        return
-    path = os.path.realpath(folder)
-    if path == os.path.realpath(REPO) or os.path.realpath(REPO).startswith(path + os.sep) or path == os.sep:
-        raise SystemExit(f"[demo] error: output_dir={folder} holds the checkout; choose a run folder such as runs/demo")
-    if os.listdir(path) and not any(os.path.exists(os.path.join(path, m)) for m in RUN_MARKERS):
-        raise SystemExit(
-            f"[demo] error: output_dir={folder} exists and holds no previous run ({', '.join(RUN_MARKERS)}); the demo "
-            "starts its run folder afresh, so choose another output_dir or empty this one"
-        )
-    shutil.rmtree(path)
+    """Start the demo's run folder afresh, marked as the demo's: remove it only when it is empty or a previous demo
+    run (its marker), never anything else that `output_dir` happens to name (a real training run, the checkout)."""
+    if os.path.isdir(folder):
+        path = os.path.realpath(folder)
+        if path == os.path.realpath(REPO) or os.path.realpath(REPO).startswith(path + os.sep) or path == os.sep:
+            raise SystemExit(f"[demo] error: output_dir={folder} holds the checkout; choose a folder such as runs/demo")
+        if os.listdir(path) and not os.path.exists(os.path.join(path, DEMO_MARKER)):
+            raise SystemExit(
+                f"[demo] error: output_dir={folder} exists and is not a previous demo run (no {DEMO_MARKER}); the demo "
+                "starts its run folder afresh, so choose another output_dir or empty this one"
+            )
+        shutil.rmtree(path)
+    os.makedirs(folder)
+    with open(os.path.join(folder, DEMO_MARKER), "w") as f:
+        f.write("made by tools/demo.py: it replaces this folder on its next run\n")
 
 
 def main() -> None:
@@ -85,7 +87,7 @@ def main() -> None:
     except FileExistsError as err:
         raise SystemExit(f"[demo] error: {err}") from None
     given = {o.split("=", 1)[0].strip() for o in args.overrides}
-    lists = [f"data.{k}={files[k]}" for k in ("train_list", "val_list") if f"data.{k}" not in given]
+    lists = [f"data.{k}={files[k]}" for k in ("train_list", "val_list", "class_map") if f"data.{k}" not in given]
     if "data.root" not in given:
         lists = []  # the config's lists are the generated ones
     if not os.path.isfile(cfg.model.pretrained):  # the weights go where the run will look for them

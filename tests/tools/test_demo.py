@@ -4,30 +4,34 @@ import os
 
 import pytest
 
-from tools.demo import REPO, clear_run_folder
+from tools.demo import DEMO_MARKER, REPO, clear_run_folder
 
 
-def test_only_an_empty_folder_or_a_previous_run_is_cleared(tmp_path):
+def test_only_an_empty_folder_or_a_previous_demo_run_is_cleared_and_the_new_one_is_marked(tmp_path):
     run = tmp_path / "run"
-    run.mkdir()
+    clear_run_folder(str(run))  # absent: made, and marked as the demo's
+    assert os.listdir(run) == [DEMO_MARKER]
     (run / "log.jsonl").write_text("{}\n")
-    (run / "checkpoints").mkdir()
     clear_run_folder(str(run))
-    assert not run.exists()
+    assert os.listdir(run) == [DEMO_MARKER]  # the previous demo run went
     empty = tmp_path / "empty"
     empty.mkdir()
     clear_run_folder(str(empty))
-    assert not empty.exists()
-    clear_run_folder(str(tmp_path / "absent"))  # nothing to do
+    assert os.listdir(empty) == [DEMO_MARKER]
 
 
-def test_a_folder_of_anything_else_or_the_checkout_is_refused(tmp_path):
+def test_a_folder_of_anything_else_a_real_run_or_the_checkout_is_refused(tmp_path):
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "notes.txt").write_text("keep me")
-    with pytest.raises(SystemExit, match="holds no previous run"):
-        clear_run_folder(str(mine))
-    assert (mine / "notes.txt").read_text() == "keep me"
+    real = tmp_path / "runs" / "k400_b16_8f"  # what tools/train.py leaves: config.yaml, log.jsonl, checkpoints
+    (real / "checkpoints" / "step_00120000").mkdir(parents=True)
+    (real / "config.yaml").write_text("output_dir: runs/k400_b16_8f\n")
+    (real / "log.jsonl").write_text("{}\n")
+    for folder in (mine, real):
+        with pytest.raises(SystemExit, match="is not a previous demo run"):
+            clear_run_folder(str(folder))
+    assert (mine / "notes.txt").read_text() == "keep me" and (real / "checkpoints" / "step_00120000").is_dir()
     for folder in (REPO, os.path.dirname(REPO)):
         with pytest.raises(SystemExit, match="holds the checkout"):
             clear_run_folder(folder)
