@@ -22,6 +22,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from aim_video.config import Config, ConfigError, save_config, to_yaml, with_absolute_paths
+from aim_video.data.annotations import AnnotationError
 from aim_video.engine.checkpoint_io import CheckpointError, CheckpointManager, agree_on_resume
 from aim_video.engine.deepspeed_setup import build_engine, derive_ds_config, model_dtype, write_ds_config
 from aim_video.engine.distributed import (
@@ -172,6 +173,19 @@ class _CastInput(torch.nn.Module):
         return self.model(video.to(self.dtype))
 
 
+def same_data_on_every_rank(num_videos: int, source: str) -> None:
+    """Stop every rank together when they read different lists (a file dropped as missing, or a verify report found
+    stale, on some nodes only): else they leave the epoch at different steps and wait in each other's collectives
+    until a timeout."""
+    sizes = all_gather_objects(num_videos)
+    if len(set(sizes)) > 1:
+        raise AnnotationError(
+            f"{source}: the ranks see different videos ({', '.join(map(str, sizes))} by rank): a file changed or is "
+            "visible to some nodes only while the job started (data.missing_files=drop, a verify report's file "
+            "stamps); make the data the same on every node and start again"
+        )
+
+
 def run_evaluation(engine: Any, cfg: Config, info: DistInfo, cache: dict[str, Any]) -> dict[str, Any] | None:
     """Periodic multi-view evaluation on `data.val_list` with aim_video.eval's `evaluate` (every video once).
 
@@ -187,6 +201,7 @@ def run_evaluation(engine: Any, cfg: Config, info: DistInfo, cache: dict[str, An
         cache["cfg"] = copy.deepcopy(cfg)
         apply_protocol(cache["cfg"])  # eval.protocol's views, as tools/test.py evaluates (not data.test_num_*)
         cache["loader"] = build_eval_loader(cache["cfg"], "val", info.rank, info.world_size)
+        same_data_on_every_rank(len(cache["loader"].dataset), cfg.data.val_list)
     model = _CastInput(engine.module, model_dtype(cfg))
     result = evaluate(model, cache["loader"], cache["cfg"], info.device, progress=False)
     engine.train()
@@ -268,6 +283,7 @@ def _fit(cfg: Config, resume: str, stop_signals: bool) -> dict[str, Any]:
         print(f"warning: {norm_warning}", file=sys.stderr, flush=True)
     seed_everything(cfg.train.seed, info.rank)  # then per-rank streams: dropout, drop_path, MixUp
     loader = build_train_loader(cfg, info.rank, info.world_size)
+    same_data_on_every_rank(len(loader.dataset), cfg.data.train_list)
     accum = cfg.train.grad_accum_steps
     micro_per_epoch = (len(loader) // accum) * accum
     if micro_per_epoch == 0:

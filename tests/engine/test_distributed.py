@@ -181,6 +181,39 @@ def _agree_worker(rank: int, init_file: str, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
+def _sizes_worker(rank: int, init_file: str, out_dir: str) -> None:
+    import torch.distributed as dist
+
+    from aim_video.data.annotations import AnnotationError
+    from aim_video.engine.fit import same_data_on_every_rank
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        same_data_on_every_rank(12, "train.txt")  # the same on both: nothing to say
+        try:
+            same_data_on_every_rank([12, 11][rank], "train.txt")  # rank 1 dropped a video the other sees
+            said = ""
+        except AnnotationError as err:
+            said = str(err)
+        with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
+            json.dump(said, f)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ranks_that_read_different_lists_stop_together_naming_the_sizes(tmp_path):
+    """A video dropped as missing, or a verify report found stale, on one node only: the ranks left the epoch at
+    different steps and waited in each other's collectives until a timeout."""
+    import torch.multiprocessing as mp
+
+    from aim_video.engine.fit import same_data_on_every_rank
+
+    same_data_on_every_rank(5, "train.txt")  # a world of one: no collective, nothing to compare
+    mp.start_processes(_sizes_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2, start_method="spawn")
+    said = [json.load(open(tmp_path / f"rank{r}.json")) for r in range(2)]
+    assert said[0] == said[1] and "train.txt: the ranks see different videos (12, 11 by rank)" in said[0]
+
+
 def test_every_rank_learns_that_one_rank_has_a_non_finite_loss(tmp_path):
     """A NaN on one rank stopped that rank alone; the others waited in the next gradient all-reduce until the
     launcher (30 s) or, under srun, the collective's timeout killed them. Now all ranks agree at the same micro-step."""
