@@ -391,6 +391,8 @@ def with_absolute_paths(cfg: Config) -> Config:
         value = getattr(owner, leaf)
         if value:  # "" stays unset; verify reports are comma-separated
             setattr(owner, leaf, ",".join(os.path.abspath(p.strip()) for p in value.split(",") if p.strip()))
+    if not out.data.root:  # the lists' relative entries start from this folder: say so, for other folders later
+        out.data.root = os.getcwd()
     return out
 
 

@@ -229,7 +229,7 @@ def test_rows_are_written_as_each_method_ends_and_measured_without_leftover_mode
     assert all(r["gmacs_per_clip"] * 2 == pytest.approx(r["gflops_per_clip"]) for r in data["rows"])
 
 
-def test_a_bad_setting_of_a_later_method_stops_the_run_before_any_training(tiny_videos, tmp_path) -> None:
+def test_a_bad_setting_stops_the_run_before_any_method_trains(tiny_videos, tmp_path) -> None:
     result = _compare(tmp_path, tiny_videos, ["--methods", "linear_probe,lora", "model.lora_rank=0"])
     assert result.returncode == 2, result.stdout[-3000:] + result.stderr[-3000:]
     assert "bad value for config key 'model.lora_rank': 0; it must be at least 1" in result.stderr

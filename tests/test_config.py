@@ -142,4 +142,5 @@ def test_a_run_saves_its_paths_absolute(tmp_path, monkeypatch):
     assert out.output_dir == str(tmp_path / "runs" / "a")
     assert out.data.verify_report == f"{tmp_path}/r/train.json,{tmp_path}/r/val.json"
     assert out.model.pretrained == "" and out.data.test_list == ""  # unset stays unset
+    assert with_absolute_paths(load_config(None, [])).data.root == str(tmp_path)  # relative list entries start here
     assert cfg.data.root == "v64"  # a copy: the caller's config is untouched

@@ -74,6 +74,9 @@ def _pct(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2f}"
 
 
+_AS_SCRIPT = False  # set when run as a program: only then may an error end the process at once
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -112,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 3
     except (Exception, KeyboardInterrupt):  # anything else (CUDA out of memory, a bug): say it, then leave at once:
+        if not _AS_SCRIPT:  # called in-process (tests, other tools): the caller handles it
+            raise
         traceback.print_exc()  # a normal exit would wait forever for the loader workers, which ignore the stop
         sys.stderr.flush()  # signals (train.stop_signals)
         os._exit(1)
@@ -145,4 +150,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    _AS_SCRIPT = True
     sys.exit(main())

@@ -34,6 +34,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     return parser.parse_known_args(argv)
 
 
+_AS_SCRIPT = False  # set when run as a program: only then may an error end the process at once
+
+
 def main(argv: list[str] | None = None) -> int:
     args, unknown = parse_args(argv)
     flags = [u for u in unknown if u.startswith("-")]
@@ -67,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
             dist.destroy_process_group()
         return 128 + stop.signum  # as if the signal had ended the process: not a finished run
     except (Exception, KeyboardInterrupt):  # anything else (CUDA out of memory, a bug): say it, then leave at once.
+        if not _AS_SCRIPT:  # called in-process (tests, other tools): the caller handles it
+            raise
         traceback.print_exc()  # A normal exit would wait forever for the loader workers, which ignore the stop
         sys.stderr.flush()  # signals (train.stop_signals), and hold the GPUs until someone kills the job
         os._exit(1)
@@ -78,4 +83,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    _AS_SCRIPT = True
     sys.exit(main())

@@ -181,7 +181,7 @@ def claim_out_root(out_root: str, settings: dict, overwrite: bool = False, exist
     re-encoded, by this run and by any later run with the same settings, of this list or of another list that shares
     the folder, until `finish_out_root` finds none left. `existing` (how many of this run's outputs exist already)
     with no record means outputs of unknown settings (an older aim-video, another tool): refused unless `overwrite`.
-    Returns that start time while an overwrite is pending (outputs not newer are re-encoded), else None.
+    Returns that start time while an overwrite is pending (outputs older than it are re-encoded), else None.
     """
     path = os.path.join(out_root, SETTINGS_FILE)
     if os.path.exists(path) and not overwrite and not _holds_videos(out_root):
@@ -252,9 +252,10 @@ def finish_out_root(out_root: str) -> int:
 
 
 def _older(path: str, started: float) -> bool:
-    """Whether `path` was written no later than `started` (file times are coarse: a tie counts as older)."""
+    """Whether `path` was written before `started` (a tie counts as new: an output finished in the record's second,
+    on a file system with coarse times, is this run's; an older one predates the command that wrote the record)."""
     try:
-        return os.path.getmtime(path) <= started
+        return os.path.getmtime(path) < started
     except FileNotFoundError:  # removed meanwhile
         return False
 

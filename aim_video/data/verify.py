@@ -259,6 +259,7 @@ def _check(result: VideoCheck, backend: str, seek_mode: str, num_threads: int, t
                 else:  # go on: the other groups may read wrong frames, which matters more than a failing read
                     failed_inside.append((group, decode._first_line(err)))
                 reader.close()  # a failed read can leave decord's decoder broken for the next ones: start afresh
+                reader = None  # (if the reopen fails, its own error says why, not a second close)
                 reader = decode.open_reader(path, backend, num_threads, **opts)
                 continue
             for i, frame in zip(group, got, strict=True):
@@ -284,7 +285,8 @@ def _check(result: VideoCheck, backend: str, seek_mode: str, num_threads: int, t
                 if len(result.bad_indices) < 10:
                     result.bad_indices.append(i)
     finally:
-        reader.close()
+        if reader is not None:
+            reader.close()
     failing = (
         f"; {backend} fails at frames {failed_inside[0][0]} (inside the {result.decoded_frames} that decode): "
         f"{failed_inside[0][1]}"

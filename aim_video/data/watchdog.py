@@ -279,9 +279,7 @@ class GuardedReader:
             )
         if backend not in decode._READERS:
             raise ValueError(f"unknown decoding backend '{backend}'; choose one of {', '.join(decode._READERS)}")
-        if not os.path.isfile(path):
-            raise decode.VideoReadError(path, "file not found")
-        self.path, self._deadline = path, deadline
+        self.path, self._deadline = path, deadline  # the child's open_with checks the file (one stat, not three)
         self._worker = worker_for_this_process()
         self.num_frames = self._call(_child_open, decode._READERS[backend], path, num_threads, opts)
 
