@@ -55,7 +55,8 @@ def clear_run_folder(folder: str) -> None:
         path = os.path.realpath(folder)
         if path == os.path.realpath(REPO) or os.path.realpath(REPO).startswith(path + os.sep) or path == os.sep:
             raise SystemExit(f"[demo] error: output_dir={folder} holds the checkout; choose a folder such as runs/demo")
-        if os.listdir(path) and not os.path.exists(os.path.join(path, DEMO_MARKER)):
+        legacy = path == os.path.join(os.path.realpath(REPO), "runs", "demo")  # the default, run before the marker
+        if os.listdir(path) and not os.path.exists(os.path.join(path, DEMO_MARKER)) and not legacy:
             raise SystemExit(
                 f"[demo] error: output_dir={folder} exists and is not a previous demo run (no {DEMO_MARKER}); the demo "
                 "starts its run folder afresh, so choose another output_dir or empty this one"
