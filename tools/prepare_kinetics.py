@@ -172,6 +172,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
         os.remove(journal)
     paths = [r.path for r in ann.records] + ann.missing
     checks = verify.verify_videos(paths, args.backend, args.seek_mode, args.jobs, args.timeout, journal=journal)
+    for c in checks:  # a check resumed from an older journal, or a crashed child's, has not asked yet
+        if c.status == "unreadable" and c.plays is None:
+            c.plays = verify.plays(c.path)
     csv_path = verify.write_report(checks, args.report, args.backend, args.seek_mode)
     os.remove(journal)
     counts = verify.summarize(checks)
@@ -179,11 +182,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if counts["exact"] == len(checks):
         return 0
     print("\n".join(verify.explain(checks)))
-    broken = sum(c.status == "unreadable" and not verify.plays(c.path) for c in checks)  # PyAV decodes nothing
+    broken = sum(c.status == "unreadable" and c.plays is False for c in checks)  # PyAV decodes nothing of them
     if broken:
         print(f"{broken} `unreadable` file(s) decode with nothing (truncated or failed downloads): download them "
-              "again, or drop them from the list; training skips them and counts them, evaluation lists them as "
-              "missing")  # fmt: skip
+              "again, or drop them from the list; training and evaluation with this report leave them out and list "
+              "them")  # fmt: skip
     if len(checks) - counts["exact"] - broken:
         print(
             "re-encode the others (originals untouched; `short` ones also train as they are, from the report's "

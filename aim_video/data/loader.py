@@ -165,6 +165,7 @@ def apply_verify_report(
     listed = {os.path.abspath(r.path) for r in records}
     covered: set[str] = set()
     stale: list[str] = []
+    broken: dict[str, Any] = {}  # unreadable, and PyAV decodes nothing either: whatever the backend, a bad download
     example = ""
     for report in [p.strip() for p in d.verify_report.split(",") if p.strip()]:
         header, every = read_report(report)
@@ -179,6 +180,7 @@ def apply_verify_report(
             covered.add(os.path.abspath(c.path))
             checks.append(c)
         counts.update({os.path.abspath(c.path): c.decoded_frames for c in checks if c.decoded_frames > 0})
+        broken.update({os.path.abspath(c.path): c for c in checks if c.status == "unreadable" and c.plays is False})
         same = header["backend"] == d.backend and (d.backend != "torchcodec" or header["seek_mode"] == d.seek_mode)
         if not same:
             made_for = header["backend"] + (f"/{header['seek_mode']}" if header["backend"] == "torchcodec" else "")
@@ -205,9 +207,22 @@ def apply_verify_report(
             "matches none; run `tools/prepare_kinetics.py verify` on this list",
             *(what, len(unchecked), len(listed), d.verify_report, unchecked[0], example or "none"),
         )
+    gone_before: list[tuple[str, str]] = []  # left out whatever data.inexact_videos says: nothing of them decodes
+    if broken:
+        bad = [r for r in records if os.path.abspath(r.path) in broken]
+        for r in bad:
+            why = broken[os.path.abspath(r.path)].reason
+            gone_before.append((r.path, f"unreadable ({why}) and PyAV decodes nothing of it (verify report): download "
+                                        "it again"))  # fmt: skip
+        log.warning(
+            "%s: %d videos decode with no backend according to %s, e.g. %s: left out (each epoch would try, fail and "
+            "replace them again); download them again",
+            *(what, len(bad), d.verify_report, gone_before[0][0] if gone_before else "-"),
+        )
+        records = [r for r in records if os.path.abspath(r.path) not in broken]
     hits = [r for r in records if os.path.abspath(r.path) in wrong]
     if not hits:
-        return records, counts, []
+        return records, counts, gone_before
     examples = "; ".join(
         f"{r.path} ({wrong[os.path.abspath(r.path)].status}: {wrong[os.path.abspath(r.path)].reason})" for r in hits[:3]
     )
@@ -230,9 +245,9 @@ def apply_verify_report(
             why = f"returns wrong frames with {d.backend} ({check.status}: {check.reason}); dropped "
             dropped.append((r.path, why + "(data.inexact_videos=drop): re-encode it with `prepare_kinetics.py repair`"))
         gone = {r.path for r in hits}
-        return [r for r in records if r.path not in gone], counts, dropped
+        return [r for r in records if r.path not in gone], counts, gone_before + dropped
     log.warning("%s; kept (data.inexact_videos=keep): their clips hold other frames than sampled", summary)
-    return records, counts, []
+    return records, counts, gone_before
 
 
 def _read_kwargs(cfg: Config, counts: dict) -> dict:

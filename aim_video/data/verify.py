@@ -60,6 +60,7 @@ class VideoCheck:
     seconds: float = 0.0
     size: int = -1  # the file's size and modification time when checked: a report is stale for a file that
     mtime_ns: int = -1  # changed since (-1: not recorded, reports of an older aim-video)
+    plays: bool | None = None  # `unreadable` only: whether PyAV decodes a first frame (False: a broken download)
 
 
 def file_stamp(path: str) -> tuple[int, int]:
@@ -195,6 +196,8 @@ def check_video(
         result.status, result.reason = "unreadable", err.reason
     except Exception as err:  # a decoder error type we do not know: still a verdict, not a crash
         result.status, result.reason = "unreadable", f"{type(err).__name__}: {decode._first_line(err)}"
+    if result.status == "unreadable":  # the backend's problem (repair, the fallback) or nothing decodes at all
+        result.plays = plays(path)
     result.seconds = round(time.monotonic() - start, 3)
     return result
 

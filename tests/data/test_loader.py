@@ -521,3 +521,24 @@ def test_multi_label_lines_are_refused_for_training_and_evaluation(tmp_path):
     for build in (lambda c: build_train_loader(c, 0, 1), lambda c: build_eval_loader(c, "val", 0, 1)):
         with pytest.raises(AnnotationError, match=r"1 lines carry several labels, e.g. .*v.mp4 \(labels \[0, 1\]\)"):
             build(tiny_cfg(lst, batch_size=1))
+
+
+def test_a_video_the_report_found_undecodable_by_any_backend_is_left_out_once(tmp_path):
+    """Each epoch tried the broken download, failed, replaced it and counted it again; evaluation listed it as
+    missing only after trying. With the report it is left out up front, named with the report's reason."""
+    from aim_video.data import verify
+
+    clean = make_h264(str(tmp_path / "clean.mp4"), n=30, gop=10)
+    broken = tmp_path / "broken.mp4"
+    broken.write_text("<html>429 Too Many Requests</html>")  # what a failed download often is
+    lst = str(tmp_path / "train.txt")
+    write_lines(lst, [f"{clean} 0", f"{broken} 1"])
+    checks = verify.verify_videos([clean, str(broken)], "decord", progress=False)
+    assert [(c.status, c.plays) for c in checks] == [("exact", None), ("unreadable", False)]
+    report = str(tmp_path / "verify.json")
+    verify.write_report(checks, report, "decord", "exact")
+    train = build_train_loader(tiny_cfg(lst, batch_size=1, verify_report=report), 0, 1)
+    assert [r.path for r in train.dataset.records] == [clean]
+    val = build_eval_loader(tiny_cfg(lst, verify_report=report), "val", 0, 1).dataset
+    assert [r.path for r in val.records] == [clean] and [p for p, _ in val.dropped] == [str(broken)]
+    assert "PyAV decodes nothing of it (verify report): download it again" in val.dropped[0][1]
