@@ -132,7 +132,7 @@ def reencode_one(
     **options,
 ) -> EncodeResult:
     """Re-encode `src` to `dst` (see reencode_command for `options`); skipped when `dst` already exists, unless
-    `overwrite`, or it was written no later than `stale_before` (a pending overwrite's start, `claim_out_root`)."""
+    `overwrite`, or it was written before `stale_before` (a pending overwrite's start, `claim_out_root`)."""
     if os.path.exists(dst) and not overwrite and not (stale_before is not None and _older(dst, stale_before)):
         return EncodeResult(src, dst, "skipped")
     if not os.path.isfile(src):
