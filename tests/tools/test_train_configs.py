@@ -62,7 +62,7 @@ def test_recipe_header_says_how_to_launch_and_the_batch_it_assumes(path):
     assert (cfg.data.sampling == "uniform") == (is_ssv2 or cfg.data.num_classes == 48)
     assert cfg.model.num_temporal_adapters == (2 if is_ssv2 else 1)
     assert cfg.model.mlp_adapter_scale == (1.0 if is_ssv2 else 0.5)
-    assert cfg.train.backbone_lr_mult == (0.1 if is_large else 1.0)
+    assert cfg.train.backbone_lr_mult == (0.1 if is_large and not is_ssv2 else 1.0)  # K400 ViT-L's only (spec)
     assert (cfg.data.rand_augment_n, cfg.data.random_erasing, cfg.train.label_smoothing, cfg.data.flip) == (
         (4, 0.25, 0.1, False) if is_ssv2 else (0, 0.0, 0.0, True)
     )
