@@ -221,6 +221,7 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "data.rrc_scale": (lambda v: 0 < v[0] <= v[1] <= 1, "(min, max) with 0 < min <= max <= 1"),
     "data.rrc_ratio": (lambda v: 0 < v[0] <= v[1], "(min, max) with 0 < min <= max"),
     "data.rand_augment_n": (lambda v: v >= 0, "0 (off) or more"),
+    "data.rand_augment_m": (lambda v: 0 <= v <= 30, "a magnitude in 0..30 (torchvision's 31 bins; the paper's 7)"),
     "data.random_erasing": (lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
     "data.color_jitter": (lambda v: v >= 0, "0 (off) or more"),
     "data.repeated_aug": (lambda v: v >= 1, "at least 1"),

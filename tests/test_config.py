@@ -109,6 +109,7 @@ def test_a_key_given_twice_with_other_values_is_named(capsys):
         ("eval.view_chunk=0", "'eval.view_chunk': 0; it must be at least 1"),
         ("data.rrc_scale=[0.9,0.5]", "'data.rrc_scale': (0.9, 0.5); it must be (min, max) with 0 < min <= max <= 1"),
         ("model.drop_path_rate=1.0", "'model.drop_path_rate': 1.0; it must be in [0, 1)"),
+        ("data.rand_augment_m=31", "'data.rand_augment_m': 31; it must be a magnitude in 0..30"),
         ("data.test_short_side=16", "data.test_short_side=16 is smaller than data.input_size=224"),
         ("data.rrc_scale=[0.5,1.0", "override 'data.rrc_scale=[0.5,1.0': its value is not valid YAML"),
     ],

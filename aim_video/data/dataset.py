@@ -160,7 +160,10 @@ class TrainClipDataset(Dataset):
                     }
                 except Exception as err:  # any failure of one video must not end the epoch: count it, go on
                     reason = failure_reason(err)
-                    self._known_bad[current] = reason
+                    # only a file that cannot be decoded stays skipped; a timeout (a slow disk for a moment) or an
+                    # error after decoding is tried again next time, or a stall would drop the video for the run
+                    if isinstance(err, decode.VideoReadError) and not isinstance(err, decode.ReadTimeout):
+                        self._known_bad[current] = reason
                     failures.append(f"{self.records[current].path}: {reason}")
             current = self._replacement(seed, attempt)
         raise RuntimeError(

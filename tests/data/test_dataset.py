@@ -124,3 +124,31 @@ def test_a_seeded_item_does_not_depend_on_what_the_worker_read_before(tmp_path, 
             assert torch.equal(again["video"], first[index]["video"]), (index, seed)
         assert first[0]["index"] != 0 and first[0]["failures"]  # replaced, and the failure travels back
     assert any(found) and not all(found)  # both ways: reads that found the file short, reads inside its real end
+
+
+def test_a_passing_failure_does_not_drop_the_video_for_the_rest_of_the_run(tmp_path):
+    """A one-off stall (a read timeout) or an error after decoding put the video on the worker's known-bad list, so
+    with persistent workers it was replaced for the rest of training; only an undecodable file stays skipped."""
+    from tests.data.conftest import make_video
+
+    bad = tmp_path / "bad.mp4"
+    bad.write_text("not a video")
+    good = make_video(str(tmp_path / "good.mp4"), 24)
+    records = [VideoRecord(good, 0, (0,)), VideoRecord(str(bad), 1, (1,))]
+    stalls: list[Exception] = [decode.ReadTimeout(good, "read took longer than 60 s (decoder killed)")]
+
+    def flaky(frames_thwc: torch.Tensor) -> torch.Tensor:
+        if stalls:
+            raise stalls.pop(0)
+        return identity(frames_thwc)
+
+    ds = TrainClipDataset(records, flaky, "dense", num_frames=4, frame_stride=4, backend="pyav", max_retries=20)
+    first = ds[0]  # the timeout: retried elsewhere this time
+    assert first["failures"] and "read took longer" in first["failures"][0]
+    stalls.append(RuntimeError("augment"))
+    second = ds[0]  # the transform error; again a replacement
+    assert second["failures"] and "augment" in second["failures"][0]
+    third = ds[0]  # nothing fails now: the video itself, not a replacement
+    assert third["index"] == 0 and third["failures"] == []
+    ds[1]  # the undecodable file: skipped from now on, without another read
+    assert 1 in ds._known_bad and 0 not in ds._known_bad
