@@ -34,6 +34,11 @@ log = logging.getLogger(__name__)
 class DropPath(nn.Module):
     """Per-sample stochastic depth as timm's ``DropPath``, with the rate held in a tensor instead of a Python float.
 
+    In AIM's blocks a sample is a frame (tokens are ``[(B T), N, D]``): each frame keeps or drops the temporal and
+    MLP-adapter branches on its own. The authors' code fed timm's module sequence-first tensors, so its mask was per
+    token position, shared by the batch; textbook stochastic depth would drop per clip. The spec names the rate (0.2)
+    but not the unit; this choice is not measured against the others.
+
     ``torch.compile`` specialises on Python floats: with timm's module every block of a depth-scaled schedule
     (0, 0.018, 0.036, ...) compiled its own graph, and past dynamo's recompile limit (8) the remaining blocks silently
     ran uncompiled. With the rate in a (non-persistent) buffer all blocks share one graph.
