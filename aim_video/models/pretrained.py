@@ -211,7 +211,19 @@ def load_pretrained(model: torch.nn.Module, path: str) -> dict[str, list[str]]:
             raise PretrainedLoadError(
                 f"{file}: {source}, but model.arch builds a ViT with {act}: pick {want}; its outputs would differ"
             )
-    elif openai_weights(path, file) and not quick:
+    elif (
+        layout == "timm"
+        and "clip" in str(getattr(backbone, "pretrained_cfg", {}).get("architecture", ""))
+        and (not openai_weights(path, file) and not hub_pretrained_cfg(file))
+    ):
+        log.warning(
+            "%s: CLIP weights in timm's layout with nothing saying whose they are (a *.openai* name, or timm's "
+            "config.json beside them): OpenAI's need QuickGELU, most OpenCLIP ones GELU; using model.arch's %s "
+            "unchecked",
+            file,
+            act,
+        )
+    if layout != "openai-clip" and openai_weights(path, file) and not quick:
         raise PretrainedLoadError(
             f"{file} holds OpenAI's CLIP weights (tagged 'openai'), which need QuickGELU: pick the *_clip_quickgelu_* "
             f"architecture (e.g. vit_base_patch16_clip_quickgelu_224) rather than the {type(backbone).__name__} with "

@@ -14,6 +14,7 @@ from timm.layers import resample_abs_pos_embed
 from aim_video.models.build import build_model
 from aim_video.models.pretrained import PretrainedLoadError, load_pretrained, resolve_weight_file
 from tests.models.conftest import (
+    CLIP_ARCH,
     NUM_FRAMES,
     TIMM_ARCH,
     openai_full_state,
@@ -161,6 +162,24 @@ def test_timm_layout_openai_weights_need_quickgelu_too(clip_vit, tmp_path) -> No
     with pytest.raises(PretrainedLoadError, match="QuickGELU"):
         build_model(tiny_cfg(arch=gelu, pretrained=str(plain)), NUM_FRAMES)
     build_model(tiny_cfg(pretrained=str(plain)), NUM_FRAMES)  # the QuickGELU architecture takes them
+
+
+def test_timm_layout_clip_weights_of_unknown_origin_are_loaded_with_a_warning(clip_vit, tmp_path, caplog) -> None:
+    """QuickGELU weights renamed `clip_b16.safetensors` loaded into the GELU architecture without a word."""
+    renamed = tmp_path / "clip_b16.safetensors"
+    save_file(_timm_state(clip_vit), str(renamed))
+    with caplog.at_level("WARNING"):
+        build_model(tiny_cfg(arch="vit_base_patch16_clip_224", pretrained=str(renamed)), NUM_FRAMES)
+    assert "CLIP weights in timm's layout with nothing saying whose they are" in caplog.text
+    assert "using model.arch's GELU unchecked" in caplog.text
+    caplog.clear()
+    tagged = tmp_path / "tagged"  # timm's config.json says whose they are: checked, nothing to warn about
+    tagged.mkdir()
+    save_file(_timm_state(clip_vit), str(tagged / "model.safetensors"))
+    (tagged / "config.json").write_text(json.dumps({"architecture": CLIP_ARCH, "pretrained_cfg": {"tag": "laion"}}))
+    with caplog.at_level("WARNING"):
+        build_model(tiny_cfg(pretrained=str(tagged)), NUM_FRAMES)
+    assert "nothing saying whose" not in caplog.text
 
 
 def test_weights_of_another_patch_size_are_refused(tmp_path) -> None:
