@@ -211,8 +211,9 @@ def load_pretrained(model: torch.nn.Module, path: str) -> dict[str, list[str]]:
             raise PretrainedLoadError(
                 f"{file}: {source}, but model.arch builds a ViT with {act}: pick {want}; its outputs would differ"
             )
-    elif (
+    elif (  # the GELU CLIP architecture: renamed OpenAI (QuickGELU) weights would go in unnoticed
         layout == "timm"
+        and not quick
         and "clip" in str(getattr(backbone, "pretrained_cfg", {}).get("architecture", ""))
         and (not openai_weights(path, file) and not hub_pretrained_cfg(file))
     ):
