@@ -125,15 +125,14 @@ def check_decodes(path: str, backend: str = "decord") -> str:
 def reencode_one(
     src: str,
     dst: str,
-    overwrite: bool = False,
     check_backend: str = "decord",
     timeout_s: float = 600,
     stale_before: float | None = None,
     **options,
 ) -> EncodeResult:
-    """Re-encode `src` to `dst` (see reencode_command for `options`); skipped when `dst` already exists, unless
-    `overwrite`, or it was written before `stale_before` (a pending overwrite's start, `claim_out_root`)."""
-    if os.path.exists(dst) and not overwrite and not (stale_before is not None and _older(dst, stale_before)):
+    """Re-encode `src` to `dst` (see reencode_command for `options`); skipped when `dst` already exists, unless it
+    was written before `stale_before` (a pending overwrite's start, `claim_out_root`; an --overwrite run's own)."""
+    if os.path.exists(dst) and not (stale_before is not None and _older(dst, stale_before)):
         return EncodeResult(src, dst, "skipped")
     if not os.path.isfile(src):
         return EncodeResult(src, dst, "failed", "source file not found")
