@@ -306,6 +306,27 @@ def _explain(err: OmegaConfBaseException, source: str) -> ConfigError:
     )
 
 
+def _check_bools(node: Any, schema: type, source: str, prefix: str = "") -> None:
+    """Refuse a number other than 0 or 1 given for a bool key: OmegaConf reads `data.flip=2` as True, which is a
+    typo more often than a choice (`true`/`false`, `yes`/`no`, `on`/`off` and 0/1 stay accepted)."""
+    if not isinstance(node, DictConfig):
+        return
+    fields = {f.name: f for f in dataclasses.fields(schema)}
+    for key in node.keys():
+        f = fields.get(str(key))
+        if f is None:
+            continue  # unknown keys are named by the merge
+        value = node[key]
+        if isinstance(f.default_factory, type) and dataclasses.is_dataclass(f.default_factory):
+            _check_bools(value, f.default_factory, source, f"{prefix}{key}.")
+        elif f.type in ("bool", bool) and isinstance(value, (int, float)) and not isinstance(value, bool):
+            if value not in (0, 1):
+                raise ConfigError(
+                    f"{source}: bad value for config key '{prefix}{key}': {value!r} is not a bool; "
+                    "write true or false"
+                )
+
+
 def load_config(path: str | None = None, overrides: list[str] | None = None) -> Config:
     """Schema defaults <- YAML file <- `section.key=value` overrides, validated against the dataclasses."""
     cfg = OmegaConf.structured(Config)
@@ -313,7 +334,9 @@ def load_config(path: str | None = None, overrides: list[str] | None = None) -> 
         if not os.path.isfile(path):
             raise ConfigError(f"config file not found: {path}")
         try:
-            cfg = OmegaConf.merge(cfg, OmegaConf.load(path))
+            loaded = OmegaConf.load(path)
+            _check_bools(loaded, Config, path)
+            cfg = OmegaConf.merge(cfg, loaded)
         except OmegaConfBaseException as err:
             raise _explain(err, path) from None
     if overrides:
@@ -338,7 +361,9 @@ def load_config(path: str | None = None, overrides: list[str] | None = None) -> 
                     "its brackets: a list is written [a,b]"
                 ) from None
         try:
-            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
+            given = OmegaConf.from_dotlist(overrides)
+            _check_bools(given, Config, "command-line override")
+            cfg = OmegaConf.merge(cfg, given)
         except OmegaConfBaseException as err:
             raise _explain(err, "command-line override") from None
     obj = OmegaConf.to_object(cfg)

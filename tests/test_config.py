@@ -42,6 +42,17 @@ def test_wrong_type_names_key():
         load_config("/nonexistent.yaml")
 
 
+def test_a_number_other_than_0_or_1_for_a_bool_key_is_refused(tmp_path):
+    # OmegaConf alone reads any int as a bool: flip=2 trained with flips, silently
+    with pytest.raises(ConfigError, match=r"'data.flip': 2 is not a bool"):
+        load_config(None, ["data.flip=2"])
+    (tmp_path / "c.yaml").write_text("model:\n  grad_checkpointing: 3\n")
+    with pytest.raises(ConfigError, match=r"c.yaml: bad value for config key 'model.grad_checkpointing': 3"):
+        load_config(str(tmp_path / "c.yaml"))
+    cfg = load_config(None, ["data.flip=0", "model.compile=1", "data.pin_memory=false"])
+    assert (cfg.data.flip, cfg.model.compile, cfg.data.pin_memory) == (False, True, False)
+
+
 def test_an_empty_override_is_an_empty_value_not_null():
     assert load_config(None, ["model.pretrained="]).model.pretrained == ""
     with pytest.raises(ConfigError, match="bad value for config key 'train.epochs'"):
