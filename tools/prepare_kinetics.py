@@ -166,11 +166,12 @@ def add_verify(sub: argparse._SubParsersAction) -> None:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     classes = read_class_map(args.class_map) if args.class_map else None
-    ann = load_annotations(args.list, args.root, classes, missing="drop", what="--list")
+    # missing files stay in: the report lists them `unreadable` (the warning said "dropped" while it did so)
+    ann = load_annotations(args.list, args.root, classes, missing="keep", what="--list")
     journal = args.report + ".partial.jsonl"
     if args.fresh and os.path.exists(journal):
         os.remove(journal)
-    paths = [r.path for r in ann.records] + ann.missing
+    paths = [r.path for r in ann.records]
     checks = verify.verify_videos(paths, args.backend, args.seek_mode, args.jobs, args.timeout, journal=journal)
     for c in checks:  # a check resumed from an older journal, or a crashed child's, has not asked yet
         if c.status == "unreadable" and c.plays is None:

@@ -384,8 +384,9 @@ def load_annotations(
     split: str = "",
 ) -> Annotations:
     """Read any supported source and check that every video exists (see the module docstring). `split` picks the
-    rows of a Kinetics CSV that holds several splits."""
-    if missing not in ("fail", "drop"):
+    rows of a Kinetics CSV that holds several splits. `missing="keep"` (tools that report on every listed file)
+    warns and keeps them."""
+    if missing not in ("fail", "drop", "keep"):
         raise AnnotationError(f"data.missing_files must be 'fail' or 'drop', got {missing!r}")
     if not source:
         raise AnnotationError(f"no {what} given: set the list file, Kinetics CSV or class folder in the config")
@@ -409,9 +410,10 @@ def load_annotations(
         )
         if missing == "fail":
             raise AnnotationError(summary + "; or skip them: data.missing_files=drop, or --missing drop)")
-        log.warning("%s; dropped)", summary)
-        gone = set(absent)
-        records = [r for r in records if r.path not in gone]
+        log.warning("%s; %s)", summary, "kept" if missing == "keep" else "dropped")
+        if missing == "drop":
+            gone = set(absent)
+            records = [r for r in records if r.path not in gone]
     if not records:
         raise AnnotationError(f"{source}: no videos left to read")
     return Annotations(records, names, absent)

@@ -262,16 +262,20 @@ def test_verify_videos_makes_the_report_folder(files, tmp_path):
     assert checks[0].status == "exact" and os.path.isfile(journal)
 
 
-def test_verify_tells_to_download_broken_files_again_not_to_re_encode_them(files, tmp_path, capsys):
+def test_verify_tells_to_download_broken_files_again_not_to_re_encode_them(files, tmp_path, capsys, caplog):
     from tools.prepare_kinetics import main
 
     (tmp_path / "broken.mp4").write_bytes(os.urandom(3000))
     os.symlink(files["clean"], tmp_path / "clean.mp4")
-    (tmp_path / "l.txt").write_text("clean.mp4 0\nbroken.mp4 1\n")
+    (tmp_path / "l.txt").write_text("clean.mp4 0\nbroken.mp4 1\ngone.mp4 1\n")
     report = str(tmp_path / "reports" / "v.json")  # a folder that does not exist yet
     assert main(["verify", "--list", str(tmp_path / "l.txt"), "--root", str(tmp_path), "--report", report]) == 1
     printed = capsys.readouterr().out
     assert "download them again, or drop them" in printed and "repair" not in printed
+    # the missing file is in the report, and the warning no longer says it was dropped
+    assert "1 of 3 videos not found" in caplog.text and "kept)" in caplog.text and "dropped" not in caplog.text
+    statuses = {os.path.basename(c.path): c.status for c in verify.load_report(report)}
+    assert statuses == {"clean.mp4": "exact", "broken.mp4": "unreadable", "gone.mp4": "unreadable"}
 
 
 @needs_torchcodec
