@@ -23,6 +23,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from aim_video.config import ConfigError
+
 FAULT_ENV = "AIM_VIDEO_FAULT"
 
 
@@ -261,7 +263,7 @@ def parse_stop_signals(names: str) -> list[signal.Signals]:
     for name in filter(None, (n.strip().upper() for n in names.split(","))):
         signum = getattr(signal, name if name.startswith("SIG") else f"SIG{name}", None)
         if not isinstance(signum, signal.Signals) or signum in (signal.SIGKILL, signal.SIGSTOP):
-            raise ValueError(f"train.stop_signals: {name!r} is not a signal that can be caught (e.g. SIGTERM,SIGUSR1)")
+            raise ConfigError(f"train.stop_signals: {name!r} is not a signal that can be caught (e.g. SIGTERM,SIGUSR1)")
         wanted.append(signum)
     return wanted
 

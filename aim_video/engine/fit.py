@@ -260,7 +260,7 @@ def normalization_warning(cfg: Config) -> str:
 
 def _fit(cfg: Config, resume: str, stop_signals: bool) -> dict[str, Any]:
     from aim_video.data.loader import build_train_loader, resolve_classes
-    from aim_video.models.build import build_model
+    from aim_video.models.build import build_model, check_method
 
     started = time.time()
     cfg = with_absolute_paths(cfg)  # the saved config (and the weights' copy of it) work from any folder
@@ -269,6 +269,7 @@ def _fit(cfg: Config, resume: str, stop_signals: bool) -> dict[str, Any]:
             f"model.num_classes={cfg.model.num_classes} but data.num_classes={cfg.data.num_classes}: set both to the "
             "number of classes of the data set"
         )
+    check_method(cfg.model)  # before the process group and config.yaml, as a bad key at load time
     info = init_distributed()
     out = cfg.output_dir
     ds_config = derive_ds_config(cfg, info.world_size)

@@ -19,7 +19,7 @@ import timm
 import torch
 from timm.models.vision_transformer import VisionTransformer
 
-from aim_video.config import ModelConfig
+from aim_video.config import ConfigError, ModelConfig
 from aim_video.models.aim import AIMVisionTransformer, DropPath
 from aim_video.models.frame_vit import FrameViT
 from aim_video.models.linear_adapter import apply_linear_adapters
@@ -112,7 +112,7 @@ def unread_settings(method: str) -> dict[str, Any]:
 def check_method(cfg: ModelConfig) -> None:
     """``model.method`` is known and every setting it does not read keeps its default (else it is silently ignored)."""
     if cfg.method not in METHODS:
-        raise ValueError(f"model.method={cfg.method!r} is not one of {', '.join(METHODS)}")
+        raise ConfigError(f"model.method={cfg.method!r} is not one of {', '.join(METHODS)}")
     defaults = ModelConfig()
     ignored = [
         f"model.{key}={getattr(cfg, key)!r} only applies to model.method={' or '.join(READ_BY[key])}, "
@@ -121,7 +121,7 @@ def check_method(cfg: ModelConfig) -> None:
         if getattr(cfg, key) not in (getattr(defaults, key), value)
     ]
     if ignored:
-        raise ValueError("; ".join(ignored) + ": remove these settings or leave them at their defaults")
+        raise ConfigError("; ".join(ignored) + ": remove these settings or leave them at their defaults")
 
 
 def add_drop_path(backbone: VisionTransformer, rate: float) -> None:

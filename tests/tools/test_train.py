@@ -162,8 +162,13 @@ def test_bad_input_is_one_error_line_and_status_2_not_a_traceback(video_root, tm
         (f"data.root={tmp_path / 'nowhere'}", "videos not found"),
         ("model.num_classes=5", "model.num_classes=5 but data.num_classes=2"),
         (f"data.class_map={classes}", "the classes of this data set (3: data.class_map"),
+        # a setting the method does not read, and a signal that cannot be caught, were tracebacks with exit 1
+        ("model.method=lora model.adapter_ratio=0.5", "model.adapter_ratio=0.5 only applies to model.method=aim"),
+        ("train.stop_signals=SIGFOO", "train.stop_signals: 'SIGFOO' is not a signal"),
     ):
-        cmd = [sys.executable, TRAIN, "--config", cfg_path, f"output_dir={tmp_path / 'run'}", override]
+        out = tmp_path / override.split("=")[0]
+        cmd = [sys.executable, TRAIN, "--config", cfg_path, f"output_dir={out}", *override.split()]
         result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
         assert result.returncode == 2 and message in result.stderr, result.stderr[-2000:]
         assert "Traceback" not in result.stderr
+    assert not (tmp_path / "model.method").exists() and not (tmp_path / "train.stop_signals").exists()  # no run
