@@ -45,9 +45,9 @@ from safetensors.torch import save_file
 from aim_video.config import Config, save_config, to_dict, to_yaml
 from aim_video.engine.distributed import barrier, broadcast_object, fault_point, rng_state
 from aim_video.models.trainable_io import (
-    frozen_fingerprint,
+    describe_differences,
+    frozen_differences,
     read_trainable,
-    same_frozen_weights,
     save_trainable,
     saved_fingerprint,
 )
@@ -395,13 +395,14 @@ class CheckpointManager:
                 f"{path}: trainable set differs from this model's (missing {sorted(expected - set(tensors))[:5]}, "
                 f"unexpected {sorted(set(tensors) - expected)[:5]})"
             )
-        saved_print, now_print = saved_fingerprint(trainable_meta), frozen_fingerprint(engine.module)
-        if saved_print is not None and not same_frozen_weights(saved_print, now_print):
+        saved_print = saved_fingerprint(trainable_meta)
+        if saved_print is not None and (differences := frozen_differences(saved_print, engine.module)):
             was = meta_pretrained(path)
             raise CheckpointError(
                 f"{path} was trained on other frozen backbone weights than this model holds (model.pretrained was "
-                f"{was!r}, now {cfg.model.pretrained!r}; frozen weights {saved_print} then, {now_print} now). "
-                "A checkpoint holds only the trainable weights: resume with the backbone it was trained on"
+                f"{was!r}, now {cfg.model.pretrained!r}; {len(differences)} frozen tensors differ: "
+                f"{describe_differences(differences)}). A checkpoint holds only the trainable weights: resume with "
+                "the backbone it was trained on"
             )
         try:
             load_path, _ = engine.load_checkpoint(  # under another number of ranks: module, scheduler, counters

@@ -15,12 +15,37 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 
-def frozen_fingerprint(model: torch.nn.Module) -> list[float]:
-    """[count, sum, sum of |w|, sum of w^2] over the frozen parameters (float64, on their device).
+# frozen tensors left out of the fingerprint: resampled from the same checkpoint for another input size, so that
+# evaluating at another resolution is not taken for another backbone
+RESOLUTION_DEPENDENT = ("pos_embed",)
+
+
+def _signs(n: int, device: torch.device) -> torch.Tensor:
+    """A fixed +-1 sequence of length n, the same on every device (bit 31 of a multiplicative hash of the index)."""
+    idx = torch.arange(n, device=device, dtype=torch.int64)
+    return ((idx * 2654435761) >> 31 & 1).double() * 2 - 1
+
+
+def frozen_fingerprint(model: torch.nn.Module) -> dict[str, list[float]]:
+    """Per frozen parameter: [numel, L2 norm, dot product with a fixed +-1 sequence] (float64, on its device).
 
     A trainable-weights file (and a checkpoint) holds only the trainable set: the frozen backbone it was trained on
-    must be the one it is loaded into again. Cheap reductions, stored with the file and compared on loading.
+    must be the one it is loaded into again. Norms alone do not tell two random initialisations apart (nor shuffled
+    tensors); the signed sum does: it moves by about the tensor's norm for independent weights and by ~1e-3 of it
+    for the rounding of another precision.
     """
+    trainable = set(model.trainable_parameter_names())  # type: ignore[operator]
+    out = {}
+    for name, p in model.named_parameters():
+        if name in trainable or name.split(".")[-1] in RESOLUTION_DEPENDENT:
+            continue
+        w = p.detach().reshape(-1).double()
+        out[name] = [float(w.numel()), float(w.norm()), float(w @ _signs(w.numel(), w.device))]
+    return out
+
+
+def _legacy_fingerprint(model: torch.nn.Module) -> list[float]:
+    """[count, sum, sum of |w|, sum of w^2] over the frozen parameters: what files before per-tensor ones hold."""
     trainable = set(model.trainable_parameter_names())  # type: ignore[operator]
     frozen = [p.detach().double() for name, p in model.named_parameters() if name not in trainable]
     if not frozen:
@@ -29,28 +54,51 @@ def frozen_fingerprint(model: torch.nn.Module) -> list[float]:
     return [float(sum(p.numel() for p in frozen)), *(float(v) for v in stats.cpu())]
 
 
-def same_frozen_weights(saved: list[float], now: list[float], rtol: float = 1e-2) -> bool:
-    """The same backbone, allowing for the rounding of another precision (bf16 against fp32 weights: ~1e-3)."""
-    return saved[0] == now[0] and all(
-        abs(a - b) <= rtol * max(abs(a), abs(b), 1e-12) for a, b in zip(saved[2:], now[2:], strict=True)
-    )
+def frozen_differences(saved: dict[str, list[float]] | list[float], model: torch.nn.Module, rtol: float = 1e-2) -> list[str]:
+    """How `model`'s frozen weights differ from a saved fingerprint ([] when they are the same weights, allowing for
+    the rounding of another precision: bf16 against fp32 moves these sums by ~1e-3 of the norm)."""
+    if isinstance(saved, list):  # a file from before per-tensor fingerprints: totals only
+        now = _legacy_fingerprint(model)
+        same = saved[0] == now[0] and all(
+            abs(a - b) <= rtol * max(abs(a), abs(b), 1e-12) for a, b in zip(saved[2:], now[2:], strict=True)
+        )
+        return [] if same else [f"totals {saved} then, {now} now"]
+    now_print = frozen_fingerprint(model)
+    out = [f"{name}: not in this model" for name in sorted(set(saved) - set(now_print))]
+    out += [f"{name}: not in the saved backbone" for name in sorted(set(now_print) - set(saved))]
+    for name in sorted(set(saved) & set(now_print)):
+        (n0, norm0, dot0), (n1, norm1, dot1) = saved[name], now_print[name]
+        scale = max(norm0, norm1, 1e-12)
+        if n0 != n1 or abs(norm0 - norm1) > rtol * scale or abs(dot0 - dot1) > rtol * scale:
+            out.append(f"{name}: {int(n0)} values of norm {norm0:.4g} then, {int(n1)} of norm {norm1:.4g} now"
+                       + ("" if n0 != n1 or abs(norm0 - norm1) > rtol * scale else " (other values)"))  # fmt: skip
+    return out
 
 
-def saved_fingerprint(meta: dict[str, str]) -> list[float] | None:
+def saved_fingerprint(meta: dict[str, str]) -> dict[str, list[float]] | list[float] | None:
     """The frozen fingerprint a trainable-weights file was written with (None for files from before it)."""
-    return json.loads(meta["frozen_fingerprint"]) if "frozen_fingerprint" in meta else None
+    for key in ("frozen_tensors", "frozen_fingerprint"):  # per tensor; the totals of older files
+        if key in meta:
+            return json.loads(meta[key])
+    return None
+
+
+def describe_differences(differences: list[str]) -> str:
+    """The first few differing tensors, and how many differ."""
+    head = "; ".join(differences[:3])
+    return head + (f"; and {len(differences) - 3} more tensors" if len(differences) > 3 else "")
 
 
 def save_trainable(model: torch.nn.Module, path: str, metadata: dict[str, Any] | None = None) -> str:
     """Write the model's trainable parameters (as fp32, contiguous) to `path` atomically, with the fingerprint of its
-    frozen weights (`frozen_fingerprint`) in the metadata; returns the path. Under bf16/fp16 training these are the
+    frozen weights (`frozen_fingerprint`, metadata `frozen_tensors`) in the metadata; returns the path. Under bf16/fp16 training these are the
     values the model computed with, rounded from the fp32 master weights that the checkpoint's deepspeed/ keeps."""
     names = list(model.trainable_parameter_names())
     params = dict(model.named_parameters())
     tensors = {name: params[name].detach().float().contiguous().cpu() for name in names}
     meta = {key: value if isinstance(value, str) else json.dumps(value) for key, value in (metadata or {}).items()}
     meta["format"] = "aim-video-trainable-v1"
-    meta["frozen_fingerprint"] = json.dumps(frozen_fingerprint(model))
+    meta["frozen_tensors"] = json.dumps(frozen_fingerprint(model))
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp.{os.getpid()}"
     save_file(tensors, tmp, metadata=meta)
@@ -111,11 +159,12 @@ def load_trainable(model: torch.nn.Module, path: str) -> dict[str, str]:
             f"unexpected {unexpected[:10]} ({len(unexpected)}). Was it trained with another model config?"
         )
     saved = saved_fingerprint(meta)
-    if saved is not None and not same_frozen_weights(saved, now := frozen_fingerprint(model)):
+    if saved is not None and (differences := frozen_differences(saved, model)):
         raise ValueError(
-            f"{path} was trained on other frozen backbone weights than this model holds (fingerprints {saved} then, "
-            f"{now} now): the file holds only the trainable weights, so the backbone must be the one it was trained "
-            "on. Is model.pretrained the file training used (an empty one leaves the backbone random)?"
+            f"{path} was trained on other frozen backbone weights than this model holds ({len(differences)} frozen "
+            f"tensors differ: {describe_differences(differences)}): the file holds only the trainable weights, so "
+            "the backbone must be the one it was trained on. Is model.pretrained the file training used (an empty "
+            "one leaves the backbone random, another random one each time)?"
         )
     params = dict(model.named_parameters())
     wrong = [f"'{n}' has shape {tuple(t.shape)}, model expects {tuple(params[n].shape)}"

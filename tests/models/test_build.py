@@ -9,7 +9,7 @@ import torch
 
 from aim_video.config import ModelConfig
 from aim_video.models.build import build_model, check_method, parse_adapter_layers
-from tests.models.conftest import NUM_FRAMES, TIMM_ARCH, tiny_cfg
+from tests.models.conftest import NUM_FRAMES, TIMM_ARCH, TINY_CLIP, tiny_cfg
 
 
 def _count_on_meta(num_frames: int = 8, **fields) -> tuple[int, int]:
@@ -168,10 +168,34 @@ def test_trainable_weights_file_round_trip(tmp_path) -> None:
     load_trainable(fresh, path)
     assert torch.equal(fresh.eval()(video), trained.eval()(video))
     other_backbone = build_model(tiny_cfg(), NUM_FRAMES)  # another random init: what an empty model.pretrained leaves
-    with torch.no_grad():
-        other_backbone.backbone.blocks[0].attn.qkv.weight.mul_(3.0)
     with pytest.raises(ValueError, match="trained on other frozen backbone weights .* Is model.pretrained the file"):
-        load_trainable(other_backbone, path)
+        load_trainable(other_backbone, path)  # the totals of the first fingerprint could not tell these apart
+
+
+def test_the_frozen_fingerprint_tells_weights_apart_but_not_precisions_or_resolutions() -> None:
+    from aim_video.models.trainable_io import _legacy_fingerprint, frozen_differences, frozen_fingerprint
+
+    model = build_model(tiny_cfg(), NUM_FRAMES)
+    saved = frozen_fingerprint(model)
+    assert "backbone.pos_embed" not in saved and "backbone.blocks.0.attn.qkv.weight" in saved
+    assert frozen_differences(saved, model) == []
+    rounded = build_model(tiny_cfg(), NUM_FRAMES)
+    rounded.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        for p in rounded.parameters():
+            p.copy_(p.bfloat16().float())  # the same weights in another precision
+        rounded.backbone.pos_embed.mul_(2.0)  # resampled for another input size: not another backbone
+    assert frozen_differences(saved, rounded) == []
+    shuffled = build_model(tiny_cfg(), NUM_FRAMES)
+    shuffled.load_state_dict(model.state_dict())
+    qkv = shuffled.backbone.blocks[1].attn.qkv.weight
+    with torch.no_grad():  # same values, other places: every sum and norm of the old fingerprint unchanged
+        qkv.copy_(qkv.flatten()[torch.randperm(qkv.numel())].view_as(qkv))
+    assert frozen_differences(saved, shuffled) == ["backbone.blocks.1.attn.qkv.weight: " + (
+        f"{qkv.numel()} values of norm {saved['backbone.blocks.1.attn.qkv.weight'][1]:.4g} then, {qkv.numel()} of "
+        f"norm {qkv.double().norm():.4g} now (other values)")]  # fmt: skip
+    assert frozen_differences(_legacy_fingerprint(model), shuffled) == []  # what files before it could not see
+    assert frozen_differences(_legacy_fingerprint(model), build_model(tiny_cfg(vit_kwargs={**TINY_CLIP, "depth": 3}), NUM_FRAMES)) != []
 
 
 @pytest.mark.parametrize("temporal_attention", ["sdpa", "matmul"])  # the default and the ViT-B/16 8-frame recipes'
