@@ -118,7 +118,7 @@ def prepare_methods(
     for name in names:
         cfg = method_config(name, config_path, [*overrides, "train.eval_every=-1"], output_dir)
         try:
-            check_model_config(cfg.model, cfg.data.num_frames)
+            check_model_config(cfg.model, cfg.data.num_frames, cfg.data.input_size)
         except ValueError as err:
             raise ValueError(f"method {name}: {err}") from None
         configs[name] = cfg
@@ -243,7 +243,7 @@ def measure_cost(cfg: Config, device: torch.device, warmup: int = 3, steps: int 
         base = torch.cuda.memory_allocated(device)
     torch.manual_seed(cfg.train.seed)
     d = cfg.data
-    model = build_model(cfg.model, d.num_frames).train()  # fp32 on the CPU; build_train_step moves and casts it
+    model = build_model(cfg.model, d.num_frames, d.input_size).train()  # fp32 on the CPU; build_train_step casts it
     gen = torch.Generator().manual_seed(cfg.train.seed)
     raw = torch.randint(0, 256, (d.batch_size, d.num_frames, 3, d.input_size, d.input_size), generator=gen)
     video = normalize(raw.to(torch.uint8).to(device), d.mean, d.std).to(model_dtype(cfg))  # [B, T, C, H, W]

@@ -116,7 +116,7 @@ def resolve_eval_config(checkpoint_file: str, config_path: str | None, overrides
 
 def load_model(cfg: Config, checkpoint_file: str, device: torch.device) -> torch.nn.Module:
     """The AIM model with the frozen backbone from ``cfg.model.pretrained`` and the trainable set from the file."""
-    model = build_model(cfg.model, cfg.data.num_frames)
+    model = build_model(cfg.model, cfg.data.num_frames, cfg.data.input_size)
     load_trainable(model, checkpoint_file)
     return model.to(device).eval()
 

@@ -77,14 +77,22 @@ def parse_adapter_layers(spec: str, depth: int) -> list[int]:
     return indices
 
 
-def create_backbone(cfg: ModelConfig) -> VisionTransformer:
-    """The timm ViT named by ``cfg.arch`` with ``cfg.vit_kwargs``, random weights (never downloaded)."""
+def create_backbone(cfg: ModelConfig, input_size: int | None = None) -> VisionTransformer:
+    """The timm ViT named by ``cfg.arch`` with ``cfg.vit_kwargs``, random weights (never downloaded), for frames of
+    ``input_size`` pixels (data.input_size; the position embeddings of a checkpoint are resampled to it)."""
     kwargs = dict(cfg.vit_kwargs)
     for key in ("pretrained", "num_classes", "drop_path_rate"):
         if key in kwargs:
             raise ValueError(
                 f"model.vit_kwargs.{key} is set by aim-video (use model.pretrained, model.num_classes, "
                 "model.drop_path_rate); remove it from model.vit_kwargs"
+            )
+    if input_size is not None:
+        given = kwargs.setdefault("img_size", input_size)
+        if given != input_size:
+            raise ConfigError(
+                f"model.vit_kwargs.img_size={given} but data.input_size={input_size}: the frames are cropped to "
+                "data.input_size; remove model.vit_kwargs.img_size (the model follows data.input_size)"
             )
     if not timm.is_model(cfg.arch):
         raise ValueError(
@@ -162,10 +170,10 @@ def _build_frame_model(cfg: ModelConfig, backbone: VisionTransformer, num_frames
     )
 
 
-def assemble_model(cfg: ModelConfig, num_frames: int) -> VideoModel:
+def assemble_model(cfg: ModelConfig, num_frames: int, input_size: int | None = None) -> VideoModel:
     """The ``cfg.method`` architecture with fresh weights: checks, backbone, added modules; nothing loaded."""
     check_method(cfg)
-    backbone = create_backbone(cfg)
+    backbone = create_backbone(cfg, input_size)
     if cfg.method != "aim":
         return _build_frame_model(cfg, backbone, num_frames)
     return AIMVisionTransformer(
@@ -186,19 +194,20 @@ def assemble_model(cfg: ModelConfig, num_frames: int) -> VideoModel:
     )
 
 
-def check_model_config(cfg: ModelConfig, num_frames: int) -> None:
+def check_model_config(cfg: ModelConfig, num_frames: int, input_size: int | None = None) -> None:
     """Raise what :func:`build_model` would raise for ``cfg`` (apart from loading ``cfg.pretrained``), in a moment:
     the architecture is built on the meta device, with no memory for its weights."""
     with torch.device("meta"):
-        assemble_model(cfg, num_frames)
+        assemble_model(cfg, num_frames, input_size)
 
 
-def build_model(cfg: ModelConfig, num_frames: int) -> VideoModel:
-    """The ``cfg.method`` model for clips of ``num_frames``: backbone, added modules, pretrained weights, switches.
+def build_model(cfg: ModelConfig, num_frames: int, input_size: int | None = None) -> VideoModel:
+    """The ``cfg.method`` model for clips of ``num_frames`` frames of ``input_size`` pixels (None: the size
+    ``cfg.arch`` / ``cfg.vit_kwargs`` give): backbone, added modules, pretrained weights, switches.
 
     Input float ``[B, T, C, H, W]`` -> logits ``[B, cfg.num_classes]``; only the trainable set requires grad.
     """
-    model = assemble_model(cfg, num_frames)
+    model = assemble_model(cfg, num_frames, input_size)
     if cfg.pretrained:
         load_pretrained(model, cfg.pretrained)
     else:

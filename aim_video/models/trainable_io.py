@@ -14,7 +14,6 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-
 # frozen tensors left out of the fingerprint: resampled from the same checkpoint for another input size, so that
 # evaluating at another resolution is not taken for another backbone
 RESOLUTION_DEPENDENT = ("pos_embed",)
@@ -54,7 +53,9 @@ def _legacy_fingerprint(model: torch.nn.Module) -> list[float]:
     return [float(sum(p.numel() for p in frozen)), *(float(v) for v in stats.cpu())]
 
 
-def frozen_differences(saved: dict[str, list[float]] | list[float], model: torch.nn.Module, rtol: float = 1e-2) -> list[str]:
+def frozen_differences(
+    saved: dict[str, list[float]] | list[float], model: torch.nn.Module, rtol: float = 1e-2
+) -> list[str]:
     """How `model`'s frozen weights differ from a saved fingerprint ([] when they are the same weights, allowing for
     the rounding of another precision: bf16 against fp32 moves these sums by ~1e-3 of the norm)."""
     if isinstance(saved, list):  # a file from before per-tensor fingerprints: totals only
@@ -91,8 +92,9 @@ def describe_differences(differences: list[str]) -> str:
 
 def save_trainable(model: torch.nn.Module, path: str, metadata: dict[str, Any] | None = None) -> str:
     """Write the model's trainable parameters (as fp32, contiguous) to `path` atomically, with the fingerprint of its
-    frozen weights (`frozen_fingerprint`, metadata `frozen_tensors`) in the metadata; returns the path. Under bf16/fp16 training these are the
-    values the model computed with, rounded from the fp32 master weights that the checkpoint's deepspeed/ keeps."""
+    frozen weights (`frozen_fingerprint`, metadata `frozen_tensors`); returns the path. Under bf16/fp16 training
+    these are the values the model computed with, rounded from the fp32 master weights that the checkpoint's
+    deepspeed/ keeps."""
     names = list(model.trainable_parameter_names())
     params = dict(model.named_parameters())
     tensors = {name: params[name].detach().float().contiguous().cpu() for name in names}

@@ -73,7 +73,7 @@ def run_profile(cfg: Config, out_dir: str, trace: bool = False, log: Callable[[s
     device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
     dtype = model_dtype(cfg)
     d = cfg.data
-    model = build_model(cfg.model, d.num_frames).to(device=device, dtype=dtype)
+    model = build_model(cfg.model, d.num_frames, d.input_size).to(device=device, dtype=dtype)
     optimizer = build_trainer(cfg, model)
     trainable, total = model.parameter_counts()
 

@@ -195,7 +195,8 @@ def test_the_frozen_fingerprint_tells_weights_apart_but_not_precisions_or_resolu
         f"{qkv.numel()} values of norm {saved['backbone.blocks.1.attn.qkv.weight'][1]:.4g} then, {qkv.numel()} of "
         f"norm {qkv.double().norm():.4g} now (other values)")]  # fmt: skip
     assert frozen_differences(_legacy_fingerprint(model), shuffled) == []  # what files before it could not see
-    assert frozen_differences(_legacy_fingerprint(model), build_model(tiny_cfg(vit_kwargs={**TINY_CLIP, "depth": 3}), NUM_FRAMES)) != []
+    deeper = build_model(tiny_cfg(vit_kwargs={**TINY_CLIP, "depth": 3}), NUM_FRAMES)
+    assert frozen_differences(_legacy_fingerprint(model), deeper) != []
 
 
 @pytest.mark.parametrize("temporal_attention", ["sdpa", "matmul"])  # the default and the ViT-B/16 8-frame recipes'

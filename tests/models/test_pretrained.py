@@ -206,6 +206,23 @@ def test_position_embedding_resampled_to_the_input_size(tmp_path) -> None:
     assert torch.allclose(model.backbone.pos_embed, expected)
 
 
+def test_the_model_follows_data_input_size(tmp_path) -> None:
+    """data.input_size never reached timm: a 48 px crop failed in the first forward pass (timm's assertion), deep
+    inside training or tools/infer.py. Now the backbone is built for it and the checkpoint resampled."""
+    from aim_video.config import ConfigError
+
+    source = random_vit()  # pretrained at 32 px (4x4 patches)
+    path = str(tmp_path / "vit32.safetensors")
+    save_file(dict(source.state_dict()), path)
+    kwargs = {k: v for k, v in tiny_cfg().vit_kwargs.items() if k != "img_size"}
+    model = build_model(tiny_cfg(pretrained=path, vit_kwargs=kwargs), NUM_FRAMES, input_size=48)
+    expected = resample_abs_pos_embed(source.pos_embed.detach(), new_size=(6, 6), old_size=(4, 4), num_prefix_tokens=1)
+    assert torch.allclose(model.backbone.pos_embed, expected)
+    assert model(torch.randn(1, NUM_FRAMES, 3, 48, 48)).shape == (1, 5)
+    with pytest.raises(ConfigError, match="model.vit_kwargs.img_size=32 but data.input_size=48"):
+        build_model(tiny_cfg(pretrained=path), NUM_FRAMES, input_size=48)
+
+
 def test_timm_tiny_vit_from_a_local_file(tmp_path) -> None:
     """What the demo does: a timm-layout vit_tiny checkpoint (with its 1000-class head) from a local file."""
     torch.manual_seed(0)
