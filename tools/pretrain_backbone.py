@@ -19,13 +19,13 @@ import numpy as np
 import timm
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
 
 # run from a checkout: the repo root on the path, tools/ off it (tools/profile.py would shadow the stdlib profile)
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from aim_video.config import config_cli_main  # noqa: E402
 from aim_video.data.demo_data import IMAGE_TASKS, render_image  # noqa: E402
+from aim_video.models.trainable_io import save_safetensors  # noqa: E402
 
 
 def make_batch(rng: np.random.Generator, n: int, input_size: int, mean, std) -> tuple[torch.Tensor, torch.Tensor]:
@@ -84,10 +84,7 @@ def main() -> None:
             print(f"step {step} loss {loss.item():.3f} held-out accuracy: {summary} ({time.time() - start:.0f} s)")
     model.reset_classifier(0)  # the image head is not part of the backbone AIM adapts
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    tmp = f"{out}.tmp.{os.getpid()}"
-    save_file(state, tmp, metadata={"arch": cfg.model.arch, "task": "demo shapes", "steps": str(args.steps)})
-    os.replace(tmp, out)
+    save_safetensors(state, out, {"arch": cfg.model.arch, "task": "demo shapes", "steps": str(args.steps)})
     print(f"wrote {out} ({os.path.getsize(out) / 1e6:.1f} MB, {sum(v.numel() for v in state.values())} parameters)")
 
 

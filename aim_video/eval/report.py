@@ -17,9 +17,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 
 from aim_video.eval.metrics import confusion_from_predictions, top_confused_pairs
+from aim_video.models.trainable_io import save_safetensors
 
 
 def _atomic(path: str, write: Callable[[str], None]) -> str:
@@ -204,4 +204,4 @@ def write_scores(result: dict[str, Any], path: str, metadata: dict[str, Any] | N
         "scores": preds["scores"].float().contiguous(),
     }
     meta = {"protocol": json.dumps(result["protocol"]), **{k: json.dumps(v) for k, v in (metadata or {}).items()}}
-    return _atomic(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+    return save_safetensors(tensors, path, meta)

@@ -12,6 +12,7 @@ difference here is an error.
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
@@ -19,6 +20,7 @@ import warnings
 import zipfile
 
 import torch
+import yaml
 from safetensors.torch import load_file
 from timm.layers import QuickGELU
 from timm.models.vision_transformer import checkpoint_filter_fn
@@ -73,17 +75,32 @@ def resolve_weight_file(path: str) -> str:
     raise FileNotFoundError(f"no weight file in {folder}: looked for {', '.join(WEIGHT_FILES)}")
 
 
-def read_state_dict(path: str) -> dict[str, torch.Tensor]:
-    """Tensors of a checkpoint file, unwrapped from ``state_dict``/``model`` and ``module.``; non-tensors dropped."""
+# integer entries OpenAI's CLIP checkpoints carry beside the weights (OpenCLIP's files and training runs do not)
+OPENAI_INT_ENTRIES = frozenset({"input_resolution", "context_length", "vocab_size"})
+
+
+def read_state_dict(path: str) -> tuple[dict[str, torch.Tensor], bool]:
+    """Floating-point tensors of a checkpoint file, unwrapped from ``state_dict``/``model`` and ``module.``, and
+    whether the file is OpenAI's CLIP release or a copy of its state dict (a TorchScript archive, or its integer
+    entries)."""
+    openai = False
+    if path.endswith(".npz"):
+        raise PretrainedLoadError(
+            f"{path}: .npz (JAX / big_vision, e.g. the augreg releases) is not read; use the same weights as timm "
+            "ships them, a .safetensors file (`huggingface-cli download timm/<model name>`)"
+        )
     if path.endswith(".safetensors"):
+        _refuse_trainable_file(path)
         state = load_file(path)
     elif _is_torchscript(path):  # OpenAI's released .pt files are TorchScript archives
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # deprecated, yet the format OpenAI ships
             state = torch.jit.load(path, map_location="cpu").state_dict()
+        openai = True
     else:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+        try:  # timm's train.py stores its argparse.Namespace beside the weights
+            with torch.serialization.safe_globals([argparse.Namespace]):
+                state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:  # noqa: BLE001 - report which file and why, whatever torch raised
             raise PretrainedLoadError(f"cannot read checkpoint {path}: {err}") from err
     for wrapper in ("state_dict", "model", "module"):
@@ -95,7 +112,27 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
     for key, value in state.items():
         if isinstance(value, torch.Tensor) and value.is_floating_point():  # drops input_resolution & co.
             out[key.removeprefix("module.")] = value
-    return out
+    return out, openai or OPENAI_INT_ENTRIES <= set(state)
+
+
+def _refuse_trainable_file(path: str) -> None:
+    """aim-video's own trained weights are no image backbone: say what model.pretrained is for, not which keys miss."""
+    from aim_video.models.trainable_io import read_metadata
+
+    try:
+        meta = read_metadata(path)
+    except ValueError as err:  # a cut copy or another kind of file
+        raise PretrainedLoadError(str(err)) from None
+    if meta.get("format") == "aim-video-trainable-v1":
+        saved = yaml.safe_load(meta.get("config", "")) or {}
+        backbone = (saved.get("model") or {}).get("pretrained", "") if isinstance(saved, dict) else ""
+        raise PretrainedLoadError(
+            f"{path} holds aim-video's trained weights (adapters, temporal embedding, head), not an image backbone: "
+            "model.pretrained is the image model they were trained on"
+            + (f" ({backbone}, as its config says)" if backbone else "")
+            + "; evaluate or predict with it through tools/test.py / tools/infer.py --checkpoint. Starting a "
+            "training run from trained adapters is not supported"
+        )
 
 
 def to_timm_layout(state: dict[str, torch.Tensor], backbone: torch.nn.Module) -> tuple[dict[str, torch.Tensor], str]:
@@ -145,11 +182,12 @@ def openai_weights(path: str, file: str) -> bool:
 OPEN_CLIP_FILES = ("open_clip_pytorch_model.bin", "open_clip_model.safetensors")
 
 
-def openai_layout_quick_gelu(file: str) -> bool | None:
+def openai_layout_quick_gelu(file: str, openai_release: bool) -> bool | None:
     """Whether weights in the OpenAI CLIP layout were trained with QuickGELU. OpenAI's own are (the TorchScript
-    release and its state-dict copies); OpenCLIP writes the same layout for its models, most of which (LAION,
-    DataComp) use GELU, and says which in the `open_clip_config.json` beside the file (`model_cfg.quick_gelu`,
-    false when absent). None: an OpenCLIP-named file without that config, which could be either."""
+    release and copies of its state dict, `openai_release`); OpenCLIP writes the same layout for its models, most of
+    which (LAION, DataComp) use GELU, and says which in the `open_clip_config.json` beside the file
+    (`model_cfg.quick_gelu`, false when absent). None: nothing says (an OpenCLIP-named file without that config, an
+    OpenCLIP training checkpoint, a state dict saved without OpenAI's integer entries), which could be either."""
     config = os.path.join(os.path.dirname(file), "open_clip_config.json")
     if os.path.isfile(config):
         try:
@@ -160,7 +198,7 @@ def openai_layout_quick_gelu(file: str) -> bool | None:
             raise PretrainedLoadError(f"cannot read {config}: {err}") from err
     if os.path.basename(file) in OPEN_CLIP_FILES:
         return None
-    return True
+    return True if openai_release else None
 
 
 def hub_pretrained_cfg(file: str) -> dict:
@@ -184,15 +222,17 @@ def load_pretrained(model: torch.nn.Module, path: str) -> dict[str, list[str]]:
     """
     file = resolve_weight_file(path)
     backbone = model.backbone
-    state, layout = to_timm_layout(read_state_dict(file), backbone)
+    raw, openai_release = read_state_dict(file)
+    state, layout = to_timm_layout(raw, backbone)
     act = type(backbone.blocks[0].mlp.act).__name__
     quick = isinstance(backbone.blocks[0].mlp.act, QuickGELU)
     if layout == "openai-clip":
-        trained_quick = openai_layout_quick_gelu(file)
+        trained_quick = openai_layout_quick_gelu(file, openai_release)
         if trained_quick is None:
             log.warning(
-                "%s: CLIP weights in the OpenAI layout without the open_clip_config.json that says whether they were "
-                "trained with QuickGELU (OpenAI's) or GELU (most OpenCLIP models): using model.arch's %s",
+                "%s: CLIP weights in the OpenAI layout with nothing saying whether they were trained with QuickGELU "
+                "(OpenAI's release: a TorchScript .pt with input_resolution, context_length and vocab_size) or GELU "
+                "(most OpenCLIP models: the open_clip_config.json beside them says): using model.arch's %s unchecked",
                 file,
                 act,
             )
@@ -296,6 +336,11 @@ def _not_local_message(path: str) -> str:
     name = path.removeprefix("hf-hub:").removeprefix("hf_hub:")
     if path in OPENAI_CLIP_URLS:
         hint = f" Download {OPENAI_CLIP_URLS[path]} and set model.pretrained to the downloaded .pt file."
+    elif path.startswith(("ViT-", "RN")):  # another of OpenAI's model names (ViT-L/14@336px, ViT-B/32, RN50)
+        hint = (
+            f" For OpenAI's {path}, download its .pt (the URLs are in openai/CLIP's clip/clip.py, _MODELS) and set "
+            "model.pretrained to the downloaded file."
+        )
     elif _looks_like_hub_name(name):
         hub_id = name if "/" in name else _timm_hub_id(name)
         if hub_id:

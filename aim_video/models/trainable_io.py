@@ -101,11 +101,22 @@ def save_trainable(model: torch.nn.Module, path: str, metadata: dict[str, Any] |
     meta = {key: value if isinstance(value, str) else json.dumps(value) for key, value in (metadata or {}).items()}
     meta["format"] = "aim-video-trainable-v1"
     meta["frozen_tensors"] = json.dumps(frozen_fingerprint(model))
+    return save_safetensors(tensors, path, meta)
+
+
+def save_safetensors(tensors: dict[str, torch.Tensor], path: str, metadata: dict[str, str] | None = None) -> str:
+    """`safetensors.torch.save_file` under a temporary name, renamed into place (never a half-written file), with
+    the permissions of any file this process writes: safetensors creates it 0600 (its own temporary file, renamed),
+    which other users of a shared cluster folder cannot read."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp.{os.getpid()}"
-    save_file(tensors, tmp, metadata=meta)
-    os.chmod(tmp, 0o666 & ~_umask())  # safetensors creates the file 0600 (its own temp file, renamed); others: 0644
-    os.replace(tmp, path)
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
     return path
 
 

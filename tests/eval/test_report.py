@@ -1,6 +1,8 @@
 import csv
 import hashlib
 import json
+import os
+import stat
 
 import matplotlib.image
 import torch
@@ -73,7 +75,12 @@ def test_confusion_png_at_400_classes(tmp_path):
 
 def test_scores_file_round_trips(tmp_path):
     _, result = _result()
-    path = write_scores(result, str(tmp_path / "scores.safetensors"))
+    previous = os.umask(0o022)
+    try:
+        path = write_scores(result, str(tmp_path / "scores.safetensors"))
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o644  # safetensors alone writes 0600: unreadable to the group
     with safe_open(path, framework="pt") as f:
         assert torch.equal(f.get_tensor("index"), result["scores"]["index"])
         assert torch.equal(f.get_tensor("scores"), result["scores"]["scores"])

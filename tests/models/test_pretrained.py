@@ -146,6 +146,52 @@ def test_openclip_weights_take_the_activation_their_config_names(tmp_path) -> No
     build_model(tiny_cfg(arch=gelu, pretrained=str(folder)), NUM_FRAMES)
 
 
+def test_an_openclip_training_checkpoint_is_not_taken_for_openais(tmp_path, caplog) -> None:
+    """OpenCLIP's training output ({"epoch", "name", "state_dict": {"module.visual.*"}}) holds the OpenAI layout
+    with GELU: it was refused from the GELU architecture ("OpenAI's CLIP weights were trained with QuickGELU") and
+    went silently into the QuickGELU one, the wrong activation. Only OpenAI's files say they are OpenAI's."""
+    gelu = "vit_base_patch16_clip_224"
+    laion = random_vit(arch=gelu, seed=4)
+    visual = {k: v for k, v in openai_full_state(laion).items() if k.startswith("visual.")}
+    path = str(tmp_path / "epoch_32.pt")
+    torch.save({"epoch": 32, "name": "laion-run", "state_dict": {f"module.{k}": v for k, v in visual.items()}}, path)
+    for arch in (gelu, CLIP_ARCH):
+        caplog.clear()
+        with caplog.at_level("WARNING"):
+            build_model(tiny_cfg(arch=arch, pretrained=path), NUM_FRAMES)
+        assert "nothing saying whether they were trained with QuickGELU" in caplog.text
+    copy = str(tmp_path / "openai_state.pt")  # OpenAI's state dict saved as a plain file keeps its integer entries
+    torch.save(openai_full_state(laion), copy)
+    with pytest.raises(PretrainedLoadError, match="OpenAI's CLIP weights were trained with QuickGELU"):
+        build_model(tiny_cfg(arch=gelu, pretrained=copy), NUM_FRAMES)
+
+
+def test_files_that_are_not_image_backbones_are_named_for_what_they_are(tmp_path) -> None:
+    """A trained aim-video file as model.pretrained listed every backbone key missing; an augreg .npz failed inside
+    torch.load; timm's train.py checkpoints (an argparse.Namespace beside the weights) failed weights_only."""
+    import argparse
+
+    from aim_video.config import load_config, to_yaml
+    from aim_video.models.trainable_io import save_trainable
+
+    trained = save_trainable(
+        build_model(tiny_cfg(), NUM_FRAMES), str(tmp_path / "model_trainable.safetensors"),
+        {"config": to_yaml(load_config(None, ["model.pretrained=/weights/vit.safetensors"]))},
+    )  # fmt: skip
+    with pytest.raises(PretrainedLoadError, match=r"aim-video's trained weights .*\(/weights/vit.safetensors, as"):
+        build_model(tiny_cfg(pretrained=trained), NUM_FRAMES)
+    (tmp_path / "augreg.npz").write_bytes(b"PK\x03\x04")
+    with pytest.raises(PretrainedLoadError, match=r"\.npz .* is not read; .* \.safetensors"):
+        build_model(tiny_cfg(pretrained=str(tmp_path / "augreg.npz")), NUM_FRAMES)
+    source = random_vit()
+    torch.save({"state_dict": source.state_dict(), "args": argparse.Namespace(lr=1e-3), "epoch": 3},
+               str(tmp_path / "checkpoint.pth.tar"))  # fmt: skip
+    model = build_model(tiny_cfg(pretrained=str(tmp_path / "checkpoint.pth.tar")), NUM_FRAMES)
+    assert torch.equal(model.backbone.blocks[1].mlp.fc1.weight, source.blocks[1].mlp.fc1.weight)
+    with pytest.raises(FileNotFoundError, match=r"For OpenAI's ViT-L/14@336px, download its \.pt"):
+        resolve_weight_file("ViT-L/14@336px")
+
+
 def test_timm_layout_openai_weights_need_quickgelu_too(clip_vit, tmp_path) -> None:
     """timm's own `*_clip_quickgelu_224.openai` weights live in the repository named after the GELU architecture
     (timm/vit_base_patch16_clip_224.openai): loading them into that architecture gives other outputs, silently."""
