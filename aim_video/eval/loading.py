@@ -59,15 +59,23 @@ def checkpoint_config(path: str) -> Config | None:
 
 def class_names(cfg: Config, path: str) -> list[str] | None:
     """The class names of this evaluation: the configured ones (class map, train CSV or class folders), checked
-    against the names training stored in the weights file, or those stored names when nothing is configured.
+    against the names training stored in the weights file, or those stored names when nothing is configured or
+    the configured source is missing (the weights moved to another machine without the run's class map).
 
     Two numberings of the same classes (a class map in generation order against a CSV's sorted labels) give
     wrong labels or wrong names in every report, without any other error."""
+    from aim_video.data.annotations import AnnotationError
     from aim_video.data.loader import resolve_classes
 
     stored = read_metadata(path).get("classes")
     trained = json.loads(stored) if stored else None
-    now = resolve_classes(cfg)
+    try:
+        now = resolve_classes(cfg)
+    except AnnotationError as err:  # weights copied to another machine: the training run's class map is not there
+        if not trained:
+            raise
+        log.warning("%s; using the %d class names stored in %s", err, len(trained), path)
+        now = None
     if trained and now is not None and list(now) != trained:
         pairs = enumerate(zip(trained, now, strict=False))
         first = next((k for k, (a, b) in pairs if a != b), min(len(now), len(trained)))

@@ -109,6 +109,16 @@ def test_a_missing_class_map_names_the_option_and_the_path(run, capsys):
     assert stop.value.code == 2 and f"--class-map {missing}: no such file" in err
 
 
+def test_weights_moved_without_the_class_map_use_the_names_they_store(run, capsys, caplog):
+    """The stored config names the training machine's class map: infer.py exited 2 on any other machine although
+    the weights file holds the class names."""
+    video = os.path.join(run["root"], "videos", "v01.mp4")
+    gone = os.path.join(run["root"], "moved_away.txt")
+    assert infer_tool.main([video, "--checkpoint", run["ckpt"], f"data.class_map={gone}"]) == 0
+    out = capsys.readouterr().out
+    assert any(name in out for name in CLASSES) and "using the 3 class names stored in" in caplog.text
+
+
 def test_a_backbone_file_that_does_not_fit_is_status_2_not_a_traceback(run, tmp_path, capsys):
     from safetensors.torch import save_file
 
