@@ -31,9 +31,19 @@ def resolve_checkpoint(path: str) -> str:
         return path
     if not os.path.isdir(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    for name in ("trainable.safetensors", "model_trainable.safetensors"):
-        if os.path.isfile(os.path.join(path, name)):
-            return os.path.join(path, name)
+    if os.path.isfile(os.path.join(path, "trainable.safetensors")):
+        return os.path.join(path, "trainable.safetensors")
+    export = os.path.join(path, "model_trainable.safetensors")
+    if os.path.isfile(export):  # a run folder: its export, unless a later run stopped with newer checkpoints
+        try:
+            newest = resolve_checkpoint(os.path.join(path, "checkpoints"))
+        except FileNotFoundError:
+            return export
+        steps = [int(read_metadata(f).get("step", "-1")) for f in (export, newest)]
+        if steps[1] > steps[0]:
+            log.warning("%s is from step %d, %s from step %d: evaluating the newer", export, steps[0], newest, steps[1])
+            return newest
+        return export
     for root in (path, os.path.join(path, "checkpoints")):
         pointer = os.path.join(root, "latest")
         if os.path.isfile(pointer):

@@ -45,3 +45,21 @@ def test_a_bad_override_names_the_checkpoint_not_a_temporary_file(tmp_path):
     )
     with pytest.raises(ConfigError, match=rf"^{path}'s config with overrides: bad value for config key 'eval.average'"):
         resolve_eval_config(path, None, ["eval.average=mean"])
+
+
+def test_a_run_folder_resolves_to_its_newest_weights(tmp_path, caplog):
+    """A run folder gave its export before its checkpoints: after a resumed, longer run was stopped, test.py
+    evaluated the older export without a word."""
+    from aim_video.eval.loading import resolve_checkpoint
+
+    cfg = tiny_config(str(tmp_path), num_classes=3)
+    cfg.model.pretrained = ""
+    model = build_model(cfg.model, cfg.data.num_frames)
+    export = save_trainable(model, str(tmp_path / "run" / "model_trainable.safetensors"), {"step": 5})
+    newer = save_trainable(model, str(tmp_path / "run" / "checkpoints" / "step_00000009" / "trainable.safetensors"),
+                           {"step": 9})  # fmt: skip
+    (tmp_path / "run" / "checkpoints" / "latest").write_text("step_00000009")
+    assert resolve_checkpoint(str(tmp_path / "run")) == newer
+    assert "from step 5" in caplog.text and "evaluating the newer" in caplog.text
+    save_trainable(model, export, {"step": 9})  # the export of the finished run: preferred
+    assert resolve_checkpoint(str(tmp_path / "run")) == export
