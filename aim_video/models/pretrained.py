@@ -21,6 +21,7 @@ import zipfile
 
 import torch
 import yaml
+from safetensors import safe_open
 from safetensors.torch import load_file
 from timm.layers import QuickGELU
 from timm.models.vision_transformer import checkpoint_filter_fn
@@ -68,10 +69,10 @@ def resolve_weight_file(path: str) -> str:
             folder = os.path.join(snapshots, names[0])
         else:
             raise FileNotFoundError(f"{path}: {len(names)} snapshots and no refs/main; point model.pretrained at one")
-    for name in WEIGHT_FILES:
-        candidate = os.path.join(folder, name)
-        if os.path.isfile(candidate):
-            return candidate
+    found = [os.path.join(folder, name) for name in WEIGHT_FILES if os.path.isfile(os.path.join(folder, name))]
+    readable = [f for f in found if not _transformers_layout(f)]  # laion's repos: open_clip's file beside it
+    if found:
+        return (readable or found)[0]
     raise FileNotFoundError(f"no weight file in {folder}: looked for {', '.join(WEIGHT_FILES)}")
 
 
@@ -135,9 +136,26 @@ def _refuse_trainable_file(path: str) -> None:
         )
 
 
+def _transformers_layout(file: str) -> bool:
+    """Whether a .safetensors file holds Hugging Face transformers' CLIP (`vision_model.encoder.layers.*`)."""
+    if not file.endswith(".safetensors"):
+        return False
+    try:
+        with safe_open(file, framework="pt") as f:
+            return any(key.startswith("vision_model.") for key in f.keys())
+    except Exception:  # noqa: BLE001 - unreadable: reading it later says why
+        return False
+
+
 def to_timm_layout(state: dict[str, torch.Tensor], backbone: torch.nn.Module) -> tuple[dict[str, torch.Tensor], str]:
     """Convert any supported layout to the backbone's timm keys at its input size; returns (state, layout name)."""
     layout = "timm"
+    if any(k.startswith("vision_model.embeddings.") for k in state):
+        raise PretrainedLoadError(
+            "these are Hugging Face transformers' CLIP weights (vision_model.encoder.layers.*), a layout aim-video "
+            "does not read: use the open_clip_pytorch_model.bin of the same repository (laion's), OpenAI's .pt, or "
+            "timm's copy (timm/vit_base_patch16_clip_224.openai and the like)"
+        )
     if "class_embedding" in state and "conv1.weight" in state:  # bare OpenAI visual tower
         state = {f"visual.{k}": v for k, v in state.items()}
     if "visual.class_embedding" in state:
@@ -223,7 +241,10 @@ def load_pretrained(model: torch.nn.Module, path: str) -> dict[str, list[str]]:
     file = resolve_weight_file(path)
     backbone = model.backbone
     raw, openai_release = read_state_dict(file)
-    state, layout = to_timm_layout(raw, backbone)
+    try:
+        state, layout = to_timm_layout(raw, backbone)
+    except PretrainedLoadError as err:
+        raise PretrainedLoadError(f"{file}: {err}") from None
     act = type(backbone.blocks[0].mlp.act).__name__
     quick = isinstance(backbone.blocks[0].mlp.act, QuickGELU)
     if layout == "openai-clip":

@@ -192,6 +192,19 @@ def test_files_that_are_not_image_backbones_are_named_for_what_they_are(tmp_path
         resolve_weight_file("ViT-L/14@336px")
 
 
+def test_transformers_clip_weights_are_named_and_open_clips_file_beside_them_is_taken(tmp_path) -> None:
+    """laion's repositories hold transformers' model.safetensors next to open_clip's file: the first was taken as
+    timm's layout, with a warning about unknown CLIP weights and every key listed missing."""
+    folder = tmp_path / "CLIP-ViT-B-16-laion2B"
+    folder.mkdir()
+    save_file({"vision_model.embeddings.patch_embedding.weight": torch.zeros(64, 3, 8, 8)},
+              str(folder / "model.safetensors"))  # fmt: skip
+    with pytest.raises(PretrainedLoadError, match=r"model.safetensors: these are Hugging Face transformers' CLIP"):
+        build_model(tiny_cfg(pretrained=str(folder)), NUM_FRAMES)
+    torch.save(openai_full_state(random_vit()), str(folder / "open_clip_pytorch_model.bin"))
+    assert resolve_weight_file(str(folder)) == str(folder / "open_clip_pytorch_model.bin")
+
+
 def test_timm_layout_openai_weights_need_quickgelu_too(clip_vit, tmp_path) -> None:
     """timm's own `*_clip_quickgelu_224.openai` weights live in the repository named after the GELU architecture
     (timm/vit_base_patch16_clip_224.openai): loading them into that architecture gives other outputs, silently."""
