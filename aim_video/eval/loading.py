@@ -110,7 +110,13 @@ def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
 
 def resolve_eval_config(checkpoint_file: str, config_path: str | None, overrides: list[str]) -> Config:
     """``--config`` (or, without one, the checkpoint's own config) plus overrides; model differences are logged."""
-    saved = checkpoint_config(checkpoint_file)
+    try:
+        saved = checkpoint_config(checkpoint_file)
+    except ConfigError as err:  # written by another version of aim-video: --config can stand in for it
+        if not config_path:
+            raise ConfigError(f"{checkpoint_file}: {err}; pass --config with the training YAML") from None
+        log.warning("%s: its stored config does not load (%s): using --config, unchecked", checkpoint_file, err)
+        saved = None
     if config_path:
         cfg = load_config(config_path, overrides)
     elif saved is not None:

@@ -45,6 +45,15 @@ def test_a_bad_override_names_the_checkpoint_not_a_temporary_file(tmp_path):
     )
     with pytest.raises(ConfigError, match=rf"^{path}'s config with overrides: bad value for config key 'eval.average'"):
         resolve_eval_config(path, None, ["eval.average=mean"])
+    # a file from another version of aim-video (a key since removed): --config stands in, without it the file is named
+    old = save_trainable(
+        build_model(cfg.model, cfg.data.num_frames), str(tmp_path / "old.safetensors"),
+        {"config": to_yaml(cfg).replace("model:\n", "model:\n  old_removed_option: 1\n")},
+    )  # fmt: skip
+    with pytest.raises(ConfigError, match=rf"^{old}: saved config: unknown config key 'model.old_removed_option'"):
+        resolve_eval_config(old, None, [])
+    (tmp_path / "c.yaml").write_text(to_yaml(cfg))
+    assert resolve_eval_config(old, str(tmp_path / "c.yaml"), []).data.num_frames == cfg.data.num_frames
 
 
 def test_a_run_folder_resolves_to_its_newest_weights(tmp_path, caplog):
