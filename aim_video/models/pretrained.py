@@ -305,14 +305,17 @@ def load_pretrained(model: torch.nn.Module, path: str) -> dict[str, list[str]]:
         if state[k].shape != own[k].shape
     ]
     if missing or unexpected or already_adapted or wrong_shape:
+        theirs, ours = _width_depth(state), _width_depth(own)
         raise PretrainedLoadError(
             f"{file} ({layout} layout) does not fit {type(backbone).__name__} "
-            f"(model.arch / model.vit_kwargs):\n"
-            f"  missing backbone keys ({len(missing)}): {missing}\n"
-            f"  unexpected keys ({len(unexpected)}): {unexpected}\n"
-            f"  wrong shapes ({len(wrong_shape)}): {wrong_shape}\n"
-            f"  AIM keys already present ({len(already_adapted)}): {already_adapted}\n"
-            "Pick the architecture these weights were trained with; trained AIM weights load with load_trainable."
+            f"(model.arch / model.vit_kwargs)"
+            + (f": the checkpoint's ViT is {theirs}, the model's {ours}" if theirs != ours else "")
+            + ":\n"
+            f"  missing backbone keys ({len(missing)}): {_few(missing)}\n"
+            f"  unexpected keys ({len(unexpected)}): {_few(unexpected)}\n"
+            f"  wrong shapes ({len(wrong_shape)}): {_few(wrong_shape)}\n"
+            f"  AIM keys already present ({len(already_adapted)}): {_few(already_adapted)}\n"
+            "Pick the architecture these weights were trained with (model.pretrained is an image backbone)."
         )
     dtype = next(iter(own.values())).dtype
     state = {k: v.to(dtype) for k, v in state.items()}
@@ -320,6 +323,18 @@ def load_pretrained(model: torch.nn.Module, path: str) -> dict[str, list[str]]:
     assert sorted(result.missing_keys) == sorted(new) and not result.unexpected_keys, result
     log.info("loaded %s weights from %s (%d tensors; ignored %s)", layout, file, len(state), ignored)
     return {"layout": [layout], "ignored": ignored}
+
+
+def _width_depth(state: dict[str, torch.Tensor]) -> str:
+    """"width W, depth D" of a timm-layout ViT state dict ("" when it does not say)."""
+    depth = len({k.split(".")[1] for k in state if k.startswith("blocks.")})
+    width = state["cls_token"].shape[-1] if "cls_token" in state else None
+    return f"width {width}, depth {depth}" if width and depth else ""
+
+
+def _few(keys: list[str], limit: int = 12) -> str:
+    """The first keys of a long list, and how many more (a ViT-L checkpoint misses ~300)."""
+    return str(keys[:limit]) + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
 
 
 def weights_normalization(path: str, arch: str) -> tuple[tuple[float, ...], tuple[float, ...], str] | None:

@@ -205,6 +205,18 @@ def test_transformers_clip_weights_are_named_and_open_clips_file_beside_them_is_
     assert resolve_weight_file(str(folder)) == str(folder / "open_clip_pytorch_model.bin")
 
 
+def test_a_wider_deeper_vit_is_summarised_not_only_listed(tmp_path) -> None:
+    """ViT-L/16 weights into a ViT-B/16 gave one line per key (hundreds) and no summary of what differs."""
+    source = random_vit(embed_dim=96, depth=3, num_heads=4)
+    path = str(tmp_path / "bigger.safetensors")
+    save_file(dict(source.state_dict()), path)
+    with pytest.raises(PretrainedLoadError) as err:
+        build_model(tiny_cfg(pretrained=path), NUM_FRAMES)
+    message = str(err.value)
+    assert "the checkpoint's ViT is width 96, depth 3, the model's width 64, depth 2" in message
+    assert "wrong shapes (" in message and " more" in message and len(message) < 4000
+
+
 def test_timm_layout_openai_weights_need_quickgelu_too(clip_vit, tmp_path) -> None:
     """timm's own `*_clip_quickgelu_224.openai` weights live in the repository named after the GELU architecture
     (timm/vit_base_patch16_clip_224.openai): loading them into that architecture gives other outputs, silently."""
