@@ -443,14 +443,6 @@ def load_report(json_path: str) -> list[VideoCheck]:
     return read_report(json_path)[1]
 
 
-def load_frame_counts(json_path: str) -> dict[str, int]:
-    """{absolute path: frames that really decode} from a verify report, for sampling (cfg.data.verify_report).
-
-    Pass `counts.get(os.path.abspath(path))` as `num_frames` to `decode.read_frames`.
-    """
-    return {os.path.abspath(c.path): c.decoded_frames for c in load_report(json_path) if c.decoded_frames > 0}
-
-
 def _transcode_one(job: tuple[str, str, int, int, int, str]) -> int:
     src, dst, keyint, short_side, crf, tune = job
     return decode.transcode(src, dst, keyint=keyint, short_side=short_side, crf=crf, tune=tune)
