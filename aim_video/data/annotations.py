@@ -6,7 +6,8 @@ Three sources, chosen by what the path is:
 - a Kinetics CSV (`label,youtube_id,time_start,time_end,split[,is_cc]`; clips named
   `{youtube_id}_{start:06d}_{end:06d}.mp4` in per-class folders; class index = position of the label in the
   sorted set of train labels),
-- a class-folder tree (`root/<class>/<video>`; classes sorted by name).
+- a class-folder tree (`root/<class>/<video>`; classes sorted by name; hidden entries, `__MACOSX` and the like
+  skipped).
 
 Missing files are found up front: `missing="fail"` raises with the count and the first examples, `"drop"` drops
 them and reports the same summary.
@@ -59,7 +60,9 @@ class RecordTable(Sequence[VideoRecord]):
         records = list(records)
         counts = frame_counts or {}
         self._counts = np.array([counts.get(os.path.abspath(r.path), -1) for r in records], dtype=np.int64)
-        paths = [r.path.encode("utf-8") for r in records]
+        # surrogateescape: a file name that is not UTF-8 (a class-folder tree copied from an old Windows or Latin-1
+        # system) comes from os.listdir with its bytes escaped; it goes back to the same str, so to the same file
+        paths = [r.path.encode("utf-8", "surrogateescape") for r in records]
         self._path_ends = np.cumsum([len(p) for p in paths], dtype=np.int64)
         self._paths = np.frombuffer(b"".join(paths), dtype=np.uint8) if paths else np.zeros(0, np.uint8)
         self._labels = np.array([r.label for r in records], dtype=np.int64)
@@ -83,7 +86,7 @@ class RecordTable(Sequence[VideoRecord]):
             raise IndexError(f"record {index} out of range for {n} records")
         i = index % n
         start = int(self._path_ends[i - 1]) if i else 0
-        path = self._paths[start : int(self._path_ends[i])].tobytes().decode("utf-8")
+        path = self._paths[start : int(self._path_ends[i])].tobytes().decode("utf-8", "surrogateescape")
         lo = int(self._label_ends[i - 1]) if i else 0
         labels = tuple(int(v) for v in self._all_labels[lo : int(self._label_ends[i])])
         return VideoRecord(path, int(self._labels[i]), labels)
@@ -116,14 +119,39 @@ def _resolve(root: str, path: str) -> str:
     return path if os.path.isabs(path) or not root else os.path.join(root, path)
 
 
+def _not_utf8(path: str) -> AnnotationError:
+    """The error for a text file that is not UTF-8 (a list saved as Latin-1 or cp1252), naming its line."""
+    with open(path, "rb") as f:
+        raw = f.read()
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        lineno = raw.count(b"\n", 0, err.start) + 1
+        line = raw.split(b"\n")[lineno - 1].rstrip(b"\r")
+        return AnnotationError(
+            f"{path}:{lineno}: not UTF-8 (byte {raw[err.start]:#04x} in {line!r}): save the file as UTF-8, e.g. "
+            f"`iconv -f latin1 -t utf-8 {path} > fixed.txt` when it was written as Latin-1"
+        )
+    return AnnotationError(f"{path}: not UTF-8: save the file as UTF-8")
+
+
 def parse_list_file(path: str, root: str = "") -> list[VideoRecord]:
     """Read a `path label [label ...]` file; blank lines and lines starting with '#' are skipped.
 
     The labels are the integer tokens at the end of a line and the path is everything before them, so paths may
     hold spaces (Kinetics class folders named by their labels: `air drumming/<clip>.mp4 1`). A line without an
     integer at its end is an unlabelled path; one that also holds whitespace must name an existing file, else it
-    is taken for a label that is not an integer and refused.
+    is taken for a label that is not an integer and refused, also under data.missing_files=drop (a missing file
+    and a malformed label cannot be told apart there: dropping the line would hide the typo). The file must be
+    UTF-8; any other encoding is refused naming the line.
     """
+    try:
+        return _parse_list_lines(path, root)
+    except UnicodeDecodeError:
+        raise _not_utf8(path) from None
+
+
+def _parse_list_lines(path: str, root: str) -> list[VideoRecord]:
     records = []
     with open(path, encoding="utf-8-sig") as f:  # -sig: a byte-order mark (Windows editors) is not part of a path
         for lineno, line in enumerate(f, 1):
@@ -139,7 +167,9 @@ def parse_list_file(path: str, root: str = "") -> list[VideoRecord]:
             if not count and len(tokens) > 1 and not os.path.exists(_resolve(root, text)):
                 raise AnnotationError(
                     f"{path}:{lineno}: expected 'path label' with integer labels, got {text!r} (or, if that is a "
-                    "path with spaces, the file does not exist)"
+                    "path with spaces, the file does not exist; data.missing_files=drop does not skip such a line, "
+                    "as a missing file cannot be told from a label that is not an integer there: give it label -1 or "
+                    "delete it)"
                 )
             if any(lbl < -1 for lbl in labels):
                 raise AnnotationError(f"{path}:{lineno}: negative label in {text!r} (-1 means unlabelled)")
@@ -153,7 +183,14 @@ LINE = "_line"  # the key under which each row read keeps its line number in the
 
 def read_kinetics_csv(path: str) -> list[dict[str, str]]:
     """The rows of a Kinetics CSV as dicts, each with its line number under `LINE`; raises naming the file (and the
-    line) when required columns are absent or a row is short of fields."""
+    line) when required columns are absent or a row is short of fields, or the file is not UTF-8."""
+    try:
+        return _read_kinetics_rows(path)
+    except UnicodeDecodeError:
+        raise _not_utf8(path) from None
+
+
+def _read_kinetics_rows(path: str) -> list[dict[str, str]]:
     with open(path, encoding="utf-8-sig", newline="") as f:  # -sig: else a BOM renames the first column
         reader = csv.DictReader(f)
         header = list(reader.fieldnames or ())
@@ -207,20 +244,39 @@ def _train_labels(rows: list[dict[str, str]]) -> list[str] | None:
     return sorted({row["label"].strip() for row in (train or labelled)})
 
 
+def _no_train_classes(path: str, rows: list[dict[str, str]]) -> AnnotationError:
+    first = next(_split_of(row) for row in rows if row.get("label", "").strip())
+    return AnnotationError(
+        f"{path}: a labelled '{first}' split, but no train classes to take its label indices from (its "
+        "own sorted labels would number the classes differently whenever one is absent from it): give the "
+        "class names (data.class_map or --class-map classes.txt, written by `prepare_kinetics.py lists`), "
+        "or the train CSV as data.train_list"
+    )
+
+
+def _classes_of_csv(path: str) -> list[str]:
+    rows = read_kinetics_csv(path)
+    classes = _train_labels(rows)
+    if classes is None:
+        raise _no_train_classes(path, rows)
+    return classes
+
+
 def kinetics_classes(csv_path: str) -> list[str]:
-    """Class names in index order: the sorted set of the train labels of (normally the train) CSV.
+    """Class names in index order: the sorted set of the train labels of (normally the train) CSV; a CSV whose
+    labelled rows all belong to another split is refused (it names no train classes).
 
     Remembered per file version (path, size, modification time): training asks for them for every split it loads
     and for the weights' metadata, and reading Kinetics-700's train CSV takes about a second each time."""
     if not os.path.isfile(csv_path):
-        return _train_labels(read_kinetics_csv(csv_path)) or []  # its own error for a missing file
+        return _classes_of_csv(csv_path)  # its own error for a missing file
     stat = os.stat(csv_path)
     return list(_kinetics_classes(csv_path, stat.st_size, stat.st_mtime_ns))  # errors name the path as given
 
 
 @functools.lru_cache(maxsize=8)
 def _kinetics_classes(path: str, size: int, mtime_ns: int) -> tuple[str, ...]:
-    return tuple(_train_labels(read_kinetics_csv(path)) or [])
+    return tuple(_classes_of_csv(path))
 
 
 def parse_kinetics_csv(
@@ -232,24 +288,20 @@ def parse_kinetics_csv(
     `split` column); a labelled file of another split alone is refused (its own labels would number the classes
     otherwise than training whenever one is absent from it). `split` ("train" | "val" | "test") keeps the rows
     of that split when the file holds several. A label matches a class by name or by normalised name (class folders
-    named the download scripts' way). Each clip is looked for (`KINETICS_LAYOUTS`) in `root/<label>/`,
-    `root/<normalised label>/` and `root/` itself (the folder conventions of the download tools in use), then the
-    same under `root/<split>/` (one root holding train/, val/ and test/), as `ext` first, then with the other video
-    extensions (downloads are often .webm or .mkv); the first that exists wins, else the normalised .mp4 path is
-    recorded (and reported missing later). Folders are listed once each, so a lookup costs no file-system call.
+    named the download scripts' way). Each clip is looked for (`KINETICS_LAYOUTS`) in every folder of `root/` whose
+    name is the label's up to the download tools' renaming (`normalize_class_name` of both equal: `air drumming`,
+    `air_drumming`, mmaction2's `tying_knot_(not_on_a_tie)` and `massaging_persons_head` all match their labels),
+    the exact label first, then in `root/` itself, then the same under `root/<split>/` (one root holding train/,
+    val/ and test/), as `ext` first, then with the other video extensions (downloads are often .webm or .mkv); the
+    first that exists wins, else the path in the label's folder (its normalised name when there is none) with `ext`
+    is recorded (and reported missing later). Folders are listed once each, so a lookup costs no file-system call.
     """
     all_rows = read_kinetics_csv(path)
     rows = rows_of_split(all_rows, split, path)
     if classes is None:
         classes = _train_labels(all_rows)
         if classes is None:
-            first = next(_split_of(row) for row in all_rows if row.get("label", "").strip())
-            raise AnnotationError(
-                f"{path}: a labelled '{first}' split, but no train classes to take its label indices from (its "
-                "own sorted labels would number the classes differently whenever one is absent from it): give the "
-                "class names (data.class_map or --class-map classes.txt, written by `prepare_kinetics.py lists`), "
-                "or the train CSV as data.train_list"
-            )
+            raise _no_train_classes(path, all_rows)
     index = {name: k for k, name in enumerate(classes)}
     index.update({normalize_class_name(name): k for k, name in enumerate(classes)})
     extensions = (ext,) + tuple(e for e in VIDEO_EXTENSIONS if e != ext)
@@ -275,13 +327,21 @@ def parse_kinetics_csv(
                 "CSV's labels, the class map or the class folders): pass the train CSV or a class map that holds it"
             )
         norm = normalize_class_name(label_name)
-        base = [label_name, norm, ""]
-        folders = base + [os.path.join(s, f) for s in split_dirs for f in base]
-        records.append(VideoRecord(_find(root, folders, name, extensions, listing, norm), index[key], (index[key],)))
+        folders, label_folders = [], []
+        for base in ("", *split_dirs):
+            matches = listing.matching(_resolve(root, base), norm)
+            found = [os.path.join(base, f) for f in sorted(matches, key=lambda f: f != label_name)]  # exact first
+            label_folders += found
+            folders += [*found, base]
+        default = label_folders[0] if label_folders else norm  # a missing clip is named in its class's folder
+        records.append(VideoRecord(_find(root, folders, name, extensions, listing, default), index[key], (index[key],)))
     return records, list(classes)
 
 
-KINETICS_LAYOUTS = "root/<label>/, root/<label with _ for spaces>/, root/, and root/<split>/ followed by each of those"
+KINETICS_LAYOUTS = (
+    "root/<label>/ (any folder named as the label with spaces or '_', with or without its quotes and parentheses: "
+    "'air drumming', 'air_drumming', 'tying_knot_(not_on_a_tie)'), root/, and root/<split>/ followed by each of those"
+)
 
 
 class _Listing:
@@ -290,10 +350,14 @@ class _Listing:
 
     def __init__(self) -> None:
         self._names: dict[str, frozenset[str]] = {}
+        self._by_norm: dict[str, dict[str, list[str]]] = {}  # folder -> {normalised name: names in it}
 
-    def has(self, path: str) -> bool:
-        folder, name = os.path.split(path)
-        folder = folder or "."
+    @staticmethod
+    def _key(folder: str) -> str:
+        return folder.rstrip(os.sep) or (os.sep if folder else ".")  # "root/" and "root" are listed once
+
+    def names(self, folder: str) -> frozenset[str]:
+        folder = self._key(folder)
         names = self._names.get(folder)
         if names is None:
             try:
@@ -301,7 +365,23 @@ class _Listing:
             except OSError:  # absent, or not a folder
                 names = frozenset()
             self._names[folder] = names
-        return name in names
+        return names
+
+    def has(self, path: str) -> bool:
+        folder, name = os.path.split(path)
+        return name in self.names(folder)
+
+    def matching(self, folder: str, norm: str) -> list[str]:
+        """The names in `folder` whose normalised name is `norm` (a file among them is harmless: listing it as a
+        folder gives nothing)."""
+        key = self._key(folder)
+        by_norm = self._by_norm.get(key)
+        if by_norm is None:
+            by_norm = {}
+            for name in sorted(self.names(folder)):
+                by_norm.setdefault(normalize_class_name(name), []).append(name)
+            self._by_norm[key] = by_norm
+        return by_norm.get(norm, [])
 
 
 def _find(root: str, folders: list[str], name: str, extensions: Sequence[str], listing: _Listing, default: str) -> str:
@@ -316,18 +396,45 @@ def _find(root: str, folders: list[str], name: str, extensions: Sequence[str], l
     return _resolve(root, os.path.join(default, stem + extensions[0]))
 
 
+# folders that operating systems and archivers put in a tree, never classes: a zip made on a Mac holds __MACOSX/
+# (AppleDouble copies of every file); lost+found sits at the top of every ext4 file system
+NOT_CLASS_FOLDERS = frozenset({"__MACOSX", "lost+found", "$RECYCLE.BIN", "System Volume Information"})
+
+
 def class_folder_names(root: str) -> list[str]:
-    """The classes of a class-folder tree: its sub-folders, sorted by name."""
-    return sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)) and not d.startswith("."))
+    """The classes of a class-folder tree: its sub-folders, sorted by name, less hidden ones ('.' first) and those
+    of `NOT_CLASS_FOLDERS` (a `__MACOSX` folder would be class 0 and shift every index)."""
+    return sorted(
+        d
+        for d in os.listdir(root)
+        if not d.startswith(".") and d not in NOT_CLASS_FOLDERS and os.path.isdir(os.path.join(root, d))
+    )
+
+
+def _videos_in(folder: str) -> list[str]:
+    """The video files directly in `folder`, sorted: files (or links to them) with a video extension, less hidden
+    ones (macOS's AppleDouble `._clip.mp4` beside each clip copied from a Mac, `.clip.mp4.part`). A link whose
+    target is gone is kept, so that it is reported missing rather than skipped without a word."""
+    with os.scandir(folder) as entries:
+        return sorted(
+            e.name
+            for e in entries
+            if not e.name.startswith(".")
+            and e.name.lower().endswith(VIDEO_EXTENSIONS)
+            and (e.is_file() or (e.is_symlink() and not os.path.exists(e.path)))
+        )
 
 
 def parse_class_folders(root: str, classes: list[str] | None = None) -> tuple[list[VideoRecord], list[str]]:
     """`root/<class>/<video>`, videos sorted by name within a class. Without `classes` the sorted folder names are
     the classes; with them (the train split's, a class map) each folder takes the index of the class it names, by
-    name or by normalised name, as a Kinetics CSV's labels do: a val tree lacking a class keeps training's indices."""
+    name or by normalised name, as a Kinetics CSV's labels do: a val tree lacking a class keeps training's indices.
+    A class folder without a video is warned about; it still is a class (its place in the sorted folders is its
+    index, and a train tree's classes are its folders, empty or not, wherever they are asked for)."""
     folders = class_folder_names(root)
     if not folders:
         raise AnnotationError(f"{root}: no class folders found (expected {root}/<class>/<video>.mp4)")
+    own = classes is None  # the folders number the classes
     if classes is None:
         classes = folders
     index = {normalize_class_name(name): k for k, name in enumerate(classes)}
@@ -340,18 +447,33 @@ def parse_class_folders(root: str, classes: list[str] | None = None) -> tuple[li
             "class map that holds them"
         )
     records = []
+    empty = []
     for name in folders:
         k = index[name] if name in index else index[normalize_class_name(name)]
-        for fname in sorted(os.listdir(os.path.join(root, name))):
-            if fname.lower().endswith(VIDEO_EXTENSIONS):
-                records.append(VideoRecord(os.path.join(root, name, fname), k, (k,)))
+        videos = _videos_in(os.path.join(root, name))
+        empty += [] if videos else [name]
+        records += [VideoRecord(os.path.join(root, name, fname), k, (k,)) for fname in videos]
+    if empty:
+        kept = (
+            "each is still a class with its index (the sorted folders are the classes), with no video to learn it "
+            "from: delete a folder that is no class, as it shifts the index of every class after it"
+            if own
+            else "their classes keep their indices and have no video here"
+        )
+        log.warning(
+            "%s: %d class folders hold no video file directly (sub-folders are not searched), e.g. %s: %s",
+            root, len(empty), ", ".join(repr(n) for n in empty[:3]), kept,
+        )  # fmt: skip
     return records, list(classes)
 
 
 def read_class_map(path: str) -> list[str]:
     """Class names, one per line, in index order."""
-    with open(path, encoding="utf-8-sig") as f:
-        names = [line.rstrip("\r\n") for line in f if line.strip()]
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            names = [line.rstrip("\r\n") for line in f if line.strip()]
+    except UnicodeDecodeError:
+        raise _not_utf8(path) from None
     if len(set(names)) != len(names):
         raise AnnotationError(f"{path}: duplicate class names in the class map")
     return names
@@ -402,12 +524,15 @@ def load_annotations(
         raise AnnotationError(f"{source}: lists no video (an empty file, or only comments and blank lines)")
     absent = [r.path for r in records if not os.path.isfile(r.path)]
     if absent:
-        where = f"; a CSV's clips are looked for in {KINETICS_LAYOUTS}" if source.lower().endswith(".csv") else ""
-        summary = (
-            f"{source}: {len(absent)} of {len(records)} videos not found, e.g. {', '.join(absent[:3])} "
-            f"(check the folder the paths start from, {root!r}: data.root, or --root in tools/prepare_kinetics.py"
-            + where
-        )
+        if os.path.isdir(source):  # data.root plays no part in a tree: only links can point at nothing
+            hint = "(links whose target does not exist, or files removed while the folders were read"
+        else:
+            where = f"; a CSV's clips are looked for in {KINETICS_LAYOUTS}" if source.lower().endswith(".csv") else ""
+            hint = (
+                f"(check the folder the paths start from, {root!r}: data.root, or --root in tools/prepare_kinetics.py"
+                + where
+            )
+        summary = f"{source}: {len(absent)} of {len(records)} videos not found, e.g. {', '.join(absent[:3])} {hint}"
         if missing == "fail":
             raise AnnotationError(summary + "; or skip them: data.missing_files=drop, or --missing drop)")
         log.warning("%s; %s)", summary, "kept" if missing == "keep" else "dropped")

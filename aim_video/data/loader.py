@@ -55,6 +55,8 @@ from aim_video.data.annotations import (
     kinetics_classes,
     load_annotations,
     read_class_map,
+    read_kinetics_csv,
+    rows_of_split,
 )
 from aim_video.data.dataset import CollateEval, MultiViewDataset, TrainClipDataset, collate_train
 from aim_video.data.transforms import build_eval_transform, build_train_transform
@@ -80,24 +82,68 @@ def resolve_classes(cfg: Config) -> list[str] | None:
     return None
 
 
+def _numbers_its_own_classes(source: str, split: str) -> bool:
+    """Whether an evaluation source, given no class names, would number the classes by itself: a class-folder tree
+    (its sorted folders), a CSV with labels (its own sorted labels). A list file's labels are integers, and a CSV
+    without labels (a test split for inference) numbers nothing."""
+    if os.path.isdir(source):
+        return True
+    if not (source.lower().endswith(".csv") and os.path.isfile(source)):
+        return False
+    rows = rows_of_split(read_kinetics_csv(source), split, source)
+    return any(row.get("label", "").strip() for row in rows)
+
+
 def load_split(cfg: Config, split: str) -> Annotations:
-    """Annotations of `split` (train | val | test), with labels checked against data.num_classes."""
+    """Annotations of `split` (train | val | test), with labels checked against data.num_classes.
+
+    Every train video needs a label (an unlabelled one would fail the loss at whichever batch holds it, hours in);
+    val and test may be unlabelled (inference: predicted, not scored). An evaluation source that numbers its classes
+    by itself (class folders, a labelled CSV) needs the train source's or the class map's names."""
     sources = {"train": cfg.data.train_list, "val": cfg.data.val_list, "test": cfg.data.test_list}
     if split not in sources:
         raise ValueError(f"unknown split {split!r}; choose train, val or test")
-    ann = load_annotations(
-        sources[split], cfg.data.root, resolve_classes(cfg), cfg.data.missing_files, f"data.{split}_list", split
-    )
+    source = sources[split]
+    classes = resolve_classes(cfg)
+    if classes is None and split != "train" and source and _numbers_its_own_classes(source, split):
+        train = cfg.data.train_list
+        why = (
+            "is not set" if not train
+            else "does not exist here" if not os.path.exists(train)
+            else "is a list file of integer labels"
+        )  # fmt: skip
+        own = "its sorted class folders" if os.path.isdir(source) else "its own sorted labels"
+        raise AnnotationError(
+            f"data.{split}_list={source} would number the classes by {own}, but data.train_list={train!r} {why}: "
+            "no train classes give the indices training used, and the two numberings agree only while every class "
+            "is present in both (one absent shifts every later index, silently). Set data.class_map to the class "
+            "names in training's index order (one per line; `prepare_kinetics.py lists` writes classes.txt)"
+        )
+    ann = load_annotations(source, cfg.data.root, classes, cfg.data.missing_files, f"data.{split}_list", split)
+    unlabelled = [r.path for r in ann.records if r.label < 0]
+    if unlabelled and split == "train":
+        raise AnnotationError(
+            f"data.train_list={source}: {len(unlabelled)} of {len(ann.records)} videos have no label, e.g. "
+            f"{', '.join(unlabelled[:3])} (a line without a label or with -1, or a CSV row with an empty label: a "
+            "test split's list?): training needs one for every video; label them, delete them, or give the train "
+            "split's list"
+        )
+    if 0 < len(unlabelled) < len(ann.records):  # an evaluation list, partly labelled: a line lost its label?
+        log.warning(
+            "data.%s_list=%s: %d of %d videos have no label, e.g. %s: they are predicted, not scored; the metrics "
+            "count the %d labelled ones",
+            split, source, len(unlabelled), len(ann.records), unlabelled[0], len(ann.records) - len(unlabelled),
+        )  # fmt: skip
     bad = [r for r in ann.records if any(lbl >= cfg.data.num_classes for lbl in r.labels)]
     if bad:
         raise AnnotationError(
-            f"data.{split}_list={sources[split]}: {len(bad)} videos have a label >= data.num_classes="
+            f"data.{split}_list={source}: {len(bad)} videos have a label >= data.num_classes="
             f"{cfg.data.num_classes}, e.g. {bad[0].path} (label {max(bad[0].labels)}); fix the list or num_classes"
         )
     multi = [r for r in ann.records if len(r.labels) > 1]
     if multi:  # only the first label reached the loss and the metrics: a correct second label scored as wrong
         raise AnnotationError(
-            f"data.{split}_list={sources[split]}: {len(multi)} lines carry several labels, e.g. {multi[0].path} "
+            f"data.{split}_list={source}: {len(multi)} lines carry several labels, e.g. {multi[0].path} "
             f"(labels {list(multi[0].labels)}); training and evaluation are single-label (one class per video, as "
             "Kinetics and SSv2): keep one label per line"
         )
@@ -106,7 +152,7 @@ def load_split(cfg: Config, split: str) -> Annotations:
         log.warning(
             "data.train_list=%s uses %d of data.num_classes=%d classes: if the data set has %d, set data.num_classes "
             "and model.num_classes to it (and data.class_map to the classes.txt `prepare_kinetics.py lists` wrote)",
-            sources[split], used, cfg.data.num_classes, used,
+            source, used, cfg.data.num_classes, used,
         )  # fmt: skip
     return ann
 

@@ -321,3 +321,98 @@ def test_the_train_csv_classes_are_read_once_per_version_of_the_file(tmp_path):
     classes = kinetics_classes(str(path))
     classes.append("x")  # a caller's list is its own
     assert kinetics_classes(str(path)) == ["a", "b", "c c"]
+
+
+def test_kinetics_clips_are_found_in_mmaction2_folder_names(tmp_path, monkeypatch):
+    """mmaction2's rename_classnames.sh only turns spaces into '_' (`tying_knot_(not_on_a_tie)`,
+    `massaging_person's_head`): only root/<label>/ and root/<label without quotes or parentheses>/ were tried, so
+    these clips were not found, and under data.missing_files=drop whole classes vanished without a word."""
+    root = tmp_path / "k400"
+    knot = touch(str(root / "tying_knot_(not_on_a_tie)" / "a_000001_000011.mp4"))
+    head = touch(str(root / "train" / "massaging_person's_head" / "b_000002_000012.mp4"))
+    csv = tmp_path / "train.csv"
+    csv.write_text(
+        'label,youtube_id,time_start,time_end,split\n"tying knot (not on a tie)",a,1,11,train\n'
+        '"massaging person\'s head",b,2,12,train\n"tying knot (not on a tie)",c,3,13,train\n'
+    )
+    listed = []
+    listdir = os.listdir
+    monkeypatch.setattr(os, "listdir", lambda p=".": listed.append(str(p).rstrip(os.sep)) or listdir(p))
+    recs, classes = parse_kinetics_csv(str(csv), str(root))
+    assert classes == ["massaging person's head", "tying knot (not on a tie)"]
+    assert [(r.path, r.label) for r in recs[:2]] == [(knot, 1), (head, 0)]
+    assert len(listed) == len(set(listed))  # every folder listed once, however many clips it holds
+    # a missing clip is named in its class's folder, and the message says which folders were searched
+    assert recs[2].path == str(root / "tying_knot_(not_on_a_tie)" / "c_000003_000013.mp4")
+    monkeypatch.setattr(os, "listdir", listdir)
+    with pytest.raises(AnnotationError, match=r"1 of 3 videos not found.*'_'.*parentheses.*root/<split>/"):
+        load_annotations(str(csv), str(root))
+
+
+def test_a_class_folder_tree_skips_what_macos_and_file_systems_leave_there(tmp_path, caplog):
+    """A tree copied from a Mac held `._clip.mp4` (AppleDouble) beside every clip, read as videos, and a
+    `__MACOSX` folder that became class 0, shifting every index; a folder named like a video was a record."""
+    root = tmp_path / "tree"
+    clip = touch(str(root / "archery" / "a.mp4"))
+    touch(str(root / "archery" / "._a.mp4"))
+    touch(str(root / "archery" / ".partial.mp4"))
+    os.makedirs(root / "archery" / "folder.mp4")
+    touch(str(root / "__MACOSX" / "archery" / "._a.mp4"))
+    touch(str(root / "lost+found" / "x.mp4"))
+    touch(str(root / ".cache" / "x.mp4"))
+    os.symlink(clip, root / "bowling_link.mp4")  # a file at the top: no class
+    os.makedirs(root / "bowling")
+    os.symlink(clip, root / "bowling" / "linked.mp4")  # links to files are videos
+    os.symlink(str(tmp_path / "gone.mp4"), root / "bowling" / "dangling.mp4")  # reported missing, not skipped
+    os.makedirs(root / "cooking" / "nested")  # no video directly inside: warned about, still a class
+    touch(str(root / "cooking" / "nested" / "n.mp4"))
+    touch(str(root / "diving" / "d.MP4"))
+    with caplog.at_level("WARNING"):
+        ann = load_annotations(str(root), missing="drop")
+    assert ann.classes == ["archery", "bowling", "cooking", "diving"]
+    assert [(os.path.relpath(r.path, root), r.label) for r in ann.records] == [
+        ("archery/a.mp4", 0), ("bowling/linked.mp4", 1), ("diving/d.MP4", 3)
+    ]  # fmt: skip
+    assert ann.missing == [str(root / "bowling" / "dangling.mp4")]
+    assert "links whose target does not exist" in caplog.text and "data.root" not in caplog.text
+    assert "1 class folders hold no video file directly (sub-folders are not searched), e.g. 'cooking'" in caplog.text
+    assert "still a class with its index" in caplog.text
+
+
+def test_non_utf8_names_and_files(tmp_path):
+    """A file name that is not UTF-8 (a tree from a Latin-1 system) crashed RecordTable with UnicodeEncodeError; a
+    list, CSV or class map saved as Latin-1 failed with a bare UnicodeDecodeError naming neither file nor line."""
+    folder = os.path.join(os.fsencode(str(tmp_path)), b"tree", b"caf\xe9")
+    os.makedirs(folder)
+    open(os.path.join(folder, b"cr\xe8me.mp4"), "wb").close()
+    ann = load_annotations(str(tmp_path / "tree"))
+    table = RecordTable(ann.records)
+    assert list(table) == ann.records and os.path.isfile(table[0].path)
+    for name, text in (("l.txt", b"a.mp4 0\ncaf\xe9.mp4 1\n"), ("c.txt", b"a\nb\ncaf\xe9\n")):
+        (tmp_path / name).write_bytes(text)
+    with pytest.raises(AnnotationError, match=r"l.txt:2: not UTF-8 \(byte 0xe9 in b'caf\\xe9.mp4 1'\).*iconv"):
+        parse_list_file(str(tmp_path / "l.txt"))
+    with pytest.raises(AnnotationError, match=r"c.txt:3: not UTF-8"):
+        read_class_map(str(tmp_path / "c.txt"))
+    (tmp_path / "k.csv").write_bytes(KINETICS.encode() + b"caf\xe9,x,0,10,train,0\n")
+    with pytest.raises(AnnotationError, match=r"k.csv:6: not UTF-8"):
+        parse_kinetics_csv(str(tmp_path / "k.csv"))
+
+
+def test_a_csv_without_train_rows_as_the_train_csv_says_so(tmp_path):
+    """kinetics_classes turned 'no train classes' into [], so a val CSV given as data.train_list showed "label 'x'
+    is not among the 0 classes given" instead of the reason."""
+    csv = tmp_path / "val.csv"
+    csv.write_text("label,youtube_id,time_start,time_end,split\nzumba,q,1,11,val\n")
+    for _ in range(2):  # read, then remembered: the same answer
+        with pytest.raises(AnnotationError, match=r"val.csv: a labelled 'val' split, but no train classes"):
+            kinetics_classes(str(csv))
+
+
+def test_missing_files_drop_does_not_skip_an_unlabelled_line_with_spaces(tmp_path):
+    """Such a line is a path with spaces that does not exist, or a label that is not an integer: dropping it would
+    hide the typo, so it is refused under either policy, and the message says how to keep it."""
+    (tmp_path / "l.txt").write_text("gone file.mp4\n")
+    for missing in ("fail", "drop"):
+        with pytest.raises(AnnotationError, match=r"l.txt:1: .*missing_files=drop does not skip such a line.*-1"):
+            load_annotations(str(tmp_path / "l.txt"), str(tmp_path), missing=missing)

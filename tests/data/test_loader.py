@@ -376,7 +376,7 @@ def test_a_val_csv_takes_its_label_indices_from_the_train_classes(tmp_path):
     assert [r.label for r in load_split(cfg, "val").records] == [1, 2]  # not [0, 1]
     write_lines(str(tmp_path / "train.txt"), ["../train/zumba/t.mp4 2"])
     cfg = tiny_cfg(str(tmp_path / "train.txt"), str(csv), root=str(tmp_path / "val"), num_classes=3)
-    with pytest.raises(AnnotationError, match="labelled 'val' split, but no train classes.*data.class_map"):
+    with pytest.raises(AnnotationError, match="val.csv would number the classes by its own sorted labels.*class_map"):
         load_split(cfg, "val")
     write_lines(str(tmp_path / "classes.txt"), ["abseiling", "massaging_persons_head", "zumba"])
     cfg.data.class_map = str(tmp_path / "classes.txt")
@@ -542,3 +542,69 @@ def test_a_video_the_report_found_undecodable_by_any_backend_is_left_out_once(tm
     val = build_eval_loader(tiny_cfg(lst, verify_report=report), "val", 0, 1).dataset
     assert [r.path for r in val.records] == [clean] and [p for p, _ in val.dropped] == [str(broken)]
     assert "PyAV decodes nothing of it (verify report): download it again" in val.dropped[0][1]
+
+
+def _touch(path) -> str:
+    os.makedirs(os.path.dirname(str(path)), exist_ok=True)
+    open(path, "wb").close()
+    return str(path)
+
+
+def test_a_train_video_without_a_label_is_refused_up_front(tmp_path, caplog):
+    """An unlabelled train line (no label, -1, or a Kinetics test CSV given as data.train_list) was accepted, and the
+    run failed at whichever batch held it (cross_entropy IndexError, a CUDA device assert), maybe hours in.
+    Evaluation lists may be unlabelled: inference predicts them without scoring."""
+    from aim_video.data.loader import load_split
+
+    for name in ("a", "b", "c"):
+        _touch(tmp_path / f"{name}.mp4")
+    write_lines(str(tmp_path / "train.txt"), ["a.mp4 0", "b.mp4", "c.mp4 -1"])
+    cfg = tiny_cfg(str(tmp_path / "train.txt"), root=str(tmp_path))
+    with pytest.raises(AnnotationError, match=r"train.txt: 2 of 3 videos have no label, e.g. .*b.mp4, .*c.mp4"):
+        load_split(cfg, "train")
+    clip = _touch(tmp_path / "q_000001_000011.mp4")
+    (tmp_path / "test.csv").write_text("label,youtube_id,time_start,time_end,split\n,q,1,11,test\n")
+    cfg = tiny_cfg(str(tmp_path / "test.csv"), root=str(tmp_path))
+    with pytest.raises(AnnotationError, match=r"test.csv: 1 of 1 videos have no label.*a test split's list"):
+        load_split(cfg, "train")
+    # evaluation: an unlabelled test list is inference; a partly labelled one is warned about
+    write_lines(str(tmp_path / "labelled.txt"), ["a.mp4 0"])
+    cfg = tiny_cfg(str(tmp_path / "labelled.txt"), str(tmp_path / "train.txt"), root=str(tmp_path))
+    cfg.data.test_list = str(tmp_path / "test.csv")
+    assert [(r.path, r.label) for r in load_split(cfg, "test").records] == [(clip, -1)]
+    with caplog.at_level("WARNING"):
+        assert [r.label for r in load_split(cfg, "val").records] == [0, -1, -1]
+    assert "2 of 3 videos have no label, e.g." in caplog.text and "predicted, not scored" in caplog.text
+
+
+def test_eval_sources_that_number_their_own_classes_need_the_train_classes(tmp_path):
+    """A list-file train split gives no class names: a val class-folder tree (or a labelled CSV without a split
+    column) numbered its own sorted folders, and a class absent from val shifted every later index, silently."""
+    from aim_video.data.loader import load_split
+
+    for name in ("archery", "bowling", "cooking"):
+        _touch(tmp_path / "train" / name / "t.mp4")
+    for name in ("archery", "cooking"):  # no bowling: cooking would be 1, not 2
+        _touch(tmp_path / "val" / name / "v.mp4")
+    write_lines(str(tmp_path / "train.txt"), ["train/archery/t.mp4 0", "train/bowling/t.mp4 1"])
+    cfg = tiny_cfg(str(tmp_path / "train.txt"), str(tmp_path / "val"), root=str(tmp_path), num_classes=3)
+    with pytest.raises(AnnotationError, match=r"val would number the classes by its sorted class folders.*class_map"):
+        load_split(cfg, "val")
+    _touch(tmp_path / "q_000001_000011.mp4")
+    (tmp_path / "val.csv").write_text("label,youtube_id,time_start,time_end\ncooking,q,1,11\n")  # no split column
+    cfg.data.val_list = str(tmp_path / "val.csv")
+    with pytest.raises(AnnotationError, match=r"val.csv would number the classes by its own sorted labels"):
+        load_split(cfg, "val")
+    cfg.data.train_list = ""
+    with pytest.raises(AnnotationError, match=r"data.train_list='' is not set"):
+        load_split(cfg, "val")
+    (tmp_path / "test.csv").write_text("youtube_id,time_start,time_end\nq,1,11\n")  # unlabelled: inference
+    cfg.data.test_list = str(tmp_path / "test.csv")
+    assert [r.label for r in load_split(cfg, "test").records] == [-1]
+    write_lines(str(tmp_path / "classes.txt"), ["archery", "bowling", "cooking"])
+    cfg.data.class_map = str(tmp_path / "classes.txt")
+    assert [r.label for r in load_split(cfg, "val").records] == [2]
+    cfg.data.val_list = str(tmp_path / "val")
+    assert [r.label for r in load_split(cfg, "val").records] == [0, 2]
+    cfg.data.class_map, cfg.data.train_list = "", str(tmp_path / "train")  # a train tree names its classes
+    assert [r.label for r in load_split(cfg, "val").records] == [0, 2]
