@@ -33,6 +33,7 @@ from aim_video.eval.loading import (  # noqa: E402
     load_model,
     resolve_checkpoint,
     resolve_eval_config,
+    use_stored_classes,
 )
 from aim_video.eval.multiview import MissingVideosError, apply_protocol, evaluate  # noqa: E402
 from aim_video.eval.report import (  # noqa: E402
@@ -84,13 +85,14 @@ def main(argv: list[str] | None = None) -> int:
         checkpoint_file = resolve_checkpoint(args.checkpoint)
         cfg = resolve_eval_config(checkpoint_file, args.config, args.overrides)
         protocol = apply_protocol(cfg)
-        names = class_names(cfg, checkpoint_file) or [str(i) for i in range(cfg.model.num_classes)]
-        if len(names) != cfg.model.num_classes:
-            raise ValueError(f"the class map lists {len(names)} classes, model.num_classes is {cfg.model.num_classes}")
         out = args.out or _default_out(cfg.output_dir, checkpoint_file, args.split)
         os.makedirs(out, exist_ok=True)  # before the evaluation, not after hours of it
         if not os.access(out, os.W_OK):
             raise PermissionError(f"cannot write results into {out}: choose another --out")
+        use_stored_classes(cfg, checkpoint_file, out)  # weights evaluated away from the training run's class files
+        names = class_names(cfg, checkpoint_file) or [str(i) for i in range(cfg.model.num_classes)]
+        if len(names) != cfg.model.num_classes:
+            raise ValueError(f"the class map lists {len(names)} classes, model.num_classes is {cfg.model.num_classes}")
     except (ConfigError, OSError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -97,6 +97,27 @@ def class_names(cfg: Config, path: str) -> list[str] | None:
     return list(now) if now is not None else trained
 
 
+def use_stored_classes(cfg: Config, path: str, folder: str) -> None:
+    """When the config gives no class names it can read here (a list-file train source, or the training machine's
+    class map and train CSV) but the weights file stores them, write them to ``folder/classes.txt`` and point
+    ``cfg.data.class_map`` at it: an evaluation class-folder tree or labelled CSV is then numbered as training
+    numbered it, instead of being refused."""
+    from aim_video.data.annotations import AnnotationError, write_lines
+    from aim_video.data.loader import resolve_classes
+
+    stored = read_metadata(path).get("classes")
+    if not stored:
+        return
+    try:
+        if resolve_classes(cfg) is not None:
+            return
+    except AnnotationError:
+        pass
+    cfg.data.class_map = os.path.join(folder, "classes.txt")
+    write_lines(cfg.data.class_map, json.loads(stored))
+    log.info("class names from %s written to %s (data.class_map)", path, cfg.data.class_map)
+
+
 def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
     out = []
     for key in sorted(set(a) | set(b)):

@@ -72,3 +72,24 @@ def test_a_run_folder_resolves_to_its_newest_weights(tmp_path, caplog):
     assert "from step 5" in caplog.text and "evaluating the newer" in caplog.text
     save_trainable(model, export, {"step": 9})  # the export of the finished run: preferred
     assert resolve_checkpoint(str(tmp_path / "run")) == export
+
+
+def test_weights_evaluated_away_from_their_class_files_number_a_val_tree_as_training_did(tmp_path):
+    """On another machine the stored config's train CSV and class map are not there: a val class-folder tree was
+    then refused (or, before, numbered by its own folders: one class absent shifted every later index)."""
+    from aim_video.data.loader import load_split
+    from aim_video.eval.loading import use_stored_classes
+
+    cfg = tiny_config(str(tmp_path), num_classes=3)
+    cfg.model.pretrained = ""
+    path = save_trainable(build_model(cfg.model, cfg.data.num_frames), str(tmp_path / "w.safetensors"),
+                          {"classes": ["archery", "bowling", "cooking"]})  # fmt: skip
+    for name in ("archery", "cooking"):  # no bowling in this val tree
+        os.makedirs(tmp_path / "val" / name)
+        (tmp_path / "val" / name / "a.mp4").write_bytes(b"\0")
+    cfg.data.train_list, cfg.data.class_map = "/training/machine/train.csv", "/training/machine/classes.txt"
+    cfg.data.val_list = str(tmp_path / "val")
+    use_stored_classes(cfg, path, str(tmp_path / "out"))
+    assert cfg.data.class_map == str(tmp_path / "out" / "classes.txt")
+    assert [r.label for r in load_split(cfg, "val").records] == [0, 2]
+    assert class_names(cfg, path) == ["archery", "bowling", "cooking"]
