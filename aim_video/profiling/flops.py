@@ -2,7 +2,9 @@
 
 `torch.utils.flop_counter.FlopCounterMode` counts the matrix products a forward (and backward) really runs:
 linear layers, convolutions and scaled-dot-product attention, as 2 FLOPs per multiply-add. That is the convention
-MFU is stated in (elementwise ops, norms and softmax are not counted). Two things are added here:
+MFU is stated in (elementwise ops, norms and softmax are not counted). Papers often count multiply-adds and call them
+FLOPs: the AIM paper's 202 GFLOPs per view of ViT-B/16 at 8x224 is the 404 GFLOP forward counted here. Two things
+are added here:
 
 - a formula for the CPU flash-attention kernel (`_scaled_dot_product_flash_attention_for_cpu` and its backward),
   which torch's registry lacks, so attention is counted on CPU as it is on CUDA (same `sdpa_flop_count`);
@@ -17,6 +19,7 @@ not in the table).
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -28,17 +31,26 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, 
 
 aten = torch.ops.aten
 
-# (substrings that must all be in torch.cuda.get_device_name(), {dtype: dense TFLOP/s}); first match wins
-PEAK_TFLOPS: list[tuple[tuple[str, ...], dict[str, float]]] = [
-    (("H100", "PCIe"), {"bf16": 756.5, "fp16": 756.5, "tf32": 378.0, "fp32": 51.2}),
-    (("H100",), {"bf16": 989.4, "fp16": 989.4, "tf32": 494.7, "fp32": 66.9}),  # SXM5
-    (("H200",), {"bf16": 989.4, "fp16": 989.4, "tf32": 494.7, "fp32": 66.9}),
-    (("A100",), {"bf16": 312.0, "fp16": 312.0, "tf32": 156.0, "fp32": 19.5}),
-    (("L40S",), {"bf16": 362.1, "fp16": 362.1, "tf32": 183.0, "fp32": 91.6}),
-    (("A10",), {"bf16": 125.0, "fp16": 125.0, "tf32": 62.5, "fp32": 31.2}),  # A10 / A10G
-    (("V100",), {"fp16": 125.0, "fp32": 15.7}),
+# (pattern searched in torch.cuda.get_device_name(), case-insensitive, {dtype: dense TFLOP/s}); first match wins, so
+# the most specific names come first. Word boundaries keep "RTX A1000" off A100, "A10G" off A10 and "GH200" off H200;
+# names listed nowhere (A10G, GH200, a MIG slice, ...) get no table peak, and MFU is stated against the measured one.
+# Data sheets state tensor-core peaks "with sparsity": the dense figures here are half of those.
+PEAK_TFLOPS: list[tuple[str, dict[str, float]]] = [
+    (r"\bMIG\b", {}),  # a slice of a GPU: its share of the peak is not in any data sheet
+    (r"\bH100 NVL\b", {"bf16": 835.5, "fp16": 835.5, "tf32": 417.5, "fp32": 60.0}),
+    (r"\bH100 PCIe\b", {"bf16": 756.5, "fp16": 756.5, "tf32": 378.0, "fp32": 51.2}),
+    (r"\bH100\b.*\b(HBM3|SXM5?)\b", {"bf16": 989.4, "fp16": 989.4, "tf32": 494.7, "fp32": 66.9}),  # SXM5
+    (r"\bH200 NVL\b", {"bf16": 835.5, "fp16": 835.5, "tf32": 417.5, "fp32": 60.0}),
+    (r"\bH200\b", {"bf16": 989.4, "fp16": 989.4, "tf32": 494.7, "fp32": 66.9}),  # SXM
+    (r"\bA100\b", {"bf16": 312.0, "fp16": 312.0, "tf32": 156.0, "fp32": 19.5}),  # SXM4 and PCIe alike
+    (r"\bL40S\b", {"bf16": 362.1, "fp16": 362.1, "tf32": 183.0, "fp32": 91.6}),
+    (r"\bA10\b", {"bf16": 125.0, "fp16": 125.0, "tf32": 62.5, "fp32": 31.2}),
+    (r"\bV100-SXM2\b", {"fp16": 125.0, "fp32": 15.7}),
+    (r"\bV100-PCIE\b", {"fp16": 112.0, "fp32": 14.0}),
 ]
-PEAK_SOURCE = "vendor data sheets, dense tensor-core TFLOP/s (H100 SXM5/PCIe, H200, A100, L40S, A10, V100)"
+PEAK_SOURCE = (
+    "vendor data sheets, dense tensor-core TFLOP/s (H100 SXM5/PCIe/NVL, H200/H200 NVL, A100, L40S, A10, V100 SXM2/PCIe)"
+)
 
 
 def _cpu_sdpa(query, key, value, *args, out_shape=None, **kwargs) -> int:
@@ -111,13 +123,27 @@ def dtype_key(dtype: torch.dtype) -> str:
         return "bf16"
     if dtype == torch.float16:
         return "fp16"
-    return "tf32" if torch.backends.cuda.matmul.allow_tf32 else "fp32"
+    return "tf32" if _matmul_allows_tf32() else "fp32"
+
+
+def _matmul_allows_tf32() -> bool:
+    """Whether float32 CUDA matmuls may use TF32.
+
+    torch >= 2.9 reads it from `torch.backends.cuda.matmul.fp32_precision` ("tf32", "ieee", or "none": the global
+    `torch.backends.fp32_precision`, which the getter already resolves). The legacy `allow_tf32` raises a
+    RuntimeError on torch 2.14 once code has set the new API, so it is read only where the new one is missing.
+    """
+    matmul = torch.backends.cuda.matmul
+    precision = getattr(matmul, "fp32_precision", None)
+    if precision is not None:
+        return precision == "tf32"
+    return bool(matmul.allow_tf32)
 
 
 def table_peak_tflops(device_name: str, dtype: torch.dtype) -> float | None:
     """Dense peak of `device_name` in `dtype` from :data:`PEAK_TFLOPS`, or None when the device is not listed."""
-    for needles, peaks in PEAK_TFLOPS:
-        if all(n in device_name for n in needles):
+    for pattern, peaks in PEAK_TFLOPS:
+        if re.search(pattern, device_name, flags=re.IGNORECASE):
             return peaks.get(dtype_key(dtype))
     return None
 

@@ -147,10 +147,10 @@ def loader_sweep(cfg: Config, workers: list[int], batches: int, delay_s: float =
             next(stream)
         # workers deliver in rounds of one batch each: time whole rounds (10 batches from 4 workers would time 3
         # rounds' work as 2.5 and read 0.8x the rate)
-        batches = -(-batches // num_workers) * num_workers if num_workers > 0 else batches
+        timed = -(-batches // num_workers) * num_workers if num_workers > 0 else batches
         clips = failures = 0
         start = time.perf_counter()
-        for _ in range(batches):
+        for _ in range(timed):
             batch = next(stream)
             clips += int(batch["video"].shape[0])
             failures += len(batch["failures"])
@@ -161,8 +161,8 @@ def loader_sweep(cfg: Config, workers: list[int], batches: int, delay_s: float =
             {
                 "workers": num_workers,
                 "clips_per_s": clips / elapsed,
-                "batch_ms": 1000 * elapsed / batches,
-                "batches": batches,
+                "batch_ms": 1000 * elapsed / timed,
+                "batches": timed,
                 "startup_s": startup,
                 "failed_loads": failures,
             }

@@ -9,7 +9,14 @@ from timm.models.vision_transformer import Block
 from aim_video.config import ModelConfig
 from aim_video.models.aim import AIMBlock
 from aim_video.models.build import build_model
-from aim_video.profiling.flops import count_flops, mfu, model_flops_per_clip, peak_info, table_peak_tflops
+from aim_video.profiling.flops import (
+    count_flops,
+    dtype_key,
+    mfu,
+    model_flops_per_clip,
+    peak_info,
+    table_peak_tflops,
+)
 
 
 def vit_block_flops(tokens: int, dim: int, mlp_ratio: float = 4.0) -> int:
@@ -72,12 +79,63 @@ def test_model_flops_per_clip_forward_and_training() -> None:
     assert model.grad_checkpointing  # and the model keeps it
 
 
-def test_peak_table_and_mfu() -> None:
+def test_peak_table() -> None:
     assert table_peak_tflops("NVIDIA H100 80GB HBM3", torch.bfloat16) == 989.4
     assert table_peak_tflops("NVIDIA H100 PCIe", torch.bfloat16) == 756.5
     assert table_peak_tflops("NVIDIA A100-SXM4-80GB", torch.float16) == 312.0
     assert table_peak_tflops("NVIDIA A100-SXM4-80GB", torch.float32) == 19.5  # torch's default: no TF32
     assert table_peak_tflops("Some Future GPU", torch.bfloat16) is None
+
+
+@pytest.mark.parametrize(
+    "name,bf16",
+    [
+        ("NVIDIA H100 80GB HBM3", 989.4),  # SXM5
+        ("NVIDIA H100 PCIe", 756.5),
+        ("NVIDIA H100 NVL", 835.5),  # was given the SXM5 figure
+        ("NVIDIA H200", 989.4),
+        ("NVIDIA H200 NVL", 835.5),  # was given the SXM figure
+        ("NVIDIA A100-SXM4-40GB", 312.0),
+        ("NVIDIA A100 80GB PCIe", 312.0),
+        ("NVIDIA A10", 125.0),
+        ("NVIDIA L40S", 362.1),
+        ("NVIDIA RTX A1000", None),  # was matched as an A100
+        ("NVIDIA RTX A1000 6GB Laptop GPU", None),
+        ("NVIDIA A10G", None),  # not on a data sheet: the measured peak is used
+        ("NVIDIA GH200 480GB", None),
+        ("NVIDIA L40", None),
+        ("NVIDIA H100", None),  # no form factor in the name: SXM5 or not is unknown
+        ("NVIDIA A100-SXM4-40GB MIG 1g.5gb", None),  # a slice has a fraction of the peak
+    ],
+)
+def test_peak_table_matches_whole_names_most_specific_first(name: str, bf16: float | None) -> None:
+    assert table_peak_tflops(name, torch.bfloat16) == bf16
+
+
+def test_v100_form_factors() -> None:
+    assert table_peak_tflops("Tesla V100-SXM2-32GB", torch.float16) == 125.0
+    assert table_peak_tflops("Tesla V100-PCIE-16GB", torch.float16) == 112.0
+    assert table_peak_tflops("Tesla V100S-PCIE-32GB", torch.float16) is None
+    assert table_peak_tflops("Tesla V100-SXM2-32GB", torch.bfloat16) is None  # no bf16 tensor cores
+
+
+def test_dtype_key_reads_tf32_through_the_new_precision_api() -> None:
+    """torch 2.14 raises RuntimeError on reading `torch.backends.cuda.matmul.allow_tf32` once code has set
+    `fp32_precision` (the new API); the peak lookup must still tell TF32 from IEEE fp32."""
+    matmul = torch.backends.cuda.matmul
+    saved = matmul.fp32_precision
+    try:
+        matmul.fp32_precision = "tf32"
+        assert dtype_key(torch.float32) == "tf32"
+        assert table_peak_tflops("NVIDIA A100-SXM4-80GB", torch.float32) == 156.0
+        matmul.fp32_precision = "ieee"
+        assert dtype_key(torch.float32) == "fp32"
+    finally:
+        matmul.fp32_precision = saved
+    assert dtype_key(torch.bfloat16) == "bf16"
+
+
+def test_mfu_and_cpu_peak() -> None:
     assert mfu(10**12, 100.0, 400.0) == pytest.approx(0.25)
     assert mfu(10**12, 100.0, None) is None
     cpu = peak_info(torch.device("cpu"), torch.float32)
