@@ -32,7 +32,7 @@ VIDEO_EXTENSIONS = (".mp4", ".avi", ".webm", ".mkv", ".mov", ".m4v", ".mpg", ".m
 KINETICS_COLUMNS = ("label", "youtube_id", "time_start", "time_end")
 
 
-_INT = re.compile(r"-?\d+")
+_INT = re.compile(r"-?[0-9]+")  # ASCII digits only: \d also matches "٣", which int() reads as 3
 
 
 class AnnotationError(ValueError):

@@ -40,6 +40,9 @@ def test_list_file_bad_label_names_file_and_line(tmp_path):
     lst.write_text("a.mp4 1\nb.mp4 two\n")
     with pytest.raises(AnnotationError, match=r"bad.txt:2: .*integer labels, got 'b.mp4 two'"):
         parse_list_file(str(lst))
+    lst.write_text("a.mp4 1\nb.mp4 \u0663\n", encoding="utf-8")  # an Arabic-Indic 3: int() reads it, a typo
+    with pytest.raises(AnnotationError, match=r"bad.txt:2: .*integer labels"):
+        parse_list_file(str(lst))
 
 
 def test_list_file_paths_may_hold_spaces(tmp_path):
