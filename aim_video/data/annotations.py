@@ -5,7 +5,7 @@ Three sources, chosen by what the path is:
   labels on a line for multi-label sets; the labels are the integers at the end, so a path may hold spaces),
 - a Kinetics CSV (`label,youtube_id,time_start,time_end,split[,is_cc]`; clips named
   `{youtube_id}_{start:06d}_{end:06d}.mp4` in per-class folders; class index = position of the label in the
-  sorted set of train labels),
+  sorted set of train labels; read by `kinetics.py`),
 - a class-folder tree (`root/<class>/<video>`; classes sorted by name; hidden entries, `__MACOSX` and the like
   skipped).
 
@@ -15,8 +15,6 @@ them and reports the same summary.
 
 from __future__ import annotations
 
-import csv
-import functools
 import logging
 import os
 import re
@@ -29,7 +27,6 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".webm", ".mkv", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv")
-KINETICS_COLUMNS = ("label", "youtube_id", "time_start", "time_end")
 
 
 _INT = re.compile(r"-?[0-9]+")  # ASCII digits only: \d also matches "٣", which int() reads as 3
@@ -111,15 +108,11 @@ def normalize_class_name(name: str) -> str:
     return name.strip().replace(" ", "_")
 
 
-def kinetics_clip_name(youtube_id: str, start: float, end: float, ext: str = ".mp4") -> str:
-    return f"{youtube_id}_{int(float(start)):06d}_{int(float(end)):06d}{ext}"
-
-
-def _resolve(root: str, path: str) -> str:
+def resolve_path(root: str, path: str) -> str:
     return path if os.path.isabs(path) or not root else os.path.join(root, path)
 
 
-def _not_utf8(path: str) -> AnnotationError:
+def not_utf8_error(path: str) -> AnnotationError:
     """The error for a text file that is not UTF-8 (a list saved as Latin-1 or cp1252), naming its line."""
     with open(path, "rb") as f:
         raw = f.read()
@@ -148,7 +141,7 @@ def parse_list_file(path: str, root: str = "") -> list[VideoRecord]:
     try:
         return _parse_list_lines(path, root)
     except UnicodeDecodeError:
-        raise _not_utf8(path) from None
+        raise not_utf8_error(path) from None
 
 
 def _parse_list_lines(path: str, root: str) -> list[VideoRecord]:
@@ -164,7 +157,7 @@ def _parse_list_lines(path: str, root: str) -> list[VideoRecord]:
                 count += 1
             labels = tuple(int(tok) for tok in tokens[len(tokens) - count :])
             video = re.sub(rf"(?:\s+-?\d+){{{count}}}$", "", text) if count else text  # the path keeps its spaces
-            if not count and len(tokens) > 1 and not os.path.exists(_resolve(root, text)):
+            if not count and len(tokens) > 1 and not os.path.exists(resolve_path(root, text)):
                 raise AnnotationError(
                     f"{path}:{lineno}: expected 'path label' with integer labels, got {text!r} (or, if that is a "
                     "path with spaces, the file does not exist; data.missing_files=drop does not skip such a line, "
@@ -174,226 +167,8 @@ def _parse_list_lines(path: str, root: str) -> list[VideoRecord]:
             if any(lbl < -1 for lbl in labels):
                 raise AnnotationError(f"{path}:{lineno}: negative label in {text!r} (-1 means unlabelled)")
             labels = tuple(lbl for lbl in labels if lbl >= 0)
-            records.append(VideoRecord(_resolve(root, video), labels[0] if labels else -1, labels))
+            records.append(VideoRecord(resolve_path(root, video), labels[0] if labels else -1, labels))
     return records
-
-
-LINE = "_line"  # the key under which each row read keeps its line number in the file, for error messages
-
-
-def read_kinetics_csv(path: str) -> list[dict[str, str]]:
-    """The rows of a Kinetics CSV as dicts, each with its line number under `LINE`; raises naming the file (and the
-    line) when required columns are absent or a row is short of fields, or the file is not UTF-8."""
-    try:
-        return _read_kinetics_rows(path)
-    except UnicodeDecodeError:
-        raise _not_utf8(path) from None
-
-
-def _read_kinetics_rows(path: str) -> list[dict[str, str]]:
-    with open(path, encoding="utf-8-sig", newline="") as f:  # -sig: else a BOM renames the first column
-        reader = csv.DictReader(f)
-        header = list(reader.fieldnames or ())
-        cols = set(header)
-        needed = set(KINETICS_COLUMNS[1:])  # the test split has no label column
-        if cols and not needed <= cols:
-            raise AnnotationError(
-                f"{path}: not a Kinetics CSV: columns {sorted(cols)} lack {sorted(needed - cols)} "
-                f"(expected header {','.join(KINETICS_COLUMNS)},split[,is_cc])"
-            )
-        rows = []
-        for row in reader:
-            short = [col for col in header if row.get(col) is None]
-            if short:
-                raise AnnotationError(
-                    f"{path}:{reader.line_num}: {len(header) - len(short)} fields where the header has {len(header)} "
-                    f"(no {', '.join(short)}): a truncated line? Fix or delete it"
-                )
-            row[LINE] = reader.line_num  # type: ignore[assignment]
-            rows.append(row)
-    return rows
-
-
-# the names the `split` column of Kinetics-style CSVs uses for each split
-SPLIT_NAMES = {"train": ("train", "training"), "val": ("val", "validate", "validation"), "test": ("test", "testing")}
-
-
-def _split_of(row: dict[str, str]) -> str:
-    return (row.get("split") or "").strip().lower()
-
-
-def rows_of_split(rows: list[dict[str, str]], split: str, path: str) -> list[dict[str, str]]:
-    """The rows of `split` when the CSV holds several splits (one file for train and val); else every row."""
-    present = {_split_of(row) for row in rows} - {""}
-    if not split or len(present) <= 1:
-        return rows
-    names = SPLIT_NAMES.get(split, (split,))
-    kept = [row for row in rows if _split_of(row) in names]
-    if not kept:
-        raise AnnotationError(f"{path}: holds the splits {sorted(present)}, none of them the {split!r} split")
-    return kept
-
-
-def _train_labels(rows: list[dict[str, str]]) -> list[str] | None:
-    """The sorted labels of the train rows (of every labelled row when there is no split column); None when the
-    labelled rows all belong to another split."""
-    labelled = [row for row in rows if row.get("label", "").strip()]
-    train = [row for row in labelled if _split_of(row) in SPLIT_NAMES["train"]]
-    if not train and any(_split_of(row) for row in labelled):
-        return None
-    return sorted({row["label"].strip() for row in (train or labelled)})
-
-
-def _no_train_classes(path: str, rows: list[dict[str, str]]) -> AnnotationError:
-    first = next(_split_of(row) for row in rows if row.get("label", "").strip())
-    return AnnotationError(
-        f"{path}: a labelled '{first}' split, but no train classes to take its label indices from (its "
-        "own sorted labels would number the classes differently whenever one is absent from it): give the "
-        "class names (data.class_map or --class-map classes.txt, written by `prepare_kinetics.py lists`), "
-        "or the train CSV as data.train_list"
-    )
-
-
-def _classes_of_csv(path: str) -> list[str]:
-    rows = read_kinetics_csv(path)
-    classes = _train_labels(rows)
-    if classes is None:
-        raise _no_train_classes(path, rows)
-    return classes
-
-
-def kinetics_classes(csv_path: str) -> list[str]:
-    """Class names in index order: the sorted set of the train labels of (normally the train) CSV; a CSV whose
-    labelled rows all belong to another split is refused (it names no train classes).
-
-    Remembered per file version (path, size, modification time): training asks for them for every split it loads
-    and for the weights' metadata, and reading Kinetics-700's train CSV takes about a second each time."""
-    if not os.path.isfile(csv_path):
-        return _classes_of_csv(csv_path)  # its own error for a missing file
-    stat = os.stat(csv_path)
-    return list(_kinetics_classes(csv_path, stat.st_size, stat.st_mtime_ns))  # errors name the path as given
-
-
-@functools.lru_cache(maxsize=8)
-def _kinetics_classes(path: str, size: int, mtime_ns: int) -> tuple[str, ...]:
-    return tuple(_classes_of_csv(path))
-
-
-def parse_kinetics_csv(
-    path: str, root: str = "", classes: list[str] | None = None, ext: str = ".mp4", split: str = ""
-) -> tuple[list[VideoRecord], list[str]]:
-    """Records of a Kinetics CSV; `classes` (from the train CSV, a class map or class folders) fixes the indices.
-
-    Without `classes` the sorted labels of the file's train rows are the classes (of all its rows when it has no
-    `split` column); a labelled file of another split alone is refused (its own labels would number the classes
-    otherwise than training whenever one is absent from it). `split` ("train" | "val" | "test") keeps the rows
-    of that split when the file holds several. A label matches a class by name or by normalised name (class folders
-    named the download scripts' way). Each clip is looked for (`KINETICS_LAYOUTS`) in every folder of `root/` whose
-    name is the label's up to the download tools' renaming (`normalize_class_name` of both equal: `air drumming`,
-    `air_drumming`, mmaction2's `tying_knot_(not_on_a_tie)` and `massaging_persons_head` all match their labels),
-    the exact label first, then in `root/` itself, then the same under `root/<split>/` (one root holding train/,
-    val/ and test/), as `ext` first, then with the other video extensions (downloads are often .webm or .mkv); the
-    first that exists wins, else the path in the label's folder (its normalised name when there is none) with `ext`
-    is recorded (and reported missing later). Folders are listed once each, so a lookup costs no file-system call.
-    """
-    all_rows = read_kinetics_csv(path)
-    rows = rows_of_split(all_rows, split, path)
-    if classes is None:
-        classes = _train_labels(all_rows)
-        if classes is None:
-            raise _no_train_classes(path, all_rows)
-    index = {name: k for k, name in enumerate(classes)}
-    index.update({normalize_class_name(name): k for k, name in enumerate(classes)})
-    extensions = (ext,) + tuple(e for e in VIDEO_EXTENSIONS if e != ext)
-    listing = _Listing()
-    records = []
-    for row in rows:
-        lineno = row[LINE]
-        try:
-            name = kinetics_clip_name(row["youtube_id"].strip(), row["time_start"], row["time_end"], ext)
-        except ValueError:
-            raise AnnotationError(f"{path}:{lineno}: bad time_start/time_end in {row}") from None
-        label_name = row.get("label", "").strip()
-        value = _split_of(row)  # its folder may use another of the split's names: validate/ for "val"
-        split_dirs = next((names for names in SPLIT_NAMES.values() if value in names), (value,)) if value else ()
-        if not label_name:
-            folders = ["", *split_dirs]
-            records.append(VideoRecord(_find(root, folders, name, extensions, listing, folders[0]), -1, ()))
-            continue
-        key = label_name if label_name in index else normalize_class_name(label_name)
-        if key not in index:
-            raise AnnotationError(
-                f"{path}:{lineno}: label {label_name!r} is not among the {len(classes)} classes given (the train "
-                "CSV's labels, the class map or the class folders): pass the train CSV or a class map that holds it"
-            )
-        norm = normalize_class_name(label_name)
-        folders, label_folders = [], []
-        for base in ("", *split_dirs):
-            matches = listing.matching(_resolve(root, base), norm)
-            found = [os.path.join(base, f) for f in sorted(matches, key=lambda f: f != label_name)]  # exact first
-            label_folders += found
-            folders += [*found, base]
-        default = label_folders[0] if label_folders else norm  # a missing clip is named in its class's folder
-        records.append(VideoRecord(_find(root, folders, name, extensions, listing, default), index[key], (index[key],)))
-    return records, list(classes)
-
-
-KINETICS_LAYOUTS = (
-    "root/<label>/ (any folder named as the label with spaces or '_', with or without its quotes and parentheses: "
-    "'air drumming', 'air_drumming', 'tying_knot_(not_on_a_tie)'), root/, and root/<split>/ followed by each of those"
-)
-
-
-class _Listing:
-    """The names in each folder, read once: a clip looked up in several folders and extensions costs set lookups,
-    not a stat each (545,000 clips, most of them found at the first try, the missing ones at every try)."""
-
-    def __init__(self) -> None:
-        self._names: dict[str, frozenset[str]] = {}
-        self._by_norm: dict[str, dict[str, list[str]]] = {}  # folder -> {normalised name: names in it}
-
-    @staticmethod
-    def _key(folder: str) -> str:
-        return folder.rstrip(os.sep) or (os.sep if folder else ".")  # "root/" and "root" are listed once
-
-    def names(self, folder: str) -> frozenset[str]:
-        folder = self._key(folder)
-        names = self._names.get(folder)
-        if names is None:
-            try:
-                names = frozenset(os.listdir(folder))
-            except OSError:  # absent, or not a folder
-                names = frozenset()
-            self._names[folder] = names
-        return names
-
-    def has(self, path: str) -> bool:
-        folder, name = os.path.split(path)
-        return name in self.names(folder)
-
-    def matching(self, folder: str, norm: str) -> list[str]:
-        """The names in `folder` whose normalised name is `norm` (a file among them is harmless: listing it as a
-        folder gives nothing)."""
-        key = self._key(folder)
-        by_norm = self._by_norm.get(key)
-        if by_norm is None:
-            by_norm = {}
-            for name in sorted(self.names(folder)):
-                by_norm.setdefault(normalize_class_name(name), []).append(name)
-            self._by_norm[key] = by_norm
-        return by_norm.get(norm, [])
-
-
-def _find(root: str, folders: list[str], name: str, extensions: Sequence[str], listing: _Listing, default: str) -> str:
-    """The first root/<folder>/<name with an extension> that exists, extensions in order, then folders; else
-    root/<default>/<name> with the first extension (reported missing later)."""
-    stem = os.path.splitext(name)[0]
-    for ext in extensions:
-        for folder in folders:
-            candidate = _resolve(root, os.path.join(folder, stem + ext))
-            if listing.has(candidate):
-                return candidate
-    return _resolve(root, os.path.join(default, stem + extensions[0]))
 
 
 # folders that operating systems and archivers put in a tree, never classes: a zip made on a Mac holds __MACOSX/
@@ -473,7 +248,7 @@ def read_class_map(path: str) -> list[str]:
         with open(path, encoding="utf-8-sig") as f:
             names = [line.rstrip("\r\n") for line in f if line.strip()]
     except UnicodeDecodeError:
-        raise _not_utf8(path) from None
+        raise not_utf8_error(path) from None
     if len(set(names)) != len(names):
         raise AnnotationError(f"{path}: duplicate class names in the class map")
     return names
@@ -517,6 +292,8 @@ def load_annotations(
     elif not os.path.isfile(source):
         raise AnnotationError(f"{what} not found: {source}")
     elif source.lower().endswith(".csv"):
+        from aim_video.data.kinetics import parse_kinetics_csv  # kinetics builds on this module's records
+
         records, names = parse_kinetics_csv(source, root, classes, split=split)
     else:
         records, names = parse_list_file(source, root), list(classes or [])
@@ -527,7 +304,11 @@ def load_annotations(
         if os.path.isdir(source):  # data.root plays no part in a tree: only links can point at nothing
             hint = "(links whose target does not exist, or files removed while the folders were read"
         else:
-            where = f"; a CSV's clips are looked for in {KINETICS_LAYOUTS}" if source.lower().endswith(".csv") else ""
+            where = ""
+            if source.lower().endswith(".csv"):
+                from aim_video.data.kinetics import KINETICS_LAYOUTS
+
+                where = f"; a CSV's clips are looked for in {KINETICS_LAYOUTS}"
             hint = (
                 f"(check the folder the paths start from, {root!r}: data.root, or --root in tools/prepare_kinetics.py"
                 + where

@@ -52,13 +52,11 @@ from aim_video.data.annotations import (
     Annotations,
     VideoRecord,
     class_folder_names,
-    kinetics_classes,
     load_annotations,
     read_class_map,
-    read_kinetics_csv,
-    rows_of_split,
 )
 from aim_video.data.dataset import CollateEval, MultiViewDataset, TrainClipDataset, collate_train
+from aim_video.data.kinetics import kinetics_classes, read_kinetics_csv, rows_of_split
 from aim_video.data.transforms import build_eval_transform, build_train_transform
 from aim_video.engine.distributed import parse_stop_signals
 

@@ -124,3 +124,19 @@ def installed_backends() -> list[str]:
     except Exception:
         pass
     return names
+
+
+# a Kinetics CSV's train rows: a label with spaces and parentheses, two clips of one class, the is_cc column
+KINETICS = """label,youtube_id,time_start,time_end,split,is_cc
+"passing American football (in game)",abc,14,24,train,0
+abseiling,def,0,10,train,0
+abseiling,ghi,5,15,train,0
+zumba,jkl,100,110,train,1
+"""
+
+
+def touch(path: str) -> str:
+    """An empty file at `path`, its folders made: annotation tests need names, not videos."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    open(path, "wb").close()
+    return path
