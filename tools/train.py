@@ -7,12 +7,14 @@
 
 Writes into `output_dir`: config.yaml, deepspeed_config.json, log.jsonl, tensorboard/, checkpoints/ (atomic, keep last K
 and the best), model_trainable.safetensors (the trainable set only) and train_summary.json. `--resume auto` continues
-from the newest complete checkpoint (or starts fresh when there is none).
+from the newest complete checkpoint (or starts fresh when none was saved; `latest` naming checkpoints that are
+gone is refused).
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
@@ -61,6 +63,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr, flush=True)
         os._exit(1)  # other ranks may be blocked in a collective: leave at once so the launcher stops them
     except (ConfigError, AnnotationError, PretrainedLoadError, OSError) as err:  # the input: data, config, paths
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):  # not the input: the disk is full
+            print(f"error: no space left in {cfg.output_dir}: {err}", file=sys.stderr, flush=True)
+            os._exit(1)
         print(f"error: {err}", file=sys.stderr, flush=True)
         os._exit(2)
     except TrainingStopped as stop:  # every rank agreed at the same step, after the checkpoint was saved

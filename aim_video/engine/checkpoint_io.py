@@ -9,10 +9,13 @@ Layout under `<output_dir>/checkpoints/`::
                               number of ranks partitions it anew; DeepSpeed's shards only load under the same)
       rng_rank<r>.pt          each rank's Python / NumPy / torch RNG states
       config.yaml             the resolved config
-      meta.json               step, epoch, position in the epoch, world size, metric (written last)
+      meta.json               step, epoch, position in the epoch, world size, precision, seed and train list
+                              length, metric, whether the epoch's evaluation is still to do (written last)
     latest                    name of the newest complete checkpoint (written atomically after the rename)
     best.json                 name and metric of the best checkpoint (kept when older ones are pruned)
     .tmp-step_...             a save that was interrupted: never read, removed at the next start
+    .old-step_...             a checkpoint being replaced by a save at the same step: put back at the next start if
+                              the new one never took its place, else removed
 
 DeepSpeed's own `save_checkpoint` writes `latest` from rank 0 with a plain write and no wait for the other ranks, so
 it is called with `save_latest=False` into a temporary folder; after a barrier (all shards written) rank 0 fsyncs,
@@ -30,12 +33,15 @@ ViT-B/16 AIM's 11 M beside DeepSpeed's 167 MiB (measured); `train.elastic_checkp
 from __future__ import annotations
 
 import ast
+import contextlib
+import errno
 import json
 import os
 import re
 import shutil
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -60,6 +66,12 @@ SCHEDULE_TRAIN_KEYS = ("epochs", "warmup_epochs", "min_lr", "max_steps")
 _STEP_DIR = re.compile(r"^step_(\d{8})$")
 OPTIMIZER_FILE = "optimizer.safetensors"
 SCALER_KEYS = ("cur_scale", "cur_iter", "last_overflow_iter", "cur_hysteresis")  # DeepSpeed's DynamicLossScaler
+# model.* settings a resume may change: where the frozen weights come from (checked by fingerprint) and how the same
+# model is computed (compiled, checkpointed, the temporal attention's kernel: the same outputs and gradients)
+RUNTIME_MODEL_KEYS = ("pretrained", "compile", "grad_checkpointing", "temporal_attention")
+# what a full disk looks like (seen on a full tmpfs): OSError ENOSPC / EDQUOT, torch's zip writer ("unexpected pos",
+# "file write failed", "basic_ios::clear: iostream error"), safetensors' Rust I/O error (StorageFull)
+_NO_SPACE = ("No space left", "unexpected pos", "file write failed", "iostream error", "StorageFull", "Disk quota")
 
 
 def _partitioned(engine: Any) -> Any:
@@ -162,6 +174,13 @@ def _fsync_tree(folder: str) -> None:
         _fsync_dir(dirpath)
 
 
+def _out_of_space(err: BaseException) -> bool:
+    """Whether a save failed because the disk is full (or the quota is used up)."""
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return any(text in str(err) for text in _NO_SPACE)
+
+
 def is_complete(path: str) -> bool:
     return os.path.isfile(os.path.join(path, "meta.json")) and os.path.isdir(os.path.join(path, DS_TAG))
 
@@ -184,8 +203,17 @@ class CheckpointManager:
         self.root, self.keep_last, self.rank, self.world_size = root, max(1, keep_last), rank, world_size
         self.classes: list[str] | None = None  # class names stored with the weights (fit sets them)
         self.micro_per_epoch: int | None = None  # micro-batches per rank in an epoch (fit sets it), for meta.json
+        self.num_videos: int | None = None  # the train list's length (fit sets it), for meta.json
         if rank == 0:
             os.makedirs(root, exist_ok=True)
+            for name in os.listdir(root):
+                if name.startswith(".old-"):  # a save at the same step was replacing this checkpoint when killed
+                    final = os.path.join(root, name[len(".old-") :])
+                    if is_complete(final):  # the new one is in place: the old one goes
+                        shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+                    else:  # killed between the two renames: the old one comes back
+                        shutil.rmtree(final, ignore_errors=True)
+                        os.rename(os.path.join(root, name), final)
             for name in os.listdir(root):
                 if name.startswith(".tmp-"):  # an interrupted save of an earlier process
                     shutil.rmtree(os.path.join(root, name), ignore_errors=True)
@@ -222,7 +250,17 @@ class CheckpointManager:
         if not spec:
             return None
         if spec == "auto":
-            return self.latest()
+            found = self.latest()
+            pointer = os.path.join(self.root, "latest")
+            if found is None and os.path.isfile(pointer):  # checkpoints were saved: starting from 0 would lose them
+                with open(pointer) as f:
+                    named = f.read().strip()
+                raise CheckpointError(
+                    f"--resume auto: {pointer} names {named!r}, but no complete checkpoint is left under {self.root} "
+                    "(deleted or damaged): resume from a step_* folder you still have, or delete that folder "
+                    "(or use another output_dir) to train anew"
+                )
+            return found
         if not os.path.isdir(spec):
             raise CheckpointError(f"--resume {spec}: no such checkpoint folder (use 'auto' or a step_* folder)")
         if not is_complete(spec):
@@ -243,8 +281,36 @@ class CheckpointManager:
         extra: dict[str, Any] | None = None,
         metric: float | None = None,
     ) -> str:
-        """Collective: every rank calls it. Returns the final folder once it and `latest` are in place."""
+        """Collective: every rank calls it. Returns the final folder once it and `latest` are in place.
+
+        A full disk (OSError ENOSPC, torch's zip writer "unexpected pos") raises a CheckpointError naming the folder;
+        the partial save is removed at the next start and `latest` still names the previous checkpoint.
+        """
         name = f"step_{step:08d}"
+        with self._full_disk_as_error(name):
+            self._write(engine, cfg, name, step, epoch, batches_done, extra, metric)
+        barrier()
+        return os.path.join(self.root, name)
+
+    @contextlib.contextmanager
+    def _full_disk_as_error(self, name: str) -> Iterator[None]:
+        """A full disk during a save (OSError ENOSPC, torch's zip writer "unexpected pos", safetensors' StorageFull)
+        becomes one CheckpointError naming the folder: it was a traceback, or the bad-input exit status."""
+        try:
+            yield
+        except Exception as err:
+            if not _out_of_space(err):
+                raise
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+            raise CheckpointError(
+                f"no space left in {self.root}: saving {name} failed ({type(err).__name__}: {first}). Free space "
+                "there (older runs, other files) or give output_dir a larger disk, then --resume auto goes on from "
+                f"{self.latest() or 'the start (no checkpoint was saved yet)'}; the partial save is removed then"
+            ) from None
+
+    def _write(self, engine: Any, cfg: Config, name: str, step: int, epoch: int, batches_done: int,
+               extra: dict[str, Any] | None, metric: float | None) -> None:  # fmt: skip
+        """save()'s work: the temporary folder, then renamed into place (rank 0), `latest`, best.json, pruning."""
         final, tmp = os.path.join(self.root, name), os.path.join(self.root, f".tmp-{name}")
         if self.rank == 0:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -263,6 +329,9 @@ class CheckpointManager:
                 "repeated_aug": cfg.data.repeated_aug,
                 "grad_accum_steps": cfg.train.grad_accum_steps,
                 "micro_per_epoch": self.micro_per_epoch,
+                # the epoch's order of videos comes from these two: a resume inside the epoch needs the same
+                "num_videos": self.num_videos,
+                "seed": cfg.train.seed,
                 "precision": cfg.train.precision,
                 "metric": metric,
                 # keep_last keeps the latest saves: after a resume from an earlier checkpoint not the highest steps
@@ -290,15 +359,17 @@ class CheckpointManager:
         fault_point("during_save", step, self.rank)
         if self.rank == 0:
             _fsync_tree(tmp)
-            if os.path.exists(final):  # saved again at the same step (e.g. after a resume): replace it
-                shutil.rmtree(final)
+            aside = os.path.join(self.root, f".old-{name}")
+            if os.path.exists(final):  # saved again at the same step (e.g. after a resume): replace it, keeping the
+                shutil.rmtree(aside, ignore_errors=True)  # old one aside until the new one is in place (a kill
+                os.rename(final, aside)  # in between: the next start puts it back)
+                _fsync_dir(self.root)
             os.rename(tmp, final)
             _fsync_dir(self.root)
+            shutil.rmtree(aside, ignore_errors=True)
             _atomic_write_text(os.path.join(self.root, "latest"), name)
             self._update_best()
             self._prune(final)
-        barrier()
-        return final
 
     def _update_best(self) -> None:
         """best.json from the metrics in the checkpoints' own meta.json: a folder saved again at the same step (after
@@ -334,6 +405,14 @@ class CheckpointManager:
                 "optimizer state is kept whole without ZeRO and in partitions with it. Resume with "
                 f"train.zero_stage={saved_stage}" + (" (or the other ZeRO stage)" if saved_stage else "")
             )
+        saved_precision = meta.get("precision") or _saved_train(path).get("precision", cfg.train.precision)
+        if saved_precision != cfg.train.precision:
+            raise CheckpointError(
+                f"{path} was saved with train.precision={saved_precision}, this run has {cfg.train.precision}: "
+                "DeepSpeed keeps the optimizer state in another form per precision (its fp32 master weights and loss "
+                f"scale), which does not load into the other. Resume with train.precision={saved_precision}, or "
+                "train anew in another output_dir"
+            )
         saved_layout, layout = (meta["world_size"], saved_stage), (self.world_size, cfg.train.zero_stage)
         regroup = cfg.train.zero_stage > 0 and saved_layout != layout  # DeepSpeed's shards fit only their layout
         if regroup and not os.path.isfile(os.path.join(path, OPTIMIZER_FILE)):
@@ -350,11 +429,7 @@ class CheckpointManager:
             saved = to_dict(load_config(saved_cfg_path))  # read once: model, train and data are checked below
             saved_model = saved["model"]
             now_model = to_dict(cfg)["model"]
-            diff = sorted(
-                k
-                for k in now_model
-                if k not in ("pretrained", "compile", "grad_checkpointing") and saved_model.get(k) != now_model[k]
-            )
+            diff = sorted(k for k in now_model if k not in RUNTIME_MODEL_KEYS and saved_model.get(k) != now_model[k])
             if diff:
                 raise CheckpointError(
                     f"{path} was trained with another model config: "
@@ -375,6 +450,7 @@ class CheckpointManager:
             meta.setdefault("batch_size", saved_data["batch_size"])  # an older meta.json: from the saved config
             meta.setdefault("repeated_aug", saved_data["repeated_aug"])
             meta.setdefault("grad_accum_steps", saved_train["grad_accum_steps"])
+            meta.setdefault("seed", saved_train["seed"])
             reshaped = [k for k in SCHEDULE_TRAIN_KEYS if saved_train.get(k) != now_train[k]]
             if reshaped and self.rank == 0:  # allowed (a longer run), but the lr curve bends: say so
                 print(
@@ -438,6 +514,16 @@ class CheckpointManager:
             f"{path}: its {part} cannot be read ({type(err).__name__}: {first}): the checkpoint is damaged (a disk "
             f"that filled up, a copy cut short); {hint}, or delete it and --resume auto takes the newest intact one"
         )
+
+
+def _saved_train(path: str) -> dict[str, Any]:
+    """The train section of the config saved with checkpoint `path` ({} when it cannot be read)."""
+    try:
+        from aim_video.config import load_config
+
+        return to_dict(load_config(os.path.join(path, "config.yaml")))["train"]
+    except Exception:  # noqa: BLE001 - a missing or older config: the caller falls back on this run's value
+        return {}
 
 
 def meta_pretrained(path: str) -> str:

@@ -38,7 +38,7 @@ from aim_video.engine.distributed import (
     seed_everything,
     stop_requested,
 )
-from aim_video.engine.train_loop import EpochState, RunLog, build_mixing, train_one_epoch
+from aim_video.engine.train_loop import EpochState, RunLog, build_mixing, run_history, train_one_epoch
 from aim_video.models.trainable_io import save_trainable
 
 
@@ -112,6 +112,20 @@ def _resume_position(
         saved_micro = (num_videos // saved_world // saved_videos) // saved_accum * saved_accum
     if done >= saved_micro:
         return micro_per_epoch
+    # the epoch's order is a permutation drawn from (train.seed, epoch, the list's length): position p of another
+    # one is other videos, some trained on twice and some never in this epoch
+    changed = []
+    if meta.get("seed", cfg.train.seed) != cfg.train.seed:
+        changed.append(f"train.seed={meta['seed']} (this run: {cfg.train.seed})")
+    if meta.get("num_videos") is not None and meta["num_videos"] != num_videos:  # unknown in older meta.json files
+        changed.append(f"a train list of {meta['num_videos']} videos (data.train_list now has {num_videos})")
+    if done and changed:
+        raise CheckpointError(
+            f"{path} was saved inside epoch {meta['epoch']} ({done} batches per rank done) with "
+            + ", ".join(changed)
+            + ": the epoch's order of videos comes from these, so the rest of the epoch would not be the rest of "
+            "that order. Resume with the saved values, or from a checkpoint saved at the end of an epoch"
+        )
     if "micro_per_epoch" not in meta and done and main:
         print(
             f"warning: {path} was saved inside epoch {meta['epoch']} by an older version, whose per-sample seeds "
@@ -130,6 +144,19 @@ def _resume_position(
             f"{saved_videos * saved_world * saved_accum}), or from a checkpoint saved at the end of an epoch"
         )
     return seen // (videos * world_size)
+
+
+def _epoch_end_pending(cfg: Config, meta: dict[str, Any], finished: bool, summary_exists: bool) -> bool:
+    """Whether the checkpoint's epoch-end work (the evaluation, the save holding its metric) is still to do: a stop
+    signal at the last step of an epoch (or at train.max_steps) saves and stops before it. `finished`: the
+    checkpoint's epoch was finished."""
+    pending = meta.get("epoch_end_pending")
+    if pending is not None:
+        return bool(pending)
+    # older versions did not say: they caught up only the final evaluation of a run stopped at its very last step
+    max_steps = cfg.train.max_steps
+    ends = (finished and meta["epoch"] + 1 >= cfg.train.epochs) or 0 < max_steps <= meta["step"]
+    return ends and not summary_exists
 
 
 def _global_batch_warning(cfg: Config, meta: dict[str, Any], world_size: int, path: str) -> str:
@@ -231,7 +258,9 @@ def fit(cfg: Config, resume: str = "") -> dict[str, Any]:
     """Train `cfg` to the end (or `train.max_steps`); returns the summary rank 0 writes to train_summary.json.
 
     On one of `train.stop_signals` (preemption, a time limit) every rank saves at the next optimizer step and
-    `TrainingStopped` is raised; the signal handlers are put back on the way out.
+    `TrainingStopped` is raised; the signal handlers are put back on the way out. A stop at an epoch's last step
+    leaves the epoch's evaluation and metric save to the resume (`epoch_end_pending` in meta.json); one during an
+    epoch's evaluation stops right after it.
     """
     previous = catch_stop_signals(cfg.train.stop_signals)  # the loader's workers ignore these signals (worker init)
     try:
@@ -273,12 +302,8 @@ def _fit(cfg: Config, resume: str, stop_signals: bool) -> dict[str, Any]:
     info = init_distributed()
     out = cfg.output_dir
     ds_config = derive_ds_config(cfg, info.world_size)
-    if info.is_main:
-        os.makedirs(out, exist_ok=True)
-        save_config(cfg, out)
-        write_ds_config(ds_config, out)
     torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank (a random backbone included)
-    model = build_model(cfg.model, cfg.data.num_frames)
+    model = build_model(cfg.model, cfg.data.num_frames, cfg.data.input_size)
     norm_warning = normalization_warning(cfg)
     if norm_warning and info.is_main:
         print(f"warning: {norm_warning}", file=sys.stderr, flush=True)
@@ -296,6 +321,7 @@ def _fit(cfg: Config, resume: str, stop_signals: bool) -> dict[str, Any]:
     engine, opt_summary = build_engine(cfg, model, steps_per_epoch, info.world_size, ds_config)
     manager = CheckpointManager(os.path.join(out, "checkpoints"), cfg.train.keep_last, info.rank, info.world_size)
     manager.micro_per_epoch = micro_per_epoch
+    manager.num_videos = len(loader.dataset)
     manager.classes = resolve_classes(cfg)  # stored with the weights: evaluation checks its numbering against them
     if manager.classes is not None and len(manager.classes) != cfg.data.num_classes:  # else test.py refuses, later
         raise ConfigError(
@@ -304,7 +330,9 @@ def _fit(cfg: Config, resume: str, stop_signals: bool) -> dict[str, Any]:
             f"to {len(manager.classes)}"
         )
     state = EpochState()
+    summary_path = os.path.join(out, "train_summary.json")
     resumed_from = agree_on_resume(manager, resume or cfg.train.resume)
+    end_pending = False  # the checkpoint ends an epoch whose evaluation and metric save are still to do
     if resumed_from:
         meta = manager.load(engine, resumed_from, cfg)
         state.epoch, state.batches_done, state.step = meta["epoch"], meta["batches_done"], meta["step"]
@@ -314,8 +342,13 @@ def _fit(cfg: Config, resume: str, stop_signals: bool) -> dict[str, Any]:
         if (batch_warning := _global_batch_warning(cfg, meta, info.world_size, resumed_from)) and info.is_main:
             print(batch_warning, file=sys.stderr, flush=True)
         restore_rng(meta["rng"], cfg.train.seed, info.rank, state.step)
-        if state.batches_done >= micro_per_epoch:
+        finished = state.batches_done >= micro_per_epoch
+        end_pending = _epoch_end_pending(cfg, meta, finished, os.path.isfile(summary_path))
+        if finished and not end_pending:
             state.epoch, state.batches_done = state.epoch + 1, 0
+    if info.is_main:  # after the resume checks: a refused resume leaves the run's config files as they were
+        save_config(cfg, out)
+        write_ds_config(ds_config, out)
     total_steps = opt_summary["total_steps"]
     log = RunLog(out, info.is_main, total_steps, state.step)
     log.event(
@@ -332,26 +365,39 @@ def _fit(cfg: Config, resume: str, stop_signals: bool) -> dict[str, Any]:
     )
     prepare = _prepare_fn(cfg, info.device)
     mix = build_mixing(cfg.train.mixup_alpha, cfg.train.cutmix_alpha, cfg.model.num_classes, cfg.data.repeated_aug)
-    save_steps = cfg.train.save_every_steps
+    save_steps, max_steps = cfg.train.save_every_steps, cfg.train.max_steps
     last_saved = state.step if resumed_from else -1
     eval_cache: dict[str, Any] = {}
     results: list[dict[str, Any]] = []
     totals = Counter()
     last_stats: dict[str, Any] | None = None
+    stop_at_end = 0  # a stop signal at the last step of a train_one_epoch call: handled after its `epoch` event
+
+    def save(metric: float | None = None, pending: bool = False) -> None:
+        """A checkpoint of where `state` is; `pending`: this epoch's evaluation and save are still to do."""
+        nonlocal last_saved
+        extra = {"epoch_end_pending": pending}
+        manager.save(engine, cfg, state.step, state.epoch, state.batches_done, extra=extra, metric=metric)
+        last_saved = state.step
+
+    def stop(signum: int, **counts: int) -> None:
+        log.event("stopped", signal=signal.Signals(signum).name, step=state.step, epoch=state.epoch, **counts)
+        raise TrainingStopped(signum, state.step)
 
     def on_step(s: EpochState) -> None:
-        nonlocal last_saved
-        if save_steps > 0 and s.step % save_steps == 0 and s.batches_done < micro_per_epoch:
-            manager.save(engine, cfg, s.step, s.epoch, s.batches_done)
-            last_saved = s.step
+        nonlocal stop_at_end
+        call_ends = s.batches_done >= micro_per_epoch or 0 < max_steps <= s.step  # the epoch's end comes next
+        if save_steps > 0 and s.step % save_steps == 0 and not call_ends:  # at the end: saved there, with the metric
+            save()
         fault_point("after_step", s.step, info.rank)
         signum = stop_requested(info.device) if stop_signals else 0
-        if signum:  # preemption or a time limit announced: save here, stop (the epoch's evaluation is skipped)
+        if signum and call_ends:
+            stop_at_end = signum
+        elif signum:  # preemption or a time limit announced: save here and stop
             if last_saved != s.step:
-                manager.save(engine, cfg, s.step, s.epoch, s.batches_done)
-                last_saved = s.step
-            log.event("stopped", signal=signal.Signals(signum).name, step=s.step, epoch=s.epoch)
-            raise TrainingStopped(signum, s.step)
+                save()
+            counts = all_gather_objects((len(s.failures), len(s.fallbacks)))  # the part epoch's, for run_history
+            stop(signum, failures=sum(c[0] for c in counts), fallback_reads=sum(c[1] for c in counts))
 
     def evaluate_now() -> float | None:
         """Evaluate on the val list, log and keep the result; its top-1 (None without a val list)."""
@@ -363,63 +409,74 @@ def _fit(cfg: Config, resume: str, stop_signals: bool) -> dict[str, Any]:
         log.scalars(state.step, "val", {k: v for k, v in result.items() if isinstance(v, float)})
         return result.get("top1")
 
-    max_steps = cfg.train.max_steps
-    while state.epoch < cfg.train.epochs and (max_steps <= 0 or state.step < max_steps):
-        batches = epoch_batches(loader, state.epoch, state.batches_done, cfg.train.seed, info.rank)
-        stats = train_one_epoch(
-            engine,
-            batches,
-            state,
-            micro_batches=micro_per_epoch,
-            prepare=prepare,
-            mix=mix,
-            label_smoothing=cfg.train.label_smoothing,
-            max_steps=max_steps,
-            log=log,
-            log_every=max(1, cfg.train.log_every),
-            rank=info.rank,
-            world_size=info.world_size,
-            on_step=on_step,
-        )
-        del batches  # ends the epoch's workers before evaluation starts its own
-        failures = [f for per_rank in all_gather_objects(stats.pop("failures")) for f in per_rank]
-        fallbacks = [f for per_rank in all_gather_objects(stats.pop("fallbacks")) for f in per_rank]
-        totals["failures"] += len(failures)
-        totals["fallbacks"] += len(fallbacks)
+    worked = end_pending  # this process trained, evaluated or saved something
+    while end_pending or (state.epoch < cfg.train.epochs and (max_steps <= 0 or state.step < max_steps)):
+        if not end_pending:  # (else resumed at an epoch's end whose evaluation and save a stop signal put off)
+            worked = True
+            batches = epoch_batches(loader, state.epoch, state.batches_done, cfg.train.seed, info.rank)
+            stats = train_one_epoch(
+                engine,
+                batches,
+                state,
+                micro_batches=micro_per_epoch,
+                prepare=prepare,
+                mix=mix,
+                label_smoothing=cfg.train.label_smoothing,
+                max_steps=max_steps,
+                log=log,
+                log_every=max(1, cfg.train.log_every),
+                rank=info.rank,
+                world_size=info.world_size,
+                on_step=on_step,
+            )
+            del batches  # ends the epoch's workers before evaluation starts its own
+            failures = [f for per_rank in all_gather_objects(stats.pop("failures")) for f in per_rank]
+            fallbacks = [f for per_rank in all_gather_objects(stats.pop("fallbacks")) for f in per_rank]
+            totals["failures"] += len(failures)
+            totals["fallbacks"] += len(fallbacks)
+            log.event(
+                "epoch",
+                finished=state.batches_done >= micro_per_epoch,
+                failures=len(failures),
+                failure_examples=failures[:20],
+                fallback_reads=len(fallbacks),  # clips read with data.fallback_backend: exact, but slow
+                fallback_examples=sorted(set(fallbacks))[:5],
+                **stats,
+            )
+            totals["clips_per_s_sum"] += stats["clips_per_s"]
+            totals["data_wait_sum"] += stats["data_wait"]
+            totals["epochs_run"] += 1
+            last_stats = stats
+            if stop_at_end:  # the evaluation may take long: saved here, it runs after --resume auto
+                save(pending=True)
+                stop(stop_at_end)
+        end_pending = False
         finished = state.batches_done >= micro_per_epoch
         last_epoch = state.epoch + 1 >= cfg.train.epochs or (0 < max_steps <= state.step)
-        log.event(
-            "epoch",
-            finished=finished,
-            failures=len(failures),
-            failure_examples=failures[:20],
-            fallback_reads=len(fallbacks),  # clips read with data.fallback_backend: exact, but slow
-            fallback_examples=sorted(set(fallbacks))[:5],
-            **stats,
-        )
+        fault_point("epoch_end", state.step, info.rank)
         metric = None
         every = cfg.train.eval_every
         if (finished and every > 0 and (state.epoch + 1) % every == 0) or (last_epoch and every >= 0):
             metric = evaluate_now()
-        if (finished and (state.epoch + 1) % max(1, cfg.train.save_every) == 0) or last_epoch:
-            if last_saved != state.step or metric is not None:  # a step save here holds no metric: best.json needs it
-                manager.save(engine, cfg, state.step, state.epoch, state.batches_done, metric=metric)
-                last_saved = state.step
+        due = (
+            (finished and (state.epoch + 1) % max(1, cfg.train.save_every) == 0)
+            or last_epoch
+            or (save_steps > 0 and state.step % save_steps == 0)
+        )
+        held = last_saved == state.step  # a checkpoint of this step exists (a resume from it): it needs the metric
+        if (due or held) and (not held or metric is not None):
+            save(metric=metric)
+        if due:
             fault_point("after_epoch_save", state.step, info.rank)
+        if not last_epoch and stop_signals and (signum := stop_requested(info.device)):  # e.g. during evaluation
+            if last_saved != state.step:
+                save(metric=metric)
+            stop(signum)
         if finished:
             state.epoch, state.batches_done = state.epoch + 1, 0
-        totals["clips_per_s_sum"] += stats["clips_per_s"]
-        totals["data_wait_sum"] += stats["data_wait"]
-        totals["epochs_run"] += 1
-        last_stats = stats
 
     export = os.path.join(out, "model_trainable.safetensors")
-    summary_path = os.path.join(out, "train_summary.json")
-    if totals["epochs_run"] == 0 and resumed_from and not os.path.isfile(summary_path) and cfg.train.eval_every >= 0:
-        # stopped by a signal at its very last step: training is done but its final evaluation never ran
-        if (metric := evaluate_now()) is not None:
-            manager.save(engine, cfg, state.step, state.epoch, state.batches_done, metric=metric)
-    if totals["epochs_run"] == 0 and resumed_from and os.path.isfile(summary_path):
+    if not worked and resumed_from and os.path.isfile(summary_path):
         # resumed at the end of training: nothing ran, so the finished run's summary and export stay as they are
         note = f"nothing to train: {resumed_from} had already reached the end (train.epochs / train.max_steps)"
         log.event("end", note=note, resumed_from=resumed_from)
@@ -431,6 +488,10 @@ def _fit(cfg: Config, resume: str, stop_signals: bool) -> dict[str, Any]:
         save_trainable(engine.module, export, meta | ({"classes": manager.classes} if manager.classes else {}))
     barrier()
     epochs_run = max(1, totals["epochs_run"])
+    evaluated_here = bool(results)
+    if resumed_from and info.is_main:  # this process's counts and evaluations are only part of the run's
+        history = run_history(log.path)
+        results, totals["failures"], totals["fallbacks"] = history["eval"], history["failures"], history["fallbacks"]
     summary = {
         "steps": state.step,
         "epochs": state.epoch,
@@ -459,7 +520,7 @@ def _fit(cfg: Config, resume: str, stop_signals: bool) -> dict[str, Any]:
     }
     if totals["epochs_run"] == 0:
         summary["note"] = "nothing to train: the resumed checkpoint had already reached the end" + (
-            "; its final evaluation ran now" if results else ""
+            "; its final evaluation ran now" if evaluated_here else ""
         )
     elif last_stats:
         summary["last_epoch"] = last_stats

@@ -71,6 +71,10 @@ class EpochState:
     step: int = 0  # optimizer steps since the start of training
     last_loss: float = float("nan")
     history: list[dict[str, Any]] = field(default_factory=list)
+    # what the loader reported during the current `train_one_epoch` call so far (videos it replaced, clips read with
+    # the fallback backend): a stop inside the epoch logs them, since the call's own statistics are never returned
+    failures: list[str] = field(default_factory=list)
+    fallbacks: list[str] = field(default_factory=list)
 
 
 class RunLog:
@@ -115,6 +119,39 @@ class RunLog:
             self.tb.close()
 
 
+def run_history(log_path: str) -> dict[str, Any]:
+    """The run's evaluations and loader counts from log.jsonl, across resumes (a resumed process only saw its own).
+
+    A start without `resumed_from` begins the record anew (a new run in the same output_dir); a resume from step S
+    drops what the earlier processes logged after S (the resumed run does those steps again). Loader counts come
+    from the `epoch` events and from `stopped` inside an epoch; a killed process's part epoch logged none.
+    """
+    evals: dict[int, dict[str, Any]] = {}
+    counts: list[tuple[int, int, int]] = []  # (step of the event, loader failures, fallback reads)
+    with open(log_path) as f:
+        for line in f:
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:  # a line cut short by a kill
+                continue
+            kind = rec.get("event")
+            if kind == "start":
+                start = rec.get("start_step", 0) if rec.get("resumed_from") else -1
+                evals = {step: e for step, e in evals.items() if step <= start}
+                counts = [c for c in counts if c[0] <= start]
+            elif kind == "eval":
+                evals[rec["step"]] = {k: v for k, v in rec.items() if k not in ("event", "time")}
+            elif kind == "epoch":
+                counts.append((rec["steps"], rec["failures"], rec["fallback_reads"]))
+            elif kind == "stopped":
+                counts.append((rec["step"], rec.get("failures", 0), rec.get("fallback_reads", 0)))
+    return {
+        "eval": [evals[step] for step in sorted(evals)],
+        "failures": sum(c[1] for c in counts),
+        "fallbacks": sum(c[2] for c in counts),
+    }
+
+
 def _new_window() -> dict[str, Any]:
     """What a log line sums: loss, micro-batches, data wait, time, clips, and the steps' gradient norms."""
     return {"loss": 0.0, "micro": 0, "wait": 0.0, "time": 0.0, "clips": 0, "norms": []}
@@ -145,8 +182,8 @@ def train_one_epoch(
     engine.train()
     accum = engine.gradient_accumulation_steps()
     micro, clips_per_micro = 0, None
-    failures: list[str] = []
-    fallbacks: list[str] = []
+    failures = state.failures = []
+    fallbacks = state.fallbacks = []
     window = _new_window()
     epoch_wait = epoch_time = 0.0
     epoch_clips = 0

@@ -1,5 +1,6 @@
 """Checkpoint round trips through a real DeepSpeed engine in this process (a world of one, gloo)."""
 
+import errno
 import json
 import os
 
@@ -7,7 +8,7 @@ import pytest
 import torch
 
 from aim_video.config import load_config
-from aim_video.engine.checkpoint_io import CheckpointError, CheckpointManager
+from aim_video.engine.checkpoint_io import CheckpointError, CheckpointManager, read_meta
 from aim_video.engine.deepspeed_setup import build_engine, derive_ds_config
 from aim_video.engine.distributed import init_distributed, rng_state, set_rng_state
 from aim_video.models.trainable_io import read_trainable
@@ -273,3 +274,104 @@ def test_another_zero_stage_resumes_through_the_whole_state_and_no_zero_is_refus
     assert [_step(fresh, gen) for _ in range(2)] == after
     with pytest.raises(CheckpointError, match="saved with train.zero_stage=1, this run has 0"):
         manager.load(_engine(load_config(None, base), seed=5), path, load_config(None, base))
+
+
+def test_another_precision_is_refused_naming_the_key_not_called_damaged(world, tmp_path):
+    """fp32 -> bf16: DeepSpeed's bf16 optimizer found no 'param_groups' in the fp32 state and the checkpoint was
+    called damaged, with the advice to delete it."""
+    fp32 = load_config(None, ["train.precision=fp32", "data.batch_size=2"])
+    manager = CheckpointManager(str(tmp_path / "ckpt"), keep_last=2, rank=0, world_size=1)
+    engine = _engine(fp32, seed=0)
+    _step(engine, torch.Generator().manual_seed(1))
+    path = manager.save(engine, fp32, step=1, epoch=0, batches_done=1)
+    assert json.load(open(os.path.join(path, "meta.json")))["precision"] == "fp32"
+    bf16 = load_config(None, ["train.precision=bf16", "data.batch_size=2"])
+    with pytest.raises(CheckpointError, match=r"saved with train.precision=fp32, this run has bf16") as err:
+        manager.load(_engine(bf16, seed=0), path, bf16)
+    assert "damaged" not in str(err.value) and "Resume with train.precision=fp32" in str(err.value)
+
+
+def test_another_temporal_attention_resumes_since_it_computes_the_same_model(world, tmp_path):
+    """model.temporal_attention picks the kernel, not the model (tests/models compare outputs and gradients): like
+    model.compile it may change on resume; another adapter setting may not."""
+    cfg = load_config(None, ["train.precision=fp32", "data.batch_size=2"])
+    manager = CheckpointManager(str(tmp_path / "ckpt"), keep_last=2, rank=0, world_size=1)
+    path = manager.save(_engine(cfg, seed=0), cfg, step=1, epoch=0, batches_done=1)
+    matmul = load_config(None, ["train.precision=fp32", "data.batch_size=2", "model.temporal_attention=matmul"])
+    assert manager.load(_engine(matmul, seed=1), path, matmul)["step"] == 1
+    other = load_config(None, ["train.precision=fp32", "data.batch_size=2", "model.num_temporal_adapters=2"])
+    with pytest.raises(CheckpointError, match="model.num_temporal_adapters=1"):
+        manager.load(_engine(other, seed=1), path, other)
+
+
+def test_a_save_again_at_the_same_step_keeps_the_old_one_until_the_new_one_is_in_place(world, tmp_path, monkeypatch):
+    """It deleted the old folder, then renamed the new one into place: killed in between (here: the rename fails),
+    the next start removed the new one as an interrupted save and, with keep_last=1, --resume auto started from 0."""
+    cfg = load_config(None, ["train.precision=fp32", "data.batch_size=2"])
+    root = str(tmp_path / "ckpt")
+    manager = CheckpointManager(root, keep_last=1, rank=0, world_size=1)
+    engine = _engine(cfg, seed=0)
+    first = manager.save(engine, cfg, step=3, epoch=0, batches_done=3, metric=1.0)
+    rename = os.rename
+
+    def killed_before_the_new_one_is_renamed(src, dst):
+        if os.path.basename(src).startswith(".tmp-"):
+            raise KeyboardInterrupt("killed")  # nothing in the save catches it, as nothing survives a SIGKILL
+        rename(src, dst)
+
+    monkeypatch.setattr(os, "rename", killed_before_the_new_one_is_renamed)
+    with pytest.raises(KeyboardInterrupt):
+        manager.save(engine, cfg, step=3, epoch=0, batches_done=3, metric=2.0)
+    monkeypatch.setattr(os, "rename", rename)
+    assert not os.path.exists(first)  # moved aside, not deleted
+    restarted = CheckpointManager(root, keep_last=1, rank=0, world_size=1)  # the next start puts it back
+    assert sorted(os.listdir(root)) == ["best.json", "latest", "step_00000003"]
+    assert restarted.resolve_resume("auto") == first and read_meta(first)["metric"] == 1.0
+    manager.save(engine, cfg, step=3, epoch=0, batches_done=3, metric=2.0)  # a save that goes through: no old copy left
+    assert sorted(os.listdir(root)) == ["best.json", "latest", "step_00000003"] and manager.best()["metric"] == 2.0
+    os.makedirs(os.path.join(root, ".old-step_00000003", "deepspeed"))  # killed after the new one was in place
+    CheckpointManager(root, keep_last=1, rank=0, world_size=1)
+    assert sorted(os.listdir(root)) == ["best.json", "latest", "step_00000003"]
+    assert read_meta(first)["metric"] == 2.0
+
+
+def test_resume_auto_refuses_to_start_anew_when_latest_names_checkpoints_that_are_gone(world, tmp_path):
+    cfg = load_config(None, ["train.precision=fp32", "data.batch_size=2"])
+    root = str(tmp_path / "ckpt")
+    manager = CheckpointManager(root, keep_last=1, rank=0, world_size=1)
+    path = manager.save(_engine(cfg, seed=0), cfg, step=2, epoch=0, batches_done=2)
+    os.remove(os.path.join(path, "meta.json"))  # e.g. deleted by hand, or a copy cut short
+    with pytest.raises(CheckpointError, match=r"latest names 'step_00000002', but no complete checkpoint is left"):
+        manager.resolve_resume("auto")
+    os.remove(os.path.join(root, "latest"))  # the user says: start anew
+    assert manager.resolve_resume("auto") is None
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 8384 vs 8278"),  # torch's zip writer
+        RuntimeError("basic_ios::clear: iostream error"),  # torch's zip writer, at the end of the file
+        OSError(errno.ENOSPC, "No space left on device"),  # the rest (all three seen on a full tmpfs)
+    ],
+)
+def test_a_full_disk_during_a_save_is_one_error_naming_the_folder(world, tmp_path, error):
+    """It was a traceback (torch's zip writer) or the bad-input exit status 2 (OSError): now a CheckpointError,
+    which tools/train.py reports in one line with exit status 1."""
+    cfg = load_config(None, ["train.precision=fp32", "data.batch_size=2"])
+    root = str(tmp_path / "ckpt")
+    manager = CheckpointManager(root, keep_last=2, rank=0, world_size=1)
+    engine = _engine(cfg, seed=0)
+    previous = manager.save(engine, cfg, step=1, epoch=0, batches_done=1)
+
+    def fails(*args, **kwargs):
+        raise error
+
+    engine.save_checkpoint = fails
+    with pytest.raises(CheckpointError, match=rf"no space left in {root}: saving step_00000002 failed") as err:
+        manager.save(engine, cfg, step=2, epoch=0, batches_done=2)
+    assert f"--resume auto goes on from {previous}" in str(err.value)
+    assert manager.latest() == previous
+    error = RuntimeError("a bug")
+    with pytest.raises(RuntimeError, match="a bug"):  # anything else goes through as it is
+        manager.save(engine, cfg, step=2, epoch=0, batches_done=2)

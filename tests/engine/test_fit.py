@@ -1,11 +1,19 @@
 """fit: where a resumed run starts (the epoch's batches, the position under another layout) and its warnings."""
 
+import json
+import os
+
 import pytest
+import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 from aim_video.config import load_config
-from aim_video.engine.checkpoint_io import CheckpointError
+from aim_video.engine.checkpoint_io import CheckpointError, read_meta
 from aim_video.engine.fit import _global_batch_warning, _resume_position, epoch_batches
+from aim_video.engine.train_loop import run_history
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 
 def test_resume_inside_an_epoch_continues_with_the_same_samples():
@@ -43,3 +51,156 @@ def test_a_resume_position_carries_over_to_other_ranks_and_batches_in_whole_step
     assert _global_batch_warning(cfg, base, 2, "ckpt") == ""
     assert "from 4 to 2 videos" in _global_batch_warning(cfg, base, 1, "ckpt")
     assert "peak lr stays the saved run's" in _global_batch_warning(cfg, base, 1, "ckpt")
+
+
+def test_a_resume_inside_an_epoch_refuses_another_seed_or_train_list_length():
+    """The epoch's order is a permutation of (train.seed, epoch, list length): under another one the position maps
+    onto other videos, silently. At an epoch's end, or from an older meta.json without the length, nothing to check."""
+    meta = {"epoch": 1, "world_size": 1, "batch_size": 2, "repeated_aug": 1, "grad_accum_steps": 1,
+            "micro_per_epoch": 6, "batches_done": 2, "seed": 0, "num_videos": 12}  # fmt: skip
+
+    def position(meta: dict, num_videos: int = 12, *overrides: str) -> int:
+        cfg = load_config(None, ["data.batch_size=2", *overrides])
+        return _resume_position(cfg, meta, 1, 6, num_videos=num_videos, path="ckpt", main=False)
+
+    assert position(meta) == 2
+    with pytest.raises(CheckpointError, match=r"inside epoch 1 .*with train.seed=0 \(this run: 5\): the epoch's order"):
+        position(meta, 12, "train.seed=5")
+    with pytest.raises(CheckpointError, match=r"a train list of 12 videos \(data.train_list now has 14\)"):
+        position(meta, 14)
+    assert position({**meta, "batches_done": 6}, 14, "train.seed=5") == 6  # the epoch was finished: a new order
+    assert position({k: v for k, v in meta.items() if k != "num_videos"}, 14) == 2  # older: the length unknown
+
+
+def test_run_history_reads_every_process_of_a_run_from_the_log(tmp_path):
+    """train_summary.json after a resume listed only the last process's evaluations and loader failures."""
+    lines = [
+        {"event": "start", "resumed_from": None, "start_step": 0},  # an earlier run in the same folder
+        {"event": "eval", "step": 3, "epoch": 0, "top1": 10.0},
+        {"event": "start", "resumed_from": None, "start_step": 0},  # this run
+        {"event": "epoch", "steps": 3, "failures": 1, "fallback_reads": 2},
+        {"event": "eval", "step": 3, "epoch": 0, "top1": 50.0},
+        {"event": "stopped", "step": 5, "failures": 1, "fallback_reads": 0},  # inside epoch 1
+        {"event": "start", "resumed_from": "ckpt/step_00000005", "start_step": 5},
+        {"event": "epoch", "steps": 6, "failures": 0, "fallback_reads": 1},
+        {"event": "eval", "step": 6, "epoch": 1, "top1": 60.0},  # then resumed from step 3 again:
+        {"event": "start", "resumed_from": "ckpt/step_00000003", "start_step": 3},  # steps 4-6 run again
+        {"event": "epoch", "steps": 6, "failures": 4, "fallback_reads": 0},
+        {"event": "eval", "step": 6, "epoch": 1, "top1": 75.0},
+    ]
+    path = tmp_path / "log.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines) + '{"event": "tr')  # the last line cut short
+    history = run_history(str(path))
+    assert [(e["step"], e["top1"]) for e in history["eval"]] == [(3, 50.0), (6, 75.0)]
+    assert history["eval"][0] == {"step": 3, "epoch": 0, "top1": 50.0}
+    assert (history["failures"], history["fallbacks"]) == (1 + 4, 2 + 0)
+
+
+# ----- whole runs in this process (a world of one, 8 tiny videos, 4 steps an epoch): stops, resumes, evaluations
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A config writer for a depth-2 ViT on 8 clips (train and val list), 1 rank x 2 clips: 4 steps an epoch."""
+    from tests.tools.conftest import TINY_VIT, make_videos, tiny_config, write_base_weights
+
+    root = str(tmp_path_factory.mktemp("videos"))
+    listed = make_videos(root, count=8)
+    write_base_weights(os.path.join(root, "base_vit.safetensors"), TINY_VIT)
+
+    def config(folder, *overrides: str):
+        path = tiny_config(
+            str(folder), root,
+            data={"val_list": listed, "test_num_clips": 1, "num_workers": 0},
+            train={"epochs": 2, "eval_every": 1, "keep_last": 5},
+        )  # fmt: skip
+        return load_config(path, [f"output_dir={folder / 'run'}", *overrides])
+
+    return config
+
+
+def _fit(cfg, resume="", fault="", monkeypatch=None):
+    from aim_video.engine.fit import fit
+
+    if fault:  # aim_video.engine.distributed.fault_point: e.g. a stop signal after a given step
+        monkeypatch.setenv("AIM_VIDEO_FAULT", fault)
+    else:
+        monkeypatch.delenv("AIM_VIDEO_FAULT", raising=False)
+    return fit(cfg, resume=resume)
+
+
+def _events(out, kind, *keys):
+    from tests.tools.conftest import read_log
+
+    return [tuple(r[k] for k in keys) for r in read_log(out) if r["event"] == kind]
+
+
+EVAL = ("epoch", "step", "top1", "top5", "mean_class_acc")
+
+
+def test_a_stop_at_the_last_step_of_an_epoch_puts_its_evaluation_off_to_the_resume(tiny_run, tmp_path, monkeypatch):
+    """SIGUSR1 after step 4, the last of epoch 0 of 2: the stop used to save and leave before the epoch's end, and the
+    resume went on with epoch 1, so epoch 0's evaluation, its metric in step 4's checkpoint and best.json were lost.
+    Now the `epoch` event is logged, the checkpoint says its evaluation is pending, and the resume runs it first:
+    evaluations, metrics and best.json are the uninterrupted run's. Also: save_every_steps=4 saves at the epoch's
+    end with save_every=2 (it was skipped there), and train_summary.json lists every process's evaluations."""
+    from aim_video.engine.distributed import TrainingStopped
+
+    (tmp_path / "ref").mkdir()
+    ref_cfg = tiny_run(tmp_path / "ref", "train.save_every=2", "train.save_every_steps=4")
+    ref = _fit(ref_cfg, monkeypatch=monkeypatch)
+    ref_out = ref_cfg.output_dir
+    assert sorted(os.listdir(os.path.join(ref_out, "checkpoints"))) == [
+        "best.json", "latest", "step_00000004", "step_00000008"]  # fmt: skip
+    cfg = tiny_run(tmp_path, "train.save_every=2", "train.save_every_steps=4")
+    with pytest.raises(TrainingStopped) as stopped:
+        _fit(cfg, fault="after_step@4:rank0:signal=SIGUSR1", monkeypatch=monkeypatch)
+    out = cfg.output_dir
+    assert stopped.value.step == 4 and _events(out, "eval", "step") == []  # stopped at once
+    assert _events(out, "epoch", "epoch", "steps", "finished") == [(0, 4, True)]
+    step4 = os.path.join(out, "checkpoints", "step_00000004")
+    assert read_meta(step4)["epoch_end_pending"] is True and read_meta(step4)["metric"] is None
+    summary = _fit(cfg, resume="auto", monkeypatch=monkeypatch)
+    assert _events(out, "eval", *EVAL) == _events(ref_out, "eval", *EVAL) and len(_events(out, "eval", "step")) == 2
+    assert _events(out, "train", "step", "loss") == _events(ref_out, "train", "step", "loss")
+    for name in ("step_00000004", "step_00000008"):
+        assert read_meta(os.path.join(out, "checkpoints", name))["metric"] == read_meta(
+            os.path.join(ref_out, "checkpoints", name))["metric"] is not None  # fmt: skip
+    best = os.path.join("checkpoints", "best.json")
+    assert open(os.path.join(out, best)).read() == open(os.path.join(ref_out, best)).read()
+    assert summary["eval"] == ref["eval"] and summary["best"] == ref["best"]
+
+
+def test_a_stop_during_the_epoch_end_evaluation_stops_there_and_the_final_one_keeps_its_epoch(
+    tiny_run, tmp_path, monkeypatch
+):
+    """(1) SIGUSR1 during epoch 0's evaluation (save_every=2: the epoch's end saves nothing) was honoured only after
+    epoch 1's first step; now the run saves at step 4 with the evaluation's metric and stops there. (2) A resume
+    refused (train.lr changed) leaves config.yaml and deepspeed_config.json as they were. (3) Stopped at the very
+    last step, the resume's catch-up evaluation was logged as epoch 2 of a 2-epoch run."""
+    from aim_video.engine.checkpoint_io import CheckpointError, read_meta
+    from aim_video.engine.distributed import TrainingStopped
+
+    cfg = tiny_run(tmp_path, "train.save_every=2")
+    out = cfg.output_dir
+    with pytest.raises(TrainingStopped) as stopped:
+        _fit(cfg, fault="epoch_end@4:rank0:signal=SIGUSR1", monkeypatch=monkeypatch)
+    assert stopped.value.step == 4 and [s for (s,) in _events(out, "train", "step")] == [1, 2, 3, 4]
+    (top1,) = [t for (t,) in _events(out, "eval", "top1")]
+    step4 = read_meta(os.path.join(out, "checkpoints", "step_00000004"))
+    assert step4["metric"] == top1 and step4["epoch_end_pending"] is False
+
+    files = {name: open(os.path.join(out, name)).read() for name in ("config.yaml", "deepspeed_config.json")}
+    with pytest.raises(CheckpointError, match="train.lr"):
+        _fit(tiny_run(tmp_path, "train.save_every=2", "train.lr=0.5"), resume="auto", monkeypatch=monkeypatch)
+    assert {name: open(os.path.join(out, name)).read() for name in files} == files
+
+    with pytest.raises(TrainingStopped):
+        _fit(cfg, resume="auto", fault="after_step@8:rank0:signal=SIGUSR1", monkeypatch=monkeypatch)
+    assert _events(out, "eval", "epoch", "step") == [(0, 4)]
+    summary = _fit(cfg, resume="auto", monkeypatch=monkeypatch)
+    assert _events(out, "eval", "epoch", "step") == [(0, 4), (1, 8)]
+    assert [(e["epoch"], e["step"]) for e in summary["eval"]] == [(0, 4), (1, 8)]  # both processes' evaluations
+    assert summary["note"].endswith("its final evaluation ran now") and summary["best"]["name"] in (
+        "step_00000004", "step_00000008")  # fmt: skip
+    assert read_meta(os.path.join(out, "checkpoints", "step_00000008"))["metric"] == summary["eval"][1]["top1"]

@@ -172,3 +172,26 @@ def test_bad_input_is_one_error_line_and_status_2_not_a_traceback(video_root, tm
         assert result.returncode == 2 and message in result.stderr, result.stderr[-2000:]
         assert "Traceback" not in result.stderr
     assert not (tmp_path / "model.method").exists() and not (tmp_path / "train.stop_signals").exists()  # no run
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs Linux's /dev/full")
+def test_a_full_disk_is_one_error_line_and_status_1_not_the_bad_input_status(video_root, tmp_path):
+    """A full disk where the run writes (here log.jsonl is /dev/full, which answers every write with ENOSPC) ended
+    with exit status 2, the one for bad input ("error: [Errno 28] No space left on device"); a full disk during a
+    checkpoint save is tests/engine/test_checkpoint_io.py's."""
+    import subprocess
+    import sys
+
+    from tests.tools.conftest import REPO, TRAIN
+
+    cfg_path = tiny_config(str(tmp_path), video_root, train={"max_steps": 1})
+    out = tmp_path / "run"
+    out.mkdir()
+    os.symlink("/dev/full", out / "log.jsonl")
+    dist_vars = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")  # as in the test above
+    env = {k: v for k, v in os.environ.items() if k not in dist_vars}
+    env.update(DS_ACCELERATOR="cpu", PYTHONPATH=REPO, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, TRAIN, "--config", cfg_path, f"output_dir={out}"]
+    result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert f"error: no space left in {out}: [Errno 28]" in result.stderr and "Traceback" not in result.stderr

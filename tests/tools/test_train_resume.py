@@ -138,7 +138,8 @@ def test_a_zero_run_stopped_inside_an_epoch_goes_on_on_other_ranks_as_if_never_s
 def test_the_final_evaluation_reaches_best_json_after_a_step_save_or_a_stop_at_the_last_step(video_root, tmp_path):
     """The final evaluation's metric must reach the last checkpoint and best.json: (a) a step save that lands on
     train.max_steps used to keep the checkpoint without it; (b) a stop signal at the very last step skipped the
-    evaluation, and the resume found nothing to train."""
+    evaluation, and the resume found nothing to train (now the checkpoint says its evaluation is pending, and the
+    resume runs it, logged with the epoch it belongs to)."""
     sections = {"data": {"train_list": os.path.join(video_root, "train12.txt"),
                          "val_list": os.path.join(video_root, "train12.txt"), "test_num_clips": 1},
                 "train": {"epochs": 1, "eval_every": 0}}  # fmt: skip
@@ -158,5 +159,5 @@ def test_the_final_evaluation_reaches_best_json_after_a_step_save_or_a_stop_at_t
     resumed = launch(cfg_path, f"output_dir={stopped_out}", resume="auto")
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     evals = [r for r in read_log(stopped_out) if r["event"] == "eval"]
-    assert len(evals) == 1 and evals[0]["step"] == 3
+    assert len(evals) == 1 and evals[0]["step"] == 3 and evals[0]["epoch"] == 0  # it said epoch 1 of a 1-epoch run
     assert '"name": "step_00000003"' in open(os.path.join(stopped_out, "checkpoints", "best.json")).read()
