@@ -127,7 +127,7 @@ class TrainConfig:
     grad_accum_steps: int = 1
     clip_grad: float = 0.0  # 0 = off (paper)
     precision: str = "bf16"  # bf16 | fp16 | fp32
-    zero_stage: int = 0  # 0 | 1 | 2
+    zero_stage: int = 1  # 0 | 1 | 2; bf16/fp16 need 1 or 2 (DeepSpeed's stage-0 mixed precision is broken)
     deepspeed: dict[str, Any] = field(default_factory=dict)  # raw overrides merged into the derived DS config
     seed: int = 0
     eval_every: int = 1  # epochs; 0 = only at the end; -1 = never (e.g. when tools/test.py evaluates afterwards)
@@ -242,6 +242,9 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "model.linear_adapter_rank": (lambda v: v >= 1, "at least 1"),
     "train.epochs": (lambda v: v >= 1, "at least 1"),
     "train.lr": (lambda v: v >= 0, "0 or more"),
+    "train.min_lr": (lambda v: v >= 0, "0 or more"),
+    "train.base_batch_size": (lambda v: v >= 1, "at least 1 (the global batch train.lr is stated for)"),
+    "train.backbone_lr_mult": (lambda v: v > 0, "more than 0 (a factor on the backbone's adapters' lr)"),
     "train.warmup_epochs": (lambda v: v >= 0, "0 or more"),
     "train.weight_decay": (lambda v: v >= 0, "0 or more"),
     "train.label_smoothing": (lambda v: 0 <= v < 1, "in [0, 1)"),
@@ -268,6 +271,11 @@ def check_ranges(cfg: Config, source: str) -> None:
         raise ConfigError(
             f"{source}: data.test_short_side={d.test_short_side} is smaller than data.input_size={d.input_size}: "
             "test views are crops of input_size from videos resized to that short side; raise data.test_short_side"
+        )
+    if t.min_lr > t.lr:
+        raise ConfigError(
+            f"{source}: train.min_lr={t.min_lr} is above train.lr={t.lr}: the cosine schedule would raise the lr after "
+            "the warm-up; min_lr is the floor it decays to"
         )
     if t.warmup_epochs > t.epochs and t.max_steps <= 0:  # a smoke run of a recipe, say: allowed, but not silently
         print(

@@ -123,6 +123,9 @@ def test_a_key_given_twice_with_other_values_is_named(capsys):
         ("data.rand_augment_m=31", "'data.rand_augment_m': 31; it must be a magnitude in 0..30"),
         ("data.test_short_side=16", "data.test_short_side=16 is smaller than data.input_size=224"),
         ("data.rrc_scale=[0.5,1.0", "override 'data.rrc_scale=[0.5,1.0': its value is not valid YAML"),
+        ("train.base_batch_size=0", "'train.base_batch_size': 0; it must be at least 1"),  # ZeroDivisionError
+        ("train.backbone_lr_mult=-1", "'train.backbone_lr_mult': -1.0; it must be more than 0"),  # gradient ascent
+        ("train.min_lr=0.1", "train.min_lr=0.1 is above train.lr=0.0003"),  # the lr rose after warm-up
     ],
 )
 def test_a_value_out_of_range_or_malformed_stops_at_load_time_naming_the_key(override, message):

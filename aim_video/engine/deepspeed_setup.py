@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import sys
 from typing import Any
 
 import torch
@@ -46,6 +47,15 @@ def derive_ds_config(cfg: Config, world_size: int) -> dict[str, Any]:
         )
     if cfg.data.batch_size < 1 or train.grad_accum_steps < 1:
         raise EngineSetupError("data.batch_size and train.grad_accum_steps must be >= 1")
+    if train.precision != "fp32" and train.zero_stage == 0:
+        # DeepSpeed 0.19 wraps the optimizer in FP16_UnfusedOptimizer at stage 0: under fp16 it never scales the
+        # loss yet divides the gradients by the loss scale (1/65536 and shrinking: the adapters barely train), and
+        # under bf16 it takes an AdamW step at start-up. Its ZeRO-1 optimizer does neither, and costs nothing on one GPU
+        raise EngineSetupError(
+            f"train.precision={train.precision} needs train.zero_stage=1 or 2: DeepSpeed's stage-0 mixed-precision "
+            "optimizer divides the gradients by a loss scale it never applied (fp16) or steps once at start-up "
+            "(bf16); ZeRO-1 works on one GPU as on many. Set train.zero_stage=1 (or train.precision=fp32)"
+        )
     micro, accum = cfg.data.batch_size, train.grad_accum_steps
     ds: dict[str, Any] = {
         "train_batch_size": micro * accum * world_size,
@@ -82,6 +92,15 @@ def derive_ds_config(cfg: Config, world_size: int) -> dict[str, Any]:
             f"train.deepspeed sets {', '.join(changed)}: set data.batch_size (micro batch per rank) and "
             "train.grad_accum_steps instead; the global batch is derived from them and the world size"
         )
+    ours = {  # sections DeepSpeed ignores or obeys behind our back: aim-video builds the optimizer and scheduler
+        "optimizer": "train.lr, train.betas and train.weight_decay (aim-video builds AdamW; this section is ignored)",
+        "scheduler": "train.warmup_epochs and train.min_lr (aim-video builds the schedule; this section is ignored)",
+        "bfloat16": "train.precision (bf16 is always written, so this old alias is ignored)",
+        "gradient_clipping": "train.clip_grad (the saved config would say otherwise than what ran)",
+    }
+    for key, instead in ours.items():
+        if key in train.deepspeed:
+            raise EngineSetupError(f"train.deepspeed sets {key}: set {instead}")
     owned = {  # what train.precision and train.zero_stage decide: the engine, checkpoints and logs rely on them
         "zero_optimization.stage": ("train.zero_stage", ds["zero_optimization"]["stage"]),
         "bf16.enabled": ("train.precision", ds["bf16"]["enabled"]),
@@ -137,6 +156,16 @@ def build_engine(
             f"use train.precision={other if supported[other] else 'fp32'}"
         )
     lr = peak_lr(cfg, world_size)
+    global_batch = cfg.data.batch_size * cfg.train.grad_accum_steps * world_size
+    if global_batch != cfg.train.base_batch_size and not cfg.train.scale_lr and int(os.environ.get("RANK", "0")) == 0:
+        print(
+            f"warning: the global batch is {global_batch} (data.batch_size x train.grad_accum_steps x {world_size} "
+            f"ranks) but train.lr={cfg.train.lr:g} is stated for train.base_batch_size={cfg.train.base_batch_size}: "
+            "each clip weighs differently than the recipe intends; set train.scale_lr=true to scale the lr, or "
+            "keep the global batch",
+            file=sys.stderr,
+            flush=True,
+        )
     model.to(accel.current_device_name())  # before the optimizer: on CUDA its parameters then take the fused AdamW
     names = list(model.trainable_parameter_names())
     groups = build_param_groups(model, names, lr, cfg.train.weight_decay, cfg.train.backbone_lr_mult)

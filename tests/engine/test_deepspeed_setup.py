@@ -31,9 +31,38 @@ def test_precision_switches(precision):
 
 @pytest.mark.parametrize("stage", [0, 1, 2])
 def test_zero_stage_and_clipping(stage):
-    ds = derive_ds_config(load_config(None, [f"train.zero_stage={stage}", "train.clip_grad=1.0"]), 2)
+    precision = "fp32" if stage == 0 else "bf16"
+    overrides = [f"train.zero_stage={stage}", "train.clip_grad=1.0", f"train.precision={precision}"]
+    ds = derive_ds_config(load_config(None, overrides), 2)
     assert ds["zero_optimization"]["stage"] == stage
     assert ds["gradient_clipping"] == 1.0
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_without_zero_is_refused(precision):
+    """DeepSpeed 0.19's stage-0 fp16 optimizer never scales the loss but divides the gradients by the scale (the
+    adapters moved 3-4x less per step than in fp32, and less as the scale grew); under bf16 it steps once at
+    start-up. The default stage is 1, so a config that names no stage is fine."""
+    with pytest.raises(ValueError, match=rf"train.precision={precision} needs train.zero_stage=1 or 2"):
+        derive_ds_config(load_config(None, [f"train.precision={precision}", "train.zero_stage=0"]), 1)
+    assert derive_ds_config(load_config(None, [f"train.precision={precision}"]), 1)["zero_optimization"]["stage"] == 1
+
+
+@pytest.mark.parametrize(
+    "override, instead",
+    [
+        ("train.deepspeed.optimizer.type=SGD", "train.lr"),
+        ("train.deepspeed.scheduler.type=WarmupLR", "train.warmup_epochs"),
+        ("train.deepspeed.gradient_clipping=1.0", "train.clip_grad"),
+        ("train.deepspeed.bfloat16.enabled=false", "train.precision"),
+    ],
+)
+def test_deepspeed_sections_aim_video_owns_are_refused(override, instead):
+    """They were accepted and ignored (optimizer, scheduler, the bfloat16 alias) or overrode train.clip_grad behind
+    the saved config's back."""
+    section = override.split(".")[2].split("=")[0]
+    with pytest.raises(ValueError, match=rf"train.deepspeed sets {section}: set {instead}"):
+        derive_ds_config(load_config(None, [override]), 1)
 
 
 def test_bad_precision_and_stage_are_named():
@@ -95,7 +124,7 @@ def test_a_precision_the_device_lacks_is_refused_with_the_alternative(tiny):
     ("max_steps", "warmup", "total"),
     [(-1, 250, 1000), (40, 10, 40), (2000, 250, 1000)],  # 10 epochs of 100 steps, warm-up 2.5 epochs
 )
-def test_max_steps_fits_the_whole_schedule_warm_up_included(tiny, max_steps, warmup, total):
+def test_max_steps_fits_the_whole_schedule_warm_up_included(tiny, max_steps, warmup, total, capsys):
     """train.max_steps shortens the schedule: warm-up keeps its share of it (else a 40-step smoke run of a 2.5-epoch
     warm-up recipe was warm-up only and never reached the cosine)."""
     from aim_video.engine.deepspeed_setup import build_engine
@@ -106,6 +135,9 @@ def test_max_steps_fits_the_whole_schedule_warm_up_included(tiny, max_steps, war
     cfg = load_config(None, [*overrides, f"train.max_steps={max_steps}"])
     _, summary = build_engine(cfg, tiny, steps_per_epoch=100, world_size=1, ds_config=derive_ds_config(cfg, 1))
     assert (summary["warmup_steps"], summary["total_steps"]) == (warmup, total)
+    # a recipe's lr stated for 64 clips, run with 2: said at start (it trained silently at 32x the lr per clip)
+    assert "the global batch is 2 (data.batch_size x train.grad_accum_steps x 1 ranks) but train.lr=0.0003 is " \
+        "stated for train.base_batch_size=64" in capsys.readouterr().err
 
 
 def test_the_optimizer_is_built_on_the_device_fused_on_cuda_and_steps(tiny):
