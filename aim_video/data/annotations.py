@@ -69,6 +69,11 @@ class RecordTable(Sequence[VideoRecord]):
     def __len__(self) -> int:
         return len(self._labels)
 
+    @property
+    def labels(self) -> np.ndarray:
+        """Every record's (first) label, -1 for unlabelled ones, without building the records."""
+        return self._labels
+
     @overload
     def __getitem__(self, index: int) -> VideoRecord: ...
 

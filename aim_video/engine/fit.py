@@ -213,6 +213,28 @@ def same_data_on_every_rank(num_videos: int, source: str) -> None:
         )
 
 
+def prepare_evaluation(cfg: Config, info: DistInfo, cache: dict[str, Any]) -> None:
+    """The val loader of the periodic evaluation, built once into `cache`: at the start of training, so that a val
+    list that cannot be evaluated (missing files, classes numbered otherwise, no labels) stops the run before its
+    first epoch rather than after it."""
+    from aim_video.data.annotations import AnnotationError
+    from aim_video.data.loader import build_eval_loader
+    from aim_video.eval.multiview import apply_protocol
+
+    if "loader" in cache:
+        return
+    cache["cfg"] = copy.deepcopy(cfg)
+    apply_protocol(cache["cfg"])  # eval.protocol's views, as tools/test.py evaluates (not data.test_num_*)
+    loader = build_eval_loader(cache["cfg"], "val", info.rank, info.world_size)
+    same_data_on_every_rank(len(loader.dataset), cfg.data.val_list)
+    if not any(label >= 0 for label in loader.dataset.records.labels):
+        raise AnnotationError(
+            f"data.val_list={cfg.data.val_list} has no labels (an inference list?): training's evaluation scores "
+            "top-1 against them. Give the labelled val list, or train.eval_every=-1 and tools/test.py for predictions"
+        )
+    cache["loader"] = loader
+
+
 def run_evaluation(engine: Any, cfg: Config, info: DistInfo, cache: dict[str, Any]) -> dict[str, Any] | None:
     """Periodic multi-view evaluation on `data.val_list` with aim_video.eval's `evaluate` (every video once).
 
@@ -221,14 +243,9 @@ def run_evaluation(engine: Any, cfg: Config, info: DistInfo, cache: dict[str, An
     """
     if not cfg.data.val_list:
         return None
-    from aim_video.data.loader import build_eval_loader
-    from aim_video.eval.multiview import apply_protocol, evaluate
+    from aim_video.eval.multiview import evaluate
 
-    if "loader" not in cache:
-        cache["cfg"] = copy.deepcopy(cfg)
-        apply_protocol(cache["cfg"])  # eval.protocol's views, as tools/test.py evaluates (not data.test_num_*)
-        cache["loader"] = build_eval_loader(cache["cfg"], "val", info.rank, info.world_size)
-        same_data_on_every_rank(len(cache["loader"].dataset), cfg.data.val_list)
+    prepare_evaluation(cfg, info, cache)
     model = _CastInput(engine.module, model_dtype(cfg))
     result = evaluate(model, cache["loader"], cache["cfg"], info.device, progress=False)
     engine.train()
@@ -368,6 +385,8 @@ def _fit(cfg: Config, resume: str, stop_signals: bool) -> dict[str, Any]:
     save_steps, max_steps = cfg.train.save_every_steps, cfg.train.max_steps
     last_saved = state.step if resumed_from else -1
     eval_cache: dict[str, Any] = {}
+    if cfg.data.val_list and cfg.train.eval_every >= 0:  # a val list that cannot be evaluated stops the run now
+        prepare_evaluation(cfg, info, eval_cache)
     results: list[dict[str, Any]] = []
     totals = Counter()
     last_stats: dict[str, Any] | None = None

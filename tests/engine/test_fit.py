@@ -204,3 +204,26 @@ def test_a_stop_during_the_epoch_end_evaluation_stops_there_and_the_final_one_ke
     assert summary["note"].endswith("its final evaluation ran now") and summary["best"]["name"] in (
         "step_00000004", "step_00000008")  # fmt: skip
     assert read_meta(os.path.join(out, "checkpoints", "step_00000008"))["metric"] == summary["eval"][1]["top1"]
+
+
+def test_a_val_list_that_cannot_be_evaluated_stops_the_run_before_training(tiny_run, tmp_path, monkeypatch):
+    """The val loader was built at the first evaluation: a val list of missing files, or without labels (NaN metrics
+    every epoch), was found only after a whole epoch of training."""
+    from aim_video.data.annotations import AnnotationError
+
+    cfg = tiny_run(tmp_path)
+    unlabelled = tmp_path / "val_unlabelled.txt"
+    unlabelled.write_text("".join(line.rsplit(" ", 1)[0] + "\n" for line in open(cfg.data.val_list) if line.strip()))
+    for val_list, message in ((str(unlabelled), "has no labels"), (str(tmp_path / "gone.txt"), "not found")):
+        cfg.data.val_list = val_list
+        with pytest.raises(AnnotationError, match=message):
+            _fit(cfg, monkeypatch=monkeypatch)
+        assert not os.path.isdir(os.path.join(cfg.output_dir, "checkpoints")) or not os.listdir(
+            os.path.join(cfg.output_dir, "checkpoints"))  # fmt: skip
+        assert not any(r["event"] == "train" for r in _log_or_empty(cfg.output_dir))
+
+
+def _log_or_empty(out):
+    from tests.tools.conftest import read_log
+
+    return read_log(out) if os.path.isfile(os.path.join(out, "log.jsonl")) else []
