@@ -185,8 +185,8 @@ def train_one_epoch(
     failures = state.failures = []
     fallbacks = state.fallbacks = []
     window = _new_window()
-    epoch_wait = epoch_time = 0.0
-    epoch_clips = 0
+    epoch_wait = epoch_time = epoch_loss = 0.0
+    epoch_clips = epoch_micro = 0
     skipped_before = engine.skipped_steps
     tick = time.perf_counter()
     while state.batches_done < micro_batches and (max_steps <= 0 or state.step < max_steps):
@@ -270,6 +270,8 @@ def train_one_epoch(
             epoch_wait += window["wait"]
             epoch_time += window["time"]
             epoch_clips += int(clips_sum)
+            epoch_loss += loss_sum
+            epoch_micro += int(micro_sum)
             window = _new_window()
         log.progress(1)
         if on_step is not None:
@@ -278,7 +280,8 @@ def train_one_epoch(
     return {
         "epoch": state.epoch,
         "steps": state.step,
-        "loss": state.last_loss,
+        "loss": epoch_loss / epoch_micro if epoch_micro else state.last_loss,  # this call's micro-batches, all ranks
+        "last_loss": state.last_loss,  # the last logging window's
         "clips_per_s": epoch_clips / max(epoch_time, 1e-9),
         "data_wait": epoch_wait / max(epoch_time, 1e-9),
         "failures": failures,

@@ -58,6 +58,8 @@ def test_epoch_counts_steps_failures_and_logs_every_step(world, tmp_path):
     assert [r["step"] for r in train] == [1, 2, 3] and all(r["epoch"] == 3 for r in train)
     assert 0 <= stats["data_wait"] <= 1 and stats["clips_per_s"] > 0
     assert os.listdir(tmp_path / "tensorboard")
+    # the epoch's loss is the mean over its micro-batches (it was the last logging window's: step 3's here)
+    assert stats["loss"] == pytest.approx(sum(r["loss"] for r in train) / 3) and stats["last_loss"] == train[-1]["loss"]
 
 
 def test_the_log_carries_the_gradient_norm_deepspeed_computed(world, tmp_path):
