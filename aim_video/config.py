@@ -134,6 +134,9 @@ class TrainConfig:
     save_every: int = 1  # epochs
     save_every_steps: int = 0  # >0 also saves every this many optimizer steps inside an epoch (long epochs, preemption)
     stop_signals: str = "SIGTERM,SIGUSR1"  # on these: save at the next optimizer step and stop ("" = no handler)
+    dist_timeout_min: float = 60.0  # how long a collective waits for the slowest rank (a slow evaluation shard, a
+    # save) before the job fails; also how long ranks wait for one that died when no launcher or srun
+    # --kill-on-bad-exit=1 stops them. tools/test.py reads it too (override: train.dist_timeout_min=120)
     keep_last: int = 2
     elastic_checkpoints: bool = True  # ZeRO: each save also holds the optimizer state whole (12 bytes per trainable
     # parameter: 126 MiB for ViT-B/16 AIM, 1.1 GiB for its full fine-tuning) so another number of ranks can resume it
@@ -253,6 +256,7 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "train.grad_accum_steps": (lambda v: v >= 1, "at least 1"),
     "train.clip_grad": (lambda v: v >= 0, "0 (off) or more"),
     "train.log_every": (lambda v: v >= 1, "at least 1"),
+    "train.dist_timeout_min": (lambda v: v > 0, "more than 0 minutes"),
     "eval.view_chunk": (lambda v: v >= 1, "at least 1"),
     "eval.batch_size": (lambda v: v >= 1, "at least 1"),
 }

@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -42,7 +43,14 @@ def launcher(nproc: int, script: str) -> list[str]:
     deepspeed = shutil.which("deepspeed", path=os.path.dirname(sys.executable)) or shutil.which("deepspeed")
     if deepspeed is None:
         raise SystemExit("[demo] error: the `deepspeed` launcher is not on PATH; run tools/setup.sh first")
-    return [deepspeed, "--num_gpus", str(nproc), "--master_port", str(29500 + os.getpid() % 1000), script]
+    return [deepspeed, "--num_gpus", str(nproc), "--master_port", str(free_port()), script]
+
+
+def free_port() -> int:
+    """A port no process listens on now (two demos at once, or a training run on 29500, do not meet)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 DEMO_MARKER = ".aim_video_demo"  # written into the demo's run folder: only such a folder is ever removed

@@ -25,6 +25,7 @@ from aim_video.config import ConfigError  # noqa: E402
 from aim_video.data.annotations import AnnotationError, VideoRecord  # noqa: E402
 from aim_video.data.dataset import MultiViewDataset  # noqa: E402
 from aim_video.data.loader import eval_dataset_of  # noqa: E402
+from aim_video.engine.distributed import world_from_slurm  # noqa: E402
 from aim_video.eval.loading import class_names, load_model, resolve_checkpoint, resolve_eval_config  # noqa: E402
 from aim_video.eval.multiview import apply_protocol, average_views, forward_views, inference_precision  # noqa: E402
 from aim_video.models.pretrained import PretrainedLoadError  # noqa: E402
@@ -47,8 +48,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--config", default=None, help="YAML (default: the config stored in the checkpoint)")
     p.add_argument("--class-map", default=None, help="class names, one per line (default: data.class_map)")
     p.add_argument("--top-k", type=positive_int, default=None, help="classes to print (default 5; at most all)")
+    p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)  # refused below
     p.add_argument("overrides", nargs="*", help="section.key=value config overrides")
     args = p.parse_intermixed_args(argv)  # overrides may come before or after options
+    env = dict(os.environ)
+    world_from_slurm(env)  # srun's tasks, as training and tools/test.py read them
+    if int(env.get("WORLD_SIZE", "1")) > 1:  # each process would classify the same video on the same device
+        p.error(
+            f"infer.py classifies one video in one process, but this is one of {env['WORLD_SIZE']} (a launcher, "
+            "torchrun or srun with several tasks): run it with plain python, or evaluate a list of videos on several "
+            "ranks with tools/test.py"
+        )
     if os.path.isdir(args.video) or args.video.lower().endswith(LIST_SUFFIXES):
         p.error(
             f"{args.video} is a list or folder of videos, but infer.py classifies one video file; evaluate a list "

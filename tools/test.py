@@ -8,7 +8,8 @@
 Writes results.json (metrics, protocol, videos evaluated, missing list, checkpoint sha256, resolved config),
 per_class.csv, confusion.png and, with --save-scores, scores.safetensors (per-video averaged scores).
 Exit status 2: bad config or arguments (an unwritable --out included); 3: missing videos under --strict, or no
-video readable at all.
+video readable at all; 1: anything else. Every rank exits with the same status when one rank fails while loading the
+model or the list (e.g. a video missing on one node only under --strict); rank 0 prints which rank and why.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import torch.distributed as dist  # noqa: E402
 
 from aim_video.config import ConfigError, to_dict  # noqa: E402
 from aim_video.data.loader import build_eval_loader  # noqa: E402
+from aim_video.engine.distributed import first_failure  # noqa: E402
 from aim_video.eval.loading import (  # noqa: E402
     class_names,
     init_process,
@@ -96,8 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, OSError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    proc = init_process()
+    proc = init_process(cfg.train.dist_timeout_min)
     strict = args.strict or cfg.eval.strict
+    failure = None  # (exit status, message): agreed by every rank, else one failing rank left the others waiting
     try:
         model = load_model(cfg, checkpoint_file, proc.device)
         loader = build_eval_loader(cfg, args.split, proc.rank, proc.world_size)
@@ -107,15 +110,24 @@ def main(argv: list[str] | None = None) -> int:
                 f"{len(dropped)} listed videos were left out before evaluation (strict evaluation), e.g. "
                 + "; ".join(f"{p}: {why}" for p, why in dropped[:3])
             )
+    except (ValueError, FileNotFoundError, PretrainedLoadError, MissingVideosError) as err:  # bad list, labels,
+        failure = (3 if isinstance(err, MissingVideosError) else 2, str(err))  # weights; a file one node lacks
+    except Exception as err:  # CUDA out of memory, a bug: its traceback here, the agreed exit below
+        if not _AS_SCRIPT and proc.world_size == 1:  # called in-process (tests, other tools): the caller handles it
+            raise
+        traceback.print_exc()
+        failure = (1, f"{type(err).__name__}: {err} (traceback above)")
+    try:
+        if agreed := first_failure(failure):
+            if proc.rank == 0:
+                print(f"error: {agreed[1]}", file=sys.stderr)
+            return agreed[0]
         result = evaluate(
             model, loader, cfg, proc.device, progress=not args.no_progress, strict=strict, return_scores=True
         )
-    except (ValueError, FileNotFoundError, PretrainedLoadError) as err:  # bad list, labels, weights
+    except (ValueError, FileNotFoundError, PretrainedLoadError, MissingVideosError) as err:  # on every rank alike
         print(f"error: {err}", file=sys.stderr)
-        return 2
-    except MissingVideosError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 3
+        return 3 if isinstance(err, MissingVideosError) else 2
     except (Exception, KeyboardInterrupt):  # anything else (CUDA out of memory, a bug): say it, then leave at once:
         if not _AS_SCRIPT:  # called in-process (tests, other tools): the caller handles it
             raise

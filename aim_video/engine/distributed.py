@@ -4,6 +4,10 @@
 it), as one task per GPU of a Slurm job step (`srun`; :func:`world_from_slurm` sets the same variables from Slurm's),
 or as a plain single process; :func:`init_distributed` fills in a one-process world in the last case so the same
 DeepSpeed code path runs all three. On a CPU machine (`DS_ACCELERATOR=cpu`) the backend is gloo.
+
+A collective waits `train.dist_timeout_min` (60) minutes for the slowest rank before the job fails: long enough for
+a rank that evaluates its shard of a val list over slow storage, and the bound on how long the others wait for a rank
+that died when nothing else stops them (the `deepspeed` launcher and `srun --kill-on-bad-exit=1` do, at once).
 """
 
 from __future__ import annotations
@@ -12,11 +16,15 @@ import hashlib
 import math
 import os
 import random
+import re
 import signal
 import socket
 import sys
 import threading
+import time
+import uuid
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import numpy as np
@@ -65,18 +73,32 @@ def stable_extension_builds() -> str:
 
 
 def first_slurm_host(nodelist: str) -> str:
-    """The first host of a Slurm hostlist: "gpu-[07-09,12],cpu3" -> "gpu-07", "node[1,4]x" -> "node1x"."""
+    """The first host of a Slurm hostlist: "gpu-[07-09,12],cpu3" -> "gpu-07", "rack[1-2]-node[01-04]" ->
+    "rack1-node01" (every bracket group of the first entry gives its first value)."""
     depth, first = 0, ""
     for ch in nodelist:  # the first entry: up to a comma outside brackets
         depth += (ch == "[") - (ch == "]")
         if ch == "," and depth == 0:
             break
         first += ch
-    if "[" not in first:
-        return first.strip()
-    head, rest = first.split("[", 1)
-    inside, tail = rest.split("]", 1)
-    return f"{head}{inside.split(',')[0].split('-')[0]}{tail}".strip()
+    return re.sub(r"\[([^\]]*)\]", lambda m: m.group(1).split(",")[0].split("-")[0], first).strip()
+
+
+SLURM_PORTS = (20000, 32768)  # MASTER_PORTs derived from Slurm's ids: below Linux's ephemeral ports (32768-60999)
+
+
+def slurm_master_port(job_id: int, step_id: int) -> int:
+    """The rendezvous port of a job step when MASTER_PORT is not set: the same in every task of the step, another for
+    each step of a job (two multi-task steps of one allocation can share a node) and for nearby job ids (101 ports
+    apart per job: the first 100 steps of consecutive jobs never meet), and outside the ephemeral range, where a
+    port may be taken by any outgoing connection."""
+    low, high = SLURM_PORTS
+    return low + (101 * job_id + step_id) % (high - low)
+
+
+def _slurm_int(env: dict[str, str] | os._Environ, key: str) -> int:
+    value = env.get(key, "0").strip()
+    return int(value) if value.isdigit() else 0
 
 
 def world_from_slurm(env: dict[str, str] | os._Environ = os.environ) -> bool:
@@ -85,41 +107,76 @@ def world_from_slurm(env: dict[str, str] | os._Environ = os.environ) -> bool:
 
     Without this every task would train alone on GPU 0 of its node, all writing the same output folder. Only a job
     step has SLURM_STEP_NUM_TASKS (a plain `python` in an sbatch script stays a world of one). MASTER_PORT, unless
-    set, derives from the job id, the same in every task. Returns whether Slurm's variables were used.
+    set, derives from the job and step ids (`slurm_master_port`), the same in every task of the step. A step of one
+    task (a sweep: `srun -n1 train.py A & srun -n1 train.py B &` on one node) is a world of one on this machine: no
+    MASTER_PORT (an exported one included), so :func:`init_distributed` picks a free port, as for a plain process.
+
+    A task sees the GPUs Slurm gives it (CUDA_VISIBLE_DEVICES) and uses number SLURM_LOCALID modulo their count:
+    device 0 with `--gpus-per-task=1`, its local id with the whole node's GPUs visible. Where a task sees a subset
+    shared with others (`--gpu-bind=closest`) that is right only when the tasks sharing it are consecutive local ids
+    (`--distribution=block:block`; Slurm's default places tasks on sockets cyclically): NCCL refuses two ranks on one
+    GPU ("Duplicate GPU detected"). Returns whether Slurm's variables were used.
     """
     if "WORLD_SIZE" in env or "SLURM_STEP_NUM_TASKS" not in env or "SLURM_PROCID" not in env:
         return False
+    if env["SLURM_STEP_NUM_TASKS"].strip() == "1":
+        env.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
+        env.pop("MASTER_PORT", None)  # another step on this node may be using it: init_distributed picks a free one
+        return True
     visible = [d for d in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    local_id = _slurm_int(env, "SLURM_LOCALID")
     env.update(
         RANK=env["SLURM_PROCID"],
         WORLD_SIZE=env["SLURM_STEP_NUM_TASKS"],
-        # --gpus-per-task=1 leaves each task one visible GPU: device 0, whatever its place on the node
-        LOCAL_RANK="0" if len(visible) == 1 else env.get("SLURM_LOCALID", "0"),
+        LOCAL_RANK=str(local_id % len(visible) if visible else local_id),
         MASTER_ADDR=env.get("MASTER_ADDR")
         or first_slurm_host(env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST") or "127.0.0.1"),
     )
-    env.setdefault("MASTER_PORT", str(20000 + int(env.get("SLURM_JOB_ID", "0") or 0) % 20000))
+    port = slurm_master_port(_slurm_int(env, "SLURM_JOB_ID"), _slurm_int(env, "SLURM_STEP_ID"))
+    env.setdefault("MASTER_PORT", str(port))
     return True
 
 
-def init_distributed() -> DistInfo:
-    """Initialise DeepSpeed's process group (gloo on CPU, nccl on CUDA) and return this process's place in it."""
+def process_group_timeout(minutes: float) -> timedelta:
+    """train.dist_timeout_min as the timeout of every collective (and of the rendezvous); refused unless > 0."""
+    if not minutes > 0:
+        raise ConfigError(f"train.dist_timeout_min must be more than 0 minutes, got {minutes}")
+    return timedelta(minutes=minutes)
+
+
+def device_and_backend(local_rank: int) -> tuple[torch.device, str]:
+    """This process's device and process-group backend as DeepSpeed's accelerator gives them: `DS_ACCELERATOR=cpu`
+    (or no GPU) is the CPU and gloo whatever GPUs are visible; otherwise device number `local_rank` and its backend
+    (nccl on CUDA). Training and evaluation choose alike."""
+    from deepspeed.accelerator import get_accelerator
+
+    accel = get_accelerator()
+    if accel.device_name() == "cpu":
+        return torch.device("cpu"), "gloo"
+    return torch.device(accel.device_name(local_rank)), accel.communication_backend_name()
+
+
+def init_distributed(timeout_min: float = 60.0) -> DistInfo:
+    """Initialise DeepSpeed's process group (gloo on CPU, nccl on CUDA) and return this process's place in it.
+
+    `timeout_min` (train.dist_timeout_min) bounds every collective's wait for the slowest rank; DeepSpeed's own
+    default (10 minutes, or DEEPSPEED_TIMEOUT) is not used."""
+    timeout = process_group_timeout(timeout_min)
     stable_extension_builds()
     import deepspeed
     from deepspeed.accelerator import get_accelerator
 
     world_from_slurm()
-    own_port = "WORLD_SIZE" not in os.environ and "MASTER_PORT" not in os.environ
+    own_port = "MASTER_PORT" not in os.environ  # a plain process or a one-task job step: any free port will do
     if "WORLD_SIZE" not in os.environ:  # plain `python tools/train.py`: a world of one
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
+    if os.environ["WORLD_SIZE"] == "1":
         os.environ.setdefault("MASTER_PORT", str(_free_port()))
-    accel = get_accelerator()
-    backend = accel.communication_backend_name()
-    if accel.device_name() == "cpu":
-        backend = "gloo"
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device, backend = device_and_backend(local_rank)
     for attempt in range(3):
         try:
-            deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False)
+            deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False, timeout=timeout)
             break
         except RuntimeError as err:  # torch's DistNetworkError
             # the free port this process picked was taken before its store could listen (another process on the
@@ -128,15 +185,62 @@ def init_distributed() -> DistInfo:
                 raise
             os.environ["MASTER_PORT"] = str(_free_port())
     rank, world = dist.get_rank(), dist.get_world_size()
-    if accel.device_name() == "cpu":
+    if device.type == "cpu":
         release_shm_segment(rank)
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if accel.device_name() == "cpu":
-        device = torch.device("cpu")
     else:
-        accel.set_device(local_rank)
-        device = torch.device(accel.device_name(local_rank))
+        get_accelerator().set_device(local_rank)
     return DistInfo(rank=rank, world_size=world, local_rank=local_rank, device=device)
+
+
+def check_shared_folder(folder: str, info: DistInfo, key: str = "output_dir", wait_s: float = 60.0) -> None:
+    """Refuse `folder` unless every rank sees the same folder: rank 0 writes a file named for this run into it and
+    every rank looks for that file (for up to `wait_s`: a network file system may show a new file late).
+
+    Every rank writes its checkpoint shards into the folder and rank 0 renames the checkpoint into place: ranks on
+    nodes where the path is a local folder would write into their own copy, and rank 0 would publish an incomplete
+    checkpoint, found only at a resume. Call it on every rank at the same point (three collectives).
+    """
+    if info.world_size == 1:
+        return
+    name = None
+    if info.is_main:
+        os.makedirs(folder, exist_ok=True)
+        name = f".aim_video_shared_check_{uuid.uuid4().hex}"
+        with open(os.path.join(folder, name), "w") as f:
+            f.write(f"written by rank 0 on {socket.gethostname()}: every rank must see this file\n")
+    name = broadcast_object(name)  # sent after rank 0 wrote it
+    path = os.path.join(folder, name)
+    deadline = time.monotonic() + wait_s
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    views = all_gather_objects((os.path.exists(path), socket.gethostname()))
+    if info.is_main:
+        os.unlink(path)
+    barrier()  # gone for every rank on return
+    blind = [rank for rank, (seen, _) in enumerate(views) if not seen]
+    if blind:
+        hosts = sorted({views[rank][1] for rank in blind})
+        raise ConfigError(
+            f"{key}={folder} is not one folder shared by every rank: rank 0 (on {views[0][1]}) wrote a file into it "
+            f"that rank{'s' if len(blind) > 1 else ''} {', '.join(map(str, blind))} (on {', '.join(hosts)}) cannot "
+            f"see. Every rank writes its checkpoint shards into {key}, so it must be a folder of storage that every "
+            "node mounts at the same path (NFS, Lustre, GPFS, a cloud file system)"
+        )
+
+
+def first_failure(failure: tuple[int, str] | None) -> tuple[int, str] | None:
+    """(exit status, message) of the first rank that failed, None when none did: the same on every rank, so all exit
+    together. A rank that stopped alone before a collective left the others waiting in it for the process-group
+    timeout. The message names the rank when there are several. Call it on every rank at the same point."""
+    every = all_gather_objects(failure)
+    failed = [(rank, f) for rank, f in enumerate(every) if f is not None]
+    if not failed:
+        return None
+    rank, (status, message) = failed[0]
+    if len(every) > 1:
+        more = f" (and {len(failed) - 1} other rank{'s' if len(failed) > 2 else ''})" if len(failed) > 1 else ""
+        message = f"rank {rank}{more}: {message}"
+    return status, message
 
 
 def shm_segment_path(rank: int) -> str:

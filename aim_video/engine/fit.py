@@ -31,6 +31,7 @@ from aim_video.engine.distributed import (
     all_gather_objects,
     barrier,
     catch_stop_signals,
+    check_shared_folder,
     fault_point,
     init_distributed,
     restore_rng,
@@ -316,8 +317,9 @@ def _fit(cfg: Config, resume: str, stop_signals: bool) -> dict[str, Any]:
             "number of classes of the data set"
         )
     check_method(cfg.model)  # before the process group and config.yaml, as a bad key at load time
-    info = init_distributed()
+    info = init_distributed(cfg.train.dist_timeout_min)
     out = cfg.output_dir
+    check_shared_folder(out, info)  # every rank writes checkpoint shards there: one folder, seen by all
     ds_config = derive_ds_config(cfg, info.world_size)
     torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank (a random backbone included)
     model = build_model(cfg.model, cfg.data.num_frames, cfg.data.input_size)

@@ -173,21 +173,24 @@ class Process:
     device: torch.device
 
 
-def init_process() -> Process:
+def init_process(timeout_min: float = 60.0) -> Process:
     """Join the process group the launcher described (torchrun or the deepspeed launcher set RANK, WORLD_SIZE,
-    LOCAL_RANK, MASTER_ADDR/PORT, or `srun` did: `world_from_slurm`); a plain run is a world of one. nccl on CUDA,
-    gloo on CPU."""
-    from aim_video.engine.distributed import world_from_slurm
+    LOCAL_RANK, MASTER_ADDR/PORT, or `srun` did: `world_from_slurm`); a plain run is a world of one. The device and
+    backend are chosen as training chooses them (`device_and_backend`): `DS_ACCELERATOR=cpu` evaluates on the CPU
+    with gloo even where GPUs are visible; on CUDA, nccl. `timeout_min` (train.dist_timeout_min) bounds how long the
+    ranks wait for the slowest one (the shards' results are gathered once, at the end)."""
+    from aim_video.engine.distributed import device_and_backend, process_group_timeout, world_from_slurm
 
+    timeout = process_group_timeout(timeout_min)
     world_from_slurm()
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if torch.cuda.is_available():
-        torch.cuda.set_device(local_rank)
-        device = torch.device("cuda", local_rank)
-    else:
-        device = torch.device("cpu")
+    device, backend = device_and_backend(local_rank)
+    if device.type != "cpu":
+        from deepspeed.accelerator import get_accelerator
+
+        get_accelerator().set_device(local_rank)
     if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", init_method="env://")
+        dist.init_process_group(backend, init_method="env://", timeout=timeout)
     rank = dist.get_rank() if world_size > 1 else 0
     return Process(rank=rank, world_size=world_size, device=device)

@@ -11,12 +11,19 @@ import sys
 import pytest
 import torch
 
-from aim_video.engine.distributed import first_slurm_host, world_from_slurm
+from aim_video.engine.distributed import first_slurm_host, slurm_master_port, world_from_slurm
 
 
 @pytest.mark.parametrize(
     "nodelist,host",
-    [("gpu-[07-09,12],cpu3", "gpu-07"), ("node[1,4]x", "node1x"), ("host1,host2", "host1"), ("a[001-004]", "a001")],
+    [
+        ("gpu-[07-09,12],cpu3", "gpu-07"),
+        ("node[1,4]x", "node1x"),
+        ("host1,host2", "host1"),
+        ("a[001-004]", "a001"),
+        ("rack[1-2]-node[01-04]", "rack1-node01"),  # every bracket group of the first host (was "rack1-node[01-04]")
+        ("r[3,5]n[7-8],x", "r3n7"),
+    ],
 )
 def test_first_host_of_a_slurm_hostlist(nodelist: str, host: str) -> None:
     assert first_slurm_host(nodelist) == host
@@ -30,10 +37,46 @@ def test_a_job_step_sets_the_launcher_variables() -> None:
     env = dict(STEP)
     assert world_from_slurm(env)
     assert {k: env[k] for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")} == {
-        "RANK": "9", "WORLD_SIZE": "16", "LOCAL_RANK": "1", "MASTER_ADDR": "gpu-07", "MASTER_PORT": "23456"
+        "RANK": "9", "WORLD_SIZE": "16", "LOCAL_RANK": "1", "MASTER_ADDR": "gpu-07",
+        "MASTER_PORT": str(slurm_master_port(123456, 0)),
     }  # fmt: skip
     one_gpu = dict(STEP, CUDA_VISIBLE_DEVICES="5", MASTER_PORT="29500")  # srun --gpus-per-task=1
     assert world_from_slurm(one_gpu) and one_gpu["LOCAL_RANK"] == "0" and one_gpu["MASTER_PORT"] == "29500"
+
+
+def test_the_steps_of_one_job_get_their_own_ports_below_the_ephemeral_range() -> None:
+    """Two job steps of one allocation on one node got the same port (20000 + job id % 20000): the second failed
+    with EADDRINUSE. The range also reached into 32768-60999, where any outgoing connection may hold a port."""
+    ports = []
+    for step in range(3):
+        env = dict(STEP, SLURM_STEP_ID=str(step))
+        world_from_slurm(env)
+        ports.append(int(env["MASTER_PORT"]))
+    assert len(set(ports)) == 3
+    jobs = [slurm_master_port(job, step) for job in range(123400, 123500) for step in range(8)]
+    assert len(set(jobs)) == len(jobs)  # nearby jobs' first steps never meet
+    assert all(20000 <= p < 32768 for p in jobs + [slurm_master_port(19999 + 40000 * k, 4294967294) for k in range(99)])
+
+
+def test_a_step_of_one_task_is_a_world_of_one_with_a_port_of_its_own() -> None:
+    """A sweep (`srun -n1 train A & srun -n1 train B &` on one node): each step picks a free port, an exported
+    MASTER_PORT included, and uses its first visible GPU."""
+    env = dict(STEP, SLURM_STEP_NUM_TASKS="1", SLURM_PROCID="0", SLURM_LOCALID="3", MASTER_PORT="29500",
+               CUDA_VISIBLE_DEVICES="0,1,2,3")  # fmt: skip
+    assert world_from_slurm(env)
+    assert (env["RANK"], env["WORLD_SIZE"], env["LOCAL_RANK"], env["MASTER_ADDR"]) == ("0", "1", "0", "127.0.0.1")
+    assert "MASTER_PORT" not in env  # init_distributed picks a free one (and another on EADDRINUSE)
+
+
+@pytest.mark.parametrize(
+    "visible,local_id,local_rank",
+    [("", "5", "5"), ("0,1,2,3,4,5,6,7", "5", "5"), ("3", "5", "0"), ("2,3", "3", "1"), ("4,5,6,7", "6", "2")],
+)
+def test_the_local_rank_is_the_local_id_modulo_the_visible_gpus(visible: str, local_id: str, local_rank: str) -> None:
+    """--gpus-per-task=2 or --gpu-bind=closest show a task fewer GPUs than its local id: it asked for a device
+    that does not exist (invalid device ordinal)."""
+    env = dict(STEP, SLURM_LOCALID=local_id, CUDA_VISIBLE_DEVICES=visible)
+    assert world_from_slurm(env) and env["LOCAL_RANK"] == local_rank
 
 
 def test_a_launcher_or_a_batch_script_is_left_alone() -> None:
@@ -56,12 +99,15 @@ def test_two_srun_tasks_form_one_world(tmp_path, entry: str) -> None:
     code = (
         "import torch, torch.distributed as dist\n"
         + (
-            "from aim_video.engine.distributed import init_distributed\ninfo = init_distributed()\n"
+            "from aim_video.engine.distributed import init_distributed\ninfo = init_distributed(0.5)\n"
             if entry == "train"
-            else "from aim_video.eval.loading import init_process\ninfo = init_process()\n"
+            else "from aim_video.eval.loading import init_process\ninfo = init_process(0.5)\n"
         )
         + "t = torch.tensor([float(info.rank + 1)])\ndist.all_reduce(t)\n"
-        "print(info.rank, info.world_size, int(t.item()), flush=True)\ndist.destroy_process_group()\n"
+        # the collectives' timeout is train.dist_timeout_min (here 0.5 min), not DeepSpeed's or torch's 10 minutes
+        "timeout = dist.distributed_c10d._get_default_group()._get_backend(torch.device('cpu')).options._timeout\n"
+        "print(info.rank, info.world_size, int(t.item()), int(timeout.total_seconds()), flush=True)\n"
+        "dist.destroy_process_group()\n"
     )
     port = str(_free_port())
     procs = []
@@ -72,7 +118,7 @@ def test_two_srun_tasks_form_one_world(tmp_path, entry: str) -> None:
         procs.append(subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True))
     outs = [p.communicate(timeout=240)[0].strip().splitlines()[-1].split() for p in procs]  # after DeepSpeed's lines
     assert [p.returncode for p in procs] == [0, 0]
-    assert outs == [["0", "2", "3"], ["1", "2", "3"]]
+    assert outs == [["0", "2", "3", "30"], ["1", "2", "3", "30"]]
 
 
 def test_stop_signals_are_remembered_checked_and_restored() -> None:
@@ -227,3 +273,64 @@ def test_every_rank_learns_that_one_rank_has_a_non_finite_loss(tmp_path):
     mp.start_processes(_agree_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2, start_method="spawn")
     seen = [json.load(open(tmp_path / f"rank{r}.json")) for r in range(2)]
     assert seen == [[-1, 0, 1], [-1, 0, 1]]  # both ranks name the rank with the NaN, then the one with the inf
+
+
+def _agreement_worker(rank: int, init_file: str, out_dir: str) -> None:
+    import torch.distributed as dist
+
+    from aim_video.config import ConfigError
+    from aim_video.engine.distributed import DistInfo, check_shared_folder, first_failure
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    info = DistInfo(rank=rank, world_size=2, local_rank=rank, device=torch.device("cpu"))
+    seen: dict = {}
+    try:
+        shared = os.path.join(out_dir, "shared_run")
+        check_shared_folder(shared, info, wait_s=1)  # one folder: nothing to say, nothing left behind
+        seen["shared_left"] = os.listdir(shared)
+        try:  # each rank's own folder, as on nodes where the path is not the shared file system
+            check_shared_folder(os.path.join(out_dir, f"node{rank}", "run"), info, wait_s=1)
+        except ConfigError as err:
+            seen["unshared"] = str(err)
+        seen["none"] = first_failure(None)
+        seen["one"] = first_failure((3, "videos/v07.mp4: not found") if rank == 1 else None)
+        seen["both"] = first_failure((2, f"bad on {rank}"))
+        with open(os.path.join(out_dir, f"agree{rank}.json"), "w") as f:
+            json.dump(seen, f)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def agreement(tmp_path_factory) -> list[dict]:
+    """Two gloo ranks (spawned: a fork would inherit this process's world of one) run the agreement helpers."""
+    import torch.multiprocessing as mp
+
+    tmp = tmp_path_factory.mktemp("agree")
+    mp.start_processes(_agreement_worker, args=(str(tmp / "init"), str(tmp)), nprocs=2, start_method="spawn")
+    return [json.load(open(tmp / f"agree{r}.json")) for r in range(2)]
+
+
+def test_an_output_dir_that_is_not_shared_by_every_rank_is_refused_on_every_rank(agreement, tmp_path):
+    """Ranks on nodes where output_dir is a local folder wrote their checkpoint shards there, and rank 0 renamed
+    an incomplete checkpoint into place: found only at the resume."""
+    from aim_video.engine.distributed import DistInfo, check_shared_folder
+
+    assert [a["shared_left"] for a in agreement] == [[], []]
+    for rank, seen in enumerate(agreement):  # both ranks stop, with the same words (here each names its own path)
+        said = seen.get("unshared", "")
+        assert f"node{rank}/run is not one folder shared by every rank" in said and "that rank 1 (on " in said
+    one = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+    check_shared_folder(str(tmp_path / "solo"), one)  # a world of one: nothing to check, nothing written
+    assert not (tmp_path / "solo").exists()
+
+
+def test_every_rank_learns_the_first_failure_of_any_rank(agreement):
+    """tools/test.py: a rank that failed alone (a video missing on its node under --strict, a load error) returned
+    while the others waited in the gather of results until the timeout."""
+    from aim_video.engine.distributed import first_failure
+
+    assert [a["none"] for a in agreement] == [None, None]
+    assert [a["one"] for a in agreement] == [[3, "rank 1: videos/v07.mp4: not found"]] * 2
+    assert [a["both"] for a in agreement] == [[2, "rank 0 (and 1 other rank): bad on 0"]] * 2
+    assert first_failure((2, "alone")) == (2, "alone")  # a world of one: the message as it is

@@ -93,3 +93,26 @@ def test_weights_evaluated_away_from_their_class_files_number_a_val_tree_as_trai
     assert cfg.data.class_map == str(tmp_path / "out" / "classes.txt")
     assert [r.label for r in load_split(cfg, "val").records] == [0, 2]
     assert class_names(cfg, path) == ["archery", "bowling", "cooking"]
+
+
+def test_ds_accelerator_cpu_evaluates_on_the_cpu_whatever_gpus_are_visible(monkeypatch):
+    """tools/demo.py sets DS_ACCELERATOR=cpu and DeepSpeed's launcher CUDA_VISIBLE_DEVICES=0,1: evaluation asked
+    torch for CUDA and took device LOCAL_RANK (rank 1 of a one-GPU machine: invalid device ordinal; on two GPUs the
+    CPU demo evaluated with NCCL). It now chooses as training does."""
+    import torch
+    from deepspeed.accelerator import real_accelerator
+
+    from aim_video.eval.loading import init_process
+
+    def no_device(index):
+        raise RuntimeError(f"CUDA error: invalid device ordinal {index}")
+
+    monkeypatch.setattr(real_accelerator, "ds_accelerator", None)  # detected afresh from the environment below
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_device", no_device)
+    for key in ("SLURM_STEP_NUM_TASKS", "MASTER_PORT"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("DS_ACCELERATOR", "cpu")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert init_process().device == torch.device("cpu")

@@ -35,3 +35,23 @@ def test_a_folder_of_anything_else_a_real_run_or_the_checkout_is_refused(tmp_pat
     for folder in (REPO, os.path.dirname(REPO)):
         with pytest.raises(SystemExit, match="holds the checkout"):
             clear_run_folder(folder)
+
+
+def test_the_launcher_port_is_a_free_one(monkeypatch):
+    """29500 + pid % 1000 met another demo (or a run on that port) now and then: the launch failed with
+    EADDRINUSE. The demo now asks the system for a free port."""
+    import socket
+
+    from tools.demo import launcher
+
+    with socket.socket() as busy:
+        try:  # the port the old rule gave this process, held by another process
+            busy.bind(("127.0.0.1", 29500 + os.getpid() % 1000))
+            busy.listen(1)
+        except OSError:  # already held by someone else: just as good
+            pass
+        cmd = launcher(2, "tools/train.py")
+        port = int(cmd[cmd.index("--master_port") + 1])
+        assert port != 29500 + os.getpid() % 1000
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", port))  # free

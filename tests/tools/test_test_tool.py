@@ -4,6 +4,7 @@ import csv
 import hashlib
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -93,6 +94,35 @@ def test_two_ranks_equal_one_rank_exactly(run):
         assert two[key] == one[key], key
     s1, s2 = _scores(os.path.join(run["out"], "scores.safetensors")), _scores(os.path.join(out2, "scores.safetensors"))
     assert torch.equal(s1["index"], s2["index"]) and torch.equal(s1["scores"], s2["scores"])
+
+
+@pytest.mark.slow  # ~30 s: two fresh processes import torch, timm and PyAV
+def test_a_rank_that_fails_alone_stops_every_rank_with_its_status(run):
+    """--strict with a video missing on one node only: that rank returned 3 while the others went on into the
+    gather of results and waited there (NCCL: the 10-minute timeout; gloo: 'connection closed', exit 1). The ranks
+    now agree before evaluating; rank 0 names the rank and the video. Started as `srun` starts them: each rank gets
+    its own command line, so rank 1 reads a list whose file is absent."""
+    listed = os.path.join(run["root"], "absent_on_rank1.txt")
+    with open(os.path.join(run["root"], "val.txt")) as src, open(listed, "w") as dst:
+        dst.write(src.read() + "videos/only_on_other_nodes.mp4 1\n")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = str(sock.getsockname()[1])
+    procs = []
+    for rank in range(2):
+        env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR")}
+        env.update(PYTHONPATH=REPO, OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu", CUDA_VISIBLE_DEVICES="",
+                   MASTER_PORT=port, SLURM_STEP_NUM_TASKS="2", SLURM_PROCID=str(rank), SLURM_LOCALID=str(rank),
+                   SLURM_STEP_NODELIST="localhost")  # fmt: skip
+        cmd = [sys.executable, os.path.join(REPO, "tools", "test.py"), "--checkpoint", run["ckpt"], "--strict",
+               "--no-progress", "--out", os.path.join(run["root"], f"out_alone{rank}")]  # fmt: skip
+        if rank == 1:
+            cmd += [f"data.val_list={listed}", "data.missing_files=drop"]
+        procs.append(subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True))
+    errs = [p.communicate(timeout=240)[1] for p in procs]
+    assert [p.returncode for p in procs] == [3, 3], errs[0][-2000:]
+    assert "error: rank 1: 1 listed videos were left out before evaluation" in errs[0]
+    assert "only_on_other_nodes.mp4" in errs[0] and "error:" not in errs[1]
 
 
 def test_a_listed_file_that_does_not_exist_is_reported_missing(run, capsys):

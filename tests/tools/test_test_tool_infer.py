@@ -154,3 +154,33 @@ def test_a_model_error_is_not_reported_as_an_unreadable_video(run, monkeypatch):
     video = os.path.join(run["root"], "videos", "v01.mp4")
     with pytest.raises(torch.OutOfMemoryError, match="CUDA out of memory"):  # its own traceback, not "cannot read"
         infer_tool.main([video, "--checkpoint", run["ckpt"]])
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1"},  # the deepspeed launcher (adds --local_rank), torchrun
+        {"SLURM_STEP_NUM_TASKS": "4", "SLURM_PROCID": "2", "SLURM_LOCALID": "2", "SLURM_STEP_NODELIST": "n1"},  # srun
+    ],
+)
+def test_several_processes_are_refused_with_a_clear_message(run, capsys, monkeypatch, env):
+    """Under a launcher infer.py stopped on --local_rank (exit 2, 'unrecognized arguments'); under srun or torchrun
+    every process classified the same video on cuda:0."""
+    for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "SLURM_STEP_NUM_TASKS", "SLURM_PROCID", "MASTER_PORT"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    video = os.path.join(run["root"], "videos", "v01.mp4")
+    with pytest.raises(SystemExit) as stop:
+        infer_tool.main([video, "--checkpoint", run["ckpt"], "--local_rank=1"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert "infer.py classifies one video in one process, but this is one of" in err and "tools/test.py" in err
+    assert "unrecognized arguments" not in err
+
+
+def test_local_rank_is_accepted_in_a_world_of_one(run, capsys, monkeypatch):
+    for key in ("WORLD_SIZE", "SLURM_STEP_NUM_TASKS"):
+        monkeypatch.delenv(key, raising=False)
+    video = os.path.join(run["root"], "videos", "v01.mp4")
+    assert infer_tool.main([video, "--checkpoint", run["ckpt"], "--class-map", run["classes"], "--local_rank=0"]) == 0
