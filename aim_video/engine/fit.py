@@ -7,7 +7,6 @@ writes logs, the exported weights and the summary).
 from __future__ import annotations
 
 import copy
-import itertools
 import json
 import math
 import os
@@ -15,15 +14,13 @@ import signal
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Sampler
 
 from aim_video.config import Config, ConfigError, save_config, to_yaml, with_absolute_paths
 from aim_video.data.annotations import AnnotationError
-from aim_video.engine.checkpoint_io import CheckpointError, CheckpointManager, agree_on_resume
+from aim_video.engine.checkpoint_io import CheckpointManager, agree_on_resume
 from aim_video.engine.deepspeed_setup import build_engine, derive_ds_config, model_dtype, write_ds_config
 from aim_video.engine.distributed import (
     DistInfo,
@@ -39,155 +36,9 @@ from aim_video.engine.distributed import (
     seed_everything,
     stop_requested,
 )
+from aim_video.engine.resume import epoch_batches, epoch_end_pending, global_batch_warning, resume_position
 from aim_video.engine.train_loop import EpochState, RunLog, build_mixing, run_history, train_one_epoch
 from aim_video.models.trainable_io import save_trainable
-
-
-def _sampler_of(loader: Any) -> Any:
-    sampler = getattr(loader, "sampler", None)
-    if not hasattr(sampler, "set_epoch") and getattr(loader, "batch_sampler", None) is not None:
-        sampler = getattr(loader.batch_sampler, "sampler", sampler)
-    return sampler
-
-
-class _SkipSampler(Sampler[int]):
-    """The indices an epoch's sampler yields after its first `start` (the part a resumed checkpoint consumed)."""
-
-    def __init__(self, sampler: Sampler[int], start: int) -> None:
-        self.sampler, self.start = sampler, start
-
-    def __iter__(self) -> Iterator[int]:
-        return itertools.islice(iter(self.sampler), self.start, None)
-
-    def __len__(self) -> int:
-        return max(0, len(self.sampler) - self.start)  # type: ignore[arg-type]
-
-
-def _rest_of_epoch(loader: DataLoader, skip_batches: int) -> DataLoader:
-    """A one-off DataLoader over the epoch's remaining samples: nothing already trained on is decoded again."""
-    sampler = loader.sampler
-    if hasattr(sampler, "starting_at"):  # data.loader.SeededSampler: skip every rank's first batches at once
-        sampler = sampler.starting_at(skip_batches * loader.batch_size * sampler.world_size)
-    else:
-        sampler = _SkipSampler(sampler, skip_batches * loader.batch_size)
-    extra = {}
-    if loader.num_workers > 0:
-        extra = {"prefetch_factor": loader.prefetch_factor, "persistent_workers": False}
-    return DataLoader(
-        loader.dataset,
-        batch_size=loader.batch_size,
-        sampler=sampler,
-        collate_fn=loader.collate_fn,
-        num_workers=loader.num_workers,
-        pin_memory=loader.pin_memory,
-        drop_last=loader.drop_last,
-        worker_init_fn=loader.worker_init_fn,
-        generator=loader.generator,
-        **extra,
-    )
-
-
-def _saved_layout(cfg: Config, meta: dict[str, Any]) -> tuple[int, int, int]:
-    """(videos per micro-batch, accumulation steps, ranks) of the run that saved `meta` (older meta.json files lack
-    the first two's parts: CheckpointManager.load fills them from the saved config, else this run's are assumed)."""
-    batch, repeats = meta.get("batch_size", cfg.data.batch_size), meta.get("repeated_aug", cfg.data.repeated_aug)
-    return batch // repeats, meta.get("grad_accum_steps", cfg.train.grad_accum_steps), meta["world_size"]
-
-
-def _resume_position(
-    cfg: Config, meta: dict[str, Any], world_size: int, micro_per_epoch: int, num_videos: int, path: str, main: bool
-) -> int:
-    """The checkpoint's position in its epoch as this run's micro-batches per rank; `micro_per_epoch` when that
-    epoch was finished. `num_videos`: the train list's length.
-
-    `SeededSampler` deals one order per epoch out to the ranks, so after k micro-batches of b videos on each of w
-    ranks the epoch has used its first k*b*w videos, whatever w was. Another number of ranks, batch size or
-    accumulation resumes at the same place, given that a whole number of this run's optimizer steps fits there
-    (a step must start on DeepSpeed's accumulation boundary).
-    """
-    done = meta["batches_done"]
-    saved_videos, saved_accum, saved_world = _saved_layout(cfg, meta)
-    videos, accum = cfg.data.batch_size // cfg.data.repeated_aug, cfg.train.grad_accum_steps
-    saved_micro = meta.get("micro_per_epoch")
-    if saved_micro is None:  # saved by an older version: its epoch length, as fit computed it then
-        saved_micro = (num_videos // saved_world // saved_videos) // saved_accum * saved_accum
-    if done >= saved_micro:
-        return micro_per_epoch
-    # the epoch's order is a permutation drawn from (train.seed, epoch, the list's length): position p of another
-    # one is other videos, some trained on twice and some never in this epoch
-    changed = []
-    if meta.get("seed", cfg.train.seed) != cfg.train.seed:
-        changed.append(f"train.seed={meta['seed']} (this run: {cfg.train.seed})")
-    if meta.get("num_videos") is not None and meta["num_videos"] != num_videos:  # unknown in older meta.json files
-        changed.append(f"a train list of {meta['num_videos']} videos (data.train_list now has {num_videos})")
-    if done and changed:
-        raise CheckpointError(
-            f"{path} was saved inside epoch {meta['epoch']} ({done} batches per rank done) with "
-            + ", ".join(changed)
-            + ": the epoch's order of videos comes from these, so the rest of the epoch would not be the rest of "
-            "that order. Resume with the saved values, or from a checkpoint saved at the end of an epoch"
-        )
-    if "micro_per_epoch" not in meta and done and main:
-        print(
-            f"warning: {path} was saved inside epoch {meta['epoch']} by an older version, whose per-sample seeds "
-            "came from the rank: the rest of the epoch reads the videos the interrupted run would have, but draws "
-            "their clips and augmentations as this version does",
-            file=sys.stderr,
-            flush=True,
-        )
-    seen, per_step = done * saved_videos * saved_world, videos * world_size * accum
-    if seen % per_step:
-        raise CheckpointError(
-            f"{path} was saved inside epoch {meta['epoch']}, after {seen} videos of its order ({done} batches of "
-            f"{saved_videos} on each of {saved_world} ranks); this run's optimizer step takes {per_step} (data."
-            f"batch_size / data.repeated_aug = {videos}, x train.grad_accum_steps = {accum}, x {world_size} ranks), "
-            "which does not fit a whole number of times. Resume with a global batch that does (the saved run's: "
-            f"{saved_videos * saved_world * saved_accum}), or from a checkpoint saved at the end of an epoch"
-        )
-    return seen // (videos * world_size)
-
-
-def _epoch_end_pending(cfg: Config, meta: dict[str, Any], finished: bool, summary_exists: bool) -> bool:
-    """Whether the checkpoint's epoch-end work (the evaluation, the save holding its metric) is still to do: a stop
-    signal at the last step of an epoch (or at train.max_steps) saves and stops before it. `finished`: the
-    checkpoint's epoch was finished."""
-    pending = meta.get("epoch_end_pending")
-    if pending is not None:
-        return bool(pending)
-    # older versions did not say: they caught up only the final evaluation of a run stopped at its very last step
-    max_steps = cfg.train.max_steps
-    ends = (finished and meta["epoch"] + 1 >= cfg.train.epochs) or 0 < max_steps <= meta["step"]
-    return ends and not summary_exists
-
-
-def _global_batch_warning(cfg: Config, meta: dict[str, Any], world_size: int, path: str) -> str:
-    """A warning when the videos per optimizer step differ from the checkpoint's (else "")."""
-    saved_videos, saved_accum, saved_world = _saved_layout(cfg, meta)
-    saved = saved_videos * saved_accum * saved_world
-    now = cfg.data.batch_size // cfg.data.repeated_aug * cfg.train.grad_accum_steps * world_size
-    if saved == now:
-        return ""
-    return (
-        f"warning: the global batch changed from {saved} to {now} videos per optimizer step since {path}: the "
-        "step-based lr schedule now counts steps of the new size"
-        + (", and the peak lr stays the saved run's (train.scale_lr scaled it then)" if cfg.train.scale_lr else "")
-    )
-
-
-def epoch_batches(loader: DataLoader, epoch: int, skip: int, seed: int, rank: int) -> Iterator[dict[str, Any]]:
-    """The loader's batches for `epoch`, starting after the first `skip` (a resumed checkpoint consumed them).
-
-    The sampler is re-seeded by epoch, and every sample carries its own seed (`data.loader.SeededSampler`), so an
-    epoch's clips do not depend on what ran before it. A resume inside an epoch skips the consumed samples without
-    decoding them; the others keep their seeds, so the resumed run reads exactly the clips the interrupted one
-    would have. (The workers' base seed, drawn from a generator seeded by (seed, epoch, rank), only matters to a
-    dataset read with plain indices.)
-    """
-    sampler = _sampler_of(loader)
-    if hasattr(sampler, "set_epoch"):
-        sampler.set_epoch(epoch)
-    loader.generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch * 1009 + rank)
-    return iter(_rest_of_epoch(loader, skip) if skip else loader)
 
 
 class _CastInput(torch.nn.Module):
@@ -355,14 +206,14 @@ def _fit(cfg: Config, resume: str, stop_signals: bool) -> dict[str, Any]:
     if resumed_from:
         meta = manager.load(engine, resumed_from, cfg)
         state.epoch, state.batches_done, state.step = meta["epoch"], meta["batches_done"], meta["step"]
-        state.batches_done = _resume_position(
+        state.batches_done = resume_position(
             cfg, meta, info.world_size, micro_per_epoch, len(loader.dataset), resumed_from, info.is_main
         )
-        if (batch_warning := _global_batch_warning(cfg, meta, info.world_size, resumed_from)) and info.is_main:
+        if (batch_warning := global_batch_warning(cfg, meta, info.world_size, resumed_from)) and info.is_main:
             print(batch_warning, file=sys.stderr, flush=True)
         restore_rng(meta["rng"], cfg.train.seed, info.rank, state.step)
         finished = state.batches_done >= micro_per_epoch
-        end_pending = _epoch_end_pending(cfg, meta, finished, os.path.isfile(summary_path))
+        end_pending = epoch_end_pending(cfg, meta, finished, os.path.isfile(summary_path))
         if finished and not end_pending:
             state.epoch, state.batches_done = state.epoch + 1, 0
     if info.is_main:  # after the resume checks: a refused resume leaves the run's config files as they were

@@ -1,75 +1,17 @@
-"""fit: where a resumed run starts (the epoch's batches, the position under another layout) and its warnings."""
+"""fit: whole training runs in this process (stops, resumes, evaluation), and the run history a resume rebuilds."""
 
 import json
 import os
 
 import pytest
 import torch
-from torch.utils.data import DataLoader, DistributedSampler
 
 from aim_video.config import load_config
 from aim_video.engine.checkpoint_io import CheckpointError, read_meta
-from aim_video.engine.fit import _global_batch_warning, _resume_position, epoch_batches
 from aim_video.engine.train_loop import run_history
 
 if not torch.cuda.is_available():
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
-
-
-def test_resume_inside_an_epoch_continues_with_the_same_samples():
-    data = list(range(20))
-    loader = DataLoader(data, batch_size=2, sampler=DistributedSampler(data, num_replicas=1, rank=0, seed=7),
-                        drop_last=True)  # fmt: skip
-    full = [b.tolist() for b in epoch_batches(loader, epoch=2, skip=0, seed=0, rank=0)]
-    rest = [b.tolist() for b in epoch_batches(loader, epoch=2, skip=3, seed=0, rank=0)]
-    assert rest == full[3:] and full != sorted(full)
-    other_epoch = [b.tolist() for b in epoch_batches(loader, epoch=3, skip=0, seed=0, rank=0)]
-    assert other_epoch != full
-
-
-def test_a_resume_position_carries_over_to_other_ranks_and_batches_in_whole_steps():
-    """_resume_position: micro-batches done in the checkpoint's epoch, as this run counts them (12 videos)."""
-    base = {"epoch": 0, "world_size": 2, "batch_size": 2, "repeated_aug": 1, "grad_accum_steps": 1}
-
-    def position(meta: dict, world: int, *overrides: str) -> int:
-        cfg = load_config(None, ["data.batch_size=2", *overrides])
-        return _resume_position(cfg, {**base, **meta}, world, 6, num_videos=12, path="ckpt", main=False)
-
-    inside = {"batches_done": 2, "micro_per_epoch": 3}  # 2 of 3 steps of 2 ranks x 2 videos: 8 videos used
-    assert position(inside, 2) == 2  # the same layout
-    assert position(inside, 1, "train.grad_accum_steps=2") == 4  # 1 rank: 4 micro-batches of 2 make the same 8
-    assert position(inside, 4, "data.batch_size=1") == 2  # 4 ranks of 1: 2 micro-batches each
-    assert position(inside, 2, "train.grad_accum_steps=2") == 2  # steps of 2 micro-batches: 2 done is one step
-    assert position({"batches_done": 3, "micro_per_epoch": 3}, 1) == 6  # the epoch was finished: finished here too
-    with pytest.raises(CheckpointError, match="after 8 videos of its order.*the saved run's: 4"):
-        position(inside, 1, "data.batch_size=3")  # steps of 3 do not end at 8
-    with pytest.raises(CheckpointError, match="optimizer step takes 12"):
-        position(inside, 2, "train.grad_accum_steps=3")  # off DeepSpeed's accumulation boundary
-    # an older meta.json, without the epoch's length: inferred from the list as that version computed it
-    assert position({"batches_done": 3}, 1) == 6 and position({"batches_done": 2}, 1) == 4
-    cfg = load_config(None, ["data.batch_size=2", "train.scale_lr=true"])
-    assert _global_batch_warning(cfg, base, 2, "ckpt") == ""
-    assert "from 4 to 2 videos" in _global_batch_warning(cfg, base, 1, "ckpt")
-    assert "peak lr stays the saved run's" in _global_batch_warning(cfg, base, 1, "ckpt")
-
-
-def test_a_resume_inside_an_epoch_refuses_another_seed_or_train_list_length():
-    """The epoch's order is a permutation of (train.seed, epoch, list length): under another one the position maps
-    onto other videos, silently. At an epoch's end, or from an older meta.json without the length, nothing to check."""
-    meta = {"epoch": 1, "world_size": 1, "batch_size": 2, "repeated_aug": 1, "grad_accum_steps": 1,
-            "micro_per_epoch": 6, "batches_done": 2, "seed": 0, "num_videos": 12}  # fmt: skip
-
-    def position(meta: dict, num_videos: int = 12, *overrides: str) -> int:
-        cfg = load_config(None, ["data.batch_size=2", *overrides])
-        return _resume_position(cfg, meta, 1, 6, num_videos=num_videos, path="ckpt", main=False)
-
-    assert position(meta) == 2
-    with pytest.raises(CheckpointError, match=r"inside epoch 1 .*with train.seed=0 \(this run: 5\): the epoch's order"):
-        position(meta, 12, "train.seed=5")
-    with pytest.raises(CheckpointError, match=r"a train list of 12 videos \(data.train_list now has 14\)"):
-        position(meta, 14)
-    assert position({**meta, "batches_done": 6}, 14, "train.seed=5") == 6  # the epoch was finished: a new order
-    assert position({k: v for k, v in meta.items() if k != "num_videos"}, 14) == 2  # older: the length unknown
 
 
 def test_run_history_reads_every_process_of_a_run_from_the_log(tmp_path):
@@ -178,7 +120,7 @@ def test_a_stop_during_the_epoch_end_evaluation_stops_there_and_the_final_one_ke
     epoch 1's first step; now the run saves at step 4 with the evaluation's metric and stops there. (2) A resume
     refused (train.lr changed) leaves config.yaml and deepspeed_config.json as they were. (3) Stopped at the very
     last step, the resume's catch-up evaluation was logged as epoch 2 of a 2-epoch run."""
-    from aim_video.engine.checkpoint_io import CheckpointError, read_meta
+    from aim_video.engine.checkpoint_io import read_meta
     from aim_video.engine.distributed import TrainingStopped
 
     cfg = tiny_run(tmp_path, "train.save_every=2")
