@@ -42,20 +42,15 @@ def test_cli_prints_the_ratios_and_the_keyframe_sweep(tmp_path, capsys):
     assert re.search(r"170x128@256k16 +uniform +torchcodec/decord \d+\.\d\dx", out)  # backends side by side
 
 
-def test_ratios_are_paired_per_clip_and_the_clock_counts_children_not_itself():
+def test_ratios_are_paired_per_clip_and_the_clock_does_not_count_itself():
     """b/a was a ratio of two medians (median(c/a) / median(c/b)) while the output called it paired; the clock's
     process-table scan (~1 ms) fell inside every timed interval, pulling ratios toward 1."""
-    import subprocess
-
     now = [0.0]
     costs = {"a": [1.0, 1.0, 9.0], "b": [1.0, 3.0, 3.0], "c": [1.0, 1.0, 1.0]}  # seconds per clip k
     methods = {m: (lambda k, m=m: now.__setitem__(0, now[0] + costs[m][k])) for m in costs}
     r = measure_inline(methods, 3, 1, clock=lambda: now[0])
     assert r["b/a"] == 1.0  # paired: median(1/1, 1/3, 9/3); the old ratio of medians gave 0.33
     assert r["b/c"] == pytest.approx(1 / 3)
-    t0 = cpu_seconds()
-    subprocess.run(["python3", "-c", "sum(range(3_000_000))"], check=True)  # a reaped child's CPU counts
-    assert cpu_seconds() - t0 >= 0.01
     t0 = cpu_seconds()
     spent = [cpu_seconds() for _ in range(1000)][-1] - t0
     assert spent < 0.05, spent  # ~1000 reads: microseconds each (a psutil scan was ~1 ms)
