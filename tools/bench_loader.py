@@ -241,7 +241,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"\nclips/s per CPU-second in one process (1 proc), per wall second through a {args.workers}-worker "
         f"DataLoader ({args.workers} wrk); load average {load:.1f} on {os.cpu_count()} cores. b/c, b/a: medians "
-        f"of paired per-clip time ratios ({args.rounds} rounds x {args.clips} clips); wall b/c, w/c (guarded loader): wall time"
+        f"of paired per-clip time ratios ({args.rounds} rounds x {args.clips} clips); wall b/c, w/c (guarded "
+        "loader): wall time"
     )
     print(f"{'backend':10} {'videos':20} {'sampling':8} {'mode':6} {'(a)':>7} {'(b)':>7} {'(c)':>7} {'b/c':>5} "
           f"{'b/a':>5} {'wall b/c':>8} {'w/c':>5}")  # fmt: skip
