@@ -136,12 +136,12 @@ def build_train_step(
     cfg: Config, model: nn.Module, device: torch.device, video: torch.Tensor, label: torch.Tensor
 ) -> tuple[torch.optim.Optimizer, Callable[[], None]]:
     """Move the fp32 ``model`` to ``device`` and return AdamW (training's groups) and one optimizer step on
-    ``video`` / ``label``, with the memory layout of DeepSpeed's step for ``train.precision`` at ZeRO stage 0.
+    ``video`` / ``label``, with the memory layout of DeepSpeed's step for ``train.precision`` on one rank (ZeRO 1,
+    the default, whose one partition is the whole trainable set).
 
-    bf16 / fp16: DeepSpeed casts the module to that precision and its optimizer wrapper (``BF16_Optimizer`` /
-    ``FP16_Optimizer``) keeps fp32 master weights, fp32 gradient buffers and fp32 AdamW moments for the trainable
-    parameters only: 2 + 2 + 4 + 4 + 8 = 20 bytes per trainable parameter, 2 per frozen one. The step below does the
-    same. We chose this over fp32 parameters under ``torch.autocast`` (the simpler option) because autocast holds
+    bf16 / fp16: DeepSpeed casts the module to that precision and its ZeRO optimizer keeps fp32 master weights, fp32
+    gradients and fp32 AdamW moments for the trainable parameters only: 2 + 2 + 4 + 4 + 8 = 20 bytes per trainable
+    parameter, 2 per frozen one. The step below does the same. We chose this over fp32 parameters under ``torch.autocast`` (the simpler option) because autocast holds
     every frozen weight in fp32 plus a bf16 copy per step, twice DeepSpeed's memory for the frozen backbone (the
     bulk of AIM's), and runs casts DeepSpeed does not. fp16's loss scaling is left out: it changes no tensor's size.
     fp32: AdamW on the parameters themselves, as DeepSpeed without a wrapper.

@@ -289,7 +289,7 @@ def load_annotations(
     rows of a Kinetics CSV that holds several splits. `missing="keep"` (tools that report on every listed file)
     warns and keeps them."""
     if missing not in ("fail", "drop", "keep"):
-        raise AnnotationError(f"data.missing_files must be 'fail' or 'drop', got {missing!r}")
+        raise AnnotationError(f"data.missing_files must be 'fail' or 'drop' (tools: also 'keep'), got {missing!r}")
     if not source:
         raise AnnotationError(f"no {what} given: set the list file, Kinetics CSV or class folder in the config")
     if os.path.isdir(source):

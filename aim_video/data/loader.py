@@ -75,9 +75,9 @@ def resolve_classes(cfg: Config) -> list[str] | None:
         return read_class_map(cfg.data.class_map)
     if os.path.isdir(cfg.data.train_list):
         return class_folder_names(cfg.data.train_list)
-    if cfg.data.train_list.lower().endswith(".csv"):
+    if cfg.data.train_list.lower().endswith(".csv") and os.path.isfile(cfg.data.train_list):
         return kinetics_classes(cfg.data.train_list)
-    return None
+    return None  # a list file, or a train source not here (training names it; evaluation needs names elsewhere)
 
 
 def _numbers_its_own_classes(source: str, split: str) -> bool:

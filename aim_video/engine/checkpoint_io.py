@@ -332,13 +332,20 @@ class CheckpointManager:
         """Restore weights, optimizer, scheduler and this rank's RNG file from `path`; returns its meta."""
         meta = read_meta(path)
         saved_stage = meta.get("zero_stage", 0)
+        saved_precision = meta.get("precision") or _saved_train(path).get("precision", cfg.train.precision)
+        if saved_stage == 0 and saved_precision != "fp32" and cfg.train.zero_stage > 0:
+            raise CheckpointError(
+                f"{path} was saved with train.precision={saved_precision} and train.zero_stage=0, which this version "
+                "refuses to train (DeepSpeed's stage-0 mixed-precision optimizer: docs/benchmarks.md) and cannot turn "
+                "into a ZeRO checkpoint (one without ZeRO holds no whole optimizer state to deal out): it cannot be "
+                "resumed. Evaluate its weights (tools/test.py --checkpoint), or start the run anew with ZeRO 1"
+            )
         if (saved_stage > 0) != (cfg.train.zero_stage > 0):
             raise CheckpointError(
                 f"{path} was saved with train.zero_stage={saved_stage}, this run has {cfg.train.zero_stage}: the "
                 "optimizer state is kept whole without ZeRO and in partitions with it. Resume with "
                 f"train.zero_stage={saved_stage}" + (" (or the other ZeRO stage)" if saved_stage else "")
             )
-        saved_precision = meta.get("precision") or _saved_train(path).get("precision", cfg.train.precision)
         if saved_precision != cfg.train.precision:
             raise CheckpointError(
                 f"{path} was saved with train.precision={saved_precision}, this run has {cfg.train.precision}: "
@@ -474,5 +481,13 @@ def meta_pretrained(path: str) -> str:
 
 def agree_on_resume(manager: CheckpointManager, spec: str) -> str | None:
     """Rank 0 picks the checkpoint and every rank uses the same one (a save may land between two ranks' reads)."""
-    choice = manager.resolve_resume(spec) if manager.rank == 0 else None
-    return broadcast_object(choice)
+    choice, refused = None, None
+    if manager.rank == 0:
+        try:
+            choice = manager.resolve_resume(spec)
+        except CheckpointError as err:  # said on every rank: else the others waited in the broadcast for the timeout
+            refused = str(err)
+    choice, refused = broadcast_object((choice, refused))
+    if refused is not None:
+        raise CheckpointError(refused)
+    return choice

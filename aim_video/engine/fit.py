@@ -238,7 +238,8 @@ def _fit(cfg: Config, resume: str, stop_signals: bool) -> dict[str, Any]:
     save_steps, max_steps = cfg.train.save_every_steps, cfg.train.max_steps
     last_saved = state.step if resumed_from else -1
     eval_cache: dict[str, Any] = {}
-    if cfg.data.val_list and cfg.train.eval_every >= 0:  # a val list that cannot be evaluated stops the run now
+    will_run = end_pending or (state.epoch < cfg.train.epochs and (max_steps <= 0 or state.step < max_steps))
+    if will_run and cfg.data.val_list and cfg.train.eval_every >= 0:  # a val list that cannot be evaluated stops now
         prepare_evaluation(cfg, info, eval_cache)
     results: list[dict[str, Any]] = []
     totals = Counter()

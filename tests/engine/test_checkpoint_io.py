@@ -292,6 +292,21 @@ def test_another_precision_is_refused_naming_the_key_not_called_damaged(world, t
     assert "damaged" not in str(err.value) and "Resume with train.precision=fp32" in str(err.value)
 
 
+def test_a_mixed_precision_checkpoint_without_zero_says_it_cannot_be_resumed(world, tmp_path):
+    """Saved by an earlier version with its defaults (bf16, ZeRO 0): resuming with the new default stage said "Resume
+    with train.zero_stage=0", which the engine now refuses under bf16, whose fix was a precision the checkpoint
+    refuses: a circle. One message now says it cannot be resumed and what to do instead."""
+    fp32 = load_config(None, ["train.precision=fp32", "data.batch_size=2", "train.zero_stage=0"])
+    manager = CheckpointManager(str(tmp_path / "ckpt"), keep_last=2, rank=0, world_size=1)
+    path = manager.save(_engine(fp32, seed=0), fp32, step=1, epoch=0, batches_done=1)
+    meta = json.load(open(os.path.join(path, "meta.json")))
+    with open(os.path.join(path, "meta.json"), "w") as f:  # as the old default wrote it
+        json.dump({**meta, "precision": "bf16", "zero_stage": 0}, f)
+    bf16 = load_config(None, ["train.precision=bf16", "data.batch_size=2"])
+    with pytest.raises(CheckpointError, match=r"precision=bf16 and train.zero_stage=0, .* it cannot be resumed"):
+        manager.load(_engine(bf16, seed=0), path, bf16)
+
+
 def test_another_temporal_attention_resumes_since_it_computes_the_same_model(world, tmp_path):
     """model.temporal_attention picks the kernel, not the model (tests/models compare outputs and gradients): like
     model.compile it may change on resume; another adapter setting may not."""

@@ -93,6 +93,12 @@ def test_weights_evaluated_away_from_their_class_files_number_a_val_tree_as_trai
     assert cfg.data.class_map == str(tmp_path / "out" / "classes.txt")
     assert [r.label for r in load_split(cfg, "val").records] == [0, 2]
     assert class_names(cfg, path) == ["archery", "bowling", "cooking"]
+    # the usual Kinetics set-up: the train CSV named the classes, no class map (a FileNotFoundError got through)
+    cfg.data.train_list, cfg.data.class_map = "/training/machine/kinetics/train.csv", ""
+    use_stored_classes(cfg, path, str(tmp_path / "out2"))
+    assert [r.label for r in load_split(cfg, "val").records] == [0, 2]
+    cfg.data.class_map = ""
+    assert class_names(cfg, path) == ["archery", "bowling", "cooking"]
 
 
 def test_ds_accelerator_cpu_evaluates_on_the_cpu_whatever_gpus_are_visible(monkeypatch):
