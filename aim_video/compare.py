@@ -141,10 +141,11 @@ def build_train_step(
 
     bf16 / fp16: DeepSpeed casts the module to that precision and its ZeRO optimizer keeps fp32 master weights, fp32
     gradients and fp32 AdamW moments for the trainable parameters only: 2 + 2 + 4 + 4 + 8 = 20 bytes per trainable
-    parameter, 2 per frozen one. The step below does the same. We chose this over fp32 parameters under ``torch.autocast`` (the simpler option) because autocast holds
-    every frozen weight in fp32 plus a bf16 copy per step, twice DeepSpeed's memory for the frozen backbone (the
-    bulk of AIM's), and runs casts DeepSpeed does not. fp16's loss scaling is left out: it changes no tensor's size.
-    fp32: AdamW on the parameters themselves, as DeepSpeed without a wrapper.
+    parameter, 2 per frozen one. The step below does the same. We chose this over fp32 parameters under
+    ``torch.autocast`` (the simpler option) because autocast holds every frozen weight in fp32 plus a bf16 copy per
+    step, twice DeepSpeed's memory for the frozen backbone (the bulk of AIM's), and runs casts DeepSpeed does not.
+    fp16's loss scaling is left out: it changes no tensor's size. fp32: AdamW on the parameters themselves, as
+    DeepSpeed without a wrapper.
     """
     from aim_video.engine.deepspeed_setup import model_dtype, peak_lr
     from aim_video.engine.optim import build_optimizer, build_param_groups
