@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -27,6 +26,7 @@ sys.path.insert(0, REPO)
 
 from aim_video.config import config_cli_main  # noqa: E402
 from aim_video.data.demo_data import CLASSES, TEMPORAL_PAIRS, generate  # noqa: E402
+from aim_video.engine.distributed import free_port  # noqa: E402
 
 
 def run(cmd: list[str], env: dict[str, str], what: str) -> None:
@@ -43,14 +43,7 @@ def launcher(nproc: int, script: str) -> list[str]:
     deepspeed = shutil.which("deepspeed", path=os.path.dirname(sys.executable)) or shutil.which("deepspeed")
     if deepspeed is None:
         raise SystemExit("[demo] error: the `deepspeed` launcher is not on PATH; run tools/setup.sh first")
-    return [deepspeed, "--num_gpus", str(nproc), "--master_port", str(free_port()), script]
-
-
-def free_port() -> int:
-    """A port no process listens on now (two demos at once, or a training run on 29500, do not meet)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return [deepspeed, "--num_gpus", str(nproc), "--master_port", str(free_port()), script]  # two demos: two ports
 
 
 DEMO_MARKER = ".aim_video_demo"  # written into the demo's run folder: only such a folder is ever removed

@@ -48,7 +48,8 @@ class DistInfo:
         return self.rank == 0
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A port no process listens on now (the OS picks it; a world of one, the demo's launcher)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -171,7 +172,7 @@ def init_distributed(timeout_min: float = 60.0) -> DistInfo:
     if "WORLD_SIZE" not in os.environ:  # plain `python tools/train.py`: a world of one
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
     if os.environ["WORLD_SIZE"] == "1":
-        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+        os.environ.setdefault("MASTER_PORT", str(free_port()))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device, backend = device_and_backend(local_rank)
     for attempt in range(3):
@@ -183,7 +184,7 @@ def init_distributed(timeout_min: float = 60.0) -> DistInfo:
             # machine opened a connection from it): pick another; a port the user or a launcher set is theirs
             if not own_port or "EADDRINUSE" not in str(err) or attempt == 2:
                 raise
-            os.environ["MASTER_PORT"] = str(_free_port())
+            os.environ["MASTER_PORT"] = str(free_port())
     rank, world = dist.get_rank(), dist.get_world_size()
     if device.type == "cpu":
         release_shm_segment(rank)

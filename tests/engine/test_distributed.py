@@ -164,8 +164,8 @@ def test_a_world_of_one_picks_another_port_when_its_free_port_was_taken_meanwhil
         "busy = socket.socket(); busy.bind(('127.0.0.1', 0)); busy.listen(1)\n"
         "from aim_video.engine import distributed\n"
         "ports = iter([busy.getsockname()[1]])\n"
-        "real = distributed._free_port\n"
-        "distributed._free_port = lambda: next(ports, None) or real()\n"
+        "real = distributed.free_port\n"
+        "distributed.free_port = lambda: next(ports, None) or real()\n"
         "info = distributed.init_distributed()\n"
         "print('WORLD', info.world_size, os.environ['MASTER_PORT'] != str(busy.getsockname()[1]))\n"
     )
