@@ -234,3 +234,41 @@ def test_a_bad_setting_stops_the_run_before_any_method_trains(tiny_videos, tmp_p
     assert result.returncode == 2, result.stdout[-3000:] + result.stderr[-3000:]
     assert "bad value for config key 'model.lora_rank': 0; it must be at least 1" in result.stderr
     assert not os.path.exists(tmp_path / "runs" / "linear_probe") and not os.path.exists(tmp_path / "table")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("method", ["aim", "full_finetune", "linear_probe"])
+def test_cuda_peak_of_the_measured_step_is_the_deepspeed_engines(method: str) -> None:
+    """compare times a hand-made step with the memory layout of DeepSpeed's ZeRO-1 bf16 step (build_train_step's
+    doc); on CUDA its peak must be the real engine's on the same model and clips, within 10%."""
+    from aim_video.compare import free_memory
+    from aim_video.engine.deepspeed_setup import build_engine, derive_ds_config
+    from aim_video.engine.distributed import init_distributed
+    from aim_video.engine.train_loop import loss_fn
+
+    init_distributed()
+    device = torch.device("cuda", torch.cuda.current_device())
+    shape = ["model.pretrained=", "data.batch_size=8", "train.precision=bf16", "train.zero_stage=1"]
+    cfg = method_config(method, f"{REPO}/configs/k400_vit_b16_8f.yaml", shape, "/tmp/unused")
+    hand_made = measure_cost(cfg, device, warmup=2, steps=3)["peak_memory_mib"]
+
+    free_memory(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    base = torch.cuda.memory_allocated(device)
+    torch.manual_seed(cfg.train.seed)
+    d = cfg.data
+    model = build_model(cfg.model, d.num_frames, d.input_size).train()
+    engine, _ = build_engine(cfg, model, steps_per_epoch=10, world_size=1, ds_config=derive_ds_config(cfg, 1))
+    gen = torch.Generator().manual_seed(0)
+    video = torch.randn(d.batch_size, d.num_frames, 3, d.input_size, d.input_size, generator=gen)
+    video, label = video.to(device, torch.bfloat16), torch.randint(0, 400, (d.batch_size,), generator=gen).to(device)
+    for _ in range(3):
+        engine.backward(loss_fn(engine(video), label, cfg.train.label_smoothing))
+        engine.step()
+    torch.cuda.synchronize(device)
+    deepspeed_mib = (torch.cuda.max_memory_allocated(device) - base) / 2**20
+    del engine, model
+    free_memory(device)
+    print(json.dumps({"method": method, "hand_made_mib": round(hand_made), "deepspeed_mib": round(deepspeed_mib)}))
+    assert abs(hand_made / deepspeed_mib - 1) < 0.10, (hand_made, deepspeed_mib)
