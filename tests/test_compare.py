@@ -14,7 +14,7 @@ from aim_video.compare import METHODS, markdown_table, measure_cost, method_conf
 from aim_video.config import load_config
 from aim_video.models.build import build_model, check_method
 from tests.models.conftest import TINY_CLIP
-from tests.tools.conftest import REPO, TINY_VIT, make_videos, tiny_config, write_base_weights
+from tests.tools.conftest import PYTHONPATH, REPO, TINY_VIT, make_videos, tiny_config, write_base_weights
 
 
 def _cfg(method: str, precision: str = "fp32"):
@@ -200,7 +200,7 @@ def _compare(tmp_path, root: str, args: list[str], script: str | None = None) ->
            f"output_dir={tmp_path / 'runs'}"]  # fmt: skip
     dist_keys = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
     env = {k: v for k, v in os.environ.items() if k not in dist_keys}
-    env.update(DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", PYTHONPATH=REPO)
+    env.update(DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", PYTHONPATH=PYTHONPATH)
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
 
 

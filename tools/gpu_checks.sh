@@ -6,8 +6,10 @@
 #   temporal attention (bench_model --temporal-attention), the CUDA tests, the profiler eager and compiled on
 #   generated videos (MFU, loader, data wait), a short DeepSpeed bf16 run with model.compile=true, the model step
 #   compiled for AIM and full fine-tuning with sdpa and matmul, the same at 32 frames eager and compiled, then AIM's
-#   two attention shapes per implementation (bench_attention). Its steps, timed one by one in runs 4-6 on an H200
-#   (docs/benchmarks.md), add up to about 490 s; not yet run whole in this form.
+#   two attention shapes per implementation (bench_attention); on request (STEPS) a resume check. Its default steps,
+#   timed one by one in runs 4-6 on an H200 (docs/benchmarks.md), add up to about 490 s; not yet run whole in this
+#   form. Run 7 (STEPS="tests resume profile") took 434 s: tests 47 s + the engine folder's ~90 s, resume 171 s,
+#   profiles 106 s.
 # Usage: bash tools/gpu_checks.sh OUT_DIR [PYTHON]      (PYTHON defaults to .venv/bin/python, else python3)
 #        TINY=1 bash tools/gpu_checks.sh OUT_DIR          a CPU smoke run of the same steps on a tiny ViT
 #        STEPS="tests resume profile" bash tools/gpu_checks.sh OUT_DIR    only these steps, in the script's order:
@@ -94,7 +96,7 @@ step model 110 "bench_model eager, each temporal attention" "$PY" tools/bench_mo
 
 step tests 100 "CUDA tests" "$PY" -m pytest -q -rP -p no:cacheprovider -m gpu tests/models/test_aim.py \
   tests/profiling/test_runner.py tests/test_compare.py
-step tests 90 "engine and evaluation tests on this machine" "$PY" -m pytest -q -p no:cacheprovider tests/engine \
+step tests 150 "engine and evaluation tests on this machine" "$PY" -m pytest -q -p no:cacheprovider tests/engine \
   tests/eval/test_loading.py tests/tools/test_test_tool_infer.py
 
 wait "$VIDEOS" || { echo "=== video generation failed:"; cat "$WORK/videos.log"; }

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from aim_video.engine.distributed import first_slurm_host, slurm_master_port, world_from_slurm
+from tests.tools.conftest import PYTHONPATH
 
 
 @pytest.mark.parametrize(
@@ -170,7 +171,7 @@ def test_a_world_of_one_picks_another_port_when_its_free_port_was_taken_meanwhil
         "print('WORLD', info.world_size, os.environ['MASTER_PORT'] != str(busy.getsockname()[1]))\n"
     )
     env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "MASTER_PORT", "LOCAL_RANK")}
-    env.update(DS_ACCELERATOR="cpu", PYTHONPATH=os.getcwd())
+    env.update(DS_ACCELERATOR="cpu", PYTHONPATH=PYTHONPATH)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert "WORLD 1 True" in out.stdout, out.stderr[-2000:]
 

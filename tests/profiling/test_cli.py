@@ -9,12 +9,11 @@ import sys
 
 from aim_video.config import to_yaml
 from tests.profiling.conftest import tiny_config
-
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests.tools.conftest import PYTHONPATH, REPO
 
 
 def test_cli_quick_writes_json_and_bad_key_exits_2(demo_root, tmp_path) -> None:
-    env = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS="1")
+    env = dict(os.environ, PYTHONPATH=PYTHONPATH, OMP_NUM_THREADS="1")
     cfg = tiny_config(demo_root)
     config_path = tmp_path / "tiny.yaml"
     config_path.write_text(to_yaml(cfg))

@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# the repo first, then the caller's path (a lent GPU machine carries packages on PYTHONPATH that children need too)
+PYTHONPATH = os.pathsep.join(p for p in (REPO, os.environ.get("PYTHONPATH", "")) if p)
 TRAIN = os.path.join(REPO, "tools", "train.py")
 
 
@@ -94,7 +96,7 @@ def launch(
            "--master_port", str(port), TRAIN, "--config", config, *overrides]  # fmt: skip
     if resume:
         cmd += ["--resume", resume]
-    full_env = {**os.environ, "DS_ACCELERATOR": "cpu", "PYTHONPATH": REPO, "OMP_NUM_THREADS": "1", **(env or {})}
+    full_env = {**os.environ, "DS_ACCELERATOR": "cpu", "PYTHONPATH": PYTHONPATH, "OMP_NUM_THREADS": "1", **(env or {})}
     result = subprocess.run(cmd, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout)
     result.shm_left = glob.glob(f"/dev/shm/deepspeed_allreduce_buffer_{os.getuid()}_*_{port}_*")
     return result

@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from tests.tools.conftest import REPO, tiny_config
+from tests.tools.conftest import PYTHONPATH, REPO, tiny_config
 
 
 def test_compare_two_methods_writes_table_json_and_chart(video_root, tmp_path):
@@ -21,7 +21,7 @@ def test_compare_two_methods_writes_table_json_and_chart(video_root, tmp_path):
     # a world of one of its own: not the process group an earlier in-process test left in this environment
     dist_keys = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
     env = {k: v for k, v in os.environ.items() if k not in dist_keys}
-    env.update(DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", PYTHONPATH=REPO)
+    env.update(DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", PYTHONPATH=PYTHONPATH)
     result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     data = json.load(open(out / "compare.json"))

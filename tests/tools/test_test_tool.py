@@ -13,8 +13,8 @@ import torch
 from safetensors import safe_open
 
 from tests.eval.conftest import tiny_config, write_split, write_tiny_checkpoint
+from tests.tools.conftest import PYTHONPATH, REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.join(REPO, "tools"))
 import test as test_tool  # noqa: E402  (tools/test.py)
 
@@ -84,7 +84,7 @@ def test_two_ranks_equal_one_rank_exactly(run):
     out2 = os.path.join(run["root"], "out2")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     cmd += [os.path.join(REPO, "tools", "test.py"), "--checkpoint", run["ckpt_dir"], "--out", out2, "--save-scores"]
-    env = {**os.environ, "PYTHONPATH": REPO, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": PYTHONPATH, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     one = json.load(open(os.path.join(run["out"], "results.json")))
@@ -111,7 +111,7 @@ def test_a_rank_that_fails_alone_stops_every_rank_with_its_status(run):
     procs = []
     for rank in range(2):
         env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR")}
-        env.update(PYTHONPATH=REPO, OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu", CUDA_VISIBLE_DEVICES="",
+        env.update(PYTHONPATH=PYTHONPATH, OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu", CUDA_VISIBLE_DEVICES="",
                    MASTER_PORT=port, SLURM_STEP_NUM_TASKS="2", SLURM_PROCID=str(rank), SLURM_LOCALID=str(rank),
                    SLURM_STEP_NODELIST="localhost")  # fmt: skip
         cmd = [sys.executable, os.path.join(REPO, "tools", "test.py"), "--checkpoint", run["ckpt"], "--strict",

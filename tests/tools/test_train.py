@@ -149,7 +149,7 @@ def test_bad_input_is_one_error_line_and_status_2_not_a_traceback(video_root, tm
     import subprocess
     import sys
 
-    from tests.tools.conftest import REPO, TRAIN
+    from tests.tools.conftest import PYTHONPATH, REPO, TRAIN
 
     cfg_path = tiny_config(str(tmp_path), video_root)
     classes = tmp_path / "classes.txt"
@@ -157,7 +157,7 @@ def test_bad_input_is_one_error_line_and_status_2_not_a_traceback(video_root, tm
     # not this pytest process's world of one (tests that ran before set RANK, WORLD_SIZE and the port of its store)
     dist_vars = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
     env = {k: v for k, v in os.environ.items() if k not in dist_vars}
-    env.update(DS_ACCELERATOR="cpu", PYTHONPATH=REPO, OMP_NUM_THREADS="1")
+    env.update(DS_ACCELERATOR="cpu", PYTHONPATH=PYTHONPATH, OMP_NUM_THREADS="1")
     for override, message in (
         (f"data.root={tmp_path / 'nowhere'}", "videos not found"),
         ("model.num_classes=5", "model.num_classes=5 but data.num_classes=2"),
@@ -182,7 +182,7 @@ def test_a_full_disk_is_one_error_line_and_status_1_not_the_bad_input_status(vid
     import subprocess
     import sys
 
-    from tests.tools.conftest import REPO, TRAIN
+    from tests.tools.conftest import PYTHONPATH, REPO, TRAIN
 
     cfg_path = tiny_config(str(tmp_path), video_root, train={"max_steps": 1})
     out = tmp_path / "run"
@@ -190,7 +190,7 @@ def test_a_full_disk_is_one_error_line_and_status_1_not_the_bad_input_status(vid
     os.symlink("/dev/full", out / "log.jsonl")
     dist_vars = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")  # as in the test above
     env = {k: v for k, v in os.environ.items() if k not in dist_vars}
-    env.update(DS_ACCELERATOR="cpu", PYTHONPATH=REPO, OMP_NUM_THREADS="1")
+    env.update(DS_ACCELERATOR="cpu", PYTHONPATH=PYTHONPATH, OMP_NUM_THREADS="1")
     cmd = [sys.executable, TRAIN, "--config", cfg_path, f"output_dir={out}"]
     result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 1, result.stderr[-2000:]
