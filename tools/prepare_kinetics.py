@@ -50,7 +50,7 @@ from aim_video.data.annotations import (  # noqa: E402
     read_class_map,
     write_list_file,
 )
-from aim_video.data.decode import x264_tune  # noqa: E402
+from aim_video.data.encode import x264_tune  # noqa: E402
 from aim_video.data.prepare import (  # noqa: E402
     build_lists,
     claim_out_root,

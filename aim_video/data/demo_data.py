@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from aim_video.data.decode import write_video
+from aim_video.data.encode import write_video
 
 # class index -> name (folder names replace spaces by underscores, as Kinetics preparation scripts do)
 CLASSES: list[str] = [

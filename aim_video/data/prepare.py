@@ -5,7 +5,7 @@ decode (short side 256 or 320 instead of 720 or more) and a short keyframe inter
 `keyint - 1` frames before the one asked for. Output is H.264 in mp4 at a constant frame rate with closed GOPs and
 a keyframe exactly every `keyint` frames (no scene-cut keyframes), moov atom first, video only by default, tuned
 for random access: x264 `-tune fastdecode` (CAVLC entropy coding, no deblocking filter) and no B-frames (a frame
-decodes once the frames before it have, never waiting for a later one; `decode.transcode` encodes the same way).
+decodes once the frames before it have, never waiting for a later one; `encode.transcode` encodes the same way).
 
 The encoder is the `ffmpeg` program (the same FFmpeg libraries torchcodec needs; Debian/Ubuntu:
 `apt-get install -y ffmpeg`). Every output is written under a temporary name, checked to decode, then renamed:
@@ -36,7 +36,7 @@ from aim_video.data.annotations import (
     write_lines,
     write_list_file,
 )
-from aim_video.data.decode import x264_tune
+from aim_video.data.encode import x264_tune
 from aim_video.data.verify import check_video
 
 

@@ -39,7 +39,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 
 import numpy as np
 
-from aim_video.data import decode, watchdog
+from aim_video.data import decode, encode, watchdog
 
 STATUSES = ("exact", "shifted", "corrupt_after_seek", "short", "hangs", "unreadable")
 
@@ -445,7 +445,7 @@ def load_report(json_path: str) -> list[VideoCheck]:
 
 def _transcode_one(job: tuple[str, str, int, int, int, str]) -> int:
     src, dst, keyint, short_side, crf, tune = job
-    return decode.transcode(src, dst, keyint=keyint, short_side=short_side, crf=crf, tune=tune)
+    return encode.transcode(src, dst, keyint=keyint, short_side=short_side, crf=crf, tune=tune)
 
 
 def repair_videos(
@@ -465,7 +465,7 @@ def repair_videos(
     """Re-encode every video that is not `exact` into `out_dir` and verify the copies with the same backend.
 
     Copies mirror the originals' paths relative to `root` (or their file names), as .mp4: constant frame rate,
-    closed GOPs of `keyint` frames, optionally resized to `short_side`, x264's `tune` (`decode.transcode`).
+    closed GOPs of `keyint` frames, optionally resized to `short_side`, x264's `tune` (`encode.transcode`).
     Originals are only read; two originals that differ only in extension (`x.mp4`, `x.mkv`) get copies `x.mp4` and
     `x_mkv.mp4`. Returns ({original absolute path: repaired path} for copies that verify `exact`, the checks to
     report: the copies', and for every original not replaced (its copy failed to encode or is not exact) its own

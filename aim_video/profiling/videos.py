@@ -14,7 +14,7 @@ import os
 
 import numpy as np
 
-from aim_video.data import decode
+from aim_video.data import encode
 
 
 def scene_video(
@@ -61,5 +61,5 @@ def scene_video(
         frame[height // 3 : height // 3 + block_h, bx : bx + block_w] = (200, 60, 60)
         frame += rng.normal(0, noise, frame.shape)
         frames[i] = np.clip(frame, 0, 255)
-    decode.write_video(path, frames, fps=fps, gop=gop)
+    encode.write_video(path, frames, fps=fps, gop=gop)
     return path

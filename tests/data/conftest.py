@@ -1,4 +1,4 @@
-"""Tiny test videos, made at test time with decode.write_video (no outside files)."""
+"""Tiny test videos, made at test time with encode.write_video (no outside files)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from aim_video.data import decode
+from aim_video.data import encode
 
 
 def frame_code_video(num_frames: int, height: int = 48, width: int = 64) -> np.ndarray:
@@ -32,7 +32,7 @@ def decoded_frame_index(frame_hwc: np.ndarray, num_frames: int) -> int:
 
 
 def make_video(path: str, num_frames: int = 24, height: int = 48, width: int = 64, fps: float = 25.0) -> str:
-    decode.write_video(path, frame_code_video(num_frames, height, width), fps=fps, gop=8)
+    encode.write_video(path, frame_code_video(num_frames, height, width), fps=fps, gop=8)
     return path
 
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 from einops import rearrange
 
-from aim_video.data import decode
+from aim_video.data import decode, encode
 from aim_video.data.annotations import VideoRecord
 from aim_video.data.dataset import MultiViewDataset, TrainClipDataset
 from aim_video.data.transforms import build_eval_transform, build_train_transform
@@ -32,7 +32,7 @@ def format_videos(tmp_path_factory) -> dict[str, str]:
     out = {}
     for name, codec in FORMATS.items():
         path = str(folder / name)
-        decode.write_video(path, frame_code_video(40, 48, 64), fps=25, codec=codec, gop=12)
+        encode.write_video(path, frame_code_video(40, 48, 64), fps=25, codec=codec, gop=12)
         out[name] = path
     return out
 
@@ -76,7 +76,7 @@ def test_rss_stays_flat_over_2000_clip_loads(tmp_path, timeout_s):
     paths = []
     for k in range(4):
         path = str(tmp_path / f"v{k}.mp4")
-        decode.write_video(path, frame_code_video(30 + k, 48, 64), fps=25, gop=8)
+        encode.write_video(path, frame_code_video(30 + k, 48, 64), fps=25, gop=8)
         paths.append(path)
     records = [VideoRecord(p, 0, (0,)) for p in paths]
     ds = TrainClipDataset(records, build_train_transform(32), "dense", 4, 2, timeout_s=timeout_s, repeated_aug=1)

@@ -9,9 +9,8 @@ import sys
 import numpy as np
 import pytest
 
-from aim_video.data import decode
+from aim_video.data import decode, encode
 from tests.data.videos import (
-    false_keyframes,
     make_frames,
     make_h264,
     mean_abs_diff,
@@ -39,7 +38,7 @@ def videos(tmp_path_factory) -> dict[str, str]:
     out = {}
     for name, codec in FORMATS.items():
         out[name] = str(folder / name)
-        decode.write_video(out[name], make_frames(60), fps=25, codec=codec, gop=12)
+        encode.write_video(out[name], make_frames(60), fps=25, codec=codec, gop=12)
     out["short.mp4"] = undecodable_tail(make_h264(str(folder / "clean.mp4")), str(folder / "short.mp4"))
     return out
 
@@ -111,7 +110,7 @@ def test_pyav_fallback_for_a_file_decord_cannot_open(tmp_path, monkeypatch):
     """AV1 (what YouTube serves for many videos): decord's FFmpeg has no decoder; the error says so and what to do,
     the fallback reads it, says why, and later reads of the file go to the fallback at once."""
     path = str(tmp_path / "av1.mkv")
-    decode.write_video(path, make_frames(12), codec="libsvtav1")
+    encode.write_video(path, make_frames(12), codec="libsvtav1")
     opened: list[str] = []
 
     class CountingDecord(decode._DecordReader):  # the real decord reader, counting its opens
@@ -219,25 +218,6 @@ def test_torchcodec_cuda_device_is_selectable(videos):
     assert mean_abs_diff(clip[1], ref[30]) < 2.0  # pragma: no cover - GPU colour conversion differs slightly
 
 
-def test_transcode_gives_true_keyframes_every_keyint(tmp_path):
-    src = false_keyframes(make_h264(str(tmp_path / "src.mp4")), str(tmp_path / "kf.mp4"))
-    before = os.path.getmtime(src), open(src, "rb").read()
-    dst = str(tmp_path / "out" / "fixed.mp4")
-    assert decode.transcode(src, dst, keyint=16, short_side=64) == 300
-    assert (os.path.getmtime(src), open(src, "rb").read()) == before  # the original is only read
-    points, packets = decode.packet_seek_points(dst)
-    assert packets == 300 and points == list(range(0, 300, 16))
-    assert decode.probe(dst, "pyav") == decode.VideoInfo(300, 25.0, 64, 96)
-    assert not [f for f in os.listdir(tmp_path / "out") if ".tmp" in f]
-    settings = open(dst, "rb").read()
-    assert b" cabac=0 " in settings and b" bframes=0 " in settings  # tuned for decoding speed, no B-frames
-
-
-def test_write_video_rejects_wrong_arrays(tmp_path):
-    with pytest.raises(ValueError, match=r"uint8 \[T, H, W, 3\]"):
-        decode.write_video(str(tmp_path / "x.mp4"), np.zeros((2, 8, 8, 3), np.float32))
-
-
 @pytest.mark.parametrize("degrees", [90, 180, 270])
 @pytest.mark.parametrize("backend,opts", BACKENDS)
 def test_phone_videos_read_upright_through_every_backend(tmp_path, degrees, backend, opts):
@@ -245,7 +225,7 @@ def test_phone_videos_read_upright_through_every_backend(tmp_path, degrees, back
     that `probe` reports is the turned one. PyAV used to return the stored picture, so a fallback or the verify
     reference disagreed with decord in shape and content."""
     plain = str(tmp_path / "plain.mp4")
-    decode.write_video(plain, make_frames(20), fps=25, gop=8)
+    encode.write_video(plain, make_frames(20), fps=25, gop=8)
     path = rotated(plain, str(tmp_path / f"rot{degrees}.mp4"), degrees)  # the same packets, turned for display
     # what a player shows: the stored picture turned counter-clockwise by `degrees`
     upright = np.rot90(sequential_frames(plain), degrees // 90, axes=(1, 2))
@@ -258,15 +238,6 @@ def test_phone_videos_read_upright_through_every_backend(tmp_path, degrees, back
     info = decode.probe(path, backend, **opts)
     assert (info.height, info.width) == upright.shape[1:3]
     assert sequential_frames(path).shape[1:3] == upright.shape[1:3]  # the reference decode agrees
-
-
-def test_transcode_keeps_the_display_rotation(tmp_path):
-    src = str(tmp_path / "portrait.mp4")
-    decode.write_video(src, make_frames(20), fps=25, rotation=90)
-    dst = str(tmp_path / "fixed.mp4")
-    assert decode.transcode(src, dst, keyint=8) == 20
-    assert mean_abs_diff(sequential_frames(dst), sequential_frames(src)) < 3.0
-    assert decode.probe(dst, "pyav") == decode.probe(src, "pyav") == decode.VideoInfo(20, 25.0, 96, 64)
 
 
 @pytest.mark.parametrize("backend,opts", BACKENDS)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from aim_video.config import load_config
-from aim_video.data import decode
+from aim_video.data import decode, encode
 from aim_video.data.annotations import AnnotationError, RecordTable, VideoRecord, write_lines
 from aim_video.data.loader import FailureLog, build_eval_loader, build_train_loader, set_epoch
 from tests.data.conftest import decoded_frame_index, frame_code_video, installed_backends, make_corrupt_corpus
@@ -234,7 +234,7 @@ def test_videos_read_through_the_fallback_are_reported_not_failed(video_dir, tmp
     """An AV1 video (decord cannot decode it) is trained on through PyAV, and every batch that holds it says so,
     so an epoch can report how much of the data set takes the slow road."""
     av1 = str(tmp_path / "av1.mkv")
-    decode.write_video(av1, frame_code_video(24, 48, 64), fps=25, codec="libsvtav1")
+    encode.write_video(av1, frame_code_video(24, 48, 64), fps=25, codec="libsvtav1")
     lst = str(tmp_path / "train.txt")
     write_lines(lst, [f"{video_dir}/archery/v0.mp4 0", f"{av1} 1", f"{video_dir}/bowling/v1.mp4 1"])
     loader = build_train_loader(tiny_cfg(lst, batch_size=1, num_workers=workers, persistent_workers=False), 0, 1)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from aim_video.data import decode
+from aim_video.data import decode, encode
 from aim_video.data.annotations import parse_list_file
 from aim_video.data.prepare import (
     build_lists,
@@ -30,7 +30,7 @@ def keyframe_positions(path: str) -> list[int]:
 
 def test_reencode_short_side_keyframes_and_frames(tmp_path):
     src = str(tmp_path / "src.mp4")
-    decode.write_video(src, frame_code_video(40, 96, 128), fps=25)  # encoder's default keyframe interval
+    encode.write_video(src, frame_code_video(40, 96, 128), fps=25)  # encoder's default keyframe interval
     dst = str(tmp_path / "out" / "dst.mp4")
     res = reencode_one(src, dst, short_side=64, keyint=8)
     assert res.status == "done", res.reason
@@ -53,7 +53,7 @@ def x264_settings(path: str) -> str:
 
 def test_reencode_tunes_for_decoding_speed_unless_told_not_to(tmp_path):
     src = str(tmp_path / "src.mp4")
-    decode.write_video(src, frame_code_video(24, 96, 128), fps=25)
+    encode.write_video(src, frame_code_video(24, 96, 128), fps=25)
     fast = reencode_one(src, str(tmp_path / "fast.mp4"), short_side=64, keyint=8)
     plain = reencode_one(src, str(tmp_path / "plain.mp4"), short_side=64, keyint=8, tune="none")
     assert fast.status == plain.status == "done", (fast.reason, plain.reason)
@@ -75,7 +75,7 @@ def picture_types(path: str) -> set[str]:
 
 def test_reencode_writes_no_b_frames_unless_told_to(tmp_path):
     src = str(tmp_path / "src.mp4")
-    decode.write_video(src, frame_code_video(32, 96, 128), fps=25)
+    encode.write_video(src, frame_code_video(32, 96, 128), fps=25)
     plain = reencode_one(src, str(tmp_path / "plain.mp4"), short_side=64, keyint=16)
     with_b = reencode_one(src, str(tmp_path / "b.mp4"), short_side=64, keyint=16, bframes=None)
     assert plain.status == with_b.status == "done", (plain.reason, with_b.reason)
@@ -93,7 +93,7 @@ def test_reencode_writes_no_b_frames_unless_told_to(tmp_path):
 
 def test_portrait_and_small_videos_are_not_upscaled(tmp_path):
     tall = str(tmp_path / "tall.mp4")
-    decode.write_video(tall, np.zeros((4, 128, 64, 3), np.uint8))
+    encode.write_video(tall, np.zeros((4, 128, 64, 3), np.uint8))
     res = reencode_one(tall, str(tmp_path / "tall_out.mp4"), short_side=32)
     assert res.status == "done" and decode.probe(res.dst).width == 32 and decode.probe(res.dst).height == 64
     small = make_video(str(tmp_path / "small.mp4"), 8)  # 48x64, below the short side asked
@@ -105,7 +105,7 @@ def test_a_phone_video_is_re_encoded_upright(tmp_path):
     """ffmpeg turns the picture by the display matrix (autorotate) before scaling: the copy shows what the
     original showed, at the short side of the turned picture, and needs no matrix."""
     src = str(tmp_path / "phone.mp4")
-    decode.write_video(src, frame_code_video(16, 128, 192), fps=25, rotation=90)  # shown 192 high, 128 wide
+    encode.write_video(src, frame_code_video(16, 128, 192), fps=25, rotation=90)  # shown 192 high, 128 wide
     res = reencode_one(src, str(tmp_path / "out.mp4"), short_side=96, keyint=8)  # (decord: >= 64 px wide)
     assert res.status == "done", res.reason
     assert decode.probe(res.dst) == decode.VideoInfo(16, 25.0, 144, 96)

@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from aim_video.data import decode, verify
+from aim_video.data import decode, encode, verify
 from tests.data.videos import (
     SleepyReader,
     false_keyframes,
@@ -330,7 +330,7 @@ def test_a_false_keyframe_in_a_long_video_is_checked_though_groups_are_spread(tm
 
     src = str(tmp_path / "long.mp4")
     params = {"bf": "0", "x264-params": "scenecut=0:keyint=10:min-keyint=10"}
-    decode.write_video(src, make_frames(600), fps=25, gop=10, options=params)
+    encode.write_video(src, make_frames(600), fps=25, gop=10, options=params)
     points, _ = decode.packet_seek_points(src)
     spread = verify.check_groups(points, 600)
     at = next(f for f in range(15, 600, 10) if not any(f in g for g in verify.check_groups([*points, f], 600)))
@@ -350,7 +350,7 @@ def test_a_still_scene_in_high_bit_depth_video_is_exact(tmp_path):
     frames = make_frames(120)
     still = np.concatenate([frames[:40], np.repeat(frames[40:41], 40, 0), frames[41:81]])  # 40..79 identical
     path = str(tmp_path / "still10.mp4")
-    decode.write_video(path, still, fps=25, gop=250, pix_fmt="yuv420p10le", options={"bf": "0"})
+    encode.write_video(path, still, fps=25, gop=250, pix_fmt="yuv420p10le", options={"bf": "0"})
     check = verify.check_video(path, "decord")
     assert check.status == "exact" and check.conversion_error > 1.0, (check.status, check.reason)
 
@@ -378,7 +378,7 @@ def test_repair_keeps_same_named_originals_apart_and_reports_what_it_could_not_r
     (tmp_path / "v").mkdir()
     mp4 = false_keyframes(clean, str(tmp_path / "v" / "x.mp4"), at=(20,))
     mkv = str(tmp_path / "v" / "x.mkv")
-    decode.write_video(mkv, make_frames(60, seed=3), fps=25, gop=50)
+    encode.write_video(mkv, make_frames(60, seed=3), fps=25, gop=50)
     gone = str(tmp_path / "v" / "y.mp4")
     checks = verify.verify_videos([mp4], "decord", progress=False)
     why = "3 of 9 checked reads return another frame"

@@ -14,7 +14,7 @@ from typing import Any
 import av
 import numpy as np
 
-from aim_video.data import decode
+from aim_video.data import decode, encode
 
 H, W = 64, 96  # decord 0.6.0 mis-copies frames narrower than ~64 px (row padding); keep test videos wider
 
@@ -45,7 +45,7 @@ def make_h264(
     path: str, n: int = 300, gop: int = 250, bframes: int = 0, seed: int = 0, pix_fmt: str = "yuv420p"
 ) -> str:
     frames = make_frames(n, seed=seed)
-    decode.write_video(path, frames, fps=25, gop=gop, pix_fmt=pix_fmt, options={"bf": str(bframes)})
+    encode.write_video(path, frames, fps=25, gop=gop, pix_fmt=pix_fmt, options={"bf": str(bframes)})
     return path
 
 

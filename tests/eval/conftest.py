@@ -90,7 +90,7 @@ def write_split(root: str, num_videos: int, num_classes: int, corrupt: tuple[int
     """``root/videos/vNN.mp4`` (label i % num_classes; the ``corrupt`` ones are junk bytes) and ``root/val.txt``."""
     import os
 
-    from aim_video.data import decode
+    from aim_video.data import encode
 
     os.makedirs(os.path.join(root, "videos"), exist_ok=True)
     lines = []
@@ -100,7 +100,7 @@ def write_split(root: str, num_videos: int, num_classes: int, corrupt: tuple[int
             with open(path, "wb") as f:
                 f.write(b"\x00\x00\x00\x18ftypmp42 this is not a video" * 4)
         else:
-            decode.write_video(path, band_video(num_frames, tint=12 * (i % num_classes)), fps=25.0, gop=8)
+            encode.write_video(path, band_video(num_frames, tint=12 * (i % num_classes)), fps=25.0, gop=8)
         lines.append(f"videos/v{i:02d}.mp4 {i % num_classes}")
     with open(os.path.join(root, "val.txt"), "w") as f:
         f.write("\n".join(lines) + "\n")

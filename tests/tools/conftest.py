@@ -18,7 +18,7 @@ TRAIN = os.path.join(REPO, "tools", "train.py")
 
 def make_videos(folder: str, count: int = 16, frames: int = 8, size: int = 32, classes: int = 2) -> str:
     """`count` h264 clips of a bright square moving right (label 0) or left (label 1); returns the list file."""
-    from aim_video.data.decode import write_video
+    from aim_video.data.encode import write_video
 
     rng = np.random.default_rng(0)
     lines = []

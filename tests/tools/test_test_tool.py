@@ -169,10 +169,10 @@ def test_a_video_the_verify_report_drops_is_listed_with_its_reason(run, capsys):
 def test_videos_read_through_the_fallback_are_listed(run, capsys):
     """An AV1 video (decord cannot decode it) is evaluated through PyAV: scored like the others, and named in
     results.json and on the console, so a slow evaluation says why."""
-    from aim_video.data import decode
+    from aim_video.data import encode
     from tests.eval.conftest import band_video
 
-    decode.write_video(os.path.join(run["root"], "videos", "av1.mkv"), band_video(24), fps=25.0, codec="libsvtav1")
+    encode.write_video(os.path.join(run["root"], "videos", "av1.mkv"), band_video(24), fps=25.0, codec="libsvtav1")
     listed = os.path.join(run["root"], "with_av1.txt")
     with open(listed, "w") as f:
         f.write("videos/v00.mp4 0\nvideos/av1.mkv 0\n")

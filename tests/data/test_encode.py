@@ -1,0 +1,39 @@
+"""encode.py: the prepare tool's re-encode (true keyframes, rotation kept, the source only read) and write_video."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from aim_video.data import decode, encode
+from tests.data.videos import false_keyframes, make_frames, make_h264, mean_abs_diff, sequential_frames
+
+
+def test_transcode_gives_true_keyframes_every_keyint(tmp_path):
+    src = false_keyframes(make_h264(str(tmp_path / "src.mp4")), str(tmp_path / "kf.mp4"))
+    before = os.path.getmtime(src), open(src, "rb").read()
+    dst = str(tmp_path / "out" / "fixed.mp4")
+    assert encode.transcode(src, dst, keyint=16, short_side=64) == 300
+    assert (os.path.getmtime(src), open(src, "rb").read()) == before  # the original is only read
+    points, packets = decode.packet_seek_points(dst)
+    assert packets == 300 and points == list(range(0, 300, 16))
+    assert decode.probe(dst, "pyav") == decode.VideoInfo(300, 25.0, 64, 96)
+    assert not [f for f in os.listdir(tmp_path / "out") if ".tmp" in f]
+    settings = open(dst, "rb").read()
+    assert b" cabac=0 " in settings and b" bframes=0 " in settings  # tuned for decoding speed, no B-frames
+
+
+def test_write_video_rejects_wrong_arrays(tmp_path):
+    with pytest.raises(ValueError, match=r"uint8 \[T, H, W, 3\]"):
+        encode.write_video(str(tmp_path / "x.mp4"), np.zeros((2, 8, 8, 3), np.float32))
+
+
+def test_transcode_keeps_the_display_rotation(tmp_path):
+    src = str(tmp_path / "portrait.mp4")
+    encode.write_video(src, make_frames(20), fps=25, rotation=90)
+    dst = str(tmp_path / "fixed.mp4")
+    assert encode.transcode(src, dst, keyint=8) == 20
+    assert mean_abs_diff(sequential_frames(dst), sequential_frames(src)) < 3.0
+    assert decode.probe(dst, "pyav") == decode.probe(src, "pyav") == decode.VideoInfo(20, 25.0, 96, 64)
