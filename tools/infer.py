@@ -25,7 +25,7 @@ from aim_video.config import ConfigError  # noqa: E402
 from aim_video.data.annotations import AnnotationError, VideoRecord  # noqa: E402
 from aim_video.data.dataset import MultiViewDataset  # noqa: E402
 from aim_video.data.loader import eval_dataset_of  # noqa: E402
-from aim_video.engine.distributed import world_from_slurm  # noqa: E402
+from aim_video.engine.distributed import device_and_backend, world_from_slurm  # noqa: E402
 from aim_video.eval.loading import class_names, load_model, resolve_checkpoint, resolve_eval_config  # noqa: E402
 from aim_video.eval.multiview import apply_protocol, average_views, forward_views, inference_precision  # noqa: E402
 from aim_video.models.pretrained import PretrainedLoadError  # noqa: E402
@@ -88,7 +88,7 @@ def predict(model: torch.nn.Module, dataset: MultiViewDataset, cfg, device: torc
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device, _ = device_and_backend(0)  # as tools/test.py: DS_ACCELERATOR=cpu keeps a GPU machine's run on the CPU
     try:
         checkpoint_file = resolve_checkpoint(args.checkpoint)
         cfg = resolve_eval_config(checkpoint_file, args.config, args.overrides)

@@ -7,8 +7,9 @@
 
 Writes results.json (metrics, protocol, videos evaluated, missing list, checkpoint sha256, resolved config),
 per_class.csv, confusion.png and, with --save-scores, scores.safetensors (per-video averaged scores).
-Exit status 2: bad config or arguments (an unwritable --out included); 3: missing videos under --strict, or no
-video readable at all; 1: anything else. Every rank exits with the same status when one rank fails while loading the
+Exit status 2: bad config, arguments or list (an unwritable --out included, and listed videos that do not exist
+unless data.missing_files=drop); 3: videos left out (drop) or unreadable under --strict, or none of the videos
+found readable; 1: anything else. Every rank exits with the same status when one rank fails while loading the
 model or the list (e.g. a video missing on one node only under --strict); rank 0 prints which rank and why.
 """
 
@@ -102,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     strict = args.strict or cfg.eval.strict
     failure = None  # (exit status, message): agreed by every rank, else one failing rank left the others waiting
     try:
+        # hashed as it is loaded, not after the evaluation: a training run's keep_last may prune or replace the file
+        sha256 = sha256_file(checkpoint_file) if proc.rank == 0 else ""  # meanwhile (results named other weights)
         model = load_model(cfg, checkpoint_file, proc.device)
         loader = build_eval_loader(cfg, args.split, proc.rank, proc.world_size)
         dropped = loader.dataset.dropped  # missing files, videos a verify report found wrong: left out, listed
@@ -140,16 +143,16 @@ def main(argv: list[str] | None = None) -> int:
     if proc.rank != 0:
         return 0
 
-    sha256 = sha256_file(checkpoint_file)
     paths = [r.path for r in loader.dataset.records]
     record = results_record(result, to_dict(cfg), checkpoint_file, sha256, args.split, dropped, paths)
     write_results_json(record, os.path.join(out, "results.json"))
     write_per_class_csv(result, names, os.path.join(out, "per_class.csv"))
     plot_confusion(result["confusion_matrix"], names, os.path.join(out, "confusion.png"))
+    scores_path = os.path.join(out, "scores.safetensors")
     if args.save_scores or cfg.eval.save_scores:
-        write_scores(
-            result, os.path.join(out, "scores.safetensors"), {"checkpoint_sha256": record["checkpoint_sha256"]}
-        )
+        write_scores(result, scores_path, {"checkpoint_sha256": record["checkpoint_sha256"]}, paths)
+    elif os.path.exists(scores_path):  # an earlier run's, beside results it does not match
+        os.remove(scores_path)
     scores = " ".join(f"{key} {_pct(record['metrics'][key])}" for key in ("top1", "top5", "mean_class_acc"))
     counts = f"{record['num_evaluated']} of {record['num_listed']} videos ({record['num_missing']} missing)"
     if record["num_fallback_reads"]:  # exact, but decoded from the start: say why evaluation was slow

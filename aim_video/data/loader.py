@@ -32,6 +32,7 @@ several ranks a DistributedSampler pads the last batch with repeats; `batch["ind
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import functools
 import logging
@@ -152,7 +153,34 @@ def load_split(cfg: Config, split: str) -> Annotations:
             "and model.num_classes to it (and data.class_map to the classes.txt `prepare_kinetics.py lists` wrote)",
             source, used, cfg.data.num_classes, used,
         )  # fmt: skip
+    if split != "train":  # in training a repeated line weighs a video more; evaluation counts every video once
+        ann = _once_each(ann, f"data.{split}_list={source}")
     return ann
+
+
+def _once_each(ann: Annotations, what: str) -> Annotations:
+    """`ann` with each video listed once: a repeated line (same path, same label) was scored once per copy; the same
+    path under two labels is refused."""
+    labels: dict[str, int] = {}
+    kept, repeated = [], []
+    for record in ann.records:
+        if record.path not in labels:
+            labels[record.path] = record.label
+            kept.append(record)
+        elif labels[record.path] != record.label:
+            raise AnnotationError(
+                f"{what}: {record.path} is listed with labels {labels[record.path]} and {record.label}; "
+                "a video has one class: keep one of the lines"
+            )
+        else:
+            repeated.append(record.path)
+    if not repeated:
+        return ann
+    log.warning(
+        "%s: %d lines repeat a video listed before, e.g. %s: each video is evaluated and counted once",
+        what, len(repeated), repeated[0],
+    )  # fmt: skip
+    return dataclasses.replace(ann, records=kept)
 
 
 def ignore_signals_in_worker(worker_id: int, signums: tuple[int, ...]) -> None:

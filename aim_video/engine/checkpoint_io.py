@@ -36,6 +36,7 @@ import ast
 import contextlib
 import errno
 import json
+import math
 import os
 import re
 import shutil
@@ -122,6 +123,11 @@ def _saved_at(path: str) -> tuple[float, str]:
     """When a checkpoint was saved (meta.json's `saved_at`; its modification time for older ones), then its name."""
     saved = read_meta(path).get("saved_at")
     return (float(saved) if saved is not None else os.path.getmtime(os.path.join(path, "meta.json")), path)
+
+
+def _finite(metric: Any) -> bool:
+    """A metric best.json can rank: NaN (an evaluation that read no video) would stay the maximum forever."""
+    return isinstance(metric, (int, float)) and math.isfinite(metric)
 
 
 def read_meta(path: str) -> dict[str, Any]:
@@ -308,7 +314,7 @@ class CheckpointManager:
         """best.json from the metrics in the checkpoints' own meta.json: a folder saved again at the same step (after
         a resume) with another metric, or none, can no longer leave best.json naming weights it does not hold."""
         scored = [(meta["metric"], os.path.basename(p)) for p in self.complete_checkpoints()
-                  if (meta := read_meta(p)).get("metric") is not None]  # fmt: skip
+                  if _finite((meta := read_meta(p)).get("metric"))]  # fmt: skip (NaN: no val video read)
         path = os.path.join(self.root, "best.json")
         if scored:
             metric, name = max(scored, key=lambda pair: (pair[0], -int(pair[1][5:])))  # the earliest of equal ones

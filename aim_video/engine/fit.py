@@ -84,6 +84,12 @@ def prepare_evaluation(cfg: Config, info: DistInfo, cache: dict[str, Any]) -> No
             f"data.val_list={cfg.data.val_list} has no labels (an inference list?): training's evaluation scores "
             "top-1 against them. Give the labelled val list, or train.eval_every=-1 and tools/test.py for predictions"
         )
+    dropped = loader.dataset.dropped  # missing files, videos a verify report found wrong
+    if cfg.eval.strict and dropped:  # as tools/test.py --strict: the list's videos are evaluated, all of them
+        raise AnnotationError(
+            f"data.val_list={cfg.data.val_list}: {len(dropped)} listed videos were left out before evaluation and "
+            "eval.strict is set, e.g. " + "; ".join(f"{p}: {why}" for p, why in dropped[:3])
+        )
     cache["loader"] = loader
 
 

@@ -193,10 +193,14 @@ def plot_confusion(confusion: torch.Tensor, class_names: Sequence[str], path: st
         plt.close(fig)
 
 
-def write_scores(result: dict[str, Any], path: str, metadata: dict[str, Any] | None = None) -> str:
+def write_scores(
+    result: dict[str, Any], path: str, metadata: dict[str, Any] | None = None, paths: list[str] | None = None
+) -> str:
     """Per-video averaged scores for ensembling: safetensors ``index`` [N], ``label`` [N], ``scores`` [N, K].
 
-    Needs a result of ``evaluate(..., return_scores=True)``."""
+    Needs a result of ``evaluate(..., return_scores=True)``. ``index`` numbers the videos evaluated (after the ones
+    left out), not the list's lines: with ``paths`` (the dataset's, by index) the metadata's ``paths`` (JSON) names
+    each row's video, so that score files of runs that left out different videos are matched by video."""
     preds = result["scores"]
     tensors = {
         "index": preds["index"].long().contiguous(),
@@ -204,4 +208,6 @@ def write_scores(result: dict[str, Any], path: str, metadata: dict[str, Any] | N
         "scores": preds["scores"].float().contiguous(),
     }
     meta = {"protocol": json.dumps(result["protocol"]), **{k: json.dumps(v) for k, v in (metadata or {}).items()}}
+    if paths is not None:
+        meta["paths"] = json.dumps([paths[i] for i in tensors["index"].tolist()])
     return save_safetensors(tensors, path, meta)

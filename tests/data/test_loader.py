@@ -523,6 +523,19 @@ def test_multi_label_lines_are_refused_for_training_and_evaluation(tmp_path):
             build(tiny_cfg(lst, batch_size=1))
 
 
+def test_evaluation_counts_a_repeated_line_once_and_refuses_one_video_under_two_labels(tmp_path, caplog):
+    """A val list with a line twice scored that video twice; training keeps repeats (they weigh a video more)."""
+    a, b = (make_h264(str(tmp_path / f"{n}.mp4"), n=30, gop=10) for n in "ab")
+    lst = str(tmp_path / "list.txt")
+    write_lines(lst, [f"{a} 1", f"{b} 0", f"{a} 1"])
+    assert [r.path for r in build_eval_loader(tiny_cfg(lst, batch_size=1), "val", 0, 1).dataset.records] == [a, b]
+    assert "1 lines repeat a video listed before, e.g. " + a in caplog.text
+    assert len(build_train_loader(tiny_cfg(lst, batch_size=1), 0, 1).dataset) == 3
+    write_lines(lst, [f"{a} 1", f"{a} 0"])
+    with pytest.raises(AnnotationError, match=r"a.mp4 is listed with labels 1 and 0"):
+        build_eval_loader(tiny_cfg(lst, batch_size=1), "val", 0, 1)
+
+
 def test_a_video_the_report_found_undecodable_by_any_backend_is_left_out_once(tmp_path):
     """Each epoch tried the broken download, failed, replaced it and counted it again; evaluation listed it as
     missing only after trying. With the report it is left out up front, named with the report's reason."""

@@ -215,6 +215,18 @@ def test_best_follows_a_checkpoint_saved_again_at_the_same_step(world, tmp_path)
     assert manager.best() is None and not os.path.exists(os.path.join(root, "best.json"))
 
 
+def test_an_evaluation_that_read_no_video_never_becomes_the_best(world, tmp_path):
+    """Its top-1 is NaN, and max() never moved past a NaN that came first: best.json named it for the whole run."""
+    cfg = load_config(None, ["train.precision=fp32", "data.batch_size=2"])
+    engine = _engine(cfg, seed=0)
+    manager = CheckpointManager(str(tmp_path / "ckpt"), keep_last=3, rank=0, world_size=1)
+    manager.save(engine, cfg, step=1, epoch=0, batches_done=1, metric=float("nan"))
+    assert manager.best() is None
+    manager.save(engine, cfg, step=2, epoch=1, batches_done=1, metric=61.5)
+    manager.save(engine, cfg, step=3, epoch=2, batches_done=1, metric=70.0)
+    assert manager.best() == {"name": "step_00000003", "metric": 70.0}
+
+
 def test_a_damaged_checkpoint_is_named_with_the_older_one_to_resume_from(world, tmp_path):
     cfg = load_config(None, ["train.precision=fp32", "data.batch_size=2"])
     manager = CheckpointManager(str(tmp_path / "ckpt"), keep_last=3, rank=0, world_size=1)

@@ -156,8 +156,17 @@ def test_a_val_list_that_cannot_be_evaluated_stops_the_run_before_training(tiny_
     cfg = tiny_run(tmp_path)
     unlabelled = tmp_path / "val_unlabelled.txt"
     unlabelled.write_text("".join(line.rsplit(" ", 1)[0] + "\n" for line in open(cfg.data.val_list) if line.strip()))
-    for val_list, message in ((str(unlabelled), "has no labels"), (str(tmp_path / "gone.txt"), "not found")):
+    with_gone = tmp_path / "val_with_gone.txt"  # eval.strict, as tools/test.py --strict: none may be left out
+    with_gone.write_text(open(cfg.data.val_list).read() + f"{tmp_path / 'gone.mp4'} 0\n")
+    cases = (
+        (str(unlabelled), "has no labels", False),
+        (str(tmp_path / "gone.txt"), "not found", False),
+        (str(with_gone), "1 listed videos were left out before evaluation and eval.strict is set", True),
+    )
+    for val_list, message, strict in cases:
         cfg.data.val_list = val_list
+        cfg.eval.strict = strict  # with data.missing_files=drop: the missing video is left out, then refused
+        cfg.data.missing_files = "drop" if strict else "fail"
         with pytest.raises(AnnotationError, match=message):
             _fit(cfg, monkeypatch=monkeypatch)
         assert not os.path.isdir(os.path.join(cfg.output_dir, "checkpoints")) or not os.listdir(

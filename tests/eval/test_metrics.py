@@ -41,6 +41,14 @@ def test_top5_with_fewer_than_five_classes_and_empty_input():
     assert math.isnan(empty["top1"]) and int(empty["confusion_matrix"].sum()) == 0
 
 
+def test_a_top1_hit_among_tied_scores_is_a_top5_hit():
+    """Six or more classes tied at the maximum (a fresh head): top-1 takes the first, topk any five of them."""
+    scores = torch.zeros(3, 10)
+    scores[2, 4] = 1.0
+    m = compute_metrics(scores, torch.tensor([0, 9, 4]), 10)
+    assert m["top1"] == pytest.approx(2 / 3) and m["top5"] >= m["top1"]
+
+
 def test_bad_labels_and_shapes_are_named():
     with pytest.raises(ValueError, match="num_classes"):
         compute_metrics(torch.zeros(2, 3), torch.tensor([0, 3]), 3)

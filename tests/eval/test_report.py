@@ -85,3 +85,8 @@ def test_scores_file_round_trips(tmp_path):
         assert torch.equal(f.get_tensor("index"), result["scores"]["index"])
         assert torch.equal(f.get_tensor("scores"), result["scores"]["scores"])
         assert json.loads(f.metadata()["protocol"])["num_views"] == 3
+        assert "paths" not in f.metadata()
+    index = result["scores"]["index"].tolist()
+    names = [f"v{i}.mp4" for i in range(max(index) + 1)]
+    with safe_open(write_scores(result, str(tmp_path / "named.safetensors"), paths=names), framework="pt") as f:
+        assert json.loads(f.metadata()["paths"]) == [names[i] for i in index]  # each row's video, by name

@@ -71,6 +71,31 @@ def test_checkpoint_forms_resolve_to_the_same_file(run):
         resolve_checkpoint(run["root"])
 
 
+def test_a_checkpoint_pruned_during_the_evaluation_keeps_its_results_and_an_old_scores_file_goes(
+    run, tmp_path, monkeypatch
+):
+    """A training run's keep_last may delete the folder being evaluated: the hash was read after the evaluation, so
+    the results were lost. A scores file of an earlier run in the same --out no longer stays beside new results."""
+    import shutil
+
+    ckpt_dir = str(tmp_path / "step_00000007")
+    shutil.copytree(run["ckpt_dir"], ckpt_dir)
+    real = test_tool.evaluate
+
+    def pruned_meanwhile(*args, **kwargs):
+        shutil.rmtree(ckpt_dir)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(test_tool, "evaluate", pruned_meanwhile)
+    out = str(tmp_path / "out")
+    os.makedirs(out)
+    shutil.copy(os.path.join(run["out"], "scores.safetensors"), out)
+    assert test_tool.main(["--checkpoint", ckpt_dir, "--out", out, "--no-progress"]) == 0
+    results = json.load(open(os.path.join(out, "results.json")))
+    assert results["checkpoint_sha256"] == hashlib.sha256(open(run["ckpt"], "rb").read()).hexdigest()
+    assert not os.path.exists(os.path.join(out, "scores.safetensors"))
+
+
 def test_strict_fails_on_the_unreadable_video_and_bad_input_exits_2(run, capsys):
     assert test_tool.main(["--checkpoint", run["ckpt"], "--strict", "--no-progress", "--out", run["root"]]) == 3
     assert "v03.mp4" in capsys.readouterr().err
