@@ -125,7 +125,8 @@ class TrainClipDataset(Dataset):
         if isinstance(item, tuple):
             index, seed = item
             with torch.random.fork_rng(devices=[]):  # transforms draw from torch's CPU RNG: seed it, put it back
-                torch.manual_seed(seed)
+                torch.default_generator.manual_seed(seed)  # the CPU's alone: torch.manual_seed also reseeds CUDA,
+                # which fork_rng(devices=[]) does not put back (with num_workers=0, the model's dropout on the GPU)
                 try:
                     return self._get(index, seed)
                 finally:

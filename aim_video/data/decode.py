@@ -190,6 +190,16 @@ def open_av(path: str, num_threads: int = 1) -> Any:
     return container
 
 
+def video_stream_index(path: str) -> int:
+    """The container's index of the stream every reader here decodes (`video_stream`), for tools that pick a stream
+    themselves (ffmpeg's `-map 0:v:0` is the first video stream, a cover image or thumbnail track in some files)."""
+    container = open_av(path)
+    try:
+        return int(video_stream(container).index)
+    finally:
+        container.close()
+
+
 def packet_seek_points(path: str) -> tuple[list[int], int]:
     """Presentation indices of the packets the container flags as keyframes, and the packet count (no decoding)."""
     container = open_av(path)
@@ -420,10 +430,10 @@ def read_frames(
     (decord can spin forever past the real end of a file that over-reports its length). `indices` may be a function
     of the usable frame count returning the indices: the loader samples a clip from the count of the reader it
     already opened, so each clip costs one open. A read that fails inside the claimed count triggers one sequential
-    count: if the file is shorter than it claims, the count is logged and kept (`discovered_frame_counts`, which
-    the loader reports), the sampling function is called again with the real count and the read retried (fixed
-    indices past the real end raise `ShortVideoError` naming both counts); later reads in this process start
-    from the real count.
+    count: if the file is shorter than it claims, the count is logged (a warning of the process that read it) and
+    kept for this process (`discovered_frame_counts`), the sampling function is called again with the real count
+    and the read retried (fixed indices past the real end raise `ShortVideoError` naming both counts); later reads
+    in this process start from the real count.
     `fallback` names a backend tried when `backend` cannot open the file. `timeout_s` > 0 runs the read in a child
     process killed after that many seconds (`ReadTimeout`); None or 0 reads in this process with no overhead.
     """

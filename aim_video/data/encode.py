@@ -33,8 +33,8 @@ def write_video(
     `rotation` (degrees counter-clockwise, a multiple of 90) is stored as the display matrix, as phones do: the
     frames are kept as given and readers show them turned."""
     arr = frames.numpy() if isinstance(frames, torch.Tensor) else np.asarray(frames)
-    if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[-1] != 3:
-        raise ValueError(f"write_video needs uint8 [T, H, W, 3] frames, got {arr.dtype} {tuple(arr.shape)}")
+    if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[-1] != 3 or not len(arr):
+        raise ValueError(f"write_video needs uint8 [T, H, W, 3] frames, T >= 1, got {arr.dtype} {tuple(arr.shape)}")
     _encode(
         path,
         (av.VideoFrame.from_ndarray(img, format="rgb24") for img in arr),
@@ -62,9 +62,12 @@ def _encode(
     rotation: int = 0,
 ) -> int:
     """Encode PyAV frames to `path` atomically; `rotation` (degrees counter-clockwise) goes in the display matrix."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    root, ext = os.path.splitext(path)
-    tmp = f"{root}.tmp{os.getpid()}{ext}"
+    folder, name = os.path.split(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    stem, ext = os.path.splitext(name)
+    # hidden (class-folder trees skip it) with the extension PyAV picks the container by: a run killed mid-write
+    # (repair's time limit) leaves nothing that lists as a video
+    tmp = os.path.join(folder, f".{stem}.tmp{os.getpid()}{ext}")
     count = 0
     try:
         with av.open(tmp, mode="w") as container:
@@ -85,7 +88,8 @@ def _encode(
                 count += 1
             for packet in stream.encode():
                 container.mux(packet)
-        os.replace(tmp, path)
+        if count:  # no frame: nothing to publish (the caller says why)
+            os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)

@@ -36,6 +36,7 @@ from aim_video.data.annotations import (
     write_lines,
     write_list_file,
 )
+from aim_video.data.decode import VideoReadError, video_stream_index
 from aim_video.data.encode import x264_tune
 from aim_video.data.verify import check_video
 
@@ -78,6 +79,7 @@ def reencode_command(
     fps: float | None = None,
     keep_audio: bool = False,
     threads: int = 1,
+    stream_index: int | None = None,
 ) -> list[str]:
     """The ffmpeg command line: short side <= `short_side` (never upscaled, even sizes), keyframe every `keyint`.
 
@@ -100,7 +102,8 @@ def reencode_command(
     vf = scale if fps is None else f"fps={fps},{scale}"
     binary = ffmpeg_binary()
     cmd = [binary, "-nostdin", "-y", "-loglevel", "error", "-threads", str(threads), "-i", src]
-    cmd += ["-map", "0:v:0"] + (["-map", "0:a?", "-c:a", "aac"] if keep_audio else ["-an"])
+    video = "0:v:0" if stream_index is None else f"0:{stream_index}"  # reencode_one: the stream decoders read
+    cmd += ["-map", video] + (["-map", "0:a?", "-c:a", "aac"] if keep_audio else ["-an"])
     cmd += ["-vf", vf, "-c:v", "libx264", "-preset", preset, "-crf", str(crf), "-pix_fmt", "yuv420p"]
     tune = x264_tune(tune)
     if tune:
@@ -140,7 +143,12 @@ def reencode_one(
     # unique per process and thread; not a video extension, so a copy left by a killed run is never listed
     tmp = f"{dst}.{os.getpid()}-{threading.get_ident()}.partial"
     try:
-        proc = subprocess.run(reencode_command(src, tmp, **options), capture_output=True, text=True, timeout=timeout_s)
+        try:  # the stream decoding reads (FFmpeg's best), not the first video stream: a cover image may come first
+            index = video_stream_index(src)
+        except VideoReadError as err:
+            return EncodeResult(src, dst, "failed", err.reason)
+        command = reencode_command(src, tmp, **options, stream_index=index)
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s)
         if proc.returncode != 0:
             lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
             return EncodeResult(src, dst, "failed", f"ffmpeg exit {proc.returncode}: {lines[-1] if lines else ''}")
@@ -162,7 +170,7 @@ SETTINGS_FILE = "aim_video_reencode.json"
 def encoder_settings(**options) -> dict:
     """What shapes a re-encoded video: `reencode_command`'s options, its defaults filled in, the tune resolved."""
     params = inspect.signature(reencode_command).parameters
-    settings = {k: p.default for k, p in params.items() if k not in ("src", "dst", "threads")}
+    settings = {k: p.default for k, p in params.items() if k not in ("src", "dst", "threads", "stream_index")}
     unknown = set(options) - set(settings)
     if unknown:
         raise ValueError(f"unknown re-encoding option(s) {sorted(unknown)}; known: {sorted(settings)}")

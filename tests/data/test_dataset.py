@@ -126,6 +126,21 @@ def test_a_seeded_item_does_not_depend_on_what_the_worker_read_before(tmp_path, 
     assert any(found) and not all(found)  # both ways: reads that found the file short, reads inside its real end
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_seeded_item_leaves_the_cuda_rng_alone(tmp_path):
+    """torch.manual_seed reseeds CUDA too, which fork_rng(devices=[]) did not put back: with num_workers=0 every clip
+    reset the model's dropout stream on the GPU to that clip's seed."""
+    from tests.data.conftest import make_video
+
+    dataset = TrainClipDataset([VideoRecord(make_video(str(tmp_path / "v.mp4"), 24), 0, (0,))], identity, "dense",
+                               num_frames=4, frame_stride=4, backend="pyav")  # fmt: skip
+    torch.cuda.manual_seed(7)
+    before = torch.cuda.get_rng_state()
+    dataset[(0, 123)]
+    assert torch.equal(torch.cuda.get_rng_state(), before)
+
+
 def test_a_passing_failure_does_not_drop_the_video_for_the_rest_of_the_run(tmp_path):
     """A one-off stall (a read timeout) or an error after decoding put the video on the worker's known-bad list, so
     with persistent workers it was replaced for the rest of training; only an undecodable file stays skipped."""

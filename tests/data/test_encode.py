@@ -37,3 +37,37 @@ def test_transcode_keeps_the_display_rotation(tmp_path):
     assert encode.transcode(src, dst, keyint=8) == 20
     assert mean_abs_diff(sequential_frames(dst), sequential_frames(src)) < 3.0
     assert decode.probe(dst, "pyav") == decode.probe(src, "pyav") == decode.VideoInfo(20, 25.0, 96, 64)
+
+
+def test_a_source_where_no_frame_decodes_is_named_as_such(tmp_path):
+    """Nothing was encoded, so the temporary file never existed and the rename's FileNotFoundError hid the reason."""
+    import av
+
+    src = make_h264(str(tmp_path / "src.mp4"), n=10, gop=5)
+    garbage = str(tmp_path / "garbage.mkv")
+    with av.open(src) as inp, av.open(garbage, "w") as out:
+        stream = out.add_stream_from_template(inp.streams.video[0])
+        for k, packet in enumerate(p for p in inp.demux(inp.streams.video[0]) if p.size > 0):
+            noise = av.Packet(np.random.default_rng(k).integers(0, 256, 300, np.uint8).tobytes())
+            noise.stream, noise.time_base, noise.pts, noise.dts = stream, packet.time_base, packet.pts, packet.dts
+            out.mux(noise)
+    dst = str(tmp_path / "out" / "fixed.mp4")
+    with pytest.raises(decode.VideoReadError, match="no frame decodes; nothing to re-encode"):
+        encode.transcode(garbage, dst)
+    assert os.listdir(tmp_path / "out") == []
+    with pytest.raises(ValueError, match="T >= 1"):
+        encode.write_video(dst, np.zeros((0, 8, 8, 3), np.uint8))
+
+
+def test_the_file_being_written_is_hidden_from_class_folder_trees(tmp_path, monkeypatch):
+    """A run killed mid-write (repair's time limit) left `name.tmpPID.mp4`, which a class-folder tree listed."""
+    seen = []
+    real_open = encode.av.open
+
+    def spy(path, *args, **kwargs):
+        seen.append(os.path.basename(str(path)))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(encode.av, "open", spy)
+    encode.write_video(str(tmp_path / "clip.mp4"), make_frames(4))
+    assert seen == [f".clip.tmp{os.getpid()}.mp4"] and os.listdir(tmp_path) == ["clip.mp4"]

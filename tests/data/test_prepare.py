@@ -44,6 +44,17 @@ def test_reencode_short_side_keyframes_and_frames(tmp_path):
     assert not [f for f in os.listdir(tmp_path / "out") if ".tmp" in f]
 
 
+def test_the_video_behind_a_cover_image_is_re_encoded_not_the_cover(tmp_path):
+    """`-map 0:v:0` took the first video stream: a one-frame cover became the output, which decoded (as itself),
+    was called done and trained as a still image; the decoders read FFmpeg's best stream, and so does the copy."""
+    from tests.data.videos import with_cover
+
+    src = with_cover(make_video(str(tmp_path / "plain.mp4"), 30), str(tmp_path / "covered.mkv"))
+    res = reencode_one(src, str(tmp_path / "out.mp4"), short_side=64, keyint=8)
+    assert res.status == "done", res.reason
+    assert decode.probe(res.dst, "pyav").num_frames == decode.probe(src, "pyav").num_frames == 30
+
+
 def x264_settings(path: str) -> str:
     """The options string x264 writes into the stream (an SEI message): what the encoder really used."""
     data = open(path, "rb").read()
@@ -125,7 +136,7 @@ def test_failures_are_reported_not_raised(tmp_path):
              (str(tmp_path / "gone.mp4"), str(tmp_path / "o" / "gone.mp4"))]  # fmt: skip
     results = reencode_all(pairs, jobs=2, progress=False, short_side=32)
     assert [r.status for r in results] == ["failed", "done", "failed"]
-    assert "ffmpeg exit" in results[0].reason and results[2].reason == "source file not found"
+    assert "PyAV cannot open it" in results[0].reason and results[2].reason == "source file not found"
     assert not os.path.exists(tmp_path / "o" / "bad.mp4")
     assert check_decodes(str(bad)) != "" and check_decodes(results[1].dst) == ""
 

@@ -23,7 +23,7 @@ def test_cli_lists_and_reencode(tmp_path, capsys):
             "--jobs", "2"]  # fmt: skip
     assert main(args) == 1  # one failure
     text = capsys.readouterr().out
-    assert "re-encoded 1, skipped 0 (already done), failed 1" in text and "broken.mp4: ffmpeg exit" in text
+    assert "re-encoded 1, skipped 0 (already done), failed 1" in text and "broken.mp4: PyAV cannot open it" in text
     assert open(tmp_path / "lists" / "train_out.txt").read() == "a/v0.mp4 0\n"
     main(args)
     assert "re-encoded 0, skipped 1" in capsys.readouterr().out
