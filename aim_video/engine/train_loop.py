@@ -235,6 +235,8 @@ def train_one_epoch(
             window["norms"].append(norm)  # read at the log step: no device sync per step here
         skipped = engine.skipped_steps - skipped_before
         if skipped:
+            for _ in range(skipped):  # DeepSpeed leaves the schedule behind on an fp16 overflow skip; it follows the
+                engine.lr_scheduler.step()  # step count here, as in the authors' loop (mmcv's hook per iteration)
             log.event(
                 "overflow_skip",
                 step=state.step,

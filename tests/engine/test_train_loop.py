@@ -31,18 +31,21 @@ def _batches(n, poison_at=None):
                "failures": [f"bad{i}.mp4: unreadable"] if i == 1 else []}  # fmt: skip
 
 
-def _run(world, tmp_path, batches, accum=1, max_steps=-1, micro=6, zero=0, log_every=1):
-    overrides = ["train.precision=fp32", "data.batch_size=2", f"train.grad_accum_steps={accum}"]
+def _run(world, tmp_path, batches, accum=1, max_steps=-1, micro=6, zero=0, log_every=1, precision="fp32", keep=None,
+         model=TinyAdapted):  # fmt: skip
+    overrides = [f"train.precision={precision}", "data.batch_size=2", f"train.grad_accum_steps={accum}"]
     cfg = load_config(None, [*overrides, f"train.zero_stage={zero}"])
     torch.manual_seed(0)
-    engine, _ = build_engine(cfg, TinyAdapted(), steps_per_epoch=micro // accum, world_size=1,
+    engine, _ = build_engine(cfg, model(), steps_per_epoch=micro // accum, world_size=1,
                              ds_config=derive_ds_config(cfg, 1))  # fmt: skip
+    if keep is not None:
+        keep.append(engine)
     log = RunLog(str(tmp_path), is_main=True, total_steps=micro // accum, initial_step=0)
-    device = engine.device
+    device, dtype = engine.device, next(engine.module.parameters()).dtype
     state, seen = EpochState(epoch=3), []
     stats = train_one_epoch(
         engine, batches, state, micro_batches=micro, mix=None,
-        prepare=lambda b: (b["video"].to(device), b["label"].to(device)), label_smoothing=0.0,
+        prepare=lambda b: (b["video"].to(device, dtype), b["label"].to(device)), label_smoothing=0.0,
         max_steps=max_steps, log=log, log_every=log_every, rank=0, world_size=1,
         on_step=lambda s: seen.append((s.step, s.batches_done)),
     )  # fmt: skip
@@ -87,6 +90,46 @@ def test_the_log_carries_the_gradient_norm_deepspeed_computed(world, tmp_path):
 def test_max_steps_stops_inside_the_epoch(world, tmp_path):
     _, state, seen, _ = _run(world, tmp_path, _batches(6), max_steps=2)
     assert state.step == 2 and state.batches_done == 2 and seen == [(1, 1), (2, 2)]
+
+
+class _GradientBlowUp(torch.autograd.Function):
+    """The identity forward; its backward multiplies the gradient by 1e6 (finite loss, gradients past fp16)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * 1e6
+
+
+class _OverflowsOnce(TinyAdapted):
+    """TinyAdapted whose first backward overflows fp16 at any loss scale DeepSpeed starts with."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.blow_up = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = super().forward(x)
+        if self.blow_up:
+            self.blow_up = False
+            out = _GradientBlowUp.apply(out)
+        return out
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (fp16)")
+def test_an_fp16_overflow_skip_is_logged_and_the_schedule_keeps_to_the_step_count(world, tmp_path):
+    """DeepSpeed skips the optimizer step on an fp16 overflow and leaves the lr schedule where it was, so the
+    schedule fell behind the step count by every skip; it now follows the step count, as in the authors' loop."""
+    engines = []
+    stats, state, _, log = _run(
+        world, tmp_path, _batches(6), zero=1, precision="fp16", keep=engines, model=_OverflowsOnce
+    )
+    assert [r["step"] for r in log if r["event"] == "overflow_skip"] == [1] and stats["skipped_steps"] == 1
+    assert state.step == 6 and engines[0].lr_scheduler.last_epoch == 6
 
 
 def test_nan_loss_stops_and_says_where(world, tmp_path):
