@@ -86,6 +86,9 @@ class ModelConfig:
     arch: str = "vit_base_patch16_clip_quickgelu_224"  # timm architecture name (weights never downloaded)
     vit_kwargs: dict[str, Any] = field(default_factory=dict)  # extra timm kwargs, e.g. a tiny ViT's embed_dim/depth
     pretrained: str = ""  # local file or folder: OpenAI CLIP (.pt/.pth) or timm (.pth/.safetensors/HF cache)
+    # trained aim-video weights (model_trainable.safetensors or its run folder) to start from, on the same backbone:
+    # adapters, temporal embedding (resampled to data.num_frames) and norm; the head only for the same classes
+    init_trainable: str = ""
     num_classes: int = 400
     adapter_ratio: float = 0.25
     adapter_layers: str = "all"  # all | none | top:K | bottom:K | every:K (blocks 0, K, 2K, ...) | indices "0,3,5"
@@ -410,7 +413,7 @@ def from_dict(data: dict[str, Any] | DictConfig) -> Config:
 # settings that name files or folders: a run saves them absolute (`with_absolute_paths`)
 PATH_KEYS = (
     "data.root", "data.train_list", "data.val_list", "data.test_list", "data.class_map", "data.verify_report",
-    "model.pretrained", "output_dir",
+    "model.pretrained", "model.init_trainable", "output_dir",
 )  # fmt: skip
 
 

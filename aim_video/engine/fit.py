@@ -162,6 +162,18 @@ def normalization_warning(cfg: Config) -> str:
     )
 
 
+def start_from_trained(model: torch.nn.Module, path: str) -> str:
+    """model.init_trainable: another run's trainable weights (its file or run folder) into `model`; the log line."""
+    from aim_video.engine.optim import head_module_name
+    from aim_video.eval.loading import resolve_checkpoint
+    from aim_video.models.trainable_io import init_from_trainable
+
+    try:
+        return init_from_trainable(model, resolve_checkpoint(path), head_module_name(model))
+    except (FileNotFoundError, ValueError) as err:
+        raise ConfigError(f"model.init_trainable: {err}") from None
+
+
 def _fit(cfg: Config, resume: str, stop_signals: bool) -> dict[str, Any]:
     from aim_video.data.loader import build_train_loader, resolve_classes
     from aim_video.models.build import build_model, check_method
@@ -194,8 +206,14 @@ def _fit(cfg: Config, resume: str, stop_signals: bool) -> dict[str, Any]:
             f"use a longer train list ({cfg.data.train_list}), a smaller data.batch_size or fewer ranks"
         )
     steps_per_epoch = micro_per_epoch // accum
-    engine, opt_summary = build_engine(cfg, model, steps_per_epoch, info.world_size, ds_config)
     manager = CheckpointManager(os.path.join(out, "checkpoints"), cfg.train.keep_last, info.rank, info.world_size)
+    resumed_from = agree_on_resume(manager, resume or cfg.train.resume)
+    started_from = ""
+    if cfg.model.init_trainable and not resumed_from:  # before the engine: ZeRO copies the weights it starts from
+        started_from = start_from_trained(model, cfg.model.init_trainable)
+        if info.is_main:
+            print(started_from, file=sys.stderr, flush=True)
+    engine, opt_summary = build_engine(cfg, model, steps_per_epoch, info.world_size, ds_config)
     manager.micro_per_epoch = micro_per_epoch
     manager.num_videos = len(loader.dataset)
     manager.classes = resolve_classes(cfg)  # stored with the weights: evaluation checks its numbering against them
@@ -207,7 +225,6 @@ def _fit(cfg: Config, resume: str, stop_signals: bool) -> dict[str, Any]:
         )
     state = EpochState()
     summary_path = os.path.join(out, "train_summary.json")
-    resumed_from = agree_on_resume(manager, resume or cfg.train.resume)
     end_pending = False  # the checkpoint ends an epoch whose evaluation and metric save are still to do
     if resumed_from:
         meta = manager.load(engine, resumed_from, cfg)
@@ -237,6 +254,7 @@ def _fit(cfg: Config, resume: str, stop_signals: bool) -> dict[str, Any]:
         start_epoch=state.epoch,
         global_batch=ds_config["train_batch_size"],
         normalization_warning=norm_warning,
+        started_from=started_from,
         **opt_summary,
     )
     prepare = _prepare_fn(cfg, info.device)

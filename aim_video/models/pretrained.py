@@ -131,8 +131,8 @@ def _refuse_trainable_file(path: str) -> None:
             f"{path} holds aim-video's trained weights (adapters, temporal embedding, head), not an image backbone: "
             "model.pretrained is the image model they were trained on"
             + (f" ({backbone}, as its config says)" if backbone else "")
-            + "; evaluate or predict with it through tools/test.py / tools/infer.py --checkpoint. Starting a "
-            "training run from trained adapters is not supported"
+            + "; evaluate or predict with it through tools/test.py / tools/infer.py --checkpoint, or start a "
+            "training run from it with model.init_trainable"
         )
 
 

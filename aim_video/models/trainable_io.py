@@ -11,6 +11,7 @@ import os
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import save_file
 
@@ -171,14 +172,7 @@ def load_trainable(model: torch.nn.Module, path: str) -> dict[str, str]:
             f"{path} does not match this model's trainable set: missing {missing[:10]} ({len(missing)}), "
             f"unexpected {unexpected[:10]} ({len(unexpected)}). Was it trained with another model config?"
         )
-    saved = saved_fingerprint(meta)
-    if saved is not None and (differences := frozen_differences(saved, model)):
-        raise ValueError(
-            f"{path} was trained on other frozen backbone weights than this model holds ({len(differences)} frozen "
-            f"tensors differ: {describe_differences(differences)}): the file holds only the trainable weights, so "
-            "the backbone must be the one it was trained on. Is model.pretrained the file training used (an empty "
-            "one leaves the backbone random, another random one each time)?"
-        )
+    _check_backbone(model, meta, path)
     params = dict(model.named_parameters())
     wrong = [f"'{n}' has shape {tuple(t.shape)}, model expects {tuple(params[n].shape)}"
              for n, t in tensors.items() if params[n].shape != t.shape]  # fmt: skip
@@ -188,3 +182,65 @@ def load_trainable(model: torch.nn.Module, path: str) -> dict[str, str]:
         for name, tensor in tensors.items():
             params[name].copy_(tensor)
     return meta
+
+
+def _check_backbone(model: torch.nn.Module, meta: dict[str, str], path: str) -> None:
+    """Trainable weights mean something only on the frozen backbone they were trained on: refuse another one."""
+    saved = saved_fingerprint(meta)
+    if saved is not None and (differences := frozen_differences(saved, model)):
+        raise ValueError(
+            f"{path} was trained on other frozen backbone weights than this model holds ({len(differences)} frozen "
+            f"tensors differ: {describe_differences(differences)}): the file holds only the trainable weights, so "
+            "the backbone must be the one it was trained on. Is model.pretrained the file training used (an empty "
+            "one leaves the backbone random, another random one each time)?"
+        )
+
+
+def init_from_trainable(model: torch.nn.Module, path: str, head: str) -> str:
+    """Start training from another run's trainable weights (model.init_trainable), on the same frozen backbone.
+
+    Every trainable tensor of the file is copied, except: the head (module name `head`) when its shape differs
+    (another number of classes: it keeps its fresh initialisation), and the temporal embedding [1, T, D] when T
+    differs (resampled linearly over time: 8-frame adapters start a 16-frame run). Any other difference (another
+    method, adapter layout or width) is refused before anything is copied. Returns a one-line summary for the log.
+    """
+    tensors, meta = read_trainable(path)
+    _check_backbone(model, meta, path)
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    missing, unexpected = sorted(set(params) - set(tensors)), sorted(set(tensors) - set(params))
+    if missing or unexpected:
+        raise ValueError(
+            f"model.init_trainable={path} does not match this model's trainable set: missing {missing[:5]} "
+            f"({len(missing)}), unexpected {unexpected[:5]} ({len(unexpected)}); it can start a run of the same "
+            "model.method and adapter settings only"
+        )
+    skipped, resampled, copies = [], [], {}
+    for name, tensor in tensors.items():
+        want = params[name].shape
+        if tensor.shape == want:
+            copies[name] = tensor
+        elif name == head or name.startswith(f"{head}."):
+            skipped.append(name)
+        elif (
+            name.endswith("temporal_embed")
+            and tensor.ndim == 3
+            and (tensor.shape[0], tensor.shape[2]) == (want[0], want[2])
+        ):
+            copies[name] = F.interpolate(tensor.float().transpose(1, 2), size=want[1], mode="linear",
+                                         align_corners=True).transpose(1, 2)  # fmt: skip
+            resampled.append(f"{name} {tensor.shape[1]} -> {want[1]} frames")
+        else:
+            raise ValueError(
+                f"model.init_trainable={path}: '{name}' has shape {tuple(tensor.shape)}, this model's "
+                f"{tuple(want)}: only the head (another number of classes) and the temporal embedding (another "
+                "number of frames) may differ"
+            )
+    with torch.no_grad():
+        for name, tensor in copies.items():
+            params[name].copy_(tensor)
+    summary = f"started from {path}: {len(copies)} of {len(params)} trainable tensors"
+    if skipped:
+        summary += f"; the head ({', '.join(skipped)}) keeps its new initialisation: other classes"
+    if resampled:
+        summary += f"; resampled {', '.join(resampled)}"
+    return summary

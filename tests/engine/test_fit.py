@@ -178,3 +178,29 @@ def _log_or_empty(out):
     from tests.tools.conftest import read_log
 
     return read_log(out) if os.path.isfile(os.path.join(out, "log.jsonl")) else []
+
+
+def test_a_run_started_from_another_runs_weights_trains_from_them_and_a_resume_does_not_start_again(
+    tiny_run, tmp_path, monkeypatch
+):
+    """model.init_trainable=<run folder>: the adapters, temporal embedding, norm and head (same classes) are the
+    finished run's when the new run starts (with lr 0 they are still those at its end); a resume of the new run
+    restores its own checkpoint and does not read the other run's weights again."""
+    from aim_video.engine.distributed import TrainingStopped
+    from aim_video.models.trainable_io import read_trainable
+
+    (tmp_path / "first").mkdir()
+    first = tiny_run(tmp_path / "first", "train.epochs=1", "train.eval_every=-1")
+    _fit(first, monkeypatch=monkeypatch)
+    (tmp_path / "second").mkdir()
+    frozen = ("train.lr=0", "train.min_lr=0", "train.epochs=1", "train.eval_every=-1")
+    second = tiny_run(tmp_path / "second", f"model.init_trainable={first.output_dir}", *frozen)
+    with pytest.raises(TrainingStopped):
+        _fit(second, fault="after_step@2:rank0:signal=SIGUSR1", monkeypatch=monkeypatch)
+    starts = _events(second.output_dir, "start", "started_from")
+    assert starts[0][0].startswith(f"started from {first.output_dir}/model_trainable.safetensors: ")
+    _fit(second, resume="auto", monkeypatch=monkeypatch)
+    assert _events(second.output_dir, "start", "started_from")[1] == ("",)  # resumed: its own checkpoint
+    a = read_trainable(os.path.join(first.output_dir, "model_trainable.safetensors"))[0]
+    b = read_trainable(os.path.join(second.output_dir, "model_trainable.safetensors"))[0]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -54,3 +54,49 @@ def test_a_file_of_another_frame_count_is_refused_before_anything_is_copied(tmp_
     with pytest.raises(ValueError, match=shapes):
         load_trainable(other, path)
     assert all(torch.equal(v, before[k]) for k, v in other.state_dict().items())  # untouched: adapters, head too
+
+
+def _same_backbone(model, source) -> None:
+    trainable = set(source.trainable_parameter_names())
+    model.load_state_dict({k: v for k, v in source.state_dict().items() if k not in trainable}, strict=False)
+
+
+def test_a_run_starts_from_trained_adapters_with_its_own_head_and_frame_count(tmp_path) -> None:
+    """model.init_trainable: K400-trained adapters start a run on other classes and twice the frames; the head keeps
+    its fresh initialisation, the temporal embedding is resampled over time, everything else is copied."""
+    import torch
+
+    from aim_video.models.trainable_io import init_from_trainable
+    from tests.models.conftest import perturb_adapters
+
+    trained = build_model(tiny_cfg(), NUM_FRAMES)
+    perturb_adapters(trained)
+    with torch.no_grad():
+        trained.temporal_embed.copy_(torch.linspace(0, 3, NUM_FRAMES)[None, :, None].expand_as(trained.temporal_embed))
+    path = save_trainable(trained, str(tmp_path / "trainable.safetensors"), {"step": 3})
+    new = build_model(tiny_cfg(num_classes=7), 2 * NUM_FRAMES)
+    _same_backbone(new, trained)
+    head = new.head.weight.detach().clone()
+    summary = init_from_trainable(new, path, "head")
+    assert "27 of 29 trainable tensors; the head (head.bias, head.weight) keeps its new initialisation" in summary
+    assert "resampled temporal_embed 4 -> 8 frames" in summary
+    assert torch.equal(new.head.weight, head)
+    old = dict(trained.named_parameters())
+    copied = [n for n in new.trainable_parameter_names() if not n.startswith("head.") and n != "temporal_embed"]
+    assert copied and all(torch.equal(new.get_parameter(n), old[n]) for n in copied)
+    assert torch.allclose(new.temporal_embed[0, :, 0], torch.linspace(0, 3, 2 * NUM_FRAMES))  # ends kept, linear
+
+
+def test_starting_from_weights_of_another_backbone_or_adapter_layout_is_refused(tmp_path) -> None:
+    from aim_video.models.trainable_io import init_from_trainable
+    from tests.models.conftest import perturb_adapters
+
+    trained = build_model(tiny_cfg(), NUM_FRAMES)
+    perturb_adapters(trained)
+    path = save_trainable(trained, str(tmp_path / "trainable.safetensors"), {"step": 3})
+    with pytest.raises(ValueError, match="trained on other frozen backbone weights"):
+        init_from_trainable(build_model(tiny_cfg(), NUM_FRAMES), path, "head")  # another random backbone
+    fewer = build_model(tiny_cfg(adapter_layers="top:1"), NUM_FRAMES)
+    _same_backbone(fewer, trained)
+    with pytest.raises(ValueError, match=r"does not match this model's trainable set: missing \[\] \(0\), unexpected"):
+        init_from_trainable(fewer, path, "head")
