@@ -42,7 +42,7 @@ from torch import nn
 
 from aim_video.config import Config, load_config
 from aim_video.data.transforms import normalize
-from aim_video.engine.train_loop import loss_fn
+from aim_video.profiling.throughput import build_train_step
 
 # name -> config overrides on top of the common config: AIM's component ablations and the baselines
 METHODS: dict[str, list[str]] = {
@@ -109,9 +109,11 @@ def method_config(name: str, config_path: str | None, overrides: list[str], outp
 
 
 def prepare_methods(
-    names: list[str], config_path: str | None, overrides: list[str], output_dir: str
+    names: list[str], config_path: str | None, overrides: list[str], output_dir: str, split: str = "val"
 ) -> dict[str, Config]:
-    """Every method's config, its model checked on the meta device: a bad setting fails here, before any training."""
+    """Every method's config, its model checked on the meta device, and the evaluation list `split` read: a bad
+    setting or list fails here, before any training (a missing val list failed after the first method trained)."""
+    from aim_video.data.loader import load_split
     from aim_video.models.build import check_model_config
 
     configs = {}
@@ -122,6 +124,8 @@ def prepare_methods(
         except ValueError as err:
             raise ValueError(f"method {name}: {err}") from None
         configs[name] = cfg
+    if configs:
+        load_split(next(iter(configs.values())), split)  # the same data settings for every method
     return configs
 
 
@@ -130,62 +134,6 @@ def free_memory(device: torch.device) -> None:
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
-
-
-def build_train_step(
-    cfg: Config, model: nn.Module, device: torch.device, video: torch.Tensor, label: torch.Tensor
-) -> tuple[torch.optim.Optimizer, Callable[[], None]]:
-    """Move the fp32 ``model`` to ``device`` and return AdamW (training's groups) and one optimizer step on
-    ``video`` / ``label``, with the memory layout of DeepSpeed's step for ``train.precision`` on one rank (ZeRO 1,
-    the default, whose one partition is the whole trainable set).
-
-    bf16 / fp16: DeepSpeed casts the module to that precision and its ZeRO optimizer keeps fp32 master weights, fp32
-    gradients and fp32 AdamW moments for the trainable parameters only: 2 + 2 + 4 + 4 + 8 = 20 bytes per trainable
-    parameter, 2 per frozen one. The step below does the same. We chose this over fp32 parameters under
-    ``torch.autocast`` (the simpler option) because autocast holds every frozen weight in fp32 plus a bf16 copy per
-    step, twice DeepSpeed's memory for the frozen backbone (the bulk of AIM's), and runs casts DeepSpeed does not.
-    fp16's loss scaling is left out: it changes no tensor's size. fp32: AdamW on the parameters themselves, as
-    DeepSpeed without a wrapper.
-    """
-    from aim_video.engine.deepspeed_setup import model_dtype, peak_lr
-    from aim_video.engine.optim import build_optimizer, build_param_groups
-
-    dtype = model_dtype(cfg)
-    lr = peak_lr(cfg, 1)
-    names = model.trainable_parameter_names()
-    groups = build_param_groups(model, names, lr, cfg.train.weight_decay, cfg.train.backbone_lr_mult)
-    pairs: list[tuple[nn.Parameter, nn.Parameter]] = []  # (model parameter, its fp32 master)
-    if dtype != torch.float32:
-        for group in groups:
-            masters = [
-                nn.Parameter(p.detach().to(device=device, dtype=torch.float32, copy=True)) for p in group["params"]
-            ]
-            pairs += zip(group["params"], masters, strict=True)
-            group["params"] = masters
-        for _, master in pairs:
-            master.grad = torch.zeros_like(master)  # DeepSpeed's fp32 gradient buffer, kept between steps
-    model.to(device=device, dtype=dtype)  # tensor by tensor: no fp32 copy of the whole model on the device
-    optimizer = build_optimizer(groups, lr, cfg.train.betas)  # after the move: fused AdamW on CUDA
-    smoothing = cfg.train.label_smoothing
-
-    def step() -> None:
-        loss_fn(model(video), label, smoothing).backward()
-        if not pairs:
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            return
-        with torch.no_grad():
-            for param, master in pairs:
-                if param.grad is None:  # a parameter this step did not reach: zero, as DeepSpeed's buffer
-                    master.grad.zero_()
-                else:
-                    master.grad.copy_(param.grad)  # low-precision gradient -> fp32 buffer
-                param.grad = None
-            optimizer.step()  # on the fp32 masters
-            for param, master in pairs:
-                param.copy_(master)  # the updated weights, back in the model's precision
-
-    return optimizer, step
 
 
 def accounted_training_memory(
@@ -249,7 +197,11 @@ def measure_cost(cfg: Config, device: torch.device, warmup: int = 3, steps: int 
     raw = torch.randint(0, 256, (d.batch_size, d.num_frames, 3, d.input_size, d.input_size), generator=gen)
     video = normalize(raw.to(torch.uint8).to(device), d.mean, d.std).to(model_dtype(cfg))  # [B, T, C, H, W]
     label = torch.randint(0, cfg.model.num_classes, (d.batch_size,), generator=gen).to(device)
-    optimizer, step = build_train_step(cfg, model, device, video, label)
+    optimizer, train = build_train_step(cfg, model, device)
+
+    def step() -> None:
+        train(video, label)
+
 
     for _ in range(warmup):
         step()

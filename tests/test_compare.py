@@ -61,16 +61,22 @@ def test_a_recipe_config_gives_every_method_only_the_settings_it_reads(recipe: s
     assert models["vpt_deep"].arch == recipe_model.arch and models["vpt_deep"].num_classes == recipe_model.num_classes
 
 
-def test_every_method_is_checked_before_any_trains(tmp_path) -> None:
+def test_every_method_and_the_evaluation_list_are_checked_before_any_trains(tmp_path) -> None:
     from aim_video.compare import prepare_methods
 
-    configs = prepare_methods(["aim", "linear_probe", "lora"], None, ["model.lora_rank=4"], str(tmp_path))
+    listed = make_videos(str(tmp_path), count=2)
+    data = [f"data.val_list={listed}", f"data.root={tmp_path}", f"data.test_list={listed}"]
+    configs = prepare_methods(["aim", "linear_probe", "lora"], None, [*data, "model.lora_rank=4"], str(tmp_path))
     assert list(configs) == ["aim", "linear_probe", "lora"] and configs["aim"].train.eval_every == -1
     assert configs["lora"].model.lora_rank == 4 and configs["aim"].model.lora_rank == 8  # only where it is read
     with pytest.raises(ValueError, match="bad value for config key 'model.lora_rank': 0"):  # before any training
-        prepare_methods(["aim", "linear_probe", "lora"], None, ["model.lora_rank=0"], str(tmp_path))
+        prepare_methods(["aim", "linear_probe", "lora"], None, [*data, "model.lora_rank=0"], str(tmp_path))
     with pytest.raises(ValueError, match="method aim: model.vit_kwargs does not fit timm's"):  # checked by building
-        prepare_methods(["aim", "lora"], None, ["model.vit_kwargs={depth_of_field: 3}"], str(tmp_path))
+        prepare_methods(["aim", "lora"], None, [*data, "model.vit_kwargs={depth_of_field: 3}"], str(tmp_path))
+    with pytest.raises(ValueError, match="no data.val_list given"):  # it failed after the first method trained
+        prepare_methods(["aim", "lora"], None, [], str(tmp_path))
+    with pytest.raises(ValueError, match="no data.test_list given"):
+        prepare_methods(["aim"], None, data[:2], str(tmp_path), split="test")
 
 
 def test_cost_counts_parameters_and_memory_grows_with_the_trainable_set() -> None:
@@ -88,7 +94,8 @@ def test_cost_counts_parameters_and_memory_grows_with_the_trainable_set() -> Non
 def test_bf16_step_keeps_fp32_master_weights_and_adam_state_as_deepspeed(method: str) -> None:
     """DeepSpeed bf16: bf16 model, fp32 master weights + gradient buffers + AdamW moments of the trainable set,
     20 bytes per trainable parameter and 2 per frozen one."""
-    from aim_video.compare import accounted_training_memory, build_train_step
+    from aim_video.compare import accounted_training_memory
+    from aim_video.profiling.throughput import build_train_step
 
     cfg = _cfg(method, precision="bf16")
     torch.manual_seed(0)
@@ -96,7 +103,11 @@ def test_bf16_step_keeps_fp32_master_weights_and_adam_state_as_deepspeed(method:
     trainable, total = model.parameter_counts()
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     video, label = torch.randn(2, 4, 3, 32, 32, dtype=torch.bfloat16), torch.tensor([0, 3])
-    optimizer, step = build_train_step(cfg, model, torch.device("cpu"), video, label)
+    optimizer, train = build_train_step(cfg, model, torch.device("cpu"))
+
+    def step() -> None:
+        train(video, label)
+
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
     memory = accounted_training_memory(model, optimizer, step)
     masters = [p for g in optimizer.param_groups for p in g["params"]]

@@ -5,10 +5,10 @@
 On generated 10 s, 25 fps h264 videos (`aim_video.profiling.videos.scene_video`: 340x256 and 1280x720 with the
 encoder's default keyframe interval, and 340x256 with a keyframe every 16 frames), for dense 8x16 clips at seeded
 random starts (the same clips for every backend): clips/s of `decode.read_frames` per backend (the decode floor the
-loader is held to), the guarded read (`timeout_s`, decoding in the watchdog's child) as a ratio of the plain one,
-and `verify.check_video` as a multiple of one sequential PyAV decode of the same file (to RGB, and without colour
-conversion). Backends run round-robin, clip by clip, so load on a shared machine hits all of them alike; medians
-are reported.
+loader is held to) with every ratio printed to decord's, the guarded read (`timeout_s`, decoding in the watchdog's
+child) in its own rows beside the plain ones, and `verify.check_video` as a multiple of one sequential PyAV decode
+of the same file (to RGB, and without colour conversion). Backends run round-robin, clip by clip, so load on a
+shared machine hits all of them alike; medians are reported.
 """
 
 from __future__ import annotations

@@ -197,7 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--sizes", default="340x256,1280x720")
     ap.add_argument("--noise", type=float, default=3.0, help="sensor noise (std, uint8 levels) of the generated "
-                    "scene: 3 is mild; 12 makes videos like the ones issue 3 was measured on")  # fmt: skip
+                    "scene: 3 is mild; 12 and 16 cost more to decode (docs/benchmarks.md: levels chosen after runs, "
+                    "not matched to the issue's videos)")  # fmt: skip
     ap.add_argument("--rounds", type=int, default=2, help="passes over the clips in one process")
     ap.add_argument("--tune", default="fastdecode", help="x264 tune of the prepared copies (as prepare_kinetics)")
     ap.add_argument("--bframes", type=int, default=0, help="B-frames of the prepared copies (as prepare_kinetics; "
@@ -213,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
                     "generated ones (real footage)")  # fmt: skip
     ap.add_argument("--sweep-only", action="store_true", help="skip the main table")
     args = ap.parse_args(argv)
+    if args.clips < 2:  # the worker rows skip the clips prefetched at start: at least one must be left to time
+        ap.error(f"--clips must be at least 2, got {args.clips}")
     torch.manual_seed(0)
     torch.set_num_threads(1)  # like a DataLoader worker
     os.makedirs(args.out, exist_ok=True)

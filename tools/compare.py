@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     cfg = config_cli_main(args.config, args.overrides)  # validates the shared config and overrides up front
     try:  # every method's config and model, before the first one trains
-        configs = prepare_methods(methods, args.config, args.overrides, cfg.output_dir)
+        configs = prepare_methods(methods, args.config, args.overrides, cfg.output_dir, args.split)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -75,9 +75,13 @@ def verdict(
                 "suffice; each delivered less while the model trained than in the sweep, where the loader ran alone"
             )
         text += f"; at {per_worker:.1f} clips/s per worker about {needed} worker(s) keep it fed"
-    elif bound == "compute" and needed is not None and configured_workers > 0 and needed > configured_workers:
+    elif bound == "compute" and needed is not None and needed > configured_workers:
         needed = configured_workers  # the real steps hardly waited: the configured workers keep up
-        text += f", yet the real steps hardly waited with {configured_workers}: they suffice"
+        text += (
+            f", yet the real steps hardly waited with {configured_workers}: they suffice"
+            if configured_workers > 0
+            else ", yet the real steps hardly waited with the clips read in the training process: that suffices"
+        )
 
     if bound == "loader" and needed is not None and needed > configured_workers:
         now = [r["clips_per_s"] for r in rows if r["workers"] == configured_workers]

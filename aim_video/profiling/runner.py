@@ -23,7 +23,7 @@ from aim_video.models.build import build_model
 from aim_video.profiling import plots
 from aim_video.profiling.flops import mfu, model_flops_per_clip, peak_info
 from aim_video.profiling.report import summary_text, verdict, write_json
-from aim_video.profiling.throughput import build_trainer, end_to_end, loader_sweep, model_sweep
+from aim_video.profiling.throughput import build_train_step, end_to_end, loader_sweep, model_sweep
 
 
 def cpu_cores() -> int:
@@ -73,8 +73,8 @@ def run_profile(cfg: Config, out_dir: str, trace: bool = False, log: Callable[[s
     device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
     dtype = model_dtype(cfg)
     d = cfg.data
-    model = build_model(cfg.model, d.num_frames, d.input_size).to(device=device, dtype=dtype)
-    optimizer = build_trainer(cfg, model)
+    model = build_model(cfg.model, d.num_frames, d.input_size)
+    _, step = build_train_step(cfg, model, device)  # moves and casts it, as DeepSpeed holds it for train.precision
     trainable, total = model.parameter_counts()
 
     log("[profile] counting FLOPs per clip")
@@ -82,7 +82,7 @@ def run_profile(cfg: Config, out_dir: str, trace: bool = False, log: Callable[[s
     peak = peak_info(device, dtype, p.peak_tflops)
 
     log(f"[profile] model: batch sizes {list(p.batch_sizes)}, {p.warmup} warm-up + {p.steps} timed steps each")
-    model_rows = model_sweep(cfg, model, optimizer, list(p.batch_sizes), device, dtype, p.warmup, p.steps)
+    model_rows = model_sweep(cfg, model, step, list(p.batch_sizes), device, dtype, p.warmup, p.steps)
     for row in model_rows:
         if not row["oom"]:
             row["train_tflops"] = flops["train"] * row["train_clips_per_s"] / 1e12
@@ -96,7 +96,7 @@ def run_profile(cfg: Config, out_dir: str, trace: bool = False, log: Callable[[s
 
     log(f"[profile] end to end: {p.steps} real training steps with {d.num_workers} worker(s)")
     trace_dir = out_dir if trace or p.trace else None
-    e2e = end_to_end(cfg, model, optimizer, device, dtype, p.steps, p.loader_delay_s, trace_dir)
+    e2e = end_to_end(cfg, model, step, device, dtype, p.steps, p.loader_delay_s, trace_dir)
 
     e2e["train_tflops"] = flops["train"] * e2e["clips_per_s"] / 1e12
     e2e["mfu"] = mfu(flops["train"], e2e["clips_per_s"], peak.get("peak_tflops"))

@@ -5,9 +5,9 @@ timed region on a GPU, so asynchronous kernel launches are not mistaken for fini
 
 - :func:`loader_sweep`: clips/s of the configured training loader (the real decode, sampling and augmentation) for
   each worker count, after the workers have started and delivered one batch each.
-- :func:`model_sweep`: training-step (forward, loss, backward, AdamW over the trainable set only, as training does)
-  and inference clips/s for each batch size, on synthetic normalised clips already on the device, with the peak
-  memory of each (CUDA max allocated; on CPU the process RSS, sampled).
+- :func:`model_sweep`: training-step (forward, loss, backward, AdamW over the trainable set only, with DeepSpeed's
+  memory layout: :func:`build_train_step`) and inference clips/s for each batch size, on synthetic normalised clips
+  already on the device, with the peak memory of each (CUDA max allocated; on CPU the process RSS, sampled).
 - :func:`end_to_end`: N real steps fed by the configured loader, split into time spent waiting for the next batch
   and time computing (copy, normalise, forward, backward, step), optionally with a torch.profiler trace.
 
@@ -170,23 +170,61 @@ def loader_sweep(cfg: Config, workers: list[int], batches: int, delay_s: float =
     return results
 
 
-def build_trainer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
-    """AdamW over the model's trainable set only, with training's parameter groups (one rank)."""
+def build_train_step(
+    cfg: Config, model: nn.Module, device: torch.device
+) -> tuple[torch.optim.Optimizer, Callable[[torch.Tensor, torch.Tensor], None]]:
+    """Move the fp32 ``model`` to ``device`` and return AdamW (training's groups) and ``step(video, label)``, one
+    optimizer step with the memory layout of DeepSpeed's step for ``train.precision`` on one rank (ZeRO 1, the
+    default, whose one partition is the whole trainable set).
+
+    bf16 / fp16: DeepSpeed casts the module to that precision and its ZeRO optimizer keeps fp32 master weights, fp32
+    gradients and fp32 AdamW moments for the trainable parameters only: 2 + 2 + 4 + 4 + 8 = 20 bytes per trainable
+    parameter, 2 per frozen one. The step below does the same (its CUDA peak was within 4.3% of DeepSpeed's engine
+    on an H200: docs/benchmarks.md). We chose this over fp32 parameters under ``torch.autocast`` (the simpler
+    option) because autocast holds every frozen weight in fp32 plus a bf16 copy per step, twice DeepSpeed's memory
+    for the frozen backbone (the bulk of AIM's), and runs casts DeepSpeed does not; and over AdamW on the bf16
+    weights themselves (what the profiler did), whose bf16 moments and missing masters understated memory by 12
+    bytes per trainable parameter. fp16's loss scaling is left out: it changes no tensor's size. fp32: AdamW on the
+    parameters themselves, as DeepSpeed without a wrapper. Every call is one optimizer step (no accumulation).
+    """
+    from aim_video.engine.deepspeed_setup import model_dtype
+
+    dtype = model_dtype(cfg)
     lr = peak_lr(cfg, 1)
-    groups = build_param_groups(
-        model, model.trainable_parameter_names(), lr, cfg.train.weight_decay, cfg.train.backbone_lr_mult
-    )
-    return build_optimizer(groups, lr, cfg.train.betas)
+    names = model.trainable_parameter_names()
+    groups = build_param_groups(model, names, lr, cfg.train.weight_decay, cfg.train.backbone_lr_mult)
+    pairs: list[tuple[nn.Parameter, nn.Parameter]] = []  # (model parameter, its fp32 master)
+    if dtype != torch.float32:
+        for group in groups:
+            masters = [
+                nn.Parameter(p.detach().to(device=device, dtype=torch.float32, copy=True)) for p in group["params"]
+            ]
+            pairs += zip(group["params"], masters, strict=True)
+            group["params"] = masters
+        for _, master in pairs:
+            master.grad = torch.zeros_like(master)  # DeepSpeed's fp32 gradient buffer, kept between steps
+    model.to(device=device, dtype=dtype)  # tensor by tensor: no fp32 copy of the whole model on the device
+    optimizer = build_optimizer(groups, lr, cfg.train.betas)  # after the move: fused AdamW on CUDA
+    smoothing = cfg.train.label_smoothing
 
+    def step(video: torch.Tensor, label: torch.Tensor) -> None:
+        loss_fn(model(video), label, smoothing).backward()
+        if not pairs:
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            return
+        with torch.no_grad():
+            for param, master in pairs:
+                if param.grad is None:  # a parameter this step did not reach: zero, as DeepSpeed's buffer
+                    master.grad.zero_()
+                else:
+                    master.grad.copy_(param.grad)  # low-precision gradient -> fp32 buffer
+                param.grad = None
+            optimizer.step()  # on the fp32 masters
+            for param, master in pairs:
+                param.copy_(master)  # the updated weights, back in the model's precision
 
-def train_step(
-    model: nn.Module, optimizer: torch.optim.Optimizer, video: torch.Tensor, label: torch.Tensor, smoothing: float
-) -> None:
-    """One optimizer step as training takes it: forward, fp32 cross-entropy, backward, AdamW, zero grads."""
-    loss = loss_fn(model(video), label, smoothing)
-    loss.backward()
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
+    return optimizer, step
 
 
 def _timed(fn: Callable[[], None], warmup: int, steps: int, device: torch.device) -> float:
@@ -204,7 +242,7 @@ def _timed(fn: Callable[[], None], warmup: int, steps: int, device: torch.device
 def model_sweep(
     cfg: Config,
     model: nn.Module,
-    optimizer: torch.optim.Optimizer,
+    step: Callable[[torch.Tensor, torch.Tensor], None],
     batch_sizes: list[int],
     device: torch.device,
     dtype: torch.dtype,
@@ -224,12 +262,7 @@ def model_sweep(
         try:
             model.train()
             with PeakMemory(device) as mem:
-                step_s = _timed(
-                    lambda: train_step(model, optimizer, video, label, cfg.train.label_smoothing),  # noqa: B023
-                    warmup,
-                    steps,
-                    device,
-                )
+                step_s = _timed(lambda: step(video, label), warmup, steps, device)  # noqa: B023
             row.update(train_step_ms=1000 * step_s, train_clips_per_s=batch_size / step_s, train_peak_mib=mem.peak_mib)
             model.eval()
             with torch.inference_mode(), PeakMemory(device) as mem:
@@ -238,7 +271,7 @@ def model_sweep(
                 infer_step_ms=1000 * infer_s, infer_clips_per_s=batch_size / infer_s, infer_peak_mib=mem.peak_mib
             )
         except torch.cuda.OutOfMemoryError:
-            optimizer.zero_grad(set_to_none=True)
+            model.zero_grad(set_to_none=True)  # the step's own buffers (fp32 masters) stay, as DeepSpeed's
             torch.cuda.empty_cache()
             row["oom"] = True
             results.append(row)
@@ -252,7 +285,7 @@ def model_sweep(
 def end_to_end(
     cfg: Config,
     model: nn.Module,
-    optimizer: torch.optim.Optimizer,
+    step: Callable[[torch.Tensor, torch.Tensor], None],
     device: torch.device,
     dtype: torch.dtype,
     steps: int,
@@ -273,7 +306,7 @@ def end_to_end(
 
     def compute(batch: dict[str, Any]) -> int:
         video = normalize(batch["video"].to(device, non_blocking=True), d.mean, d.std).to(dtype)
-        train_step(model, optimizer, video, batch["label"].to(device, non_blocking=True), cfg.train.label_smoothing)
+        step(video, batch["label"].to(device, non_blocking=True))
         synchronize(device)
         return int(video.shape[0])
 

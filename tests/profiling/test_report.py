@@ -71,6 +71,13 @@ def test_compute_bound_gives_no_advice_even_when_the_sweep_extrapolates_past_the
     assert "CPU core" not in v["text"] and "raise" not in v["text"] and "reencode" not in v["text"]
 
 
+def test_compute_bound_with_clips_read_in_the_training_process_needs_no_worker() -> None:
+    """data.num_workers=0, hardly waiting: the verdict asked for 3 workers ("so about 3 at that rate")."""
+    v = verdict(0.02, 100.0, LOADER, configured_workers=0, cpu_cores_per_rank=4)
+    assert v["bound"] == "compute" and v["workers_needed"] == 0
+    assert v["text"].endswith("the clips read in the training process: that suffices.")
+
+
 def test_threshold_is_the_boundary_and_cores_cap_is_named() -> None:
     assert verdict(0.10, 5.0, LOADER, 1, 8)["bound"] == "compute"
     assert verdict(0.11, 5.0, LOADER, 1, 8)["bound"] == "loader"
