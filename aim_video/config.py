@@ -274,6 +274,10 @@ def check_ranges(cfg: Config, source: str) -> None:
         if not ok(value):
             raise ConfigError(f"{source}: bad value for config key '{key}': {value!r}; it must be {allowed}")
     d, t = cfg.data, cfg.train
+    if not cfg.output_dir.strip():  # it failed as "[Errno 2] No such file or directory: ''", naming no key
+        raise ConfigError(f"{source}: output_dir is empty: set the folder the run writes to (e.g. output_dir=runs/x)")
+    if os.path.isfile(cfg.output_dir):
+        raise ConfigError(f"{source}: output_dir={cfg.output_dir} is a file: set the folder the run writes to")
     if d.test_short_side < d.input_size:
         raise ConfigError(
             f"{source}: data.test_short_side={d.test_short_side} is smaller than data.input_size={d.input_size}: "
@@ -305,11 +309,40 @@ def _section_of(full_key: str) -> type:
     return node
 
 
-def _explain(err: OmegaConfBaseException, source: str) -> ConfigError:
+def _failing_key(given: Any) -> str:
+    """The dotted key of `given` (a config's loaded YAML or overrides) whose value the schema refuses, found by
+    merging its values one by one: OmegaConf names none for a list of the wrong length ("TupleConfig length")."""
+    if not isinstance(given, DictConfig):
+        return ""
+    leaves: list[tuple[list[str], Any]] = []
+
+    def walk(node: Any, path: list[str]) -> None:
+        if isinstance(node, dict) and path[:2] != ["model", "vit_kwargs"]:  # vit_kwargs is a free-form dict
+            for key, value in node.items():
+                walk(value, [*path, str(key)])
+        else:
+            leaves.append((path, node))
+
+    walk(OmegaConf.to_container(given), [])
+    for path, value in leaves:
+        nested: Any = value
+        for part in reversed(path):
+            nested = {part: nested}
+        try:
+            OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.create(nested))
+        except OmegaConfBaseException:
+            return ".".join(path)
+    return ""
+
+
+def _explain(err: OmegaConfBaseException, source: str, given: Any = None) -> ConfigError:
     full_key = getattr(err, "full_key", None) or ""
     msg = str(err).splitlines()[0].rstrip(".")
+    if "TupleConfig" in msg or "ListConfig" in msg:
+        msg += " (a list is written [a, b, c], with as many values as the default has)"
     if not full_key:
-        return ConfigError(f"{source}: {msg}")
+        key = _failing_key(given)
+        return ConfigError(f"{source}: bad value for config key '{key}': {msg}" if key else f"{source}: {msg}")
     allowed = [f.name for f in dataclasses.fields(_section_of(full_key))]
     leaf = full_key.split(".")[-1]
     if leaf in allowed:  # the key exists: its value has the wrong type
@@ -350,10 +383,15 @@ def load_config(path: str | None = None, overrides: list[str] | None = None) -> 
             raise ConfigError(f"config file not found: {path}")
         try:
             loaded = OmegaConf.load(path)
+        except yaml.YAMLError as err:  # not YAML: the scanner's line and column, not its traceback
+            raise ConfigError(f"{path} is not valid YAML: {' '.join(str(err).split())}") from None
+        if not isinstance(loaded, DictConfig):  # a list, or a bare value, at the top
+            raise ConfigError(f"{path}: a config is a mapping of sections (data:, model:, train:, ...) at the top")
+        try:
             _check_bools(loaded, Config, path)
             cfg = OmegaConf.merge(cfg, loaded)
         except OmegaConfBaseException as err:
-            raise _explain(err, path) from None
+            raise _explain(err, path, loaded) from None
     if overrides:
         bad = [o for o in overrides if "=" not in o]
         if bad:
@@ -375,12 +413,13 @@ def load_config(path: str | None = None, overrides: list[str] | None = None) -> 
                     f"command-line override '{override}': its value is not valid YAML ({what}); quote it, or close "
                     "its brackets: a list is written [a,b]"
                 ) from None
+        given = None
         try:
             given = OmegaConf.from_dotlist(overrides)
             _check_bools(given, Config, "command-line override")
             cfg = OmegaConf.merge(cfg, given)
         except OmegaConfBaseException as err:
-            raise _explain(err, "command-line override") from None
+            raise _explain(err, "command-line override", given) from None
     obj = OmegaConf.to_object(cfg)
     assert isinstance(obj, Config)
     source = (path or "defaults") + (" with overrides" if overrides else "")

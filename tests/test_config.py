@@ -159,3 +159,36 @@ def test_a_run_saves_its_paths_absolute(tmp_path, monkeypatch):
     assert out.model.pretrained == "" and out.data.test_list == ""  # unset stays unset
     assert with_absolute_paths(load_config(None, [])).data.root == str(tmp_path)  # relative list entries start here
     assert cfg.data.root == "v64"  # a copy: the caller's config is untouched
+
+
+def test_a_config_file_that_is_not_yaml_or_not_a_mapping_is_a_config_error(tmp_path):
+    """Both gave a traceback and exit status 1 (a PyYAML scanner error; OmegaConf's merge of a list)."""
+    broken, listed, empty = tmp_path / "broken.yaml", tmp_path / "list.yaml", tmp_path / "empty.yaml"
+    broken.write_text("data:\n  root: [abc\n")
+    listed.write_text("- data\n- model\n")
+    empty.write_text("")
+    with pytest.raises(ConfigError, match=r"broken.yaml is not valid YAML: .*line 2, column 9"):
+        load_config(str(broken))
+    with pytest.raises(ConfigError, match=r"list.yaml: a config is a mapping of sections"):
+        load_config(str(listed))
+    assert load_config(str(empty)) == load_config()  # an empty file: the defaults
+
+
+def test_a_list_of_the_wrong_length_names_its_key_and_how_to_write_it(tmp_path):
+    """OmegaConf's error for a tuple of another length names no key: 'TupleConfig length 2 does not match ...'."""
+    with pytest.raises(ConfigError, match=r"override: bad value for config key 'data.mean': .*length 2 .*\[a, b, c\]"):
+        load_config(None, ["data.mean=[0.5,0.5]"])
+    yaml_file = tmp_path / "c.yaml"
+    yaml_file.write_text("data:\n  std: [0.5, 0.5]\n")
+    with pytest.raises(ConfigError, match=r"c.yaml: bad value for config key 'data.std'"):
+        load_config(str(yaml_file))
+    with pytest.raises(ConfigError, match=r"'data.rrc_scale': .*a list is written \[a, b, c\]"):
+        load_config(None, ["data.rrc_scale=0.5"])
+
+
+def test_an_empty_output_dir_or_one_that_is_a_file_is_named(tmp_path):
+    with pytest.raises(ConfigError, match="output_dir is empty"):
+        load_config(None, ["output_dir="])
+    (tmp_path / "config.yaml").write_text("")
+    with pytest.raises(ConfigError, match="config.yaml is a file"):
+        load_config(None, [f"output_dir={tmp_path / 'config.yaml'}"])

@@ -50,6 +50,7 @@ from aim_video.data.annotations import (  # noqa: E402
     read_class_map,
     write_list_file,
 )
+from aim_video.data.decode import BACKENDS, SEEK_MODES  # noqa: E402
 from aim_video.data.encode import x264_tune  # noqa: E402
 from aim_video.data.prepare import (  # noqa: E402
     build_lists,
@@ -102,8 +103,8 @@ def add_reencode(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fps", type=float, default=None, help="output frame rate (default: the source's)")
     p.add_argument("--keep-audio", action="store_true")
     p.add_argument("--jobs", type=int, default=max(1, (os.cpu_count() or 2) - 1), help="parallel ffmpeg processes")
-    p.add_argument("--check-backend", default="decord", help="backend that must read each output exactly (the "
-                   "one training will use, e.g. torchcodec)")  # fmt: skip
+    p.add_argument("--check-backend", default="decord", choices=BACKENDS, help="backend that must read each output "
+                   "exactly (the one training will use, e.g. torchcodec)")  # fmt: skip
     p.add_argument("--overwrite", action="store_true", help="re-encode even when the output exists (needed to "
                    "change settings in an --out-root: it records them in aim_video_reencode.json; later runs of any "
                    "list into it re-encode the outputs older than the overwrite)")  # fmt: skip
@@ -118,6 +119,12 @@ def cmd_reencode(args: argparse.Namespace) -> int:
         args.list if os.path.isdir(args.list) else os.path.commonpath([os.path.dirname(r.path) for r in ann.records])
     )
     pairs = [(r.path, output_path(r.path, src_root, args.out_root)) for r in ann.records]
+    onto = [src for src, dst in pairs if os.path.abspath(src) == os.path.abspath(dst)]
+    if onto:  # --out-root the sources' own folder: the copies would replace the originals
+        raise ValueError(
+            f"--out-root {args.out_root} is where the sources are: {len(onto)} outputs would overwrite their "
+            f"originals, e.g. {onto[0]}; choose another --out-root"
+        )
     options = dict(
         short_side=args.short_side, keyint=args.keyint, crf=args.crf, preset=args.preset, tune=args.tune, fps=args.fps,
         bframes=None if args.bframes < 0 else args.bframes, keep_audio=args.keep_audio,
@@ -148,8 +155,8 @@ def cmd_reencode(args: argparse.Namespace) -> int:
 
 
 def _add_check_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--backend", default="decord", help="decord | torchcodec | pyav: the backend training will use")
-    p.add_argument("--seek-mode", default="exact", help="torchcodec: exact | approximate")
+    p.add_argument("--backend", default="decord", choices=BACKENDS, help="the backend training will use")
+    p.add_argument("--seek-mode", default="exact", choices=SEEK_MODES, help="torchcodec's seek mode")
     p.add_argument("--jobs", type=int, default=max(1, (os.cpu_count() or 2) - 1), help="videos checked at once")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds per video; slower is classified `hangs`")
 
@@ -255,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return SUBCOMMANDS[args.command][1](args)
-    except (AnnotationError, RuntimeError, ValueError) as err:
+    except (AnnotationError, RuntimeError, ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 

@@ -42,8 +42,9 @@ _AS_SCRIPT = False  # set when run as a program: only then may an error end the 
 def main(argv: list[str] | None = None) -> int:
     args, unknown = parse_args(argv)
     flags = [u for u in unknown if u.startswith("-")]
-    if flags:
-        raise SystemExit(f"error: unknown options {' '.join(flags)} (config values are given as section.key=value)")
+    if flags:  # exit status 2, as for every other bad input
+        print(f"error: unknown options {' '.join(flags)} (config values are section.key=value)", file=sys.stderr)
+        return 2
     cfg = config_cli_main(args.config, list(args.overrides) + unknown)
 
     import torch.distributed as dist

@@ -196,8 +196,9 @@ def claim_out_root(out_root: str, settings: dict, overwrite: bool = False, exist
     if existing and not overwrite and not os.path.exists(path):
         raise ValueError(
             f"{out_root} already holds {existing} of this run's outputs but no {SETTINGS_FILE}, so their encoder "
-            "settings are unknown (an older aim-video or another tool made them) and a rerun would skip them: "
-            "choose another --out-root, or pass --overwrite to re-encode them"
+            "settings are unknown (an older aim-video or another tool made them, or it is the sources' own folder) "
+            "and a rerun would skip them: choose another --out-root, or pass --overwrite to re-encode outputs "
+            "(never sources)"
         )
     before = None
     if os.path.exists(path):

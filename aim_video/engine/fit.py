@@ -176,7 +176,7 @@ def start_from_trained(model: torch.nn.Module, path: str) -> str:
 
 def _fit(cfg: Config, resume: str, stop_signals: bool) -> dict[str, Any]:
     from aim_video.data.loader import build_train_loader, resolve_classes
-    from aim_video.models.build import build_model, check_method
+    from aim_video.models.build import build_model, check_method, check_model_config
 
     started = time.time()
     cfg = with_absolute_paths(cfg)  # the saved config (and the weights' copy of it) work from any folder
@@ -186,6 +186,10 @@ def _fit(cfg: Config, resume: str, stop_signals: bool) -> dict[str, Any]:
             "number of classes of the data set"
         )
     check_method(cfg.model)  # before the process group and config.yaml, as a bad key at load time
+    try:  # the architecture on the meta device: an unknown model.arch or vit_kwargs key is a config error
+        check_model_config(cfg.model, cfg.data.num_frames, cfg.data.input_size)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     info = init_distributed(cfg.train.dist_timeout_min)
     out = cfg.output_dir
     check_shared_folder(out, info)  # every rank writes checkpoint shards there: one folder, seen by all

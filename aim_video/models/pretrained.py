@@ -103,7 +103,16 @@ def read_state_dict(path: str) -> tuple[dict[str, torch.Tensor], bool]:
             with torch.serialization.safe_globals([argparse.Namespace]):
                 state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:  # noqa: BLE001 - report which file and why, whatever torch raised
-            raise PretrainedLoadError(f"cannot read checkpoint {path}: {err}") from err
+            text = str(err)  # torch's advice (weights_only=False, allowlists) is not the user's to take: its cause
+            lines = [ln.strip() for ln in text.split("WeightsUnpickler error:")[-1].splitlines() if ln.strip()]
+            cause = lines[0] if "WeightsUnpickler error:" in text and lines else f"{type(err).__name__}: {text}"
+            reason = f"not a torch checkpoint, or cut short ({cause})"
+            if "Unsupported global" in text:
+                reason = (
+                    "it pickles Python objects besides tensors, which are not unpickled here (that can run code); "
+                    "save the weights alone: torch.save(model.state_dict(), path)"
+                )
+            raise PretrainedLoadError(f"cannot read checkpoint {path}: {reason}") from err
     for wrapper in ("state_dict", "model", "module"):
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]

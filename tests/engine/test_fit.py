@@ -204,3 +204,13 @@ def test_a_run_started_from_another_runs_weights_trains_from_them_and_a_resume_d
     a = read_trainable(os.path.join(first.output_dir, "model_trainable.safetensors"))[0]
     b = read_trainable(os.path.join(second.output_dir, "model_trainable.safetensors"))[0]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_an_unknown_architecture_is_a_config_error_before_anything_starts(tiny_run, tmp_path, monkeypatch):
+    """It was a traceback and exit status 1 from timm, after the process group had started."""
+    from aim_video.config import ConfigError
+
+    cfg = tiny_run(tmp_path, "model.arch=vit_base_patch16_clip_quickgelu_2244")
+    with pytest.raises(ConfigError, match="is not a timm architecture"):
+        _fit(cfg, monkeypatch=monkeypatch)
+    assert not os.path.exists(cfg.output_dir)

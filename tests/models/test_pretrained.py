@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import collections
+import datetime
 import json
 import os
 
@@ -318,9 +320,13 @@ def test_folder_without_weights_and_unreadable_file(tmp_path) -> None:
         resolve_weight_file(str(tmp_path))
     bad = tmp_path / "corrupt.pth"
     bad.write_bytes(b"not a checkpoint")
-    with pytest.raises(PretrainedLoadError, match="cannot read checkpoint.*corrupt.pth"):
+    with pytest.raises(PretrainedLoadError, match=r"cannot read checkpoint .*corrupt.pth: not a torch checkpoint"):
         build_model(tiny_cfg(pretrained=str(bad)), NUM_FRAMES)
     assert os.path.exists(bad)
+    pickled = tmp_path / "whole_model.pth"  # torch.save(model): torch's own advice, weights_only=False, is not ours
+    torch.save({"model": collections.OrderedDict(), "saved": datetime.date(2026, 11, 27)}, pickled)
+    with pytest.raises(PretrainedLoadError, match=r"pickles Python objects besides tensors.*model.state_dict\(\)"):
+        build_model(tiny_cfg(pretrained=str(pickled)), NUM_FRAMES)
 
 
 def test_the_weights_tell_the_normalisation_they_were_trained_with(clip_vit, tmp_path) -> None:

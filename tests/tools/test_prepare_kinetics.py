@@ -122,3 +122,25 @@ def test_cli_refuses_to_mix_two_encodings_in_one_out_root(tmp_path, capsys):
     assert main([*args, "--keyint", "8"]) == 2
     assert "already holds 1 of this run's outputs but no aim_video_reencode.json" in capsys.readouterr().err
     assert main([*args, "--keyint", "8", "--overwrite"]) == 0
+
+
+def test_cli_never_re_encodes_a_video_onto_itself(tmp_path, capsys):
+    """--out-root the sources' folder: refused for lack of a settings file, with advice to pass --overwrite, which
+    then replaced every original with its copy."""
+    from tools.prepare_kinetics import main
+
+    root = tmp_path / "videos"
+    os.makedirs(root / "swim")
+    source = make_video(str(root / "swim" / "a.mp4"), 8)
+    before = open(source, "rb").read()
+    write_lines(str(tmp_path / "train.txt"), ["swim/a.mp4 0"])
+    args = ["reencode", "--list", str(tmp_path / "train.txt"), "--root", str(root), "--out-root", str(root),
+            "--short-side", "32", "--jobs", "1"]  # fmt: skip
+    for extra in ([], ["--overwrite"]):
+        assert main(args + extra) == 2
+        assert "outputs would overwrite their originals" in capsys.readouterr().err
+    assert open(source, "rb").read() == before
+    with pytest.raises(SystemExit):  # a misspelt backend: argparse names the choices before any video is read
+        main(["verify", "--list", str(tmp_path / "train.txt"), "--report", str(tmp_path / "r.json"),
+              "--backend", "decrod"])  # fmt: skip
+    assert "invalid choice: 'decrod'" in capsys.readouterr().err
