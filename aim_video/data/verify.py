@@ -11,7 +11,9 @@ backend's random-access reads with ONE sequential PyAV decode of the same file a
   than the first frame of a fresh reader does (`conversion_error`, a read that involves no seek);
 - `shifted`: some reads return another frame of the video; `offset` = requested index - index returned;
 - `corrupt_after_seek`: some reads match no frame of the video (decoding started at a false seek point);
-- `short`: the backend claims more frames than decode (`claimed_frames` > `decoded_frames`);
+- `short`: the backend claims more frames than decode (`claimed_frames` > `decoded_frames`); where the backend fails
+  on the last of the frames that decode (torchcodec needs the packet after a frame to return it, and a cut-off file's
+  last packet does not decode), `decoded_frames` is lowered to the count it reads;
 - `hangs`: the check did not finish within the per-video time limit (its child was killed);
 - `unreadable`: the file cannot be opened or decoded, or some reads fail and the others return the frames asked for
   (`reason`). Wrong frames decide: a file where some reads fail and others return wrong frames is `shifted` or
@@ -25,6 +27,10 @@ are where reads go wrong. The sequential decode converts frames to RGB only at t
 exact file is one sequential decode plus the reads (which decode half of each group of pictures, and all of the
 last one). Only when a read is wrong does a second sequential decode build thumbnails of every frame, to find which
 frame it returned.
+
+A read that fails is tried again by fresh readers (`READ_TRIES` in all): decord fails now and then at random on a
+file with an undecodable packet (its demuxing runs ahead of its decoding thread into the bad packet, more often on a
+busy machine), so only a failure that repeats says something of the file.
 """
 
 from __future__ import annotations
@@ -50,7 +56,8 @@ class VideoCheck:
     status: str
     backend: str = ""
     claimed_frames: int = -1  # what the backend reports (what sampling would use without a report)
-    decoded_frames: int = -1  # what a sequential decode yields: the count sampling must use
+    decoded_frames: int = -1  # the count sampling must use: what a sequential decode yields, or fewer where the
+    # backend fails on the last of those frames (`short` only)
     offset: int = 0  # shifted: requested index - index of the frame returned (3: index i returns frame i-3)
     max_error: float = 0.0  # worst mean absolute difference (uint8) of a checked read against the true frame
     conversion_error: float = 0.0  # the same for frame 0 read first by a fresh reader (measured after a wrong read)
@@ -202,6 +209,8 @@ def check_video(
     return result
 
 
+READ_TRIES = 4  # reads of the same frames, each by a fresh reader after a failure, before the failure counts
+TAIL_DEPTH = 16  # how many frames before a failing one a short file's readable end is looked for (h264's reorder depth)
 CONVERSION_SPREAD = 1.25  # a frame's conversion difference varies with its content (measured: within 10% of frame 0's)
 
 
@@ -240,30 +249,60 @@ def _check(result: VideoCheck, backend: str, seek_mode: str, num_threads: int, t
         false_seeks = [k for k in seek_points if k < result.decoded_frames and k not in keyframes]
         checked_starts = {g[0] for g in groups}
         unchecked = [k for k in false_seeks if k not in checked_starts][:max_groups]
-        if unchecked:  # a long video whose spread-out groups missed them: read those groups too (a second decode)
+        if unchecked or decoded < span:  # groups that missed false keyframes, or a short file's last real frames
+            span = min(span, decoded)  # (past a seek point beyond them): read those too (a second decode)
             groups = check_groups(seek_points, span, max_groups, include=unchecked)
             extra = {i for g in groups for i in g} - set(full)
-            full.update(_reference_decode(path, extra, num_threads)[0])
+            if extra:
+                full.update(_reference_decode(path, extra, num_threads)[0])
         thumbs: _Thumbnails | None = None  # built on the first wrong read only: exact files never pay for it
         conversion: float | None = None  # likewise
         offsets: Counter[int] = Counter()
-        failed_reads: list[list[int]] = []  # reads of a short file's tail that failed
-        failed_inside: list[tuple[list[int], str]] = []  # reads that failed inside the decodable frames
+        failed_inside: list[tuple[list[int], str]] = []  # reads that failed, READ_TRIES times, inside the count
         corrupt: list[int] = []
+
+        def read(indices: list[int]) -> tuple[np.ndarray | None, str]:
+            """The frames at `indices`, or (None, why) when READ_TRIES reads, each after the first by a fresh reader,
+            all fail."""
+            nonlocal reader
+            why = ""
+            for _ in range(READ_TRIES):
+                try:
+                    return reader.get(indices), ""
+                except Exception as err:
+                    why = decode._first_line(err)
+                    reader.close()  # a failed read can leave decord's decoder broken for the next ones: start afresh
+                    reader = None  # (if the reopen fails, its own error says why, not a second close)
+                    reader = decode.open_reader(path, backend, num_threads, **opts)
+            return None, why
+
+        readable = result.decoded_frames  # lowered where the backend fails on a short file's last frames
+        lowered = ""  # why it was
+        flaky: list[int] = []  # a short file's group that failed READ_TRIES times though its last frame reads
         for group in groups:
-            group = [i for i in group if i < result.decoded_frames]
+            group = [i for i in group if i < readable]
             if not group:
                 continue
-            try:
-                got = reader.get(group)
-            except Exception as err:
-                if result.claimed_frames > result.decoded_frames:  # a short file's tail: still `short`, noted
-                    failed_reads.append(group)
-                else:  # go on: the other groups may read wrong frames, which matters more than a failing read
-                    failed_inside.append((group, decode._first_line(err)))
-                reader.close()  # a failed read can leave decord's decoder broken for the next ones: start afresh
-                reader = None  # (if the reopen fails, its own error says why, not a second close)
-                reader = decode.open_reader(path, backend, num_threads, **opts)
+            got, why = read(group)
+            at_random = False  # the failure did not repeat where it would if it were the file's
+            while got is None and result.claimed_frames > result.decoded_frames:
+                # a short file: find the last frame the backend reads, at most TAIL_DEPTH frames back (0: none)
+                top = group[-1] + 1
+                end = next((n for n in range(top, max(0, top - TAIL_DEPTH), -1) if read([n - 1])[0] is not None), 0)
+                if end == top:  # its last frame reads alone: not the end of what reads (decord fails at random)
+                    at_random, flaky = True, flaky or group
+                    break
+                if end == 0:  # nothing near it reads either: the failure stands
+                    break
+                # frames end.. fail however they are read: sampling must stay below them
+                readable, lowered = end, f"; {backend} fails at frame {end} and after: {why}"
+                group = sorted({i for i in group if i < readable} | {readable - 1})  # the new last frame too
+                if readable - 1 not in full:
+                    full.update(_reference_decode(path, {readable - 1}, num_threads)[0])
+                got, why = read(group)
+            if got is None:
+                if not at_random:  # go on: the other groups may read wrong frames, which matters more
+                    failed_inside.append((group, why))
                 continue
             for i, frame in zip(group, got, strict=True):
                 result.checked += 1
@@ -290,6 +329,7 @@ def _check(result: VideoCheck, backend: str, seek_mode: str, num_threads: int, t
     finally:
         if reader is not None:
             reader.close()
+    result.decoded_frames = readable  # the count sampling must use
     failing = (
         f"; {backend} fails at frames {failed_inside[0][0]} (inside the {result.decoded_frames} that decode): "
         f"{failed_inside[0][1]}"
@@ -307,11 +347,13 @@ def _check(result: VideoCheck, backend: str, seek_mode: str, num_threads: int, t
         result.reason = f"{sum(offsets.values())} of {result.checked} checked reads return another frame" + failing
     elif failed_inside:
         result.status, result.reason = "unreadable", failing.removeprefix("; ")
-    elif result.claimed_frames > result.decoded_frames:
+    elif result.claimed_frames > decoded:
         result.status = "short"
-        result.reason = f"{backend} claims {result.claimed_frames} frames, {result.decoded_frames} decode"
-        if failed_reads:
-            result.reason += f"; reading frames {failed_reads[0]} failed too"
+        result.reason = f"{backend} claims {result.claimed_frames} frames, {decoded} decode" + (
+            f", {readable} read" + lowered if lowered else ""
+        )
+        if flaky:
+            result.reason += f"; reading frames {flaky} failed {READ_TRIES} times, not every time"
     else:
         result.status = "exact"
 

@@ -137,6 +137,48 @@ def test_undecodable_tail_is_short(files, backend, mode):
     assert (check.status, check.claimed_frames, check.decoded_frames) == ("short", 301, 300), check
 
 
+@pytest.mark.parametrize("mode", ["exact", "approximate"])
+@needs_torchcodec
+def test_a_short_files_count_is_what_the_backend_reads(tmp_path, mode):
+    """A cut-off mp4 (60 claimed, 25 decode): torchcodec fails on frames 23 and 24 however they are read (it needs
+    the next packet, which does not decode, to return them). verify said `short` with 25, and training failed on
+    every clip that touched them; the count is now the 23 that read."""
+    from tests.data.conftest import write_overclaiming
+
+    path = write_overclaiming(str(tmp_path / "cut.mp4"))
+    check = verify.check_video(path, "torchcodec", mode)
+    assert (check.status, check.decoded_frames) == ("short", 23), check
+    assert "25 decode, 23 read; torchcodec fails at frame 23 and after" in check.reason
+    assert check.checked == 4 and check.max_error < 1.0  # [0, 1, 12, 22]: the frames asked for
+    for indices in ([22], [0, 22], [20, 21, 22], [0, 11, 22]):  # the tail, alone and after earlier frames
+        clip = decode.read_frames(path, indices, "torchcodec", num_frames=check.decoded_frames, seek_mode=mode)
+        assert clip.shape[0] == len(indices)
+
+
+class FlakyReader(decode._DecordReader):
+    """decord that fails the first read of each file (as decord does now and then, at random, on a short file)."""
+
+    failed: set[str] = set()
+
+    def get(self, indices):
+        if self.path not in self.failed:
+            self.failed.add(self.path)
+            raise RuntimeError("Thread worker: Error sending packet")
+        return super().get(indices)
+
+
+def test_a_read_that_fails_once_is_tried_again(files):
+    """A failing read decided `unreadable` (inside the count) or was ignored (a short file); one that does not
+    repeat says nothing of the file, and a short file's last frames that decode are checked too."""
+    decode.register_backend("flaky", FlakyReader)
+    try:
+        checks = [verify.check_video(files[name], "flaky") for name in ("clean", "short")]
+    finally:
+        decode._READERS.pop("flaky")
+    assert [(c.status, c.decoded_frames) for c in checks] == [("exact", 300), ("short", 300)], checks
+    assert checks[1].checked == 8 and checks[1].reason == "flaky claims 301 frames, 300 decode"  # 298, 299 read
+
+
 def test_unreadable_files(tmp_path):
     text = tmp_path / "notes.mp4"
     text.write_text("hello\n" * 100)
