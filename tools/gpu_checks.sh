@@ -94,7 +94,7 @@ DATA=(data.root="$V" data.train_list="$V/train.txt" data.val_list="$V/train.txt"
 step model 110 "bench_model eager, each temporal attention" "$PY" tools/bench_model.py "${BENCH[@]}" \
   --temporal-attention sdpa,math,matmul,reduce --json "$OUT/bench_model_eager.json"
 
-step tests 100 "CUDA tests" "$PY" -m pytest -q -rP -p no:cacheprovider -m gpu tests/models/test_aim.py \
+step tests 100 "CUDA tests" "$PY" -m pytest -q -rP -p no:cacheprovider -m gpu tests/models/test_aim.py tests/data/test_dataset.py \
   tests/profiling/test_runner.py tests/test_compare.py
 step tests 150 "engine and evaluation tests on this machine" "$PY" -m pytest -q -p no:cacheprovider tests/engine \
   tests/eval/test_loading.py tests/tools/test_test_tool_infer.py
