@@ -125,7 +125,13 @@ def prepare_methods(
             raise ValueError(f"method {name}: {err}") from None
         configs[name] = cfg
     if configs:
-        load_split(next(iter(configs.values())), split)  # the same data settings for every method
+        first = next(iter(configs.values()))
+        if first.model.init_trainable:  # one method's trained weights: every other method refuses them, after
+            raise ValueError(  # the first one trained
+                f"model.init_trainable={first.model.init_trainable}: a comparison trains every method from the "
+                "same start; leave it empty (it would start each method from one method's trained weights)"
+            )
+        load_split(first, split)  # the same data settings for every method
     return configs
 
 

@@ -338,7 +338,7 @@ def _failing_key(given: Any) -> str:
 def _explain(err: OmegaConfBaseException, source: str, given: Any = None) -> ConfigError:
     full_key = getattr(err, "full_key", None) or ""
     msg = str(err).splitlines()[0].rstrip(".")
-    if "TupleConfig" in msg or "ListConfig" in msg:
+    if "TupleConfig length" in msg or "is not a TupleConfig" in msg:  # a list key given another length or a scalar
         msg += " (a list is written [a, b, c], with as many values as the default has)"
     if not full_key:
         key = _failing_key(given)

@@ -77,6 +77,8 @@ def test_every_method_and_the_evaluation_list_are_checked_before_any_trains(tmp_
         prepare_methods(["aim", "lora"], None, [], str(tmp_path))
     with pytest.raises(ValueError, match="no data.test_list given"):
         prepare_methods(["aim"], None, data[:2], str(tmp_path), split="test")
+    with pytest.raises(ValueError, match="model.init_trainable=.* a comparison trains every method from the same"):
+        prepare_methods(["aim", "lora"], None, [*data, f"model.init_trainable={tmp_path}"], str(tmp_path))
 
 
 def test_cost_counts_parameters_and_memory_grows_with_the_trainable_set() -> None:

@@ -184,6 +184,9 @@ def test_a_list_of_the_wrong_length_names_its_key_and_how_to_write_it(tmp_path):
         load_config(str(yaml_file))
     with pytest.raises(ConfigError, match=r"'data.rrc_scale': .*a list is written \[a, b, c\]"):
         load_config(None, ["data.rrc_scale=0.5"])
+    with pytest.raises(ConfigError, match="data.batch_size") as scalar:  # a list for a number: no list advice
+        load_config(None, ["data.batch_size=[1,2]"])
+    assert "a list is written" not in str(scalar.value)
 
 
 def test_an_empty_output_dir_or_one_that_is_a_file_is_named(tmp_path):

@@ -119,7 +119,7 @@ def cmd_reencode(args: argparse.Namespace) -> int:
         args.list if os.path.isdir(args.list) else os.path.commonpath([os.path.dirname(r.path) for r in ann.records])
     )
     pairs = [(r.path, output_path(r.path, src_root, args.out_root)) for r in ann.records]
-    onto = [src for src, dst in pairs if os.path.abspath(src) == os.path.abspath(dst)]
+    onto = [src for src, dst in pairs if os.path.realpath(src) == os.path.realpath(dst)]  # links too
     if onto:  # --out-root the sources' own folder: the copies would replace the originals
         raise ValueError(
             f"--out-root {args.out_root} is where the sources are: {len(onto)} outputs would overwrite their "

@@ -174,13 +174,14 @@ def _once_each(ann: Annotations, what: str) -> Annotations:
             )
         else:
             repeated.append(record.path)
+    missing = list(dict.fromkeys(ann.missing))  # a missing video listed twice is one missing video
     if not repeated:
-        return ann
+        return dataclasses.replace(ann, missing=missing) if len(missing) < len(ann.missing) else ann
     log.warning(
         "%s: %d lines repeat a video listed before, e.g. %s: each video is evaluated and counted once",
         what, len(repeated), repeated[0],
     )  # fmt: skip
-    return dataclasses.replace(ann, records=kept)
+    return dataclasses.replace(ann, records=kept, missing=missing)
 
 
 def ignore_signals_in_worker(worker_id: int, signums: tuple[int, ...]) -> None:

@@ -285,7 +285,7 @@ def _check(result: VideoCheck, backend: str, seek_mode: str, num_threads: int, t
                 continue
             got, why = read(group)
             at_random = False  # the failure did not repeat where it would if it were the file's
-            while got is None and result.claimed_frames > result.decoded_frames:
+            while got is None and result.claimed_frames > decoded and group[-1] >= decoded - TAIL_DEPTH:
                 # a short file: find the last frame the backend reads, at most TAIL_DEPTH frames back (0: none)
                 top = group[-1] + 1
                 end = next((n for n in range(top, max(0, top - TAIL_DEPTH), -1) if read([n - 1])[0] is not None), 0)

@@ -162,14 +162,15 @@ def normalization_warning(cfg: Config) -> str:
     )
 
 
-def start_from_trained(model: torch.nn.Module, path: str) -> str:
-    """model.init_trainable: another run's trainable weights (its file or run folder) into `model`; the log line."""
+def start_from_trained(model: torch.nn.Module, path: str, classes: list[str] | None) -> str:
+    """model.init_trainable: another run's trainable weights (its file or run folder) into `model`, the head only
+    for the same `classes` (this run's names, when known); the log line."""
     from aim_video.engine.optim import head_module_name
     from aim_video.eval.loading import resolve_checkpoint
     from aim_video.models.trainable_io import init_from_trainable
 
     try:
-        return init_from_trainable(model, resolve_checkpoint(path), head_module_name(model))
+        return init_from_trainable(model, resolve_checkpoint(path), head_module_name(model), classes)
     except (FileNotFoundError, ValueError) as err:
         raise ConfigError(f"model.init_trainable: {err}") from None
 
@@ -214,7 +215,7 @@ def _fit(cfg: Config, resume: str, stop_signals: bool) -> dict[str, Any]:
     resumed_from = agree_on_resume(manager, resume or cfg.train.resume)
     started_from = ""
     if cfg.model.init_trainable and not resumed_from:  # before the engine: ZeRO copies the weights it starts from
-        started_from = start_from_trained(model, cfg.model.init_trainable)
+        started_from = start_from_trained(model, cfg.model.init_trainable, resolve_classes(cfg))
         if info.is_main:
             print(started_from, file=sys.stderr, flush=True)
     engine, opt_summary = build_engine(cfg, model, steps_per_epoch, info.world_size, ds_config)

@@ -196,11 +196,12 @@ def _check_backbone(model: torch.nn.Module, meta: dict[str, str], path: str) -> 
         )
 
 
-def init_from_trainable(model: torch.nn.Module, path: str, head: str) -> str:
+def init_from_trainable(model: torch.nn.Module, path: str, head: str, classes: list[str] | None = None) -> str:
     """Start training from another run's trainable weights (model.init_trainable), on the same frozen backbone.
 
     Every trainable tensor of the file is copied, except: the head (module name `head`) when its shape differs
-    (another number of classes: it keeps its fresh initialisation), and the temporal embedding [1, T, D] when T
+    (another number of classes, or other class names in `classes` than the file stores: it keeps its fresh
+    initialisation, since its rows are the old run's classes), and the temporal embedding [1, T, D] when T
     differs (resampled linearly over time: 8-frame adapters start a 16-frame run). Any other difference (another
     method, adapter layout or width) is refused before anything is copied. Returns a one-line summary for the log.
     """
@@ -214,13 +215,16 @@ def init_from_trainable(model: torch.nn.Module, path: str, head: str) -> str:
             f"({len(missing)}), unexpected {unexpected[:5]} ({len(unexpected)}); it can start a run of the same "
             "model.method and adapter settings only"
         )
+    stored = json.loads(meta["classes"]) if meta.get("classes") else None
+    other_classes = stored is not None and classes is not None and list(classes) != stored
     skipped, resampled, copies = [], [], {}
     for name, tensor in tensors.items():
         want = params[name].shape
-        if tensor.shape == want:
-            copies[name] = tensor
-        elif name == head or name.startswith(f"{head}."):
+        is_head = name == head or name.startswith(f"{head}.")
+        if is_head and (tensor.shape != want or other_classes):
             skipped.append(name)
+        elif tensor.shape == want:
+            copies[name] = tensor
         elif (
             name.endswith("temporal_embed")
             and tensor.ndim == 3

@@ -534,6 +534,10 @@ def test_evaluation_counts_a_repeated_line_once_and_refuses_one_video_under_two_
     write_lines(lst, [f"{a} 1", f"{a} 0"])
     with pytest.raises(AnnotationError, match=r"a.mp4 is listed with labels 1 and 0"):
         build_eval_loader(tiny_cfg(lst, batch_size=1), "val", 0, 1)
+    gone = str(tmp_path / "gone.mp4")  # left out (missing_files=drop) and counted missing once, as a present one
+    write_lines(lst, [f"{a} 1", f"{gone} 0", f"{a} 1", f"{gone} 0"])
+    dataset = build_eval_loader(tiny_cfg(lst, batch_size=1, missing_files="drop"), "val", 0, 1).dataset
+    assert [r.path for r in dataset.records] == [a] and [p for p, _ in dataset.dropped] == [gone]
 
 
 def test_a_video_the_report_found_undecodable_by_any_backend_is_left_out_once(tmp_path):

@@ -179,6 +179,27 @@ def test_a_read_that_fails_once_is_tried_again(files):
     assert checks[1].checked == 8 and checks[1].reason == "flaky claims 301 frames, 300 decode"  # 298, 299 read
 
 
+class MidFailReader(decode._DecordReader):
+    """decord that always fails a read that includes frame 125 (a bad frame in the middle, not at the end)."""
+
+    def get(self, indices):
+        if 125 in indices:
+            raise RuntimeError("cannot decode frame 125")
+        return super().get(indices)
+
+
+def test_a_failure_in_the_middle_of_a_short_file_does_not_shorten_it(files):
+    """The tail search ran for any failing group of a short file: a bad frame 125 of 300 set the count to 125
+    (frames 250-299 had read fine), and training sampled from the first 125 frames only."""
+    decode.register_backend("midfail", MidFailReader)
+    try:
+        check = verify.check_video(files["short"], "midfail")
+    finally:
+        decode._READERS.pop("midfail")
+    assert (check.status, check.decoded_frames) == ("unreadable", 300), check
+    assert "fails at frames" in check.reason and "125" in check.reason
+
+
 def test_unreadable_files(tmp_path):
     text = tmp_path / "notes.mp4"
     text.write_text("hello\n" * 100)

@@ -100,3 +100,24 @@ def test_starting_from_weights_of_another_backbone_or_adapter_layout_is_refused(
     _same_backbone(fewer, trained)
     with pytest.raises(ValueError, match=r"does not match this model's trainable set: missing \[\] \(0\), unexpected"):
         init_from_trainable(fewer, path, "head")
+
+
+def test_the_head_is_copied_for_the_same_classes_only_not_the_same_count(tmp_path) -> None:
+    """Five classes here, five there, but other ones: the head's rows are the old run's classes, so it keeps its new
+    initialisation; the same names (or none known) copy it."""
+    import torch
+
+    from aim_video.models.trainable_io import init_from_trainable
+    from tests.models.conftest import perturb_adapters
+
+    trained = build_model(tiny_cfg(), NUM_FRAMES)
+    perturb_adapters(trained)
+    names = ["archery", "bowling", "curling", "diving", "eating"]
+    path = save_trainable(trained, str(tmp_path / "trainable.safetensors"), {"step": 3, "classes": names})
+    for classes, copied in ((names, True), (None, True), (["a", "b", "c", "d", "e"], False)):
+        new = build_model(tiny_cfg(), NUM_FRAMES)
+        _same_backbone(new, trained)
+        fresh = new.head.weight.detach().clone()
+        summary = init_from_trainable(new, path, "head", classes)
+        assert torch.equal(new.head.weight, trained.head.weight if copied else fresh), classes
+        assert ("keeps its new initialisation" in summary) is not copied

@@ -136,8 +136,10 @@ def test_cli_never_re_encodes_a_video_onto_itself(tmp_path, capsys):
     write_lines(str(tmp_path / "train.txt"), ["swim/a.mp4 0"])
     args = ["reencode", "--list", str(tmp_path / "train.txt"), "--root", str(root), "--out-root", str(root),
             "--short-side", "32", "--jobs", "1"]  # fmt: skip
-    for extra in ([], ["--overwrite"]):
-        assert main(args + extra) == 2
+    os.symlink(root, tmp_path / "link")  # the same folder under another name
+    via_link = [str(tmp_path / "link") if a == str(root) and k > 4 else a for k, a in enumerate(args)]
+    for command in (args, args + ["--overwrite"], via_link + ["--overwrite"]):
+        assert main(command) == 2
         assert "outputs would overwrite their originals" in capsys.readouterr().err
     assert open(source, "rb").read() == before
     with pytest.raises(SystemExit):  # a misspelt backend: argparse names the choices before any video is read
