@@ -13,9 +13,9 @@
 # Usage: bash tools/gpu_checks.sh OUT_DIR [PYTHON]      (PYTHON defaults to .venv/bin/python, else python3)
 #        TINY=1 bash tools/gpu_checks.sh OUT_DIR          a CPU smoke run of the same steps on a tiny ViT
 #        STEPS="tests resume profile" bash tools/gpu_checks.sh OUT_DIR    only these steps, in the script's order:
-#          model (eager model step), tests (CUDA and engine tests), profile (eager, compiled), train (compiled
-#          DeepSpeed run), resume (bf16 ZeRO-1 run stopped by SIGUSR1, resumed, against an uninterrupted one, then
-#          tools/test.py), compiled (compiled model step), frames32, attention. Default: all but resume.
+#          model (eager model step), tests (CUDA and engine tests), resume (bf16 ZeRO-1 run stopped by SIGUSR1,
+#          resumed, against an uninterrupted one, then tools/test.py), profile (eager, compiled), train (compiled
+#          DeepSpeed run), compiled (compiled model step), frames32, attention. Default: all but resume.
 # Outputs in OUT_DIR: all.log and one JSON per step. Each step has its own time limit; a failing step does not
 # stop the others. Record what it measured in docs/benchmarks.md with the date and device.
 set -u

@@ -530,7 +530,7 @@ def repair_videos(
         dst = os.path.join(out_dir, stem + ".mp4")
         if dst in taken:  # another original with this name and another extension already has it
             dst = os.path.join(out_dir, f"{stem}_{ext.lstrip('.').lower()}.mp4")
-        if dst == src:
+        if os.path.realpath(dst) == os.path.realpath(src):  # a linked output folder too
             raise ValueError(f"repair would overwrite {src}; choose an output folder other than the videos' own")
         if dst in taken:
             raise ValueError(f"repair would write two copies to {dst}; rename one of their originals")

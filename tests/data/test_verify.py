@@ -471,3 +471,17 @@ def test_repair_lists_every_video_absolute_under_a_relative_root(tmp_path, monke
     assert [line.split()[0] for line in open("new.txt").read().splitlines()] == [
         str(tmp_path / "raw" / "good.mp4"), str(tmp_path / "fixed" / "short.mp4")
     ]  # fmt: skip
+
+
+def test_repair_never_writes_onto_an_original_through_a_linked_output_folder(tmp_path):
+    """The guard compared path strings: an --out-root linked to the videos' folder re-encoded onto the originals."""
+    clean = make_h264(str(tmp_path / "src.mp4"), n=60, gop=50)
+    (tmp_path / "v").mkdir()
+    bad = false_keyframes(clean, str(tmp_path / "v" / "x.mp4"), at=(20,))
+    before = open(bad, "rb").read()
+    os.symlink(tmp_path / "v", tmp_path / "link")
+    check = verify.VideoCheck(bad, "shifted", "decord", reason="as a report says")
+    for out in (tmp_path / "v", tmp_path / "link"):
+        with pytest.raises(ValueError, match="repair would overwrite .*x.mp4; choose an output folder other"):
+            verify.repair_videos([check], str(out), str(tmp_path / "v"), progress=False)
+    assert open(bad, "rb").read() == before
