@@ -185,7 +185,9 @@ def build_train_step(
     for the frozen backbone (the bulk of AIM's), and runs casts DeepSpeed does not; and over AdamW on the bf16
     weights themselves (what the profiler did), whose bf16 moments and missing masters understated memory by 12
     bytes per trainable parameter. fp16's loss scaling is left out: it changes no tensor's size. fp32: AdamW on the
-    parameters themselves, as DeepSpeed without a wrapper. Every call is one optimizer step (no accumulation).
+    parameters themselves, as DeepSpeed without a wrapper. Each call is one micro-batch: the optimizer steps on every
+    `train.grad_accum_steps`-th call, the gradients of the calls between adding up in the model's precision (as
+    DeepSpeed's do under bf16 with ZeRO 1/2), so a timed call is the micro-batch's share of an optimizer step.
     """
     from aim_video.engine.deepspeed_setup import model_dtype
 
@@ -206,9 +208,16 @@ def build_train_step(
     model.to(device=device, dtype=dtype)  # tensor by tensor: no fp32 copy of the whole model on the device
     optimizer = build_optimizer(groups, lr, cfg.train.betas)  # after the move: fused AdamW on CUDA
     smoothing = cfg.train.label_smoothing
+    accum = max(1, cfg.train.grad_accum_steps)
+    micro = 0  # micro-batches since the last optimizer step
 
     def step(video: torch.Tensor, label: torch.Tensor) -> None:
-        loss_fn(model(video), label, smoothing).backward()
+        nonlocal micro
+        (loss_fn(model(video), label, smoothing) / accum).backward()  # gradients add up in the model's precision
+        micro += 1
+        if micro < accum:  # as DeepSpeed under train.grad_accum_steps: no optimizer step yet
+            return
+        micro = 0
         if not pairs:
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)

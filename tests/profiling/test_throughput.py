@@ -28,3 +28,36 @@ def test_loader_sweep_rounds_each_count_up_from_the_requested_batches(monkeypatc
     # warm-up (one batch per worker) plus the timed batches
     assert len(delivered) == (2 + 4) + (3 + 3) + (1 + 3)
     assert all(r["clips_per_s"] > 0 for r in rows)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_the_measured_step_accumulates_as_training_does(precision: str) -> None:
+    """It stepped AdamW on every micro-batch; with train.grad_accum_steps=2 it steps on every second, on the mean
+    gradient of the two (the same update as one step on both micro-batches at once)."""
+    from aim_video.config import load_config
+    from aim_video.models.build import build_model
+    from tests.models.conftest import TINY_CLIP
+
+    def model_and_cfg(accum: int):
+        cfg = load_config(None, [f"train.precision={precision}", f"train.grad_accum_steps={accum}",
+                                 "model.drop_path_rate=0", "model.head_dropout=0", "model.num_classes=5"])  # fmt: skip
+        cfg.model.arch, cfg.model.vit_kwargs = "vit_base_patch16_clip_quickgelu_224", dict(TINY_CLIP)
+        torch.manual_seed(0)
+        return build_model(cfg.model, 4), cfg
+
+    dtype = torch.float32 if precision == "fp32" else torch.bfloat16
+    gen = torch.Generator().manual_seed(1)
+    video, label = torch.randn(4, 4, 3, 32, 32, generator=gen).to(dtype), torch.tensor([0, 1, 2, 3])
+    model, cfg = model_and_cfg(2)
+    _, step = throughput.build_train_step(cfg, model, torch.device("cpu"))
+    head = model.head.weight.detach().clone()
+    step(video[:2], label[:2])
+    assert torch.equal(model.head.weight, head)  # the first micro-batch: no step
+    step(video[2:], label[2:])
+    once, cfg1 = model_and_cfg(1)
+    _, whole = throughput.build_train_step(cfg1, once, torch.device("cpu"))
+    whole(video, label)
+    assert not torch.equal(model.head.weight, head)
+    assert torch.allclose(
+        model.head.weight.float(), once.head.weight.float(), atol=1e-2 if dtype != torch.float32 else 1e-5
+    )
