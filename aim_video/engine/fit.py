@@ -213,15 +213,16 @@ def _fit(cfg: Config, resume: str, stop_signals: bool) -> dict[str, Any]:
     steps_per_epoch = micro_per_epoch // accum
     manager = CheckpointManager(os.path.join(out, "checkpoints"), cfg.train.keep_last, info.rank, info.world_size)
     resumed_from = agree_on_resume(manager, resume or cfg.train.resume)
+    classes = resolve_classes(cfg)  # stored with the weights: evaluation checks its numbering against them
     started_from = ""
     if cfg.model.init_trainable and not resumed_from:  # before the engine: ZeRO copies the weights it starts from
-        started_from = start_from_trained(model, cfg.model.init_trainable, resolve_classes(cfg))
+        started_from = start_from_trained(model, cfg.model.init_trainable, classes)
         if info.is_main:
             print(started_from, file=sys.stderr, flush=True)
     engine, opt_summary = build_engine(cfg, model, steps_per_epoch, info.world_size, ds_config)
     manager.micro_per_epoch = micro_per_epoch
     manager.num_videos = len(loader.dataset)
-    manager.classes = resolve_classes(cfg)  # stored with the weights: evaluation checks its numbering against them
+    manager.classes = classes
     if manager.classes is not None and len(manager.classes) != cfg.data.num_classes:  # else test.py refuses, later
         raise ConfigError(
             f"the classes of this data set ({len(manager.classes)}: data.class_map, or the train CSV's labels or class "
