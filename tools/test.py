@@ -89,7 +89,10 @@ def main(argv: list[str] | None = None) -> int:
         cfg = resolve_eval_config(checkpoint_file, args.config, args.overrides)
         protocol = apply_protocol(cfg)
         out = args.out or _default_out(cfg.output_dir, checkpoint_file, args.split)
-        os.makedirs(out, exist_ok=True)  # before the evaluation, not after hours of it
+        try:  # before the evaluation, not after hours of it
+            os.makedirs(out, exist_ok=True)
+        except OSError as err:
+            raise OSError(f"cannot create the results folder {out} ({err.strerror}): choose another --out") from err
         if not os.access(out, os.W_OK):
             raise PermissionError(f"cannot write results into {out}: choose another --out")
         use_stored_classes(cfg, checkpoint_file, out)  # weights evaluated away from the training run's class files

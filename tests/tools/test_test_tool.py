@@ -217,7 +217,8 @@ def test_an_unwritable_out_stops_before_the_evaluation_and_nothing_readable_is_a
     blocker = os.path.join(run["root"], "a_file")
     open(blocker, "w").close()
     assert test_tool.main(["--checkpoint", run["ckpt"], "--no-progress", "--out", os.path.join(blocker, "x")]) == 2
-    assert "a_file" in capsys.readouterr().err  # NotADirectoryError naming the path, before any video was read
+    err = capsys.readouterr().err  # before any video was read: the folder, the reason and the flag to change
+    assert "a_file" in err and "Not a directory" in err and "choose another --out" in err
     only_bad = os.path.join(run["root"], "only_bad.txt")
     with open(only_bad, "w") as f:
         f.write("videos/v03.mp4 0\n")
