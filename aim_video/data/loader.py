@@ -333,6 +333,18 @@ def _read_kwargs(cfg: Config, counts: dict) -> dict:
                 f"bad value for config key '{key}': {name!r} is not a decoding backend; choose one of "
                 f"{', '.join(known)}" + (f". Did you mean {hint[0]!r}?" if hint else "")
             )
+    if d.decode_device != "cpu":  # decord and PyAV decode on the CPU whatever it says; CUDA in a forked child fails
+        if d.backend != "torchcodec":
+            raise ConfigError(
+                f"data.decode_device={d.decode_device} is read by torchcodec only; data.backend={d.backend} decodes on "
+                "the CPU: set data.backend=torchcodec, or data.decode_device=cpu"
+            )
+        if d.read_timeout_s or d.num_workers:
+            raise ConfigError(
+                f"data.decode_device={d.decode_device} decodes in this process: CUDA cannot be used in the forked "
+                f"children of data.read_timeout_s={d.read_timeout_s} and data.num_workers={d.num_workers}; "
+                "set both to 0"
+            )
     return {
         "backend": d.backend,
         "fallback_backend": d.fallback_backend,

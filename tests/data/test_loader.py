@@ -426,6 +426,20 @@ def test_an_unknown_backend_stops_the_loader_build_naming_the_choices(video_dir)
         build_eval_loader(tiny_cfg(video_dir, fallback_backend="av"), "val", 0, 1)
 
 
+def test_cuda_decoding_needs_torchcodec_and_no_forked_children(video_dir):
+    """data.decode_device=cuda was accepted with decord (which decoded on the CPU without a word) and with the
+    default read watchdog (every training item then failed as 'the data set is mostly unreadable')."""
+    from aim_video.config import ConfigError
+
+    with pytest.raises(ConfigError, match="read by torchcodec only; data.backend=decord decodes on the CPU"):
+        build_train_loader(tiny_cfg(video_dir, decode_device="cuda"), 0, 1)
+    on_gpu = {"backend": "torchcodec", "decode_device": "cuda:1"}
+    with pytest.raises(ConfigError, match=r"data.read_timeout_s=60.0 and data.num_workers=0; set both to 0"):
+        build_eval_loader(tiny_cfg(video_dir, **on_gpu), "val", 0, 1)
+    with pytest.raises(ConfigError, match=r"data.read_timeout_s=0.0 and data.num_workers=2; set both to 0"):
+        build_train_loader(tiny_cfg(video_dir, read_timeout_s=0, num_workers=2, **on_gpu), 0, 1)
+
+
 def test_a_train_list_using_far_fewer_classes_than_the_head_is_named(video_dir, caplog):
     """A 3-class set trained under a recipe's data.num_classes=400 ran a 400-way head without a word."""
     from aim_video.data.loader import load_split
