@@ -8,6 +8,7 @@ are merged over the derived ones (deep merge), for settings this schema does not
 from __future__ import annotations
 
 import copy
+import difflib
 import json
 import os
 import sys
@@ -33,6 +34,75 @@ def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
         else:
             out[key] = copy.deepcopy(value)
     return out
+
+
+class _ReadKeys(dict):
+    """A dict that remembers which keys were asked for (DeepSpeed reads the top-level keys it knows one by one)."""
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        super().__init__(data)
+        self.read: set[str] = set()
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        self.read.add(key)
+        return super().get(key, default)
+
+    def __getitem__(self, key: Any) -> Any:
+        self.read.add(key)
+        return super().__getitem__(key)
+
+    def __contains__(self, key: Any) -> bool:
+        self.read.add(key)
+        return super().__contains__(key)
+
+    def __copy__(self) -> _ReadKeys:  # DeepSpeed parses a copy of what it is given: this probe is a throwaway
+        return self
+
+    def __iter__(self) -> Any:  # a walk over every key: count them all as read (never a false alarm)
+        self.read.update(super().keys())
+        return super().__iter__()
+
+    def keys(self) -> Any:  # DeepSpeed asks `SECTION in param_dict.keys()`: a membership test reads one key
+        owner, view = self, super().keys()
+
+        class _Keys:
+            def __contains__(self, key: Any) -> bool:
+                owner.read.add(key)
+                return key in view
+
+            def __iter__(self) -> Any:
+                owner.read.update(view)
+                return iter(view)
+
+            def __len__(self) -> int:
+                return len(view)
+
+        return _Keys()
+
+    def items(self) -> Any:
+        self.read.update(super().keys())
+        return super().items()
+
+
+def _unknown_sections(ds: dict[str, Any], extra: dict[str, Any]) -> str:
+    """Why the top-level keys of `extra` (train.deepspeed) that DeepSpeed's config parser never reads are refused,
+    or "": DeepSpeed checks the keys inside its sections but ignores an unknown one (`zero_optimisation`,
+    `comms_loger`) without a word."""
+    from deepspeed.runtime.config import DeepSpeedConfig
+
+    world_of_one = ds["train_micro_batch_size_per_gpu"] * ds["gradient_accumulation_steps"]
+    probe = _ReadKeys({**ds, "train_batch_size": world_of_one})  # parsed before any process group exists
+    try:
+        DeepSpeedConfig(probe)
+    except Exception:  # the engine reports it, in full, when it parses the same config
+        return ""
+    unread = sorted(k for k in extra if k not in probe.read)
+    if not unread:
+        return ""
+    hint = difflib.get_close_matches(unread[0], sorted(str(k) for k in probe.read), n=1)
+    return f"train.deepspeed sets {', '.join(unread)}, which DeepSpeed does not read (it would be ignored)" + (
+        f". Did you mean {hint[0]!r}?" if hint else ""
+    )
 
 
 def derive_ds_config(cfg: Config, world_size: int) -> dict[str, Any]:
@@ -101,6 +171,9 @@ def derive_ds_config(cfg: Config, world_size: int) -> dict[str, Any]:
     for key, instead in ours.items():
         if key in train.deepspeed:
             raise EngineSetupError(f"train.deepspeed sets {key}: set {instead}")
+    unknown = _unknown_sections(merged, dict(train.deepspeed))
+    if unknown:
+        raise EngineSetupError(unknown)
     owned = {  # what train.precision and train.zero_stage decide: the engine, checkpoints and logs rely on them
         "zero_optimization.stage": ("train.zero_stage", ds["zero_optimization"]["stage"]),
         "bf16.enabled": ("train.precision", ds["bf16"]["enabled"]),

@@ -97,6 +97,16 @@ def test_user_overrides_are_deep_merged_but_batch_keys_are_refused(tmp_path):
     ):
         with pytest.raises(ValueError, match=key):
             derive_ds_config(load_config(None, ["train.precision=fp32", override]), 1)
+    # DeepSpeed checks keys inside its sections, not the sections' names: a misspelt one was ignored
+    for override, hint in (
+        ("train.deepspeed.zero_optimisation.reduce_bucket_size=1000", "Did you mean 'zero_optimization'?"),
+        ("train.deepspeed.comms_loger.enabled=true", "Did you mean 'comms_logger'?"),
+    ):
+        with pytest.raises(ValueError, match=rf"which DeepSpeed does not read \(it would be ignored\)\. {hint}"):
+            derive_ds_config(load_config(None, [override]), 2)
+    sections = ["comms_logger.enabled=true", "data_types.grad_accum_dtype=fp32", "flops_profiler.enabled=false"]
+    sections += ["activation_checkpointing.partition_activations=false", "communication_data_type=fp32"]
+    assert derive_ds_config(load_config(None, [f"train.deepspeed.{s}" for s in sections]), 2)["data_types"]
     same = load_config(None, ["train.precision=bf16", "train.deepspeed.bf16.enabled=true"])
     assert derive_ds_config(same, 1)["bf16"]["enabled"] is True  # saying what train.precision says is fine
 
