@@ -11,13 +11,14 @@ import copy
 import dataclasses
 import difflib
 import os
+import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -226,6 +227,14 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "data.input_size": (lambda v: v >= 1, "at least 1"),
     "data.rrc_scale": (lambda v: 0 < v[0] <= v[1] <= 1, "(min, max) with 0 < min <= max <= 1"),
     "data.rrc_ratio": (lambda v: 0 < v[0] <= v[1], "(min, max) with 0 < min <= max"),
+    "data.mean": (
+        lambda v: all(0 <= x <= 1 for x in v),
+        "per-channel values in [0, 1] (frames are scaled to [0, 1] first; divide 0-255 statistics by 255)",
+    ),
+    "data.std": (
+        lambda v: all(0 < x <= 1 for x in v),
+        "per-channel values in (0, 1] (frames are scaled to [0, 1] first; divide 0-255 statistics by 255)",
+    ),
     "data.rand_augment_n": (lambda v: v >= 0, "0 (off) or more"),
     "data.rand_augment_m": (lambda v: 0 <= v <= 30, "a magnitude in 0..30 (torchvision's 31 bins; the paper's 7)"),
     "data.random_erasing": (lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
@@ -278,6 +287,11 @@ def check_ranges(cfg: Config, source: str) -> None:
         raise ConfigError(f"{source}: output_dir is empty: set the folder the run writes to (e.g. output_dir=runs/x)")
     if os.path.isfile(cfg.output_dir):
         raise ConfigError(f"{source}: output_dir={cfg.output_dir} is a file: set the folder the run writes to")
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", d.decode_device):  # "gpu" sent every video to the fallback decoder
+        raise ConfigError(
+            f"{source}: bad value for config key 'data.decode_device': {d.decode_device!r}; it must be cpu, cuda or "
+            "cuda:N (torchcodec's NVDEC decoding)"
+        )
     if d.test_short_side < d.input_size:
         raise ConfigError(
             f"{source}: data.test_short_side={d.test_short_side} is smaller than data.input_size={d.input_size}: "
@@ -342,9 +356,13 @@ def _explain(err: OmegaConfBaseException, source: str, given: Any = None) -> Con
         msg += " (a list is written [a, b, c], with as many values as the default has)"
     if not full_key:
         key = _failing_key(given)
+        if key and "$VALUE" in msg:  # OmegaConf leaves its placeholders in for an element of a tuple: show the value
+            value = OmegaConf.select(given, key)
+            value = OmegaConf.to_container(value) if isinstance(value, ListConfig) else value
+            msg = re.sub(r"Value '\$VALUE' of type '\$VALUE_TYPE'", f"an element of {value}", msg)
         return ConfigError(f"{source}: bad value for config key '{key}': {msg}" if key else f"{source}: {msg}")
-    allowed = [f.name for f in dataclasses.fields(_section_of(full_key))]
-    leaf = full_key.split(".")[-1]
+    allowed = [f.name for f in dataclasses.fields(_section_of(re.sub(r"\[\d+\]$", "", full_key)))]
+    leaf = re.sub(r"\[\d+\]$", "", full_key.split(".")[-1])  # profile.batch_sizes[2]: a value of a known key
     if leaf in allowed:  # the key exists: its value has the wrong type
         return ConfigError(f"{source}: bad value for config key '{full_key}': {msg}")
     hint = difflib.get_close_matches(leaf, allowed, n=1)
@@ -362,8 +380,8 @@ def _check_bools(node: Any, schema: type, source: str, prefix: str = "") -> None
     fields = {f.name: f for f in dataclasses.fields(schema)}
     for key in node.keys():
         f = fields.get(str(key))
-        if f is None:
-            continue  # unknown keys are named by the merge
+        if f is None or OmegaConf.is_interpolation(node, str(key)):
+            continue  # unknown keys are named by the merge; ${...} may name a key of the other source: after it
         value = node[key]
         if isinstance(f.default_factory, type) and dataclasses.is_dataclass(f.default_factory):
             _check_bools(value, f.default_factory, source, f"{prefix}{key}.")
@@ -469,8 +487,10 @@ def with_absolute_paths(cfg: Config) -> Config:
         for section in sections:
             owner = getattr(owner, section)
         value = getattr(owner, leaf)
-        if value:  # "" stays unset; verify reports are comma-separated
+        if key == "data.verify_report":  # the one list of paths (a,b): other paths keep their commas
             setattr(owner, leaf, ",".join(os.path.abspath(p.strip()) for p in value.split(",") if p.strip()))
+        elif value:  # "" stays unset
+            setattr(owner, leaf, os.path.abspath(value))
     if not out.data.root:  # the lists' relative entries start from this folder: say so, for other folders later
         out.data.root = os.getcwd()
     return out

@@ -126,6 +126,13 @@ def test_a_key_given_twice_with_other_values_is_named(capsys):
         ("train.base_batch_size=0", "'train.base_batch_size': 0; it must be at least 1"),  # ZeroDivisionError
         ("train.backbone_lr_mult=-1", "'train.backbone_lr_mult': -1.0; it must be more than 0"),  # gradient ascent
         ("train.min_lr=0.1", "train.min_lr=0.1 is above train.lr=0.0003"),  # the lr rose after warm-up
+        # the authors' mmaction statistics are on 0-255: the model saw a nearly constant input
+        ("data.mean=[122.769,116.74,104.04]", "'data.mean': (122.769, 116.74, 104.04); it must be per-channel"),
+        ("data.std=[0.2,0,0.2]", "divide 0-255 statistics by 255"),  # a ZeroDivisionError at the first batch
+        ("data.decode_device=gpu", "'data.decode_device': 'gpu'; it must be cpu, cuda or cuda:N"),  # every video
+        # a bad element said "Value '$VALUE' of type '$VALUE_TYPE'", or called an existing key unknown
+        ("data.mean=[0.5,0.5,x]", "'data.mean': an element of [0.5, 0.5, 'x'] could not be converted to Float"),
+        ("profile.batch_sizes=[8,3x]", "'profile.batch_sizes[1]': Value '3x' of type 'str' could not be converted"),
     ],
 )
 def test_a_value_out_of_range_or_malformed_stops_at_load_time_naming_the_key(override, message):
@@ -151,9 +158,11 @@ def test_a_run_saves_its_paths_absolute(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     given = ["data.root=v64", "data.class_map=lists/classes.txt", "output_dir=runs/a"]
     given += ["data.verify_report=r/train.json, r/val.json", "model.pretrained=", "data.test_list="]
+    given += ["data.train_list='lists/k400,v2/train.txt'"]  # a comma in a folder name: one path, not two
     cfg = load_config(None, given)
     out = with_absolute_paths(cfg)
     assert out.data.root == str(tmp_path / "v64") and out.data.class_map == str(tmp_path / "lists" / "classes.txt")
+    assert out.data.train_list == str(tmp_path / "lists" / "k400,v2" / "train.txt")
     assert out.output_dir == str(tmp_path / "runs" / "a")
     assert out.data.verify_report == f"{tmp_path}/r/train.json,{tmp_path}/r/val.json"
     assert out.model.pretrained == "" and out.data.test_list == ""  # unset stays unset
@@ -195,3 +204,16 @@ def test_an_empty_output_dir_or_one_that_is_a_file_is_named(tmp_path):
     (tmp_path / "config.yaml").write_text("")
     with pytest.raises(ConfigError, match="config.yaml is a file"):
         load_config(None, [f"output_dir={tmp_path / 'config.yaml'}"])
+
+
+def test_an_interpolation_may_name_a_key_of_the_file_or_of_the_defaults(tmp_path):
+    """The bool check resolved each source on its own: `${data.root}` in an override failed as 'Interpolation key
+    not found' although the config file sets data.root."""
+    cfg = load_config(
+        os.path.join(REPO, "configs", "k400_vit_b16_8f.yaml"),
+        ["data.train_list=${data.root}/t.txt", "output_dir=runs/${data.num_frames}f"],
+    )
+    assert (cfg.data.train_list, cfg.output_dir) == ("data/k400/videos/t.txt", "runs/8f")
+    path = tmp_path / "c.yaml"
+    path.write_text("data:\n  root: ${output_dir}/videos\n")
+    assert load_config(str(path), []).data.root == "runs/default/videos"
