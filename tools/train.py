@@ -9,6 +9,10 @@ Writes into `output_dir`: config.yaml, deepspeed_config.json, log.jsonl, tensorb
 and the best), model_trainable.safetensors (the trainable set only) and train_summary.json. `--resume auto` continues
 from the newest complete checkpoint (or starts fresh when none was saved; `latest` naming checkpoints that are
 gone is refused).
+
+Exit status: 0 trained; 2 bad input (config, lists, paths, weights); 3 eval.strict and val videos that could not be
+read (the epoch's checkpoint is saved, its evaluation runs at --resume auto); 128 + N stopped by signal N after a
+checkpoint; 1 anything else (a failed rank, a full disk, a damaged checkpoint, a non-finite loss).
 """
 
 from __future__ import annotations
@@ -56,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     from aim_video.engine.distributed import TrainingStopped
     from aim_video.engine.fit import fit
     from aim_video.engine.train_loop import NonFiniteLossError
+    from aim_video.eval.multiview import MissingVideosError
     from aim_video.models.pretrained import PretrainedLoadError
 
     try:
@@ -69,6 +74,14 @@ def main(argv: list[str] | None = None) -> int:
             os._exit(1)
         print(f"error: {err}", file=sys.stderr, flush=True)
         os._exit(2)
+    except MissingVideosError as err:  # eval.strict: the epoch's checkpoint is saved; its evaluation is pending
+        print(
+            f"error: {err}. The epoch's checkpoint is saved: fix the val list (or set eval.strict=false), then "
+            "--resume auto runs the evaluation without training the epoch again",
+            file=sys.stderr,
+            flush=True,
+        )
+        os._exit(3)
     except TrainingStopped as stop:  # every rank agreed at the same step, after the checkpoint was saved
         if int(os.environ.get("RANK", "0")) == 0:
             print(str(stop), file=sys.stderr, flush=True)

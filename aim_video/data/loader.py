@@ -376,12 +376,12 @@ def build_train_loader(cfg: Config, rank: int = 0, world_size: int = 1) -> DataL
     Call `set_epoch(loader, epoch)` before each epoch.
     """
     d = cfg.data
-    if d.batch_size % d.repeated_aug:
-        raise ValueError(f"data.batch_size={d.batch_size} must be a multiple of data.repeated_aug={d.repeated_aug}")
+    if d.batch_size % d.repeated_aug:  # bad input: the one-line error and exit status 2, not a traceback
+        raise ConfigError(f"data.batch_size={d.batch_size} must be a multiple of data.repeated_aug={d.repeated_aug}")
     dataset = build_train_dataset(cfg)
     videos_per_batch = d.batch_size // d.repeated_aug
     if len(dataset) < videos_per_batch * world_size:
-        raise ValueError(
+        raise ConfigError(
             f"data.train_list has {len(dataset)} videos, fewer than one batch of {videos_per_batch} on each of "
             f"{world_size} ranks"
         )

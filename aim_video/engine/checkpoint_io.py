@@ -311,6 +311,17 @@ class CheckpointManager:
             self._update_best()
             self._prune(final)
 
+    def record_metric(self, step: int, metric: float | None) -> None:
+        """Collective. Write the evaluation of the checkpoint saved at `step` (saved pending before it: a long
+        evaluation cannot lose the epoch) into its meta.json, which no longer says the epoch's end is pending, and
+        update best.json. The weights are already there: nothing else is written again."""
+        if self.rank == 0:
+            path = os.path.join(self.root, f"step_{step:08d}")
+            meta = {**read_meta(path), "metric": metric, "epoch_end_pending": False}
+            _atomic_write_text(os.path.join(path, "meta.json"), json.dumps(meta, indent=2))
+            self._update_best()
+        barrier()
+
     def _update_best(self) -> None:
         """best.json from the metrics in the checkpoints' own meta.json: a folder saved again at the same step (after
         a resume) with another metric, or none, can no longer leave best.json naming weights it does not hold."""

@@ -206,8 +206,8 @@ def _fit(cfg: Config, resume: str, stop_signals: bool) -> dict[str, Any]:
     accum = cfg.train.grad_accum_steps
     micro_per_epoch = (len(loader) // accum) * accum
     if micro_per_epoch == 0:
-        raise SystemExit(
-            f"error: {len(loader)} batches per rank per epoch is fewer than train.grad_accum_steps={accum}: "
+        raise ConfigError(
+            f"{len(loader)} batches per rank per epoch is fewer than train.grad_accum_steps={accum}: "
             f"use a longer train list ({cfg.data.train_list}), a smaller data.batch_size or fewer ranks"
         )
     steps_per_epoch = micro_per_epoch // accum
@@ -357,20 +357,27 @@ def _fit(cfg: Config, resume: str, stop_signals: bool) -> dict[str, Any]:
         finished = state.batches_done >= micro_per_epoch
         last_epoch = state.epoch + 1 >= cfg.train.epochs or (0 < max_steps <= state.step)
         fault_point("epoch_end", state.step, info.rank)
-        metric = None
         every = cfg.train.eval_every
-        if (finished and every > 0 and (state.epoch + 1) % every == 0) or (last_epoch and every >= 0):
-            metric = evaluate_now()
+        evaluates = bool(cfg.data.val_list) and (
+            (finished and every > 0 and (state.epoch + 1) % every == 0) or (last_epoch and every >= 0)
+        )
         due = (
             (finished and (state.epoch + 1) % max(1, cfg.train.save_every) == 0)
             or last_epoch
             or (save_steps > 0 and state.step % save_steps == 0)
         )
         held = last_saved == state.step  # a checkpoint of this step exists (a resume from it): it needs the metric
-        if (due or held) and (not held or metric is not None):
-            save(metric=metric)
-        if due:
-            fault_point("after_epoch_save", state.step, info.rank)
+        if evaluates and (due or held):
+            if not held:  # before the evaluation, which may outlast a scheduler's grace period or fail (eval.strict)
+                save(pending=True)
+                fault_point("after_epoch_save", state.step, info.rank)
+            metric = evaluate_now()
+            manager.record_metric(state.step, metric)
+        else:
+            metric = evaluate_now() if evaluates else None
+            if due and not held:
+                save(metric=metric)
+                fault_point("after_epoch_save", state.step, info.rank)
         if not last_epoch and stop_signals and (signum := stop_requested(info.device)):  # e.g. during evaluation
             if last_saved != state.step:
                 save(metric=metric)

@@ -174,6 +174,35 @@ def test_a_val_list_that_cannot_be_evaluated_stops_the_run_before_training(tiny_
         assert not any(r["event"] == "train" for r in _log_or_empty(cfg.output_dir))
 
 
+def test_an_evaluation_that_fails_keeps_its_trained_epoch_and_the_resume_only_evaluates(
+    tiny_run, tmp_path, monkeypatch
+):
+    """The epoch's checkpoint was written after its evaluation: a strict evaluation that met an unreadable video (or
+    a kill during a long one, past a scheduler's grace period) lost the epoch, and every resume trained it again.
+    Now it is saved first, marked pending; the resume evaluates it without training, and the metric is written into
+    the same checkpoint."""
+    from aim_video.eval.multiview import MissingVideosError
+
+    cfg = tiny_run(tmp_path, "eval.strict=true")
+    bad = tmp_path / "not_a_video.mp4"
+    bad.write_text("not a video")
+    good_val = cfg.data.val_list
+    cfg.data.val_list = str(tmp_path / "val_with_bad.txt")
+    open(cfg.data.val_list, "w").write(open(good_val).read() + f"{bad} 1\n")
+    with pytest.raises(MissingVideosError, match="1 of 9 videos could not be read"):
+        _fit(cfg, monkeypatch=monkeypatch)
+    out = cfg.output_dir
+    step4 = os.path.join(out, "checkpoints", "step_00000004")
+    assert read_meta(step4)["epoch_end_pending"] is True and read_meta(step4)["metric"] is None
+    assert os.path.basename(open(os.path.join(out, "checkpoints", "latest")).read()) == "step_00000004"
+    cfg.data.val_list = good_val  # the list fixed: the resume evaluates epoch 0, then trains epoch 1 only
+    summary = _fit(cfg, resume="auto", monkeypatch=monkeypatch)
+    assert [s for (s,) in _events(out, "train", "step")] == [1, 2, 3, 4, 5, 6, 7, 8]  # steps 1-4 once
+    assert [(e["epoch"], e["step"]) for e in summary["eval"]] == [(0, 4), (1, 8)]
+    assert read_meta(step4)["metric"] == summary["eval"][0]["top1"] is not None
+    assert read_meta(step4)["epoch_end_pending"] is False
+
+
 def _log_or_empty(out):
     from tests.tools.conftest import read_log
 
