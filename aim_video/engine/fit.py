@@ -36,7 +36,13 @@ from aim_video.engine.distributed import (
     seed_everything,
     stop_requested,
 )
-from aim_video.engine.resume import epoch_batches, epoch_end_pending, global_batch_warning, resume_position
+from aim_video.engine.resume import (
+    epoch_batches,
+    epoch_end_pending,
+    global_batch_warning,
+    resume_position,
+    schedule_step,
+)
 from aim_video.engine.train_loop import EpochState, RunLog, build_mixing, run_history, train_one_epoch
 from aim_video.models.trainable_io import save_trainable
 
@@ -241,8 +247,15 @@ def _fit(cfg: Config, resume: str, stop_signals: bool) -> dict[str, Any]:
         if (batch_warning := global_batch_warning(cfg, meta, info.world_size, resumed_from)) and info.is_main:
             print(batch_warning, file=sys.stderr, flush=True)
         restore_rng(meta["rng"], cfg.train.seed, info.rank, state.step)
+        at = schedule_step(cfg, meta, info.world_size, state.epoch, state.batches_done, steps_per_epoch)
+        if at is not None:  # another global batch: the schedule's place in training, not its count of steps
+            engine.lr_scheduler.last_epoch = at - 1
+            engine.lr_scheduler.step()  # the optimizer's groups take the lr of that place
         finished = state.batches_done >= micro_per_epoch
         end_pending = epoch_end_pending(cfg, meta, finished, os.path.isfile(summary_path))
+        # saved inside its epoch, whose rest does not fill one of this run's steps: the epoch ends here, with its
+        # evaluation and save (it went on to the next epoch without them)
+        end_pending |= finished and meta.get("metric") is None and meta["batches_done"] < meta.get("micro_per_epoch", 0)
         if finished and not end_pending:
             state.epoch, state.batches_done = state.epoch + 1, 0
     if info.is_main:  # after the resume checks: a refused resume leaves the run's config files as they were

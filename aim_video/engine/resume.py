@@ -137,16 +137,40 @@ def epoch_end_pending(cfg: Config, meta: dict[str, Any], finished: bool, summary
     return ends and not summary_exists
 
 
+def _global_batches(cfg: Config, meta: dict[str, Any], world_size: int) -> tuple[int, int]:
+    """Videos per optimizer step: the checkpoint's and this run's."""
+    saved_videos, saved_accum, saved_world = _saved_layout(cfg, meta)
+    now = cfg.data.batch_size // cfg.data.repeated_aug * cfg.train.grad_accum_steps * world_size
+    return saved_videos * saved_accum * saved_world, now
+
+
+def schedule_step(
+    cfg: Config, meta: dict[str, Any], world_size: int, epoch: int, batches_done: int, steps_per_epoch: int
+) -> int | None:
+    """Where this run's lr schedule stands at the checkpoint's place in training, in steps of this run's size, when
+    the global batch changed (else None: the restored schedule is right as it is).
+
+    The schedule counts optimizer steps, and its length comes from this run's steps per epoch: the saved count of
+    steps of another size put a run resumed on twice the ranks past the end of its schedule (the floor lr for the
+    rest of training) and one on half the ranks at half of it. `epoch`, `batches_done`: the resume position in this
+    run's micro-batches per rank (`resume_position`). With train.max_steps the schedule spans max_steps, so the
+    saved step count is scaled by the ratio of the global batches."""
+    saved, now = _global_batches(cfg, meta, world_size)
+    if saved == now:
+        return None
+    if cfg.train.max_steps > 0:
+        return round(meta["step"] * saved / now)
+    return epoch * steps_per_epoch + batches_done // cfg.train.grad_accum_steps
+
+
 def global_batch_warning(cfg: Config, meta: dict[str, Any], world_size: int, path: str) -> str:
     """A warning when the videos per optimizer step differ from the checkpoint's (else "")."""
-    saved_videos, saved_accum, saved_world = _saved_layout(cfg, meta)
-    saved = saved_videos * saved_accum * saved_world
-    now = cfg.data.batch_size // cfg.data.repeated_aug * cfg.train.grad_accum_steps * world_size
+    saved, now = _global_batches(cfg, meta, world_size)
     if saved == now:
         return ""
     return (
-        f"warning: the global batch changed from {saved} to {now} videos per optimizer step since {path}: the "
-        "step-based lr schedule now counts steps of the new size"
+        f"warning: the global batch changed from {saved} to {now} videos per optimizer step since {path}: the lr "
+        "schedule goes on from the same point of training, in steps of the new size"
         + (", and the peak lr stays the saved run's (train.scale_lr scaled it then)" if cfg.train.scale_lr else "")
     )
 

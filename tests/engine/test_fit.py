@@ -203,6 +203,44 @@ def test_an_evaluation_that_fails_keeps_its_trained_epoch_and_the_resume_only_ev
     assert read_meta(step4)["epoch_end_pending"] is False
 
 
+def test_a_resume_with_another_global_batch_goes_on_from_the_same_point_of_the_lr_schedule(
+    tiny_run, tmp_path, monkeypatch
+):
+    """The restored schedule kept the saved count of steps while its length came from the new steps per epoch: a run
+    resumed with twice the global batch ran past the end of its schedule (the floor lr for the rest of training).
+    Stopped after step 2 of 4 (2 clips a step), resumed with 4 clips a step: its steps take the lrs of a run that
+    had 4 clips a step from the start, at the same point of training."""
+    from aim_video.engine.distributed import TrainingStopped
+
+    (tmp_path / "ref").mkdir()
+    ref_cfg = tiny_run(tmp_path / "ref", "data.batch_size=4", "train.min_lr=0")
+    _fit(ref_cfg, monkeypatch=monkeypatch)  # 2 steps an epoch, 4 in all
+    ref = dict(_events(ref_cfg.output_dir, "train", "step", "lr"))
+    cfg = tiny_run(tmp_path, "train.min_lr=0")
+    with pytest.raises(TrainingStopped):
+        _fit(cfg, fault="after_step@2:rank0:signal=SIGUSR1", monkeypatch=monkeypatch)
+    resumed = tiny_run(tmp_path, "data.batch_size=4", "train.min_lr=0")
+    _fit(resumed, resume="auto", monkeypatch=monkeypatch)
+    lrs = [lr for step, lr in _events(cfg.output_dir, "train", "step", "lr") if step > 2]
+    assert len(lrs) == 3 and lrs == pytest.approx([ref[2], ref[3], ref[4]])  # 4 videos done: step 1 of 4 done
+    assert lrs[-1] < lrs[0] and ref[4] > 0
+
+
+def test_a_resume_whose_position_ends_the_epoch_in_the_new_layout_runs_that_epochs_evaluation(
+    tiny_run, tmp_path, monkeypatch
+):
+    """Saved after 3 of 4 steps of 2 clips; resumed with 3 clips a step, the epoch's 6 videos done fill its 2 steps:
+    the resume went on with epoch 1, and epoch 0 was never evaluated nor saved at its end."""
+    from aim_video.engine.distributed import TrainingStopped
+
+    cfg = tiny_run(tmp_path)
+    with pytest.raises(TrainingStopped):
+        _fit(cfg, fault="after_step@3:rank0:signal=SIGUSR1", monkeypatch=monkeypatch)
+    summary = _fit(tiny_run(tmp_path, "data.batch_size=3"), resume="auto", monkeypatch=monkeypatch)
+    assert [(e["epoch"], e["step"]) for e in summary["eval"]] == [(0, 3), (1, 5)]
+    assert read_meta(os.path.join(cfg.output_dir, "checkpoints", "step_00000003"))["metric"] is not None
+
+
 def _log_or_empty(out):
     from tests.tools.conftest import read_log
 

@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from aim_video.config import load_config
 from aim_video.engine.checkpoint_io import CheckpointError
-from aim_video.engine.resume import epoch_batches, global_batch_warning, resume_position
+from aim_video.engine.resume import epoch_batches, global_batch_warning, resume_position, schedule_step
 
 if not torch.cuda.is_available():
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
@@ -50,6 +50,12 @@ def test_a_resume_position_carries_over_to_other_ranks_and_batches_in_whole_step
     assert global_batch_warning(cfg, base, 2, "ckpt") == ""
     assert "from 4 to 2 videos" in global_batch_warning(cfg, base, 1, "ckpt")
     assert "peak lr stays the saved run's" in global_batch_warning(cfg, base, 1, "ckpt")
+    # the schedule's place: saved at step 9 (epoch 3 of 3-step epochs) with 4 videos a step
+    saved = {**base, "step": 9, "epoch": 3, "batches_done": 0}
+    assert schedule_step(cfg, saved, 2, epoch=3, batches_done=0, steps_per_epoch=3) is None  # the same batch
+    assert schedule_step(cfg, saved, 1, epoch=3, batches_done=2, steps_per_epoch=6) == 20  # 2 a step: 6 an epoch
+    fitted = load_config(None, ["data.batch_size=2", "train.max_steps=40"])  # the schedule spans max_steps
+    assert schedule_step(fitted, saved, 4, epoch=3, batches_done=0, steps_per_epoch=1) == 4  # 9 x 4 / 8 videos
 
 
 def test_a_resume_inside_an_epoch_refuses_another_seed_or_train_list_length():
