@@ -381,6 +381,7 @@ class CheckpointManager:
                 "(its optimizer shards are per rank)."
             )
         saved_cfg_path = os.path.join(path, "config.yaml")
+        saved_data: dict[str, Any] = {}
         if os.path.isfile(saved_cfg_path):
             from aim_video.config import load_config
 
@@ -428,6 +429,22 @@ class CheckpointManager:
             raise CheckpointError(
                 f"{path}: trainable set differs from this model's (missing {sorted(expected - set(tensors))[:5]}, "
                 f"unexpected {sorted(set(tensors) - expected)[:5]})"
+            )
+        params = dict(engine.module.named_parameters())
+        reshaped = [(n, tuple(t.shape), tuple(params[n].shape)) for n, t in sorted(tensors.items())
+                    if tuple(t.shape) != tuple(params[n].shape)]  # fmt: skip
+        if reshaped:  # DeepSpeed's load failed on these, and was reported as a damaged checkpoint to delete
+            now_data = to_dict(cfg)["data"]
+            keys = [k for k in ("num_frames", "input_size") if k in saved_data and saved_data[k] != now_data[k]]
+            raise CheckpointError(
+                f"{path} holds trainable weights of other shapes than this model's: "
+                + ", ".join(f"{n} {list(a)} (this model: {list(b)})" for n, a, b in reshaped[:3])
+                + (
+                    " since " + ", ".join(f"data.{k}={saved_data[k]!r} (now {now_data[k]!r})" for k in keys)
+                    if keys
+                    else ""
+                )
+                + ". Resume with the saved values, or start a new run from its weights with model.init_trainable"
             )
         saved_print = saved_fingerprint(trainable_meta)
         if saved_print is not None and (differences := frozen_differences(saved_print, engine.module)):

@@ -161,6 +161,15 @@ def test_mismatched_checkpoint_is_refused(world, tmp_path):
     fewer.module.trainable_parameter_names = lambda: ["head.weight", "head.bias"]
     with pytest.raises(CheckpointError, match="trainable set differs"):
         manager.load(fewer, path, cfg)
+    # another frame count: DeepSpeed's load failed on the temporal embedding's shape, reported as a damaged checkpoint
+    more_frames = load_config(None, ["train.precision=fp32", "data.batch_size=2", "data.num_frames=16"])
+    longer = TinyAdapted()
+    longer.temporal_embedding = torch.nn.Parameter(torch.zeros(1, 8, 8))
+    engine, _ = build_engine(more_frames, longer, 10, 1, derive_ds_config(more_frames, 1))
+    with pytest.raises(CheckpointError) as err:
+        manager.load(engine, path, more_frames)
+    assert "temporal_embedding [1, 4, 8] (this model: [1, 8, 8]) since data.num_frames=8 (now 16)" in str(err.value)
+    assert "damaged" not in str(err.value) and "model.init_trainable" in str(err.value)
 
 
 def test_a_checkpoint_refuses_another_frozen_backbone(world, tmp_path):
