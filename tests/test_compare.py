@@ -79,6 +79,11 @@ def test_every_method_and_the_evaluation_list_are_checked_before_any_trains(tmp_
         prepare_methods(["aim"], None, data[:2], str(tmp_path), split="test")
     with pytest.raises(ValueError, match="model.init_trainable=.* a comparison trains every method from the same"):
         prepare_methods(["aim", "lora"], None, [*data, f"model.init_trainable={tmp_path}"], str(tmp_path))
+    earlier = tmp_path / "lora" / "checkpoints"  # a comparison run here before: training refuses the folder, after
+    earlier.mkdir(parents=True)  # the methods before it trained
+    (earlier / "latest").write_text("step_00000004")
+    with pytest.raises(ValueError, match="method lora: .* holds the run of an earlier comparison"):
+        prepare_methods(["aim", "lora"], None, data, str(tmp_path))
 
 
 def test_cost_counts_parameters_and_memory_grows_with_the_trainable_set() -> None:

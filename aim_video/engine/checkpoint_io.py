@@ -186,8 +186,15 @@ class CheckpointManager:
             return json.load(f)
 
     def resolve_resume(self, spec: str) -> str | None:
-        """'' -> None, 'auto' -> newest complete checkpoint or None, else the folder given (must be complete)."""
+        """'' -> None (refused where an earlier run left checkpoints), 'auto' -> newest complete checkpoint or None,
+        else the folder given (must be complete)."""
         if not spec:
+            found = self.latest()
+            if found is not None:  # best.json, keep_last and `latest` would mix the earlier run's saves with these
+                raise CheckpointError(
+                    f"{self.root} holds the checkpoints of an earlier run (the latest: {os.path.basename(found)}): "
+                    "go on with it with --resume auto, or train anew in another output_dir (or delete that folder)"
+                )
             return None
         if spec == "auto":
             found = self.latest()

@@ -111,6 +111,11 @@ def test_layout_pointer_pruning_and_best(world, tmp_path):
     )
     assert "backbone.weight" not in states["module"], ds_files  # the frozen backbone is not saved
     assert "head.weight" in states["module"]
+    # a new run started without --resume in this folder: best.json and pruning mixed the earlier run's saves with its
+    # own (its best was the earlier run's step 2), and --resume auto after a stop went on with the earlier run
+    with pytest.raises(CheckpointError, match=r"holds the checkpoints of an earlier run \(the latest: step_00000005\)"):
+        CheckpointManager(root, keep_last=2, rank=0, world_size=1).resolve_resume("")
+    assert CheckpointManager(str(tmp_path / "new"), keep_last=2, rank=0, world_size=1).resolve_resume("") is None
 
 
 def test_after_a_resume_from_an_earlier_checkpoint_keep_last_keeps_the_new_saves(world, tmp_path):
