@@ -8,7 +8,7 @@ from aim_video.data import decode, encode
 from aim_video.data.annotations import VideoRecord
 from aim_video.data.dataset import MultiViewDataset, TrainClipDataset
 from aim_video.data.transforms import build_eval_transform, build_train_transform
-from tests.data.conftest import frame_code_video, installed_backends
+from tests.data.conftest import decoded_frame_index, frame_code_video, installed_backends
 
 
 def identity(frames_thwc: torch.Tensor) -> torch.Tensor:
@@ -167,3 +167,23 @@ def test_a_passing_failure_does_not_drop_the_video_for_the_rest_of_the_run(tmp_p
     assert third["index"] == 0 and third["failures"] == []
     ds[1]  # the undecodable file: skipped from now on, without another read
     assert 1 in ds._known_bad and 0 not in ds._known_bad
+
+
+def test_repeated_augmentation_clips_share_one_decode(tmp_path):
+    """data.repeated_aug=N clips of an item are N augmentations of one decoded clip: a dataset that decoded once per
+    repeat (a new clip start each time) still gave N clips of the right shape, and the loader's test did not tell.
+    With the identity transform, every repeat must hold the very same frames."""
+    from tests.data.conftest import make_video
+
+    path = make_video(str(tmp_path / "v.mp4"), 24)
+    ds = TrainClipDataset([VideoRecord(path, 0, (0,))], identity, "dense", num_frames=4, frame_stride=4,
+                          backend="pyav", repeated_aug=3)  # fmt: skip
+    starts = set()
+    for item in [0] * 6 + [(0, seed) for seed in range(6)]:  # the worker's stream and seeded items
+        video = ds[item]["video"]  # [N=3, T, C, H, W]
+        assert video.shape == (3, 4, 3, 48, 64)
+        idx = [[decoded_frame_index(f.permute(1, 2, 0).numpy(), 24) for f in clip] for clip in video]
+        assert idx[0] == idx[1] == idx[2] and np.diff(idx[0]).tolist() == [4, 4, 4], (item, idx)
+        assert torch.equal(video[0], video[1]) and torch.equal(video[0], video[2]), item
+        starts.add(idx[0][0])
+    assert len(starts) > 1  # the items themselves do draw different clips

@@ -4,11 +4,12 @@ import os
 import numpy as np
 import pytest
 import torch
+from torchvision.transforms import v2
 
 from aim_video.config import load_config
 from aim_video.data import decode, encode
 from aim_video.data.annotations import AnnotationError, RecordTable, VideoRecord, write_lines
-from aim_video.data.loader import FailureLog, build_eval_loader, build_train_loader, set_epoch
+from aim_video.data.loader import FailureLog, build_eval_loader, build_train_dataset, build_train_loader, set_epoch
 from tests.data.conftest import decoded_frame_index, frame_code_video, installed_backends, make_corrupt_corpus
 from tests.data.videos import HangOnNameReader, false_keyframes, make_h264
 
@@ -65,12 +66,53 @@ def test_epochs_reshuffle_and_ranks_split(video_dir):
     assert len(parts[0]) == len(parts[1]) == 3 and not parts[0] & parts[1]
 
 
+class CountingReader(decode._READERS["decord"]):
+    """decord, noting the path of each batched read (`get`): tests how often a video is decoded, not decoding."""
+
+    reads: list[str] = []
+
+    def get(self, indices: list[int]) -> np.ndarray:
+        CountingReader.reads.append(self.path)
+        return super().get(indices)
+
+
 def test_repeated_aug_one_decode_many_clips(video_dir):
-    loader = build_train_loader(tiny_cfg(video_dir, batch_size=4, repeated_aug=2), 0, 1)
-    b = next(iter(loader))
+    """data.repeated_aug=N augments one decoded clip N times: a dataset that decoded once per repeat passed, as
+    the batch's shape, indices and differing clips are the same either way; only the count of reads tells."""
+    # read_timeout_s=0: no watchdog child, so the reads happen (and are counted) in this process
+    cfg = tiny_cfg(
+        video_dir, batch_size=4, repeated_aug=2, backend="counting_decord", fallback_backend="''", read_timeout_s=0
+    )
+    decode.register_backend("counting_decord", CountingReader)
+    CountingReader.reads = []
+    try:
+        loader = build_train_loader(cfg, 0, 1)
+        b = next(iter(loader))
+    finally:
+        decode._READERS.pop("counting_decord", None)
     assert b["video"].shape == (4, 4, 3, 32, 32)
     assert b["index"][0] == b["index"][1] and b["index"][2] == b["index"][3]
     assert not torch.equal(b["video"][0], b["video"][1])  # two augmentations of one decoded clip
+    # one read per video of the batch (2 videos x 2 clips), not one per clip
+    assert CountingReader.reads == [loader.dataset.records[int(i)].path for i in b["index"][::2]]
+
+
+def test_augmentation_settings_reach_the_train_transform(video_dir):
+    """data.rand_augment_n/m, data.random_erasing and data.color_jitter (the SSv2 recipe) must build the train
+    pipeline: a loader that dropped them trained without augmentation, and every shape and batch looked the same."""
+    ssv2 = build_train_dataset(
+        tiny_cfg(video_dir, rand_augment_n=4, rand_augment_m=7, random_erasing=0.25, color_jitter=0.4)
+    ).transform.compose.transforms
+    kinds = [type(t) for t in ssv2]
+    assert kinds == [v2.RandomResizedCrop, v2.RandomHorizontalFlip, v2.RandAugment, v2.ColorJitter, v2.RandomErasing]
+    assert (ssv2[2].num_ops, ssv2[2].magnitude) == (4, 7)
+    assert ssv2[3].brightness == ssv2[3].contrast == ssv2[3].saturation == pytest.approx((0.6, 1.4))
+    assert ssv2[4].p == 0.25
+    # the magnitude read from the config, not left at its default (7)
+    other = build_train_dataset(tiny_cfg(video_dir, rand_augment_n=2, rand_augment_m=9)).transform.compose.transforms
+    assert [(t.num_ops, t.magnitude) for t in other if isinstance(t, v2.RandAugment)] == [(2, 9)]
+    default = build_train_dataset(tiny_cfg(video_dir)).transform.compose.transforms
+    assert [type(t) for t in default] == [v2.RandomResizedCrop, v2.RandomHorizontalFlip]
 
 
 @pytest.mark.parametrize("backend", installed_backends())

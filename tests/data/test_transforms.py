@@ -65,6 +65,28 @@ def test_eval_transform_centre_and_three_crops():
         build_eval_transform(num_crops=2)
 
 
+def coord_clip(h: int, w: int) -> torch.Tensor:
+    """uint8 [2, H, W, 3] whose channel 0 is the row and channel 1 the column of each pixel (H, W <= 256)."""
+    rows = torch.arange(h, dtype=torch.uint8)[:, None].expand(h, w)
+    cols = torch.arange(w, dtype=torch.uint8)[None, :].expand(h, w)
+    return torch.stack([rows, cols, torch.zeros(h, w, dtype=torch.uint8)], -1).expand(2, h, w, 3).contiguous()
+
+
+@pytest.mark.parametrize("h,w", [(100, 50), (50, 100)])
+def test_three_crops_run_along_the_longer_side_and_centre_the_shorter(h, w):
+    """A portrait clip's three crops are its top, middle and bottom: three crops all at the top row passed, as
+    only the landscape columns and the portrait shapes were checked."""
+    three = build_eval_transform(short_side=50, crop_size=40, num_crops=3)(coord_clip(h, w))
+    assert three.shape == (3, 2, 3, 40, 40)
+    long_starts = [0, (max(h, w) - 40) // 2, max(h, w) - 40]  # 0, 30, 60
+    tops = [int(three[k, 0, 0, 0, 0]) for k in range(3)]
+    lefts = [int(three[k, 0, 1, 0, 0]) for k in range(3)]
+    assert (tops, lefts) == ((long_starts, [5] * 3) if h > w else ([5] * 3, long_starts))
+    for k in range(3):  # each crop is the 40 x 40 window at that corner, not only its first pixel
+        assert three[k, 1, 0, :, 0].tolist() == list(range(tops[k], tops[k] + 40))
+        assert three[k, 1, 1, 0, :].tolist() == list(range(lefts[k], lefts[k] + 40))
+
+
 def test_eval_resizes_short_side_keeping_aspect():
     clip = torch.zeros(2, 120, 200, 3, dtype=torch.uint8)
     out = build_eval_transform(short_side=60, crop_size=60, num_crops=3)(clip)

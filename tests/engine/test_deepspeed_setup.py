@@ -170,3 +170,39 @@ def test_the_optimizer_is_built_on_the_device_fused_on_cuda_and_steps(tiny):
     engine.backward(loss)
     engine.step()
     assert torch.equal(tiny.backbone.weight, frozen) and not torch.equal(tiny.head.weight.float(), head)
+
+
+def test_backbone_lr_mult_and_min_lr_reach_the_engine(tiny):
+    """train.backbone_lr_mult and train.min_lr are the engine's, not only the optimizer module's: build_engine could
+    drop either (every group at the peak lr; a cosine down to 0) and no test noticed. Every trainable tensor but the
+    head's is on the backbone side (TinyAdapted's adapter, norm and temporal embedding), at 0.1x the head's lr
+    throughout, and the schedule ends at min_lr."""
+    from aim_video.engine.deepspeed_setup import build_engine
+    from aim_video.engine.distributed import init_distributed
+
+    init_distributed()
+    overrides = ["train.precision=fp32", "data.batch_size=2", "train.epochs=2", "train.warmup_epochs=0.5"]
+    cfg = load_config(None, [*overrides, "train.lr=1e-3", "train.min_lr=2e-5", "train.backbone_lr_mult=0.1"])
+    engine, summary = build_engine(cfg, tiny, steps_per_epoch=4, world_size=1, ds_config=derive_ds_config(cfg, 1))
+    assert (summary["warmup_steps"], summary["total_steps"]) == (2, 8)
+    inner = engine.optimizer
+    while not isinstance(inner, torch.optim.AdamW):  # DeepSpeed's wrappers hold it as .optimizer
+        inner = inner.optimizer
+    groups = {g["name"]: g for g in inner.param_groups}  # ZeRO flattens each group's tensors: count them instead
+    assert sorted(groups) == ["backbone_decay", "backbone_no_decay", "head_decay", "head_no_decay"]
+    numel = {g["name"]: g["numel"] for g in summary["param_groups"]}
+    trainable = {n: p.numel() for n, p in tiny.named_parameters() if p.requires_grad}
+    head = trainable["head.weight"] + trainable["head.bias"]
+    assert (numel["head_decay"], numel["head_no_decay"]) == (trainable["head.weight"], trainable["head.bias"])
+    assert numel["backbone_decay"] + numel["backbone_no_decay"] == sum(trainable.values()) - head
+
+    def lrs():
+        return {name: g["lr"] for name, g in groups.items()}
+
+    assert lrs() == pytest.approx({"head_decay": 5e-4, "head_no_decay": 5e-4,  # warm-up step 1 of 2: half the peak
+                                   "backbone_decay": 5e-5, "backbone_no_decay": 5e-5})  # fmt: skip
+    for _ in range(summary["total_steps"]):
+        engine.lr_scheduler.step()
+    assert lrs() == pytest.approx({"head_decay": 2e-5, "head_no_decay": 2e-5,  # the end of the cosine: min_lr
+                                   "backbone_decay": 2e-6, "backbone_no_decay": 2e-6})  # fmt: skip
+    assert engine.lr_scheduler.get_last_lr() == pytest.approx([2e-5, 2e-5, 2e-6, 2e-6])

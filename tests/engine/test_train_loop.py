@@ -32,7 +32,7 @@ def _batches(n, poison_at=None):
 
 
 def _run(world, tmp_path, batches, accum=1, max_steps=-1, micro=6, zero=0, log_every=1, precision="fp32", keep=None,
-         model=TinyAdapted):  # fmt: skip
+         model=TinyAdapted, label_smoothing=0.0):  # fmt: skip
     overrides = [f"train.precision={precision}", "data.batch_size=2", f"train.grad_accum_steps={accum}"]
     cfg = load_config(None, [*overrides, f"train.zero_stage={zero}"])
     torch.manual_seed(0)
@@ -45,7 +45,7 @@ def _run(world, tmp_path, batches, accum=1, max_steps=-1, micro=6, zero=0, log_e
     state, seen = EpochState(epoch=3), []
     stats = train_one_epoch(
         engine, batches, state, micro_batches=micro, mix=None,
-        prepare=lambda b: (b["video"].to(device, dtype), b["label"].to(device)), label_smoothing=0.0,
+        prepare=lambda b: (b["video"].to(device, dtype), b["label"].to(device)), label_smoothing=label_smoothing,
         max_steps=max_steps, log=log, log_every=log_every, rank=0, world_size=1,
         on_step=lambda s: seen.append((s.step, s.batches_done)),
     )  # fmt: skip
@@ -85,6 +85,22 @@ def test_the_log_carries_the_gradient_norm_deepspeed_computed(world, tmp_path):
         assert record["grad_norm"] == pytest.approx((a["grad_norm"] + b["grad_norm"]) / 2, rel=1e-6)
     plain = [r for r in _run(world, tmp_path / "plain", _batches(6))[3] if r["event"] == "train"]
     assert plain and not any("grad_norm" in r for r in plain)
+
+
+def test_label_smoothing_reaches_the_training_loss(world, tmp_path):
+    """train.label_smoothing is in the loss the engine trains on and logs: a loop that passed 0 instead (the
+    unsmoothed loss) passed every test. Step 1's loss, checked against the same first batch on a copy of the model
+    (the engine's weights before its first step)."""
+    _, _, _, log = _run(world, tmp_path, _batches(1), max_steps=1, label_smoothing=0.1)
+    train = [r for r in log if r["event"] == "train"]
+    torch.manual_seed(0)
+    model = TinyAdapted()
+    first = next(_batches(1))
+    with torch.no_grad():
+        logits = model(first["video"])
+    smooth, plain = loss_fn(logits, first["label"], 0.1).item(), loss_fn(logits, first["label"], 0.0).item()
+    assert abs(smooth - plain) > 1e-3  # the check below can tell the two apart
+    assert [r["step"] for r in train] == [1] and train[0]["loss"] == pytest.approx(smooth, rel=1e-6)
 
 
 def test_max_steps_stops_inside_the_epoch(world, tmp_path):
@@ -150,14 +166,24 @@ def test_soft_targets_and_label_smoothing():
     assert loss_fn(logits.bfloat16(), torch.tensor([0]), 0.0).dtype == torch.float32
 
 
+def _pixels_follow_targets(mixed, target):
+    """Clip b of the input is constant b and labelled b: a clip mixed with weight w on class k holds w of k's pixels
+    (MixUp blends, CutMix pastes a box whose area fraction is its weight), so its mean is the target's class mean."""
+    expected = (target * torch.arange(target.shape[1], dtype=target.dtype)).sum(1)
+    assert torch.allclose(mixed.mean(dim=(1, 2, 3, 4)), expected, atol=1e-5), (mixed.mean(dim=(1, 2, 3, 4)), expected)
+
+
 @pytest.mark.parametrize("mixup,cutmix", [(0.8, 0.0), (0.0, 1.0), (0.8, 1.0)])
 def test_mixing_makes_soft_targets_and_mixes_whole_clips(mixup, cutmix):
+    """The pixels are mixed as the targets say: returning the input clips with mixed targets passed this test."""
     torch.manual_seed(0)
     mix = build_mixing(mixup, cutmix, num_classes=5)
     video = torch.arange(4.0)[:, None, None, None, None].expand(4, 3, 3, 8, 8).clone()  # clip b is constant b
     mixed, target = mix(video, torch.tensor([0, 1, 2, 3]))
     assert type(mixed) is torch.Tensor and mixed.shape == video.shape
     assert target.shape == (4, 5) and torch.allclose(target.sum(1), torch.ones(4))
+    assert (target.max(dim=1).values < 1).all()  # every clip mixed: the pixel check below has something to see
+    _pixels_follow_targets(mixed, target)
     assert torch.equal(mixed, mixed[:, :1].expand_as(mixed))  # every frame of a clip mixed the same way
     assert build_mixing(0.0, 0.0, 5) is None
 
@@ -169,10 +195,12 @@ def test_with_repeated_augmentation_no_clip_is_mixed_with_its_own_video(mixup, c
     torch.manual_seed(0)
     label = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])  # 4 videos x 2 clips, as collate_train lays them out
     video = label.float()[:, None, None, None, None].expand(8, 2, 3, 8, 8).clone()
-    _, target = build_mixing(mixup, cutmix, num_classes=4, repeats=2)(video, label)
+    mixed, target = build_mixing(mixup, cutmix, num_classes=4, repeats=2)(video, label)
     assert (target.max(dim=1).values < 1).all()  # every target mixes two videos
-    _, unfixed = build_mixing(mixup, cutmix, num_classes=4)(video, label)
+    _pixels_follow_targets(mixed, target)  # and so do the pixels (the targets alone were mixed: nothing noticed)
+    mixed, unfixed = build_mixing(mixup, cutmix, num_classes=4)(video, label)
     assert (unfixed.max(dim=1).values == 1).sum() == 4  # what the neighbour pairing gave
+    _pixels_follow_targets(mixed, unfixed)
 
 
 AIM_SPATIAL = ["model.temporal_adapter=false", "model.joint_adapter=false", "model.temporal_embedding=false"]

@@ -52,6 +52,8 @@ def test_results_json_lists_the_missing_video_and_scores_the_rest(tmp_path):
 
 
 def test_per_class_csv_rows_match_the_confusion_matrix(tmp_path):
+    """Each row's accuracy and most-confused class are its own: a writer that put class 0's accuracy on every row,
+    or named the least (not the most) confused class, passed when every row read alike."""
     _, result = _result()
     names = ["walk", "run", "jump", "swim"]
     rows = list(csv.DictReader(open(write_per_class_csv(result, names, str(tmp_path / "per_class.csv")))))
@@ -60,6 +62,17 @@ def test_per_class_csv_rows_match_the_confusion_matrix(tmp_path):
     for k, row in enumerate(rows):
         assert int(row["support"]) == int(cm[k].sum()) and int(row["correct"]) == int(cm[k, k])
     assert sum(int(r["support"]) for r in rows) == 6
+    # a matrix whose rows differ in accuracy and in their (single, untied) largest off-diagonal entry
+    cm = torch.tensor([[3, 1, 2, 0], [0, 2, 0, 1], [4, 0, 1, 0], [0, 0, 0, 2]])
+    per_video = [{"index": 0, "label": -1, "pred": 1}]  # unlabelled: counted nowhere
+    per_video += [{"index": 0, "label": t, "pred": p} for t in range(4) for p in range(4) for _ in range(int(cm[t, p]))]
+    per_class_acc = [100 * int(cm[k, k]) / int(cm[k].sum()) for k in range(4)]
+    path = write_per_class_csv({"per_video": per_video, "per_class_acc": per_class_acc}, names, str(tmp_path / "b.csv"))
+    rows = list(csv.DictReader(open(path)))
+    assert [(int(r["support"]), int(r["correct"])) for r in rows] == [(6, 3), (3, 2), (5, 1), (2, 2)]
+    assert [r["accuracy"] for r in rows] == ["50.00", "66.67", "20.00", "100.00"]
+    confused = [(r["most_confused_with"], r["count"]) for r in rows]
+    assert confused == [("jump", "2"), ("swim", "1"), ("walk", "4"), ("", "")]  # the row's off-diagonal maximum
 
 
 def test_confusion_png_at_400_classes(tmp_path):

@@ -24,6 +24,8 @@ def baseline(demo_root, tmp_path_factory) -> dict:
 
 
 def test_profile_json_has_every_field_with_sane_values(baseline: dict) -> None:
+    """Rates agree with the times and batch sizes beside them, and TFLOP/s with the FLOPs per clip: steps/s read as
+    clips/s, or training TFLOP/s counted from the forward FLOPs, only had to be positive."""
     r = baseline
     assert r["params"]["total"] > r["params"]["trainable"] > 0
     assert 0 < r["params"]["trainable_share"] < 1
@@ -33,6 +35,7 @@ def test_profile_json_has_every_field_with_sane_values(baseline: dict) -> None:
     for row in r["loader"]:
         assert row["clips_per_s"] > 0 and row["batch_ms"] > 0 and row["startup_s"] > 0
         assert row["failed_loads"] == 0
+        assert row["clips_per_s"] == pytest.approx(4 * 1000 / row["batch_ms"])  # full batches of data.batch_size=4
     assert [row["batch_size"] for row in r["model"]] == [1, 2]
     for row in r["model"]:
         assert not row["oom"]
@@ -42,6 +45,11 @@ def test_profile_json_has_every_field_with_sane_values(baseline: dict) -> None:
         assert row["infer_peak_mib"] > (0 if CUDA else 50)
         assert row["infer_clips_per_s"] > row["train_clips_per_s"]  # no backward, no optimizer
         assert (row["train_mfu"] is None) is not CUDA  # no peak on CPU
+        bs, train_flops, forward_flops = row["batch_size"], r["flops"]["train_per_clip"], r["flops"]["forward_per_clip"]
+        assert row["train_clips_per_s"] == pytest.approx(bs * 1000 / row["train_step_ms"])
+        assert row["infer_clips_per_s"] == pytest.approx(bs * 1000 / row["infer_step_ms"])
+        assert row["train_tflops"] == pytest.approx(train_flops * row["train_clips_per_s"] / 1e12)
+        assert row["infer_tflops"] == pytest.approx(forward_flops * row["infer_clips_per_s"] / 1e12)
     assert r["memory_kind"] == ("cuda_max_allocated" if CUDA else "rss")
     e2e = r["end_to_end"]
     assert e2e["steps"] == 3 and e2e["batch_size"] == 4 and e2e["workers"] == 1
@@ -49,6 +57,10 @@ def test_profile_json_has_every_field_with_sane_values(baseline: dict) -> None:
     assert 0 <= e2e["data_wait_share"] < 1
     assert e2e["compute_clips_per_s"] >= e2e["clips_per_s"] > 0
     assert e2e["train_tflops"] > 0 and (e2e["mfu"] is None) is not CUDA
+    assert e2e["train_tflops"] == pytest.approx(r["flops"]["train_per_clip"] * e2e["clips_per_s"] / 1e12)
+    step_ms = e2e["wait_ms_per_step"] + e2e["compute_ms_per_step"]
+    assert e2e["clips_per_s"] == pytest.approx(4 * 1000 / step_ms)
+    assert e2e["compute_clips_per_s"] == pytest.approx(4 * 1000 / e2e["compute_ms_per_step"])
     v = r["verdict"]
     assert v["bound"] in ("loader", "compute") and v["workers_needed"] >= 1 and v["text"]
     assert r["device"]["type"] == ("cuda" if CUDA else "cpu") and r["device"]["cpu_cores"] >= 1

@@ -13,7 +13,7 @@ from aim_video.profiling import throughput
 
 def test_loader_sweep_rounds_each_count_up_from_the_requested_batches(monkeypatch: pytest.MonkeyPatch) -> None:
     """The rounded count was written back into `batches`, so each worker count rounded up the previous one's:
-    2 workers timed 4 batches, then 3 workers 6 instead of 3."""
+    2 workers timed 4 batches, then 3 workers 6 instead of 3. And clips/s is clips, not batches, per second."""
     delivered: list[int] = []
 
     def stream(_loader: Any) -> Iterator[dict[str, Any]]:
@@ -27,13 +27,15 @@ def test_loader_sweep_rounds_each_count_up_from_the_requested_batches(monkeypatc
     assert [r["batches"] for r in rows] == [4, 3, 3]  # whole rounds of one batch per worker, from 3 each time
     # warm-up (one batch per worker) plus the timed batches
     assert len(delivered) == (2 + 4) + (3 + 3) + (1 + 3)
-    assert all(r["clips_per_s"] > 0 for r in rows)
+    for r in rows:  # two clips per batch: twice the batches per second that batch_ms reads
+        assert r["clips_per_s"] > 0 and r["clips_per_s"] == pytest.approx(2 * 1000 / r["batch_ms"], rel=1e-9)
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_the_measured_step_accumulates_as_training_does(precision: str) -> None:
     """It stepped AdamW on every micro-batch; with train.grad_accum_steps=2 it steps on every second, on the mean
-    gradient of the two (the same update as one step on both micro-batches at once)."""
+    gradient of the two (the same update as one step on both micro-batches at once). Under bf16 a step that kept
+    only the last micro-batch's gradient passed a weight tolerance 20x the whole update."""
     from aim_video.config import load_config
     from aim_video.models.build import build_model
     from tests.models.conftest import TINY_CLIP
@@ -58,6 +60,11 @@ def test_the_measured_step_accumulates_as_training_does(precision: str) -> None:
     _, whole = throughput.build_train_step(cfg1, once, torch.device("cpu"))
     whole(video, label)
     assert not torch.equal(model.head.weight, head)
-    assert torch.allclose(
-        model.head.weight.float(), once.head.weight.float(), atol=1e-2 if dtype != torch.float32 else 1e-5
-    )
+    if dtype == torch.float32:
+        assert torch.allclose(model.head.weight, once.head.weight, atol=1e-5)
+    # AdamW's first step moves each weight by about lr whatever its gradient's size: one micro-batch's gradient
+    # flips ~40 % of the head's update signs (a relative error ~1.3); bf16 rounding can flip only near-zero ones
+    change = model.head.weight.detach().float() - head.float()
+    reference = once.head.weight.detach().float() - head.float()
+    relative_error = ((change - reference).norm() / reference.norm()).item()
+    assert relative_error <= 0.25, relative_error

@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from tests.tools.conftest import PYTHONPATH, REPO, tiny_config
 
 
@@ -32,6 +34,8 @@ def test_compare_two_methods_writes_table_json_and_chart(video_root, tmp_path):
     assert adapter["gflops_per_clip"] == probe["gflops_per_clip"] > 0
     assert adapter["tunable_params"] > probe["tunable_params"] == 32 * 2 + 2
     assert all(r["num_evaluated"] == 16 and 0 <= r["top1"] <= 100 for r in data["rows"])
+    for r in data["rows"]:  # 8 videos per class: top-1 is the mean class accuracy; top-5 of 2 classes is 100 %
+        assert r["top1"] == pytest.approx(r["mean_class_acc"]) and r["top5"] == 100, r  # top1 was top5's value
     assert "temporal_pairs_top1" not in adapter
     assert (out / "compare.png").stat().st_size > 10_000
     assert "| linear_adapter |" in (out / "compare.md").read_text()
