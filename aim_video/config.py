@@ -132,6 +132,8 @@ class TrainConfig:
     clip_grad: float = 0.0  # 0 = off (paper)
     precision: str = "bf16"  # bf16 | fp16 | fp32
     zero_stage: int = 1  # 0 | 1 | 2; bf16/fp16 need 1 or 2 (DeepSpeed's stage-0 mixed precision is broken)
+    grad_accum_dtype: str = "model"  # model | fp32: what bf16 gradients add up in, over micro-batches and across
+    # ranks (fp32: DeepSpeed's BF16_Optimizer at ZeRO 1, fp32 gradient partitions at ZeRO 2; bf16 only)
     deepspeed: dict[str, Any] = field(default_factory=dict)  # raw overrides merged into the derived DS config
     seed: int = 0
     eval_every: int = 1  # epochs; 0 = only at the end; -1 = never (e.g. when tools/test.py evaluates afterwards)
@@ -200,6 +202,7 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "model.temporal_attention": ("sdpa", "math", "matmul", "reduce"),
     "train.precision": ("bf16", "fp16", "fp32"),
     "train.zero_stage": (0, 1, 2),
+    "train.grad_accum_dtype": ("model", "fp32"),
     "eval.protocol": ("", "k400", "ssv2", "diving48"),
     "eval.average": ("prob", "score"),
 }

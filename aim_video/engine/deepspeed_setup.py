@@ -126,6 +126,11 @@ def derive_ds_config(cfg: Config, world_size: int) -> dict[str, Any]:
             "optimizer divides the gradients by a loss scale it never applied (fp16) or steps once at start-up "
             "(bf16); ZeRO-1 works on one GPU as on many. Set train.zero_stage=1 (or train.precision=fp32)"
         )
+    if train.grad_accum_dtype == "fp32" and train.precision == "fp16":
+        raise EngineSetupError(
+            "train.grad_accum_dtype=fp32 is supported with train.precision=bf16 only (DeepSpeed's fp16 path with fp32 "
+            "accumulation and a dynamic loss scale is not tested here); set train.grad_accum_dtype=model"
+        )
     micro, accum = cfg.data.batch_size, train.grad_accum_steps
     ds: dict[str, Any] = {
         "train_batch_size": micro * accum * world_size,
@@ -145,6 +150,8 @@ def derive_ds_config(cfg: Config, world_size: int) -> dict[str, Any]:
         "steps_per_print": 10**9,  # our own logging reports progress; DeepSpeed's would duplicate it
         "wall_clock_breakdown": False,
     }
+    if train.precision == "bf16" and train.grad_accum_dtype == "fp32":  # bf16's 8 bits lose small gradients' sums
+        ds["data_types"] = {"grad_accum_dtype": "fp32"}
     if train.zero_stage > 0:
         ds["zero_optimization"].update(
             {
@@ -178,6 +185,7 @@ def derive_ds_config(cfg: Config, world_size: int) -> dict[str, Any]:
         "zero_optimization.stage": ("train.zero_stage", ds["zero_optimization"]["stage"]),
         "bf16.enabled": ("train.precision", ds["bf16"]["enabled"]),
         "fp16.enabled": ("train.precision", ds["fp16"]["enabled"]),
+        "data_types.grad_accum_dtype": ("train.grad_accum_dtype", ds.get("data_types", {}).get("grad_accum_dtype")),
     }
     for path, (key, value) in owned.items():
         outer, inner = path.split(".")

@@ -187,7 +187,8 @@ def build_train_step(
     bytes per trainable parameter. fp16's loss scaling is left out: it changes no tensor's size. fp32: AdamW on the
     parameters themselves, as DeepSpeed without a wrapper. Each call is one micro-batch: the optimizer steps on every
     `train.grad_accum_steps`-th call, the gradients of the calls between adding up in the model's precision (as
-    DeepSpeed's do under bf16 with ZeRO 1/2), so a timed call is the micro-batch's share of an optimizer step.
+    DeepSpeed's do under bf16 with ZeRO 1/2), so a timed call is the micro-batch's share of an optimizer step; with
+    `train.grad_accum_dtype=fp32` they add up in the fp32 buffers instead, as in DeepSpeed's BF16_Optimizer.
     """
     from aim_video.engine.deepspeed_setup import model_dtype
 
@@ -209,12 +210,21 @@ def build_train_step(
     optimizer = build_optimizer(groups, lr, cfg.train.betas)  # after the move: fused AdamW on CUDA
     smoothing = cfg.train.label_smoothing
     accum = max(1, cfg.train.grad_accum_steps)
+    in_fp32 = bool(pairs) and cfg.train.grad_accum_dtype == "fp32"  # bf16: DeepSpeed's BF16_Optimizer's buffers
     micro = 0  # micro-batches since the last optimizer step
 
     def step(video: torch.Tensor, label: torch.Tensor) -> None:
         nonlocal micro
         (loss_fn(model(video), label, smoothing) / accum).backward()  # gradients add up in the model's precision
         micro += 1
+        if in_fp32:  # or in the fp32 buffers, one micro-batch at a time
+            with torch.no_grad():
+                for param, master in pairs:
+                    if param.grad is not None:
+                        (master.grad.add_ if micro > 1 else master.grad.copy_)(param.grad)
+                        param.grad = None
+                    elif micro == 1:
+                        master.grad.zero_()
         if micro < accum:  # as DeepSpeed under train.grad_accum_steps: no optimizer step yet
             return
         micro = 0
@@ -223,7 +233,7 @@ def build_train_step(
             optimizer.zero_grad(set_to_none=True)
             return
         with torch.no_grad():
-            for param, master in pairs:
+            for param, master in pairs if not in_fp32 else ():  # (in fp32: the buffers hold the sum already)
                 if param.grad is None:  # a parameter this step did not reach: zero, as DeepSpeed's buffer
                     master.grad.zero_()
                 else:

@@ -89,6 +89,54 @@ def test_resume_reproduces_the_next_steps_exactly(world, tmp_path, zero_stage, r
     assert os.path.basename(path) == "step_00000002"
 
 
+def _bf16_step(engine, gen):
+    x = torch.randn(2, 4, 8, generator=gen).to(engine.device, torch.bfloat16)
+    y = torch.randint(0, 3, (2,), generator=gen).to(engine.device)
+    loss = torch.nn.functional.cross_entropy(engine(x).float(), y)
+    engine.backward(loss)
+    engine.step()
+    return loss.item()
+
+
+@pytest.mark.parametrize(
+    "zero_stage,regroup,saved_with,resumed_with",
+    [(1, False, "fp32", "fp32"), (1, True, "fp32", "fp32"), (2, True, "fp32", "fp32"), (1, False, "model", "fp32"),
+     (1, False, "fp32", "model")],
+)  # fmt: skip
+def test_bf16_with_fp32_gradient_sums_resumes_exactly_and_either_way(
+    world, tmp_path, zero_stage, regroup, saved_with, resumed_with
+):
+    """train.grad_accum_dtype=fp32: DeepSpeed's BF16_Optimizer at ZeRO 1, fp32 gradient partitions at ZeRO 2. The
+    next steps after a resume are the uninterrupted run's, under another number of ranks too, and a run may switch
+    between bf16 and fp32 sums at a resume (DeepSpeed loads either optimizer's checkpoint into the other)."""
+    def config(accumulation):
+        return load_config(None, [
+            "train.precision=bf16", f"train.zero_stage={zero_stage}", f"train.grad_accum_dtype={accumulation}",
+            "data.batch_size=2", "train.grad_accum_steps=2", "train.warmup_epochs=0.2", "train.epochs=1",
+            "train.lr=0.05",
+        ])  # fmt: skip
+
+    saved_cfg, resumed_cfg = config(saved_with), config(resumed_with)
+    engine = _engine(saved_cfg, seed=0)
+    expected = "BF16_Optimizer" if saved_with == "fp32" and zero_stage == 1 else "DeepSpeedZeroOptimizer"
+    assert type(engine.optimizer).__name__ == expected
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(4):  # 2 optimizer steps of 2 micro-batches
+        _bf16_step(engine, gen)
+    manager = CheckpointManager(str(tmp_path / "ckpt"), keep_last=2, rank=0, world_size=1)
+    gen_state = gen.get_state()
+    path = manager.save(engine, saved_cfg, step=2, epoch=0, batches_done=4)
+    if regroup:
+        meta_path = os.path.join(path, "meta.json")
+        json.dump({**json.load(open(meta_path)), "world_size": 2}, open(meta_path, "w"))
+    after = [_bf16_step(engine, gen) for _ in range(4)]
+    fresh = _engine(resumed_cfg, seed=123)
+    manager.load(fresh, manager.resolve_resume("auto"), resumed_cfg)
+    gen.set_state(gen_state)
+    assert [_bf16_step(fresh, gen) for _ in range(4)] == after
+    assert torch.equal(fresh.module.head.weight, engine.module.head.weight)
+
+
 def test_layout_pointer_pruning_and_best(world, tmp_path):
     cfg = load_config(None, ["train.precision=fp32", "data.batch_size=2"])
     engine = _engine(cfg, seed=0)

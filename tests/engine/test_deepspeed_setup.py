@@ -104,9 +104,17 @@ def test_user_overrides_are_deep_merged_but_batch_keys_are_refused(tmp_path):
     ):
         with pytest.raises(ValueError, match=rf"which DeepSpeed does not read \(it would be ignored\)\. {hint}"):
             derive_ds_config(load_config(None, [override]), 2)
-    sections = ["comms_logger.enabled=true", "data_types.grad_accum_dtype=fp32", "flops_profiler.enabled=false"]
+    sections = ["comms_logger.enabled=true", "tensorboard.enabled=false", "flops_profiler.enabled=false"]
     sections += ["activation_checkpointing.partition_activations=false", "communication_data_type=fp32"]
-    assert derive_ds_config(load_config(None, [f"train.deepspeed.{s}" for s in sections]), 2)["data_types"]
+    assert derive_ds_config(load_config(None, [f"train.deepspeed.{s}" for s in sections]), 2)["comms_logger"]
+    # fp32 gradient accumulation under bf16: the key writes DeepSpeed's data_types; its raw form is refused
+    fp32_sums = load_config(None, ["train.precision=bf16", "train.grad_accum_dtype=fp32"])
+    assert derive_ds_config(fp32_sums, 2)["data_types"] == {"grad_accum_dtype": "fp32"}
+    assert "data_types" not in derive_ds_config(load_config(None, ["train.precision=bf16"]), 2)
+    with pytest.raises(ValueError, match="data_types.grad_accum_dtype='fp32': set train.grad_accum_dtype instead"):
+        derive_ds_config(load_config(None, ["train.deepspeed.data_types.grad_accum_dtype=fp32"]), 2)
+    with pytest.raises(ValueError, match="train.grad_accum_dtype=fp32 is supported with train.precision=bf16 only"):
+        derive_ds_config(load_config(None, ["train.precision=fp16", "train.grad_accum_dtype=fp32"]), 2)
     same = load_config(None, ["train.precision=bf16", "train.deepspeed.bf16.enabled=true"])
     assert derive_ds_config(same, 1)["bf16"]["enabled"] is True  # saying what train.precision says is fine
 
@@ -172,6 +180,7 @@ def test_the_optimizer_is_built_on_the_device_fused_on_cuda_and_steps(tiny):
     assert torch.equal(tiny.backbone.weight, frozen) and not torch.equal(tiny.head.weight.float(), head)
 
 
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step")  # stepped by hand here
 def test_backbone_lr_mult_and_min_lr_reach_the_engine(tiny):
     """train.backbone_lr_mult and train.min_lr are the engine's, not only the optimizer module's: build_engine could
     drop either (every group at the peak lr; a cosine down to 0) and no test noticed. Every trainable tensor but the

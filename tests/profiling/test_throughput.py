@@ -31,7 +31,7 @@ def test_loader_sweep_rounds_each_count_up_from_the_requested_batches(monkeypatc
         assert r["clips_per_s"] > 0 and r["clips_per_s"] == pytest.approx(2 * 1000 / r["batch_ms"], rel=1e-9)
 
 
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "bf16-fp32-accumulation"])
 def test_the_measured_step_accumulates_as_training_does(precision: str) -> None:
     """It stepped AdamW on every micro-batch; with train.grad_accum_steps=2 it steps on every second, on the mean
     gradient of the two (the same update as one step on both micro-batches at once). Under bf16 a step that kept
@@ -40,9 +40,13 @@ def test_the_measured_step_accumulates_as_training_does(precision: str) -> None:
     from aim_video.models.build import build_model
     from tests.models.conftest import TINY_CLIP
 
+    accumulation = "fp32" if precision.endswith("fp32-accumulation") else "model"
+    precision = precision.split("-")[0]
+
     def model_and_cfg(accum: int):
         cfg = load_config(None, [f"train.precision={precision}", f"train.grad_accum_steps={accum}",
-                                 "model.drop_path_rate=0", "model.head_dropout=0", "model.num_classes=5"])  # fmt: skip
+                                 f"train.grad_accum_dtype={accumulation}", "model.drop_path_rate=0",
+                                 "model.head_dropout=0", "model.num_classes=5"])  # fmt: skip
         cfg.model.arch, cfg.model.vit_kwargs = "vit_base_patch16_clip_quickgelu_224", dict(TINY_CLIP)
         torch.manual_seed(0)
         return build_model(cfg.model, 4), cfg
