@@ -151,7 +151,8 @@ def derive_ds_config(cfg: Config, world_size: int) -> dict[str, Any]:
         "wall_clock_breakdown": False,
     }
     if train.precision == "bf16" and train.grad_accum_dtype == "fp32":  # bf16's 8 bits lose small gradients' sums
-        ds["data_types"] = {"grad_accum_dtype": "fp32"}
+        ds["data_types"] = {"grad_accum_dtype": "fp32"}  # over micro-batches
+        ds["communication_data_type"] = "fp32"  # and over ranks (DeepSpeed casts to bf16 for the all-reduce else)
     if train.zero_stage > 0:
         ds["zero_optimization"].update(
             {

@@ -108,7 +108,8 @@ def test_bf16_with_fp32_gradient_sums_resumes_exactly_and_either_way(
 ):
     """train.grad_accum_dtype=fp32: DeepSpeed's BF16_Optimizer at ZeRO 1, fp32 gradient partitions at ZeRO 2. The
     next steps after a resume are the uninterrupted run's, under another number of ranks too, and a run may switch
-    between bf16 and fp32 sums at a resume (DeepSpeed loads either optimizer's checkpoint into the other)."""
+    between bf16 and fp32 sums at a resume (DeepSpeed loads either optimizer's checkpoint into the other): the same
+    weights and first loss, then steps that differ by the sums' rounding only."""
     def config(accumulation):
         return load_config(None, [
             "train.precision=bf16", f"train.zero_stage={zero_stage}", f"train.grad_accum_dtype={accumulation}",
@@ -126,15 +127,20 @@ def test_bf16_with_fp32_gradient_sums_resumes_exactly_and_either_way(
     manager = CheckpointManager(str(tmp_path / "ckpt"), keep_last=2, rank=0, world_size=1)
     gen_state = gen.get_state()
     path = manager.save(engine, saved_cfg, step=2, epoch=0, batches_done=4)
+    saved_head = engine.module.head.weight.detach().clone()
     if regroup:
         meta_path = os.path.join(path, "meta.json")
         json.dump({**json.load(open(meta_path)), "world_size": 2}, open(meta_path, "w"))
     after = [_bf16_step(engine, gen) for _ in range(4)]
     fresh = _engine(resumed_cfg, seed=123)
     manager.load(fresh, manager.resolve_resume("auto"), resumed_cfg)
+    assert torch.equal(fresh.module.head.weight, saved_head)
     gen.set_state(gen_state)
-    assert [_bf16_step(fresh, gen) for _ in range(4)] == after
-    assert torch.equal(fresh.module.head.weight, engine.module.head.weight)
+    again = [_bf16_step(fresh, gen) for _ in range(4)]
+    if saved_with == resumed_with:
+        assert again == after and torch.equal(fresh.module.head.weight, engine.module.head.weight)
+    else:  # the first loss comes before any step; fp32 communication keeps digits the bf16 one rounds away
+        assert again[0] == after[0] and again == pytest.approx(after, rel=1e-2)
 
 
 def test_layout_pointer_pruning_and_best(world, tmp_path):

@@ -109,7 +109,8 @@ def test_user_overrides_are_deep_merged_but_batch_keys_are_refused(tmp_path):
     assert derive_ds_config(load_config(None, [f"train.deepspeed.{s}" for s in sections]), 2)["comms_logger"]
     # fp32 gradient accumulation under bf16: the key writes DeepSpeed's data_types; its raw form is refused
     fp32_sums = load_config(None, ["train.precision=bf16", "train.grad_accum_dtype=fp32"])
-    assert derive_ds_config(fp32_sums, 2)["data_types"] == {"grad_accum_dtype": "fp32"}
+    fp32_ds = derive_ds_config(fp32_sums, 2)
+    assert fp32_ds["data_types"] == {"grad_accum_dtype": "fp32"} and fp32_ds["communication_data_type"] == "fp32"
     assert "data_types" not in derive_ds_config(load_config(None, ["train.precision=bf16"]), 2)
     with pytest.raises(ValueError, match="data_types.grad_accum_dtype='fp32': set train.grad_accum_dtype instead"):
         derive_ds_config(load_config(None, ["train.deepspeed.data_types.grad_accum_dtype=fp32"]), 2)
