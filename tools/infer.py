@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 
 # run from a checkout: the repo root on the path, tools/ off it (tools/profile.py would shadow the stdlib profile)
@@ -41,6 +42,11 @@ def positive_int(text: str) -> int:
     return value
 
 
+def _is_override(word: str) -> bool:
+    """`section.key=value`, unless a file of that name exists (a video may have '=' in its name)."""
+    return re.match(r"[A-Za-z_][\w.\[\]]*=", word) is not None and not os.path.exists(word)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("video", help="one video file (tools/test.py evaluates a list of videos)")
@@ -51,6 +57,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)  # refused below
     p.add_argument("overrides", nargs="*", help="section.key=value config overrides")
     args = p.parse_intermixed_args(argv)  # overrides may come before or after options
+    given = [args.video, *args.overrides]  # argparse gives the first word to the video, an override or not
+    videos = [g for g in given if not _is_override(g)]
+    if len(videos) != 1:
+        p.error(f"give one video file and section.key=value overrides; got {len(videos)} video(s): {videos[:3]}")
+    args.video, args.overrides = videos[0], [g for g in given if g is not videos[0]]
     env = dict(os.environ)
     world_from_slurm(env)  # srun's tasks, as training and tools/test.py read them
     if int(env.get("WORLD_SIZE", "1")) > 1:  # each process would classify the same video on the same device

@@ -13,6 +13,7 @@ that died when nothing else stops them (the `deepspeed` launcher and `srun --kil
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import os
 import random
@@ -145,10 +146,45 @@ def process_group_timeout(minutes: float) -> timedelta:
     return timedelta(minutes=minutes)
 
 
+class _CurrentStderr(logging.StreamHandler):
+    """A log handler writing to whatever `sys.stderr` is when it writes (pytest swaps it per test)."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _: Any) -> None:
+        pass
+
+
+def deepspeed_logs_to_stderr() -> None:
+    """DeepSpeed logs to stdout, where the tools write their results (infer.py's classes, train.py's and test.py's
+    summaries, the demo's JSON line): its "Setting accelerator to CPU" warning came first in infer.py's output. Its
+    handler goes to stderr instead, with its format and level (the first import logs already: it runs with stdout
+    pointed at stderr)."""
+    if "deepspeed" not in sys.modules:
+        stdout, sys.stdout = sys.stdout, sys.stderr
+        try:
+            import deepspeed  # noqa: F401
+        finally:
+            sys.stdout = stdout
+    from deepspeed.utils.logging import logger
+
+    for handler in list(logger.handlers):
+        if type(handler) is logging.StreamHandler and handler.stream is not sys.stderr:
+            moved = _CurrentStderr()
+            moved.setFormatter(handler.formatter)
+            moved.setLevel(handler.level)
+            logger.removeHandler(handler)
+            logger.addHandler(moved)
+
+
 def device_and_backend(local_rank: int) -> tuple[torch.device, str]:
     """This process's device and process-group backend as DeepSpeed's accelerator gives them: `DS_ACCELERATOR=cpu`
     (or no GPU) is the CPU and gloo whatever GPUs are visible; otherwise device number `local_rank` and its backend
     (nccl on CUDA). Training and evaluation choose alike."""
+    deepspeed_logs_to_stderr()
     from deepspeed.accelerator import get_accelerator
 
     accel = get_accelerator()
@@ -164,6 +200,7 @@ def init_distributed(timeout_min: float = 60.0) -> DistInfo:
     default (10 minutes, or DEEPSPEED_TIMEOUT) is not used."""
     timeout = process_group_timeout(timeout_min)
     stable_extension_builds()
+    deepspeed_logs_to_stderr()
     import deepspeed
     from deepspeed.accelerator import get_accelerator
 

@@ -335,3 +335,18 @@ def test_every_rank_learns_the_first_failure_of_any_rank(agreement):
     assert [a["one"] for a in agreement] == [[3, "rank 1: videos/v07.mp4: not found"]] * 2
     assert [a["both"] for a in agreement] == [[2, "rank 0 (and 1 other rank): bad on 0"]] * 2
     assert first_failure((2, "alone")) == (2, "alone")  # a world of one: the message as it is
+
+
+def test_deepspeed_logs_go_to_stderr_where_they_do_not_mix_with_the_tools_results(capsys):
+    """DeepSpeed logs to stdout: infer.py's first output line was its 'Setting accelerator to CPU' warning."""
+    from deepspeed.utils.logging import logger
+
+    from aim_video.engine.distributed import deepspeed_logs_to_stderr
+
+    deepspeed_logs_to_stderr()
+    logger.warning("a DeepSpeed warning")
+    out, err = capsys.readouterr()
+    assert "a DeepSpeed warning" in err and "a DeepSpeed warning" not in out
+    deepspeed_logs_to_stderr()  # once is enough: a second call adds no handler
+    logger.warning("once")
+    assert capsys.readouterr().err.count("once") == 1

@@ -48,6 +48,15 @@ def test_prints_top_k_names_with_the_evaluation_probabilities(run, capsys):
     assert list(printed.values()) == pytest.approx(top.values.tolist(), abs=1e-4)
 
 
+def test_an_override_before_the_video_is_an_override(run):
+    """`infer.py eval.protocol=k400 video.mp4 ...` took the override for the video and the video for an override."""
+    video = os.path.join(run["root"], "videos", "v01.mp4")
+    args = infer_tool.parse_args(["eval.view_chunk=3", video, "--checkpoint", run["ckpt"], "data.num_threads=1"])
+    assert args.video == video and args.overrides == ["eval.view_chunk=3", "data.num_threads=1"]
+    with pytest.raises(SystemExit):  # two videos
+        infer_tool.parse_args([video, video, "--checkpoint", run["ckpt"]])
+
+
 def test_unreadable_or_absent_video_and_bad_class_map(run, capsys):
     bad = os.path.join(run["root"], "videos", "v02.mp4")
     assert infer_tool.main([bad, "--checkpoint", run["ckpt"]]) == 1
