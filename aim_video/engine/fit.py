@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 import time
+import warnings
 from collections import Counter
 from typing import Any
 
@@ -250,7 +251,9 @@ def _fit(cfg: Config, resume: str, stop_signals: bool) -> dict[str, Any]:
         at = schedule_step(cfg, meta, info.world_size, state.epoch, state.batches_done, steps_per_epoch)
         if at is not None:  # another global batch: the schedule's place in training, not its count of steps
             engine.lr_scheduler.last_epoch = at - 1
-            engine.lr_scheduler.step()  # the optimizer's groups take the lr of that place
+            with warnings.catch_warnings():  # torch warns of a schedule stepped before the optimizer: meant here
+                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
+                engine.lr_scheduler.step()  # the optimizer's groups take the lr of that place
         finished = state.batches_done >= micro_per_epoch
         end_pending = epoch_end_pending(cfg, meta, finished, os.path.isfile(summary_path))
         # saved inside its epoch, whose rest does not fill one of this run's steps: the epoch ends here, with its
