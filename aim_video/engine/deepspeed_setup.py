@@ -90,8 +90,9 @@ def _unknown_sections(ds: dict[str, Any], extra: dict[str, Any]) -> str:
     `comms_loger`) without a word."""
     from deepspeed.runtime.config import DeepSpeedConfig
 
-    world_of_one = ds["train_micro_batch_size_per_gpu"] * ds["gradient_accumulation_steps"]
-    probe = _ReadKeys({**ds, "train_batch_size": world_of_one})  # parsed before any process group exists
+    # without train_batch_size: DeepSpeed derives it for the world size it sees (1 before the process group exists,
+    # the run's after; a global batch for one of them failed its check on the other, which switched this one off)
+    probe = _ReadKeys({k: v for k, v in ds.items() if k != "train_batch_size"})
     try:
         DeepSpeedConfig(probe)
     except Exception:  # the engine reports it, in full, when it parses the same config

@@ -350,3 +350,38 @@ def test_deepspeed_logs_go_to_stderr_where_they_do_not_mix_with_the_tools_result
     deepspeed_logs_to_stderr()  # once is enough: a second call adds no handler
     logger.warning("once")
     assert capsys.readouterr().err.count("once") == 1
+
+
+def _ds_sections_worker(rank: int, port: int, out_dir: str) -> None:
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1")
+    os.environ.update(MASTER_PORT=str(port), DS_ACCELERATOR="cpu")
+    from aim_video.config import load_config
+    from aim_video.engine.deepspeed_setup import derive_ds_config
+    from aim_video.engine.distributed import init_distributed
+
+    info = init_distributed()
+    said = []
+    for override in ("train.deepspeed.zero_optimisation.stage=1", "train.deepspeed.comms_logger.enabled=false"):
+        try:
+            derive_ds_config(load_config(None, [override]), info.world_size)
+            said.append("")
+        except ValueError as err:
+            said.append(str(err))
+    with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
+        json.dump(said, f)
+    import torch.distributed as dist
+
+    dist.destroy_process_group()
+
+
+def test_a_misspelt_deepspeed_section_is_refused_on_two_ranks_too(tmp_path):
+    """The check parsed DeepSpeed's config with the global batch of one rank: under a process group of 2 DeepSpeed's
+    own batch check failed first, and the check let every section through."""
+    import torch.multiprocessing as mp
+
+    from aim_video.engine.distributed import free_port
+
+    mp.start_processes(_ds_sections_worker, args=(free_port(), str(tmp_path)), nprocs=2, start_method="spawn")
+    for rank in range(2):
+        refused, accepted = json.load(open(tmp_path / f"rank{rank}.json"))
+        assert "Did you mean 'zero_optimization'?" in refused and accepted == ""
