@@ -123,10 +123,11 @@ def prepare_methods(
             check_model_config(cfg.model, cfg.data.num_frames, cfg.data.input_size)
         except ValueError as err:
             raise ValueError(f"method {name}: {err}") from None
-        if os.path.isfile(os.path.join(cfg.output_dir, "checkpoints", "latest")):  # fit would refuse it, later
+        earlier = os.path.isfile(os.path.join(cfg.output_dir, "checkpoints", "latest"))
+        if earlier and not cfg.train.resume:  # fit would refuse it, later (train.resume=auto finishes that one)
             raise ValueError(
                 f"method {name}: {cfg.output_dir} holds the run of an earlier comparison: choose another output_dir "
-                "(or delete that folder)"
+                "(or delete that folder), or finish that comparison with train.resume=auto"
             )
         configs[name] = cfg
     if configs:

@@ -84,6 +84,7 @@ def test_every_method_and_the_evaluation_list_are_checked_before_any_trains(tmp_
     (earlier / "latest").write_text("step_00000004")
     with pytest.raises(ValueError, match="method lora: .* holds the run of an earlier comparison"):
         prepare_methods(["aim", "lora"], None, data, str(tmp_path))
+    assert list(prepare_methods(["aim", "lora"], None, [*data, "train.resume=auto"], str(tmp_path))) == ["aim", "lora"]
 
 
 def test_cost_counts_parameters_and_memory_grows_with_the_trainable_set() -> None:

@@ -10,9 +10,10 @@ and the best), model_trainable.safetensors (the trainable set only) and train_su
 from the newest complete checkpoint (or starts fresh when none was saved; `latest` naming checkpoints that are
 gone is refused).
 
-Exit status: 0 trained; 2 bad input (config, lists, paths, weights); 3 eval.strict and val videos that could not be
-read (the epoch's checkpoint is saved, its evaluation runs at --resume auto); 128 + N stopped by signal N after a
-checkpoint; 1 anything else (a failed rank, a full disk, a damaged checkpoint, a non-finite loss).
+Exit status: 0 trained; 2 bad input (config and its combinations, lists, paths, weights, an output_dir holding an
+earlier run's checkpoints); 3 eval.strict and val videos that could not be read (an epoch saved before that
+evaluation is evaluated at --resume auto); 128 + N stopped by signal N after a checkpoint; 1 anything else (a failed
+rank, a full disk, a checkpoint that cannot be resumed, a non-finite loss).
 """
 
 from __future__ import annotations
@@ -65,19 +66,19 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         summary = fit(cfg, resume=args.resume)
-    except (NonFiniteLossError, CheckpointError, EngineSetupError) as err:
+    except (NonFiniteLossError, CheckpointError) as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
         os._exit(1)  # other ranks may be blocked in a collective: leave at once so the launcher stops them
-    except (ConfigError, AnnotationError, PretrainedLoadError, OSError) as err:  # the input: data, config, paths
+    except (ConfigError, EngineSetupError, AnnotationError, PretrainedLoadError, OSError) as err:  # the input
         if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):  # not the input: the disk is full
             print(f"error: no space left in {cfg.output_dir}: {err}", file=sys.stderr, flush=True)
             os._exit(1)
         print(f"error: {err}", file=sys.stderr, flush=True)
         os._exit(2)
-    except MissingVideosError as err:  # eval.strict: the epoch's checkpoint is saved; its evaluation is pending
+    except MissingVideosError as err:  # eval.strict, at an epoch's end
         print(
-            f"error: {err}. The epoch's checkpoint is saved: fix the val list (or set eval.strict=false), then "
-            "--resume auto runs the evaluation without training the epoch again",
+            f"error: {err} Then --resume auto goes on from the latest checkpoint (an epoch saved before this "
+            "evaluation, as train.save_every decides, is evaluated without training it again)",
             file=sys.stderr,
             flush=True,
         )

@@ -49,7 +49,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from aim_video.config import Config, save_config, to_dict, to_yaml
+from aim_video.config import Config, ConfigError, save_config, to_dict, to_yaml
 from aim_video.engine.distributed import barrier, broadcast_object, fault_point, rng_state
 from aim_video.engine.optimizer_state import SCALER_KEYS, gather_optimizer_state, restore_optimizer_state
 from aim_video.models.trainable_io import (
@@ -191,7 +191,7 @@ class CheckpointManager:
         if not spec:
             found = self.latest()
             if found is not None:  # best.json, keep_last and `latest` would mix the earlier run's saves with these
-                raise CheckpointError(
+                raise ConfigError(
                     f"{self.root} holds the checkpoints of an earlier run (the latest: {os.path.basename(found)}): "
                     "go on with it with --resume auto, or train anew in another output_dir (or delete that folder)"
                 )
@@ -319,14 +319,15 @@ class CheckpointManager:
             self._prune(final)
 
     def record_metric(self, step: int, metric: float | None) -> None:
-        """Collective. Write the evaluation of the checkpoint saved at `step` (saved pending before it: a long
-        evaluation cannot lose the epoch) into its meta.json, which no longer says the epoch's end is pending, and
-        update best.json. The weights are already there: nothing else is written again."""
+        """Collective. Write the evaluation of this run's checkpoint saved at `step` (saved pending before it: a long
+        evaluation cannot lose the epoch) into its meta.json, which no longer says the epoch's end is pending, then
+        update best.json and prune as a save does. The weights are already there: nothing else is written again."""
         if self.rank == 0:
             path = os.path.join(self.root, f"step_{step:08d}")
             meta = {**read_meta(path), "metric": metric, "epoch_end_pending": False}
             _atomic_write_text(os.path.join(path, "meta.json"), json.dumps(meta, indent=2))
             self._update_best()
+            self._prune(path)  # the pending save kept the best before this one, which may no longer be best
         barrier()
 
     def _update_best(self) -> None:
@@ -527,9 +528,9 @@ def agree_on_resume(manager: CheckpointManager, spec: str) -> str | None:
     if manager.rank == 0:
         try:
             choice = manager.resolve_resume(spec)
-        except CheckpointError as err:  # said on every rank: else the others waited in the broadcast for the timeout
-            refused = str(err)
+        except (CheckpointError, ConfigError) as err:  # said on every rank: else the others waited in the broadcast
+            refused = (type(err) is ConfigError, str(err))  # for the timeout; the type decides the exit status
     choice, refused = broadcast_object((choice, refused))
     if refused is not None:
-        raise CheckpointError(refused)
+        raise (ConfigError if refused[0] else CheckpointError)(refused[1])
     return choice

@@ -283,6 +283,7 @@ def _fit(cfg: Config, resume: str, stop_signals: bool) -> dict[str, Any]:
     mix = build_mixing(cfg.train.mixup_alpha, cfg.train.cutmix_alpha, cfg.model.num_classes, cfg.data.repeated_aug)
     save_steps, max_steps = cfg.train.save_every_steps, cfg.train.max_steps
     last_saved = state.step if resumed_from else -1
+    last_path = resumed_from or ""  # the checkpoint of step `last_saved`: this run's, or another run's it resumed
     eval_cache: dict[str, Any] = {}
     will_run = end_pending or (state.epoch < cfg.train.epochs and (max_steps <= 0 or state.step < max_steps))
     if will_run and cfg.data.val_list and cfg.train.eval_every >= 0:  # a val list that cannot be evaluated stops now
@@ -294,9 +295,9 @@ def _fit(cfg: Config, resume: str, stop_signals: bool) -> dict[str, Any]:
 
     def save(metric: float | None = None, pending: bool = False) -> None:
         """A checkpoint of where `state` is; `pending`: this epoch's evaluation and save are still to do."""
-        nonlocal last_saved
+        nonlocal last_saved, last_path
         extra = {"epoch_end_pending": pending}
-        manager.save(engine, cfg, state.step, state.epoch, state.batches_done, extra=extra, metric=metric)
+        last_path = manager.save(engine, cfg, state.step, state.epoch, state.batches_done, extra=extra, metric=metric)
         last_saved = state.step
 
     def stop(signum: int, **counts: int) -> None:
@@ -388,7 +389,10 @@ def _fit(cfg: Config, resume: str, stop_signals: bool) -> dict[str, Any]:
                 save(pending=True)
                 fault_point("after_epoch_save", state.step, info.rank)
             metric = evaluate_now()
-            manager.record_metric(state.step, metric)
+            if os.path.realpath(os.path.dirname(last_path)) == os.path.realpath(manager.root):
+                manager.record_metric(state.step, metric)
+            else:  # resumed from another run's folder: this run saves its own, with the metric
+                save(metric=metric)
         else:
             metric = evaluate_now() if evaluates else None
             if due and not held:

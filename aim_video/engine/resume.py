@@ -153,13 +153,11 @@ def schedule_step(
     The schedule counts optimizer steps, and its length comes from this run's steps per epoch: the saved count of
     steps of another size put a run resumed on twice the ranks past the end of its schedule (the floor lr for the
     rest of training) and one on half the ranks at half of it. `epoch`, `batches_done`: the resume position in this
-    run's micro-batches per rank (`resume_position`). With train.max_steps the schedule spans max_steps, so the
-    saved step count is scaled by the ratio of the global batches."""
+    run's micro-batches per rank (`resume_position`). With train.max_steps the schedule spans max_steps steps and
+    the run ends at that step count whatever their size: it stays as it is (None)."""
     saved, now = _global_batches(cfg, meta, world_size)
-    if saved == now:
+    if saved == now or cfg.train.max_steps > 0:
         return None
-    if cfg.train.max_steps > 0:
-        return round(meta["step"] * saved / now)
     return epoch * steps_per_epoch + batches_done // cfg.train.grad_accum_steps
 
 

@@ -295,7 +295,8 @@ def evaluate(
         listed = "; ".join(f"{m['path']}: {m['reason']}" for m in merged["missing"][:10])
         raise MissingVideosError(
             f"{len(merged['missing'])} of {dataset_size} videos could not be read (strict evaluation): {listed}. "
-            "Fix or remove them from the list, or run without --strict to score the rest."
+            "Fix or remove them from the list, or leave eval.strict off (tools/test.py: without --strict) to score "
+            "the rest."
         )
     labelled = merged["label"] >= 0
     metrics = compute_metrics(merged["scores"][labelled], merged["label"][labelled], num_classes)

@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-from aim_video.config import load_config
+from aim_video.config import ConfigError, load_config
 from aim_video.engine.checkpoint_io import CheckpointError, CheckpointManager, read_meta
 from aim_video.engine.deepspeed_setup import build_engine, derive_ds_config
 from aim_video.engine.distributed import init_distributed, rng_state, set_rng_state
@@ -167,9 +167,26 @@ def test_layout_pointer_pruning_and_best(world, tmp_path):
     assert "head.weight" in states["module"]
     # a new run started without --resume in this folder: best.json and pruning mixed the earlier run's saves with its
     # own (its best was the earlier run's step 2), and --resume auto after a stop went on with the earlier run
-    with pytest.raises(CheckpointError, match=r"holds the checkpoints of an earlier run \(the latest: step_00000005\)"):
+    with pytest.raises(ConfigError, match=r"holds the checkpoints of an earlier run \(the latest: step_00000005\)"):
         CheckpointManager(root, keep_last=2, rank=0, world_size=1).resolve_resume("")
     assert CheckpointManager(str(tmp_path / "new"), keep_last=2, rank=0, world_size=1).resolve_resume("") is None
+
+
+def test_a_metric_recorded_after_a_pending_save_updates_best_and_prunes(world, tmp_path):
+    """The epoch's save before its evaluation pruned while best.json still named the earlier best, which it kept; the
+    metric written after made the new one best and nothing pruned the old one again (for good after the last epoch)."""
+    cfg = load_config(None, ["train.precision=fp32", "data.batch_size=2"])
+    engine = _engine(cfg, seed=0)
+    root = str(tmp_path / "ckpt")
+    manager = CheckpointManager(root, keep_last=1, rank=0, world_size=1)
+    manager.save(engine, cfg, step=1, epoch=0, batches_done=1, metric=50.0)
+    manager.save(engine, cfg, step=2, epoch=1, batches_done=1, extra={"epoch_end_pending": True})
+    assert sorted(os.listdir(root)) == ["best.json", "latest", "step_00000001", "step_00000002"]  # 1 is best yet
+    manager.record_metric(2, 60.0)
+    assert sorted(os.listdir(root)) == ["best.json", "latest", "step_00000002"]
+    assert json.load(open(os.path.join(root, "best.json"))) == {"name": "step_00000002", "metric": 60.0}
+    meta = read_meta(os.path.join(root, "step_00000002"))
+    assert (meta["metric"], meta["epoch_end_pending"]) == (60.0, False)
 
 
 def test_after_a_resume_from_an_earlier_checkpoint_keep_last_keeps_the_new_saves(world, tmp_path):

@@ -241,6 +241,37 @@ def test_a_resume_whose_position_ends_the_epoch_in_the_new_layout_runs_that_epoc
     assert read_meta(os.path.join(cfg.output_dir, "checkpoints", "step_00000003"))["metric"] is not None
 
 
+def test_a_pending_checkpoint_of_another_folder_resumes_into_this_runs_own(tiny_run, tmp_path, monkeypatch):
+    """Stopped at the last step of an epoch (its evaluation pending), resumed with --resume <that folder> into a new
+    output_dir: the metric was to be written into a checkpoint of this run's folder that did not exist (a crash after
+    the evaluation). It is saved in this run's folder with its metric; the other run's is left as it was."""
+    from aim_video.engine.distributed import TrainingStopped
+
+    (tmp_path / "a").mkdir()
+    first = tiny_run(tmp_path / "a")
+    with pytest.raises(TrainingStopped):
+        _fit(first, fault="after_step@4:rank0:signal=SIGUSR1", monkeypatch=monkeypatch)
+    step4 = os.path.join(first.output_dir, "checkpoints", "step_00000004")
+    (tmp_path / "b").mkdir()
+    second = tiny_run(tmp_path / "b")
+    summary = _fit(second, resume=step4, monkeypatch=monkeypatch)
+    assert [(e["epoch"], e["step"]) for e in summary["eval"]] == [(0, 4), (1, 8)]
+    mine = read_meta(os.path.join(second.output_dir, "checkpoints", "step_00000004"))
+    assert mine["metric"] == summary["eval"][0]["top1"] and read_meta(step4)["epoch_end_pending"] is True
+
+
+def test_a_new_run_in_a_folder_with_checkpoints_is_refused_as_bad_input(tiny_run, tmp_path, monkeypatch):
+    """best.json and keep_last mixed an earlier run's saves with the new run's; --resume auto after a stop went on
+    with the earlier run. A config error (exit status 2), not a damaged checkpoint."""
+    from aim_video.config import ConfigError
+
+    cfg = tiny_run(tmp_path, "train.epochs=1", "train.eval_every=-1")
+    _fit(cfg, monkeypatch=monkeypatch)
+    with pytest.raises(ConfigError, match="holds the checkpoints of an earlier run .* --resume auto"):
+        _fit(cfg, monkeypatch=monkeypatch)
+    assert _fit(cfg, resume="auto", monkeypatch=monkeypatch)["note"].startswith("nothing to train")
+
+
 def _log_or_empty(out):
     from tests.tools.conftest import read_log
 

@@ -54,8 +54,8 @@ def test_a_resume_position_carries_over_to_other_ranks_and_batches_in_whole_step
     saved = {**base, "step": 9, "epoch": 3, "batches_done": 0}
     assert schedule_step(cfg, saved, 2, epoch=3, batches_done=0, steps_per_epoch=3) is None  # the same batch
     assert schedule_step(cfg, saved, 1, epoch=3, batches_done=2, steps_per_epoch=6) == 20  # 2 a step: 6 an epoch
-    fitted = load_config(None, ["data.batch_size=2", "train.max_steps=40"])  # the schedule spans max_steps
-    assert schedule_step(fitted, saved, 4, epoch=3, batches_done=0, steps_per_epoch=1) == 4  # 9 x 4 / 8 videos
+    fitted = load_config(None, ["data.batch_size=2", "train.max_steps=40"])  # the schedule spans max_steps, and
+    assert schedule_step(fitted, saved, 4, epoch=3, batches_done=0, steps_per_epoch=1) is None  # the run its count
 
 
 def test_a_resume_inside_an_epoch_refuses_another_seed_or_train_list_length():
