@@ -52,6 +52,7 @@ from aim_video.data.annotations import (  # noqa: E402
 )
 from aim_video.data.decode import BACKENDS, SEEK_MODES  # noqa: E402
 from aim_video.data.encode import x264_tune  # noqa: E402
+from aim_video.data.kinetics import read_kinetics_csv  # noqa: E402
 from aim_video.data.prepare import (  # noqa: E402
     build_lists,
     claim_out_root,
@@ -90,6 +91,8 @@ def add_reencode(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--root", default="", help="folder the source paths are relative to (mirrored under --out-root)")
     p.add_argument("--out-root", required=True)
     p.add_argument("--out-list", default="", help="list file of the re-encoded videos (paths under --out-root)")
+    p.add_argument("--split", default="", choices=("", "train", "val", "test"), help="the rows of this split of a "
+                   "Kinetics CSV that holds several (default: every row; --out-list then needs one)")  # fmt: skip
     p.add_argument("--short-side", type=int, default=256, help="256 or 320 as in the papers; 0 keeps the size")
     p.add_argument("--keyint", type=int, default=16, help="frames between keyframes: 16 (default) loads 8x16 "
                    "clips 1.2-2.2x and TSN clips 1.5-2.6x faster than x264's default interval, the most on costly-"
@@ -111,10 +114,22 @@ def add_reencode(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--class-map", default="", help="class names for a Kinetics CSV that is not the train split")
 
 
+def csv_splits(path: str) -> list[str]:
+    """The split names a Kinetics CSV's rows hold (none for other lists)."""
+    if not (path.lower().endswith(".csv") and os.path.isfile(path)):
+        return []
+    return sorted({(row.get("split") or "").strip().lower() for row in read_kinetics_csv(path)} - {""})
+
+
 def cmd_reencode(args: argparse.Namespace) -> int:
     x264_tune(args.tune)  # a wrong name fails here, not once per video
     classes = read_class_map(args.class_map) if args.class_map else None
-    ann = load_annotations(args.list, args.root, classes, missing="drop", what="--list")
+    if args.out_list and not args.split and len(splits := csv_splits(args.list)) > 1:  # a train list with val videos
+        raise ValueError(
+            f"--list {args.list} holds the splits {', '.join(splits)}: --out-list would list them all as one; name "
+            "one with --split (run once per split), or leave --out-list out to re-encode every row"
+        )
+    ann = load_annotations(args.list, args.root, classes, missing="drop", what="--list", split=args.split)
     src_root = args.root or (
         args.list if os.path.isdir(args.list) else os.path.commonpath([os.path.dirname(r.path) for r in ann.records])
     )
@@ -151,7 +166,7 @@ def cmd_reencode(args: argparse.Namespace) -> int:
             print(f"  {path}: source file not found")
         for r in failed:
             print(f"  {r.src}: {r.reason}")
-    return 1 if failed else 0
+    return 1 if failed or ann.missing else 0
 
 
 def _add_check_args(p: argparse.ArgumentParser) -> None:
@@ -200,6 +215,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
             "re-encode the others (originals untouched; `short` ones also train as they are, from the report's "
             f"counts):\n  python tools/prepare_kinetics.py repair --report {args.report} --list {args.list}"
             + (f" --root {args.root}" if args.root else "")
+            + (f" --class-map {args.class_map}" if args.class_map else "")
             + " --out-root DIR --out-list NEW_LIST"
         )
     return 1
@@ -265,6 +281,10 @@ def main(argv: list[str] | None = None) -> int:
     except (AnnotationError, RuntimeError, ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # finished outputs (renamed into place when whole) and journals are kept
+        again = " again to go on from where it stopped" if args.command in ("reencode", "verify") else " again"
+        print(f"\ninterrupted: run the same {args.command} command{again}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -66,22 +66,26 @@ class VideoCheck:
     reason: str = ""
     seconds: float = 0.0
     size: int = -1  # the file's size and modification time when checked: a report is stale for a file that
-    mtime_ns: int = -1  # changed since (-1: not recorded, reports of an older aim-video)
+    mtime_ns: int = -1  # changed since (-1: not recorded, reports of an older aim-video; -2: the file was absent)
     plays: bool | None = None  # `unreadable` only: whether PyAV decodes a first frame (False: a broken download)
 
 
+ABSENT = -2  # the stamp of a file that was not there when checked (-1: a report written without stamps)
+
+
 def file_stamp(path: str) -> tuple[int, int]:
-    """(size, mtime_ns) of `path`, (-1, -1) when it is not there: what a check holds to tell a changed file."""
+    """(size, mtime_ns) of `path`, (ABSENT, ABSENT) when it is not there: what a check holds to tell a changed file."""
     try:
         st = os.stat(path)
     except OSError:
-        return -1, -1
+        return ABSENT, ABSENT
     return st.st_size, st.st_mtime_ns
 
 
 def is_stale(check: VideoCheck) -> bool:
-    """Whether the file changed (or went) since `check` was made; checks without a stamp are taken as current."""
-    return check.size >= 0 and file_stamp(check.path) != (check.size, check.mtime_ns)
+    """Whether the file changed, went or came (a video downloaded after the check found it missing) since `check`
+    was made; checks without a stamp (older reports) are taken as current."""
+    return check.size != -1 and file_stamp(check.path) != (check.size, check.mtime_ns)
 
 
 def check_groups(

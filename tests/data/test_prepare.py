@@ -194,6 +194,29 @@ def test_a_pair_listed_twice_is_encoded_once_and_two_sources_of_one_output_are_n
     assert os.listdir(tmp_path / "o" / "a") == ["x.mp4"]  # no temporary left behind
 
 
+def test_ctrl_c_stops_after_the_videos_being_encoded(tmp_path, monkeypatch):
+    """The pool's exit ran every queued video before the KeyboardInterrupt came through: a Ctrl-C during a Kinetics
+    re-encode went on for the whole list."""
+    import time
+
+    import aim_video.data.prepare as prepare
+
+    started = []
+
+    def encode(src, dst, **_):
+        started.append(src)
+        if len(started) == 2:
+            raise KeyboardInterrupt
+        time.sleep(0.05)
+        return prepare.EncodeResult(src, dst, "done")
+
+    monkeypatch.setattr(prepare, "reencode_one", encode)
+    pairs = [(str(tmp_path / f"{i}.mp4"), str(tmp_path / "o" / f"{i}.mp4")) for i in range(40)]
+    with pytest.raises(KeyboardInterrupt):
+        reencode_all(pairs, jobs=2, progress=False)
+    assert len(started) <= 4  # the two in flight and at most the next ones the threads had taken
+
+
 def test_a_run_killed_before_any_output_neither_lists_its_temporary_nor_locks_the_settings(tmp_path):
     from aim_video.data.annotations import parse_class_folders
     from aim_video.data.prepare import claim_out_root, encoder_settings

@@ -430,6 +430,14 @@ def test_reports_hold_absolute_paths_and_file_stamps_and_a_changed_file_is_check
     assert verify.is_stale(check)
     (again,) = verify.verify_videos([clean], "decord", journal=journal, progress=False)  # the journal's is stale
     assert again.status == "corrupt_after_seek"
+    # missing when checked, downloaded since: its 'unreadable' verdict no longer holds (training dropped it for good)
+    later = str(tmp_path / "later.mp4")
+    (missing,) = verify.verify_videos([later], "decord", journal=journal, progress=False)
+    assert missing.status == "unreadable" and not verify.is_stale(missing)
+    make_h264(later, n=60, gop=50)
+    assert verify.is_stale(missing)
+    (found,) = verify.verify_videos([later], "decord", journal=journal, progress=False)
+    assert found.status == "exact"
 
 
 def test_repair_keeps_same_named_originals_apart_and_reports_what_it_could_not_replace(tmp_path):

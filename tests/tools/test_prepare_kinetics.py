@@ -31,6 +31,27 @@ def test_cli_lists_and_reencode(tmp_path, capsys):
     assert main(["reencode", "--list", str(tmp_path / "x.txt"), "--out-root", str(tmp_path / "o")]) == 2
 
 
+def test_cli_reencode_of_a_csv_with_several_splits_lists_one_split_and_missing_sources_fail(tmp_path, capsys):
+    """--out-list of a CSV holding train and val rows listed both as one (a train list with val videos in it), and
+    sources listed under 'failures:' ended with exit status 0."""
+    from tools.prepare_kinetics import main
+
+    root = tmp_path / "videos"
+    for cls, name in (("abseiling", "a_000001_000011"), ("zumba", "b_000002_000012")):
+        make_video(str(root / cls / f"{name}.mp4"), 8)
+    csv = tmp_path / "k.csv"
+    csv.write_text("label,youtube_id,time_start,time_end,split\nabseiling,a,1,11,train\nzumba,b,2,12,val\n")
+    args = ["reencode", "--list", str(csv), "--root", str(root), "--out-root", str(tmp_path / "out"), "--short-side",
+            "32", "--jobs", "1", "--out-list", str(tmp_path / "train_32.txt")]  # fmt: skip
+    assert main(args) == 2
+    assert "holds the splits train, val: --out-list would list them all as one" in capsys.readouterr().err
+    assert main([*args, "--split", "train"]) == 0
+    assert open(tmp_path / "train_32.txt").read() == "abseiling/a_000001_000011.mp4 0\n"
+    csv.write_text(csv.read_text() + "zumba,gone,3,13,train\n")
+    assert main([*args, "--split", "train"]) == 1  # a source missing: listed, and a failure
+    assert "gone_000003_000013.mp4: source file not found" in capsys.readouterr().out
+
+
 def test_cli_names_an_unknown_x264_tune_before_encoding(tmp_path, capsys):
     from tools.prepare_kinetics import main
 
