@@ -15,7 +15,9 @@ an existing output is therefore complete, and a rerun skips it. The output folde
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import glob
 import inspect
 import json
 import os
@@ -125,6 +127,22 @@ def check_decodes(path: str, backend: str = "decord") -> str:
     return "" if check.status == "exact" else f"{check.status}: {check.reason}"
 
 
+def _remove_dead_partials(dst: str) -> None:
+    """Delete the temporary copies of `dst` that a killed run left (their process is gone): they were never
+    listed, but each took a video's size of disk for good."""
+    for leftover in glob.glob(f"{glob.escape(dst)}.*-*.partial"):
+        pid = leftover[len(dst) + 1 :].split("-", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            with contextlib.suppress(OSError):
+                os.remove(leftover)
+        except PermissionError:  # alive, another user's
+            pass
+
+
 def reencode_one(
     src: str,
     dst: str,
@@ -142,6 +160,7 @@ def reencode_one(
     os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
     # unique per process and thread; not a video extension, so a copy left by a killed run is never listed
     tmp = f"{dst}.{os.getpid()}-{threading.get_ident()}.partial"
+    _remove_dead_partials(dst)
     try:
         try:  # the stream decoding reads (FFmpeg's best), not the first video stream: a cover image may come first
             index = video_stream_index(src)

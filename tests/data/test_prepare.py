@@ -194,6 +194,23 @@ def test_a_pair_listed_twice_is_encoded_once_and_two_sources_of_one_output_are_n
     assert os.listdir(tmp_path / "o" / "a") == ["x.mp4"]  # no temporary left behind
 
 
+def test_a_killed_runs_temporary_copy_is_removed_when_its_video_is_encoded_again(tmp_path):
+    """SIGKILL left `dst.<pid>-<thread>.partial` files that no later run removed (a video's size of disk each)."""
+    import subprocess
+
+    src = make_video(str(tmp_path / "x.mp4"), 8)
+    dst = str(tmp_path / "o" / "x.mp4")
+    os.makedirs(tmp_path / "o")
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a process id that no longer runs
+    dead = f"{dst}.{gone.pid}-140000.partial"
+    alive = f"{dst}.{os.getppid()}-140001.partial"  # a running process's: maybe a run encoding it right now
+    for path in (dead, alive):
+        open(path, "wb").write(b"x" * 100)
+    assert reencode_all([(src, dst)], progress=False, short_side=32)[0].status == "done"
+    assert sorted(os.listdir(tmp_path / "o")) == sorted(["x.mp4", os.path.basename(alive)])
+
+
 def test_ctrl_c_stops_after_the_videos_being_encoded(tmp_path, monkeypatch):
     """The pool's exit ran every queued video before the KeyboardInterrupt came through: a Ctrl-C during a Kinetics
     re-encode went on for the whole list."""
