@@ -14,7 +14,8 @@
 #        TINY=1 bash tools/gpu_checks.sh OUT_DIR          a CPU smoke run of the same steps on a tiny ViT
 #        STEPS="tests resume profile" bash tools/gpu_checks.sh OUT_DIR    only these steps, in the script's order:
 #          model (eager model step), tests (CUDA and engine tests), resume (bf16 ZeRO-1 run stopped by SIGUSR1,
-#          resumed, against an uninterrupted one, then tools/test.py), profile (eager, compiled), train (compiled
+#          resumed, against an uninterrupted one, then tools/test.py; RESUME_EXTRA="key=value ..." adds overrides
+#          to both runs, e.g. train.grad_accum_dtype=fp32), profile (eager, compiled), train (compiled
 #          DeepSpeed run), compiled (compiled model step), frames32, attention. Default: all but resume.
 # Outputs in OUT_DIR: all.log and one JSON per step. Each step has its own time limit; a failing step does not
 # stop the others. Record what it measured in docs/benchmarks.md with the date and device.
@@ -105,7 +106,7 @@ wait "$VIDEOS" || { echo "=== video generation failed:"; cat "$WORK/videos.log";
 # SIGUSR1 after step 5 (as a scheduler's preemption notice) then resumed with --resume auto; the losses of each
 # step side by side, then tools/test.py (multi-view) on the resumed run's weights
 {
-  declare -p PY DATA TINY_CFG WORK OUT; echo "TINY=${TINY:-}"
+  declare -p PY DATA TINY_CFG WORK OUT; echo "TINY=${TINY:-}"; printf 'RESUME_EXTRA=%q\n' "${RESUME_EXTRA:-}"
   cat <<'EOF'
 set -u
 "$PY" - "$WORK/backbone.safetensors" "${TINY_CFG[@]}" <<'PY'  # a saved random backbone: test.py must find the same
@@ -120,6 +121,8 @@ PY
 RUN=("$PY" tools/train.py --config configs/k400_vit_b16_8f.yaml "${DATA[@]}" "${TINY_CFG[@]}" train.epochs=2
   model.pretrained="$WORK/backbone.safetensors" train.log_every=1 train.eval_every=0 train.save_every=1)
 [ -n "${TINY:-}" ] && RUN+=(data.batch_size=4) || RUN+=(data.batch_size=32)
+read -r -a EXTRA <<< "$RESUME_EXTRA"  # e.g. RESUME_EXTRA="train.grad_accum_dtype=fp32" (BF16_Optimizer on CUDA)
+RUN+=("${EXTRA[@]}")
 "${RUN[@]}" output_dir="$WORK/ref" > "$WORK/ref.log" 2>&1; echo "uninterrupted: exit status $?"
 AIM_VIDEO_FAULT=after_step@5:rank0:signal=SIGUSR1 "${RUN[@]}" output_dir="$WORK/res" > "$WORK/res.log" 2>&1
 echo "stopped: exit status $? (128 + SIGUSR1 = 138 expected)"
