@@ -30,6 +30,7 @@ import torch.distributed as dist  # noqa: E402
 from aim_video.config import ConfigError, to_dict  # noqa: E402
 from aim_video.data.loader import build_eval_loader  # noqa: E402
 from aim_video.engine.distributed import first_failure  # noqa: E402
+from aim_video.engine.fit import same_data_on_every_rank  # noqa: E402
 from aim_video.eval.loading import (  # noqa: E402
     class_names,
     init_process,
@@ -128,6 +129,9 @@ def main(argv: list[str] | None = None) -> int:
             if proc.rank == 0:
                 print(f"error: {agreed[1]}", file=sys.stderr)
             return agreed[0]
+        # rows are joined by index: ranks that read other lists gave other videos' labels and paths, exit status 0
+        listed = getattr(cfg.data, f"{args.split}_list")
+        same_data_on_every_rank(len(loader.dataset), listed, loader.dataset.records.fingerprint())
         result = evaluate(
             model, loader, cfg, proc.device, progress=not args.no_progress, strict=strict, return_scores=True
         )

@@ -15,6 +15,7 @@ them and reports the same summary.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
@@ -69,6 +70,13 @@ class RecordTable(Sequence[VideoRecord]):
     def __len__(self) -> int:
         return len(self._labels)
 
+    def fingerprint(self) -> str:
+        """A digest of the paths and labels in order: whether processes on other nodes read the same list."""
+        digest = hashlib.sha1(self._paths.tobytes())
+        for part in (self._path_ends, self._labels, self._label_ends, self._all_labels):
+            digest.update(part.tobytes())
+        return digest.hexdigest()
+
     @property
     def labels(self) -> np.ndarray:
         """Every record's (first) label, -1 for unlabelled ones, without building the records."""
@@ -114,7 +122,9 @@ def normalize_class_name(name: str) -> str:
 
 
 def resolve_path(root: str, path: str) -> str:
-    return path if os.path.isabs(path) or not root else os.path.join(root, path)
+    """`path` under `root` unless absolute, spelled one way (`./a/../v.mp4` and `v.mp4` are one video: evaluation
+    counted such a repeat twice)."""
+    return os.path.normpath(path if os.path.isabs(path) or not root else os.path.join(root, path))
 
 
 def not_utf8_error(path: str) -> AnnotationError:

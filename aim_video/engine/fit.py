@@ -59,16 +59,19 @@ class _CastInput(torch.nn.Module):
         return self.model(video.to(self.dtype))
 
 
-def same_data_on_every_rank(num_videos: int, source: str) -> None:
-    """Stop every rank together when they read different lists (a file dropped as missing, or a verify report found
-    stale, on some nodes only): else they leave the epoch at different steps and wait in each other's collectives
-    until a timeout."""
-    sizes = all_gather_objects(num_videos)
-    if len(set(sizes)) > 1:
+def same_data_on_every_rank(num_videos: int, source: str, fingerprint: str = "") -> None:
+    """Collective. Stop every rank together when they read different lists (a file dropped as missing, or a verify
+    report found stale, on some nodes only): else they leave the epoch at different steps and wait in each other's
+    collectives until a timeout, and an evaluation joins rows by index (labels and paths of other videos, one
+    counted twice). `fingerprint`: `RecordTable.fingerprint()`, which tells lists of one length apart."""
+    seen = all_gather_objects((num_videos, fingerprint))
+    if len(set(seen)) > 1:
+        sizes = ", ".join(str(n) for n, _ in seen)
+        what = f"{sizes} by rank" if len({n for n, _ in seen}) > 1 else f"as many ({sizes}), but not the same ones"
         raise AnnotationError(
-            f"{source}: the ranks see different videos ({', '.join(map(str, sizes))} by rank): a file changed or is "
-            "visible to some nodes only while the job started (data.missing_files=drop, a verify report's file "
-            "stamps); make the data the same on every node and start again"
+            f"{source}: the ranks see different videos ({what}): a file changed or is visible to some nodes only "
+            "while the job started (data.missing_files=drop, a verify report's file stamps); make the data the same "
+            "on every node and start again"
         )
 
 
@@ -85,7 +88,7 @@ def prepare_evaluation(cfg: Config, info: DistInfo, cache: dict[str, Any]) -> No
     cache["cfg"] = copy.deepcopy(cfg)
     apply_protocol(cache["cfg"])  # eval.protocol's views, as tools/test.py evaluates (not data.test_num_*)
     loader = build_eval_loader(cache["cfg"], "val", info.rank, info.world_size)
-    same_data_on_every_rank(len(loader.dataset), cfg.data.val_list)
+    same_data_on_every_rank(len(loader.dataset), cfg.data.val_list, loader.dataset.records.fingerprint())
     if not any(label >= 0 for label in loader.dataset.records.labels):
         raise AnnotationError(
             f"data.val_list={cfg.data.val_list} has no labels (an inference list?): training's evaluation scores "
@@ -209,7 +212,7 @@ def _fit(cfg: Config, resume: str, stop_signals: bool) -> dict[str, Any]:
         print(f"warning: {norm_warning}", file=sys.stderr, flush=True)
     seed_everything(cfg.train.seed, info.rank)  # then per-rank streams: dropout, drop_path, MixUp
     loader = build_train_loader(cfg, info.rank, info.world_size)
-    same_data_on_every_rank(len(loader.dataset), cfg.data.train_list)
+    same_data_on_every_rank(len(loader.dataset), cfg.data.train_list, loader.dataset.records.fingerprint())
     accum = cfg.train.grad_accum_steps
     micro_per_epoch = (len(loader) // accum) * accum
     if micro_per_epoch == 0:

@@ -152,11 +152,17 @@ def resolve_eval_config(checkpoint_file: str, config_path: str | None, overrides
         raise ValueError(f"{checkpoint_file} carries no 'config' metadata: pass --config with the training YAML")
     if saved is not None:
         changed = _differences(to_dict(cfg)["model"], to_dict(saved)["model"], "model.")
-        if cfg.data.num_frames != saved.data.num_frames:
-            changed.append(f"data.num_frames: {saved.data.num_frames} (checkpoint) -> {cfg.data.num_frames}")
+        for key in INPUT_KEYS:  # the clips the model sees: a bare --config YAML lost the training's overrides
+            was, now = getattr(saved.data, key), getattr(cfg.data, key)
+            if was != now:
+                changed.append(f"data.{key}: {was} (checkpoint) -> {now}")
         for line in changed:
             log.warning("evaluating with a setting that differs from training: %s", line)
     return cfg
+
+
+# data settings that shape what the model sees; the views (test_num_clips, test_num_crops) are the protocol's choice
+INPUT_KEYS = ("num_frames", "sampling", "frame_stride", "input_size", "test_short_side", "mean", "std")
 
 
 def load_model(cfg: Config, checkpoint_file: str, device: torch.device) -> torch.nn.Module:

@@ -225,3 +225,15 @@ def test_missing_files_drop_does_not_skip_an_unlabelled_line_with_spaces(tmp_pat
     for missing in ("fail", "drop"):
         with pytest.raises(AnnotationError, match=r"l.txt:1: .*missing_files=drop does not skip such a line.*-1"):
             load_annotations(str(tmp_path / "l.txt"), str(tmp_path), missing=missing)
+
+
+def test_a_record_tables_fingerprint_tells_lists_of_one_length_apart():
+    """Ranks compare it before training and evaluation: counts alone let two nodes that each lack another file
+    through, and the evaluation then joined other videos' labels and paths by index."""
+    from aim_video.data.annotations import RecordTable, VideoRecord
+
+    one = [VideoRecord("/d/a.mp4", 0), VideoRecord("/d/b.mp4", 1)]
+    assert RecordTable(one).fingerprint() == RecordTable(list(one)).fingerprint()
+    assert RecordTable(one).fingerprint() != RecordTable([one[0], VideoRecord("/d/c.mp4", 1)]).fingerprint()
+    assert RecordTable(one).fingerprint() != RecordTable([one[0], VideoRecord("/d/b.mp4", 0)]).fingerprint()
+    assert RecordTable(one).fingerprint() != RecordTable(one[::-1]).fingerprint()

@@ -587,6 +587,9 @@ def test_evaluation_counts_a_repeated_line_once_and_refuses_one_video_under_two_
     assert [r.path for r in build_eval_loader(tiny_cfg(lst, batch_size=1), "val", 0, 1).dataset.records] == [a, b]
     assert "1 lines repeat a video listed before, e.g. " + a in caplog.text
     assert len(build_train_loader(tiny_cfg(lst, batch_size=1), 0, 1).dataset) == 3
+    write_lines(lst, ["a.mp4 1", "b.mp4 0", "./sub/../a.mp4 1"])  # one video spelled two ways is one video too
+    cfg = tiny_cfg(lst, batch_size=1, root=str(tmp_path))
+    assert [r.path for r in build_eval_loader(cfg, "val", 0, 1).dataset.records] == [a, b]
     write_lines(lst, [f"{a} 1", f"{a} 0"])
     with pytest.raises(AnnotationError, match=r"a.mp4 is listed with labels 1 and 0"):
         build_eval_loader(tiny_cfg(lst, batch_size=1), "val", 0, 1)

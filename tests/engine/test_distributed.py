@@ -237,11 +237,13 @@ def _sizes_worker(rank: int, init_file: str, out_dir: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
     try:
         same_data_on_every_rank(12, "train.txt")  # the same on both: nothing to say
-        try:
-            same_data_on_every_rank([12, 11][rank], "train.txt")  # rank 1 dropped a video the other sees
-            said = ""
-        except AnnotationError as err:
-            said = str(err)
+        said = []
+        for size, fingerprint in (([12, 11][rank], ""), (12, ["a1", "b2"][rank])):  # rank 1 dropped a video the
+            try:  # other sees; then each rank lacks another one: as many, other videos (evaluation joins by index)
+                same_data_on_every_rank(size, "train.txt", fingerprint)
+                said.append("")
+            except AnnotationError as err:
+                said.append(str(err))
         with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
             json.dump(said, f)
     finally:
@@ -258,7 +260,8 @@ def test_ranks_that_read_different_lists_stop_together_naming_the_sizes(tmp_path
     same_data_on_every_rank(5, "train.txt")  # a world of one: no collective, nothing to compare
     mp.start_processes(_sizes_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2, start_method="spawn")
     said = [json.load(open(tmp_path / f"rank{r}.json")) for r in range(2)]
-    assert said[0] == said[1] and "train.txt: the ranks see different videos (12, 11 by rank)" in said[0]
+    assert said[0] == said[1] and "train.txt: the ranks see different videos (12, 11 by rank)" in said[0][0]
+    assert "the ranks see different videos (as many (12, 12), but not the same ones)" in said[0][1]
 
 
 def test_every_rank_learns_that_one_rank_has_a_non_finite_loss(tmp_path):

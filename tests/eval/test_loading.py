@@ -122,3 +122,23 @@ def test_ds_accelerator_cpu_evaluates_on_the_cpu_whatever_gpus_are_visible(monke
     monkeypatch.setenv("WORLD_SIZE", "1")
     monkeypatch.setenv("LOCAL_RANK", "1")
     assert init_process().device == torch.device("cpu")
+
+
+def test_a_config_that_feeds_the_model_other_clips_than_training_is_named(tmp_path, caplog):
+    """A bare --config YAML (training had command-line overrides) changed the sampling, stride or normalisation
+    without a word; only model keys and the frame count were compared."""
+    from aim_video.config import to_yaml
+    from aim_video.eval.loading import resolve_eval_config
+
+    cfg = tiny_config(str(tmp_path), num_classes=3)
+    cfg.model.pretrained = ""
+    path = save_trainable(
+        build_model(cfg.model, cfg.data.num_frames), str(tmp_path / "w.safetensors"), {"config": to_yaml(cfg)}
+    )
+    with caplog.at_level("WARNING"):
+        resolve_eval_config(path, None, ["data.test_num_clips=5"])  # the views are the protocol's: nothing to say
+    assert "differs from training" not in caplog.text
+    with caplog.at_level("WARNING"):
+        resolve_eval_config(path, None, ["data.sampling=uniform", "data.mean=[0.5,0.5,0.5]"])
+    assert f"data.sampling: {cfg.data.sampling} (checkpoint) -> uniform" in caplog.text
+    assert "data.mean: " in caplog.text and "-> (0.5, 0.5, 0.5)" in caplog.text

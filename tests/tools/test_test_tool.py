@@ -130,24 +130,46 @@ def test_a_rank_that_fails_alone_stops_every_rank_with_its_status(run):
     listed = os.path.join(run["root"], "absent_on_rank1.txt")
     with open(os.path.join(run["root"], "val.txt")) as src, open(listed, "w") as dst:
         dst.write(src.read() + "videos/only_on_other_nodes.mp4 1\n")
+    codes, errs = _two_srun_ranks(run, "alone", [["--strict"], ["--strict", f"data.val_list={listed}",
+                                                                 "data.missing_files=drop"]])  # fmt: skip
+    assert codes == [3, 3], errs[0][-2000:]
+    assert "error: rank 1: 1 listed videos were left out before evaluation" in errs[0]
+    assert "only_on_other_nodes.mp4" in errs[0] and "error:" not in errs[1]
+
+
+def _two_srun_ranks(run: dict, name: str, args_by_rank: list[list[str]]) -> tuple[list[int], list[str]]:
+    """tools/test.py as `srun` starts it: each rank with its own command line; their exit statuses and stderr."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = str(sock.getsockname()[1])
     procs = []
-    for rank in range(2):
+    for rank, extra in enumerate(args_by_rank):
         env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR")}
         env.update(PYTHONPATH=PYTHONPATH, OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu", CUDA_VISIBLE_DEVICES="",
                    MASTER_PORT=port, SLURM_STEP_NUM_TASKS="2", SLURM_PROCID=str(rank), SLURM_LOCALID=str(rank),
                    SLURM_STEP_NODELIST="localhost")  # fmt: skip
-        cmd = [sys.executable, os.path.join(REPO, "tools", "test.py"), "--checkpoint", run["ckpt"], "--strict",
-               "--no-progress", "--out", os.path.join(run["root"], f"out_alone{rank}")]  # fmt: skip
-        if rank == 1:
-            cmd += [f"data.val_list={listed}", "data.missing_files=drop"]
+        cmd = [sys.executable, os.path.join(REPO, "tools", "test.py"), "--checkpoint", run["ckpt"],
+               "--no-progress", "--out", os.path.join(run["root"], f"out_{name}{rank}"), *extra]  # fmt: skip
         procs.append(subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True))
     errs = [p.communicate(timeout=240)[1] for p in procs]
-    assert [p.returncode for p in procs] == [3, 3], errs[0][-2000:]
-    assert "error: rank 1: 1 listed videos were left out before evaluation" in errs[0]
-    assert "only_on_other_nodes.mp4" in errs[0] and "error:" not in errs[1]
+    return [p.returncode for p in procs], errs
+
+
+@pytest.mark.slow  # ~30 s: two fresh processes import torch, timm and PyAV
+def test_ranks_that_read_other_videos_of_one_count_are_refused_not_scored(run):
+    """Each node lacked another file (data.missing_files=drop): the counts matched, the rows were joined by index,
+    and the results held other videos' labels, one video twice and one never, with exit status 0."""
+    lines = open(os.path.join(run["root"], "val.txt")).read().splitlines()
+    lists = []
+    for rank, gone in enumerate((1, 4)):
+        path = os.path.join(run["root"], f"lacks_v0{gone}.txt")
+        with open(path, "w") as f:
+            listed = (f"videos/gone_{rank}.mp4 0" if i == gone else line for i, line in enumerate(lines))
+            f.write("\n".join(listed) + "\n")
+        lists.append([f"data.val_list={path}", "data.missing_files=drop"])
+    codes, errs = _two_srun_ranks(run, "other_lists", lists)
+    assert codes == [2, 2], errs[0][-2000:]
+    assert "the ranks see different videos (as many (6, 6), but not the same ones)" in errs[0]
 
 
 def test_a_listed_file_that_does_not_exist_is_reported_missing(run, capsys):
