@@ -375,7 +375,7 @@ def _explain(err: OmegaConfBaseException, source: str, given: Any = None) -> Con
     )
 
 
-def _check_bools(node: Any, schema: type, source: str, prefix: str = "") -> None:
+def _check_bools(node: Any, schema: type, source: str, prefix: str = "", merged: Any = None) -> None:
     """Refuse a number other than 0 or 1 given for a bool key: OmegaConf reads `data.flip=2` as True, which is a
     typo more often than a choice (`true`/`false`, `yes`/`no`, `on`/`off` and 0/1 stay accepted)."""
     if not isinstance(node, DictConfig):
@@ -383,11 +383,22 @@ def _check_bools(node: Any, schema: type, source: str, prefix: str = "") -> None
     fields = {f.name: f for f in dataclasses.fields(schema)}
     for key in node.keys():
         f = fields.get(str(key))
-        if f is None or OmegaConf.is_interpolation(node, str(key)):
-            continue  # unknown keys are named by the merge; ${...} may name a key of the other source: after it
+        if f is None:
+            continue  # unknown keys are named by the merge
+        if OmegaConf.is_interpolation(node, str(key)):  # ${...} may name a key of the other source: checked once
+            if merged is not None and f.type in ("bool", bool):  # both are merged, on the value it names
+                target = re.fullmatch(r"\$\{([\w.]+)\}", str(node._get_node(str(key))._value()))
+                name = target.group(1) if target else ""
+                value = OmegaConf.select(merged, name) if name else None
+                if isinstance(value, (int, float)) and not isinstance(value, bool) and value not in (0, 1):
+                    raise ConfigError(
+                        f"{source}: bad value for config key '{prefix}{key}': it names {name}, whose value {value!r} "
+                        "is not a bool; write true or false"
+                    )
+            continue
         value = node[key]
         if isinstance(f.default_factory, type) and dataclasses.is_dataclass(f.default_factory):
-            _check_bools(value, f.default_factory, source, f"{prefix}{key}.")
+            _check_bools(value, f.default_factory, source, f"{prefix}{key}.", merged)
         elif f.type in ("bool", bool) and isinstance(value, (int, float)) and not isinstance(value, bool):
             if value not in (0, 1):
                 raise ConfigError(
@@ -441,9 +452,10 @@ def load_config(path: str | None = None, overrides: list[str] | None = None) -> 
             cfg = OmegaConf.merge(cfg, given)
         except OmegaConfBaseException as err:
             raise _explain(err, "command-line override", given) from None
+    source = (path or "defaults") + (" with overrides" if overrides else "")
+    _check_bools(cfg, Config, source, merged=cfg)  # the interpolated bools, now that every source is merged
     obj = OmegaConf.to_object(cfg)
     assert isinstance(obj, Config)
-    source = (path or "defaults") + (" with overrides" if overrides else "")
     check_choices(obj, source)
     check_ranges(obj, source)
     return obj

@@ -217,3 +217,7 @@ def test_an_interpolation_may_name_a_key_of_the_file_or_of_the_defaults(tmp_path
     path = tmp_path / "c.yaml"
     path.write_text("data:\n  root: ${output_dir}/videos\n")
     assert load_config(str(path), []).data.root == "runs/default/videos"
+    # a bool that names a number other than 0/1 is refused as a literal 8 is (it was read as true)
+    with pytest.raises(ConfigError, match=r"'train.scale_lr': it names data.num_frames, whose value 8 is not a bool"):
+        load_config(None, ["train.scale_lr=${data.num_frames}"])
+    assert load_config(None, ["train.scale_lr=${data.flip}"]).train.scale_lr is True
