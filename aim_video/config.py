@@ -300,6 +300,15 @@ def check_ranges(cfg: Config, source: str) -> None:
             f"{source}: data.test_short_side={d.test_short_side} is smaller than data.input_size={d.input_size}: "
             "test views are crops of input_size from videos resized to that short side; raise data.test_short_side"
         )
+    if d.test_short_side * 224 > d.input_size * 256:  # more than the usual resize-256-crop-224: a view is a patch
+        print(
+            f"warning: data.test_short_side={d.test_short_side} is {d.test_short_side / d.input_size:.2g}x "
+            f"data.input_size={d.input_size}: test views are {d.input_size}-pixel crops of videos resized to that "
+            "short side, a part of the frame training never saw as a whole (a changed input_size with a recipe's "
+            "224?); "
+            f"set data.test_short_side={d.input_size} (the paper's protocol: equal)",
+            file=sys.stderr,
+        )
     if t.min_lr > t.lr:
         raise ConfigError(
             f"{source}: train.min_lr={t.min_lr} is above train.lr={t.lr}: the cosine schedule would raise the lr after "

@@ -148,6 +148,11 @@ def test_a_warm_up_longer_than_the_run_is_allowed_with_a_warning(capsys):
     assert "train.warmup_epochs=40.0 is longer than train.epochs=30" in capsys.readouterr().err
     load_config(None, ["train.warmup_epochs=40", "train.max_steps=100"])  # max_steps fits it in: no warning
     assert capsys.readouterr().err == ""
+    # a recipe's test_short_side=224 with a smaller input: evaluated on crops of part of the frame (55.6% vs 77.8%)
+    load_config(None, ["data.input_size=112"])
+    assert "data.test_short_side=224 is 2x data.input_size=112" in capsys.readouterr().err
+    load_config(None, ["data.test_short_side=256"])  # resize 256, crop 224: the usual, no warning
+    assert capsys.readouterr().err == ""
 
 
 def test_a_run_saves_its_paths_absolute(tmp_path, monkeypatch):

@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 from omegaconf import OmegaConf
 
-from aim_video.config import Config, ConfigError, from_dict, load_config, save_config, to_dict
+from aim_video.config import PATH_KEYS, Config, ConfigError, from_dict, load_config, save_config, to_dict
 from aim_video.models.build import build_model
 from aim_video.models.trainable_io import load_trainable, read_metadata, read_trainable
 
@@ -124,9 +124,14 @@ def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
         va, vb = a.get(key), b.get(key)
         if isinstance(va, dict) and isinstance(vb, dict):
             out += _differences(va, vb, f"{prefix}{key}.")
-        elif va != vb:
+        elif va != vb and not (f"{prefix}{key}" in PATH_KEYS and _same_file(va, vb)):
             out.append(f"{prefix}{key}: {vb!r} (checkpoint) -> {va!r}")
     return out
+
+
+def _same_file(a: object, b: object) -> bool:
+    """Two spellings of one path (training saves them absolute; a config has them relative to the checkout)."""
+    return bool(a) and bool(b) and os.path.abspath(str(a)) == os.path.abspath(str(b))
 
 
 def resolve_eval_config(checkpoint_file: str, config_path: str | None, overrides: list[str]) -> Config:

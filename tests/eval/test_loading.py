@@ -142,3 +142,25 @@ def test_a_config_that_feeds_the_model_other_clips_than_training_is_named(tmp_pa
         resolve_eval_config(path, None, ["data.sampling=uniform", "data.mean=[0.5,0.5,0.5]"])
     assert f"data.sampling: {cfg.data.sampling} (checkpoint) -> uniform" in caplog.text
     assert "data.mean: " in caplog.text and "-> (0.5, 0.5, 0.5)" in caplog.text
+
+
+def test_a_path_spelled_relative_where_training_saved_it_absolute_is_the_same_setting(tmp_path, caplog, monkeypatch):
+    """The demo's own evaluation warned that model.pretrained differed: the same file, absolute in the checkpoint
+    and relative in the config."""
+    from aim_video.config import to_yaml
+    from aim_video.eval.loading import resolve_eval_config
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "weights.safetensors").write_bytes(b"")
+    cfg = tiny_config(str(tmp_path), num_classes=3)
+    cfg.model.pretrained = str(tmp_path / "weights.safetensors")
+    path = save_trainable(
+        build_model(cfg.model.__class__(**{**cfg.model.__dict__, "pretrained": ""}), cfg.data.num_frames),
+        str(tmp_path / "w.safetensors"), {"config": to_yaml(cfg)},
+    )  # fmt: skip
+    with caplog.at_level("WARNING"):
+        resolve_eval_config(path, None, ["model.pretrained=weights.safetensors"])
+    assert "differs from training" not in caplog.text
+    with caplog.at_level("WARNING"):
+        resolve_eval_config(path, None, ["model.pretrained=other.safetensors"])
+    assert "model.pretrained:" in caplog.text
