@@ -103,7 +103,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, OSError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    proc = init_process(cfg.train.dist_timeout_min)
+    try:
+        proc = init_process(cfg.train.dist_timeout_min)
+    except ConfigError as err:  # e.g. the launcher's port held by another job
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     strict = args.strict or cfg.eval.strict
     failure = None  # (exit status, message): agreed by every rank, else one failing rank left the others waiting
     try:

@@ -219,7 +219,14 @@ def init_distributed(timeout_min: float = 60.0) -> DistInfo:
         except RuntimeError as err:  # torch's DistNetworkError
             # the free port this process picked was taken before its store could listen (another process on the
             # machine opened a connection from it): pick another; a port the user or a launcher set is theirs
-            if not own_port or "EADDRINUSE" not in str(err) or attempt == 2:
+            if "EADDRINUSE" in str(err) and not own_port:  # a traceback was all a relaunch said
+                raise ConfigError(
+                    f"port {os.environ['MASTER_PORT']} of {os.environ.get('MASTER_ADDR', 'this machine')} is in use: "
+                    "another job is running there, e.g. the ranks of an earlier launch that go on after its deepspeed "
+                    "runner was killed (`pgrep -af tools/train.py`); stop it, or give this launch another port "
+                    "(deepspeed --master_port N, MASTER_PORT)"
+                ) from None
+            if "EADDRINUSE" not in str(err) or attempt == 2:
                 raise
             os.environ["MASTER_PORT"] = str(free_port())
     rank, world = dist.get_rank(), dist.get_world_size()

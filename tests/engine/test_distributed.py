@@ -388,3 +388,19 @@ def test_a_misspelt_deepspeed_section_is_refused_on_two_ranks_too(tmp_path):
     for rank in range(2):
         refused, accepted = json.load(open(tmp_path / f"rank{rank}.json"))
         assert "Did you mean 'zero_optimization'?" in refused and accepted == ""
+
+
+def test_a_launchers_port_held_by_another_job_is_named_not_a_traceback(tmp_path):
+    """Relaunching while the ranks of a killed launch still ran gave torch's DistNetworkError traceback."""
+    from tests.tools.conftest import PYTHONPATH
+
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        env = {**os.environ, "PYTHONPATH": PYTHONPATH, "DS_ACCELERATOR": "cpu", "MASTER_ADDR": "127.0.0.1",
+               "MASTER_PORT": str(port), "RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0"}  # fmt: skip
+        code = "from aim_video.engine.distributed import init_distributed; init_distributed(0.2)"
+        proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert f"ConfigError: port {port} of 127.0.0.1 is in use: another job is running there" in proc.stderr
