@@ -242,6 +242,7 @@ def _fit(cfg: Config, resume: str, stop_signals: bool) -> dict[str, Any]:
     state = EpochState()
     summary_path = os.path.join(out, "train_summary.json")
     end_pending = False  # the checkpoint ends an epoch whose evaluation and metric save are still to do
+    at = None  # where the lr schedule stands after a resume under another global batch
     if resumed_from:
         meta = manager.load(engine, resumed_from, cfg)
         state.epoch, state.batches_done, state.step = meta["epoch"], meta["batches_done"], meta["step"]
@@ -268,7 +269,9 @@ def _fit(cfg: Config, resume: str, stop_signals: bool) -> dict[str, Any]:
         save_config(cfg, out)
         write_ds_config(ds_config, out)
     total_steps = opt_summary["total_steps"]
-    log = RunLog(out, info.is_main, total_steps, state.step)
+    # after another global batch the count goes on in steps of the new size from the saved step: the bar ends there
+    last_step = total_steps if at is None else state.step + max(0, total_steps - at)
+    log = RunLog(out, info.is_main, last_step, state.step)
     log.event(
         "start",
         world_size=info.world_size,
@@ -276,6 +279,7 @@ def _fit(cfg: Config, resume: str, stop_signals: bool) -> dict[str, Any]:
         steps_per_epoch=steps_per_epoch,
         resumed_from=resumed_from,
         start_step=state.step,
+        last_step=last_step,
         start_epoch=state.epoch,
         global_batch=ds_config["train_batch_size"],
         normalization_warning=norm_warning,

@@ -224,6 +224,9 @@ def test_a_resume_with_another_global_batch_goes_on_from_the_same_point_of_the_l
     lrs = [lr for step, lr in _events(cfg.output_dir, "train", "step", "lr") if step > 2]
     assert len(lrs) == 3 and lrs == pytest.approx([ref[2], ref[3], ref[4]])  # 4 videos done: step 1 of 4 done
     assert lrs[-1] < lrs[0] and ref[4] > 0
+    # the count goes on from the saved step 2 in steps of the new size: the run (and its progress bar) ends at 5,
+    # where the bar's total was the schedule's 4 steps and it stopped at 60% of a finished run
+    assert _events(cfg.output_dir, "start", "start_step", "last_step")[-1] == (2, 5)
 
 
 def test_a_resume_whose_position_ends_the_epoch_in_the_new_layout_runs_that_epochs_evaluation(
