@@ -215,6 +215,19 @@ def _videos_in(folder: str) -> list[str]:
         )
 
 
+def _nested_videos(folder: str) -> list[str]:
+    """Video files in the sub-folders of `folder` (any depth, hidden ones left out), which a class tree skips."""
+    found = []
+    with os.scandir(folder) as entries:
+        subdirs = [e.path for e in entries if e.is_dir() and not e.name.startswith(".")]
+    for sub in subdirs:
+        for dirpath, dirnames, files in os.walk(sub):
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+            found += [os.path.join(dirpath, f) for f in files if f.lower().endswith(VIDEO_EXTENSIONS)
+                      and not f.startswith(".")]  # fmt: skip
+    return found
+
+
 def parse_class_folders(root: str, classes: list[str] | None = None) -> tuple[list[VideoRecord], list[str]]:
     """`root/<class>/<video>`, videos sorted by name within a class. Without `classes` the sorted folder names are
     the classes; with them (the train split's, a class map) each folder takes the index of the class it names, by
@@ -238,11 +251,20 @@ def parse_class_folders(root: str, classes: list[str] | None = None) -> tuple[li
         )
     records = []
     empty = []
+    skipped = _videos_in(root)  # loose at the top, and below a class folder's first level: not listed
+    skipped = [os.path.join(root, f) for f in skipped]
     for name in folders:
         k = index[name] if name in index else index[normalize_class_name(name)]
         videos = _videos_in(os.path.join(root, name))
         empty += [] if videos else [name]
         records += [VideoRecord(os.path.join(root, name, fname), k, (k,)) for fname in videos]
+        skipped += _nested_videos(os.path.join(root, name))
+    if skipped:  # a class/subject/clip.mp4 layout lost every clip without a word
+        log.warning(
+            "%s: %d video files are not listed: a class tree lists %s/<class>/<video> only, e.g. %s; move them "
+            "there, or write a list file",
+            root, len(skipped), root, skipped[0],
+        )  # fmt: skip
     if empty:
         kept = (
             "each is still a class with its index (the sorted folders are the classes), with no video to learn it "

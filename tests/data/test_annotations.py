@@ -196,6 +196,9 @@ def test_a_class_folder_tree_skips_what_macos_and_file_systems_leave_there(tmp_p
     assert "links whose target does not exist" in caplog.text and "data.root" not in caplog.text
     assert "1 class folders hold no video file directly (sub-folders are not searched), e.g. 'cooking'" in caplog.text
     assert "still a class with its index" in caplog.text
+    # a file at the top and one a level down were left out without a word (a class/subject/clip.mp4 tree: every one)
+    expected = f"2 video files are not listed: a class tree lists {root}/<class>/<video> only, e.g. {root}/bowling"
+    assert expected + "_link.mp4" in caplog.text
 
 
 def test_non_utf8_names_and_files(tmp_path):
