@@ -155,7 +155,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     paths = [r.path for r in loader.dataset.records]
-    record = results_record(result, to_dict(cfg), checkpoint_file, sha256, args.split, dropped, paths)
+    record = results_record(result, to_dict(cfg), checkpoint_file, sha256, args.split, dropped, paths, names)
+    if not args.out and os.path.exists(os.path.join(out, "results.json")):  # other lists or settings: same folder
+        print(f"note: replacing the results of an earlier evaluation in {out} (--out keeps both)", file=sys.stderr)
     write_results_json(record, os.path.join(out, "results.json"))
     write_per_class_csv(result, names, os.path.join(out, "per_class.csv"))
     plot_confusion(result["confusion_matrix"], names, os.path.join(out, "confusion.png"))
@@ -166,6 +168,8 @@ def main(argv: list[str] | None = None) -> int:
         os.remove(scores_path)
     scores = " ".join(f"{key} {_pct(record['metrics'][key])}" for key in ("top1", "top5", "mean_class_acc"))
     counts = f"{record['num_evaluated']} of {record['num_listed']} videos ({record['num_missing']} missing)"
+    if record["num_unlabelled"]:  # "0 of 2 videos" read as if nothing had run
+        counts += f"; {record['num_unlabelled']} unlabelled: predicted, not scored (per_video in results.json)"
     if record["num_fallback_reads"]:  # exact, but decoded from the start: say why evaluation was slow
         counts += f"; {record['num_fallback_reads']} read with data.fallback_backend (see fallback_reads)"
     print(f"{args.split} [{protocol.name} {record['protocol']['label']}, {cfg.eval.average}]: {scores} over {counts}")

@@ -208,8 +208,8 @@ class CheckpointManager:
                     "(or use another output_dir) to train anew"
                 )
             return found
-        if not os.path.isdir(spec):
-            raise CheckpointError(f"--resume {spec}: no such checkpoint folder (use 'auto' or a step_* folder)")
+        if not os.path.isdir(spec):  # bad input (exit status 2), not a checkpoint that cannot be resumed
+            raise ConfigError(f"--resume {spec}: no such checkpoint folder (use 'auto' or a step_* folder)")
         if not is_complete(spec):
             raise CheckpointError(
                 f"--resume {spec}: incomplete checkpoint (no meta.json or {DS_TAG}/): the save was interrupted; "

@@ -71,19 +71,23 @@ def results_record(
     split: str,
     dropped: Sequence[tuple[str, str]] = (),
     paths: Sequence[str] | None = None,
+    names: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """The results JSON for an :func:`~aim_video.eval.multiview.evaluate` result (accuracies in percent).
 
     ``dropped``: (path, reason) of list entries left out before the dataset was built (a file that does not exist
     under ``data.missing_files=drop``, a video the verify report found returning wrong frames under
     ``data.inexact_videos=drop``: the eval dataset's ``dropped``); they join ``missing`` with index null and count in
-    ``num_listed``. ``paths``: the split's video paths by dataset index, added to every ``per_video`` entry.
+    ``num_listed``. ``paths``: the split's video paths by dataset index, added to every ``per_video`` entry;
+    ``names``: the class names, each entry's predicted one added as ``pred_name``.
     """
     missing = [*result["missing"], *({"index": None, "path": p, "reason": why} for p, why in dropped)]
     listed = result["dataset_size"] + len(dropped)
     per_video = result["per_video"]
     if paths is not None:
         per_video = [{**v, "path": paths[v["index"]]} for v in per_video]
+    if names is not None:  # an unlabelled test list's predictions are read from here: by name, not only index
+        per_video = [{**v, "pred_name": names[v["pred"]]} for v in per_video]
     return _json_safe(
         {
             "metrics": {key: result[key] for key in ("top1", "top5", "mean_class_acc", "per_class_acc")},

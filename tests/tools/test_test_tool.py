@@ -253,8 +253,12 @@ def test_an_unwritable_out_stops_before_the_evaluation_and_nothing_readable_is_a
     with open(unlabelled, "w") as f:
         f.write("videos/v00.mp4\nvideos/v01.mp4 -1\n")
     args = ["--checkpoint", run["ckpt"], "--no-progress", "--out", out, "--split", "test"]
+    capsys.readouterr()
     assert test_tool.main([*args, f"data.test_list={unlabelled}"]) == 0
-    assert json.load(open(os.path.join(out, "results.json")))["num_unlabelled"] == 2
+    unscored = json.load(open(os.path.join(out, "results.json")))
+    assert unscored["num_unlabelled"] == 2 and [v["pred_name"] for v in unscored["per_video"]] == [
+        str(v["pred"]) for v in unscored["per_video"]]  # fmt: skip  (this checkpoint's classes are named 0, 1, 2)
+    assert "over 0 of 2 videos (0 missing); 2 unlabelled: predicted, not scored" in capsys.readouterr().out
 
 
 def test_default_results_go_beside_the_weights_of_a_run_with_a_relative_output_dir(tmp_path, monkeypatch):
@@ -267,3 +271,13 @@ def test_default_results_go_beside_the_weights_of_a_run_with_a_relative_output_d
     step = run_dir / "checkpoints" / "step_00000004" / "trainable.safetensors"
     assert test_tool._default_out("runs/v64", str(step), "val") == str(run_dir / "eval" / "step_00000004-val")
     assert test_tool._default_out("/abs/run", str(step), "test") == "/abs/run/eval/step_00000004-test"
+
+
+def test_an_evaluation_into_the_default_folder_says_it_replaces_earlier_results(run, capsys):
+    """The default folder is named by the weights and the split only: another list or setting replaced the results
+    without a word."""
+    args = ["--checkpoint", run["ckpt"], "--no-progress"]
+    assert test_tool.main(args) == 0
+    assert "replacing the results" not in capsys.readouterr().err
+    assert test_tool.main([*args, "eval.view_chunk=2"]) == 0
+    assert "note: replacing the results of an earlier evaluation in" in capsys.readouterr().err
