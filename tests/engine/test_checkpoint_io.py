@@ -219,7 +219,7 @@ def test_interrupted_save_is_ignored_and_cleaned(world, tmp_path):
     assert not os.path.exists(os.path.join(root, ".tmp-step_00000002"))
     with pytest.raises(CheckpointError, match="incomplete checkpoint"):
         manager.resolve_resume(os.path.join(root, "step_00000003"))
-    with pytest.raises(CheckpointError, match="no such checkpoint"):
+    with pytest.raises(ConfigError, match="no such checkpoint"):  # bad input: exit status 2
         manager.resolve_resume(os.path.join(root, "step_00000009"))
     assert CheckpointManager(str(tmp_path / "empty"), 2, 0, 1).resolve_resume("auto") is None
 
