@@ -163,7 +163,8 @@ class TrainClipDataset(Dataset):
                     reason = failure_reason(err)
                     # only a file that cannot be decoded stays skipped; a timeout (a slow disk for a moment) or an
                     # error after decoding is tried again next time, or a stall would drop the video for the run
-                    if isinstance(err, decode.VideoReadError) and not isinstance(err, decode.ReadTimeout):
+                    transient = (decode.ReadTimeout, decode.DecoderKilled)  # a stall, the OOM killer: not the file
+                    if isinstance(err, decode.VideoReadError) and not isinstance(err, transient):
                         self._known_bad[current] = reason
                     failures.append(f"{self.records[current].path}: {reason}")
             current = self._replacement(seed, attempt)

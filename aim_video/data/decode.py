@@ -52,6 +52,10 @@ class ReadTimeout(VideoReadError):
     """The read did not finish within `timeout_s`; the decoding child was killed."""
 
 
+class DecoderKilled(VideoReadError):
+    """The decoding child was killed from outside (the out-of-memory killer, say), not by the video: transient."""
+
+
 class ShortVideoError(VideoReadError):
     """The container claims more frames than decode: indices at or past `decodable` cannot be read."""
 
@@ -452,14 +456,14 @@ def read_frames(
             reader, used = _open(fallback, {}), fallback
         else:
             reader, used = _open(backend, opts), backend
-    except (BackendUnavailable, ReadTimeout):
+    except (BackendUnavailable, ReadTimeout, DecoderKilled):  # not the file's doing: no fallback for it
         raise
     except VideoReadError as err:
         if not fallback or fallback == backend or not os.path.isfile(path) or os.path.getsize(path) == 0:
             raise  # no other backend opens a file that is not there
         try:
             reader, used = _open(fallback, {}), fallback
-        except (BackendUnavailable, ReadTimeout):
+        except (BackendUnavailable, ReadTimeout, DecoderKilled):
             raise
         except VideoReadError as second:
             raise VideoReadError(
@@ -481,7 +485,7 @@ def read_frames(
             chosen, uniq = _choose(path, indices, real_count)
         try:
             frames = reader.get(uniq)
-        except ReadTimeout:
+        except (ReadTimeout, DecoderKilled):
             raise
         except Exception as err:
             known = num_frames is not None or path in _DISCOVERED  # the limit already is the real count
@@ -534,7 +538,7 @@ def _read_again(
     if reader is not None:
         try:
             return reader.get(uniq)
-        except ReadTimeout:
+        except (ReadTimeout, DecoderKilled):
             raise
         except Exception as err:
             first = err
@@ -557,7 +561,7 @@ def _recount(reader: Any, path: str) -> int | None:
     """The real frame count after a failed read (one sequential decode, only on failure)."""
     try:
         return reader.count_decodable() if isinstance(reader, watchdog.GuardedReader) else count_decodable(path)
-    except ReadTimeout:
+    except (ReadTimeout, DecoderKilled):
         raise
     except VideoReadError:
         return None

@@ -35,6 +35,15 @@ class CallTimeout(TimeoutError):
 class ChildDied(RuntimeError):
     """The child exited or was killed by a signal (e.g. a segfault in a native decoder) before answering."""
 
+    def __init__(self, message: str, signum: int = 0):
+        super().__init__(message)
+        self.signum = signum  # the signal that ended it, 0 for an exit
+
+    @property
+    def killed_from_outside(self) -> bool:
+        """Killed (the out-of-memory killer, a stop of the job), not crashed: nothing to say about the video."""
+        return self.signum in (signal.SIGKILL, signal.SIGTERM, signal.SIGINT)
+
 
 def _serve(conn: Connection) -> None:
     """Child loop: receive `(fn, args)`, answer `("ok", result)` or `("err", exception)`, until the pipe closes."""
@@ -145,16 +154,17 @@ class ForkWorker:
             status, value = self._conn.recv()
         except (EOFError, OSError):
             pid = self.pid
-            status_text = ""
+            status_text, signum = "", 0
             if pid is not None:
                 try:
                     _, raw = os.waitpid(pid, 0)
-                    status_text = f" (signal {os.WTERMSIG(raw)})" if os.WIFSIGNALED(raw) else f" (exit {raw >> 8})"
+                    signum = os.WTERMSIG(raw) if os.WIFSIGNALED(raw) else 0
+                    status_text = f" (signal {signum})" if signum else f" (exit {raw >> 8})"
                 except ChildProcessError:
                     pass
             self.pid = None  # already reaped
             self.kill()
-            raise ChildDied(f"the decoding child process died{status_text}") from None
+            raise ChildDied(f"the decoding child process died{status_text}", signum) from None
         if status == "err":
             raise value
         return value
@@ -289,8 +299,10 @@ class GuardedReader:
         except CallTimeout:
             limit = self._deadline.seconds
             raise decode.ReadTimeout(self.path, f"read took longer than {limit:g} s (decoder killed)") from None
-        except ChildDied as err:
-            raise decode.VideoReadError(self.path, str(err)) from None
+        except ChildDied as err:  # a child killed from outside says nothing of the video: tried again later
+            raise (decode.DecoderKilled if err.killed_from_outside else decode.VideoReadError)(
+                self.path, str(err)
+            ) from None
 
     def get(self, indices: list[int]) -> np.ndarray:
         result = self._call(_child_get, indices)

@@ -61,12 +61,48 @@ def test_run_pool_kills_a_hung_item_and_finishes_the_others():
     assert isinstance(results[30.0][1], watchdog.CallTimeout)
 
 
+def _killed(_: object) -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
 def test_child_death_is_reported():
     worker = watchdog.ForkWorker()
-    with pytest.raises(watchdog.ChildDied, match="exit 3"):
+    with pytest.raises(watchdog.ChildDied, match="exit 3") as crashed:
         worker.call(_crash, None, timeout_s=10)
+    assert not crashed.value.killed_from_outside
     assert worker.call(_nap, 0.0, timeout_s=10) == 0.0  # restarted
+    with pytest.raises(watchdog.ChildDied, match="signal 9") as killed:  # the out-of-memory killer, say
+        worker.call(_killed, None, timeout_s=10)
+    assert killed.value.killed_from_outside
     worker.kill()
+
+
+class _KilledOnce(decode._DecordReader):
+    """Killed from outside (as by the out-of-memory killer) on its first read in this process's child."""
+
+    def get(self, indices):
+        if not os.path.exists(self.path + ".killed"):
+            open(self.path + ".killed", "w").close()
+            os.kill(os.getpid(), signal.SIGKILL)
+        return super().get(indices)
+
+
+def test_a_decoder_killed_from_outside_is_not_the_videos_fault(clean, tmp_path):
+    """A child killed by the out-of-memory killer was taken for a video that cannot be decoded: the training set
+    skipped the video for the rest of the run, and the fallback backend read it from then on."""
+    import shutil
+
+    video = str(tmp_path / "v.mp4")
+    shutil.copy(clean, video)
+    decode.register_backend("killed_once", _KilledOnce)
+    try:
+        with pytest.raises(decode.DecoderKilled, match="signal 9"):
+            decode.read_frames(video, [0, 4], "killed_once", timeout_s=30, fallback="pyav")
+        assert video not in decode._FALLBACKS
+        clip = decode.read_frames(video, [0, 4], "killed_once", timeout_s=30, fallback="pyav")  # the next read works
+        assert clip.shape[0] == 2 and video not in decode._FALLBACKS
+    finally:
+        decode._READERS.pop("killed_once", None)
 
 
 def test_a_child_that_died_between_reads_is_replaced_and_reaped(clean):
