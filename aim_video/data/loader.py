@@ -32,10 +32,12 @@ several ranks a DistributedSampler pads the last batch with repeats; `batch["ind
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import difflib
 import functools
 import logging
+import multiprocessing
 import os
 import signal
 from collections import Counter
@@ -196,9 +198,27 @@ def ignore_signals_in_worker(worker_id: int, signums: tuple[int, ...]) -> None:
         signal.signal(signum, signal.SIG_IGN)
 
 
+def _kill_workers_at_exit() -> None:
+    """At interpreter exit, kill this process's daemonic children (DataLoader workers). They ignore the stop signals,
+    SIGTERM among them, and multiprocessing's own exit handler stops them with SIGTERM, then waits: forever, for a
+    process that ends with live workers (compare.py stopped by a preemption signal, a script that raised)."""
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # torch's handler raises when a worker dies of a signal
+    workers = [child for child in multiprocessing.active_children() if child.daemon]
+    for child in workers:
+        child.kill()
+    for child in workers:
+        child.join(timeout=10)
+
+
 def _worker_init(cfg: Config) -> Callable[[int], None] | None:
     signums = tuple(int(s) for s in parse_stop_signals(cfg.train.stop_signals))
+    if signums and _kill_workers_at_exit not in _EXIT_HOOKS:  # runs before multiprocessing's (atexit: last first)
+        atexit.register(_kill_workers_at_exit)
+        _EXIT_HOOKS.append(_kill_workers_at_exit)
     return functools.partial(ignore_signals_in_worker, signums=signums) if signums else None  # picklable: spawn too
+
+
+_EXIT_HOOKS: list[Callable[[], None]] = []
 
 
 def _loader_kwargs(cfg: Config) -> dict:

@@ -468,6 +468,31 @@ def test_an_unknown_backend_stops_the_loader_build_naming_the_choices(video_dir)
         build_eval_loader(tiny_cfg(video_dir, fallback_backend="av"), "val", 0, 1)
 
 
+_ENDS_WITH_LIVE_WORKERS = """
+import sys
+from tests.data.test_loader import tiny_cfg
+from aim_video.data.loader import build_train_loader
+loader = build_train_loader(tiny_cfg(sys.argv[1], num_workers=2, persistent_workers=True), 0, 1)
+it = iter(loader)
+next(it)
+raise RuntimeError("a script that fails with live workers")
+"""
+
+
+def test_a_process_that_ends_with_live_workers_exits(video_dir):
+    """The workers ignore the stop signals (SIGTERM too), and multiprocessing's exit stops them with SIGTERM and
+    waits: a compare.py stopped by a preemption signal, or any script that raised, never exited."""
+    import subprocess
+    import sys
+
+    from tests.tools.conftest import PYTHONPATH
+
+    env = {**os.environ, "PYTHONPATH": PYTHONPATH}
+    proc = subprocess.run([sys.executable, "-c", _ENDS_WITH_LIVE_WORKERS, video_dir], env=env, capture_output=True,
+                          text=True, timeout=90)  # fmt: skip
+    assert proc.returncode == 1 and "a script that fails with live workers" in proc.stderr
+
+
 def test_cuda_decoding_needs_torchcodec_and_no_forked_children(video_dir):
     """data.decode_device=cuda was accepted with decord (which decoded on the CPU without a word) and with the
     default read watchdog (every training item then failed as 'the data set is mostly unreadable')."""
