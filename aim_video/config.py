@@ -271,6 +271,7 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "train.grad_accum_steps": (lambda v: v >= 1, "at least 1"),
     "train.clip_grad": (lambda v: v >= 0, "0 (off) or more"),
     "train.log_every": (lambda v: v >= 1, "at least 1"),
+    "train.seed": (lambda v: v >= 0, "0 or more (the per-sample seeds are drawn from it)"),  # failed at the 1st batch
     "train.dist_timeout_min": (lambda v: v > 0, "more than 0 minutes"),
     "eval.view_chunk": (lambda v: v >= 1, "at least 1"),
     "eval.batch_size": (lambda v: v >= 1, "at least 1"),

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -77,9 +78,12 @@ class VideoInfo:
 
 
 def _first_line(err: BaseException) -> str:
-    """The line of an error message that says what went wrong: the last one that is not a bug-report link."""
+    """The line of an error message that says what went wrong: the last one that is not a bug-report link, without
+    decord's time of day and source position (`[01:17:48] /github/.../video_reader.cc:486: `), which made one
+    video's reason differ by worker and rank (counted under several names, examples filled with one file)."""
     text = [line for line in str(err).strip().splitlines() if line.strip() and "://" not in line]
-    return (text[-1].strip().rstrip(". ") if text else type(err).__name__)[:200]
+    line = text[-1].strip().rstrip(". ") if text else type(err).__name__
+    return re.sub(r"^\[\d\d:\d\d:\d\d\] (\S+\.(cc|cpp|h):\d+: )?", "", line)[:200]
 
 
 class _DecordReader:

@@ -451,7 +451,7 @@ class SeededSampler(Sampler[tuple[int, int]]):
         order = torch.randperm(self.num_samples, generator=torch.Generator().manual_seed(self.seed + self.epoch))
         for position in range(self.start + self.rank, self._end(), self.world_size):
             words = np.random.SeedSequence([self.seed, self.epoch, position]).generate_state(2)
-            yield int(order[position]), int(words[0]) << 32 | int(words[1])  # 64 bits: torch.manual_seed takes them
+            yield int(order[position]), int(words[0]) << 32 | int(words[1])  # the dataset folds them for torch
 
     def __len__(self) -> int:
         return len(range(self.start + self.rank, self._end(), self.world_size))

@@ -153,9 +153,8 @@ def test_a_fallback_after_a_failed_read_is_reported_and_kept(videos, monkeypatch
     ref = sequential_frames(path)
     clip = decode.read_frames(path, [7, 40], "decord", fallback="pyav", num_frames=60)  # known count: no recount
     assert mean_abs_diff(clip[0], ref[7]) < 1.0 and mean_abs_diff(clip[1], ref[40]) < 1.0
-    assert decode.fallback_reason(path) == "read with pyav: decord failed to decode frames 7..40: [12:00:00] " + (
-        "src/video/video_reader.cc:151: Check failed:"
-    )  # the message's first telling line, trailing dots dropped
+    assert decode.fallback_reason(path) == "read with pyav: decord failed to decode frames 7..40: Check failed:"
+    # the message's first telling line, trailing dots, decord's time of day and source position dropped
     again = decode.read_frames(path, [5], "decord", fallback="pyav", num_frames=60)
     assert opened == [path] and mean_abs_diff(again[0], ref[5]) < 1.0  # straight to the fallback
 
@@ -284,6 +283,9 @@ def test_read_errors_say_the_plain_cause():
     err = LinkError("Could not open input file x.\nReport it at\nhttps://github.com/pytorch/torchcodec/issues/new.")
     assert decode._first_line(err) == "Report it at"
     assert decode._first_line(LinkError("https://example.org/x")) == "LinkError"
+    # decord's time of day and source position made one video's reason differ by worker (counted under several)
+    raw = "[01:17:48] /github/workspace/src/video/video_reader.cc:486: Error: av_read_frame failed with -5"
+    assert decode._first_line(LinkError(raw)) == "Error: av_read_frame failed with -5"
 
 
 def test_an_index_that_is_not_an_integer_is_refused(tmp_path):
