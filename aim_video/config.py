@@ -397,7 +397,8 @@ def _check_bools(node: Any, schema: type, source: str, prefix: str = "", merged:
             continue  # unknown keys are named by the merge
         if OmegaConf.is_interpolation(node, str(key)):  # ${...} may name a key of the other source: checked once
             if merged is not None and f.type in ("bool", bool):  # both are merged, on the value it names
-                target = re.fullmatch(r"\$\{([\w.]+)\}", str(node._get_node(str(key))._value()))
+                raw = OmegaConf.to_container(node, resolve=False)[str(key)]  # type: ignore[index]
+                target = re.fullmatch(r"\$\{([\w.]+)\}", str(raw))
                 name = target.group(1) if target else ""
                 value = OmegaConf.select(merged, name) if name else None
                 if isinstance(value, (int, float)) and not isinstance(value, bool) and value not in (0, 1):
