@@ -6,7 +6,7 @@
 2. trains a tiny image-pretrained frozen ViT with AIM adapters through the `deepspeed` launcher (2 ranks, gloo);
 3. evaluates the exported trainable weights with multi-view testing on the val split (tools/test.py, 2 ranks);
 4. profiles loader and model throughput (tools/profile.py, short settings);
-5. ends with one JSON line: top-1, top-5, mean-class accuracy, the temporal-order pairs' accuracy, clips/s, paths.
+5. ends with one JSON line: top-1, top-5, mean-class and temporal-order pairs' accuracy (percent), clips/s, paths.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
 sys.path.insert(0, REPO)
 
+from aim_video.compare import pair_accuracy  # noqa: E402
 from aim_video.config import config_cli_main  # noqa: E402
 from aim_video.data.demo_data import CLASSES, TEMPORAL_PAIRS, generate  # noqa: E402
 from aim_video.engine.distributed import free_port  # noqa: E402
@@ -114,15 +115,10 @@ def main() -> None:
     with open(os.path.join(cfg.output_dir, "train_summary.json")) as f:
         summary = json.load(f)
 
-    pair_classes = {c for pair in TEMPORAL_PAIRS for c in pair}
-    videos = [v for v in results["per_video"] if v["label"] in pair_classes]
-    pair_acc = sum(v["pred"] == v["label"] for v in videos) / max(len(videos), 1)
-    metrics = {key: results["metrics"][key] / 100 for key in ("top1", "top5", "mean_class_acc")}  # percent -> fraction
-    line = {
-        "top1": round(metrics["top1"], 4),
-        "top5": round(metrics["top5"], 4),
-        "mean_class_acc": round(metrics["mean_class_acc"], 4),
-        "temporal_pairs_top1": round(pair_acc, 4),
+    pair_acc = pair_accuracy(results["per_video"], TEMPORAL_PAIRS)
+    line = {  # accuracies in percent, as in results.json and compare.json
+        **{key: round(results["metrics"][key], 2) for key in ("top1", "top5", "mean_class_acc")},
+        "temporal_pairs_top1": round(pair_acc, 2),
         "temporal_pairs": [f"{CLASSES[a]} <-> {CLASSES[b]}" for a, b in TEMPORAL_PAIRS],
         "videos_evaluated": results["num_evaluated"],
         "protocol": results["protocol"],
