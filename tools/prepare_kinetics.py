@@ -69,7 +69,7 @@ def add_lists(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--train", default="", help="train CSV, list file or class folder (defines the classes; "
                    "optional with --class-map, e.g. to list a test folder that lives elsewhere)")  # fmt: skip
     p.add_argument("--val", default="", help="validation source")
-    p.add_argument("--test", default="", help="test source")
+    p.add_argument("--test", default="", help="test source (also a folder of videos to predict: listed unlabelled)")
     p.add_argument("--root", default="", help="folder the videos' relative paths start from")
     p.add_argument("--out-dir", required=True)
     p.add_argument("--class-map", default="", help="class names, one per line, instead of the train labels")

@@ -7,7 +7,7 @@ Three sources, chosen by what the path is:
   `{youtube_id}_{start:06d}_{end:06d}.mp4` in per-class folders; class index = position of the label in the
   sorted set of train labels; read by `kinetics.py`),
 - a class-folder tree (`root/<class>/<video>`; classes sorted by name; hidden entries, `__MACOSX` and the like
-  skipped).
+  skipped); for a val or test split, a folder of videos without class folders lists them unlabelled.
 
 Missing files are found up front: `missing="fail"` raises with the count and the first examples, `"drop"` drops
 them and reports the same summary.
@@ -228,15 +228,21 @@ def _nested_videos(folder: str) -> list[str]:
     return found
 
 
-def parse_class_folders(root: str, classes: list[str] | None = None) -> tuple[list[VideoRecord], list[str]]:
+def parse_class_folders(
+    root: str, classes: list[str] | None = None, unlabelled_ok: bool = False
+) -> tuple[list[VideoRecord], list[str]]:
     """`root/<class>/<video>`, videos sorted by name within a class. Without `classes` the sorted folder names are
     the classes; with them (the train split's, a class map) each folder takes the index of the class it names, by
     name or by normalised name, as a Kinetics CSV's labels do: a val tree lacking a class keeps training's indices.
     A class folder without a video is warned about; it still is a class (its place in the sorted folders is its
-    index, and a train tree's classes are its folders, empty or not, wherever they are asked for)."""
+    index, and a train tree's classes are its folders, empty or not, wherever they are asked for).
+    With `unlabelled_ok` (an evaluation split), a folder of videos and no class folders lists them unlabelled."""
     folders = class_folder_names(root)
+    if not folders and unlabelled_ok and (loose := _videos_in(root)):  # videos to predict, not to score
+        return [VideoRecord(os.path.join(root, f), -1, ()) for f in loose], list(classes or [])
     if not folders:
-        raise AnnotationError(f"{root}: no class folders found (expected {root}/<class>/<video>.mp4)")
+        hint = "" if unlabelled_ok else "; a folder of unlabelled videos (no class folders) is for val or test only"
+        raise AnnotationError(f"{root}: no class folders found (expected {root}/<class>/<video>.mp4{hint})")
     own = classes is None  # the folders number the classes
     if classes is None:
         classes = folders
@@ -325,7 +331,7 @@ def load_annotations(
     if not source:
         raise AnnotationError(f"no {what} given: set the list file, Kinetics CSV or class folder in the config")
     if os.path.isdir(source):
-        records, names = parse_class_folders(source, classes)
+        records, names = parse_class_folders(source, classes, unlabelled_ok=split in ("val", "test"))
     elif not os.path.isfile(source):
         raise AnnotationError(f"{what} not found: {source}")
     elif source.lower().endswith(".csv"):

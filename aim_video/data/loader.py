@@ -86,9 +86,9 @@ def resolve_classes(cfg: Config) -> list[str] | None:
 def _numbers_its_own_classes(source: str, split: str) -> bool:
     """Whether an evaluation source, given no class names, would number the classes by itself: a class-folder tree
     (its sorted folders), a CSV with labels (its own sorted labels). A list file's labels are integers, and a CSV
-    without labels (a test split for inference) numbers nothing."""
+    without labels (a test split for inference) numbers nothing, nor does a folder of videos without class folders."""
     if os.path.isdir(source):
-        return True
+        return bool(class_folder_names(source))
     if not (source.lower().endswith(".csv") and os.path.isfile(source)):
         return False
     rows = rows_of_split(read_kinetics_csv(source), split, source)

@@ -81,6 +81,25 @@ def test_class_folders_and_missing_policy(tmp_path):
         load_annotations(str(tmp_path / "nope.txt"))
 
 
+def test_a_folder_of_videos_without_class_folders_is_an_unlabelled_evaluation_split(tmp_path):
+    """Videos to predict sit in one folder: `lists --test FOLDER` refused it ("no class folders found"), so a user
+    wrote the list by hand. For val and test they are listed unlabelled (-1); training still needs class folders."""
+    root = tmp_path / "to_predict"
+    touch(str(root / "b.mp4"))
+    touch(str(root / "a.webm"))
+    touch(str(root / "notes.txt"))
+    ann = load_annotations(str(root), classes=["x", "y"], split="test")
+    listed = [(os.path.basename(r.path), r.label, r.labels) for r in ann.records]
+    assert listed == [("a.webm", -1, ()), ("b.mp4", -1, ())]
+    assert ann.classes == ["x", "y"]
+    assert [r.label for r in load_annotations(str(root), split="val").records] == [-1, -1]
+    with pytest.raises(AnnotationError, match="no class folders found.*for val or test only"):
+        load_annotations(str(root), split="train")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(AnnotationError, match="no class folders found"):  # nothing to list at all
+        load_annotations(str(tmp_path / "empty"), split="test")
+
+
 def test_a_val_class_folder_tree_takes_the_train_classes_indices(tmp_path):
     """A val tree that lacks a class, or spells one the download scripts' way, keeps training's indices."""
     for name in ("abseiling", "air drumming", "zumba"):

@@ -425,6 +425,18 @@ def test_a_val_csv_takes_its_label_indices_from_the_train_classes(tmp_path):
     assert [r.label for r in load_split(cfg, "val").records] == [1, 2]
 
 
+def test_a_test_folder_of_unlabelled_videos_needs_no_class_map(tmp_path):
+    """A folder of videos without class folders numbers no classes: a test split of them is read unlabelled with a
+    train list file and no data.class_map (it was refused as a tree that would number its own classes)."""
+    from aim_video.data.loader import load_split
+
+    make_h264(str(tmp_path / "new" / "clip.mp4"), n=4)
+    make_h264(str(tmp_path / "train" / "t.mp4"), n=4)
+    write_lines(str(tmp_path / "train.txt"), ["train/t.mp4 1"])
+    cfg = tiny_cfg(str(tmp_path / "train.txt"), root=str(tmp_path), num_classes=3, test_list=str(tmp_path / "new"))
+    assert [(os.path.basename(r.path), r.label) for r in load_split(cfg, "test").records] == [("clip.mp4", -1)]
+
+
 def test_workers_survive_the_stop_signals_a_scheduler_sends_to_every_process(video_dir):
     """`scancel --signal=TERM` / preemption signals the whole job: the DataLoader worker got SIGTERM too, torch's
     worker handler killed it and the main process failed ("DataLoader worker ... is killed by signal: Terminated")
