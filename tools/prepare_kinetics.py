@@ -42,7 +42,7 @@ import sys
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from aim_video.data import verify  # noqa: E402
+from aim_video.data import repair, verify  # noqa: E402
 from aim_video.data.annotations import (  # noqa: E402
     AnnotationError,
     VideoRecord,
@@ -227,7 +227,8 @@ def add_repair(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--list", required=True, help="the list the report was made from")
     p.add_argument("--root", default="", help="folder the list's relative paths start from (mirrored in --out-root)")
     p.add_argument("--class-map", default="", help="class names for a Kinetics CSV that is not the train split")
-    p.add_argument("--out-root", required=True, help="folder for the repaired copies (never the originals' folder)")
+    p.add_argument("--out-root", required=True, help="folder for the repaired copies (never the originals' folder; "
+                   "a rerun with the same settings keeps the copies made)")  # fmt: skip
     p.add_argument("--out-list", required=True, help="list file: repaired copies in place of their originals "
                    "(absolute paths: the copies and the originals live under two roots)")  # fmt: skip
     p.add_argument("--keyint", type=int, default=16, help="frames between keyframes")
@@ -242,7 +243,7 @@ def cmd_repair(args: argparse.Namespace) -> int:
     classes = read_class_map(args.class_map) if args.class_map else None
     ann = load_annotations(args.list, args.root, classes, missing="drop", what="--list")
     checks = verify.load_report(args.report)
-    mapping, rechecked = verify.repair_videos(
+    mapping, rechecked, kept = repair.repair_videos(
         checks, args.out_root, args.root, args.keyint, args.short_side, args.crf, args.backend, args.seek_mode,
         args.jobs, args.timeout, tune=args.tune,
     )  # fmt: skip
@@ -254,8 +255,9 @@ def cmd_repair(args: argparse.Namespace) -> int:
     verify.write_report(rechecked, report, args.backend, args.seek_mode)
     sources = {os.path.abspath(c.path) for c in checks}
     still_bad = [c for c in rechecked if c.path in sources]  # originals kept: no exact copy replaces them
+    earlier = f"; {kept} copies an earlier run made with these settings were kept" if kept else ""
     print(f"repaired {len(mapping)} of {len(mapping) + len(still_bad)} videos -> {args.out_list} (copies verified: "
-          f"{report})")  # fmt: skip
+          f"{report}{earlier})")  # fmt: skip
     for c in still_bad:
         print(f"  not repaired: {c.path}: {c.status} {c.reason}")
     return 1 if still_bad else 0

@@ -1,4 +1,4 @@
-"""Frame-accuracy check and repair of videos for random-access decoding.
+"""Frame-accuracy check of videos for random-access decoding (`repair.py` re-encodes the ones that fail it).
 
 Random access trusts the container: its seek points (keyframe flags) and its frame count. Real files lie about both
 (keyframe flags on frames that still reference earlier ones, timestamps with gaps, a count one higher than what
@@ -41,11 +41,11 @@ import os
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 
-from aim_video.data import decode, encode, watchdog
+from aim_video.data import decode, watchdog
 
 STATUSES = ("exact", "shifted", "corrupt_after_seek", "short", "hangs", "unreadable")
 
@@ -487,78 +487,3 @@ def read_report(json_path: str) -> tuple[dict, list[VideoCheck]]:
 
 def load_report(json_path: str) -> list[VideoCheck]:
     return read_report(json_path)[1]
-
-
-def _transcode_one(job: tuple[str, str, int, int, int, str]) -> int:
-    src, dst, keyint, short_side, crf, tune = job
-    return encode.transcode(src, dst, keyint=keyint, short_side=short_side, crf=crf, tune=tune)
-
-
-def repair_videos(
-    checks: list[VideoCheck],
-    out_dir: str,
-    root: str = "",
-    keyint: int = 16,
-    short_side: int = 0,
-    crf: int = 18,
-    backend: str = "decord",
-    seek_mode: str = "exact",
-    jobs: int = 1,
-    timeout_s: float = 600.0,
-    progress: bool = True,
-    tune: str = "fastdecode",
-) -> tuple[dict[str, str], list[VideoCheck]]:
-    """Re-encode every video that is not `exact` into `out_dir` and verify the copies with the same backend.
-
-    Copies mirror the originals' paths relative to `root` (or their file names), as .mp4: constant frame rate,
-    closed GOPs of `keyint` frames, optionally resized to `short_side`, x264's `tune` (`encode.transcode`).
-    Originals are only read; two originals that differ only in extension (`x.mp4`, `x.mkv`) get copies `x.mp4` and
-    `x_mkv.mp4`. Returns ({original absolute path: repaired path} for copies that verify `exact`, the checks to
-    report: the copies', and for every original not replaced (its copy failed to encode or is not exact) its own
-    check, the failure added to the reason, so that training with the new report still knows what it is.
-    """
-    out_dir = os.path.abspath(out_dir)
-    jobs_list: list[tuple[str, str, int, int, int, str]] = []
-    original: dict[str, VideoCheck] = {}
-    taken: set[str] = set()
-    for check in checks:
-        if check.status == "exact":
-            continue
-        src = os.path.abspath(check.path)
-        if src in original:
-            continue
-        rel = os.path.relpath(src, os.path.abspath(root)) if root else os.path.basename(src)
-        if rel.startswith(".."):
-            rel = os.path.basename(src)
-        stem, ext = os.path.splitext(rel)
-        dst = os.path.join(out_dir, stem + ".mp4")
-        if dst in taken:  # another original with this name and another extension already has it
-            dst = os.path.join(out_dir, f"{stem}_{ext.lstrip('.').lower()}.mp4")
-        if os.path.realpath(dst) == os.path.realpath(src):  # a linked output folder too
-            raise ValueError(f"repair would overwrite {src}; choose an output folder other than the videos' own")
-        if dst in taken:
-            raise ValueError(f"repair would write two copies to {dst}; rename one of their originals")
-        taken.add(dst)
-        original[src] = replace(check, path=src)
-        jobs_list.append((src, dst, keyint, short_side, crf, tune))
-    failed: list[VideoCheck] = []
-    encoded: dict[str, str] = {}
-    for job, _, err in watchdog.run_pool(_transcode_one, jobs_list, jobs, timeout_s):
-        if err is None:
-            encoded[job[1]] = job[0]
-        else:
-            reason = err.reason if isinstance(err, decode.VideoReadError) else f"{type(err).__name__}: {err}"
-            before = original[job[0]]
-            failed.append(replace(before, reason=f"re-encoding failed: {reason}; as it is: {before.reason}"))
-    position = {job[0]: k for k, job in enumerate(jobs_list)}  # the pool yields as jobs finish: report in input order
-    copies = sorted(encoded, key=lambda dst: position[encoded[dst]])
-    failed.sort(key=lambda c: position[c.path])
-    rechecked = verify_videos(copies, backend, seek_mode, jobs, timeout_s, progress=progress)
-    mapping = {encoded[c.path]: c.path for c in rechecked if c.status == "exact"}
-    kept = [  # originals whose copy is not exact stay in the list: the report must still say what they are
-        replace(original[encoded[c.path]], reason=f"its copy {c.path} is {c.status} too; as it is: "
-                + original[encoded[c.path]].reason)
-        for c in rechecked
-        if c.status != "exact"
-    ]  # fmt: skip
-    return mapping, rechecked + kept + failed

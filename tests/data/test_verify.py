@@ -1,9 +1,8 @@
-"""verify.py: each failure class is built with PyAV remuxing and named for the backend that shows it; repair."""
+"""verify.py: each failure class is built with PyAV remuxing and named for the backend that shows it."""
 
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import os
 
@@ -249,35 +248,6 @@ def test_verify_videos_report_resume_and_hangs(files, tmp_path):
     assert asked == [300] and mean_abs_diff(clip[0], sequential_frames(files["short"])[299]) < 1.0
 
 
-def _sha(path: str) -> str:
-    return hashlib.sha256(open(path, "rb").read()).hexdigest()
-
-
-@pytest.mark.slow  # 10-40 s on 2 shared cores: three re-encodes, verified, read by four backends
-def test_repair_makes_every_backend_exact(files, tmp_path):
-    root = os.path.dirname(files["clean"])
-    broken = [files["false_keyframes"], files["gap"], files["short"]]
-    before = {p: _sha(p) for p in broken}
-    checks = [verify.check_video(p, "decord") for p in [files["clean"], *broken]]
-    checks[2].status = "shifted"  # as torchcodec approximate reports it: repair whatever any backend got wrong
-    mapping, rechecked = verify.repair_videos(
-        checks, str(tmp_path / "repaired"), root=root, keyint=16, jobs=2, progress=False
-    )
-    assert sorted(mapping) == sorted(broken) and all(c.status == "exact" for c in rechecked)
-    assert {p: _sha(p) for p in broken} == before  # originals untouched
-    backends = [("decord", {}), ("pyav", {})]
-    if not TORCHCODEC_MISSING:
-        backends += [("torchcodec", {"seek_mode": "exact"}), ("torchcodec", {"seek_mode": "approximate"})]
-    for original, copy in mapping.items():
-        ref = sequential_frames(copy)
-        assert len(ref) == 300 and mean_abs_diff(ref[150], sequential_frames(original)[150]) < 3.0
-        indices = [0, 1, 16, 17, 41, 111, 155, 181, 250, 299]
-        for backend, opts in backends:
-            clip = decode.read_frames(copy, indices, backend, **opts)
-            for k, i in enumerate(indices):
-                assert mean_abs_diff(clip[k], ref[i]) < 1.0, (copy, backend, opts, i)
-
-
 def test_verify_and_repair_subcommands(files, tmp_path, capsys):
     from tools.prepare_kinetics import main
 
@@ -308,15 +278,6 @@ def test_verify_and_repair_subcommands(files, tmp_path, capsys):
         ("kf.mp4", "exact"), ("short.mp4", "exact"), ("gone.mp4", "unreadable")
     ]  # fmt: skip
     assert "file not found" in rechecked[2]["reason"] or "No such file" in rechecked[2]["reason"]
-
-
-def test_repair_reports_in_input_order_whatever_finishes_first(tmp_path):
-    slow = make_h264(str(tmp_path / "slow.mp4"), n=600, seed=4)  # takes longer to re-encode than the next one
-    fast = make_h264(str(tmp_path / "fast.mp4"), n=10, seed=5)
-    checks = [verify.VideoCheck(slow, "short", "decord"), verify.VideoCheck(fast, "short", "decord")]
-    mapping, rechecked = verify.repair_videos(checks, str(tmp_path / "out"), jobs=2, progress=False)
-    assert [os.path.basename(c.path) for c in rechecked] == ["slow.mp4", "fast.mp4"]
-    assert list(mapping.values()) == [c.path for c in rechecked]
 
 
 def test_verify_videos_makes_the_report_folder(files, tmp_path):
@@ -438,58 +399,3 @@ def test_reports_hold_absolute_paths_and_file_stamps_and_a_changed_file_is_check
     assert verify.is_stale(missing)
     (found,) = verify.verify_videos([later], "decord", journal=journal, progress=False)
     assert found.status == "exact"
-
-
-def test_repair_keeps_same_named_originals_apart_and_reports_what_it_could_not_replace(tmp_path):
-    """`x.mp4` and `x.mkv` were both copied to `x.mp4`, one lost; an original whose re-encode failed was reported as
-    `unreadable`, a status training keeps, so the new report let its wrong frames through."""
-    from tests.data.videos import make_frames
-
-    clean = make_h264(str(tmp_path / "src.mp4"), n=60, gop=50)
-    (tmp_path / "v").mkdir()
-    mp4 = false_keyframes(clean, str(tmp_path / "v" / "x.mp4"), at=(20,))
-    mkv = str(tmp_path / "v" / "x.mkv")
-    encode.write_video(mkv, make_frames(60, seed=3), fps=25, gop=50)
-    gone = str(tmp_path / "v" / "y.mp4")
-    checks = verify.verify_videos([mp4], "decord", progress=False)
-    why = "3 of 9 checked reads return another frame"
-    checks += [verify.VideoCheck(p, "shifted", "decord", reason=why) for p in (mkv, gone)]  # as a report says
-    mapping, rechecked = verify.repair_videos(checks, str(tmp_path / "out"), str(tmp_path / "v"), progress=False)
-    assert mapping == {mp4: str(tmp_path / "out" / "x.mp4"), mkv: str(tmp_path / "out" / "x_mkv.mp4")}
-    for original, copy in mapping.items():
-        assert mean_abs_diff(sequential_frames(copy)[30], sequential_frames(original)[30]) < 3
-    (lost,) = [c for c in rechecked if c.path == gone]  # its re-encode failed: its verdict stays for training
-    assert lost.status == "shifted" and lost.reason.startswith("re-encoding failed: ") and "3 of 9" in lost.reason
-
-
-def test_repair_lists_every_video_absolute_under_a_relative_root(tmp_path, monkeypatch, capsys):
-    """The repaired copies were absolute but the originals kept `raw/...`: with data.root=raw nothing was found."""
-    from tools.prepare_kinetics import main
-
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "raw").mkdir()
-    make_h264(str(tmp_path / "raw" / "good.mp4"), n=30, gop=10)
-    make_h264(str(tmp_path / "raw" / "short.mp4"), n=30, gop=10, seed=2)
-    (tmp_path / "l.txt").write_text("good.mp4 0\nshort.mp4 1\n")
-    checks = [verify.VideoCheck(str(tmp_path / "raw" / "good.mp4"), "exact", "decord"),
-              verify.VideoCheck(str(tmp_path / "raw" / "short.mp4"), "short", "decord")]  # fmt: skip
-    verify.write_report(checks, "report.json", "decord", "exact")
-    args = ["repair", "--report", "report.json", "--list", "l.txt", "--root", "raw", "--out-root", "fixed"]
-    assert main([*args, "--out-list", "new.txt"]) == 0
-    assert [line.split()[0] for line in open("new.txt").read().splitlines()] == [
-        str(tmp_path / "raw" / "good.mp4"), str(tmp_path / "fixed" / "short.mp4")
-    ]  # fmt: skip
-
-
-def test_repair_never_writes_onto_an_original_through_a_linked_output_folder(tmp_path):
-    """The guard compared path strings: an --out-root linked to the videos' folder re-encoded onto the originals."""
-    clean = make_h264(str(tmp_path / "src.mp4"), n=60, gop=50)
-    (tmp_path / "v").mkdir()
-    bad = false_keyframes(clean, str(tmp_path / "v" / "x.mp4"), at=(20,))
-    before = open(bad, "rb").read()
-    os.symlink(tmp_path / "v", tmp_path / "link")
-    check = verify.VideoCheck(bad, "shifted", "decord", reason="as a report says")
-    for out in (tmp_path / "v", tmp_path / "link"):
-        with pytest.raises(ValueError, match="repair would overwrite .*x.mp4; choose an output folder other"):
-            verify.repair_videos([check], str(out), str(tmp_path / "v"), progress=False)
-    assert open(bad, "rb").read() == before
