@@ -220,6 +220,12 @@ def model_dtype(cfg: Config) -> torch.dtype:
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[cfg.train.precision]
 
 
+def max_steps_fit_schedule(cfg: Config, steps_per_epoch: int) -> bool:
+    """Whether train.max_steps ends the run before its epochs do, so that the lr schedule spans max_steps steps
+    (a larger max_steps is only a cap: the schedule spans the epochs)."""
+    return 0 < cfg.train.max_steps < max(1, round(cfg.train.epochs * steps_per_epoch))
+
+
 def build_engine(
     cfg: Config, model: torch.nn.Module, steps_per_epoch: int, world_size: int, ds_config: dict[str, Any]
 ) -> tuple[Any, dict[str, Any]]:
@@ -255,7 +261,7 @@ def build_engine(
     optimizer = build_optimizer(groups, lr, cfg.train.betas)
     total = max(1, round(cfg.train.epochs * steps_per_epoch))
     warmup = round(cfg.train.warmup_epochs * steps_per_epoch)
-    if 0 < cfg.train.max_steps < total:  # the whole schedule fitted into max_steps: warm-up keeps its share
+    if max_steps_fit_schedule(cfg, steps_per_epoch):  # the schedule fitted into max_steps: warm-up keeps its share
         warmup = round(cfg.train.max_steps * cfg.train.warmup_epochs / max(cfg.train.epochs, 1e-9))
         total = cfg.train.max_steps
     warmup = min(total, max(1, warmup))

@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from aim_video.config import Config
 from aim_video.engine.checkpoint_io import CheckpointError
+from aim_video.engine.deepspeed_setup import max_steps_fit_schedule
 
 
 def _sampler_of(loader: Any) -> Any:
@@ -153,10 +154,11 @@ def schedule_step(
     The schedule counts optimizer steps, and its length comes from this run's steps per epoch: the saved count of
     steps of another size put a run resumed on twice the ranks past the end of its schedule (the floor lr for the
     rest of training) and one on half the ranks at half of it. `epoch`, `batches_done`: the resume position in this
-    run's micro-batches per rank (`resume_position`). With train.max_steps the schedule spans max_steps steps and
-    the run ends at that step count whatever their size: it stays as it is (None)."""
+    run's micro-batches per rank (`resume_position`). When train.max_steps ends the run before its epochs, the
+    schedule spans max_steps steps and the run ends at that step count whatever their size: it stays as it is (None);
+    a larger max_steps is only a cap, and the schedule spans the epochs as without it."""
     saved, now = _global_batches(cfg, meta, world_size)
-    if saved == now or cfg.train.max_steps > 0:
+    if saved == now or max_steps_fit_schedule(cfg, steps_per_epoch):
         return None
     return epoch * steps_per_epoch + batches_done // cfg.train.grad_accum_steps
 

@@ -54,8 +54,10 @@ def test_a_resume_position_carries_over_to_other_ranks_and_batches_in_whole_step
     saved = {**base, "step": 9, "epoch": 3, "batches_done": 0}
     assert schedule_step(cfg, saved, 2, epoch=3, batches_done=0, steps_per_epoch=3) is None  # the same batch
     assert schedule_step(cfg, saved, 1, epoch=3, batches_done=2, steps_per_epoch=6) == 20  # 2 a step: 6 an epoch
-    fitted = load_config(None, ["data.batch_size=2", "train.max_steps=40"])  # the schedule spans max_steps, and
-    assert schedule_step(fitted, saved, 4, epoch=3, batches_done=0, steps_per_epoch=1) is None  # the run its count
+    fitted = load_config(None, ["data.batch_size=2", "train.max_steps=20"])  # the schedule spans max_steps (fewer
+    assert schedule_step(fitted, saved, 4, epoch=3, batches_done=0, steps_per_epoch=1) is None  # than 30 epochs')
+    capped = load_config(None, ["data.batch_size=2", "train.max_steps=1000"])  # only a cap: the epochs' schedule
+    assert schedule_step(capped, saved, 1, epoch=3, batches_done=2, steps_per_epoch=6) == 20
 
 
 def test_a_resume_inside_an_epoch_refuses_another_seed_or_train_list_length():
