@@ -444,7 +444,43 @@ def read_frames(
     in this process start from the real count.
     `fallback` names a backend tried when `backend` cannot open the file. `timeout_s` > 0 runs the read in a child
     process killed after that many seconds (`ReadTimeout`); None or 0 reads in this process with no overhead.
+    A decoding child killed from outside (`DecoderKilled`: the out-of-memory killer, a signal meant for another
+    process) says nothing of the file by itself, so the read is tried once more; killed again, the file is taken to
+    be the cause (a decode that needs more memory than the machine has): it is read with `fallback` from then on,
+    or, without one, fails as an unreadable file (a training set skips it for the run).
     """
+    args = (path, indices, backend, num_threads, fallback, num_frames)
+    kwargs = {"seek_mode": seek_mode, "device": device, "timeout_s": timeout_s}
+    for _ in range(2):
+        try:
+            return _read_frames_once(*args, **kwargs)
+        except DecoderKilled as err:
+            killed = err
+    used = fallback if fallback and path in _FALLBACKS else backend
+    why = f"its {used} decoder was killed twice in a row ({killed.reason})"
+    why += ": decoding it may take more memory than the machine has free"
+    if not fallback or used == fallback or not os.path.isfile(path):
+        raise VideoReadError(path, why) from None
+    _FALLBACKS[path] = f"read with {fallback}: {why}"
+    try:
+        return _read_frames_once(*args, **kwargs)
+    except DecoderKilled as err:
+        raise VideoReadError(path, f"{why}; {fallback}'s too ({err.reason})") from None
+
+
+def _read_frames_once(
+    path: str,
+    indices: Sequence[int] | Callable[[int], Sequence[int]],
+    backend: str,
+    num_threads: int,
+    fallback: str,
+    num_frames: int | None,
+    *,
+    seek_mode: str,
+    device: str,
+    timeout_s: float | None,
+) -> torch.Tensor:
+    """One try of `read_frames`: a killed decoding child raises `DecoderKilled`."""
     if not callable(indices) and len(indices) == 0:
         raise ValueError("read_frames needs at least one frame index")
     opts: dict[str, Any] = {"seek_mode": seek_mode, "device": device} if backend == "torchcodec" else {}
