@@ -7,6 +7,7 @@ resolved config beside a run's outputs.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import difflib
@@ -396,15 +397,17 @@ def _check_bools(node: Any, schema: type, source: str, prefix: str = "", merged:
         if f is None:
             continue  # unknown keys are named by the merge
         if OmegaConf.is_interpolation(node, str(key)):  # ${...} may name a key of the other source: checked once
-            if merged is not None and f.type in ("bool", bool):  # both are merged, on the value it names
+            if merged is not None and f.type in ("bool", bool):  # both are merged, on the value it resolves to
                 raw = OmegaConf.to_container(node, resolve=False)[str(key)]  # type: ignore[index]
-                target = re.fullmatch(r"\$\{([\w.]+)\}", str(raw))
-                name = target.group(1) if target else ""
-                value = OmegaConf.select(merged, name) if name else None
-                if isinstance(value, (int, float)) and not isinstance(value, bool) and value not in (0, 1):
+                value = _resolve_untyped(merged, f"{prefix}{key}", source)
+                number = value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+                if isinstance(value, str):  # a resolver's string (oc.env): OmegaConf reads "7" as True too
+                    with contextlib.suppress(ValueError):
+                        number = float(value)
+                if number is not None and number not in (0, 1):
                     raise ConfigError(
-                        f"{source}: bad value for config key '{prefix}{key}': it names {name}, whose value {value!r} "
-                        "is not a bool; write true or false"
+                        f"{source}: bad value for config key '{prefix}{key}': {raw} is {value!r}, not a bool; "
+                        "write true or false"
                     )
             continue
         value = node[key]
@@ -416,6 +419,16 @@ def _check_bools(node: Any, schema: type, source: str, prefix: str = "", merged:
                     f"{source}: bad value for config key '{prefix}{key}': {value!r} is not a bool; "
                     "write true or false"
                 )
+
+
+def _resolve_untyped(cfg: DictConfig, full_key: str, source: str) -> Any:
+    """The value of `full_key` with its interpolation resolved as written (relative `${.key}`, resolvers), before the
+    schema converts it (a bool key turns 7 into True)."""
+    plain = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
+    try:
+        return OmegaConf.select(plain, full_key, throw_on_resolution_failure=True)
+    except OmegaConfBaseException as err:
+        raise _explain(err, source, cfg) from None
 
 
 def load_config(path: str | None = None, overrides: list[str] | None = None) -> Config:
@@ -465,7 +478,10 @@ def load_config(path: str | None = None, overrides: list[str] | None = None) -> 
             raise _explain(err, "command-line override", given) from None
     source = (path or "defaults") + (" with overrides" if overrides else "")
     _check_bools(cfg, Config, source, merged=cfg)  # the interpolated bools, now that every source is merged
-    obj = OmegaConf.to_object(cfg)
+    try:  # resolving interpolations: one naming no key, or a value of the wrong type
+        obj = OmegaConf.to_object(cfg)
+    except OmegaConfBaseException as err:
+        raise _explain(err, source, cfg) from None
     assert isinstance(obj, Config)
     check_choices(obj, source)
     check_ranges(obj, source)

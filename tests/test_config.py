@@ -224,6 +224,18 @@ def test_an_interpolation_may_name_a_key_of_the_file_or_of_the_defaults(tmp_path
     path.write_text("data:\n  root: ${output_dir}/videos\n")
     assert load_config(str(path), []).data.root == "runs/default/videos"
     # a bool that names a number other than 0/1 is refused as a literal 8 is (it was read as true)
-    with pytest.raises(ConfigError, match=r"'train.scale_lr': it names data.num_frames, whose value 8 is not a bool"):
+    with pytest.raises(ConfigError, match=r"'train.scale_lr': \$\{data.num_frames\} is 8, not a bool"):
         load_config(None, ["train.scale_lr=${data.num_frames}"])
     assert load_config(None, ["train.scale_lr=${data.flip}"]).train.scale_lr is True
+    # relative keys and resolvers too (both read as true), and interpolations that cannot resolve, without a traceback
+    with pytest.raises(ConfigError, match=r"'train.scale_lr': \$\{.seed\} is 5, not a bool"):
+        load_config(None, ["train.seed=5", "train.scale_lr=${.seed}"])
+    with pytest.raises(ConfigError, match=r"'train.scale_lr': \$\{oc.env:AIM_VIDEO_UNSET,7\} is '7', not a bool"):
+        load_config(None, ["train.scale_lr=${oc.env:AIM_VIDEO_UNSET,7}"])
+    assert load_config(None, ["train.scale_lr=${oc.env:AIM_VIDEO_UNSET,true}"]).train.scale_lr is True
+    with pytest.raises(ConfigError, match=r"'train.scale_lr': .*'decord' is not a valid bool"):
+        load_config(None, ["train.scale_lr=${data.backend}"])
+    with pytest.raises(ConfigError, match=r"'data.num_frames': Interpolation key 'data.nope' not found"):
+        load_config(None, ["data.num_frames=${data.nope}"])
+    with pytest.raises(ConfigError, match=r"'data.num_frames': .*'decord' of type 'str' could not be converted"):
+        load_config(None, ["data.num_frames=${data.backend}"])
