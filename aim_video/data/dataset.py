@@ -125,9 +125,11 @@ class TrainClipDataset(Dataset):
         if isinstance(item, tuple):
             index, seed = item
             with torch.random.fork_rng(devices=[]):  # transforms draw from torch's CPU RNG: seed it, put it back
-                # the CPU's alone, from both 32-bit halves (its generator keeps the low 32 bits of a seed: about
-                # 6000 pairs of Kinetics-400's 30-epoch samples shared an augmentation); torch.manual_seed reseeds CUDA,
-                # which fork_rng(devices=[]) does not put back (with num_workers=0, the model's dropout on the GPU)
+                # the CPU's alone, from both 32-bit halves: its generator keeps the low 32 bits of a seed, so seeds
+                # that differ only above them would augment alike (32 bits cannot rule out chance collisions, and
+                # only the same video with the same draws matters: the crop follows the seed, the frames the video).
+                # torch.manual_seed reseeds CUDA, which fork_rng(devices=[]) does not put back (with num_workers=0,
+                # the model's dropout on the GPU)
                 torch.default_generator.manual_seed((seed ^ (seed >> 32)) & 0xFFFFFFFF)
                 try:
                     return self._get(index, seed)

@@ -190,8 +190,9 @@ def test_repeated_augmentation_clips_share_one_decode(tmp_path):
 
 
 def test_seeds_that_differ_in_their_high_32_bits_give_other_augmentations(tmp_path):
-    """torch's CPU generator keeps a seed's low 32 bits: (index, s) and (index, s + 7 * 2**32) were augmented alike
-    (about 6000 pairs of samples over Kinetics-400's 30 epochs)."""
+    """torch's CPU generator keeps a seed's low 32 bits: (index, s) and (index, s + 7 * 2**32) were augmented alike.
+    (Folding the halves does not make chance collisions of 32-bit seeds rarer; it ends the ones that differ only
+    above bit 32.)"""
     path = str(tmp_path / "v.mp4")
     encode.write_video(path, frame_code_video(4, 48, 64), fps=25, gop=8)  # 4 segments of 1 frame: the same frames
     ds = TrainClipDataset([VideoRecord(path, 0, (0,))], build_train_transform(32), "uniform", 4, 1, timeout_s=0)
