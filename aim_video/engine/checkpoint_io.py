@@ -167,6 +167,10 @@ class CheckpointManager:
         names = sorted(n for n in os.listdir(self.root) if _STEP_DIR.match(n))
         return [os.path.join(self.root, n) for n in names if is_complete(os.path.join(self.root, n))]
 
+    def holds(self, path: str) -> bool:
+        """Whether `path` is one of this folder's complete checkpoints (links and spellings resolved)."""
+        return os.path.realpath(path) in {os.path.realpath(p) for p in self.complete_checkpoints()}
+
     def latest(self) -> str | None:
         """The checkpoint `latest` names (falls back to the last saved complete folder if the pointer is unusable)."""
         pointer = os.path.join(self.root, "latest")
@@ -318,14 +322,16 @@ class CheckpointManager:
             self._update_best()
             self._prune(final)
 
-    def record_metric(self, step: int, metric: float | None) -> None:
-        """Collective. Write the evaluation of this run's checkpoint saved at `step` (saved pending before it: a long
-        evaluation cannot lose the epoch) into its meta.json, which no longer says the epoch's end is pending, then
-        update best.json and prune as a save does. The weights are already there: nothing else is written again."""
+    def record_metric(self, path: str, metric: float | None) -> None:
+        """Collective. Write the evaluation of the checkpoint at `path` in this folder (saved pending before it, by
+        this run or by the one it resumed: a long evaluation cannot lose the epoch) into its meta.json, which no
+        longer says the epoch's end is pending, then point `latest` at it, update best.json and prune as a save
+        does: it is where training stands (after an explicit resume from an older checkpoint, `latest` still named
+        the abandoned newer one). The weights are already there: nothing else is written again."""
         if self.rank == 0:
-            path = os.path.join(self.root, f"step_{step:08d}")
-            meta = {**read_meta(path), "metric": metric, "epoch_end_pending": False}
+            meta = {**read_meta(path), "metric": metric, "epoch_end_pending": False, "saved_at": time.time()}
             _atomic_write_text(os.path.join(path, "meta.json"), json.dumps(meta, indent=2))
+            _atomic_write_text(os.path.join(self.root, "latest"), os.path.basename(path))
             self._update_best()
             self._prune(path)  # the pending save kept the best before this one, which may no longer be best
         barrier()

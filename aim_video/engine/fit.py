@@ -396,9 +396,9 @@ def _fit(cfg: Config, resume: str, stop_signals: bool) -> dict[str, Any]:
                 save(pending=True)
                 fault_point("after_epoch_save", state.step, info.rank)
             metric = evaluate_now()
-            if os.path.realpath(os.path.dirname(last_path)) == os.path.realpath(manager.root):
-                manager.record_metric(state.step, metric)
-            else:  # resumed from another run's folder: this run saves its own, with the metric
+            if manager.holds(last_path):
+                manager.record_metric(last_path, metric)
+            else:  # resumed from another run's folder (or a copy): this run saves its own, with the metric
                 save(metric=metric)
         else:
             metric = evaluate_now() if evaluates else None

@@ -3,6 +3,7 @@
 import errno
 import json
 import os
+import shutil
 
 import pytest
 import torch
@@ -182,11 +183,33 @@ def test_a_metric_recorded_after_a_pending_save_updates_best_and_prunes(world, t
     manager.save(engine, cfg, step=1, epoch=0, batches_done=1, metric=50.0)
     manager.save(engine, cfg, step=2, epoch=1, batches_done=1, extra={"epoch_end_pending": True})
     assert sorted(os.listdir(root)) == ["best.json", "latest", "step_00000001", "step_00000002"]  # 1 is best yet
-    manager.record_metric(2, 60.0)
+    manager.record_metric(os.path.join(root, "step_00000002"), 60.0)
     assert sorted(os.listdir(root)) == ["best.json", "latest", "step_00000002"]
     assert json.load(open(os.path.join(root, "best.json"))) == {"name": "step_00000002", "metric": 60.0}
     meta = read_meta(os.path.join(root, "step_00000002"))
     assert (meta["metric"], meta["epoch_end_pending"]) == (60.0, False)
+
+
+def test_a_metric_recorded_into_a_resumed_older_checkpoint_makes_it_the_latest(world, tmp_path):
+    """Resumed explicitly from an older pending checkpoint, its evaluation was written but `latest` kept naming the
+    abandoned newer save: a kill before the next save made --resume auto go on with the abandoned run. A folder of
+    the output folder that is not one of its checkpoints (a copy named by hand) is not one to write into: the run
+    saves its own (record_metric wrote into `step_{step}`, which need not exist)."""
+    cfg = load_config(None, ["train.precision=fp32", "data.batch_size=2"])
+    engine = _engine(cfg, seed=0)
+    root = str(tmp_path / "ckpt")
+    manager = CheckpointManager(root, keep_last=2, rank=0, world_size=1)
+    older = manager.save(engine, cfg, step=2, epoch=0, batches_done=2, extra={"epoch_end_pending": True})
+    manager.save(engine, cfg, step=4, epoch=1, batches_done=2, metric=30.0)  # the run that is abandoned
+    assert manager.holds(older) and manager.holds(older + "/") and not manager.holds(str(tmp_path / "step_00000002"))
+    manager.record_metric(older, 20.0)
+    assert open(os.path.join(root, "latest")).read().strip() == "step_00000002" and manager.latest() == older
+    assert (read_meta(older)["metric"], read_meta(older)["epoch_end_pending"]) == (20.0, False)
+    manager.save(engine, cfg, step=3, epoch=1, batches_done=1)  # the resumed run goes on: keep_last keeps its saves
+    assert sorted(n for n in os.listdir(root) if n.startswith("step_")) == ["step_00000002", "step_00000003",
+                                                                             "step_00000004"]  # 4: still the best
+    shutil.copytree(older, os.path.join(root, "chosen"))
+    assert not manager.holds(os.path.join(root, "chosen"))
 
 
 def test_after_a_resume_from_an_earlier_checkpoint_keep_last_keeps_the_new_saves(world, tmp_path):
