@@ -35,7 +35,8 @@ from aim_video.config import config_cli_main  # noqa: E402
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--config", required=True, help="YAML config (configs/*.yaml)")
-    parser.add_argument("--resume", default="", help="'auto' (newest complete checkpoint) or a checkpoint folder")
+    parser.add_argument("--resume", default="", help="'auto' (newest complete checkpoint) or a checkpoint folder "
+                        "(one of another run's: into an output_dir without checkpoints)")
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)  # launcher
     parser.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. train.max_steps=10")
     return parser.parse_known_args(argv)

@@ -219,6 +219,13 @@ class CheckpointManager:
                 f"--resume {spec}: incomplete checkpoint (no meta.json or {DS_TAG}/): the save was interrupted; "
                 f"use --resume auto to take the newest complete one under {self.root}"
             )
+        found = self.latest()
+        if found is not None and not self.holds(spec):  # as a new run: this folder's saves and the new ones would mix
+            raise ConfigError(
+                f"--resume {spec}: {self.root} holds checkpoints of its own (the latest: {os.path.basename(found)}), "
+                f"and {spec} is not one of them: go on with those with --resume auto (a run started from {spec} "
+                "and stopped saved there), or resume into another output_dir"
+            )
         return spec
 
     # ----- saving -----

@@ -171,6 +171,17 @@ def test_layout_pointer_pruning_and_best(world, tmp_path):
     with pytest.raises(ConfigError, match=r"holds the checkpoints of an earlier run \(the latest: step_00000005\)"):
         CheckpointManager(root, keep_last=2, rank=0, world_size=1).resolve_resume("")
     assert CheckpointManager(str(tmp_path / "new"), keep_last=2, rank=0, world_size=1).resolve_resume("") is None
+    # resumed from another run's checkpoint into this folder: the same mix (and the same command run again after a
+    # stop started over from the other run's checkpoint, losing what was trained here); this folder's own resume
+    other = CheckpointManager(str(tmp_path / "other"), keep_last=2, rank=0, world_size=1)
+    elsewhere = other.save(engine, cfg, step=1, epoch=0, batches_done=1)
+    here = CheckpointManager(root, keep_last=2, rank=0, world_size=1)
+    with pytest.raises(ConfigError, match=r"--resume .*other.*step_00000001: .* holds checkpoints of its own \(the "
+                       r"latest: step_00000005\).* --resume auto"):  # fmt: skip
+        here.resolve_resume(elsewhere)
+    assert here.resolve_resume(os.path.join(root, "step_00000005")) == os.path.join(root, "step_00000005")
+    assert other.resolve_resume(elsewhere) == elsewhere
+    assert CheckpointManager(str(tmp_path / "new"), 2, 0, 1).resolve_resume(elsewhere) == elsewhere
 
 
 def test_a_metric_recorded_after_a_pending_save_updates_best_and_prunes(world, tmp_path):
