@@ -114,6 +114,7 @@ def prepare_methods(
     """Every method's config, its model checked on the meta device, and the evaluation list `split` read: a bad
     setting or list fails here, before any training (a missing val list failed after the first method trained)."""
     from aim_video.data.loader import load_split
+    from aim_video.engine.checkpoint_io import CheckpointManager
     from aim_video.models.build import check_model_config
 
     configs = {}
@@ -123,7 +124,9 @@ def prepare_methods(
             check_model_config(cfg.model, cfg.data.num_frames, cfg.data.input_size)
         except ValueError as err:
             raise ValueError(f"method {name}: {err}") from None
-        earlier = os.path.isfile(os.path.join(cfg.output_dir, "checkpoints", "latest"))
+        # what fit refuses: a complete checkpoint (a save killed before its `latest` counts, an unusable `latest`
+        # does not)
+        earlier = CheckpointManager(os.path.join(cfg.output_dir, "checkpoints"), 1, 0, 1).latest() is not None
         if earlier and not cfg.train.resume:  # fit would refuse it, later (train.resume=auto finishes that one)
             raise ValueError(
                 f"method {name}: {cfg.output_dir} holds the run of an earlier comparison: choose another output_dir "

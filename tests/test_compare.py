@@ -80,8 +80,11 @@ def test_every_method_and_the_evaluation_list_are_checked_before_any_trains(tmp_
     with pytest.raises(ValueError, match="model.init_trainable=.* a comparison trains every method from the same"):
         prepare_methods(["aim", "lora"], None, [*data, f"model.init_trainable={tmp_path}"], str(tmp_path))
     earlier = tmp_path / "lora" / "checkpoints"  # a comparison run here before: training refuses the folder, after
-    earlier.mkdir(parents=True)  # the methods before it trained
-    (earlier / "latest").write_text("step_00000004")
+    (earlier / "step_00000004" / "deepspeed").mkdir(parents=True)  # the methods before it trained; what counts is
+    (earlier / "latest").write_text("step_00000004")  # what fit refuses: a complete checkpoint
+    assert list(prepare_methods(["aim", "lora"], None, data, str(tmp_path))) == ["aim", "lora"]  # none: fit trains
+    (earlier / "step_00000004" / "meta.json").write_text('{"step": 4}')
+    (earlier / "latest").unlink()  # a save killed before it wrote `latest`: fit still refuses the folder
     with pytest.raises(ValueError, match="method lora: .* holds the run of an earlier comparison"):
         prepare_methods(["aim", "lora"], None, data, str(tmp_path))
     assert list(prepare_methods(["aim", "lora"], None, [*data, "train.resume=auto"], str(tmp_path))) == ["aim", "lora"]
