@@ -279,6 +279,20 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
 }
 
 
+_WARNED: set[str] = set()
+
+
+def warn_once(message: str) -> None:
+    """Print a config warning to stderr once per process, and only in the first rank's process (RANK from a
+    launcher, SLURM_PROCID under srun): every rank loads the config, and a resume or an evaluation loads saved
+    configs again, so 64 ranks printed it 64 times and more."""
+    rank = os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))
+    if message in _WARNED or rank not in ("", "0"):
+        return
+    _WARNED.add(message)
+    print(message, file=sys.stderr, flush=True)
+
+
 def check_ranges(cfg: Config, source: str) -> None:
     """Raise ConfigError naming the first key of RANGES out of its range, or two keys that contradict each other
     (a warm-up longer than the run only warns: smoke runs of a recipe do that)."""
@@ -303,13 +317,12 @@ def check_ranges(cfg: Config, source: str) -> None:
             "test views are crops of input_size from videos resized to that short side; raise data.test_short_side"
         )
     if d.test_short_side * 224 > d.input_size * 256:  # more than the usual resize-256-crop-224: a view is a patch
-        print(
+        warn_once(
             f"warning: data.test_short_side={d.test_short_side} is {d.test_short_side / d.input_size:.2g}x "
             f"data.input_size={d.input_size}: test views are {d.input_size}-pixel crops of videos resized to that "
             "short side, a part of the frame training never saw as a whole (a changed input_size with a recipe's "
             "224?); "
-            f"set data.test_short_side={d.input_size} (the paper's protocol: equal)",
-            file=sys.stderr,
+            f"set data.test_short_side={d.input_size} (the paper's protocol: equal)"
         )
     if t.min_lr > t.lr:
         raise ConfigError(
@@ -317,10 +330,9 @@ def check_ranges(cfg: Config, source: str) -> None:
             "the warm-up; min_lr is the floor it decays to"
         )
     if t.warmup_epochs > t.epochs and t.max_steps <= 0:  # a smoke run of a recipe, say: allowed, but not silently
-        print(
+        warn_once(
             f"warning: train.warmup_epochs={t.warmup_epochs} is longer than train.epochs={t.epochs}: the lr is still "
-            "rising when the run ends (train.max_steps fits the warm-up into a short run instead)",
-            file=sys.stderr,
+            "rising when the run ends (train.max_steps fits the warm-up into a short run instead)"
         )
 
 
@@ -459,7 +471,7 @@ def load_config(path: str | None = None, overrides: list[str] | None = None) -> 
         for key in sorted({k for k in keys if keys.count(k) > 1}):  # easy to miss in a long command line
             given = [o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0].strip() == key]
             if len(set(given)) > 1:
-                print(f"warning: {key} is given as {', '.join(given)}: the last one counts", file=sys.stderr)
+                warn_once(f"warning: {key} is given as {', '.join(given)}: the last one counts")
         for override in overrides:  # a value YAML cannot parse: name the override, not a scanner traceback
             try:
                 yaml.safe_load(override.split("=", 1)[1])

@@ -101,10 +101,13 @@ def test_a_value_that_is_not_one_of_the_names_stops_at_load_time():
         assert getattr(getattr(cfg, section), leaf) in allowed, key
 
 
-def test_a_key_given_twice_with_other_values_is_named(capsys):
+def test_a_key_given_twice_with_other_values_is_named(capsys, monkeypatch):
     """`--resume auto train.epochs=4 ... train.epochs=3` resumed into 'nothing to train' with no hint why."""
+    import aim_video.config as config
     from aim_video.config import load_config
 
+    monkeypatch.setattr(config, "_WARNED", set())
+    monkeypatch.delenv("RANK", raising=False)
     assert load_config(None, ["train.epochs=4", "train.lr=0.1", "train.epochs=3"]).train.epochs == 3
     assert "warning: train.epochs is given as 4, 3: the last one counts" in capsys.readouterr().err
     load_config(None, ["output_dir=x", "output_dir=x"])  # the same value twice (tools append their own): quiet
@@ -144,7 +147,11 @@ def test_a_value_out_of_range_or_malformed_stops_at_load_time_naming_the_key(ove
     assert message in str(err.value)
 
 
-def test_a_warm_up_longer_than_the_run_is_allowed_with_a_warning(capsys):
+def test_a_warm_up_longer_than_the_run_is_allowed_with_a_warning(capsys, monkeypatch):
+    import aim_video.config as config
+
+    monkeypatch.setattr(config, "_WARNED", set())  # what other tests' configs warned of
+    monkeypatch.delenv("RANK", raising=False)
     assert load_config(None, ["train.warmup_epochs=40"]).train.warmup_epochs == 40
     assert "train.warmup_epochs=40.0 is longer than train.epochs=30" in capsys.readouterr().err
     load_config(None, ["train.warmup_epochs=40", "train.max_steps=100"])  # max_steps fits it in: no warning
@@ -154,6 +161,16 @@ def test_a_warm_up_longer_than_the_run_is_allowed_with_a_warning(capsys):
     assert "data.test_short_side=224 is 2x data.input_size=112" in capsys.readouterr().err
     load_config(None, ["data.test_short_side=256"])  # resize 256, crop 224: the usual, no warning
     assert capsys.readouterr().err == ""
+    # once per process, and in the first rank's only: every rank loads the config, resumes and evaluations again
+    load_config(None, ["data.input_size=112"])
+    assert capsys.readouterr().err == ""
+    monkeypatch.setattr(config, "_WARNED", set())
+    monkeypatch.setenv("RANK", "3")
+    load_config(None, ["data.input_size=112"])
+    assert capsys.readouterr().err == ""
+    monkeypatch.setenv("RANK", "0")
+    load_config(None, ["data.input_size=112"])
+    assert "data.test_short_side=224 is 2x" in capsys.readouterr().err
 
 
 def test_a_run_saves_its_paths_absolute(tmp_path, monkeypatch):
