@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable
 
 # run from a checkout: the repo root on the path, tools/ off it (tools/profile.py would shadow the stdlib profile)
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
@@ -52,7 +53,7 @@ from aim_video.data.annotations import (  # noqa: E402
 )
 from aim_video.data.decode import BACKENDS, SEEK_MODES  # noqa: E402
 from aim_video.data.encode import x264_tune  # noqa: E402
-from aim_video.data.kinetics import read_kinetics_csv  # noqa: E402
+from aim_video.data.kinetics import SPLIT_NAMES, read_kinetics_csv  # noqa: E402
 from aim_video.data.prepare import (  # noqa: E402
     build_lists,
     claim_out_root,
@@ -62,6 +63,36 @@ from aim_video.data.prepare import (  # noqa: E402
     reencode_all,
     write_outputs_list,
 )
+
+X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow",
+                "placebo")  # fmt: skip
+
+
+def at_least(low: int) -> Callable[[str], int]:
+    """An argparse type: an integer >= `low` (a negative --short-side kept the size, --keyint 0 failed per video)."""
+
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{value} is below {low}")
+        return value
+
+    parse.__name__ = "integer"  # argparse names the type in its error: "invalid integer value"
+    return parse
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:  # --fps 0 failed every video with "no video stream"
+        raise argparse.ArgumentTypeError(f"{text} is not above 0")
+    return value
+
+
+def crf_value(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 51:
+        raise argparse.ArgumentTypeError(f"{value} is outside x264's 0-51")
+    return value
 
 
 def add_lists(sub: argparse._SubParsersAction) -> None:
@@ -93,19 +124,21 @@ def add_reencode(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out-list", default="", help="list file of the re-encoded videos (paths under --out-root)")
     p.add_argument("--split", default="", choices=("", "train", "val", "test"), help="the rows of this split of a "
                    "Kinetics CSV that holds several (default: every row; --out-list then needs one)")  # fmt: skip
-    p.add_argument("--short-side", type=int, default=256, help="256 or 320 as in the papers; 0 keeps the size")
-    p.add_argument("--keyint", type=int, default=16, help="frames between keyframes: 16 (default) loads 8x16 "
+    p.add_argument("--short-side", type=at_least(0), default=256, help="256 or 320 as in the papers; 0 keeps the "
+                   "size")  # fmt: skip
+    p.add_argument("--keyint", type=at_least(1), default=16, help="frames between keyframes: 16 (default) loads 8x16 "
                    "clips 1.2-2.2x and TSN clips 1.5-2.6x faster than x264's default interval, the most on costly-"
                    "to-decode video; 8 gives 1.5x / 2.3x on low-bitrate footage, for 1.2-1.35x the bytes")  # fmt: skip
-    p.add_argument("--crf", type=int, default=23)
-    p.add_argument("--preset", default="fast", help="x264 preset")
+    p.add_argument("--crf", type=crf_value, default=23, help="x264 quality, 0-51 (lower: better, larger)")
+    p.add_argument("--preset", default="fast", choices=X264_PRESETS, help="x264 preset")
     p.add_argument("--tune", default="fastdecode", help="x264 tune: fastdecode (default) decodes 1.6-1.9x faster "
                    "for 12-16%% more bytes; 'none' for x264's default (CABAC, deblocking)")  # fmt: skip
     p.add_argument("--bframes", type=int, default=0, help="B-frames between reference frames: 0 (default) reads "
                    "clips 1.07-1.26x faster for 7-19%% more bytes; -1 for x264's default (3)")  # fmt: skip
-    p.add_argument("--fps", type=float, default=None, help="output frame rate (default: the source's)")
+    p.add_argument("--fps", type=positive_float, default=None, help="output frame rate (default: the source's)")
     p.add_argument("--keep-audio", action="store_true")
-    p.add_argument("--jobs", type=int, default=max(1, (os.cpu_count() or 2) - 1), help="parallel ffmpeg processes")
+    p.add_argument("--jobs", type=at_least(1), default=max(1, (os.cpu_count() or 2) - 1), help="parallel ffmpeg "
+                   "processes")  # fmt: skip
     p.add_argument("--check-backend", default="decord", choices=BACKENDS, help="backend that must read each output "
                    "exactly (the one training will use, e.g. torchcodec)")  # fmt: skip
     p.add_argument("--overwrite", action="store_true", help="re-encode even when the output exists (needed to "
@@ -115,10 +148,13 @@ def add_reencode(sub: argparse._SubParsersAction) -> None:
 
 
 def csv_splits(path: str) -> list[str]:
-    """The split names a Kinetics CSV's rows hold (none for other lists)."""
+    """The splits a Kinetics CSV's rows hold (none for other lists), each by its canonical name (`validate` and
+    `val` are one split)."""
     if not (path.lower().endswith(".csv") and os.path.isfile(path)):
         return []
-    return sorted({(row.get("split") or "").strip().lower() for row in read_kinetics_csv(path)} - {""})
+    canonical = {name: split for split, names in SPLIT_NAMES.items() for name in names}
+    found = {(row.get("split") or "").strip().lower() for row in read_kinetics_csv(path)} - {""}
+    return sorted({canonical.get(name, name) for name in found})
 
 
 def cmd_reencode(args: argparse.Namespace) -> int:
@@ -172,8 +208,10 @@ def cmd_reencode(args: argparse.Namespace) -> int:
 def _add_check_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", default="decord", choices=BACKENDS, help="the backend training will use")
     p.add_argument("--seek-mode", default="exact", choices=SEEK_MODES, help="torchcodec's seek mode")
-    p.add_argument("--jobs", type=int, default=max(1, (os.cpu_count() or 2) - 1), help="videos checked at once")
-    p.add_argument("--timeout", type=float, default=300.0, help="seconds per video; slower is classified `hangs`")
+    p.add_argument("--jobs", type=at_least(1), default=max(1, (os.cpu_count() or 2) - 1), help="videos checked at "
+                   "once")  # fmt: skip
+    p.add_argument("--timeout", type=positive_float, default=300.0, help="seconds per video; slower is classified "
+                   "`hangs`")  # fmt: skip
 
 
 def add_verify(sub: argparse._SubParsersAction) -> None:
@@ -190,6 +228,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
     classes = read_class_map(args.class_map) if args.class_map else None
     # missing files stay in: the report lists them `unreadable` (the warning said "dropped" while it did so)
     ann = load_annotations(args.list, args.root, classes, missing="keep", what="--list")
+    if len(ann.missing) == len(ann.records):  # a wrong --root: a report of nothing but "file not found"
+        raise ValueError(
+            f"none of the {len(ann.records)} videos of --list {args.list} exists (e.g. {ann.missing[0]}): give --root, "
+            "the folder the list's paths start from"
+        )
     journal = args.report + ".partial.jsonl"
     if args.fresh and os.path.exists(journal):
         os.remove(journal)
@@ -205,12 +248,17 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if counts["exact"] == len(checks):
         return 0
     print("\n".join(verify.explain(checks)))
-    broken = sum(c.status == "unreadable" and c.plays is False for c in checks)  # PyAV decodes nothing of them
+    gone = [c.path for c in checks if not os.path.exists(c.path)]
+    if gone:
+        print(f"{len(gone)} listed file(s) not found, e.g. {gone[0]}: download them, or drop them from the list "
+              f"(--root {args.root or '(none)'}); training and evaluation with this report leave them out and list "
+              "them")  # fmt: skip
+    broken = sum(c.status == "unreadable" and c.plays is False for c in checks) - len(gone)  # PyAV decodes nothing
     if broken:
         print(f"{broken} `unreadable` file(s) decode with nothing (truncated or failed downloads): download them "
               "again, or drop them from the list; training and evaluation with this report leave them out and list "
               "them")  # fmt: skip
-    if len(checks) - counts["exact"] - broken:
+    if len(checks) - counts["exact"] - broken - len(gone):
         print(
             "re-encode the others (originals untouched; `short` ones also train as they are, from the report's "
             f"counts):\n  python tools/prepare_kinetics.py repair --report {args.report} --list {args.list}"
@@ -231,9 +279,9 @@ def add_repair(sub: argparse._SubParsersAction) -> None:
                    "a rerun with the same settings keeps the copies made)")  # fmt: skip
     p.add_argument("--out-list", required=True, help="list file: repaired copies in place of their originals "
                    "(absolute paths: the copies and the originals live under two roots)")  # fmt: skip
-    p.add_argument("--keyint", type=int, default=16, help="frames between keyframes")
-    p.add_argument("--short-side", type=int, default=0, help="0 keeps the size")
-    p.add_argument("--crf", type=int, default=18)
+    p.add_argument("--keyint", type=at_least(1), default=16, help="frames between keyframes")
+    p.add_argument("--short-side", type=at_least(0), default=0, help="0 keeps the size")
+    p.add_argument("--crf", type=crf_value, default=18, help="x264 quality, 0-51")
     p.add_argument("--tune", default="fastdecode", help="x264 tune ('none' for x264's default), as for reencode")
     _add_check_args(p)
 
@@ -242,9 +290,19 @@ def cmd_repair(args: argparse.Namespace) -> int:
     x264_tune(args.tune)
     classes = read_class_map(args.class_map) if args.class_map else None
     ann = load_annotations(args.list, args.root, classes, missing="drop", what="--list")
-    checks = verify.load_report(args.report)
+    listed = {os.path.abspath(p) for p in [r.path for r in ann.records] + ann.missing}  # missing: reported still
+    reported = verify.load_report(args.report)
+    checks = [c for c in reported if os.path.abspath(c.path) in listed]  # only this list's videos are repaired
+    if reported and not checks:
+        raise ValueError(
+            f"--report {args.report} covers none of the {len(listed)} videos of --list {args.list} (e.g. "
+            f"{reported[0].path} against {next(iter(sorted(listed)))}): give the report verify wrote for this list, "
+            "with the same --root"
+        )
+    # copies mirror the sources' folders below --root, or below the list's folder tree or their common folder
+    root = args.root or (args.list if os.path.isdir(args.list) else "")
     mapping, rechecked, kept = repair.repair_videos(
-        checks, args.out_root, args.root, args.keyint, args.short_side, args.crf, args.backend, args.seek_mode,
+        checks, args.out_root, root, args.keyint, args.short_side, args.crf, args.backend, args.seek_mode,
         args.jobs, args.timeout, tune=args.tune,
     )  # fmt: skip
     # absolute, all of them (as --out-list says): the copies and the originals live under two roots
@@ -260,6 +318,9 @@ def cmd_repair(args: argparse.Namespace) -> int:
           f"{report}{earlier})")  # fmt: skip
     for c in still_bad:
         print(f"  not repaired: {c.path}: {c.status} {c.reason}")
+    # the new report covers the copies; the original one every other video of the list (and what was not repaired)
+    print(f"train with both reports: data.train_list={os.path.abspath(args.out_list)} (or the val/test list key) "
+          f"data.verify_report={os.path.abspath(args.report)},{os.path.abspath(report)}")  # fmt: skip
     return 1 if still_bad else 0
 
 

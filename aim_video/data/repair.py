@@ -67,7 +67,7 @@ def repair_videos(
 ) -> tuple[dict[str, str], list[VideoCheck], int]:
     """Re-encode every video that is not `exact` into `out_dir` and verify the copies with the same backend.
 
-    Copies mirror the originals' paths relative to `root` (or their file names), as .mp4: constant frame rate,
+    Copies mirror the originals' paths relative to `root` (default: their common folder), as .mp4: constant frame rate,
     closed GOPs of `keyint` frames, optionally resized to `short_side`, x264's `tune` (`encode.transcode`).
     Originals are only read; two originals that differ only in extension (`x.mp4`, `x.mkv`) get copies `x.mp4` and
     `x_mkv.mp4`. A copy an earlier run made with the same settings is kept (and verified again). Returns
@@ -76,6 +76,9 @@ def repair_videos(
     the reason, so that training with the new report still knows what it is; how many copies were kept).
     """
     out_dir = os.path.abspath(out_dir)
+    sources = [os.path.abspath(c.path) for c in checks if c.status != "exact"]
+    if not root and sources:  # their common folder: copies keep the folders below it (class folders, say)
+        root = os.path.commonpath([os.path.dirname(p) for p in sources])
     settings = {"keyint": keyint, "short_side": short_side, "crf": crf, "tune": encode.x264_tune(tune)}
     original: dict[str, VideoCheck] = {}
     dst_of: dict[str, str] = {}  # original -> copy, in input order
@@ -96,7 +99,10 @@ def repair_videos(
         if os.path.realpath(dst) == os.path.realpath(src):  # a linked output folder too
             raise ValueError(f"repair would overwrite {src}; choose an output folder other than the videos' own")
         if dst in taken:
-            raise ValueError(f"repair would write two copies to {dst}; rename one of their originals")
+            raise ValueError(
+                f"repair would write two copies to {dst}; give --root, the folder the list's paths start from (copies "
+                "mirror the folders below it), or rename one of their originals"
+            )
         taken.add(dst)
         original[src] = replace(check, path=src)
         dst_of[src] = dst

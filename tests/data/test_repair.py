@@ -152,3 +152,12 @@ def test_a_rerun_keeps_finished_copies_and_other_settings_re_encode_them(tmp_pat
     assert run(keyint=4)[2:] == (2, set())
     (out / RECORD).write_text("not json")  # a record it cannot read: the copies' settings are unknown
     assert run(keyint=4)[2:] == (0, {"a.mp4", "b.mp4"})
+
+
+def test_copies_keep_the_folders_below_the_sources_common_folder(tmp_path):
+    """Without a root, copies were named by file alone: class folders' `v1.mp4`s became `v1.mp4` and `v1_mp4.mp4`,
+    and a third one failed the run."""
+    sources = [make_h264(str(tmp_path / "v" / cls / "v1.mp4"), n=20, gop=10, seed=k) for k, cls in enumerate("abc")]
+    checks = [verify.VideoCheck(p, "shifted", "decord", reason="as a report says") for p in sources]
+    mapping, _, _ = repair_videos(checks, str(tmp_path / "out"), progress=False)
+    assert mapping == {src: str(tmp_path / "out" / cls / "v1.mp4") for src, cls in zip(sources, "abc", strict=True)}

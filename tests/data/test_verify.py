@@ -262,6 +262,8 @@ def test_verify_and_repair_subcommands(files, tmp_path, capsys):
     assert "  corrupt_after_seek 1: " + os.path.join(root, "kf.mp4") + ": " in printed
     assert "  unreadable 1: " in printed and "gone.mp4" in printed and "  shifted" not in printed
     assert f"prepare_kinetics.py repair --report {report} --list {listing} --root {root}" in printed
+    assert f"1 listed file(s) not found, e.g. {os.path.join(root, 'gone.mp4')}: download them" in printed
+    assert "(truncated or failed downloads)" not in printed  # a missing file is not a broken download
     assert json.load(open(report))["counts"] == {
         "exact": 1, "shifted": 0, "corrupt_after_seek": 1, "short": 1, "hangs": 0, "unreadable": 1
     }  # fmt: skip
@@ -278,6 +280,15 @@ def test_verify_and_repair_subcommands(files, tmp_path, capsys):
         ("kf.mp4", "exact"), ("short.mp4", "exact"), ("gone.mp4", "unreadable")
     ]  # fmt: skip
     assert "file not found" in rechecked[2]["reason"] or "No such file" in rechecked[2]["reason"]
+    assert f"data.verify_report={report},{tmp_path / 'train_repaired_verify.json'}" in capsys.readouterr().out
+    # a report of another list: nothing of this list to repair (it re-encoded the other list's videos and wrote
+    # this list unchanged as if repaired); a --root that finds no video: a report of "file not found" only
+    (tmp_path / "other.txt").write_text("gap.mp4 0\n")  # in the same folder, not in the report
+    other = ["--list", str(tmp_path / "other.txt"), "--root", root, "--report", report]
+    assert main(["repair", *other, "--out-root", str(tmp_path / "o2"), "--out-list", str(tmp_path / "o2.txt")]) == 2
+    assert "covers none of the 1 videos of --list" in capsys.readouterr().err and not os.path.exists(tmp_path / "o2")
+    assert main(["verify", *args[:2], "--root", str(tmp_path), "--report", str(tmp_path / "r.json")]) == 2
+    assert "none of the 4 videos of --list" in capsys.readouterr().err and not os.path.exists(tmp_path / "r.json")
 
 
 def test_verify_videos_makes_the_report_folder(files, tmp_path):

@@ -50,6 +50,31 @@ def test_cli_reencode_of_a_csv_with_several_splits_lists_one_split_and_missing_s
     csv.write_text(csv.read_text() + "zumba,gone,3,13,train\n")
     assert main([*args, "--split", "train"]) == 1  # a source missing: listed, and a failure
     assert "gone_000003_000013.mp4: source file not found" in capsys.readouterr().out
+    # `validate` (Kinetics' own name) and `val` are one split: a val CSV of both was refused as two
+    csv.write_text("label,youtube_id,time_start,time_end,split\nabseiling,a,1,11,validate\nzumba,b,2,12,val\n")
+    out_list = str(tmp_path / "val_32.txt")
+    assert main([*args[:-1], out_list, "--class-map", str(tmp_path / "classes.txt")]) == 2  # no class map yet
+    write_lines(str(tmp_path / "classes.txt"), ["abseiling", "zumba"])
+    assert main([*args[:-1], out_list, "--class-map", str(tmp_path / "classes.txt")]) == 0
+    assert open(out_list).read().splitlines() == ["abseiling/a_000001_000011.mp4 0", "zumba/b_000002_000012.mp4 1"]
+
+
+def test_cli_refuses_settings_that_would_fail_every_video(tmp_path, capsys):
+    """--fps 0 failed each video with "no video stream", --preset bogus with ffmpeg's error, --keyint 0 likewise;
+    a negative --short-side kept the size and --crf 99 went to x264. argparse refuses them before any work."""
+    from tools.prepare_kinetics import main
+
+    args = ["reencode", "--list", str(tmp_path / "l.txt"), "--out-root", str(tmp_path / "o")]
+    for flag, value, why in [("--fps", "0", "0 is not above 0"), ("--keyint", "0", "0 is below 1"),
+                             ("--short-side", "-5", "-5 is below 0"), ("--crf", "99", "outside x264's 0-51"),
+                             ("--jobs", "0", "0 is below 1"), ("--preset", "bogus", "invalid choice: 'bogus'"),
+                             ("--keyint", "x", "invalid integer value: 'x'")]:  # fmt: skip
+        with pytest.raises(SystemExit) as stopped:
+            main([*args, flag, value])
+        assert stopped.value.code == 2 and f"argument {flag}: " in (err := capsys.readouterr().err) and why in err
+    with pytest.raises(SystemExit):
+        main(["verify", "--list", "l.txt", "--report", "r.json", "--timeout", "-1"])
+    assert not os.path.exists(tmp_path / "o")
 
 
 def test_cli_names_an_unknown_x264_tune_before_encoding(tmp_path, capsys):
