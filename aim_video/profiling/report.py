@@ -190,6 +190,12 @@ def summary_text(result: dict[str, Any]) -> str:
         + (f", MFU {100 * e2e['mfu']:.1f}%" if e2e.get("mfu") is not None else ""),
         f"verdict: {result['verdict']['text']}",
     ]
+    failed = sum(r.get("failed_loads", 0) for r in result["loader"]) + e2e.get("failed_loads", 0)
+    if failed:  # each one costs a failed read and a replacement read: the rates above include that
+        parts.append(
+            f"note: {failed} loads failed and were replaced by other videos (failed_loads in the JSON); the rates "
+            "include them. tools/prepare_kinetics.py verify names the files"
+        )
     return "\n".join(parts)
 
 

@@ -141,14 +141,14 @@ def loader_sweep(cfg: Config, workers: list[int], batches: int, delay_s: float =
         start = time.perf_counter()
         with warnings.catch_warnings():  # more workers than cores is the point of a sweep (the report names cores)
             warnings.filterwarnings("ignore", message="This DataLoader will create", category=UserWarning)
-            next(stream)
+            failed = len(next(stream)["failures"])  # every read counts: a bad video may only be met in the warm-up
         startup = time.perf_counter() - start
         for _ in range(max(0, num_workers - 1)):  # one batch per worker: every worker is running before timing
-            next(stream)
+            failed += len(next(stream)["failures"])
         # workers deliver in rounds of one batch each: time whole rounds (10 batches from 4 workers would time 3
         # rounds' work as 2.5 and read 0.8x the rate)
         timed = -(-batches // num_workers) * num_workers if num_workers > 0 else batches
-        clips = failures = 0
+        clips, failures = 0, failed
         start = time.perf_counter()
         for _ in range(timed):
             batch = next(stream)
@@ -331,10 +331,13 @@ def end_to_end(
 
     model.train()
     warmup = 1 + (d.num_workers * d.prefetch_factor if d.num_workers > 0 else 0)
+    failures = 0  # the warm-up's reads count too: a bad video may only be met there
     for _ in range(warmup):  # worker start-up, the first step, then the backlog prefetched meanwhile
-        compute(next(stream))
+        batch = next(stream)
+        failures += len(batch["failures"])
+        compute(batch)
     wait = busy = 0.0
-    clips = failures = 0
+    clips = 0
     for _ in range(steps):
         start = time.perf_counter()
         batch = next(stream)

@@ -122,7 +122,9 @@ def test_summary_prints_mfu_as_percent_and_flops_with_macs() -> None:
     header, _, values = text.split("model (synthetic")[1].splitlines()[1:4]
     assert "MFU %" in header
     assert "17.3" in values.split() and "0.173" not in values  # the same unit as the end-to-end line
-    assert "MFU 7.3%" in text
+    assert "MFU 7.3%" in text and "loads failed" not in text
+    result["loader"][0]["failed_loads"], e2e["failed_loads"] = 2, 1  # bad videos replaced: their cost is in the rates
+    assert "note: 3 loads failed and were replaced by other videos" in summary_text(result)
 
 
 def test_format_table_aligns_columns() -> None:

@@ -31,6 +31,20 @@ def test_loader_sweep_rounds_each_count_up_from_the_requested_batches(monkeypatc
         assert r["clips_per_s"] > 0 and r["clips_per_s"] == pytest.approx(2 * 1000 / r["batch_ms"], rel=1e-9)
 
 
+def test_loads_that_fail_in_the_warm_up_are_counted(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bad video met in the warm-up batches was not counted: the quick profile of a list with two broken files
+    reported failed_loads 0 while decord printed their errors."""
+
+    def stream(_loader: Any) -> Iterator[dict[str, Any]]:
+        yield {"video": torch.zeros(2, 1), "failures": ["bad.mp4: empty file", "worse.mp4: empty file"]}
+        while True:
+            yield {"video": torch.zeros(2, 1), "failures": []}
+
+    monkeypatch.setattr(throughput, "profiling_loader", lambda cfg, workers, delay: None)
+    monkeypatch.setattr(throughput, "endless_batches", stream)
+    assert [r["failed_loads"] for r in throughput.loader_sweep(None, [1, 2], batches=2)] == [2, 2]  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize("precision", ["fp32", "bf16", "bf16-fp32-accumulation"])
 def test_the_measured_step_accumulates_as_training_does(precision: str) -> None:
     """It stepped AdamW on every micro-batch; with train.grad_accum_steps=2 it steps on every second, on the mean
