@@ -16,6 +16,7 @@ model or the list (e.g. a video missing on one node only under --strict); rank 0
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -83,6 +84,16 @@ _AS_SCRIPT = False  # set when run as a program: only then may an error end the 
 
 
 def main(argv: list[str] | None = None) -> int:
+    made: list[str] = []  # the results folder and the parents this run created, deepest first
+    status = _main(argv, made)
+    if status != 0:  # a failed start leaves no empty results folder behind (a folder with results stays)
+        for folder in made:
+            with contextlib.suppress(OSError):
+                os.rmdir(folder)
+    return status
+
+
+def _main(argv: list[str] | None, made: list[str]) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -90,6 +101,10 @@ def main(argv: list[str] | None = None) -> int:
         cfg = resolve_eval_config(checkpoint_file, args.config, args.overrides)
         protocol = apply_protocol(cfg)
         out = args.out or _default_out(cfg.output_dir, checkpoint_file, args.split)
+        folder = os.path.abspath(out)
+        while not os.path.exists(folder):
+            made.append(folder)
+            folder = os.path.dirname(folder)
         try:  # before the evaluation, not after hours of it
             os.makedirs(out, exist_ok=True)
         except OSError as err:

@@ -187,6 +187,11 @@ def test_a_listed_file_that_does_not_exist_is_reported_missing(run, capsys):
     assert test_tool.main([*base, "--strict", "data.missing_files=drop"]) == 3
     assert test_tool.main(base) == 2  # data.missing_files=fail (default): the list is rejected, naming the file
     assert "absent.mp4" in capsys.readouterr().err
+    # a failed start leaves no empty results folder (nor the parents it made); a folder with results stays
+    fresh = os.path.join(run["root"], "new", "deeper")
+    assert test_tool.main([*base, "--out", fresh]) == 2 and not os.path.exists(os.path.join(run["root"], "new"))
+    assert test_tool.main([*base, "--out", out, "--strict", "data.missing_files=drop"]) == 3
+    assert os.path.isfile(os.path.join(out, "results.json"))
 
 
 def test_a_video_the_verify_report_drops_is_listed_with_its_reason(run, capsys):
