@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         apply_protocol(cfg)
         if args.class_map:  # checked against the names training stored, as data.class_map is
             cfg.data.class_map = args.class_map
-        names = class_names(cfg, checkpoint_file)
+        names = class_names(cfg, checkpoint_file, "--class-map" if args.class_map else "data.class_map")
         if names is not None and len(names) != cfg.model.num_classes:
             raise ValueError(f"the class map lists {len(names)} classes, the model has {cfg.model.num_classes}")
         model = load_model(cfg, checkpoint_file, device)

@@ -308,8 +308,8 @@ def apply_verify_report(
             gone_before.append((r.path, f"unreadable ({why}) and PyAV decodes nothing of it (verify report): download "
                                         "it again"))  # fmt: skip
         log.warning(
-            "%s: %d videos decode with no backend according to %s, e.g. %s: left out (each epoch would try, fail and "
-            "replace them again); download them again",
+            "%s: %d videos decode with no backend according to %s, e.g. %s: left out (every read of them would fail, "
+            "and training would replace them each epoch); download them again",
             *(what, len(bad), d.verify_report, gone_before[0][0] if gone_before else "-"),
         )
         records = [r for r in records if os.path.abspath(r.path) not in broken]

@@ -67,13 +67,14 @@ def checkpoint_config(path: str) -> Config | None:
     return from_dict(OmegaConf.create(meta["config"]))
 
 
-def class_names(cfg: Config, path: str) -> list[str] | None:
+def class_names(cfg: Config, path: str, setting: str = "data.class_map") -> list[str] | None:
     """The class names of this evaluation: the configured ones (class map, train CSV or class folders), checked
     against the names training stored in the weights file, or those stored names when nothing is configured or
     the configured source is missing (the weights moved to another machine without the run's class map).
 
     Two numberings of the same classes (a class map in generation order against a CSV's sorted labels) give
-    wrong labels or wrong names in every report, without any other error."""
+    wrong labels or wrong names in every report, without any other error. `setting`: what the messages name as the
+    place to give the class names (a tool's own flag)."""
     from aim_video.data.annotations import AnnotationError
     from aim_video.data.loader import resolve_classes
 
@@ -86,13 +87,18 @@ def class_names(cfg: Config, path: str) -> list[str] | None:
             raise
         log.warning("%s; using the %d class names stored in %s", err, len(trained), path)
         now = None
+    if trained and now is not None and len(now) != len(trained):
+        raise ValueError(
+            f"{setting} gives {len(now)} class names, but {path} was trained with {len(trained)} classes: give the "
+            "class map training used (the checkpoint's config names it)"
+        )
     if trained and now is not None and list(now) != trained:
         pairs = enumerate(zip(trained, now, strict=False))
         first = next((k for k, (a, b) in pairs if a != b), min(len(now), len(trained)))
         raise ValueError(
             f"{path} was trained with other class numbers than this evaluation gives: class {first} is "
             f"{trained[first] if first < len(trained) else '-'!r} there, {now[first] if first < len(now) else '-'!r} "
-            "here. Set data.class_map to the class map training used (the checkpoint's config names it)"
+            f"here. Set {setting} to the class map training used (the checkpoint's config names it)"
         )
     return list(now) if now is not None else trained
 

@@ -66,14 +66,15 @@ def test_unreadable_or_absent_video_and_bad_class_map(run, capsys):
     with open(short_map, "w") as f:
         f.write("a\nb\n")
     assert infer_tool.main([bad, "--checkpoint", run["ckpt"], "--class-map", short_map]) == 2
-    assert "class 0 is 'square growing' there, 'a' here" in capsys.readouterr().err
+    assert f"--class-map gives 2 class names, but {run['ckpt']} was trained with 3 classes" in capsys.readouterr().err
     # the right count in another order named every prediction wrongly; it is checked as data.class_map is
     reordered = os.path.join(run["root"], "reordered.txt")
     with open(reordered, "w") as f:
         f.write("\n".join(CLASSES[::-1]) + "\n")
     video = os.path.join(run["root"], "videos", "v00.mp4")
     assert infer_tool.main([video, "--checkpoint", run["ckpt"], "--class-map", reordered]) == 2
-    assert "was trained with other class numbers" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "was trained with other class numbers" in err and "Set --class-map to the class map" in err
 
 
 def test_a_list_file_or_folder_is_refused_naming_tools_test(run, capsys):
