@@ -226,6 +226,9 @@ def add_verify(sub: argparse._SubParsersAction) -> None:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     classes = read_class_map(args.class_map) if args.class_map else None
+    if classes is None and args.list.lower().endswith(".csv") and os.path.isfile(args.list):
+        # labels play no part in a check: a val CSV needs no class map here (its own labels number its rows)
+        classes = sorted({(row.get("label") or "").strip() for row in read_kinetics_csv(args.list)} - {""}) or None
     # missing files stay in: the report lists them `unreadable` (the warning said "dropped" while it did so)
     ann = load_annotations(args.list, args.root, classes, missing="keep", what="--list")
     if len(ann.missing) == len(ann.records):  # a wrong --root: a report of nothing but "file not found"

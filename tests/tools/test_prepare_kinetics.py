@@ -192,3 +192,15 @@ def test_cli_never_re_encodes_a_video_onto_itself(tmp_path, capsys):
         main(["verify", "--list", str(tmp_path / "train.txt"), "--report", str(tmp_path / "r.json"),
               "--backend", "decrod"])  # fmt: skip
     assert "invalid choice: 'decrod'" in capsys.readouterr().err
+
+
+def test_cli_verify_of_a_val_csv_needs_no_class_map(tmp_path, capsys):
+    """A check reads no label, yet a val CSV (no train rows to number its labels) was refused without --class-map."""
+    from tools.prepare_kinetics import main
+
+    make_video(str(tmp_path / "videos" / "zumba" / "b_000002_000012.mp4"), 8)
+    csv = tmp_path / "val.csv"
+    csv.write_text("label,youtube_id,time_start,time_end,split\nzumba,b,2,12,validate\n")
+    report = str(tmp_path / "r.json")
+    args = ["verify", "--list", str(csv), "--root", str(tmp_path / "videos"), "--report", report, "--jobs", "1"]
+    assert main(args) == 0 and "exact 1," in capsys.readouterr().out
