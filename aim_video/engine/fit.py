@@ -364,8 +364,9 @@ def _fit(cfg: Config, resume: str, stop_signals: bool) -> dict[str, Any]:
             log.event(
                 "epoch",
                 finished=state.batches_done >= micro_per_epoch,
-                failures=len(failures),
-                failure_examples=failures[:20],
+                failures=len(failures),  # failed reads: a known-bad video drawn again (as a replacement) counts
+                failed_videos=len(distinct := list(dict.fromkeys(failures))),  # each video (and reason) once
+                failure_examples=distinct[:20],
                 fallback_reads=len(fallbacks),  # clips read with data.fallback_backend: exact, but slow
                 fallback_examples=sorted(set(fallbacks))[:5],
                 **stats,

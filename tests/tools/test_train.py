@@ -57,6 +57,7 @@ def test_two_rank_bf16_zero1_run_writes_everything_and_exports_the_trainable_set
     log = read_log(out)
     epoch = [r for r in log if r["event"] == "epoch"][0]
     assert any("broken.mp4" in f for f in epoch["failure_examples"])
+    assert epoch["failed_videos"] == len(epoch["failure_examples"]) == 1 <= epoch["failures"]  # named once
     steps = [r for r in log if r["event"] == "train"]
     assert [r["step"] for r in steps] == [1, 2, 3, 4] and all(r["lr"] > 0 for r in steps)
     assert os.listdir(os.path.join(out, "tensorboard"))
