@@ -15,6 +15,7 @@ import os
 from dataclasses import replace
 
 from aim_video.data import decode, encode, watchdog
+from aim_video.data.annotations import write_lines
 from aim_video.data.verify import VideoCheck, verify_videos
 
 RECORD = "aim_video_repair.json"
@@ -36,11 +37,7 @@ def claim_folder(out_dir: str, settings: dict) -> float:
     except (OSError, ValueError, AttributeError):  # none yet, unreadable, or not this tool's
         same = False
     if not same:
-        os.makedirs(out_dir, exist_ok=True)
-        tmp = f"{path}.{os.getpid()}.tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump({"settings": settings}, f, indent=2, sort_keys=True)
-        os.replace(tmp, path)
+        write_lines(path, [json.dumps({"settings": settings}, indent=2, sort_keys=True)])  # atomic
     return os.path.getmtime(path)
 
 
