@@ -61,7 +61,8 @@ class DropPath(nn.Module):
         return f"rate={self.rate.item():.3f}"
 
 
-# How the temporal branch computes its attention over T frames (the same frozen weights and result every way): the
+# How the temporal branch computes its attention over T frames (the same frozen weights and result every way, up to
+# rounding in bf16/fp16, where "matmul" rounds the scores to the input dtype before its float32 softmax): the
 # block's own module with torch's default SDPA kernel ("sdpa"), the same under SDPA's math backend ("math"), or the
 # softmax written out over the module's projections, as batched matmuls ("matmul") or as broadcast products summed
 # over the head dimension ("reduce"). Sequences of 8 tokens by the thousand are a shape the fused kernels are not
@@ -72,7 +73,8 @@ TEMPORAL_ATTENTION = ("sdpa", "math", "matmul", "reduce")
 
 
 def matmul_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None) -> torch.Tensor:
-    """softmax(q k^T * scale) v as two batched matmuls, scores and softmax in float32 (scale: 1/sqrt(d) if None)."""
+    """softmax(q k^T * scale) v as two batched matmuls, the softmax in float32 (scale: 1/sqrt(d) if None); the
+    scores come out of the matmul in the input dtype (bf16 under mixed precision: kept so for the speed measured)."""
     q = q * (q.shape[-1] ** -0.5 if scale is None else scale)
     return (q @ k.transpose(-2, -1)).float().softmax(-1).to(v.dtype) @ v
 
@@ -91,7 +93,8 @@ WRITTEN_OUT = {"matmul": matmul_attention, "reduce": reduce_attention}
 def attend_written_out(attn: Attention, x: torch.Tensor, core: str) -> torch.Tensor:
     """``attn(x)`` for timm's plain ``Attention`` with the softmax written out (``core``: matmul | reduce).
 
-    Scores and softmax in float32; everything else as timm computes it (qkv, q/k norms, output norm, proj).
+    The softmax in float32 (the scores too with "reduce"); everything else as timm computes it (qkv, q/k norms,
+    output norm, proj).
     """
     b, n, _ = x.shape
     q, k, v = attn.qkv(x).reshape(b, n, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
