@@ -259,6 +259,7 @@ def run_method(
     """Train ``name`` with its config from :func:`prepare_methods`, evaluate it (merged when it can merge) and
     measure its cost; returns its table row."""
     from aim_video.data.loader import build_eval_loader
+    from aim_video.engine.distributed import device_and_backend
     from aim_video.engine.fit import fit
     from aim_video.eval.loading import load_model
     from aim_video.eval.multiview import apply_protocol, evaluate
@@ -266,7 +267,7 @@ def run_method(
 
     started = time.time()
     summary = fit(cfg)
-    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    device, _ = device_and_backend(0)  # the device training used: DS_ACCELERATOR=cpu on a GPU node is the CPU
     model = load_model(cfg, summary["paths"]["model_trainable"], device)
     merged = can_merge(model)  # the variants that ship merged are evaluated as the plain ViT they become
     if merged:
@@ -349,8 +350,11 @@ def plot(rows: list[dict[str, Any]], path: str, title: str) -> str:
 
 
 def machine_description() -> str:
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name(torch.cuda.current_device())
+    from aim_video.engine.distributed import device_and_backend
+
+    device, _ = device_and_backend(0)  # what the methods ran on: DS_ACCELERATOR=cpu on a GPU node is the CPU
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
     return f"CPU ({os.cpu_count()} cores, {platform.processor() or platform.machine()})"
 
 

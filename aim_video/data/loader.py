@@ -61,7 +61,7 @@ from aim_video.data.annotations import (
 from aim_video.data.dataset import CollateEval, MultiViewDataset, TrainClipDataset, collate_train
 from aim_video.data.kinetics import kinetics_classes, read_kinetics_csv, rows_of_split
 from aim_video.data.transforms import build_eval_transform, build_train_transform
-from aim_video.engine.distributed import parse_stop_signals
+from aim_video.engine.distributed import device_and_backend, parse_stop_signals
 
 log = logging.getLogger(__name__)
 
@@ -223,7 +223,9 @@ _EXIT_HOOKS: list[Callable[[], None]] = []
 
 def _loader_kwargs(cfg: Config) -> dict:
     workers = cfg.data.num_workers
-    kwargs: dict = {"num_workers": workers, "pin_memory": cfg.data.pin_memory and torch.cuda.is_available()}
+    # pinned only for a CUDA device (DS_ACCELERATOR=cpu on a GPU node pinned, and its pin thread made a CUDA context)
+    pin = cfg.data.pin_memory and device_and_backend(0)[0].type == "cuda"
+    kwargs: dict = {"num_workers": workers, "pin_memory": pin}
     if workers > 0:
         kwargs.update(prefetch_factor=cfg.data.prefetch_factor, persistent_workers=cfg.data.persistent_workers)
         kwargs.update(worker_init_fn=_worker_init(cfg))  # training and its periodic evaluation alike

@@ -19,6 +19,7 @@ import torch
 from aim_video.config import Config, to_dict
 from aim_video.data import decode
 from aim_video.engine.deepspeed_setup import model_dtype
+from aim_video.engine.distributed import device_and_backend
 from aim_video.models.build import build_model
 from aim_video.profiling import plots
 from aim_video.profiling.flops import mfu, model_flops_per_clip, peak_info
@@ -70,7 +71,7 @@ def run_profile(cfg: Config, out_dir: str, trace: bool = False, log: Callable[[s
             "profile.max_workers, profile.steps and profile.loader_batches must be >= 1, profile.warmup >= 0 and "
             f"profile.batch_sizes non-empty; got {p}"
         )
-    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    device, _ = device_and_backend(0)  # as training chooses: DS_ACCELERATOR=cpu on a GPU node is the CPU
     dtype = model_dtype(cfg)
     d = cfg.data
     model = build_model(cfg.model, d.num_frames, d.input_size)
@@ -91,6 +92,9 @@ def run_profile(cfg: Config, out_dir: str, trace: bool = False, log: Callable[[s
             row["infer_mfu"] = mfu(flops["forward"], row["infer_clips_per_s"], peak.get("peak_tflops"))
 
     workers = list(range(1, p.max_workers + 1))
+    if d.decode_device != "cpu":  # NVDEC decodes in this process: forked workers cannot use CUDA
+        workers = [0]
+        log(f"[profile] data.decode_device={d.decode_device}: the loader is measured in this process only")
     log(f"[profile] loader: workers {workers}, {p.loader_batches} timed batches of {d.batch_size} each")
     loader_rows = loader_sweep(cfg, workers, p.loader_batches, p.loader_delay_s)
 

@@ -721,3 +721,13 @@ def test_eval_sources_that_number_their_own_classes_need_the_train_classes(tmp_p
     assert [r.label for r in load_split(cfg, "val").records] == [0, 2]
     cfg.data.class_map, cfg.data.train_list = "", str(tmp_path / "train")  # a train tree names its classes
     assert [r.label for r in load_split(cfg, "val").records] == [0, 2]
+
+
+def test_memory_is_pinned_only_for_the_accelerator_training_uses(video_dir, monkeypatch):
+    """A GPU node running on the CPU (DS_ACCELERATOR=cpu) pinned every batch, its pin thread making a CUDA context
+    on GPU 0 in every rank: pinning followed torch.cuda.is_available, not the device training chose."""
+    from aim_video.data.loader import _loader_kwargs
+
+    monkeypatch.setenv("DS_ACCELERATOR", "cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert _loader_kwargs(tiny_cfg(video_dir, pin_memory=True))["pin_memory"] is False

@@ -96,3 +96,25 @@ def test_gpu_profile_reports_cuda_memory_and_mfu(demo_root, tmp_path) -> None:
     for row in r["model"]:
         assert 0 < row["train_peak_mib"] and 0 < row["train_mfu"] < 1 and 0 < row["infer_mfu"] < 1
     assert 0 < r["end_to_end"]["mfu"] < 1
+
+
+def test_a_config_that_decodes_on_the_gpu_profiles_its_loader_in_process(demo_root, tmp_path, monkeypatch) -> None:
+    """data.decode_device=cuda decodes in the training process (forked workers cannot use CUDA): the loader sweep ran
+    1..max_workers workers, each refused, and the profile failed after its model sweep."""
+    from aim_video.profiling import runner
+
+    asked: list[list[int]] = []
+
+    class Stop(Exception):
+        pass
+
+    def sweep(cfg, workers, batches, delay_s=0.0):
+        asked.append(list(workers))
+        raise Stop
+
+    monkeypatch.setattr(runner, "loader_sweep", sweep)
+    cfg = tiny_config(demo_root, "data.backend=torchcodec", "data.decode_device=cuda", "data.num_workers=0",
+                      "data.read_timeout_s=0", "profile.batch_sizes=[1]")  # fmt: skip
+    with pytest.raises(Stop):
+        run_profile(cfg, str(tmp_path), log=lambda _: None)
+    assert asked == [[0]]
