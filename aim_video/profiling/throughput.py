@@ -243,7 +243,21 @@ def build_train_step(
             for param, master in pairs:
                 param.copy_(master)  # the updated weights, back in the model's precision
 
+    def reset() -> None:
+        """Start the next call at an accumulation boundary (after a measurement cut short, an out-of-memory)."""
+        nonlocal micro
+        micro = 0
+        model.zero_grad(set_to_none=True)
+
+    step.reset = reset  # type: ignore[attr-defined]
     return optimizer, step
+
+
+def whole_steps(calls: int, cfg: Config) -> int:
+    """`calls` rounded up to whole optimizer steps of train.grad_accum_steps micro-batches: a timed window of
+    another length holds a varying share of optimizer steps (accumulation 4 over 10 calls: 2 or 3 of them)."""
+    accum = max(1, cfg.train.grad_accum_steps)
+    return -(-calls // accum) * accum
 
 
 def _timed(fn: Callable[[], None], warmup: int, steps: int, device: torch.device) -> float:
@@ -280,8 +294,10 @@ def model_sweep(
         label = torch.randint(0, cfg.model.num_classes, (batch_size,), device=device)
         try:
             model.train()
+            getattr(step, "reset", lambda: None)()
+            calls = whole_steps(warmup, cfg), whole_steps(steps, cfg)  # whole optimizer steps, warm-up and timed
             with PeakMemory(device) as mem:
-                step_s = _timed(lambda: step(video, label), warmup, steps, device)  # noqa: B023
+                step_s = _timed(lambda: step(video, label), *calls, device)  # noqa: B023
             row.update(train_step_ms=1000 * step_s, train_clips_per_s=batch_size / step_s, train_peak_mib=mem.peak_mib)
             model.eval()
             with torch.inference_mode(), PeakMemory(device) as mem:
@@ -316,7 +332,8 @@ def end_to_end(
 
     The warm-up is not timed: the first batch (worker start-up) and then as many steps as the loader holds batches
     ahead (workers x prefetch factor), so that what the workers prefetched during the slow first step is used up
-    before timing (else a short run reads a loader-bound step as compute-bound). With `trace_dir`, `trace_steps`
+    before timing (else a short run reads a loader-bound step as compute-bound); both counts are rounded up to whole
+    optimizer steps of train.grad_accum_steps micro-batches (`whole_steps`). With `trace_dir`, `trace_steps`
     more steps run under torch.profiler and a Chrome trace plus a table of the costliest ops are written there.
     """
     loader = profiling_loader(cfg, None, delay_s)
@@ -330,7 +347,9 @@ def end_to_end(
         return int(video.shape[0])
 
     model.train()
-    warmup = 1 + (d.num_workers * d.prefetch_factor if d.num_workers > 0 else 0)
+    getattr(step, "reset", lambda: None)()  # the model sweep may have stopped inside an accumulation (out of memory)
+    warmup = whole_steps(1 + (d.num_workers * d.prefetch_factor if d.num_workers > 0 else 0), cfg)
+    steps = whole_steps(steps, cfg)
     failures = 0  # the warm-up's reads count too: a bad video may only be met there
     for _ in range(warmup):  # worker start-up, the first step, then the backlog prefetched meanwhile
         batch = next(stream)

@@ -86,3 +86,29 @@ def test_the_measured_step_accumulates_as_training_does(precision: str) -> None:
     reference = once.head.weight.detach().float() - head.float()
     relative_error = ((change - reference).norm() / reference.norm()).item()
     assert relative_error <= 0.25, relative_error
+
+
+def test_timed_windows_hold_whole_optimizer_steps_and_start_at_a_boundary(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With train.grad_accum_steps=4, 10 timed calls held 2 or 3 optimizer steps depending on where the previous
+    measurement left the counter (carried over between batch sizes and into the end-to-end steps, and left mid-way
+    by an out-of-memory row)."""
+    from aim_video.config import load_config
+    from aim_video.models.build import build_model
+    from tests.models.conftest import TINY_CLIP
+
+    cfg = load_config(None, ["train.grad_accum_steps=4", "model.num_classes=5", "train.precision=fp32"])
+    cfg.model.arch, cfg.model.vit_kwargs = "vit_base_patch16_clip_quickgelu_224", dict(TINY_CLIP)
+    model = build_model(cfg.model, 4)
+    optimizer, step = throughput.build_train_step(cfg, model, torch.device("cpu"))
+    stepped: list[int] = []
+    monkeypatch.setattr(optimizer, "step", lambda *a, **k: stepped.append(1))
+    assert [throughput.whole_steps(n, cfg) for n in (0, 1, 4, 10)] == [0, 4, 4, 12]
+    video, label = torch.randn(1, 4, 3, 32, 32), torch.tensor([0])
+    step(video, label)  # an out-of-memory row stopped here, one micro-batch into an accumulation
+    step.reset()
+    for _ in range(4):
+        step(video, label)
+    assert stepped == [1]  # the four after the reset are one whole step (without it: one after three)
+    cfg.data.input_size, cfg.data.num_frames = 32, 4
+    rows = throughput.model_sweep(cfg, model, step, [1], torch.device("cpu"), torch.float32, warmup=1, steps=10)
+    assert not rows[0]["oom"] and len(stepped) == 1 + (4 + 12) // 4  # warm-up and timed: whole steps
