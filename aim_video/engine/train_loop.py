@@ -5,6 +5,11 @@ the epoch's position (so a checkpoint can resume mid-epoch exactly), measures cl
 waiting for data, logs the gradient norm DeepSpeed computed (bf16, fp16 or ZeRO), counts the videos the loader had
 to replace, and stops with a message naming rank, epoch, step and sample indices when a loss is NaN or infinite.
 fp16 steps that DeepSpeed skips on overflow are reported, not fatal.
+
+The data wait is host time spent blocked on the next batch. There is no device sync per step (the loss's `.item()`
+follows the forward pass only), so on a GPU the backward pass and optimizer step may still run during part of that
+wait: the logged share can overstate the GPU's idle time (not yet measured on a GPU). `tools/profile.py`'s end-to-end
+figure synchronises after each step and counts only the GPU's idle time.
 """
 
 from __future__ import annotations
