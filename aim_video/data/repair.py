@@ -2,23 +2,24 @@
 
 Copies go to their own folder (originals are only read), mirroring the originals' paths, as h264 .mp4 at a constant
 frame rate with closed groups of pictures of exactly `keyint` frames (`encode.transcode`), and are verified with
-the same backend as the originals. The folder records the settings its copies were made with
-(`aim_video_repair.json`): a rerun with the same settings keeps the copies an earlier run finished (a copy is
-written under a temporary name and renamed, so one that exists is whole) and verifies them again; a run with other
-settings re-encodes every copy older than its record.
+the same backend as the originals. Each finished copy is journalled in that folder (`aim_video_repair.jsonl`: the
+copy, its original's path, size and modification time, the settings, the copy's own size and time), so a rerun keeps
+a copy only when all of that still holds (a copy is written under a temporary name and renamed, so one that exists
+is whole) and verifies it again; a copy of another original, of an original changed since, or made with other
+settings is made again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import replace
 
 from aim_video.data import decode, encode, watchdog
-from aim_video.data.annotations import write_lines
 from aim_video.data.verify import VideoCheck, verify_videos
 
-RECORD = "aim_video_repair.json"
+JOURNAL = "aim_video_repair.jsonl"
 
 
 def _transcode_one(job: tuple[str, str, int, int, int, str]) -> int:
@@ -26,26 +27,29 @@ def _transcode_one(job: tuple[str, str, int, int, int, str]) -> int:
     return encode.transcode(src, dst, keyint=keyint, short_side=short_side, crf=crf, tune=tune)
 
 
-def claim_folder(out_dir: str, settings: dict) -> float:
-    """Record `settings` in `out_dir` unless they are recorded there already; returns the record's time (the folder's
-    clock, as the copies' times). A copy at least that new was made with `settings`; an older one (other settings,
-    or a folder with no record) is not known to be, and is re-encoded."""
-    path = os.path.join(out_dir, RECORD)
+def _stamp(path: str) -> list[int] | None:
     try:
-        with open(path, encoding="utf-8") as f:
-            same = json.load(f).get("settings") == settings
-    except (OSError, ValueError, AttributeError):  # none yet, unreadable, or not this tool's
-        same = False
-    if not same:
-        write_lines(path, [json.dumps({"settings": settings}, indent=2, sort_keys=True)])  # atomic
-    return os.path.getmtime(path)
+        st = os.stat(path)
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns]
 
 
-def _finished(dst: str, since: float) -> bool:
-    try:
-        return os.path.getmtime(dst) >= since  # a tie is this encoding's: a copy done in the record's second
-    except FileNotFoundError:
-        return False
+def _entry(src: str, dst: str, settings: dict) -> dict:
+    """What a copy was made from and with, as the journal keeps it."""
+    return {"copy": dst, "source": src, "source_stamp": _stamp(src), "settings": settings, "copy_stamp": _stamp(dst)}
+
+
+def _journalled(out_dir: str) -> dict[str, dict]:
+    """{copy: its latest journal entry} (a line cut short by a kill is skipped)."""
+    entries: dict[str, dict] = {}
+    with contextlib.suppress(FileNotFoundError), open(os.path.join(out_dir, JOURNAL), encoding="utf-8") as f:
+        for line in f:
+            with contextlib.suppress(ValueError):
+                entry = json.loads(line)
+                if isinstance(entry, dict) and "copy" in entry:
+                    entries[entry["copy"]] = entry
+    return entries
 
 
 def repair_videos(
@@ -67,10 +71,11 @@ def repair_videos(
     Copies mirror the originals' paths relative to `root` (default: their common folder), as .mp4: constant frame rate,
     closed GOPs of `keyint` frames, optionally resized to `short_side`, x264's `tune` (`encode.transcode`).
     Originals are only read; two originals that differ only in extension (`x.mp4`, `x.mkv`) get copies `x.mp4` and
-    `x_mkv.mp4`. A copy an earlier run made with the same settings is kept (and verified again). Returns
-    ({original absolute path: repaired path} for copies that verify `exact`, the checks to report: the copies', and
-    for every original not replaced (its copy failed to encode or is not exact) its own check, the failure added to
-    the reason, so that training with the new report still knows what it is; how many copies were kept).
+    `x_mkv.mp4`. A copy an earlier run made of the same original with the same settings is kept (and verified
+    again). Returns ({original absolute path: repaired path} for copies that verify `exact`, the checks to report:
+    the copies', and for every original not replaced (its copy failed to encode or is not exact) its own check, the
+    failure added to the reason, so that training with the new report still knows what it is; how many copies were
+    kept).
     """
     out_dir = os.path.abspath(out_dir)
     sources = [os.path.abspath(c.path) for c in checks if c.status != "exact"]
@@ -103,14 +108,18 @@ def repair_videos(
         taken.add(dst)
         original[src] = replace(check, path=src)
         dst_of[src] = dst
-    since = claim_folder(out_dir, settings) if dst_of else 0.0
-    encoded = {dst: src for src, dst in dst_of.items() if _finished(dst, since)}  # copy -> original
+    done = _journalled(out_dir)
+    encoded = {dst: src for src, dst in dst_of.items() if done.get(dst) == _entry(src, dst, settings)}  # kept
     kept = len(encoded)
     todo = [(src, dst, keyint, short_side, crf, tune) for src, dst in dst_of.items() if dst not in encoded]
     failed: list[VideoCheck] = []
+    if todo:
+        os.makedirs(out_dir, exist_ok=True)
     for job, _, err in watchdog.run_pool(_transcode_one, todo, jobs, timeout_s):
         if err is None:
             encoded[job[1]] = job[0]
+            with open(os.path.join(out_dir, JOURNAL), "a", encoding="utf-8") as f:  # one line per finished copy
+                f.write(json.dumps(_entry(job[0], job[1], settings)) + "\n")
         else:
             reason = err.reason if isinstance(err, decode.VideoReadError) else f"{type(err).__name__}: {err}"
             before = original[job[0]]

@@ -8,7 +8,7 @@ import os
 import pytest
 
 from aim_video.data import decode, encode, verify
-from aim_video.data.repair import RECORD, repair_videos
+from aim_video.data.repair import JOURNAL, repair_videos
 from tests.data.videos import (
     false_keyframes,
     make_h264,
@@ -143,15 +143,29 @@ def test_a_rerun_keeps_finished_copies_and_other_settings_re_encode_them(tmp_pat
         return mapping, rechecked, kept, {name for name in after if before.get(name) != after[name]}
 
     first, _, kept, written = run(keyint=8)
-    assert written == {"a.mp4", "b.mp4"} and kept == 0 and len(first) == 2 and (out / RECORD).is_file()
+    assert written == {"a.mp4", "b.mp4"} and kept == 0 and len(first) == 2 and (out / JOURNAL).is_file()
     os.remove(out / "b.mp4")  # the first run stopped before b's copy was renamed into place
     again, rechecked, kept, written = run(keyint=8)
     assert written == {"b.mp4"} and kept == 1 and again == first  # a's copy kept, and verified exact again
     assert [c.status for c in rechecked] == ["exact", "exact"]
     assert run(keyint=4)[2:] == (0, {"a.mp4", "b.mp4"})  # another keyframe interval: every copy made again
     assert run(keyint=4)[2:] == (2, set())
-    (out / RECORD).write_text("not json")  # a record it cannot read: the copies' settings are unknown
+    (out / JOURNAL).write_text("not json\n")  # a journal it cannot read: what the copies were made of is unknown
     assert run(keyint=4)[2:] == (0, {"a.mp4", "b.mp4"})
+    os.utime(sources[0], ns=(1, 1))  # the original changed since (downloaded again, say): its copy is made again
+    assert run(keyint=4)[2:] == (1, {"a.mp4"})
+
+
+def test_a_copy_of_another_original_at_the_same_path_is_not_kept(tmp_path):
+    """Copies are named below the originals' common folder: a second repair into the same folder of another folder's
+    v1.mp4 kept the first run's copy of a/v1.mp4 for b/v1.mp4, verified exact, under b's label."""
+    first = make_h264(str(tmp_path / "data" / "a" / "v1.mp4"), n=20, gop=10, seed=1)
+    second = make_h264(str(tmp_path / "data" / "b" / "v1.mp4"), n=20, gop=10, seed=2)
+    out = str(tmp_path / "rep")
+    for src in (first, second):
+        mapping, _, kept = repair_videos([verify.VideoCheck(src, "shifted", "decord")], out, progress=False)
+        assert mapping == {src: os.path.join(out, "v1.mp4")} and kept == 0
+        assert mean_abs_diff(sequential_frames(mapping[src])[5], sequential_frames(src)[5]) < 3
 
 
 def test_copies_keep_the_folders_below_the_sources_common_folder(tmp_path):
