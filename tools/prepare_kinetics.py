@@ -53,7 +53,7 @@ from aim_video.data.annotations import (  # noqa: E402
 )
 from aim_video.data.decode import BACKENDS, SEEK_MODES  # noqa: E402
 from aim_video.data.encode import x264_tune  # noqa: E402
-from aim_video.data.kinetics import SPLIT_NAMES, read_kinetics_csv  # noqa: E402
+from aim_video.data.kinetics import SPLIT_NAMES, kinetics_classes, read_kinetics_csv  # noqa: E402
 from aim_video.data.prepare import (  # noqa: E402
     build_lists,
     claim_out_root,
@@ -226,9 +226,14 @@ def add_verify(sub: argparse._SubParsersAction) -> None:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     classes = read_class_map(args.class_map) if args.class_map else None
+    needs_map = False  # repair writes a list with labels: a CSV without train rows needs the train classes there
     if classes is None and args.list.lower().endswith(".csv") and os.path.isfile(args.list):
         # labels play no part in a check: a val CSV needs no class map here (its own labels number its rows)
         classes = sorted({(row.get("label") or "").strip() for row in read_kinetics_csv(args.list)} - {""}) or None
+        try:
+            kinetics_classes(args.list)
+        except AnnotationError:  # no train rows to number the labels by
+            needs_map = classes is not None
     # missing files stay in: the report lists them `unreadable` (the warning said "dropped" while it did so)
     ann = load_annotations(args.list, args.root, classes, missing="keep", what="--list")
     if len(ann.missing) == len(ann.records):  # a wrong --root: a report of nothing but "file not found"
@@ -267,6 +272,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
             f"counts):\n  python tools/prepare_kinetics.py repair --report {args.report} --list {args.list}"
             + (f" --root {args.root}" if args.root else "")
             + (f" --class-map {args.class_map}" if args.class_map else "")
+            + (" --class-map CLASSES_TXT (the train classes, which number the labels of the list it writes)"
+               if needs_map else "")  # fmt: skip
             + " --out-root DIR --out-list NEW_LIST"
         )
     return 1

@@ -204,3 +204,11 @@ def test_cli_verify_of_a_val_csv_needs_no_class_map(tmp_path, capsys):
     report = str(tmp_path / "r.json")
     args = ["verify", "--list", str(csv), "--root", str(tmp_path / "videos"), "--report", report, "--jobs", "1"]
     assert main(args) == 0 and "exact 1," in capsys.readouterr().out
+    # its repair hint asks for the train classes: the list repair writes carries labels (it refused the CSV without)
+    from tests.data.videos import false_keyframes, make_h264
+
+    clean = make_h264(str(tmp_path / "clean.mp4"), n=120, gop=100)
+    false_keyframes(clean, str(tmp_path / "videos" / "zumba" / "c_000003_000013.mp4"), at=(40,))  # repairable
+    csv.write_text(csv.read_text() + "zumba,c,3,13,validate\n")
+    assert main(args) == 1
+    assert " --class-map CLASSES_TXT (the train classes" in capsys.readouterr().out
