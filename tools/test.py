@@ -19,6 +19,7 @@ import argparse
 import contextlib
 import logging
 import os
+import shutil
 import sys
 import traceback
 
@@ -86,8 +87,11 @@ _AS_SCRIPT = False  # set when run as a program: only then may an error end the 
 def main(argv: list[str] | None = None) -> int:
     made: list[str] = []  # the results folder and the parents this run created, deepest first
     status = _main(argv, made)
-    if status != 0:  # a failed start leaves no empty results folder behind (a folder with results stays)
-        for folder in made:
+    if status != 0 and made and not os.path.exists(os.path.join(made[0], "results.json")):
+        # a failed start leaves no results folder behind: this run made it, so what is in it (the stored class
+        # names) is this run's too; a folder with results stays
+        shutil.rmtree(made[0], ignore_errors=True)
+        for folder in made[1:]:
             with contextlib.suppress(OSError):
                 os.rmdir(folder)
     return status

@@ -286,3 +286,14 @@ def test_an_evaluation_into_the_default_folder_says_it_replaces_earlier_results(
     assert "replacing the results" not in capsys.readouterr().err
     assert test_tool.main([*args, "eval.view_chunk=2"]) == 0
     assert "note: replacing the results of an earlier evaluation in" in capsys.readouterr().err
+
+
+def test_a_failed_evaluation_leaves_no_results_folder_with_stored_class_names(run, tmp_path, capsys):
+    """Weights evaluated where the config names no classes get the stored names written into the results folder;
+    a failure then left that folder behind with only classes.txt in it."""
+    ckpt = write_tiny_checkpoint(run["cfg"], str(tmp_path / "named"), classes=["a", "b", "c"][:NUM_CLASSES])
+    out = str(tmp_path / "made" / "here")
+    args = ["--checkpoint", ckpt, "--out", out, "--no-progress", "data.class_map=",
+            f"data.val_list={tmp_path / 'no_such_list.txt'}"]  # fmt: skip
+    assert test_tool.main(args) == 2 and "no_such_list.txt" in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "made")
