@@ -114,7 +114,7 @@ def prepare_methods(
     """Every method's config, its model checked on the meta device, and the evaluation list `split` read: a bad
     setting or list fails here, before any training (a missing val list failed after the first method trained)."""
     from aim_video.data.loader import load_split
-    from aim_video.engine.checkpoint_io import CheckpointManager
+    from aim_video.engine.checkpoint_io import latest_checkpoint
     from aim_video.models.build import check_model_config
 
     configs = {}
@@ -125,8 +125,8 @@ def prepare_methods(
         except ValueError as err:
             raise ValueError(f"method {name}: {err}") from None
         # what fit refuses: a complete checkpoint (a save killed before its `latest` counts, an unusable `latest`
-        # does not)
-        earlier = CheckpointManager(os.path.join(cfg.output_dir, "checkpoints"), 1, 0, 1).latest() is not None
+        # does not), read without touching the folder (a run may be saving there)
+        earlier = latest_checkpoint(os.path.join(cfg.output_dir, "checkpoints")) is not None
         if earlier and not cfg.train.resume:  # fit would refuse it, later (train.resume=auto finishes that one)
             raise ValueError(
                 f"method {name}: {cfg.output_dir} holds the run of an earlier comparison: choose another output_dir "

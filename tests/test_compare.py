@@ -88,6 +88,9 @@ def test_every_method_and_the_evaluation_list_are_checked_before_any_trains(tmp_
     with pytest.raises(ValueError, match="method lora: .* holds the run of an earlier comparison"):
         prepare_methods(["aim", "lora"], None, data, str(tmp_path))
     assert list(prepare_methods(["aim", "lora"], None, [*data, "train.resume=auto"], str(tmp_path))) == ["aim", "lora"]
+    (earlier / ".tmp-step_00000005").mkdir()  # a save in flight, of a run still training there: left alone
+    prepare_methods(["aim", "lora"], None, [*data, "train.resume=auto"], str(tmp_path))
+    assert (earlier / ".tmp-step_00000005").is_dir() and not (tmp_path / "aim" / "checkpoints").exists()
 
 
 def test_cost_counts_parameters_and_memory_grows_with_the_trainable_set() -> None:

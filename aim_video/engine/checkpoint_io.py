@@ -136,6 +136,26 @@ def read_meta(path: str) -> dict[str, Any]:
         return json.load(f)
 
 
+def complete_checkpoints(root: str) -> list[str]:
+    """The complete checkpoint folders of a run's `root`, oldest first (reads only: no folder made, nothing cleaned)."""
+    if not os.path.isdir(root):
+        return []
+    names = sorted(n for n in os.listdir(root) if _STEP_DIR.match(n))
+    return [os.path.join(root, n) for n in names if is_complete(os.path.join(root, n))]
+
+
+def latest_checkpoint(root: str) -> str | None:
+    """The checkpoint `latest` names (falls back to the last saved complete folder if the pointer is unusable)."""
+    pointer = os.path.join(root, "latest")
+    if os.path.isfile(pointer):
+        with open(pointer) as f:
+            path = os.path.join(root, f.read().strip())
+        if is_complete(path):
+            return path
+    found = complete_checkpoints(root)
+    return max(found, key=_saved_at) if found else None
+
+
 class CheckpointManager:
     """Saves, finds, prunes and loads the checkpoints of one run folder (all ranks construct it)."""
 
@@ -162,10 +182,7 @@ class CheckpointManager:
     # ----- finding -----
     def complete_checkpoints(self) -> list[str]:
         """Complete checkpoint folders, oldest first."""
-        if not os.path.isdir(self.root):
-            return []
-        names = sorted(n for n in os.listdir(self.root) if _STEP_DIR.match(n))
-        return [os.path.join(self.root, n) for n in names if is_complete(os.path.join(self.root, n))]
+        return complete_checkpoints(self.root)
 
     def holds(self, path: str) -> bool:
         """Whether `path` is one of this folder's complete checkpoints (links and spellings resolved)."""
@@ -173,14 +190,7 @@ class CheckpointManager:
 
     def latest(self) -> str | None:
         """The checkpoint `latest` names (falls back to the last saved complete folder if the pointer is unusable)."""
-        pointer = os.path.join(self.root, "latest")
-        if os.path.isfile(pointer):
-            with open(pointer) as f:
-                path = os.path.join(self.root, f.read().strip())
-            if is_complete(path):
-                return path
-        found = self.complete_checkpoints()
-        return max(found, key=_saved_at) if found else None
+        return latest_checkpoint(self.root)
 
     def best(self) -> dict[str, Any] | None:
         path = os.path.join(self.root, "best.json")

@@ -361,12 +361,15 @@ def _fit(cfg: Config, resume: str, stop_signals: bool) -> dict[str, Any]:
             fallbacks = [f for per_rank in all_gather_objects(stats.pop("fallbacks")) for f in per_rank]
             totals["failures"] += len(failures)
             totals["fallbacks"] += len(fallbacks)
+            by_video: dict[str, str] = {}  # each video once, whatever reason each worker and rank gave
+            for failure in failures:  # "path: reason"
+                by_video.setdefault(failure.split(": ", 1)[0], failure)
             log.event(
                 "epoch",
                 finished=state.batches_done >= micro_per_epoch,
                 failures=len(failures),  # failed reads: a known-bad video drawn again (as a replacement) counts
-                failed_videos=len(distinct := list(dict.fromkeys(failures))),  # each video (and reason) once
-                failure_examples=distinct[:20],
+                failed_videos=len(by_video),
+                failure_examples=list(by_video.values())[:20],
                 fallback_reads=len(fallbacks),  # clips read with data.fallback_backend: exact, but slow
                 fallback_examples=sorted(set(fallbacks))[:5],
                 **stats,
