@@ -88,6 +88,13 @@ def positive_float(text: str) -> float:
     return value
 
 
+def non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"{text} is below 0")
+    return value
+
+
 def crf_value(text: str) -> int:
     value = int(text)
     if not 0 <= value <= 51:
@@ -165,7 +172,8 @@ def cmd_reencode(args: argparse.Namespace) -> int:
             f"--list {args.list} holds the splits {', '.join(splits)}: --out-list would list them all as one; name "
             "one with --split (run once per split), or leave --out-list out to re-encode every row"
         )
-    ann = load_annotations(args.list, args.root, classes, missing="drop", what="--list", split=args.split)
+    ann = load_annotations(args.list, args.root, classes, missing="drop", what="--list", split=args.split,
+                           unlabelled_ok=True)  # fmt: skip
     src_root = args.root or (
         args.list if os.path.isdir(args.list) else os.path.commonpath([os.path.dirname(r.path) for r in ann.records])
     )
@@ -210,8 +218,8 @@ def _add_check_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seek-mode", default="exact", choices=SEEK_MODES, help="torchcodec's seek mode")
     p.add_argument("--jobs", type=at_least(1), default=max(1, (os.cpu_count() or 2) - 1), help="videos checked at "
                    "once")  # fmt: skip
-    p.add_argument("--timeout", type=positive_float, default=300.0, help="seconds per video; slower is classified "
-                   "`hangs`")  # fmt: skip
+    p.add_argument("--timeout", type=non_negative_float, default=300.0, help="seconds per video; slower is "
+                   "classified `hangs` (0: no limit)")  # fmt: skip
 
 
 def add_verify(sub: argparse._SubParsersAction) -> None:
@@ -235,7 +243,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         except AnnotationError:  # no train rows to number the labels by
             needs_map = classes is not None
     # missing files stay in: the report lists them `unreadable` (the warning said "dropped" while it did so)
-    ann = load_annotations(args.list, args.root, classes, missing="keep", what="--list")
+    ann = load_annotations(args.list, args.root, classes, missing="keep", what="--list", unlabelled_ok=True)
     if len(ann.missing) == len(ann.records):  # a wrong --root: a report of nothing but "file not found"
         raise ValueError(
             f"none of the {len(ann.records)} videos of --list {args.list} exists (e.g. {ann.missing[0]}): give --root, "
@@ -299,7 +307,7 @@ def add_repair(sub: argparse._SubParsersAction) -> None:
 def cmd_repair(args: argparse.Namespace) -> int:
     x264_tune(args.tune)
     classes = read_class_map(args.class_map) if args.class_map else None
-    ann = load_annotations(args.list, args.root, classes, missing="drop", what="--list")
+    ann = load_annotations(args.list, args.root, classes, missing="drop", what="--list", unlabelled_ok=True)
     listed = {os.path.abspath(p) for p in [r.path for r in ann.records] + ann.missing}  # missing: reported still
     reported = verify.load_report(args.report)
     checks = [c for c in reported if os.path.abspath(c.path) in listed]  # only this list's videos are repaired

@@ -322,16 +322,19 @@ def load_annotations(
     missing: str = "fail",
     what: str = "annotations",
     split: str = "",
+    unlabelled_ok: bool | None = None,
 ) -> Annotations:
     """Read any supported source and check that every video exists (see the module docstring). `split` picks the
     rows of a Kinetics CSV that holds several splits. `missing="keep"` (tools that report on every listed file)
-    warns and keeps them."""
+    warns and keeps them. `unlabelled_ok`: whether a folder of videos without class folders lists them unlabelled
+    (default: for the val and test splits; tools that read no label say so)."""
     if missing not in ("fail", "drop", "keep"):
         raise AnnotationError(f"data.missing_files must be 'fail' or 'drop' (tools: also 'keep'), got {missing!r}")
     if not source:
         raise AnnotationError(f"no {what} given: set the list file, Kinetics CSV or class folder in the config")
     if os.path.isdir(source):
-        records, names = parse_class_folders(source, classes, unlabelled_ok=split in ("val", "test"))
+        unlabelled_ok = split in ("val", "test") if unlabelled_ok is None else unlabelled_ok
+        records, names = parse_class_folders(source, classes, unlabelled_ok=unlabelled_ok)
     elif not os.path.isfile(source):
         raise AnnotationError(f"{what} not found: {source}")
     elif source.lower().endswith(".csv"):

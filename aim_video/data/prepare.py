@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from aim_video.data.annotations import (
     VIDEO_EXTENSIONS,
     Annotations,
+    class_folder_names,
     load_annotations,
     read_class_map,
     write_lines,
@@ -371,7 +372,8 @@ def build_lists(
     Returns {split or "classes": (written path, entries written, entries dropped as missing)}.
     """
     classes: list[str] | None = read_class_map(class_map) if class_map else None
-    if "train" not in sources and classes is None:
+    unlabelled = {split for split, src in sources.items() if os.path.isdir(src) and not class_folder_names(src)}
+    if "train" not in sources and classes is None and set(sources) - unlabelled:  # a folder of videos needs none
         raise ValueError("without a train source the classes are unknown: give --train, or --class-map classes.txt")
     order = sorted(sources, key=lambda s: s != "train")  # train first: it defines the classes
     loaded = {}

@@ -88,9 +88,11 @@ def class_names(cfg: Config, path: str, setting: str = "data.class_map") -> list
         log.warning("%s; using the %d class names stored in %s", err, len(trained), path)
         now = None
     if trained and now is not None and len(now) != len(trained):
+        given = setting if setting != "data.class_map" else "this evaluation's classes (data.class_map, else the " \
+            "train CSV's labels or class folders)"  # fmt: skip
         raise ValueError(
-            f"{setting} gives {len(now)} class names, but {path} was trained with {len(trained)} classes: give the "
-            "class map training used (the checkpoint's config names it)"
+            f"{given} number {len(now)}, but {path} was trained with {len(trained)} classes: give the class map "
+            f"training used as {setting} (the checkpoint's config names it)"
         )
     if trained and now is not None and list(now) != trained:
         pairs = enumerate(zip(trained, now, strict=False))

@@ -74,6 +74,8 @@ def test_cli_refuses_settings_that_would_fail_every_video(tmp_path, capsys):
         assert stopped.value.code == 2 and f"argument {flag}: " in (err := capsys.readouterr().err) and why in err
     with pytest.raises(SystemExit):
         main(["verify", "--list", "l.txt", "--report", "r.json", "--timeout", "-1"])
+    assert "--timeout: -1 is below 0" in capsys.readouterr().err  # 0 is allowed: no limit (as before)
+    assert main(["verify", "--list", str(tmp_path / "l.txt"), "--report", "r.json", "--timeout", "0"]) == 2  # no list
     assert not os.path.exists(tmp_path / "o")
 
 
@@ -212,3 +214,21 @@ def test_cli_verify_of_a_val_csv_needs_no_class_map(tmp_path, capsys):
     csv.write_text(csv.read_text() + "zumba,c,3,13,validate\n")
     assert main(args) == 1
     assert " --class-map CLASSES_TXT (the train classes" in capsys.readouterr().out
+
+
+def test_cli_a_folder_of_videos_to_predict_needs_no_classes(tmp_path, capsys):
+    """`lists --test FOLDER` asked for --class-map although nothing in the folder has a label; verify (which reads
+    no label) refused the folder as a class tree without classes."""
+    from tools.prepare_kinetics import main
+
+    for name in ("b.mp4", "a.mp4"):
+        make_video(str(tmp_path / "new" / name), 8)
+    assert main(["lists", "--test", str(tmp_path / "new"), "--out-dir", str(tmp_path / "lists")]) == 0
+    assert sorted(os.listdir(tmp_path / "lists")) == ["test.txt"]  # no classes to write
+    assert open(tmp_path / "lists" / "test.txt").read().split() == [str(tmp_path / "new" / "a.mp4"), "-1",
+                                                                    str(tmp_path / "new" / "b.mp4"), "-1"]  # fmt: skip
+    report = str(tmp_path / "r.json")
+    assert main(["verify", "--list", str(tmp_path / "new"), "--report", report, "--jobs", "1"]) == 0
+    assert "exact 2," in capsys.readouterr().out
+    assert main(["lists", "--val", str(tmp_path / "lists" / "test.txt"), "--out-dir", str(tmp_path / "l2")]) == 2
+    assert "without a train source the classes are unknown" in capsys.readouterr().err  # a list file: numbered

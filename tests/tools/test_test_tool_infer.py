@@ -66,7 +66,7 @@ def test_unreadable_or_absent_video_and_bad_class_map(run, capsys):
     with open(short_map, "w") as f:
         f.write("a\nb\n")
     assert infer_tool.main([bad, "--checkpoint", run["ckpt"], "--class-map", short_map]) == 2
-    assert f"--class-map gives 2 class names, but {run['ckpt']} was trained with 3 classes" in capsys.readouterr().err
+    assert f"--class-map number 2, but {run['ckpt']} was trained with 3 classes" in capsys.readouterr().err
     # the right count in another order named every prediction wrongly; it is checked as data.class_map is
     reordered = os.path.join(run["root"], "reordered.txt")
     with open(reordered, "w") as f:
@@ -194,3 +194,4 @@ def test_local_rank_is_accepted_in_a_world_of_one(run, capsys, monkeypatch):
         monkeypatch.delenv(key, raising=False)
     video = os.path.join(run["root"], "videos", "v01.mp4")
     assert infer_tool.main([video, "--checkpoint", run["ckpt"], "--class-map", run["classes"], "--local_rank=0"]) == 0
+
