@@ -269,12 +269,13 @@ def cmd_verify(args: argparse.Namespace) -> int:
         print(f"{len(gone)} listed file(s) not found, e.g. {gone[0]}: download them, or drop them from the list "
               f"(--root {args.root or '(none)'}); training and evaluation with this report leave them out and list "
               "them")  # fmt: skip
-    broken = sum(c.status == "unreadable" and c.plays is False for c in checks) - len(gone)  # PyAV decodes nothing
+    here = [c for c in checks if os.path.exists(c.path)]
+    broken = sum(c.status == "unreadable" and c.plays is False for c in here)  # PyAV decodes nothing of them
     if broken:
         print(f"{broken} `unreadable` file(s) decode with nothing (truncated or failed downloads): download them "
               "again, or drop them from the list; training and evaluation with this report leave them out and list "
               "them")  # fmt: skip
-    if len(checks) - counts["exact"] - broken - len(gone):
+    if sum(c.status != "exact" for c in here) - broken:  # what re-encoding can mend
         print(
             "re-encode the others (originals untouched; `short` ones also train as they are, from the report's "
             f"counts):\n  python tools/prepare_kinetics.py repair --report {args.report} --list {args.list}"

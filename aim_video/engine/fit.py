@@ -28,6 +28,7 @@ from aim_video.engine.distributed import (
     TrainingStopped,
     all_gather_objects,
     barrier,
+    broadcast_object,
     catch_stop_signals,
     check_shared_folder,
     fault_point,
@@ -400,7 +401,8 @@ def _fit(cfg: Config, resume: str, stop_signals: bool) -> dict[str, Any]:
                 save(pending=True)
                 fault_point("after_epoch_save", state.step, info.rank)
             metric = evaluate_now()
-            if manager.holds(last_path):
+            # decided on rank 0 for all: a rank whose file system shows another listing would call the other collective
+            if broadcast_object(manager.holds(last_path) if info.is_main else None):
                 manager.record_metric(last_path, metric)
             else:  # resumed from another run's folder (or a copy): this run saves its own, with the metric
                 save(metric=metric)
