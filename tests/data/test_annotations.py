@@ -259,3 +259,25 @@ def test_a_record_tables_fingerprint_tells_lists_of_one_length_apart():
     assert RecordTable(one).fingerprint() != RecordTable([one[0], VideoRecord("/d/c.mp4", 1)]).fingerprint()
     assert RecordTable(one).fingerprint() != RecordTable([one[0], VideoRecord("/d/b.mp4", 0)]).fingerprint()
     assert RecordTable(one).fingerprint() != RecordTable(one[::-1]).fingerprint()
+    # where one path ends and the next begins, and every label of a multi-label line, count too
+    split = [VideoRecord("/d/ab", 0), VideoRecord("c", 1)]
+    assert RecordTable(split).fingerprint() != RecordTable([VideoRecord("/d/a", 0), VideoRecord("bc", 1)]).fingerprint()
+    multi = [VideoRecord("/d/a.mp4", 0, (0, 2)), VideoRecord("/d/b.mp4", 1, (1,))]
+    other = [VideoRecord("/d/a.mp4", 0, (0, 3)), VideoRecord("/d/b.mp4", 1, (1,))]
+    assert RecordTable(multi).fingerprint() != RecordTable(other).fingerprint()
+
+
+def test_missing_keep_keeps_the_absent_videos_and_names_them(tmp_path):
+    """`verify` lists every listed file (missing ones as unreadable): missing="keep" must keep them."""
+    (tmp_path / "a.mp4").write_bytes(b"x")
+    listing = tmp_path / "l.txt"
+    listing.write_text("a.mp4 0\nb.mp4 1\n")
+    ann = load_annotations(str(listing), str(tmp_path), missing="keep")
+    assert [r.label for r in ann.records] == [0, 1] and ann.missing == [str(tmp_path / "b.mp4")]
+
+
+def test_a_class_map_that_names_a_class_twice_is_refused(tmp_path):
+    path = tmp_path / "c.txt"
+    path.write_text("a\nb\na\n")
+    with pytest.raises(AnnotationError, match="duplicate class names"):
+        read_class_map(str(path))

@@ -199,3 +199,50 @@ def test_seeds_that_differ_in_their_high_32_bits_give_other_augmentations(tmp_pa
     low = 12345
     a, b = ds[(0, low)]["video"], ds[(0, low | 7 << 32)]["video"]
     assert torch.equal(ds[(0, low)]["video"], a) and not torch.equal(a, b)  # the crop and flip differ
+
+
+def test_a_replacement_carries_its_own_label_and_index(tmp_path):
+    """A failed video is replaced by another: the clip must carry the replacement's label (a mutation to the failed
+    video's label passed every test)."""
+    from tests.data.conftest import make_video
+
+    bad = tmp_path / "bad.mp4"
+    bad.write_text("not a video")
+    good = make_video(str(tmp_path / "good.mp4"), 24)
+    records = [VideoRecord(str(bad), 0, (0,)), VideoRecord(good, 7, (7,))]
+    ds = TrainClipDataset(records, identity, "dense", num_frames=4, frame_stride=4, backend="pyav", max_retries=20)
+    item = ds[(0, 123)]
+    assert (item["index"], item["label"]) == (1, 7)
+
+
+def test_collate_gives_each_clip_of_a_repeated_sample_its_label():
+    """data.repeated_aug: N clips per video, collated video by video; labels tiled [3, 7, 3, 7] passed the tests."""
+    from aim_video.data.dataset import collate_train
+
+    items = [{"video": torch.zeros(2, 1), "label": label, "index": k, "failures": []} for k, label in enumerate((3, 7))]
+    batch = collate_train(items)
+    assert batch["label"].tolist() == [3, 3, 7, 7] and batch["index"].tolist() == [0, 0, 1, 1]
+
+
+@pytest.mark.parametrize("cls", [TrainClipDataset, MultiViewDataset])
+def test_a_verify_reports_frame_count_bounds_the_read(tmp_path, monkeypatch, cls):
+    """The report's count of frames that really decode must reach read_frames (passing None instead went
+    unnoticed: reads past a short file's real end would reach the decoder again)."""
+    import os
+
+    from tests.data.conftest import make_video
+
+    good = make_video(str(tmp_path / "good.mp4"), 24)
+    seen = []
+    real = decode.read_frames
+
+    def spy(path, indices, **kw):
+        seen.append(kw["num_frames"])
+        return real(path, indices, **kw)
+
+    monkeypatch.setattr(decode, "read_frames", spy)
+    kw = dict(num_frames=4, frame_stride=4, backend="pyav", frame_counts={os.path.abspath(good): 20})
+    if cls is MultiViewDataset:
+        kw["num_clips"] = 1
+    cls([VideoRecord(good, 0, (0,))], identity, "dense", **kw)[0]
+    assert seen == [20]

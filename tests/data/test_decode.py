@@ -293,3 +293,43 @@ def test_an_index_that_is_not_an_integer_is_refused(tmp_path):
     with pytest.raises(ValueError, match=r"frame indices must be integers, got \[1.5\]"):  # not frame 1, silently
         decode.read_frames(path, [0, 1.5], "decord")
     assert decode.read_frames(path, [np.int64(2), 3.0], "decord").shape[0] == 2
+
+
+def test_a_negative_frame_index_is_refused(tmp_path):
+    """decord returned the last frame for -1 without a word, and PyAV recorded the file as shorter than it is."""
+    path = make_h264(str(tmp_path / "a.mp4"), n=20)
+    with pytest.raises(decode.VideoReadError, match=r"frame index -1 outside 0\.\.19"):
+        decode.read_frames(path, [-1, 3], "decord")
+
+
+def test_a_failed_read_of_a_file_as_long_as_it_claims_is_no_short_file(tmp_path, monkeypatch):
+    """The recount after a failed read equals the claimed count: the fallback reads the frames, and the file is not
+    recorded as short (a spurious 'claims 30 frames but only 30 decode')."""
+    path = make_h264(str(tmp_path / "a.mp4"), n=30)
+
+    class Failing(decode._DecordReader):
+        def get(self, indices):
+            raise RuntimeError("Check failed")
+
+    monkeypatch.setitem(decode._READERS, "decord", Failing)
+    monkeypatch.setattr(decode, "_DISCOVERED", {})
+    monkeypatch.setattr(decode, "_FALLBACKS", {})
+    clip = decode.read_frames(path, [3, 7], "decord", fallback="pyav")
+    assert clip.shape[0] == 2 and decode.discovered_frame_counts() == {}
+    assert decode.fallback_reason(path).startswith("read with pyav: decord failed to decode frames 3..7")
+
+
+def test_a_known_frame_count_and_the_readers_bound_each_other(tmp_path, monkeypatch):
+    """A reader that reports no count reads within the known one; a known count above the reader's is bounded by
+    the reader's (it was passed to the decoder as it was)."""
+    path = make_h264(str(tmp_path / "a.mp4"), n=30)
+
+    class NoCount(decode._PyAVReader):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.num_frames = 0
+
+    monkeypatch.setitem(decode._READERS, "nocount", NoCount)
+    assert decode.read_frames(path, lambda n: [n - 1], "nocount", num_frames=30).shape[0] == 1
+    with pytest.raises(decode.VideoReadError, match=r"frame index 35 outside 0\.\.29"):
+        decode.read_frames(path, [35], "decord", num_frames=40)

@@ -195,3 +195,11 @@ def test_a_csv_without_train_rows_as_the_train_csv_says_so(tmp_path):
     for _ in range(2):  # read, then remembered: the same answer
         with pytest.raises(AnnotationError, match=r"val.csv: a labelled 'val' split, but no train classes"):
             kinetics_classes(str(csv))
+
+
+def test_a_csv_of_one_split_serves_as_any_split(tmp_path):
+    """Kinetics' val CSV as data.test_list (the usual recipe): its rows say val, the loader asks for test."""
+    csv = tmp_path / "val.csv"
+    csv.write_text("label,youtube_id,time_start,time_end,split\nzumba,a,0,10,val\nabseiling,b,0,10,val\n")
+    records, _ = parse_kinetics_csv(str(csv), "/r", classes=["abseiling", "zumba"], split="test")
+    assert [r.label for r in records] == [1, 0]

@@ -96,3 +96,15 @@ def test_by_default_a_short_video_keeps_its_order_in_uniform_clips_and_loops_in_
     assert sampling.train_indices(20, "uniform", 32, 4, rng, "loop")[19:21] == [19, 0]  # loop when asked for
     (dense,) = sampling.test_indices(40, "dense", 8, 16, 1)
     assert any(b < a for a, b in zip(dense, dense[1:], strict=False))  # dense still loops by default
+
+
+def test_uniform_train_draws_every_frame_of_an_uneven_segment():
+    """17 frames in 8 segments: the first is [0, 2.125), frames 0, 1 and 2 (flooring its end never drew frame 2)."""
+    rng = np.random.default_rng(0)
+    assert {sampling.uniform_train(17, 8, rng)[0] for _ in range(300)} == {0, 1, 2}
+
+
+def test_uniform_test_loops_only_a_short_video_and_shifts_each_clip():
+    """short_video=loop: a long video still takes its segments' middles, and a short one's clips differ."""
+    assert sampling.uniform_test(80, 8, 1, "loop") == [[5, 15, 25, 35, 45, 55, 65, 75]]
+    assert sampling.uniform_test(3, 8, 2, "loop") == [[0, 1, 2, 0, 1, 2, 0, 1], [1, 2, 0, 1, 2, 0, 1, 2]]

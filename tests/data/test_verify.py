@@ -410,3 +410,10 @@ def test_reports_hold_absolute_paths_and_file_stamps_and_a_changed_file_is_check
     assert verify.is_stale(missing)
     (found,) = verify.verify_videos([later], "decord", journal=journal, progress=False)
     assert found.status == "exact"
+
+
+def test_a_check_without_a_stamp_is_taken_as_current(tmp_path):
+    """Reports written before checks carried file stamps: their verdicts still count (not all stale)."""
+    path = tmp_path / "v.mp4"
+    path.write_bytes(b"x")
+    assert not verify.is_stale(verify.VideoCheck(str(path), "exact"))

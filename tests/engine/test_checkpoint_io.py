@@ -522,3 +522,39 @@ def test_a_full_disk_during_a_save_is_one_error_naming_the_folder(world, tmp_pat
     error = RuntimeError("a bug")
     with pytest.raises(RuntimeError, match="a bug"):  # anything else goes through as it is
         manager.save(engine, cfg, step=2, epoch=0, batches_done=2)
+
+
+def test_keep_last_keeps_the_latest_saves_not_the_highest_steps(world, tmp_path):
+    """Resumed from step 1 after the abandoned run saved 4 and 5: with keep_last=3 the new saves 2 and 3 stay with
+    the newest of the old (ranked by step, the resumed run's step 2 went first)."""
+    cfg = load_config(None, ["train.precision=fp32", "data.batch_size=2"])
+    engine = _engine(cfg, seed=0)
+    root = str(tmp_path / "ckpt")
+    manager = CheckpointManager(root, keep_last=3, rank=0, world_size=1)
+    for step in (4, 5, 2, 3):
+        manager.save(engine, cfg, step=step, epoch=0, batches_done=step)
+    assert sorted(n for n in os.listdir(root) if n.startswith("step_")) == [
+        "step_00000002", "step_00000003", "step_00000005"
+    ]  # fmt: skip
+
+
+def test_of_equal_metrics_the_earliest_is_best(world, tmp_path):
+    cfg = load_config(None, ["train.precision=fp32", "data.batch_size=2"])
+    engine = _engine(cfg, seed=0)
+    root = str(tmp_path / "ckpt")
+    manager = CheckpointManager(root, keep_last=5, rank=0, world_size=1)
+    for step in (1, 2):
+        manager.save(engine, cfg, step=step, epoch=step, batches_done=0, metric=50.0)
+    assert json.load(open(os.path.join(root, "best.json")))["name"] == "step_00000001"
+
+
+def test_a_zero_stage_0_checkpoint_resumes_under_another_world_size(world, tmp_path):
+    """Stage 0 keeps the whole optimizer on every rank: nothing to regroup, so another world size is allowed."""
+    cfg = load_config(None, ["train.precision=fp32", "data.batch_size=2", "train.zero_stage=0"])
+    root = str(tmp_path / "ckpt")
+    path = CheckpointManager(root, keep_last=2, rank=0, world_size=2).save(
+        _engine(cfg, seed=0), cfg, step=1, epoch=0, batches_done=1
+    )
+    assert CheckpointManager(root, keep_last=2, rank=0, world_size=1).load(_engine(cfg, seed=1), path, cfg)[
+        "world_size"
+    ] == 2

@@ -220,3 +220,28 @@ def test_bf16_model_gets_bf16_inputs_on_its_own_device():
         TinyClassifier(NUM_CLASSES), synthetic_loader(dataset, 2), cfg, progress=False, return_scores=True
     )
     assert torch.allclose(result["scores"]["scores"], reference["scores"]["scores"], atol=0.05)
+
+
+def _rank_output(indices: list[int]) -> dict:
+    n = len(indices)
+    return {"index": torch.tensor(indices), "label": torch.zeros(n, dtype=torch.long), "scores": torch.zeros(n, 2),
+            "errors": []}  # fmt: skip
+
+
+def test_merge_refuses_an_index_past_the_split_and_more_repeats_than_ranks_pad():
+    """A sampler pads at most world_size - 1 repeated videos and gives indices below the split's size: the edges
+    of both checks moved by one passed the tests."""
+    with pytest.raises(RuntimeError, match=r"outside the split \[2\]"):
+        merge_rank_outputs([_rank_output([0, 1, 2])], 2, 1)
+    with pytest.raises(RuntimeError, match="2 repeated videos"):
+        merge_rank_outputs([_rank_output([0, 1, 2]), _rank_output([0, 1])], 3, 2)
+
+
+def test_inference_precision_follows_the_training_precision_on_cuda():
+    """bf16 and fp16 swapped passed the tests (the mapping runs on CUDA only, but needs no GPU to check)."""
+    from aim_video.config import load_config
+    from aim_video.eval.multiview import inference_precision
+
+    for precision, autocast in (("bf16", torch.bfloat16), ("fp16", torch.float16), ("fp32", None)):
+        cfg = load_config(None, [f"train.precision={precision}"])
+        assert inference_precision(torch.nn.Linear(2, 2), cfg, torch.device("cuda")) == (autocast, torch.float32)
