@@ -221,6 +221,9 @@ def test_verify_videos_report_resume_and_hangs(files, tmp_path):
     checks = verify.verify_videos(paths, "decord", jobs=2, journal=journal, progress=False)  # resumes
     assert [c.seconds for c in checks[:2]] == [c.seconds for c in first]  # taken from the journal, not re-run
     assert [c.status for c in checks] == ["exact", "corrupt_after_seek", "short", "unreadable"]
+    # the journal's checks are another backend's verdicts for pyav: checked again; a path listed twice is one video
+    again = verify.verify_videos([paths[1], paths[1]], "pyav", jobs=1, journal=journal, progress=False)
+    assert [(c.status, c.backend) for c in again] == [("exact", "pyav")]  # once, by pyav (not the journal's decord)
     report = str(tmp_path / "report.json")
     csv_path = verify.write_report(checks, report, "decord", "exact")
     data = json.load(open(report))
