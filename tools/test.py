@@ -19,7 +19,6 @@ import argparse
 import contextlib
 import logging
 import os
-import shutil
 import sys
 import traceback
 
@@ -86,18 +85,21 @@ _AS_SCRIPT = False  # set when run as a program: only then may an error end the 
 
 def main(argv: list[str] | None = None) -> int:
     made: list[str] = []  # the results folder and the parents this run created, deepest first
-    status = _main(argv, made)
+    written: list[str] = []  # files this run wrote there before the evaluation (the stored class names)
+    status = _main(argv, made, written)
     if status != 0 and made and not os.path.exists(os.path.join(made[0], "results.json")):
-        # a failed start leaves no results folder behind: this run made it, so what is in it (the stored class
-        # names) is this run's too; a folder with results stays
-        shutil.rmtree(made[0], ignore_errors=True)
-        for folder in made[1:]:
+        # a failed start leaves no results folder behind: the files this run wrote there, then the folders it made,
+        # if nothing else is in them (another evaluation of the same weights may be writing there)
+        for path in written:
+            with contextlib.suppress(OSError):
+                os.remove(path)
+        for folder in made:
             with contextlib.suppress(OSError):
                 os.rmdir(folder)
     return status
 
 
-def _main(argv: list[str] | None, made: list[str]) -> int:
+def _main(argv: list[str] | None, made: list[str], written: list[str]) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -115,7 +117,10 @@ def _main(argv: list[str] | None, made: list[str]) -> int:
             raise OSError(f"cannot create the results folder {out} ({err.strerror}): choose another --out") from err
         if not os.access(out, os.W_OK):
             raise PermissionError(f"cannot write results into {out}: choose another --out")
+        given_map = cfg.data.class_map
         use_stored_classes(cfg, checkpoint_file, out)  # weights evaluated away from the training run's class files
+        if cfg.data.class_map != given_map:
+            written.append(cfg.data.class_map)
         names = class_names(cfg, checkpoint_file) or [str(i) for i in range(cfg.model.num_classes)]
         if len(names) != cfg.model.num_classes:
             raise ValueError(f"the class map lists {len(names)} classes, model.num_classes is {cfg.model.num_classes}")

@@ -297,3 +297,16 @@ def test_a_failed_evaluation_leaves_no_results_folder_with_stored_class_names(ru
             f"data.val_list={tmp_path / 'no_such_list.txt'}"]  # fmt: skip
     assert test_tool.main(args) == 2 and "no_such_list.txt" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "made")
+
+
+def test_a_failed_evaluation_leaves_what_another_wrote_into_its_new_folder(run, tmp_path, monkeypatch, capsys):
+    """Two evaluations into one new default folder: the one that fails removed the folder with the other's files."""
+    def other_writes_then_fails(cfg, split, rank, world_size):
+        with open(os.path.join(out, "another_runs_scores.safetensors"), "w") as f:
+            f.write("x")
+        raise FileNotFoundError("no_such_list.txt")
+
+    out = str(tmp_path / "shared")
+    monkeypatch.setattr(test_tool, "build_eval_loader", other_writes_then_fails)
+    assert test_tool.main(["--checkpoint", run["ckpt"], "--out", out, "--no-progress"]) == 2
+    assert os.listdir(out) == ["another_runs_scores.safetensors"]
