@@ -35,9 +35,9 @@ def _stamp(path: str) -> list[int] | None:
     return [st.st_size, st.st_mtime_ns]
 
 
-def _entry(src: str, dst: str, settings: dict) -> dict:
-    """What a copy was made from and with, as the journal keeps it."""
-    return {"copy": dst, "source": src, "source_stamp": _stamp(src), "settings": settings, "copy_stamp": _stamp(dst)}
+def _entry(src: str, dst: str, settings: dict, source_stamp: list[int] | None) -> dict:
+    """What a copy was made from and with, as the journal keeps it (`source_stamp`: the original's before encoding)."""
+    return {"copy": dst, "source": src, "source_stamp": source_stamp, "settings": settings, "copy_stamp": _stamp(dst)}
 
 
 def _journalled(out_dir: str) -> dict[str, dict]:
@@ -109,17 +109,25 @@ def repair_videos(
         original[src] = replace(check, path=src)
         dst_of[src] = dst
     done = _journalled(out_dir)
-    encoded = {dst: src for src, dst in dst_of.items() if done.get(dst) == _entry(src, dst, settings)}  # kept
+    stamps = {src: _stamp(src) for src in dst_of}  # before encoding: an original replaced meanwhile is not this copy's
+    encoded = {dst: src for src, dst in dst_of.items() if done.get(dst) == _entry(src, dst, settings, stamps[src])}
     kept = len(encoded)
     todo = [(src, dst, keyint, short_side, crf, tune) for src, dst in dst_of.items() if dst not in encoded]
     failed: list[VideoCheck] = []
+    journal = os.path.join(out_dir, JOURNAL)
     if todo:
         os.makedirs(out_dir, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError), open(journal, "rb+") as f:  # a line a kill cut short ends here
+            end = f.seek(0, os.SEEK_END)
+            if end:
+                f.seek(end - 1)
+                if f.read(1) != b"\n":
+                    f.write(b"\n")
     for job, _, err in watchdog.run_pool(_transcode_one, todo, jobs, timeout_s):
         if err is None:
             encoded[job[1]] = job[0]
-            with open(os.path.join(out_dir, JOURNAL), "a", encoding="utf-8") as f:  # one line per finished copy
-                f.write(json.dumps(_entry(job[0], job[1], settings)) + "\n")
+            with open(journal, "a", encoding="utf-8") as f:  # one line per finished copy
+                f.write(json.dumps(_entry(job[0], job[1], settings, stamps[job[0]])) + "\n")
         else:
             reason = err.reason if isinstance(err, decode.VideoReadError) else f"{type(err).__name__}: {err}"
             before = original[job[0]]

@@ -152,6 +152,10 @@ def test_a_rerun_keeps_finished_copies_and_other_settings_re_encode_them(tmp_pat
     assert run(keyint=4)[2:] == (2, set())
     (out / JOURNAL).write_text("not json\n")  # a journal it cannot read: what the copies were made of is unknown
     assert run(keyint=4)[2:] == (0, {"a.mp4", "b.mp4"})
+    with open(out / JOURNAL, "a") as f:
+        f.write('{"copy": "cut short by a ki')  # the next entries start on a line of their own
+    os.remove(out / "a.mp4")
+    assert run(keyint=4)[2:] == (1, {"a.mp4"}) and run(keyint=4)[2:] == (2, set())
     os.utime(sources[0], ns=(1, 1))  # the original changed since (downloaded again, say): its copy is made again
     assert run(keyint=4)[2:] == (1, {"a.mp4"})
 
