@@ -239,6 +239,10 @@ def parse_class_folders(
     With `unlabelled_ok` (an evaluation split), a folder of videos and no class folders lists them unlabelled."""
     folders = class_folder_names(root)
     if not folders and unlabelled_ok and (loose := _videos_in(root)):  # videos to predict, not to score
+        log.warning(
+            "%s: no class folders: its %d videos are listed unlabelled (videos to predict; a class tree is "
+            "%s/<class>/<video>)", root, len(loose), root,
+        )  # fmt: skip
         return [VideoRecord(os.path.join(root, f), -1, ()) for f in loose], list(classes or [])
     if not folders:
         hint = "" if unlabelled_ok else "; a folder of unlabelled videos (no class folders) is for val or test only"

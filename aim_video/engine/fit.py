@@ -363,7 +363,7 @@ def _fit(cfg: Config, resume: str, stop_signals: bool) -> dict[str, Any]:
             totals["failures"] += len(failures)
             totals["fallbacks"] += len(fallbacks)
             by_video: dict[str, str] = {}  # each video once, whatever reason each worker and rank gave
-            for failure in failures:  # "path: reason"
+            for failure in failures:  # "path: reason" (two paths alike up to a ": " in them count as one)
                 by_video.setdefault(failure.split(": ", 1)[0], failure)
             log.event(
                 "epoch",

@@ -91,7 +91,7 @@ def class_names(cfg: Config, path: str, setting: str = "data.class_map") -> list
         given = setting if setting != "data.class_map" else "this evaluation's classes (data.class_map, else the " \
             "train CSV's labels or class folders)"  # fmt: skip
         raise ValueError(
-            f"{given} number {len(now)}, but {path} was trained with {len(trained)} classes: give the class map "
+            f"{given}: {len(now)} classes, but {path} was trained with {len(trained)}: give the class map "
             f"training used as {setting} (the checkpoint's config names it)"
         )
     if trained and now is not None and list(now) != trained:

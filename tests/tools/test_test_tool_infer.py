@@ -66,7 +66,7 @@ def test_unreadable_or_absent_video_and_bad_class_map(run, capsys):
     with open(short_map, "w") as f:
         f.write("a\nb\n")
     assert infer_tool.main([bad, "--checkpoint", run["ckpt"], "--class-map", short_map]) == 2
-    assert f"--class-map number 2, but {run['ckpt']} was trained with 3 classes" in capsys.readouterr().err
+    assert f"--class-map: 2 classes, but {run['ckpt']} was trained with 3: give" in capsys.readouterr().err
     # the right count in another order named every prediction wrongly; it is checked as data.class_map is
     reordered = os.path.join(run["root"], "reordered.txt")
     with open(reordered, "w") as f:
