@@ -18,13 +18,15 @@
     # refuse videos they found returning wrong frames for data.backend (data.inexact_videos=fail|drop|keep)
     python tools/prepare_kinetics.py verify --list /data/k400/lists/train.txt --root /data/k400/videos \\
         --report /data/k400/lists/train_verify.json --backend decord --jobs 8 --timeout 300
-    # ... then re-encode the videos that are not exact (originals untouched), verify the copies, relist
+    # ... then re-encode the videos that are not exact (originals untouched), verify the copies, relist; a rerun
+    # keeps the copies already made; train with both reports (it prints the keys)
     python tools/prepare_kinetics.py repair --report /data/k400/lists/train_verify.json \\
         --list /data/k400/lists/train.txt --root /data/k400/videos --out-root /data/k400/repaired \\
         --out-list /data/k400/lists/train_repaired.txt --keyint 16 --jobs 8
 
     # 3. train on the result (data.root: the folder the list's relative paths start from; data.num_classes and
-    # model.num_classes: the number of lines of classes.txt, 400 for Kinetics-400)
+    # model.num_classes: the number of lines of classes.txt, 400 for Kinetics-400); a folder of new videos to
+    # predict: `lists --test FOLDER` lists them unlabelled, and tools/test.py predicts them
     deepspeed tools/train.py --config configs/k400_vit_b16_8f.yaml data.root=/data/k400/videos_256 \\
         data.train_list=/data/k400/lists/train_256.txt data.val_list=/data/k400/lists/val_256.txt \\
         data.class_map=/data/k400/lists/classes.txt
