@@ -266,7 +266,12 @@ def _fit(cfg: Config, resume: str, stop_signals: bool) -> dict[str, Any]:
         end_pending |= finished and meta.get("metric") is None and meta["batches_done"] < meta.get("micro_per_epoch", 0)
         if finished and not end_pending:
             state.epoch, state.batches_done = state.epoch + 1, 0
-    if info.is_main:  # after the resume checks: a refused resume leaves the run's config files as they were
+    max_steps = cfg.train.max_steps
+    eval_cache: dict[str, Any] = {}
+    will_run = end_pending or (state.epoch < cfg.train.epochs and (max_steps <= 0 or state.step < max_steps))
+    if will_run and cfg.data.val_list and cfg.train.eval_every >= 0:  # a val list that cannot be evaluated stops now
+        prepare_evaluation(cfg, info, eval_cache)
+    if info.is_main:  # after the resume and val list checks: a refused start leaves the run's files as they were
         save_config(cfg, out)
         write_ds_config(ds_config, out)
     total_steps = opt_summary["total_steps"]
@@ -289,13 +294,9 @@ def _fit(cfg: Config, resume: str, stop_signals: bool) -> dict[str, Any]:
     )
     prepare = _prepare_fn(cfg, info.device)
     mix = build_mixing(cfg.train.mixup_alpha, cfg.train.cutmix_alpha, cfg.model.num_classes, cfg.data.repeated_aug)
-    save_steps, max_steps = cfg.train.save_every_steps, cfg.train.max_steps
+    save_steps = cfg.train.save_every_steps
     last_saved = state.step if resumed_from else -1
     last_path = resumed_from or ""  # the checkpoint of step `last_saved`: this run's, or another run's it resumed
-    eval_cache: dict[str, Any] = {}
-    will_run = end_pending or (state.epoch < cfg.train.epochs and (max_steps <= 0 or state.step < max_steps))
-    if will_run and cfg.data.val_list and cfg.train.eval_every >= 0:  # a val list that cannot be evaluated stops now
-        prepare_evaluation(cfg, info, eval_cache)
     results: list[dict[str, Any]] = []
     totals = Counter()
     last_stats: dict[str, Any] | None = None

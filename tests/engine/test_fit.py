@@ -172,6 +172,9 @@ def test_a_val_list_that_cannot_be_evaluated_stops_the_run_before_training(tiny_
         assert not os.path.isdir(os.path.join(cfg.output_dir, "checkpoints")) or not os.listdir(
             os.path.join(cfg.output_dir, "checkpoints"))  # fmt: skip
         assert not any(r["event"] == "train" for r in _log_or_empty(cfg.output_dir))
+        # refused before the run's files are written: config.yaml and log.jsonl were left behind, a start logged
+        assert not os.path.exists(os.path.join(cfg.output_dir, "config.yaml"))
+        assert not os.path.exists(os.path.join(cfg.output_dir, "log.jsonl"))
 
 
 def test_an_evaluation_that_fails_keeps_its_trained_epoch_and_the_resume_only_evaluates(
