@@ -216,3 +216,30 @@ def test_backbone_lr_mult_and_min_lr_reach_the_engine(tiny):
     assert lrs() == pytest.approx({"head_decay": 2e-5, "head_no_decay": 2e-5,  # the end of the cosine: min_lr
                                    "backbone_decay": 2e-6, "backbone_no_decay": 2e-6})  # fmt: skip
     assert engine.lr_scheduler.get_last_lr() == pytest.approx([2e-5, 2e-5, 2e-6, 2e-6])
+
+
+def _load(*overrides: str):
+    from aim_video.config import load_config
+
+    return load_config(None, ["data.batch_size=2", *overrides])
+
+
+def test_gradient_clipping_follows_train_clip_grad() -> None:
+    """DeepSpeed's gradient_clipping is train.clip_grad (0 = off, the paper's default), not a constant."""
+    from aim_video.engine.deepspeed_setup import derive_ds_config
+
+    assert derive_ds_config(_load("train.clip_grad=0.0"), 1)["gradient_clipping"] == 0.0
+    assert derive_ds_config(_load("train.clip_grad=0.3"), 1)["gradient_clipping"] == 0.3
+
+
+def test_warmup_longer_than_training_is_cut_to_the_schedule() -> None:
+    """train.warmup_epochs > train.epochs: the warm-up is clamped to the total steps (allowed with a warning)."""
+    from aim_video.engine.deepspeed_setup import build_engine, derive_ds_config
+    from aim_video.engine.distributed import init_distributed
+    from tests.engine.conftest import TinyAdapted
+
+    init_distributed()
+    torch.manual_seed(0)
+    cfg = _load("train.precision=fp32", "train.epochs=1", "train.warmup_epochs=2.5")
+    _, summary = build_engine(cfg, TinyAdapted(), steps_per_epoch=4, world_size=1, ds_config=derive_ds_config(cfg, 1))
+    assert (summary["warmup_steps"], summary["total_steps"]) == (4, 4)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import pytest
+import torch
 
 from aim_video.eval.loading import class_names
 from aim_video.models.build import build_model
@@ -164,3 +165,43 @@ def test_a_path_spelled_relative_where_training_saved_it_absolute_is_the_same_se
     with caplog.at_level("WARNING"):
         resolve_eval_config(path, None, ["model.pretrained=other.safetensors"])
     assert "model.pretrained:" in caplog.text
+
+
+def _saved_weights(tmp_path, meta=None):
+    from aim_video.models.trainable_io import save_trainable
+    from tests.eval.conftest import tiny_config
+
+    cfg = tiny_config(str(tmp_path), num_classes=3)
+    cfg.model.pretrained = ""  # a random backbone, seeded: load_model rebuilds the same one
+    torch.manual_seed(0)
+    model = build_model(cfg.model, cfg.data.num_frames)
+    return cfg, save_trainable(model, str(tmp_path / "step_00000004" / "trainable.safetensors"), meta or {})
+
+
+def test_load_model_returns_an_eval_mode_model(tmp_path) -> None:
+    """load_model gives a model in eval mode (no head dropout / drop path while scoring)."""
+    from aim_video.eval.loading import load_model
+
+    cfg, path = _saved_weights(tmp_path)
+    torch.manual_seed(0)
+    assert not load_model(cfg, path, torch.device("cpu")).training
+
+
+def test_an_engine_step_folder_resolves_to_its_trainable_file(tmp_path) -> None:
+    """resolve_checkpoint(step_XXXXXXXX/) is that folder's trainable.safetensors."""
+    from aim_video.eval.loading import resolve_checkpoint
+
+    _, path = _saved_weights(tmp_path)
+    assert resolve_checkpoint(str(tmp_path / "step_00000004")) == path
+
+
+def test_stored_classes_do_not_replace_a_class_map_that_is_there(tmp_path) -> None:
+    """use_stored_classes leaves data.class_map alone when the configured class names can be read."""
+    from aim_video.eval.loading import use_stored_classes
+
+    cfg, path = _saved_weights(tmp_path, {"classes": ["b", "a", "c"]})
+    (tmp_path / "classes.txt").write_text("a\nb\nc\n")
+    cfg.data.class_map = str(tmp_path / "classes.txt")
+    use_stored_classes(cfg, path, str(tmp_path / "out"))
+    assert cfg.data.class_map == str(tmp_path / "classes.txt")
+    assert not os.path.exists(tmp_path / "out" / "classes.txt")

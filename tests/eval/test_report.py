@@ -103,3 +103,29 @@ def test_scores_file_round_trips(tmp_path):
     names = [f"v{i}.mp4" for i in range(max(index) + 1)]
     with safe_open(write_scores(result, str(tmp_path / "named.safetensors"), paths=names), framework="pt") as f:
         assert json.loads(f.metadata()["paths"]) == [names[i] for i in index]  # each row's video, by name
+
+
+def test_results_record_joins_dropped_videos_paths_and_predicted_names(tmp_path, monkeypatch) -> None:
+    """Dropped entries join 'missing' (and num_missing); per_video gets path by index, pred_name by prediction."""
+    from aim_video.config import Config, to_dict
+    from aim_video.eval.multiview import evaluate
+    from aim_video.eval.report import results_record
+    from tests.eval.conftest import SyntheticViews, TinyClassifier, synthetic_loader
+
+    cfg = Config()
+    cfg.model.num_classes = 4
+    cfg.data.test_num_clips, cfg.data.test_num_crops = 1, 3
+    dataset = SyntheticViews(size=7, num_views=3, num_classes=4, broken=(2,))
+    result = evaluate(TinyClassifier(4), synthetic_loader(dataset, 3), cfg, "cpu", progress=False)
+    paths = [f"v{i}.mp4" for i in range(7)]
+    names = ["walk", "run", "jump", "swim"]
+    monkeypatch.chdir(tmp_path)
+    record = results_record(result, to_dict(cfg), "w.safetensors", "0" * 64, "val",
+                            dropped=[("gone.mp4", "missing file")], paths=paths, names=names)  # fmt: skip
+    assert record["checkpoint"] == str(tmp_path / "w.safetensors")
+    assert record["num_missing"] == 2 and record["num_listed"] == 8
+    assert {"index": None, "path": "gone.mp4", "reason": "missing file"} in record["missing"]
+    for v in record["per_video"]:
+        assert v["path"] == paths[v["index"]] and v["pred_name"] == names[v["pred"]]
+    assert any(v["pred"] != v["index"] for v in record["per_video"])  # index and pred differ somewhere
+    assert any(v["pred"] != v["label"] for v in record["per_video"])  # a wrong prediction: pred_name is not the label's

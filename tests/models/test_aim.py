@@ -221,3 +221,87 @@ def test_a_written_out_temporal_attention_refuses_an_attention_it_would_compute_
     with pytest.raises(ValueError, match=r"is Attention with attention dropout .*: set model.temporal_attention=sdpa"):
         aim_from(random_vit(attn_drop_rate=0.1), temporal_attention="matmul")
     assert aim_from(random_vit(attn_drop_rate=0.1), temporal_attention="sdpa") is not None
+
+
+def _perturbed_block(**kwargs):
+    from tests.models.conftest import aim_from, perturb_adapters
+
+    model = aim_from(random_vit(), **kwargs)
+    perturb_adapters(model)
+    return model
+
+
+def test_joint_adapter_reads_norm2_of_the_block_input_after_attention() -> None:
+    """The MLP adapter's input is h = norm2(x) (the same h as the frozen MLP), scaled by mlp_adapter_scale."""
+    blk = _perturbed_block(spatial=False, temporal=False, mlp_adapter_scale=0.7).backbone.blocks[0]
+    x = torch.randn(2 * NUM_FRAMES, 17, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        x1 = x + blk.ls1(blk.attn(blk.norm1(x)))
+        h = blk.norm2(x1)
+        expected = x1 + blk.ls2(blk.mlp(h)) + 0.7 * blk.mlp_adapter(h)
+        assert torch.allclose(blk(x, NUM_FRAMES), expected, atol=1e-5)
+
+
+def test_temporal_branch_goes_through_drop_path_in_training() -> None:
+    """With stochastic depth, train mode drops/rescales the temporal branch per frame (eval mode does not)."""
+    model = _perturbed_block(spatial=False, joint=False, drop_path_rate=0.9)
+    blk = model.backbone.blocks[1]  # rate 0.9
+    x = torch.randn(2 * NUM_FRAMES, 17, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        blk.eval()
+        ref = blk(x, NUM_FRAMES)
+        blk.train()
+        torch.manual_seed(0)
+        out = blk(x, NUM_FRAMES)
+    assert not torch.allclose(out, ref, atol=1e-5)
+
+
+def test_adapter_blocks_limit_the_spatial_adapter_too() -> None:
+    """adapter_blocks=[1]: block 0 gets no adapter at all (spatial included), block 1 gets all three."""
+    from aim_video.models.adapter import Adapter
+    from tests.models.conftest import aim_from
+
+    first, second = aim_from(random_vit(), adapter_blocks=[1]).backbone.blocks
+    assert not any(isinstance(m, Adapter) for m in first.modules())
+    assert isinstance(second.s_adapter, Adapter) and second.t_adapter is not None and second.mlp_adapter is not None
+
+
+def test_trainable_set_is_adapters_temporal_embedding_final_norm_and_head() -> None:
+    """The temporal embedding and the final norm are trainable (and require grad); one temporal adapter by default."""
+    from tests.models.conftest import aim_from
+
+    model = aim_from(random_vit())
+    names = set(model.trainable_parameter_names())
+    assert {"temporal_embed", "backbone.norm.weight", "backbone.norm.bias", "head.weight"} <= names
+    params = dict(model.named_parameters())
+    assert params["temporal_embed"].requires_grad and params["backbone.norm.weight"].requires_grad
+    assert not params["backbone.norm_pre.weight"].requires_grad
+    assert all(blk.t_adapter_in is None for blk in model.backbone.blocks)
+    assert not any(".t_adapter_in." in n for n in names)
+
+
+def test_ssv2_second_temporal_adapter_is_on_the_temporal_branch() -> None:
+    """num_temporal_adapters=2: the extra skip adapter after norm1 changes the temporal branch's output."""
+    model = _perturbed_block(spatial=False, joint=False, num_temporal_adapters=2)
+    blk = model.backbone.blocks[0]
+    x = torch.randn(2 * NUM_FRAMES, 17, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        before = blk(x, NUM_FRAMES)
+        blk.t_adapter_in.reset_parameters()  # identity again
+        after = blk(x, NUM_FRAMES)
+    assert not torch.allclose(before, after, atol=1e-5)
+
+
+def test_drop_path_is_identity_in_eval_and_per_sample_rescaled_in_training() -> None:
+    """DropPath: eval mode returns x; train mode keeps or zeroes each sample whole, kept ones divided by 1-rate."""
+    from aim_video.models.aim import DropPath
+
+    x = torch.randn(64, 5, 8, generator=torch.Generator().manual_seed(0)) + 3.0
+    dp = DropPath(0.5)
+    assert torch.equal(dp.eval()(x), x)
+    torch.manual_seed(0)
+    out = dp.train()(x)
+    kept = [bool((o != 0).any()) for o in out]
+    assert 0 < sum(kept) < len(kept)  # some samples dropped, some kept
+    for o, xi, k in zip(out, x, kept, strict=True):
+        assert torch.allclose(o, xi / 0.5) if k else torch.equal(o, torch.zeros_like(o))

@@ -289,3 +289,26 @@ def test_full_finetune_honours_drop_path_rate() -> None:
     with torch._dynamo.config.patch(recompile_limit=1, fail_on_recompile_limit_hit=True):
         model.train()
         model(video).sum().backward()
+
+
+def test_adapter_layers_accept_k_equal_to_depth() -> None:
+    """top:/bottom:/every: accept K == depth (the documented 1 <= K <= depth bound)."""
+    assert parse_adapter_layers("top:2", 2) == [0, 1]
+    assert parse_adapter_layers("bottom:2", 2) == [0, 1]
+    assert parse_adapter_layers("every:2", 2) == [0]
+
+
+def test_full_finetune_trains_the_backbone() -> None:
+    """method=full_finetune makes every backbone parameter trainable (not only the head)."""
+    model = build_model(tiny_cfg(method="full_finetune"), NUM_FRAMES)
+    names = set(model.trainable_parameter_names())
+    assert "backbone.blocks.0.attn.qkv.weight" in names and "backbone.patch_embed.proj.weight" in names
+    assert all(p.requires_grad for n, p in model.named_parameters() if n.startswith("backbone.blocks."))
+
+
+def test_build_passes_mlp_adapter_scale_and_temporal_attention_through() -> None:
+    """model.mlp_adapter_scale and model.temporal_attention reach every AIM block."""
+    model = build_model(tiny_cfg(mlp_adapter_scale=0.125, temporal_attention="matmul"), NUM_FRAMES)
+    for blk in model.backbone.blocks:
+        assert blk.mlp_adapter_scale == 0.125
+        assert blk.temporal_attention == "matmul"

@@ -352,3 +352,41 @@ def test_the_weights_tell_the_normalisation_they_were_trained_with(clip_vit, tmp
     assert "differ from the statistics the backbone was trained with, mean [0.5, 0.5, 0.5]" in warning
     cfg.data.mean, cfg.data.std = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
     assert normalization_warning(cfg) == ""
+
+
+def _tiny_state() -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in random_vit(seed=3).state_dict().items()}
+
+
+def test_a_checkpoint_wrapped_under_model_key_loads(tmp_path) -> None:
+    """A .pth holding {'model': state_dict} (DeiT/MAE style) is unwrapped and loaded."""
+    state = _tiny_state()
+    path = str(tmp_path / "wrapped.pth")
+    torch.save({"model": state, "epoch": 1}, path)
+    model = build_model(tiny_cfg(), NUM_FRAMES)
+    load_pretrained(model, path)
+    assert torch.equal(model.backbone.blocks[0].attn.qkv.weight, state["blocks.0.attn.qkv.weight"])
+
+
+def test_hf_cache_follows_refs_main_among_several_snapshots(tmp_path) -> None:
+    """With several snapshots in a Hugging Face cache folder, refs/main picks the one loaded."""
+    repo = tmp_path / "models--timm--tiny"
+    good, bad = _tiny_state(), {k: v.clone() for k, v in random_vit(seed=4).state_dict().items()}
+    for name, state in (("aaa", bad), ("mmm", good), ("zzz", bad)):
+        (repo / "snapshots" / name).mkdir(parents=True)
+        save_file(state, str(repo / "snapshots" / name / "model.safetensors"))
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("mmm")
+    model = build_model(tiny_cfg(), NUM_FRAMES)
+    load_pretrained(model, str(repo))
+    assert torch.equal(model.backbone.blocks[0].attn.qkv.weight, good["blocks.0.attn.qkv.weight"])
+
+
+def test_an_openai_tagged_file_name_needs_quickgelu(tmp_path) -> None:
+    """A weight file named <arch>.openai.<ext> is recognised as OpenAI's and refused on a GELU CLIP arch."""
+    vit = random_vit("vit_base_patch16_clip_224", seed=3)
+    path = str(tmp_path / "vit_base_patch16_clip_224.openai.safetensors")
+    save_file({k: v.clone() for k, v in vit.state_dict().items()}, path)
+    model = build_model(tiny_cfg("vit_base_patch16_clip_224"), NUM_FRAMES)
+    with pytest.raises(PretrainedLoadError, match="QuickGELU"):
+        load_pretrained(model, path)

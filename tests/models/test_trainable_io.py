@@ -6,10 +6,12 @@ import os
 import stat
 
 import pytest
+import torch
+from safetensors.torch import save_file
 
 from aim_video.models.build import build_model
 from aim_video.models.trainable_io import read_trainable, save_trainable
-from tests.models.conftest import NUM_FRAMES, tiny_cfg
+from tests.models.conftest import NUM_FRAMES, TINY_CLIP, random_vit, tiny_cfg
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o027, 0o002])
@@ -121,3 +123,55 @@ def test_the_head_is_copied_for_the_same_classes_only_not_the_same_count(tmp_pat
         summary = init_from_trainable(new, path, "head", classes)
         assert torch.equal(new.head.weight, trained.head.weight if copied else fresh), classes
         assert ("keeps its new initialisation" in summary) is not copied
+
+
+def _tiny_state() -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in random_vit(seed=3).state_dict().items()}
+
+
+def test_trainable_weights_load_into_the_same_backbone_at_another_input_size(tmp_path) -> None:
+    """pos_embed (resampled per input size) is left out of the frozen fingerprint: another resolution loads."""
+    from aim_video.models.trainable_io import load_trainable, save_trainable
+
+    backbone = str(tmp_path / "backbone.safetensors")
+    save_file(_tiny_state(), backbone)
+    kwargs = {k: v for k, v in TINY_CLIP.items() if k != "img_size"}
+    small = build_model(tiny_cfg(pretrained=backbone, vit_kwargs=kwargs), NUM_FRAMES, input_size=32)
+    large = build_model(tiny_cfg(pretrained=backbone, vit_kwargs=kwargs), NUM_FRAMES, input_size=48)
+    assert small.backbone.pos_embed.shape != large.backbone.pos_embed.shape
+    path = save_trainable(small, str(tmp_path / "w.safetensors"))
+    load_trainable(large, path)
+
+
+def test_a_backbone_with_the_same_norms_but_other_values_is_refused() -> None:
+    """The fingerprint's signed sum tells shuffled weights (equal norms) from the saved ones."""
+    from aim_video.models.trainable_io import frozen_differences, frozen_fingerprint
+
+    model = build_model(tiny_cfg(), NUM_FRAMES)
+    saved = frozen_fingerprint(model)
+    w = model.backbone.blocks[0].mlp.fc1.weight
+    with torch.no_grad():
+        w.copy_(w.reshape(-1)[torch.randperm(w.numel(), generator=torch.Generator().manual_seed(0))].reshape(w.shape))
+    assert any(d.startswith("backbone.blocks.0.mlp.fc1.weight") for d in frozen_differences(saved, model))
+
+
+def test_load_trainable_refuses_a_file_with_fewer_tensors(tmp_path) -> None:
+    """A trainable file of another adapter layout (a subset of the keys) is refused, not loaded partly."""
+    from aim_video.models.trainable_io import load_trainable, save_trainable
+
+    torch.manual_seed(0)
+    top = build_model(tiny_cfg(adapter_layers="top:1"), NUM_FRAMES)
+    torch.manual_seed(0)
+    full = build_model(tiny_cfg(), NUM_FRAMES)
+    path = save_trainable(top, str(tmp_path / "w.safetensors"))
+    with pytest.raises(ValueError, match="does not match this model's trainable set"):
+        load_trainable(full, path)
+
+
+def test_trainable_file_is_fp32_whatever_the_model_dtype(tmp_path) -> None:
+    """save_trainable writes fp32 tensors even from a bf16 model."""
+    from aim_video.models.trainable_io import read_trainable, save_trainable
+
+    model = build_model(tiny_cfg(), NUM_FRAMES).to(torch.bfloat16)
+    tensors, _ = read_trainable(save_trainable(model, str(tmp_path / "w.safetensors")))
+    assert {t.dtype for t in tensors.values()} == {torch.float32}
