@@ -246,3 +246,27 @@ def test_a_verify_reports_frame_count_bounds_the_read(tmp_path, monkeypatch, cls
         kw["num_clips"] = 1
     cls([VideoRecord(good, 0, (0,))], identity, "dense", **kw)[0]
     assert seen == [20]
+
+
+def test_a_known_bad_video_is_not_decoded_again(tmp_path, monkeypatch):
+    """A video that failed once is skipped from then on in this worker: each draw of it counts as a failure without
+    another decode (a broken file read again at every draw, each read as slow as the first)."""
+    from tests.data.conftest import make_video
+
+    bad = tmp_path / "bad.mp4"
+    bad.write_text("not a video")
+    good = make_video(str(tmp_path / "good.mp4"), 24)
+    records = [VideoRecord(str(bad), 0, (0,)), VideoRecord(good, 7, (7,))]
+    ds = TrainClipDataset(records, identity, "dense", num_frames=4, frame_stride=4, backend="pyav", max_retries=20)
+    opened: list[str] = []
+    real = decode.read_frames
+
+    def spy(path, indices, **kw):
+        opened.append(path)
+        return real(path, indices, **kw)
+
+    monkeypatch.setattr(decode, "read_frames", spy)
+    first, second = ds[(0, 1)], ds[(0, 2)]
+    assert opened.count(str(bad)) == 1 and first["label"] == second["label"] == 7
+    assert second["failures"] and all("bad.mp4: PyAV cannot open it" in f for f in second["failures"])  # each draw
+

@@ -203,3 +203,11 @@ def test_a_csv_of_one_split_serves_as_any_split(tmp_path):
     csv.write_text("label,youtube_id,time_start,time_end,split\nzumba,a,0,10,val\nabseiling,b,0,10,val\n")
     records, _ = parse_kinetics_csv(str(csv), "/r", classes=["abseiling", "zumba"], split="test")
     assert [r.label for r in records] == [1, 0]
+
+
+def test_training_rows_are_train_rows_for_the_classes(tmp_path):
+    """Some releases name the split `training`: its labels are the classes, not the val rows' too."""
+    csv = tmp_path / "all.csv"
+    csv.write_text("label,youtube_id,time_start,time_end,split\nzumba,a,0,10,training\nabseiling,b,0,10,training\n"
+                   "yoga,c,0,10,validation\n")  # fmt: skip
+    assert kinetics_classes(str(csv)) == ["abseiling", "zumba"]
