@@ -368,8 +368,8 @@ def build_lists(
     """Write `<split>.txt` list files and `classes.txt` from {split: list file | Kinetics CSV | class folder}.
 
     Classes come from `class_map` if given, else from the train source (sorted labels for a CSV, sorted folders
-    for a class tree); every split is labelled with them, but a val or test folder of videos without class folders,
-    which is listed unlabelled (and needs no classes). Paths are written relative to `root` when `relative`.
+    for a class tree); every split is labelled with them, except a val or test folder of videos without class
+    folders, which is listed unlabelled (and needs no classes). Paths are written relative to `root` when `relative`.
     Returns {split or "classes": (written path, entries written, entries dropped as missing)}.
     """
     classes: list[str] | None = read_class_map(class_map) if class_map else None

@@ -17,7 +17,7 @@ import os
 from dataclasses import replace
 
 from aim_video.data import decode, encode, watchdog
-from aim_video.data.verify import VideoCheck, verify_videos
+from aim_video.data.verify import VideoCheck, file_stamp, verify_videos
 
 JOURNAL = "aim_video_repair.jsonl"
 
@@ -27,17 +27,11 @@ def _transcode_one(job: tuple[str, str, int, int, int, str]) -> int:
     return encode.transcode(src, dst, keyint=keyint, short_side=short_side, crf=crf, tune=tune)
 
 
-def _stamp(path: str) -> list[int] | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return [st.st_size, st.st_mtime_ns]
-
-
-def _entry(src: str, dst: str, settings: dict, source_stamp: list[int] | None) -> dict:
-    """What a copy was made from and with, as the journal keeps it (`source_stamp`: the original's before encoding)."""
-    return {"copy": dst, "source": src, "source_stamp": source_stamp, "settings": settings, "copy_stamp": _stamp(dst)}
+def _entry(src: str, dst: str, settings: dict, source_stamp: list[int]) -> dict:
+    """What a copy was made from and with, as the journal keeps it (`source_stamp`: the original's before encoding;
+    stamps as lists, as JSON reads them back)."""
+    return {"copy": dst, "source": src, "source_stamp": source_stamp, "settings": settings,
+            "copy_stamp": list(file_stamp(dst))}  # fmt: skip
 
 
 def _journalled(out_dir: str) -> dict[str, dict]:
@@ -109,7 +103,7 @@ def repair_videos(
         original[src] = replace(check, path=src)
         dst_of[src] = dst
     done = _journalled(out_dir)
-    stamps = {src: _stamp(src) for src in dst_of}  # before encoding: an original replaced meanwhile is not this copy's
+    stamps = {src: list(file_stamp(src)) for src in dst_of}  # before encoding: a replaced original is not this copy's
     encoded = {dst: src for src, dst in dst_of.items() if done.get(dst) == _entry(src, dst, settings, stamps[src])}
     kept = len(encoded)
     todo = [(src, dst, keyint, short_side, crf, tune) for src, dst in dst_of.items() if dst not in encoded]
