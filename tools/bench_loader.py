@@ -17,7 +17,7 @@ tunes (`--sweep-tunes`) and B-frame counts (`--sweep-bframes`), of the generated
 (`--sweep-sources`, e.g. real footage).
 
     python tools/bench_loader.py --clips 6 --out /tmp/aim_video_bench
-    python tools/bench_loader.py --sweep-only --keyint-sweep 8,16,32,0 --sweep-tunes fastdecode,none \
+    python tools/bench_loader.py --sweep-only --keyint-sweep 8,16,32,0 --sweep-tunes fastdecode,none \\
         --sweep-bframes 0,-1 --sweep-sources bikes.mp4 --clips 16
 """
 
