@@ -88,6 +88,9 @@ class ModelConfig:
     arch: str = "vit_base_patch16_clip_quickgelu_224"  # timm architecture name (weights never downloaded)
     vit_kwargs: dict[str, Any] = field(default_factory=dict)  # extra timm kwargs, e.g. a tiny ViT's embed_dim/depth
     pretrained: str = ""  # local file or folder: OpenAI CLIP (.pt/.pth) or timm (.pth/.safetensors/HF cache)
+    # training refuses an empty model.pretrained (a forgotten path would train on a random backbone) unless this is
+    # true: a random backbone on purpose (throughput runs, probes); evaluation and profiling do not ask for it
+    random_backbone: bool = False
     # trained aim-video weights (model_trainable.safetensors or its run folder) to start from, on the same backbone:
     # adapters, temporal embedding (resampled to data.num_frames) and norm; the head only for the same classes
     init_trainable: str = ""

@@ -157,7 +157,7 @@ done
 
 step train 130 "DeepSpeed bf16, model.compile=true" "$PY" -m deepspeed.launcher.runner --num_gpus 1 tools/train.py \
   --config configs/k400_vit_b16_8f.yaml output_dir="$WORK/train" "${DATA[@]}" "${TINY_CFG[@]}" "${TRAIN[@]}" \
-  model.compile=true train.epochs=2 train.eval_every=-1 train.save_every=1
+  model.compile=true model.random_backbone=true train.epochs=2 train.eval_every=-1 train.save_every=1
 wanted train && cp "$WORK/train/log.jsonl" "$OUT/train_compiled.jsonl"
 
 export TORCH_LOGS=recompiles

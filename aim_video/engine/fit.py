@@ -173,6 +173,23 @@ def normalization_warning(cfg: Config) -> str:
     )
 
 
+def check_pretrained_choice(cfg: Config) -> None:
+    """Refuse a training run whose backbone would be random by accident: the AIM authors' users trained for days on
+    a random frozen backbone when the weights flag was forgotten (an unset ``$WEIGHTS`` gives the same empty path)."""
+    m = cfg.model
+    if not m.pretrained and not m.random_backbone:
+        raise ConfigError(
+            "model.pretrained is empty: the backbone would keep its random initialisation. Set model.pretrained to "
+            "the local weights file (OpenAI CLIP .pt, timm .pth/.safetensors, a Hugging Face cache folder), or "
+            "model.random_backbone=true to train on a random backbone on purpose"
+        )
+    if m.pretrained and m.random_backbone:
+        raise ConfigError(
+            f"model.random_backbone=true but model.pretrained={m.pretrained}: the backbone is either random or "
+            "loaded; drop one of the two"
+        )
+
+
 def start_from_trained(model: torch.nn.Module, path: str, classes: list[str] | None) -> str:
     """model.init_trainable: another run's trainable weights (its file or run folder) into `model`, the head only
     for the same `classes` (this run's names, when known); the log line."""
@@ -197,6 +214,7 @@ def _fit(cfg: Config, resume: str, stop_signals: bool) -> dict[str, Any]:
             f"model.num_classes={cfg.model.num_classes} but data.num_classes={cfg.data.num_classes}: set both to the "
             "number of classes of the data set"
         )
+    check_pretrained_choice(cfg)
     check_method(cfg.model)  # before the process group and config.yaml, as a bad key at load time
     try:  # the architecture on the meta device: an unknown model.arch or vit_kwargs key is a config error
         check_model_config(cfg.model, cfg.data.num_frames, cfg.data.input_size)

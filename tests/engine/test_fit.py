@@ -318,3 +318,21 @@ def test_an_unknown_architecture_is_a_config_error_before_anything_starts(tiny_r
     with pytest.raises(ConfigError, match="is not a timm architecture"):
         _fit(cfg, monkeypatch=monkeypatch)
     assert not os.path.exists(cfg.output_dir)
+
+
+def test_an_empty_pretrained_path_is_refused_unless_a_random_backbone_is_asked_for(tiny_run, tmp_path, monkeypatch):
+    """A forgotten weights path (or an unset $WEIGHTS) trained on a random frozen backbone with one log line."""
+    from aim_video.config import ConfigError
+
+    for name in "abc":
+        (tmp_path / name).mkdir()
+    cfg = tiny_run(tmp_path / "a", "model.pretrained=")
+    with pytest.raises(ConfigError, match="model.pretrained is empty.*model.random_backbone=true"):
+        _fit(cfg, monkeypatch=monkeypatch)
+    assert not os.path.exists(cfg.output_dir)
+    both = tiny_run(tmp_path / "b", "model.random_backbone=true")  # the tiny run's weights file is still given
+    with pytest.raises(ConfigError, match="model.random_backbone=true but model.pretrained="):
+        _fit(both, monkeypatch=monkeypatch)
+    chosen = tiny_run(tmp_path / "c", "model.pretrained=", "model.random_backbone=true", "train.epochs=1")
+    summary = _fit(chosen, monkeypatch=monkeypatch)
+    assert summary["steps"] == 4
