@@ -81,6 +81,15 @@ def create_backbone(cfg: ModelConfig, input_size: int | None = None) -> VisionTr
     """The timm ViT named by ``cfg.arch`` with ``cfg.vit_kwargs``, random weights (never downloaded), for frames of
     ``input_size`` pixels (data.input_size; the position embeddings of a checkpoint are resampled to it)."""
     kwargs = dict(cfg.vit_kwargs)
+    for key, value in kwargs.items():  # timm drops None kwargs: `{depth:2}` (no space) would build the full ViT
+        if value is None and ":" in str(key):
+            raise ConfigError(
+                f"model.vit_kwargs: YAML read {key!r} as a key with no value: write "
+                f"{{{key.replace(':', ': ', 1)}}} with a space after the colon, e.g. "
+                "model.vit_kwargs='{embed_dim: 64, depth: 2}'"
+            )
+        if value is None:
+            raise ConfigError(f"model.vit_kwargs.{key} has no value: give it one or remove it")
     for key in ("pretrained", "num_classes", "drop_path_rate"):
         if key in kwargs:
             raise ValueError(
@@ -102,8 +111,8 @@ def create_backbone(cfg: ModelConfig, input_size: int | None = None) -> VisionTr
     try:
         # drop_path stays off in timm's blocks: AIM puts it on its own branches, full fine-tuning adds it below
         backbone = timm.create_model(cfg.arch, pretrained=False, num_classes=0, drop_path_rate=0.0, **kwargs)
-    except TypeError as err:
-        raise ValueError(f"model.vit_kwargs does not fit timm's {cfg.arch}: {err}") from None
+    except (TypeError, ValueError, AssertionError) as err:  # an unknown keyword; width not divisible by heads, ...
+        raise ConfigError(f"model.vit_kwargs={dict(cfg.vit_kwargs)} does not fit timm's {cfg.arch}: {err}") from None
     if not isinstance(backbone, VisionTransformer):
         raise ValueError(f"model.arch={cfg.arch!r} builds a {type(backbone).__name__}; AIM needs a ViT")
     return backbone

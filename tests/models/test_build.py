@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from aim_video.config import ModelConfig
-from aim_video.models.build import build_model, check_method, parse_adapter_layers
+from aim_video.models.build import build_model, check_method, check_model_config, parse_adapter_layers
 from tests.models.conftest import NUM_FRAMES, TIMM_ARCH, TINY_CLIP, tiny_cfg
 
 
@@ -117,6 +117,21 @@ def test_bad_arch_and_kwargs_name_the_key() -> None:
         build_model(tiny_cfg(vit_kwargs={"drop_path_rate": 0.1}), NUM_FRAMES)
     with pytest.raises(ValueError, match="token pooling"):
         build_model(tiny_cfg(arch=TIMM_ARCH, vit_kwargs={**tiny_cfg().vit_kwargs, "global_pool": "avg"}), 2)
+
+
+def test_vit_kwargs_that_timm_would_drop_or_assert_on_are_config_errors() -> None:
+    """`{depth:2}` without a space is YAML's key 'depth:2' with no value, which timm drops: the full ViT-B was built.
+    timm's own assertions (width not divisible by the heads) were a traceback with exit status 1."""
+    from aim_video.config import ConfigError, load_config
+
+    cfg = load_config(None, ["model.vit_kwargs={embed_dim:64,depth:2,num_heads:4}"]).model
+    with pytest.raises(ConfigError, match=r"YAML read 'embed_dim:64' as a key with no value: write \{embed_dim: 64\}"):
+        check_model_config(cfg, NUM_FRAMES, 32)
+    with pytest.raises(ConfigError, match="model.vit_kwargs.depth has no value"):
+        check_model_config(tiny_cfg(vit_kwargs={**tiny_cfg().vit_kwargs, "depth": None}), NUM_FRAMES)
+    odd = tiny_cfg(vit_kwargs={**tiny_cfg().vit_kwargs, "embed_dim": 65})
+    with pytest.raises(ConfigError, match="model.vit_kwargs=.*does not fit timm's .*divisible by num_heads"):
+        check_model_config(odd, NUM_FRAMES)
 
 
 def test_compile_flag_keeps_names_and_outputs() -> None:
