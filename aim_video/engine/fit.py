@@ -149,10 +149,35 @@ def fit(cfg: Config, resume: str = "") -> dict[str, Any]:
     epoch's evaluation stops right after it.
     """
     previous = catch_stop_signals(cfg.train.stop_signals)  # the loader's workers ignore these signals (worker init)
+    made = missing_folders(os.path.join(os.path.abspath(cfg.output_dir), "checkpoints"))
     try:
         return _fit(cfg, resume, stop_signals=bool(previous))
+    except Exception:
+        if int(os.environ.get("RANK", "0")) == 0:  # a refused start leaves no empty run folder behind
+            remove_empty(made)
+        raise
     finally:
         restore_signals(previous)
+
+
+def missing_folders(path: str) -> list[str]:
+    """`path` and those of its parent folders that do not exist yet, deepest first."""
+    made = []
+    while path and not os.path.exists(path):
+        made.append(path)
+        path = os.path.dirname(path)
+    return made
+
+
+def remove_empty(folders: list[str]) -> None:
+    """Remove `folders` (deepest first) while they are empty: what a failed start made and did not fill."""
+    for folder in folders:
+        try:
+            os.rmdir(folder)
+        except FileNotFoundError:
+            continue
+        except OSError:  # holds files (a run that started, a log): it and its parents stay
+            return
 
 
 def normalization_warning(cfg: Config) -> str:
@@ -243,6 +268,12 @@ def _fit(cfg: Config, resume: str, stop_signals: bool) -> dict[str, Any]:
     manager = CheckpointManager(os.path.join(out, "checkpoints"), cfg.train.keep_last, info.rank, info.world_size)
     resumed_from = agree_on_resume(manager, resume or cfg.train.resume)
     classes = resolve_classes(cfg)  # stored with the weights: evaluation checks its numbering against them
+    if classes is not None and len(classes) != cfg.data.num_classes:  # else test.py refuses, later
+        raise ConfigError(
+            f"the classes of this data set ({len(classes)}: data.class_map, or the train CSV's labels or class "
+            f"folders) are not data.num_classes={cfg.data.num_classes}: set data.num_classes and model.num_classes "
+            f"to {len(classes)}"
+        )
     started_from = ""
     if cfg.model.init_trainable and not resumed_from:  # before the engine: ZeRO copies the weights it starts from
         started_from = start_from_trained(model, cfg.model.init_trainable, classes)
@@ -252,12 +283,6 @@ def _fit(cfg: Config, resume: str, stop_signals: bool) -> dict[str, Any]:
     manager.micro_per_epoch = micro_per_epoch
     manager.num_videos = len(loader.dataset)
     manager.classes = classes
-    if manager.classes is not None and len(manager.classes) != cfg.data.num_classes:  # else test.py refuses, later
-        raise ConfigError(
-            f"the classes of this data set ({len(manager.classes)}: data.class_map, or the train CSV's labels or class "
-            f"folders) are not data.num_classes={cfg.data.num_classes}: set data.num_classes and model.num_classes "
-            f"to {len(manager.classes)}"
-        )
     state = EpochState()
     summary_path = os.path.join(out, "train_summary.json")
     end_pending = False  # the checkpoint ends an epoch whose evaluation and metric save are still to do

@@ -169,12 +169,15 @@ def test_a_val_list_that_cannot_be_evaluated_stops_the_run_before_training(tiny_
         cfg.data.missing_files = "drop" if strict else "fail"
         with pytest.raises(AnnotationError, match=message):
             _fit(cfg, monkeypatch=monkeypatch)
-        assert not os.path.isdir(os.path.join(cfg.output_dir, "checkpoints")) or not os.listdir(
-            os.path.join(cfg.output_dir, "checkpoints"))  # fmt: skip
-        assert not any(r["event"] == "train" for r in _log_or_empty(cfg.output_dir))
-        # refused before the run's files are written: config.yaml and log.jsonl were left behind, a start logged
-        assert not os.path.exists(os.path.join(cfg.output_dir, "config.yaml"))
-        assert not os.path.exists(os.path.join(cfg.output_dir, "log.jsonl"))
+        # refused before the run's files are written: config.yaml and log.jsonl were left behind, a start logged,
+        # then an empty output_dir/checkpoints
+        assert not os.path.exists(cfg.output_dir)
+    kept = tmp_path / "kept"  # a folder the user made stays, only the checkpoints folder the run made goes
+    kept.mkdir()
+    cfg.output_dir = str(kept)
+    with pytest.raises(AnnotationError, match="1 listed videos were left out"):
+        _fit(cfg, monkeypatch=monkeypatch)
+    assert os.listdir(kept) == []
 
 
 def test_an_evaluation_that_fails_keeps_its_trained_epoch_and_the_resume_only_evaluates(
@@ -278,12 +281,6 @@ def test_a_new_run_in_a_folder_with_checkpoints_is_refused_as_bad_input(tiny_run
     assert _fit(cfg, resume="auto", monkeypatch=monkeypatch)["note"].startswith("nothing to train")
 
 
-def _log_or_empty(out):
-    from tests.tools.conftest import read_log
-
-    return read_log(out) if os.path.isfile(os.path.join(out, "log.jsonl")) else []
-
-
 def test_a_run_started_from_another_runs_weights_trains_from_them_and_a_resume_does_not_start_again(
     tiny_run, tmp_path, monkeypatch
 ):
@@ -336,3 +333,17 @@ def test_an_empty_pretrained_path_is_refused_unless_a_random_backbone_is_asked_f
     chosen = tiny_run(tmp_path / "c", "model.pretrained=", "model.random_backbone=true", "train.epochs=1")
     summary = _fit(chosen, monkeypatch=monkeypatch)
     assert summary["steps"] == 4
+
+
+def test_a_class_map_of_another_length_is_refused_before_the_engine_and_leaves_no_folder(
+    tiny_run, tmp_path, monkeypatch
+):
+    """It left an empty output_dir/checkpoints behind (and ran only after DeepSpeed's engine was built)."""
+    from aim_video.config import ConfigError
+
+    names = tmp_path / "classes.txt"
+    names.write_text("a\nb\nc\n")
+    cfg = tiny_run(tmp_path, f"data.class_map={names}")
+    with pytest.raises(ConfigError, match=r"the classes of this data set \(3: data.class_map.*data.num_classes=2"):
+        _fit(cfg, monkeypatch=monkeypatch)
+    assert not os.path.exists(cfg.output_dir)
