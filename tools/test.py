@@ -87,9 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     made: list[str] = []  # the results folder and the parents this run created, deepest first
     written: list[str] = []  # files this run wrote there before the evaluation (the stored class names)
     status = _main(argv, made, written)
-    if status != 0 and made and not os.path.exists(os.path.join(made[0], "results.json")):
-        # a failed start leaves no results folder behind: the files this run wrote there, then the folders it made,
-        # if nothing else is in them (another evaluation of the same weights may be writing there)
+    if status != 0:  # a failed start leaves nothing behind: the files this run made for results it did not write,
+        # then the folders it made, if nothing else is in them (another evaluation may be writing there)
         for path in written:
             with contextlib.suppress(OSError):
                 os.remove(path)
@@ -117,9 +116,9 @@ def _main(argv: list[str] | None, made: list[str], written: list[str]) -> int:
             raise OSError(f"cannot create the results folder {out} ({err.strerror}): choose another --out") from err
         if not os.access(out, os.W_OK):
             raise PermissionError(f"cannot write results into {out}: choose another --out")
-        given_map = cfg.data.class_map
+        given_map, earlier = cfg.data.class_map, os.path.exists(os.path.join(out, "classes.txt"))
         use_stored_classes(cfg, checkpoint_file, out)  # weights evaluated away from the training run's class files
-        if cfg.data.class_map != given_map:
+        if cfg.data.class_map != given_map and not earlier:  # an earlier evaluation's stays with its results
             written.append(cfg.data.class_map)
         names = class_names(cfg, checkpoint_file) or [str(i) for i in range(cfg.model.num_classes)]
         if len(names) != cfg.model.num_classes:
@@ -183,6 +182,7 @@ def _main(argv: list[str] | None, made: list[str], written: list[str]) -> int:
     if not args.out and os.path.exists(os.path.join(out, "results.json")):  # other lists or settings: same folder
         print(f"note: replacing the results of an earlier evaluation in {out} (--out keeps both)", file=sys.stderr)
     write_results_json(record, os.path.join(out, "results.json"))
+    written.clear()  # the stored class names now belong to these results
     write_per_class_csv(result, names, os.path.join(out, "per_class.csv"))
     plot_confusion(result["confusion_matrix"], names, os.path.join(out, "confusion.png"))
     scores_path = os.path.join(out, "scores.safetensors")

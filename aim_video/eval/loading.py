@@ -120,7 +120,8 @@ def use_stored_classes(cfg: Config, path: str, folder: str) -> None:
         if resolve_classes(cfg) is not None:
             return
     except AnnotationError:
-        pass
+        if os.path.exists(cfg.data.class_map or cfg.data.train_list):  # a file here that is wrong, not one left behind
+            raise
     cfg.data.class_map = os.path.join(folder, "classes.txt")
     write_lines(cfg.data.class_map, json.loads(stored))
     log.info("class names from %s written to %s (data.class_map)", path, cfg.data.class_map)

@@ -205,3 +205,17 @@ def test_stored_classes_do_not_replace_a_class_map_that_is_there(tmp_path) -> No
     use_stored_classes(cfg, path, str(tmp_path / "out"))
     assert cfg.data.class_map == str(tmp_path / "classes.txt")
     assert not os.path.exists(tmp_path / "out" / "classes.txt")
+
+
+def test_a_class_map_that_is_here_but_wrong_is_refused_not_replaced_by_the_stored_names(tmp_path) -> None:
+    """A class map given for the evaluation with a name twice was swapped for the weights' names with an INFO line."""
+    from aim_video.data.annotations import AnnotationError
+    from aim_video.eval.loading import use_stored_classes
+
+    cfg, path = _saved_weights(tmp_path, {"classes": ["b", "a", "c"]})
+    (tmp_path / "classes.txt").write_text("a\nb\na\n")
+    cfg.data.class_map = str(tmp_path / "classes.txt")
+    with pytest.raises(AnnotationError, match="classes.txt"):
+        use_stored_classes(cfg, path, str(tmp_path / "out"))
+    assert cfg.data.class_map == str(tmp_path / "classes.txt")
+    assert not os.path.exists(tmp_path / "out" / "classes.txt")

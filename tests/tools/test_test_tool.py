@@ -297,6 +297,16 @@ def test_a_failed_evaluation_leaves_no_results_folder_with_stored_class_names(ru
             f"data.val_list={tmp_path / 'no_such_list.txt'}"]  # fmt: skip
     assert test_tool.main(args) == 2 and "no_such_list.txt" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "made")
+    # into a folder that exists (--out of the user's, or a default folder of an earlier evaluation): classes.txt stayed
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    (existing / "notes.txt").write_text("the user's")
+    assert test_tool.main([*args[:3], str(existing), *args[4:]]) == 2
+    assert os.listdir(existing) == ["notes.txt"]
+    # an earlier evaluation's classes.txt there stays with its results
+    (existing / "classes.txt").write_text("a\nb\n")
+    assert test_tool.main([*args[:3], str(existing), *args[4:]]) == 2
+    assert sorted(os.listdir(existing)) == ["classes.txt", "notes.txt"]
 
 
 def test_a_failed_evaluation_leaves_what_another_wrote_into_its_new_folder(run, tmp_path, monkeypatch, capsys):
