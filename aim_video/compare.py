@@ -213,11 +213,14 @@ def measure_cost(cfg: Config, device: torch.device, warmup: int = 3, steps: int 
     video = normalize(raw.to(torch.uint8).to(device), d.mean, d.std).to(model_dtype(cfg))  # [B, T, C, H, W]
     label = torch.randint(0, cfg.model.num_classes, (d.batch_size,), generator=gen).to(device)
     optimizer, train = build_train_step(cfg, model, device)
+    accum = max(1, cfg.train.grad_accum_steps)
 
-    def step() -> None:
-        train(video, label)
+    def step() -> None:  # one optimizer step: train.grad_accum_steps micro-batches, then AdamW (its moments count)
+        for _ in range(accum):
+            train(video, label)
 
-
+    # about as many micro-batches as without accumulation, in whole optimizer steps
+    warmup, steps = max(1, -(-warmup // accum)), max(2, -(-steps // accum))
     for _ in range(warmup):
         step()
     times = []
@@ -228,12 +231,13 @@ def measure_cost(cfg: Config, device: torch.device, warmup: int = 3, steps: int 
         synchronize(device)
         times.append(time.perf_counter() - start)
     elapsed = statistics.median(times)
-    memory = training_memory_mib(model, optimizer, step, device, base)
+    # one micro-batch more (its saved activations, counted once); the optimizer's states exist from the steps above
+    memory = training_memory_mib(model, optimizer, lambda: train(video, label), device, base)
     trainable, total = model.parameter_counts()
     return {
         "tunable_params": trainable,
         "total_params": total,
-        "train_clips_per_s": d.batch_size / elapsed,
+        "train_clips_per_s": d.batch_size * accum / elapsed,
         "peak_memory_mib": memory,
     }
 
