@@ -71,3 +71,13 @@ def test_the_file_being_written_is_hidden_from_class_folder_trees(tmp_path, monk
     monkeypatch.setattr(encode.av, "open", spy)
     encode.write_video(str(tmp_path / "clip.mp4"), make_frames(4))
     assert seen == [f".clip.tmp{os.getpid()}.mp4"] and os.listdir(tmp_path) == ["clip.mp4"]
+
+
+def test_transcode_to_a_short_side_that_gives_odd_sizes_rounds_them_down_to_even(tmp_path):
+    """yuv420p needs even sizes: short side 45 of a 64x96 video is 45x67.5 -> 44x68."""
+    src = str(tmp_path / "src.mp4")
+    encode.write_video(src, make_frames(10, 64, 96), fps=25)
+    dst = str(tmp_path / "dst.mp4")
+    assert encode.transcode(src, dst, keyint=8, short_side=45) == 10
+    info = decode.probe(dst, "pyav")
+    assert (info.num_frames, info.height, info.width) == (10, 44, 68)

@@ -11,7 +11,7 @@ from aim_video.data.annotations import (
     parse_list_file,
     read_class_map,
 )
-from aim_video.data.kinetics import kinetics_classes, parse_kinetics_csv
+from aim_video.data.kinetics import kinetics_classes, kinetics_clip_name, parse_kinetics_csv
 from tests.data.conftest import KINETICS, touch
 
 
@@ -211,3 +211,26 @@ def test_training_rows_are_train_rows_for_the_classes(tmp_path):
     csv.write_text("label,youtube_id,time_start,time_end,split\nzumba,a,0,10,training\nabseiling,b,0,10,training\n"
                    "yoga,c,0,10,validation\n")  # fmt: skip
     assert kinetics_classes(str(csv)) == ["abseiling", "zumba"]
+
+
+def test_clip_names_truncate_fractional_times_as_the_download_scripts_do():
+    """`'%06d' % 1.7` is 000001 in the download scripts: rounding would look for a file that is not there."""
+    assert kinetics_clip_name("x", "1.7", "11.5") == "x_000001_000011.mp4"
+
+
+def test_the_first_extension_is_looked_for_in_every_folder_before_the_next_extension(tmp_path):
+    """_find: extensions in order, then folders: root/x.mp4 wins over root/<label>/x.webm."""
+    root = tmp_path / "k"
+    mp4 = touch(str(root / "x_000001_000011.mp4"))
+    touch(str(root / "zumba" / "x_000001_000011.webm"))
+    csv = tmp_path / "val.csv"
+    csv.write_text("label,youtube_id,time_start,time_end\nzumba,x,1,11\n")
+    (rec,), _ = parse_kinetics_csv(str(csv), str(root), classes=["zumba"])
+    assert rec.path == mp4
+
+
+def test_a_missing_clip_is_named_in_the_normalised_class_folder(tmp_path):
+    csv = tmp_path / "val.csv"
+    csv.write_text('label,youtube_id,time_start,time_end\n"passing American football (in game)",x,1,11\n')
+    (rec,), _ = parse_kinetics_csv(str(csv), str(tmp_path / "k"), classes=["passing American football (in game)"])
+    assert rec.path == os.path.join(str(tmp_path / "k"), "passing_American_football_in_game", "x_000001_000011.mp4")

@@ -1,3 +1,4 @@
+import json
 import os
 
 import numpy as np
@@ -5,15 +6,20 @@ import pytest
 import torch
 
 from aim_video.data import decode, encode
-from aim_video.data.annotations import parse_list_file
+from aim_video.data.annotations import Annotations, VideoRecord, parse_list_file
 from aim_video.data.prepare import (
+    SETTINGS_FILE,
+    EncodeResult,
     build_lists,
     check_decodes,
     constant_rate_option,
     ffmpeg_binary,
+    finish_out_root,
     output_path,
     reencode_all,
+    reencode_command,
     reencode_one,
+    write_outputs_list,
 )
 from tests.data.conftest import decoded_frame_index, frame_code_video, make_video
 
@@ -295,3 +301,68 @@ def test_absolute_lists_under_a_relative_root_and_repeats_or_leaks_are_named(tmp
     err = capsys.readouterr().err
     assert "val: 1 videos are listed more than once, e.g. " + str(tmp_path / "raw" / "zumba") in err
     assert "val: 1 videos are also in train, e.g. " + str(tmp_path / "raw" / "zumba") in err
+
+
+pytestmark = pytest.mark.skipif(not __import__("shutil").which("ffmpeg"), reason="needs ffmpeg: apt-get install ffmpeg")
+
+
+def test_keyint_0_keeps_the_encoders_keyframe_placement():
+    cmd = reencode_command("in.mp4", "out.mp4", keyint=0)
+    assert "-g" not in cmd and "-sc_threshold" not in cmd and "+cgop" not in cmd
+    cmd = reencode_command("in.mp4", "out.mp4", keyint=8)
+    assert cmd[cmd.index("-g") + 1] == "8" and cmd[cmd.index("-keyint_min") + 1] == "8"
+
+
+def test_the_outputs_list_leaves_out_the_videos_that_failed(tmp_path):
+    out = str(tmp_path / "o")
+    ann = Annotations([VideoRecord("/s/a.mp4", 0, (0,)), VideoRecord("/s/b.mp4", 1, (1,)),
+                       VideoRecord("/s/c.mp4", 1, (1,))])  # fmt: skip
+    results = [
+        EncodeResult("/s/a.mp4", f"{out}/a.mp4", "done"),
+        EncodeResult("/s/b.mp4", f"{out}/b.mp4", "failed", "x"),
+        EncodeResult("/s/c.mp4", f"{out}/c.mp4", "skipped"),
+    ]
+    path = str(tmp_path / "new.txt")
+    assert write_outputs_list(path, ann, results, out) == 2
+    assert open(path).read() == "a.mp4 0\nc.mp4 1\n"
+
+
+def test_an_output_written_in_the_overwrites_own_second_counts_as_new(tmp_path):
+    """_older: a tie is this run's output (coarse file-system times), so the overwrite can finish."""
+    video = tmp_path / "a.mp4"
+    video.write_bytes(b"x")
+    started = 1_700_000_000.0
+    os.utime(video, (started, started))
+    record = {"encoder": {}, "ffmpeg": "", "overwriting": True, "overwrite_started": started}
+    (tmp_path / SETTINGS_FILE).write_text(json.dumps(record))
+    assert finish_out_root(str(tmp_path)) == 0
+    assert json.loads((tmp_path / SETTINGS_FILE).read_text())["overwriting"] is False
+    os.utime(video, (started - 1, started - 1))
+    record["overwriting"] = True
+    (tmp_path / SETTINGS_FILE).write_text(json.dumps(record))
+    assert finish_out_root(str(tmp_path)) == 1
+
+
+def test_the_train_split_is_not_warned_of_sharing_videos_with_itself(tmp_path, capsys):
+    from aim_video.data.prepare import build_lists
+
+    for cls, name in (("zumba", "b_000002_000012"), ("abseiling", "a_000001_000011")):
+        os.makedirs(tmp_path / "raw" / cls, exist_ok=True)
+        (tmp_path / "raw" / cls / f"{name}.mp4").write_bytes(b"x")
+    head = "label,youtube_id,time_start,time_end,split\n"
+    (tmp_path / "train.csv").write_text(head + "zumba,b,2,12,train\nabseiling,a,1,11,train\n")
+    build_lists({"train": str(tmp_path / "train.csv")}, str(tmp_path / "raw"), str(tmp_path / "lists"))
+    assert "warning" not in capsys.readouterr().err
+
+
+def test_an_output_older_than_a_pending_overwrite_is_encoded_again(tmp_path):
+    from aim_video.data.prepare import reencode_one
+    from tests.data.conftest import make_video
+
+    src = make_video(str(tmp_path / "src.mp4"), 8)
+    dst = str(tmp_path / "o" / "dst.mp4")
+    assert reencode_one(src, dst, short_side=32).status == "done"
+    os.utime(dst, (1_000_000_000, 1_000_000_000))
+    assert reencode_one(src, dst, short_side=32, stale_before=1_500_000_000.0).status == "done"
+    assert os.path.getmtime(dst) > 1_500_000_000
+    assert reencode_one(src, dst, short_side=32, stale_before=1_500_000_000.0).status == "skipped"

@@ -179,3 +179,22 @@ def test_copies_keep_the_folders_below_the_sources_common_folder(tmp_path):
     checks = [verify.VideoCheck(p, "shifted", "decord", reason="as a report says") for p in sources]
     mapping, _, _ = repair_videos(checks, str(tmp_path / "out"), progress=False)
     assert mapping == {src: str(tmp_path / "out" / cls / "v1.mp4") for src, cls in zip(sources, "abc", strict=True)}
+
+
+def test_a_video_outside_the_root_is_copied_by_its_name_into_the_output_folder(tmp_path):
+    """relpath from a --root that does not hold the video starts with '..': the copy would land outside out_dir
+    (here onto the original itself)."""
+    src = make_h264(str(tmp_path / "v" / "x.mp4"), n=20, gop=10)
+    before = open(src, "rb").read()
+    (tmp_path / "other").mkdir()
+    check = verify.VideoCheck(src, "shifted", "decord", reason="as a report says")
+    mapping, _, _ = repair_videos([check], str(tmp_path / "out"), str(tmp_path / "other"), progress=False)
+    assert mapping == {src: str(tmp_path / "out" / "x.mp4")}
+    assert open(src, "rb").read() == before
+
+
+def test_a_video_the_report_names_twice_is_copied_once(tmp_path):
+    src = make_h264(str(tmp_path / "v" / "x.mp4"), n=20, gop=10)
+    checks = [verify.VideoCheck(src, "shifted", "decord", reason="r"), verify.VideoCheck(src, "short", "pyav")]
+    mapping, rechecked, _ = repair_videos(checks, str(tmp_path / "out"), progress=False)
+    assert mapping == {src: str(tmp_path / "out" / "x.mp4")} and len(rechecked) == 1

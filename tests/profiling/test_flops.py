@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from timm.models.vision_transformer import Block
 
 from aim_video.config import ModelConfig
@@ -163,3 +164,30 @@ def test_counting_a_compiled_model_counts_it_eagerly_and_leaves_it_compiled() ->
     assert counters["stats"]["unique_graphs"] == 0  # nothing traced while counting
     compiled(video).sum().backward()
     assert counters["stats"]["unique_graphs"] == 1  # one graph, shared by both blocks
+
+
+def test_counting_keeps_the_models_mode() -> None:
+    """The doc: "The model keeps its mode": an evaluation model counted for its FLOPs (compare's run_method) must
+    not come back in training mode (dropout, drop path on)."""
+    cfg = ModelConfig(arch="vit_base_patch16_clip_quickgelu_224", num_classes=5,
+                      vit_kwargs=dict(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=4))  # fmt: skip
+    model = build_model(cfg, 4).eval()
+    model_flops_per_clip(model, 4, 32, torch.device("cpu"), torch.float32)
+    assert not model.training and not any(m.training for m in model.modules())
+    model.train()
+    model_flops_per_clip(model, 4, 32, torch.device("cpu"), torch.float32)
+    assert model.training
+
+
+def test_cpu_attention_backward_is_counted() -> None:
+    """The CPU flash-attention backward is counted with torch's CUDA formula (`sdpa_backward_flop_count`: five
+    N x N x D products, the scores recomputed), after the forward's two: without it, CPU training FLOPs (and the
+    TFLOP/s the profiler reports) leave out every attention backward."""
+    from torch.utils.flop_counter import sdpa_backward_flop_count
+
+    b, h, n, d = 2, 4, 17, 16
+    q, k, v = (torch.randn(b, h, n, d, requires_grad=True) for _ in range(3))
+    forward = count_flops(lambda: F.scaled_dot_product_attention(q, k, v))
+    assert forward == 4 * b * h * n * n * d
+    counted = count_flops(lambda: F.scaled_dot_product_attention(q, k, v).sum().backward())
+    assert counted == forward + sdpa_backward_flop_count(q.shape, q.shape, k.shape, v.shape) == 14 * b * h * n * n * d

@@ -134,3 +134,23 @@ def test_format_table_aligns_columns() -> None:
     assert set(lines[1].replace(" ", "")) == {"-"}
     assert lines[2].split() == ["1", "12.3"] and lines[3].split() == ["16", "-"]
     assert len({len(line) for line in lines}) == 1
+
+
+LOADER = [{"workers": 1, "clips_per_s": 10.0}, {"workers": 2, "clips_per_s": 19.0}, {"workers": 4, "clips_per_s": 30.0}]
+
+
+def test_as_many_workers_as_cores_is_advised_not_called_too_many() -> None:
+    """4 workers needed on 4 cores per rank: raise the workers (the cores suffice), not 'more than the cores'."""
+    v = verdict(0.5, 30.0, LOADER, configured_workers=2, cpu_cores_per_rank=4)
+    assert v["workers_needed"] == 4
+    assert "raise data.num_workers from 2 to 4" in v["text"] and "CPU core" not in v["text"]
+
+
+def test_more_workers_within_five_percent_of_the_configured_count_do_not_help() -> None:
+    flat = [{"workers": 1, "clips_per_s": 100.0}, {"workers": 2, "clips_per_s": 103.0}]
+    v = verdict(0.4, 300.0, flat, configured_workers=1, cpu_cores_per_rank=2)
+    assert "2 workers delivered 103.0 clips/s against 100.0 with 1: more workers do not help" in v["text"]
+
+
+def test_the_sweep_rows_may_come_in_any_order() -> None:
+    assert verdict(0.6, 35.0, LOADER[::-1], 1, 8) == verdict(0.6, 35.0, LOADER, 1, 8)

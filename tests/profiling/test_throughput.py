@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import Iterator
 from typing import Any
 
+import psutil
 import pytest
 import torch
 
+from aim_video.models.build import build_model
 from aim_video.profiling import throughput
+from tests.profiling.conftest import tiny_config
 
 
 def test_loader_sweep_rounds_each_count_up_from_the_requested_batches(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -112,3 +117,137 @@ def test_timed_windows_hold_whole_optimizer_steps_and_start_at_a_boundary(monkey
     cfg.data.input_size, cfg.data.num_frames = 32, 4
     rows = throughput.model_sweep(cfg, model, step, [1], torch.device("cpu"), torch.float32, warmup=1, steps=10)
     assert not rows[0]["oom"] and len(stepped) == 1 + (4 + 12) // 4  # warm-up and timed: whole steps
+
+
+CPU = torch.device("cpu")
+
+
+def _tiny(*overrides: str):
+    from aim_video.config import load_config
+    from aim_video.models.build import build_model
+    from tests.models.conftest import TINY_CLIP
+
+    cfg = load_config(None, ["model.num_classes=5", "model.drop_path_rate=0", "model.head_dropout=0", *overrides])
+    cfg.model.arch, cfg.model.vit_kwargs = "vit_base_patch16_clip_quickgelu_224", dict(TINY_CLIP)
+    cfg.data.input_size, cfg.data.num_frames = 32, 4
+    torch.manual_seed(0)
+    return build_model(cfg.model, 4), cfg
+
+
+def test_loads_that_fail_in_any_warm_up_batch_are_counted(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One warm-up batch per worker: a bad video met in the second worker's first batch counts too."""
+
+    def stream(_loader: Any) -> Iterator[dict[str, Any]]:
+        yield {"video": torch.zeros(2, 1), "failures": []}
+        yield {"video": torch.zeros(2, 1), "failures": ["bad.mp4: empty file"]}
+        while True:
+            yield {"video": torch.zeros(2, 1), "failures": []}
+
+    monkeypatch.setattr(throughput, "profiling_loader", lambda cfg, workers, delay: None)
+    monkeypatch.setattr(throughput, "endless_batches", stream)
+    assert throughput.loader_sweep(None, [2], batches=2)[0]["failed_loads"] == 1  # type: ignore[arg-type]
+
+
+def test_cpu_peak_memory_is_the_resident_set_in_mib() -> None:
+    """MiB (2**20 bytes) as the report and the JSON say, not MB: 4.9% more would read as a larger footprint."""
+    process = psutil.Process()
+    before = process.memory_info().rss / 2**20
+    with throughput.PeakMemory(CPU) as mem:
+        block = torch.ones(64 * 2**20 // 4)  # 64 MiB, written: resident
+        time.sleep(0.05)
+        held = process.memory_info().rss / 2**20
+    assert block.sum() > 0
+    assert held > before + 60
+    assert held - 1 <= mem.peak_mib <= 1.02 * held + 1
+
+
+def test_timed_calls_leave_out_the_warm_up_and_read_seconds_per_call() -> None:
+    durations = iter([0.3] + [0.02] * 5)  # a slow first call (start-up), then 20 ms each
+
+    def fn() -> None:
+        time.sleep(next(durations))
+
+    seconds = throughput._timed(fn, 1, 5, CPU)
+    assert 0.02 <= seconds < 0.05  # without the warm-up: 0.076; over steps + 1 calls: 0.017
+
+
+def test_model_sweep_measures_each_batch_size_once_smallest_first_after_its_warm_up() -> None:
+    """Training and inference each run `warmup` untimed calls then `steps` timed ones per batch size; batch sizes
+    are measured smallest first (the first out-of-memory stops the sweep) and once each."""
+    model, cfg = _tiny("train.precision=fp32")
+    _, step = throughput.build_train_step(cfg, model, CPU)
+    calls: list[tuple[bool, int]] = []
+    model.register_forward_hook(lambda m, args, out: calls.append((m.training, int(args[0].shape[0]))))
+    rows = throughput.model_sweep(cfg, model, step, [2, 1, 2], CPU, torch.float32, warmup=1, steps=2)
+    assert [r["batch_size"] for r in rows] == [1, 2]
+    assert [b for training, b in calls if training] == [1, 1, 1, 2, 2, 2]
+    assert [b for training, b in calls if not training] == [1, 1, 1, 2, 2, 2]
+
+
+def test_fp32_accumulation_buffers_hold_only_the_current_optimizer_steps_gradient() -> None:
+    """train.grad_accum_dtype=fp32 (DeepSpeed's BF16_Optimizer): each micro-batch's bf16 gradient moves into the
+    fp32 buffer and is freed; the buffer starts over at every optimizer step (lr 0: the weights stay, so the same
+    two micro-batches give the same gradient at the second step as at the first)."""
+    model, cfg = _tiny("train.precision=bf16", "train.grad_accum_steps=2", "train.grad_accum_dtype=fp32",
+                       "train.lr=0", "train.min_lr=0")  # fmt: skip
+    optimizer, step = throughput.build_train_step(cfg, model, CPU)
+    masters = [p for g in optimizer.param_groups for p in g["params"]]
+    gen = torch.Generator().manual_seed(1)
+    video, label = torch.randn(4, 4, 3, 32, 32, generator=gen).to(torch.bfloat16), torch.tensor([0, 1, 2, 3])
+    step(video[:2], label[:2])
+    assert all(p.grad is None for p in model.parameters())  # moved into the fp32 buffers
+    assert {m.grad.dtype for m in masters} == {torch.float32} and any(m.grad.abs().sum() > 0 for m in masters)
+    step(video[2:], label[2:])
+    first = [m.grad.clone() for m in masters]
+    step(video[:2], label[:2])
+    step(video[2:], label[2:])
+    for a, m in zip(first, masters, strict=True):
+        assert torch.allclose(m.grad, a, rtol=1e-5, atol=1e-8)  # not the two steps' sum
+
+
+def test_a_loader_without_workers_times_the_batches_asked_for(monkeypatch: pytest.MonkeyPatch) -> None:
+    """data.decode_device=cuda profiles the loader in the training process only (workers [0])."""
+
+    def stream(_loader: Any) -> Iterator[dict[str, Any]]:
+        while True:
+            yield {"video": torch.zeros(2, 1), "failures": []}
+
+    monkeypatch.setattr(throughput, "profiling_loader", lambda cfg, workers, delay: None)
+    monkeypatch.setattr(throughput, "endless_batches", stream)
+    (row,) = throughput.loader_sweep(None, [0], batches=3)  # type: ignore[arg-type]
+    assert row["workers"] == 0 and row["batches"] == 3 and row["clips_per_s"] > 0
+
+
+CPU = torch.device("cpu")
+
+
+def _run(cfg, steps: int) -> dict:
+    model = build_model(cfg.model, cfg.data.num_frames, cfg.data.input_size)
+    _, step = throughput.build_train_step(cfg, model, CPU)
+    return throughput.end_to_end(cfg, model, step, CPU, torch.float32, steps=steps)
+
+
+def test_real_steps_are_whole_optimizer_steps_and_the_wait_share_is_of_the_whole_step(demo_root) -> None:
+    cfg = tiny_config(demo_root, "train.grad_accum_steps=2", "data.num_workers=0", "data.batch_size=2")
+    r = _run(cfg, steps=3)
+    assert r["steps"] == 4 and r["warmup_steps"] == 2  # both rounded up to whole optimizer steps of 2
+    step_ms = r["wait_ms_per_step"] + r["compute_ms_per_step"]
+    assert r["data_wait_share"] == pytest.approx(r["wait_ms_per_step"] / step_ms)
+    assert r["clips_per_s"] == pytest.approx(2 * 1000 / step_ms)
+
+
+def test_loads_that_fail_during_the_warm_up_steps_are_counted(demo_root, tmp_path) -> None:
+    """Every batch holds the one broken video of the list (4 videos, batches of 4): the 2 warm-up steps meet it as
+    the 2 timed ones do, and every failure of the 4 batches (the same seeded batches as the loader gives) counts."""
+    with open(os.path.join(demo_root, "train.txt")) as f:
+        good = [line for line in f.read().splitlines() if line.strip()][:3]
+    (tmp_path / "broken.mp4").write_text("not a video")
+    listed = tmp_path / "list.txt"
+    listed.write_text("\n".join([*good, f"{tmp_path / 'broken.mp4'} 0"]) + "\n")
+    cfg = tiny_config(demo_root, f"data.train_list={listed}", "data.num_workers=0", "train.grad_accum_steps=2")
+    r = _run(cfg, steps=2)
+    assert r["warmup_steps"] == 2 and r["steps"] == 2
+    stream = throughput.endless_batches(throughput.profiling_loader(cfg))
+    expected = sum(len(next(stream)["failures"]) for _ in range(4))
+    stream.close()
+    assert expected >= 4 and r["failed_loads"] == expected
