@@ -224,8 +224,10 @@ def start_from_trained(model: torch.nn.Module, path: str, classes: list[str] | N
 
     try:
         return init_from_trainable(model, resolve_checkpoint(path), head_module_name(model), classes)
-    except (FileNotFoundError, ValueError) as err:
-        raise ConfigError(f"model.init_trainable: {err}") from None
+    except (FileNotFoundError, ValueError) as err:  # named once: the loader's messages may start with the key
+        message = str(err)
+        named = message if message.startswith("model.init_trainable") else f"model.init_trainable: {message}"
+        raise ConfigError(named) from None
 
 
 def _fit(cfg: Config, resume: str, stop_signals: bool) -> dict[str, Any]:

@@ -347,3 +347,22 @@ def test_a_class_map_of_another_length_is_refused_before_the_engine_and_leaves_n
     with pytest.raises(ConfigError, match=r"the classes of this data set \(3: data.class_map.*data.num_classes=2"):
         _fit(cfg, monkeypatch=monkeypatch)
     assert not os.path.exists(cfg.output_dir)
+
+
+def test_weights_to_start_from_that_do_not_fit_name_the_key_once(tmp_path):
+    """The message read 'model.init_trainable: model.init_trainable=... does not match'."""
+    from aim_video.config import ConfigError
+    from aim_video.engine.fit import start_from_trained
+    from aim_video.models.build import build_model
+    from aim_video.models.trainable_io import save_trainable
+    from tests.models.conftest import NUM_FRAMES, tiny_cfg
+
+    torch.manual_seed(0)
+    trained = build_model(tiny_cfg(), NUM_FRAMES)
+    path = save_trainable(trained, str(tmp_path / "trainable.safetensors"), {"step": 3})
+    torch.manual_seed(0)  # the same random backbone, fewer adapters
+    with pytest.raises(ConfigError) as err:
+        start_from_trained(build_model(tiny_cfg(adapter_layers="top:1"), NUM_FRAMES), path, None)
+    assert str(err.value).startswith(f"model.init_trainable={path} does not match this model's trainable set")
+    with pytest.raises(ConfigError, match=r"^model.init_trainable: .*no_such"):
+        start_from_trained(trained, str(tmp_path / "no_such"), None)
