@@ -257,3 +257,37 @@ def test_an_interpolation_may_name_a_key_of_the_file_or_of_the_defaults(tmp_path
         load_config(None, ["data.num_frames=${data.nope}"])
     with pytest.raises(ConfigError, match=r"'data.num_frames': .*'decord' of type 'str' could not be converted"):
         load_config(None, ["data.num_frames=${data.backend}"])
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("data.num_frames=0", "'data.num_frames': 0; it must be at least 1"),  # an empty clip
+        ("train.grad_accum_steps=0", "'train.grad_accum_steps': 0; it must be at least 1"),  # no optimizer step
+        ("train.label_smoothing=1.0", "'train.label_smoothing': 1.0; it must be in [0, 1)"),  # a uniform target
+        ("data.rrc_scale=[0.5,1.5]", "'data.rrc_scale': (0.5, 1.5); it must be (min, max) with 0 < min <= max <= 1"),
+        ("data.test_num_clips=0", "'data.test_num_clips': 0; it must be at least 1"),  # no view to evaluate
+        ("train.precision=fp8", "'train.precision': 'fp8' is not one of 'bf16', 'fp16', 'fp32'"),
+        ("data.decode_device=cpu0", "'data.decode_device': 'cpu0'; it must be cpu, cuda or cuda:N"),
+        ("data.decode_device=cuda:0x", "'data.decode_device': 'cuda:0x'; it must be cpu, cuda or cuda:N"),
+    ],
+)
+def test_more_values_out_of_range_stop_at_load_time(override, message):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [override])
+    assert message in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["train.lr=0.001", "train.min_lr=0.001"],  # a constant lr after the warm-up: min_lr may equal lr
+        ["train.lr=0", "train.min_lr=0"],  # a frozen run (lr 0), as a test of the data path
+        ["train.label_smoothing=0", "model.drop_path_rate=0", "model.head_dropout=0"],
+        ["data.rand_augment_m=30", "data.random_erasing=1", "data.rrc_scale=[1.0,1.0]"],
+        ["data.decode_device=cuda:1", "data.decode_device=cuda", "data.test_num_crops=3"],
+        ["data.num_frames=1", "data.frame_stride=1", "train.grad_accum_steps=1", "data.test_num_clips=1"],
+    ],
+)
+def test_the_edges_of_each_range_are_accepted(overrides):
+    load_config(None, overrides)

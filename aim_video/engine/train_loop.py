@@ -186,7 +186,7 @@ def train_one_epoch(
     """
     engine.train()
     accum = engine.gradient_accumulation_steps()
-    micro, clips_per_micro = 0, None
+    micro = 0
     failures = state.failures = []
     fallbacks = state.fallbacks = []
     window = _new_window()
@@ -224,7 +224,6 @@ def train_one_epoch(
         engine.step()
         state.batches_done += 1
         micro += 1
-        clips_per_micro = clips_per_micro or int(video.shape[0])
         now = time.perf_counter()
         window["loss"] += value
         window["micro"] += 1

@@ -303,9 +303,6 @@ def test_absolute_lists_under_a_relative_root_and_repeats_or_leaks_are_named(tmp
     assert "val: 1 videos are also in train, e.g. " + str(tmp_path / "raw" / "zumba") in err
 
 
-pytestmark = pytest.mark.skipif(not __import__("shutil").which("ffmpeg"), reason="needs ffmpeg: apt-get install ffmpeg")
-
-
 def test_keyint_0_keeps_the_encoders_keyframe_placement():
     cmd = reencode_command("in.mp4", "out.mp4", keyint=0)
     assert "-g" not in cmd and "-sc_threshold" not in cmd and "+cgop" not in cmd

@@ -205,3 +205,41 @@ def test_a_guarded_torchcodec_read_works_after_torchcodec_ran_in_the_parent(tmp_
     env = {**os.environ, "PYTHONPATH": repo, "OMP_NUM_THREADS": "2"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
     assert out.returncode == 0 and out.stdout.strip() == "same", out.stderr[-2000:]
+
+
+def _unpicklable(_: object):
+    return lambda: None  # a result pickle cannot send back
+
+
+def test_a_result_the_child_cannot_send_back_is_an_error_and_the_child_goes_on():
+    """The child answers with an error naming the pickling failure; it does not die (a new fork per such call, and
+    a ChildDied the readers take for a crashed decoder)."""
+    worker = watchdog.ForkWorker()
+    try:
+        with pytest.raises(RuntimeError, match="pickle|Pickl") as err:
+            worker.call(_unpicklable, None, timeout_s=10)
+        assert not isinstance(err.value, watchdog.ChildDied)
+        pid = worker.pid
+        assert worker.call(_nap, 0.0, timeout_s=10) == 0.0 and worker.pid == pid  # the same child
+    finally:
+        worker.kill()
+
+
+def test_a_cuda_decode_under_a_read_timeout_is_refused_before_forking(clean):
+    """A forked child cannot use CUDA: decode_device=cuda needs data.read_timeout_s=0, said in plain words."""
+    with pytest.raises(ValueError, match="CUDA cannot be used; set data.read_timeout_s=0"):
+        watchdog.GuardedReader(clean, "torchcodec", 1, {"device": "cuda:0"}, watchdog.Deadline(10))
+    with pytest.raises(ValueError, match="unknown decoding backend 'nope'"):
+        watchdog.GuardedReader(clean, "nope", 1, {}, watchdog.Deadline(10))
+
+
+def test_closing_a_reader_whose_deadline_has_passed_keeps_the_child(clean):
+    """The read's budget is spent (a slow but finished read): close sends nothing the child could not answer in
+    time, so the healthy child is not killed and forked again for the next video."""
+    reader = watchdog.GuardedReader(clean, "decord", 1, {}, watchdog.Deadline(30))
+    worker = watchdog.worker_for_this_process()
+    pid = worker.pid
+    assert reader.num_frames == 50 and reader.get([0, 3]).shape[0] == 2
+    reader._deadline.end = time.monotonic() - 1  # spent
+    reader.close()
+    assert worker.alive() and worker.pid == pid

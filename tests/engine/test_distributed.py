@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import random
+import signal
 import socket
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -404,3 +407,73 @@ def test_a_launchers_port_held_by_another_job_is_named_not_a_traceback(tmp_path)
         proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0
     assert f"ConfigError: port {port} of 127.0.0.1 is in use: another job is running there" in proc.stderr
+
+
+def _signalled_worker(rank: int, init_file: str, out_dir: str) -> None:
+    import torch.distributed as dist
+
+    from aim_video.engine.distributed import catch_stop_signals, restore_signals, stop_requested
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    previous = catch_stop_signals("SIGTERM,SIGUSR1")
+    try:
+        seen = [stop_requested(torch.device("cpu"))]
+        if rank == 1:
+            os.kill(os.getpid(), signal.SIGUSR1)  # one rank only: every rank learns it
+        seen.append(stop_requested(torch.device("cpu")))
+        if rank == 0:
+            os.kill(os.getpid(), signal.SIGUSR1)  # now both (Slurm signals every task of the job)
+        seen.append(stop_requested(torch.device("cpu")))
+        with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
+            json.dump(seen, f)
+    finally:
+        restore_signals(previous)
+        dist.destroy_process_group()
+
+
+def test_a_signal_that_every_rank_received_is_that_signal_on_every_rank(tmp_path):
+    """A scheduler signals every process of the job: the ranks agree on the signal (an all-reduce), which must stay
+    a signal's number (a sum of two SIGUSR1s is SIGTSTP's, of more ranks no signal at all)."""
+    import torch.multiprocessing as mp
+
+    mp.start_processes(_signalled_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2, start_method="spawn")
+    seen = [json.load(open(tmp_path / f"rank{r}.json")) for r in range(2)]
+    assert seen == [[0, signal.SIGUSR1, signal.SIGUSR1]] * 2
+
+
+def test_seed_everything_seeds_python_and_numpy_too():
+    """Augmentations and samplers draw from Python's and NumPy's streams: a rank's streams are reproducible."""
+    from aim_video.engine.distributed import seed_everything
+
+    seed_everything(7, 3)
+    first = (random.random(), np.random.rand(), torch.rand(1).item())
+    seed_everything(7, 3)
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == first
+    seed_everything(7, 4)
+    other = (random.random(), np.random.rand(), torch.rand(1).item())
+    assert all(a != b for a, b in zip(first, other, strict=True))
+
+
+def test_a_stop_signal_of_an_earlier_run_does_not_stop_the_next_one():
+    """fit() in a notebook or a sweep in one process: a stop received by the first run is forgotten when the next
+    one starts catching signals."""
+    from aim_video.engine.distributed import catch_stop_signals, restore_signals, stop_requested
+
+    previous = catch_stop_signals("SIGUSR1")
+    try:
+        os.kill(os.getpid(), signal.SIGUSR1)
+        assert stop_requested(torch.device("cpu")) == signal.SIGUSR1
+    finally:
+        restore_signals(previous)
+    previous = catch_stop_signals("SIGUSR1")
+    try:
+        assert stop_requested(torch.device("cpu")) == 0
+    finally:
+        restore_signals(previous)
+
+
+def test_sigstop_cannot_be_a_stop_signal():
+    from aim_video.engine.distributed import catch_stop_signals
+
+    with pytest.raises(ValueError, match="'SIGSTOP' is not a signal that can be caught"):
+        catch_stop_signals("SIGSTOP")

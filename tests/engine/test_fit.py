@@ -6,7 +6,7 @@ import os
 import pytest
 import torch
 
-from aim_video.config import load_config
+from aim_video.config import ConfigError, load_config
 from aim_video.engine.checkpoint_io import CheckpointError, read_meta
 from aim_video.engine.train_loop import run_history
 
@@ -335,20 +335,6 @@ def test_an_empty_pretrained_path_is_refused_unless_a_random_backbone_is_asked_f
     assert summary["steps"] == 4
 
 
-def test_a_class_map_of_another_length_is_refused_before_the_engine_and_leaves_no_folder(
-    tiny_run, tmp_path, monkeypatch
-):
-    """It left an empty output_dir/checkpoints behind (and ran only after DeepSpeed's engine was built)."""
-    from aim_video.config import ConfigError
-
-    names = tmp_path / "classes.txt"
-    names.write_text("a\nb\nc\n")
-    cfg = tiny_run(tmp_path, f"data.class_map={names}")
-    with pytest.raises(ConfigError, match=r"the classes of this data set \(3: data.class_map.*data.num_classes=2"):
-        _fit(cfg, monkeypatch=monkeypatch)
-    assert not os.path.exists(cfg.output_dir)
-
-
 def test_weights_to_start_from_that_do_not_fit_name_the_key_once(tmp_path):
     """The message read 'model.init_trainable: model.init_trainable=... does not match'."""
     from aim_video.config import ConfigError
@@ -366,3 +352,183 @@ def test_weights_to_start_from_that_do_not_fit_name_the_key_once(tmp_path):
     assert str(err.value).startswith(f"model.init_trainable={path} does not match this model's trainable set")
     with pytest.raises(ConfigError, match=r"^model.init_trainable: .*no_such"):
         start_from_trained(trained, str(tmp_path / "no_such"), None)
+
+
+def _checkpoints(out):
+    folder = os.path.join(out, "checkpoints")
+    return sorted(n for n in os.listdir(folder) if n.startswith("step_"))
+
+
+def test_eval_every_save_every_and_step_saves_count_as_the_docs_say(tiny_run, tmp_path, monkeypatch):
+    """3 epochs of 4 steps, eval_every=2, save_every=2, save_every_steps=3: evaluated after epochs 2 and 3 (the last
+    one always), saved at the end of epoch 2 and of the run, and every 3 optimizer steps inside the epochs."""
+    cfg = tiny_run(tmp_path, "train.epochs=3", "train.eval_every=2", "train.save_every=2",
+                   "train.save_every_steps=3", "train.keep_last=10")  # fmt: skip
+    summary = _fit(cfg, monkeypatch=monkeypatch)
+    out = cfg.output_dir
+    assert _events(out, "eval", "epoch", "step") == [(1, 8), (2, 12)]
+    assert _checkpoints(out) == ["step_00000003", "step_00000006", "step_00000008", "step_00000009", "step_00000012"]
+    metrics = {n: read_meta(os.path.join(out, "checkpoints", n))["metric"] for n in _checkpoints(out)}
+    assert metrics["step_00000008"] == summary["eval"][0]["top1"] and metrics["step_00000012"] is not None
+    assert metrics["step_00000003"] is None and metrics["step_00000009"] is None  # inside an epoch: no evaluation
+
+
+def test_eval_every_0_evaluates_only_at_the_end_and_checks_the_val_list_before_training(
+    tiny_run, tmp_path, monkeypatch
+):
+    """train.eval_every=0 is 'only at the end': one evaluation, after the last epoch; a val list that cannot be
+    evaluated still stops the run before its first step, not after the whole training."""
+    from aim_video.data.annotations import AnnotationError
+
+    (tmp_path / "a").mkdir()
+    cfg = tiny_run(tmp_path / "a", "train.eval_every=0")
+    summary = _fit(cfg, monkeypatch=monkeypatch)
+    assert _events(cfg.output_dir, "eval", "epoch", "step") == [(1, 8)]
+    assert [(e["epoch"], e["step"]) for e in summary["eval"]] == [(1, 8)]
+    (tmp_path / "b").mkdir()
+    cfg = tiny_run(tmp_path / "b", "train.eval_every=0")
+    unlabelled = tmp_path / "val_unlabelled.txt"
+    unlabelled.write_text("".join(line.rsplit(" ", 1)[0] + "\n" for line in open(cfg.data.val_list) if line.strip()))
+    cfg.data.val_list = str(unlabelled)
+    with pytest.raises(AnnotationError, match="has no labels"):
+        _fit(cfg, monkeypatch=monkeypatch)
+    assert not os.path.exists(cfg.output_dir)
+
+
+def test_the_training_evaluation_uses_the_protocols_views_and_counts_left_out_videos(tiny_run, tmp_path, monkeypatch):
+    """eval.protocol=ssv2 evaluates 1 clip x 3 crops, as tools/test.py does (not data.test_num_*), and a val video
+    left out as missing (data.missing_files=drop) is counted in num_missing, as tools/test.py counts it."""
+    cfg = tiny_run(tmp_path, "train.epochs=1", "eval.protocol=ssv2", "data.missing_files=drop")
+    with_gone = tmp_path / "val_with_gone.txt"
+    with_gone.write_text(open(cfg.data.val_list).read() + f"{tmp_path / 'gone.mp4'} 0\n")
+    cfg.data.val_list = str(with_gone)
+    summary = _fit(cfg, monkeypatch=monkeypatch)
+    (result,) = summary["eval"]
+    assert (result["num_videos"], result["num_missing"]) == (8, 1)
+    assert (result["protocol"]["num_clips"], result["protocol"]["num_crops"], result["protocol"]["num_views"]) == (
+        1, 3, 3)  # fmt: skip
+
+
+def test_clips_are_normalised_with_the_configured_mean_and_std():
+    """uint8 clips become (x / 255 - mean) / std in the model's dtype, per channel."""
+    from aim_video.config import load_config
+    from aim_video.engine.fit import _prepare_fn
+
+    cfg = load_config(None, ["train.precision=fp32", "data.mean=[0.5,0.25,0.125]", "data.std=[0.5,0.25,0.2]"])
+    video = torch.zeros(1, 2, 3, 4, 4, dtype=torch.uint8)
+    video[:, 1] = 255
+    out, label = _prepare_fn(cfg, torch.device("cpu"))({"video": video, "label": torch.tensor([1])})
+    assert out.dtype == torch.float32 and label.tolist() == [1]
+    mean, std = torch.tensor([0.5, 0.25, 0.125]), torch.tensor([0.5, 0.25, 0.2])
+    assert torch.allclose(out[0, 0, :, 0, 0], -mean / std) and torch.allclose(out[0, 1, :, 0, 0], (1 - mean) / std)
+
+
+def test_class_counts_that_disagree_stop_before_training_and_the_export_names_the_classes(
+    tiny_run, tmp_path, monkeypatch
+):
+    """model.num_classes != data.num_classes, or a class map of another length than data.num_classes, is a config
+    error before any step; with a class map that fits, the exported weights carry its names (evaluation checks its
+    numbering against them)."""
+    from aim_video.models.trainable_io import read_trainable
+
+    (tmp_path / "a").mkdir()
+    cfg = tiny_run(tmp_path / "a", "model.num_classes=3", "train.eval_every=-1")
+    with pytest.raises(ConfigError, match="model.num_classes=3 but data.num_classes=2"):
+        _fit(cfg, monkeypatch=monkeypatch)
+    assert not os.path.exists(cfg.output_dir)
+    (tmp_path / "b").mkdir()
+    three = tmp_path / "three.txt"
+    three.write_text("a\nb\nc\n")
+    cfg = tiny_run(tmp_path / "b", f"data.class_map={three}", "train.eval_every=-1", "train.epochs=1")
+    with pytest.raises(ConfigError, match=r"the classes of this data set \(3: .* are not data.num_classes=2"):
+        _fit(cfg, monkeypatch=monkeypatch)
+    assert not os.path.exists(cfg.output_dir)
+    (tmp_path / "c").mkdir()
+    two = tmp_path / "two.txt"
+    two.write_text("walk\nrun\n")
+    cfg = tiny_run(tmp_path / "c", f"data.class_map={two}", "train.eval_every=-1", "train.epochs=1")
+    _fit(cfg, monkeypatch=monkeypatch)
+    _, meta = read_trainable(os.path.join(cfg.output_dir, "model_trainable.safetensors"))
+    assert json.loads(meta["classes"]) == ["walk", "run"]
+
+
+def _with_bad_videos(cfg, tmp_path, count=4):
+    """The train list plus `count` files that are not videos (each draw of one is a loader failure, replaced)."""
+    lines = open(cfg.data.train_list).read()
+    for i in range(count):
+        bad = tmp_path / f"bad{i}.mp4"
+        bad.write_text("not a video")
+        lines += f"{bad} {i % 2}\n"
+    path = tmp_path / "train_with_bad.txt"
+    path.write_text(lines)
+    return str(path)
+
+
+def test_the_loader_failures_of_a_part_epoch_before_a_stop_count_in_the_runs_summary(tiny_run, tmp_path, monkeypatch):
+    """Stopped inside an epoch, then resumed: train_summary.json counts the failed reads of the whole run, those of
+    the stopped process's part epoch included (its `stopped` event carries them), as the uninterrupted run does."""
+    from aim_video.engine.distributed import TrainingStopped
+
+    (tmp_path / "ref").mkdir()
+    ref_cfg = tiny_run(tmp_path / "ref", "train.eval_every=-1", "train.epochs=1")
+    ref_cfg.data.train_list = _with_bad_videos(ref_cfg, tmp_path)
+    ref = _fit(ref_cfg, monkeypatch=monkeypatch)  # 12 videos: 6 steps
+    cfg = tiny_run(tmp_path, "train.eval_every=-1", "train.epochs=1")
+    cfg.data.train_list = ref_cfg.data.train_list
+    with pytest.raises(TrainingStopped):
+        _fit(cfg, fault="after_step@3:rank0:signal=SIGUSR1", monkeypatch=monkeypatch)
+    (stopped,) = _events(cfg.output_dir, "stopped", "failures")
+    summary = _fit(cfg, resume="auto", monkeypatch=monkeypatch)
+    assert ref["loader_failures"] > 0 and stopped[0] > 0  # the check below has something to count
+    assert summary["loader_failures"] == ref["loader_failures"]
+
+
+def test_a_stop_signal_during_the_final_evaluation_lets_the_run_finish(tiny_run, tmp_path, monkeypatch):
+    """The last epoch's evaluation and save are the end of the run: a stop signal then finishes it (export and
+    summary written) rather than stopping with a checkpoint for a resume that has nothing left to do."""
+    cfg = tiny_run(tmp_path)
+    summary = _fit(cfg, fault="epoch_end@8:rank0:signal=SIGUSR1", monkeypatch=monkeypatch)
+    assert summary["steps"] == 8 and [(e["epoch"], e["step"]) for e in summary["eval"]] == [(0, 4), (1, 8)]
+    assert os.path.isfile(os.path.join(cfg.output_dir, "model_trainable.safetensors"))
+    assert not _events(cfg.output_dir, "stopped", "step")
+
+
+def test_an_epoch_is_a_whole_number_of_optimizer_steps(tiny_run, tmp_path, monkeypatch):
+    """4 batches an epoch with train.grad_accum_steps=3: an epoch is 3 micro-batches (one step); the 4th is left
+    out, not accumulated into the next epoch's first step."""
+    cfg = tiny_run(tmp_path, "train.grad_accum_steps=3", "train.eval_every=-1", "train.keep_last=5")
+    summary = _fit(cfg, monkeypatch=monkeypatch)
+    assert summary["steps"] == 2
+    assert _events(cfg.output_dir, "epoch", "epoch", "steps", "finished") == [(0, 1, True), (1, 2, True)]
+    step1 = read_meta(os.path.join(cfg.output_dir, "checkpoints", "step_00000001"))
+    assert (step1["epoch"], step1["batches_done"]) == (0, 3)
+
+
+def test_resuming_a_finished_run_leaves_its_summary_and_weights_as_they_were(tiny_run, tmp_path, monkeypatch):
+    """--resume auto after the end: nothing runs, train_summary.json (its speed, its evaluations) and the exported
+    weights stay those of the finished run."""
+    cfg = tiny_run(tmp_path, "train.epochs=1")
+    first = _fit(cfg, monkeypatch=monkeypatch)
+    files = {n: open(os.path.join(cfg.output_dir, n), "rb").read()
+             for n in ("train_summary.json", "model_trainable.safetensors")}  # fmt: skip
+    again = _fit(cfg, resume="auto", monkeypatch=monkeypatch)
+    assert again["note"].startswith("nothing to train") and again["clips_per_s"] == first["clips_per_s"] > 0
+    assert again["eval"] == first["eval"] and again["wall_s"] == first["wall_s"]
+    assert {n: open(os.path.join(cfg.output_dir, n), "rb").read() for n in files} == files
+
+
+def test_a_resume_that_runs_a_pending_evaluation_does_not_save_its_checkpoint_again(tiny_run, tmp_path, monkeypatch):
+    """Stopped at an epoch's last step (its evaluation pending), resumed: the checkpoint it resumed from is that
+    step's; the resume evaluates and writes the metric into it, without writing the whole checkpoint a second time
+    (a ZeRO checkpoint with its elastic optimizer state is GBs)."""
+    from aim_video.engine.distributed import TrainingStopped
+
+    cfg = tiny_run(tmp_path, "train.epochs=1")
+    with pytest.raises(TrainingStopped):
+        _fit(cfg, fault="after_step@4:rank0:signal=SIGUSR1", monkeypatch=monkeypatch)
+    step4 = os.path.join(cfg.output_dir, "checkpoints", "step_00000004")
+    inode = os.stat(step4).st_ino
+    summary = _fit(cfg, resume="auto", monkeypatch=monkeypatch)
+    assert [(e["epoch"], e["step"]) for e in summary["eval"]] == [(0, 4)]
+    assert read_meta(step4)["metric"] == summary["eval"][0]["top1"] and read_meta(step4)["epoch_end_pending"] is False
+    assert os.stat(step4).st_ino == inode  # the same folder: updated in place, not written again

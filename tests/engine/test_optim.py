@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from aim_video.engine.optim import build_optimizer, build_param_groups, build_scheduler, decays, warmup_cosine
+from tests.engine.conftest import TinyAdapted
 
 
 def test_only_trainable_parameters_reach_the_optimizer(tiny):
@@ -83,3 +84,36 @@ def test_adamw_step_leaves_no_decay_params_untouched_without_gradient(tiny):
     opt.step()
     assert torch.all(tiny.head.bias == 1.0)  # no decay, zero gradient
     assert torch.allclose(tiny.head.weight, torch.full_like(tiny.head.weight, 1.0 - 0.1 * 0.5))  # decoupled decay
+
+
+class _ListsNoDecay(TinyAdapted):
+    """A model that names a weight matrix in timm's no_weight_decay(): it must not decay."""
+
+    def no_weight_decay(self):
+        return {"adapter.0.weight"}
+
+
+def test_names_in_no_weight_decay_never_decay():
+    model = _ListsNoDecay()
+    assert decays(model)["adapter.0.weight"] is False and decays(model)["adapter.2.weight"] is True
+    groups = build_param_groups(model, model.trainable_parameter_names(), lr=1e-3, weight_decay=0.05)
+    wd = {n: g["weight_decay"] for g in groups for n in g["param_names"]}
+    assert wd["adapter.0.weight"] == 0.0 and wd["adapter.2.weight"] == 0.05
+
+
+def test_the_schedule_stays_at_its_floor_after_the_last_step_and_peaks_at_one_with_a_floor():
+    """Steps past total_steps (a resume under another global batch can reach them) keep the floor: an unclamped
+    cosine rose again towards the peak lr. With min_ratio the warm-up still ends at the peak (1), and the cosine
+    spans [min_ratio, 1]."""
+    for step in (12, 13, 16, 20):
+        assert warmup_cosine(step, 4, 12, min_ratio=0.1) == pytest.approx(0.1)
+        assert warmup_cosine(step, 4, 12) == pytest.approx(0.0, abs=1e-12)
+    assert warmup_cosine(4, 4, 12, min_ratio=0.1) == pytest.approx(1.0)
+    assert warmup_cosine(8, 4, 12, min_ratio=0.1) == pytest.approx(0.1 + 0.9 * 0.5)
+
+
+def test_the_optimizer_uses_the_configured_betas(tiny):
+    groups = build_param_groups(tiny, tiny.trainable_parameter_names(), lr=1e-3, weight_decay=0.05)
+    opt = build_optimizer(groups, 1e-3, (0.8, 0.95))  # train.betas (a list after the YAML round trip)
+    assert all(tuple(g["betas"]) == (0.8, 0.95) for g in opt.param_groups)
+    assert all("param_names" not in g for g in opt.param_groups)

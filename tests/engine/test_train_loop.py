@@ -2,6 +2,7 @@
 
 import json
 import os
+import time
 
 import pytest
 import torch
@@ -249,3 +250,80 @@ def test_mixup_and_cutmix_train_every_method_through_the_engine(world, tmp_path,
     trainable = set(model.trainable_parameter_names())
     moved = {n for n, p in model.named_parameters() if not torch.equal(p.detach().cpu(), before[n])}
     assert moved == trainable
+
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+
+def _slow_batches(n, sleep_s=0.0):
+    gen = torch.Generator().manual_seed(0)
+    for i in range(n):
+        time.sleep(sleep_s)  # slow storage: the loop waits for this batch
+        yield {"video": torch.randn(2, 4, 8, generator=gen), "label": torch.tensor([i % 3, (i + 1) % 3]),
+               "index": torch.tensor([2 * i, 2 * i + 1])}  # fmt: skip
+
+
+def _run_timed(tmp_path, batches, *, micro=6, log_every=1, max_steps=-1, overrides=(), prepare_s=0.0, step_s=0.0):
+    cfg = load_config(None, ["train.precision=fp32", "data.batch_size=2", "train.zero_stage=0", *overrides])
+    torch.manual_seed(0)
+    engine, _ = build_engine(
+        cfg, TinyAdapted(), steps_per_epoch=micro, world_size=1, ds_config=derive_ds_config(cfg, 1)
+    )
+    log = RunLog(str(tmp_path), is_main=True, total_steps=micro, initial_step=0)
+    device, dtype = engine.device, next(engine.module.parameters()).dtype
+
+    def prepare(b):
+        time.sleep(prepare_s)  # host work on a batch that has arrived (decoding done): not data wait
+        return b["video"].to(device, dtype), b["label"].to(device)
+
+    stats = train_one_epoch(
+        engine, batches, EpochState(epoch=0), micro_batches=micro, mix=None, prepare=prepare, label_smoothing=0.0,
+        max_steps=max_steps, log=log, log_every=log_every, rank=0, world_size=1,
+        on_step=lambda s: time.sleep(step_s),  # a checkpoint save: not data wait either
+    )  # fmt: skip
+    log.close()
+    return stats, [json.loads(line) for line in open(tmp_path / "log.jsonl")], engine
+
+
+def test_the_data_wait_share_is_the_time_spent_waiting_for_the_next_batch(world, tmp_path):
+    """data_wait is the share of the step time spent blocked on the loader: a slow loader shows near 1, a slow
+    host step (or a checkpoint save after a step) near 0, whatever the rest costs."""
+    slow_loader, log, _ = _run_timed(tmp_path / "a", _slow_batches(3, sleep_s=0.5), micro=3)
+    assert slow_loader["data_wait"] > 0.5 and all(r["data_wait"] > 0.5 for r in log if r["event"] == "train")
+    slow_step, log, _ = _run_timed(tmp_path / "b", _slow_batches(3), micro=3, prepare_s=0.5)
+    assert slow_step["data_wait"] < 0.35 and all(r["data_wait"] < 0.35 for r in log if r["event"] == "train")
+    saving, _, _ = _run_timed(tmp_path / "c", _slow_batches(3), micro=3, step_s=0.5)
+    assert saving["data_wait"] < 0.35
+    assert 2 / 0.5 > slow_loader["clips_per_s"] > 0  # 2 clips a step, each step >= 0.5 s
+
+
+def test_the_last_step_of_an_epoch_and_max_steps_are_logged_whatever_log_every_is(world, tmp_path):
+    """log_every=4 over 6 steps: step 6 ends the epoch and is logged (the epoch's loss covers its 6 micro-batches);
+    max_steps=3 with log_every=2: step 3 ends the run and is logged."""
+    stats, log, _ = _run_timed(tmp_path / "a", _slow_batches(6), log_every=4)
+    train = [r for r in log if r["event"] == "train"]
+    assert [r["step"] for r in train] == [4, 6]
+    assert stats["loss"] == pytest.approx((4 * train[0]["loss"] + 2 * train[1]["loss"]) / 6)
+    assert stats["last_loss"] == train[1]["loss"]
+    _, log, _ = _run_timed(tmp_path / "b", _slow_batches(6), log_every=2, max_steps=3)
+    assert [r["step"] for r in log if r["event"] == "train"] == [2, 3]
+
+
+def test_the_logged_lr_is_the_scheduled_peak_groups_not_the_backbones(world, tmp_path):
+    """With train.backbone_lr_mult=0.1 the log's lr is train.lr's schedule (the head's groups), not a tenth of it."""
+    _, log, engine = _run_timed(
+        tmp_path, _slow_batches(6), overrides=["train.backbone_lr_mult=0.1", "train.lr=0.01", "train.warmup_epochs=0"]
+    )
+    lrs = [r["lr"] for r in log if r["event"] == "train"]
+    assert len(lrs) == 6 and lrs[0] == pytest.approx(0.01) and lrs[-1] < lrs[0]  # no warm-up: the peak first
+    assert {g["name"] for g in engine.optimizer.param_groups} >= {"head_decay", "backbone_decay"}
+
+
+def test_only_the_main_rank_writes_the_log(tmp_path):
+    log = RunLog(str(tmp_path), is_main=False, total_steps=3, initial_step=0)
+    log.event("start", step=0)
+    log.event("train", step=1, loss=1.0)
+    log.scalars(1, "train", {"loss": 1.0})
+    log.close()
+    assert os.listdir(tmp_path) == []

@@ -136,9 +136,6 @@ def test_format_table_aligns_columns() -> None:
     assert len({len(line) for line in lines}) == 1
 
 
-LOADER = [{"workers": 1, "clips_per_s": 10.0}, {"workers": 2, "clips_per_s": 19.0}, {"workers": 4, "clips_per_s": 30.0}]
-
-
 def test_as_many_workers_as_cores_is_advised_not_called_too_many() -> None:
     """4 workers needed on 4 cores per rank: raise the workers (the cores suffice), not 'more than the cores'."""
     v = verdict(0.5, 30.0, LOADER, configured_workers=2, cpu_cores_per_rank=4)

@@ -218,9 +218,6 @@ def test_a_loader_without_workers_times_the_batches_asked_for(monkeypatch: pytes
     assert row["workers"] == 0 and row["batches"] == 3 and row["clips_per_s"] > 0
 
 
-CPU = torch.device("cpu")
-
-
 def _run(cfg, steps: int) -> dict:
     model = build_model(cfg.model, cfg.data.num_frames, cfg.data.input_size)
     _, step = throughput.build_train_step(cfg, model, CPU)
