@@ -313,12 +313,19 @@ def load_pretrained(model: torch.nn.Module, path: str) -> dict[str, list[str]]:
         for k in sorted(set(state) & set(own))
         if state[k].shape != own[k].shape
     ]
+    if not set(state) & set(own):  # a ResNet, a training checkpoint, an optimizer state: not this backbone at all
+        raise PretrainedLoadError(
+            f"{file} ({layout} layout) holds none of the {type(backbone).__name__}'s weights ({len(state)} tensors"
+            + (f", e.g. {_few(sorted(state), 4)}" if state else "")
+            + "): model.pretrained is the image backbone's weights file (OpenAI CLIP .pt, timm .pth/.safetensors), "
+            "not another model's, a training checkpoint or aim-video's trained weights (model.init_trainable)"
+        )
     if missing or unexpected or already_adapted or wrong_shape:
         theirs, ours = _width_depth(state), _width_depth(own)
         raise PretrainedLoadError(
             f"{file} ({layout} layout) does not fit {type(backbone).__name__} "
             f"(model.arch / model.vit_kwargs)"
-            + (f": the checkpoint's ViT is {theirs}, the model's {ours}" if theirs != ours else "")
+            + (f": the checkpoint's ViT is {theirs}, the model's {ours}" if theirs and theirs != ours else "")
             + ":\n"
             f"  missing backbone keys ({len(missing)}): {_few(missing)}\n"
             f"  unexpected keys ({len(unexpected)}): {_few(unexpected)}\n"

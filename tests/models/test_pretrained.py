@@ -108,6 +108,18 @@ def test_checkpoint_of_another_architecture_fails(clip_vit, tmp_path) -> None:
         build_model(tiny_cfg(arch=TIMM_ARCH, pretrained=path), NUM_FRAMES)
 
 
+def test_a_file_with_none_of_the_vits_weights_says_so(tmp_path) -> None:
+    """A ResNet's weights read "the checkpoint's ViT is , the model's width 64, depth 2" and listed every key; a
+    file of no tensors listed every backbone key as missing."""
+    resnet = {"conv1.weight": torch.zeros(8, 3, 7, 7), "bn1.weight": torch.ones(8), "fc.weight": torch.zeros(10, 8)}
+    torch.save(resnet, str(tmp_path / "resnet18.pth"))
+    with pytest.raises(PretrainedLoadError, match=r"holds none of the .*'s weights \(3 tensors, e.g. \['bn1"):
+        build_model(tiny_cfg(pretrained=str(tmp_path / "resnet18.pth")), NUM_FRAMES)
+    torch.save({"optimizer": {"state": {}, "param_groups": []}, "epoch": 3}, str(tmp_path / "optimizer.pt"))
+    with pytest.raises(PretrainedLoadError, match=r"holds none of the .*Transformer's weights \(0 tensors\)"):
+        build_model(tiny_cfg(pretrained=str(tmp_path / "optimizer.pt")), NUM_FRAMES)
+
+
 def test_checkpoint_with_adapter_weights_is_rejected(tmp_path) -> None:
     model = build_model(tiny_cfg(), NUM_FRAMES)
     path = str(tmp_path / "aim_backbone.pth")
