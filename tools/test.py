@@ -33,6 +33,7 @@ from aim_video.data.loader import build_eval_loader  # noqa: E402
 from aim_video.engine.distributed import first_failure  # noqa: E402
 from aim_video.engine.fit import same_data_on_every_rank  # noqa: E402
 from aim_video.eval.loading import (  # noqa: E402
+    checkpoint_config,
     class_names,
     init_process,
     load_model,
@@ -98,6 +99,17 @@ def main(argv: list[str] | None = None) -> int:
     return status
 
 
+def _other_model_hint(config: str | None, checkpoint_file: str, num_classes: int) -> str:
+    """Why the numbers disagree when --config is a config of another model than the one the weights were trained as."""
+    saved = checkpoint_config(checkpoint_file) if config else None
+    if saved is None or saved.model.num_classes == num_classes:
+        return ""
+    return (
+        f" (from --config {config}; the weights were trained with model.num_classes={saved.model.num_classes}: "
+        "leave out --config to evaluate with the config stored in them)"
+    )
+
+
 def _main(argv: list[str] | None, made: list[str], written: list[str]) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -122,7 +134,10 @@ def _main(argv: list[str] | None, made: list[str], written: list[str]) -> int:
             written.append(cfg.data.class_map)
         names = class_names(cfg, checkpoint_file) or [str(i) for i in range(cfg.model.num_classes)]
         if len(names) != cfg.model.num_classes:
-            raise ValueError(f"the class map lists {len(names)} classes, model.num_classes is {cfg.model.num_classes}")
+            raise ValueError(
+                f"the class map lists {len(names)} classes, model.num_classes is {cfg.model.num_classes}"
+                + _other_model_hint(args.config, checkpoint_file, cfg.model.num_classes)
+            )
     except (ConfigError, OSError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

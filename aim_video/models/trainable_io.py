@@ -139,6 +139,16 @@ def read_metadata(path: str) -> dict[str, str]:
 
 def _unreadable(path: str, err: BaseException) -> ValueError:
     first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+    try:
+        with open(path, "rb") as f:
+            head = f.read(2)
+    except OSError:
+        head = b""
+    if head in (b"PK", b"\x80\x02") or head[:1] == b"\x80":  # torch.save's zip, or a pickle: a .pt/.pth file
+        return ValueError(
+            f"{path} is a PyTorch .pt/.pth file, not aim-video's trained weights: an image backbone's weights go to "
+            "model.pretrained; evaluation takes model_trainable.safetensors or a checkpoint folder that training wrote"
+        )
     return ValueError(
         f"{path} cannot be read as safetensors ({type(err).__name__}: {first}): a copy cut short or another kind "
         "of file; export it again or point at another checkpoint"

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import save_file
 
 from aim_video.models.build import build_model
-from aim_video.models.trainable_io import read_trainable, save_trainable
+from aim_video.models.trainable_io import read_metadata, read_trainable, save_trainable
 from tests.models.conftest import NUM_FRAMES, TINY_CLIP, random_vit, tiny_cfg
 
 
@@ -34,9 +34,13 @@ def test_weight_files_get_the_mode_the_umask_gives_other_outputs(tmp_path, umask
 
 def test_a_cut_or_foreign_file_is_named_not_a_safetensors_traceback(tmp_path) -> None:
     junk = tmp_path / "rand.safetensors"
-    junk.write_bytes(os.urandom(5000))
+    junk.write_bytes(b"\x01" + os.urandom(5000))  # not a pickle's or zip's first byte
     with pytest.raises(ValueError, match=r"rand.safetensors cannot be read as safetensors .*export it again"):
         read_trainable(str(junk))
+    # a backbone's weights given as the checkpoint to evaluate: "header too large"
+    torch.save({"visual.conv1.weight": torch.zeros(2)}, str(tmp_path / "ViT-B-16.pt"))
+    with pytest.raises(ValueError, match=r"ViT-B-16.pt is a PyTorch .pt/.pth file, not aim-video's trained weights"):
+        read_metadata(str(tmp_path / "ViT-B-16.pt"))
 
 
 def test_a_file_of_another_frame_count_is_refused_before_anything_is_copied(tmp_path) -> None:

@@ -1,5 +1,6 @@
 """tools/test.py end to end on tiny real videos and a tiny AIM checkpoint: outputs, missing videos, 1 vs 2 ranks."""
 
+import copy
 import csv
 import hashlib
 import json
@@ -320,3 +321,21 @@ def test_a_failed_evaluation_leaves_what_another_wrote_into_its_new_folder(run, 
     monkeypatch.setattr(test_tool, "build_eval_loader", other_writes_then_fails)
     assert test_tool.main(["--checkpoint", run["ckpt"], "--out", out, "--no-progress"]) == 2
     assert os.listdir(out) == ["another_runs_scores.safetensors"]
+
+
+def test_a_config_of_another_model_is_named_as_the_cause_of_a_class_count_mismatch(run, tmp_path, capsys):
+    """--config of another recipe ended in 'the class map lists 3 classes, model.num_classes is 5' without saying
+    that the config, not the class map, was the other model's."""
+    from aim_video.config import save_config
+
+    other = copy.deepcopy(run["cfg"])
+    other.model.num_classes = other.data.num_classes = 5
+    names = tmp_path / "classes.txt"
+    names.write_text("a\nb\nc\n")
+    other.data.class_map = str(names)
+    save_config(other, str(tmp_path))
+    args = ["--checkpoint", run["ckpt"], "--config", str(tmp_path / "config.yaml"), "--out", str(tmp_path / "o")]
+    assert test_tool.main([*args, "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "the class map lists 3 classes, model.num_classes is 5 (from --config " in err
+    assert "the weights were trained with model.num_classes=3: leave out --config" in err
