@@ -333,6 +333,11 @@ def check_ranges(cfg: Config, source: str) -> None:
             f"{source}: train.min_lr={t.min_lr} is above train.lr={t.lr}: the cosine schedule would raise the lr after "
             "the warm-up; min_lr is the floor it decays to"
         )
+
+
+def warn_training_settings(cfg: Config) -> None:
+    """Warnings about a config that only training reads (an evaluation of the run's weights is not told them)."""
+    t = cfg.train
     if t.warmup_epochs > t.epochs and t.max_steps <= 0:  # a smoke run of a recipe, say: allowed, but not silently
         warn_once(
             f"warning: train.warmup_epochs={t.warmup_epochs} is longer than train.epochs={t.epochs}: the lr is still "

@@ -153,10 +153,12 @@ def test_a_warm_up_longer_than_the_run_is_allowed_with_a_warning(capsys, monkeyp
 
     monkeypatch.setattr(config, "_WARNED", set())  # what other tests' configs warned of
     monkeypatch.delenv("RANK", raising=False)
-    assert load_config(None, ["train.warmup_epochs=40"]).train.warmup_epochs == 40
+    cfg = load_config(None, ["train.warmup_epochs=40"])
+    assert cfg.train.warmup_epochs == 40 and capsys.readouterr().err == ""  # evaluations load it too: not told
+    config.warn_training_settings(cfg)  # training is
     assert "train.warmup_epochs=40.0 is longer than train.epochs=30" in capsys.readouterr().err
-    load_config(None, ["train.warmup_epochs=40", "train.max_steps=100"])  # max_steps fits it in: no warning
-    assert capsys.readouterr().err == ""
+    config.warn_training_settings(load_config(None, ["train.warmup_epochs=40", "train.max_steps=100"]))
+    assert capsys.readouterr().err == ""  # max_steps fits it in: no warning
     # a recipe's test_short_side=224 with a smaller input: evaluated on crops of part of the frame (55.6% vs 77.8%)
     load_config(None, ["data.input_size=112"])
     assert "data.test_short_side=224 is 2x data.input_size=112" in capsys.readouterr().err

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from aim_video.config import Config, ConfigError, save_config, to_yaml, with_absolute_paths
+from aim_video.config import Config, ConfigError, save_config, to_yaml, warn_training_settings, with_absolute_paths
 from aim_video.data.annotations import AnnotationError
 from aim_video.engine.checkpoint_io import CheckpointManager, agree_on_resume
 from aim_video.engine.deepspeed_setup import build_engine, derive_ds_config, model_dtype, write_ds_config
@@ -242,6 +242,7 @@ def _fit(cfg: Config, resume: str, stop_signals: bool) -> dict[str, Any]:
             "number of classes of the data set"
         )
     check_pretrained_choice(cfg)
+    warn_training_settings(cfg)
     check_method(cfg.model)  # before the process group and config.yaml, as a bad key at load time
     try:  # the architecture on the meta device: an unknown model.arch or vit_kwargs key is a config error
         check_model_config(cfg.model, cfg.data.num_frames, cfg.data.input_size)
