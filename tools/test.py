@@ -6,7 +6,8 @@
     deepspeed --num_gpus 8 tools/test.py --checkpoint runs/k400
 
 Writes results.json (metrics, protocol, videos evaluated, missing list, checkpoint sha256, resolved config),
-per_class.csv, confusion.png and, with --save-scores, scores.safetensors (per-video averaged scores).
+per_class.csv and confusion.png (when some video has a label) and, with --save-scores, scores.safetensors
+(per-video averaged scores).
 Exit status 2: bad config, arguments or list (an unwritable --out included, and listed videos that do not exist
 unless data.missing_files=drop); 3: videos left out (drop) or unreadable under --strict, or none of the videos
 found readable; 1: anything else. Every rank exits with the same status when one rank fails while loading the
@@ -198,8 +199,14 @@ def _main(argv: list[str] | None, made: list[str], written: list[str]) -> int:
         print(f"note: replacing the results of an earlier evaluation in {out} (--out keeps both)", file=sys.stderr)
     write_results_json(record, os.path.join(out, "results.json"))
     written.clear()  # the stored class names now belong to these results
-    write_per_class_csv(result, names, os.path.join(out, "per_class.csv"))
-    plot_confusion(result["confusion_matrix"], names, os.path.join(out, "confusion.png"))
+    per_class, confusion = os.path.join(out, "per_class.csv"), os.path.join(out, "confusion.png")
+    if record["num_evaluated"]:
+        write_per_class_csv(result, names, per_class)
+        plot_confusion(result["confusion_matrix"], names, confusion)
+    else:  # no labelled video (predictions only): no class statistics, and an earlier evaluation's would mislead
+        for path in (per_class, confusion):
+            if os.path.exists(path):
+                os.remove(path)
     scores_path = os.path.join(out, "scores.safetensors")
     if args.save_scores or cfg.eval.save_scores:
         write_scores(result, scores_path, {"checkpoint_sha256": record["checkpoint_sha256"]}, paths)

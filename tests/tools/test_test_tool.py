@@ -260,7 +260,11 @@ def test_an_unwritable_out_stops_before_the_evaluation_and_nothing_readable_is_a
         f.write("videos/v00.mp4\nvideos/v01.mp4 -1\n")
     args = ["--checkpoint", run["ckpt"], "--no-progress", "--out", out, "--split", "test"]
     capsys.readouterr()
+    assert not os.path.exists(os.path.join(out, "per_class.csv"))  # nothing scored: no empty class statistics
+    for name in ("per_class.csv", "confusion.png"):  # an earlier labelled evaluation's: they would read as this one's
+        open(os.path.join(out, name), "w").close()
     assert test_tool.main([*args, f"data.test_list={unlabelled}"]) == 0
+    assert not {"per_class.csv", "confusion.png"} & set(os.listdir(out))
     unscored = json.load(open(os.path.join(out, "results.json")))
     assert unscored["num_unlabelled"] == 2 and [v["pred_name"] for v in unscored["per_video"]] == [
         str(v["pred"]) for v in unscored["per_video"]]  # fmt: skip  (this checkpoint's classes are named 0, 1, 2)
