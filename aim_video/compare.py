@@ -219,7 +219,7 @@ def measure_cost(cfg: Config, device: torch.device, warmup: int = 3, steps: int 
         for _ in range(accum):
             train(video, label)
 
-    # about as many micro-batches as without accumulation, in whole optimizer steps
+    # whole optimizer steps: about as many micro-batches as asked for, at least one warm-up and two timed steps
     warmup, steps = max(1, -(-warmup // accum)), max(2, -(-steps // accum))
     for _ in range(warmup):
         step()

@@ -120,7 +120,7 @@ class TrainConfig:
     """Optimisation, precision, schedule and checkpoints."""
 
     epochs: int = 30
-    max_steps: int = -1  # -1: none; N stops after N optimizer steps (smoke runs; warmup + cosine fitted into them)
+    max_steps: int = -1  # 0 or less: none; N stops after N optimizer steps (smoke runs; warmup + cosine fitted in)
     lr: float = 3e-4  # for the global batch below; scale linearly with batch
     base_batch_size: int = 64  # global batch the lr is stated for (paper: 8 GPUs x 8)
     scale_lr: bool = False  # lr *= global_batch / base_batch_size
@@ -273,7 +273,6 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "train.mixup_alpha": (lambda v: v >= 0, "0 (off) or more"),
     "train.cutmix_alpha": (lambda v: v >= 0, "0 (off) or more"),
     "train.grad_accum_steps": (lambda v: v >= 1, "at least 1"),
-    "train.max_steps": (lambda v: v == -1 or v >= 1, "-1 (no limit) or at least 1"),  # 0 and -5 ran with no limit
     "train.clip_grad": (lambda v: v >= 0, "0 (off) or more"),
     "train.log_every": (lambda v: v >= 1, "at least 1"),
     "train.seed": (lambda v: v >= 0, "0 or more (the per-sample seeds are drawn from it)"),  # failed at the 1st batch

@@ -134,7 +134,6 @@ def test_a_key_given_twice_with_other_values_is_named(capsys, monkeypatch):
         ("data.std=[0.2,0,0.2]", "divide 0-255 statistics by 255"),  # a ZeroDivisionError at the first batch
         ("data.decode_device=gpu", "'data.decode_device': 'gpu'; it must be cpu, cuda or cuda:N"),  # every video
         ("train.seed=-1", "'train.seed': -1; it must be 0 or more"),  # a ValueError at the first batch
-        ("train.max_steps=0", "'train.max_steps': 0; it must be -1 (no limit) or at least 1"),  # ran with no limit
         # a bad element said "Value '$VALUE' of type '$VALUE_TYPE'", or called an existing key unknown
         ("data.mean=[0.5,0.5,x]", "'data.mean': an element of [0.5, 0.5, 'x'] could not be converted to Float"),
         ("profile.batch_sizes=[8,3x]", "'profile.batch_sizes[1]': Value '3x' of type 'str' could not be converted"),

@@ -102,7 +102,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def _other_model_hint(config: str | None, checkpoint_file: str, num_classes: int) -> str:
     """Why the numbers disagree when --config is a config of another model than the one the weights were trained as."""
-    saved = checkpoint_config(checkpoint_file) if config else None
+    try:
+        saved = checkpoint_config(checkpoint_file) if config else None
+    except ValueError:  # a stored config this version cannot read: the message stands without the hint
+        return ""
     if saved is None or saved.model.num_classes == num_classes:
         return ""
     return (

@@ -69,8 +69,11 @@ _STEP_DIR = re.compile(r"^step_(\d{8})$")
 OPTIMIZER_FILE = "optimizer.safetensors"
 # model.* settings a resume may change: where the frozen weights come from (checked by fingerprint), the weights a
 # run started from (read at a fresh start only) and how the same model is computed (compiled, checkpointed, the
-# temporal attention's kernel: the same outputs and gradients up to rounding in bf16/fp16)
-RUNTIME_MODEL_KEYS = ("pretrained", "compile", "grad_checkpointing", "temporal_attention", "init_trainable")
+# temporal attention's kernel: the same outputs and gradients up to rounding in bf16/fp16); random_backbone is the
+# choice of an empty pretrained (runs saved before the key existed say false)
+RUNTIME_MODEL_KEYS = (
+    "pretrained", "random_backbone", "compile", "grad_checkpointing", "temporal_attention", "init_trainable"
+)
 # what a full disk looks like (seen on a full tmpfs): OSError ENOSPC / EDQUOT, torch's zip writer ("unexpected pos",
 # "file write failed", "basic_ios::clear: iostream error"), safetensors' Rust I/O error (StorageFull)
 _NO_SPACE = ("No space left", "unexpected pos", "file write failed", "iostream error", "StorageFull", "Disk quota")

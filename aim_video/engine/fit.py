@@ -153,7 +153,7 @@ def fit(cfg: Config, resume: str = "") -> dict[str, Any]:
     try:
         return _fit(cfg, resume, stop_signals=bool(previous))
     except Exception:
-        if int(os.environ.get("RANK", "0")) == 0:  # a refused start leaves no empty run folder behind
+        if os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")) in ("", "0"):  # no empty run folder left
             remove_empty(made)
         raise
     finally:

@@ -141,10 +141,12 @@ def _unreadable(path: str, err: BaseException) -> ValueError:
     first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
     try:
         with open(path, "rb") as f:
-            head = f.read(2)
+            head = f.read(9)
     except OSError:
         head = b""
-    if head in (b"PK", b"\x80\x02") or head[:1] == b"\x80":  # torch.save's zip, or a pickle: a .pt/.pth file
+    safetensors = head[8:9] == b"{"  # its header's length (8 bytes), then the JSON header: a damaged copy
+    pickle = head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")  # PROTO opcode, protocol 2-5
+    if not safetensors and (head.startswith(b"PK\x03\x04") or pickle):  # torch.save's zip or pickle: a .pt/.pth
         return ValueError(
             f"{path} is a PyTorch .pt/.pth file, not aim-video's trained weights: an image backbone's weights go to "
             "model.pretrained; evaluation takes model_trainable.safetensors or a checkpoint folder that training wrote"

@@ -301,6 +301,16 @@ def test_a_checkpoint_refuses_another_frozen_backbone(world, tmp_path):
     assert manager.load(low, path, cfg)["step"] == 1
 
 
+def test_a_run_saved_before_model_random_backbone_existed_resumes_with_it(world, tmp_path):
+    """Runs on an empty model.pretrained saved no model.random_backbone (read as false): training now asks for the key
+    on such a run, and the resume refused it as another model config."""
+    old = load_config(None, ["train.precision=fp32", "data.batch_size=2"])
+    manager = CheckpointManager(str(tmp_path / "ckpt"), keep_last=2, rank=0, world_size=1)
+    path = manager.save(_engine(old, seed=0), old, step=1, epoch=0, batches_done=1)
+    now = load_config(None, ["train.precision=fp32", "data.batch_size=2", "model.random_backbone=true"])
+    assert manager.load(_engine(now, seed=0), path, now)["step"] == 1
+
+
 def test_a_changed_lr_is_refused_on_resume_since_the_restored_states_would_keep_the_old(world, tmp_path, capsys):
     """The user saw 'peak_lr: 1e-06' logged at the start while the steps ran on the saved 2e-3 schedule."""
     cfg = load_config(None, ["train.precision=fp32", "data.batch_size=2", "train.lr=0.002"])

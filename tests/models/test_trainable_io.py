@@ -41,6 +41,14 @@ def test_a_cut_or_foreign_file_is_named_not_a_safetensors_traceback(tmp_path) ->
     torch.save({"visual.conv1.weight": torch.zeros(2)}, str(tmp_path / "ViT-B-16.pt"))
     with pytest.raises(ValueError, match=r"ViT-B-16.pt is a PyTorch .pt/.pth file, not aim-video's trained weights"):
         read_metadata(str(tmp_path / "ViT-B-16.pt"))
+    torch.save({"w": torch.zeros(2)}, str(tmp_path / "legacy.pth"), _use_new_zipfile_serialization=False)  # a pickle
+    with pytest.raises(ValueError, match=r"legacy.pth is a PyTorch .pt/.pth file"):
+        read_metadata(str(tmp_path / "legacy.pth"))
+    # a copy cut short whose header length happens to start with a pickle's byte is still a damaged safetensors
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes((128).to_bytes(8, "little") + b'{"__metadata__":')
+    with pytest.raises(ValueError, match=r"cut.safetensors cannot be read as safetensors"):
+        read_metadata(str(cut))
 
 
 def test_a_file_of_another_frame_count_is_refused_before_anything_is_copied(tmp_path) -> None:
