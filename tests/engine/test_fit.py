@@ -436,17 +436,18 @@ def test_class_counts_that_disagree_stop_before_training_and_the_export_names_th
     with pytest.raises(ConfigError, match="model.num_classes=3 but data.num_classes=2"):
         _fit(cfg, monkeypatch=monkeypatch)
     assert not os.path.exists(cfg.output_dir)
-    (tmp_path / "b").mkdir()
-    three = tmp_path / "three.txt"
-    three.write_text("a\nb\nc\n")
-    cfg = tiny_run(tmp_path / "b", f"data.class_map={three}", "train.eval_every=-1", "train.epochs=1")
+
+    def with_class_map(folder: str, names: list[str]):
+        (tmp_path / folder).mkdir()
+        (tmp_path / f"{folder}.txt").write_text("".join(f"{name}\n" for name in names))
+        return tiny_run(tmp_path / folder, f"data.class_map={tmp_path / folder}.txt", "train.eval_every=-1",
+                        "train.epochs=1")  # fmt: skip
+
+    cfg = with_class_map("b", ["a", "b", "c"])
     with pytest.raises(ConfigError, match=r"the classes of this data set \(3: .* are not data.num_classes=2"):
         _fit(cfg, monkeypatch=monkeypatch)
     assert not os.path.exists(cfg.output_dir)
-    (tmp_path / "c").mkdir()
-    two = tmp_path / "two.txt"
-    two.write_text("walk\nrun\n")
-    cfg = tiny_run(tmp_path / "c", f"data.class_map={two}", "train.eval_every=-1", "train.epochs=1")
+    cfg = with_class_map("c", ["walk", "run"])
     _fit(cfg, monkeypatch=monkeypatch)
     _, meta = read_trainable(os.path.join(cfg.output_dir, "model_trainable.safetensors"))
     assert json.loads(meta["classes"]) == ["walk", "run"]
