@@ -26,7 +26,7 @@ import time
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from aim_video.config import config_cli_main  # noqa: E402
+from aim_video.config import ConfigError, config_cli_main  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -49,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     if not torch.cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")  # DeepSpeed's CPU accelerator (gloo), as tools/demo.py sets
     from aim_video.compare import METHODS, markdown_table, prepare_methods, run_method, write_outputs
+    from aim_video.data.annotations import AnnotationError
+    from aim_video.models.pretrained import PretrainedLoadError
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m not in METHODS]
@@ -79,7 +81,11 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for name in methods:
         print(f"[compare] {name}", flush=True)
-        row = run_method(name, configs[name], args.split, pairs)
+        try:
+            row = run_method(name, configs[name], args.split, pairs)
+        except (ConfigError, AnnotationError, PretrainedLoadError, FileNotFoundError) as err:  # the input, not a bug:
+            print(f"error: method {name}: {err}", file=sys.stderr)  # e.g. a backbone file that does not fit the
+            return 2  # model (checked on the meta device up front, without loading); earlier rows are written
         rows.append(row)
         shown = {k: row[k] for k in ("top1", "top5", "tunable_params", "wall_s") if k in row}
         print(f"[compare] {name}: {json.dumps(shown)}", flush=True)

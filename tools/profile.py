@@ -56,12 +56,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
     from aim_video.data.annotations import AnnotationError
+    from aim_video.models.pretrained import PretrainedLoadError
     from aim_video.profiling.runner import run_profile
 
     out = args.out or os.path.join(cfg.output_dir, "profile")
     try:
         run_profile(cfg, out, trace=args.trace, log=lambda line: print(line, flush=True))
-    except (AnnotationError, FileNotFoundError, ValueError) as err:
+    except (AnnotationError, FileNotFoundError, ValueError, PretrainedLoadError) as err:  # a backbone that misfits
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"[profile] wrote {os.path.join(out, 'profile.json')}", flush=True)

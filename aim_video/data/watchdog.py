@@ -254,8 +254,10 @@ def run_pool(
 _CHILD_READER: list[Any] = []  # the reader open in the child (at most one)
 
 
-def _child_open(reader_cls: type, path: str, num_threads: int, opts: dict[str, Any]) -> int:
+def _child_open(reader_cls: type, path: str, num_threads: int, opts: dict[str, Any], cwd: str) -> int:
     _child_close()
+    if os.getcwd() != cwd:  # forked once per process: a relative path is the parent's, wherever it went since
+        os.chdir(cwd)
     reader = decode.open_with(reader_cls, path, num_threads, **opts)  # its errors say why in plain words
     _CHILD_READER.append(reader)
     return reader.num_frames
@@ -291,7 +293,7 @@ class GuardedReader:
             raise ValueError(f"unknown decoding backend '{backend}'; choose one of {', '.join(decode._READERS)}")
         self.path, self._deadline = path, deadline  # the child's open_with checks the file (one stat, not three)
         self._worker = worker_for_this_process()
-        self.num_frames = self._call(_child_open, decode._READERS[backend], path, num_threads, opts)
+        self.num_frames = self._call(_child_open, decode._READERS[backend], path, num_threads, opts, os.getcwd())
 
     def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
         try:

@@ -243,3 +243,15 @@ def test_closing_a_reader_whose_deadline_has_passed_keeps_the_child(clean):
     reader._deadline.end = time.monotonic() - 1  # spent
     reader.close()
     assert worker.alive() and worker.pid == pid
+
+
+def test_a_relative_path_is_read_from_the_folder_the_process_is_in_now(clean, monkeypatch):
+    """The child is forked once per process: a relative path was looked up in the folder of that first fork, so a
+    notebook that changed folder read 'file not found' for a file that is there."""
+    watchdog.GuardedReader(clean, "decord", 1, {}, watchdog.Deadline(30)).close()  # the child, forked here
+    monkeypatch.chdir(os.path.dirname(clean))
+    reader = watchdog.GuardedReader(os.path.basename(clean), "decord", 1, {}, watchdog.Deadline(30))
+    try:
+        assert reader.num_frames == 50 and reader.get([0, 49]).shape[0] == 2
+    finally:
+        reader.close()
