@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from tests.tools.conftest import PYTHONPATH, REPO, tiny_config
+from tools.compare import main
 
 
 def test_compare_two_methods_writes_table_json_and_chart(video_root, tmp_path):
@@ -47,3 +48,11 @@ def test_unknown_method_is_refused_with_the_choices(tmp_path):
     result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert "unknown ['prompting']; choose from aim_spatial, aim_spatial_temporal, aim, linear_probe" in result.stderr
+
+
+@pytest.mark.parametrize("methods", [",", " , "])
+def test_an_empty_method_list_is_refused_before_anything_runs(tmp_path, capsys, methods):
+    out = tmp_path / "table"
+    assert main(["--config", os.path.join(REPO, "configs", "demo.yaml"), "--out", str(out), "--methods", methods]) == 2
+    assert "--methods: unknown empty list; choose from aim_spatial" in capsys.readouterr().err
+    assert not out.exists()

@@ -1,10 +1,12 @@
 """tools/demo.py's run folder: started afresh only when it is the demo's own (output_dir once named a user's folder)."""
 
 import os
+import sys
 
 import pytest
 
-from tools.demo import DEMO_MARKER, REPO, clear_run_folder
+import tools.demo as demo
+from tools.demo import DEMO_MARKER, REPO, clear_run_folder, launcher
 
 
 def test_only_an_empty_folder_or_a_previous_demo_run_is_cleared_and_the_new_one_is_marked(tmp_path):
@@ -55,3 +57,18 @@ def test_the_launcher_port_is_a_free_one(monkeypatch):
         assert port != 29500 + os.getpid() % 1000
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", port))  # free
+
+
+def test_one_rank_is_a_plain_process_without_the_launcher():
+    assert launcher(1, "tools/train.py") == [sys.executable, "tools/train.py"]
+    assert launcher(2, "tools/train.py")[1:3] == ["--num_gpus", "2"]
+
+
+def test_the_default_run_folder_of_a_demo_before_the_marker_is_cleared(tmp_path, monkeypatch):
+    checkout = tmp_path / "checkout"
+    old = checkout / "runs" / "demo"
+    (old / "checkpoints").mkdir(parents=True)
+    (old / "log.jsonl").write_text("{}\n")  # an earlier demo's run, made before runs were marked
+    monkeypatch.setattr(demo, "REPO", str(checkout))
+    clear_run_folder(str(old))
+    assert os.listdir(old) == [DEMO_MARKER]

@@ -1,10 +1,15 @@
+import json
 import os
 import shutil
 
+import av
 import pytest
 
+from aim_video.data import verify
 from aim_video.data.annotations import write_lines
 from tests.data.conftest import make_video
+from tests.data.test_prepare import x264_settings
+from tests.data.videos import make_h264
 
 pytestmark = pytest.mark.skipif(not shutil.which("ffmpeg"), reason="needs ffmpeg: apt-get install ffmpeg")
 
@@ -232,3 +237,177 @@ def test_cli_a_folder_of_videos_to_predict_needs_no_classes(tmp_path, capsys):
     assert "exact 2," in capsys.readouterr().out
     assert main(["lists", "--val", str(tmp_path / "lists" / "test.txt"), "--out-dir", str(tmp_path / "l2")]) == 2
     assert "without a train source the classes are unknown" in capsys.readouterr().err  # a list file: numbered
+
+
+
+
+def _size(path: str) -> tuple[int, int]:
+    with av.open(path) as container:
+        stream = container.streams.video[0]
+        return stream.codec_context.width, stream.codec_context.height
+
+
+def test_reencode_defaults_are_the_documented_ones(tmp_path):
+    from tools.prepare_kinetics import main
+
+    make_video(str(tmp_path / "v.mp4"), 40, height=288, width=384)  # larger than 256: made smaller
+    write_lines(str(tmp_path / "l.txt"), ["v.mp4 0"])
+    out = tmp_path / "o"
+    assert main(["reencode", "--list", str(tmp_path / "l.txt"), "--root", str(tmp_path), "--out-root", str(out),
+                 "--jobs", "1"]) == 0  # fmt: skip
+    encoder = json.load(open(out / "aim_video_reencode.json"))["encoder"]
+    assert (encoder["short_side"], encoder["keyint"], encoder["crf"], encoder["bframes"]) == (256, 16, 23, 0)
+    assert encoder["preset"] == "fast" and encoder["tune"] == "fastdecode"
+    used = x264_settings(str(out / "v.mp4"))
+    assert " keyint=16 " in used and " crf=23.0 " in used and " bframes=0 " in used
+    assert " cabac=0 " in used and " deblock=0:" in used  # what tune=fastdecode turns off
+    assert _size(str(out / "v.mp4")) == (342, 256)  # 384 x 288 to a short side of 256 (341.3: the even width above)
+
+
+def test_repair_defaults_keep_the_size_at_crf_18_and_keyint_16(tmp_path):
+    from tools.prepare_kinetics import main
+
+    (tmp_path / "raw").mkdir()
+    source = make_h264(str(tmp_path / "raw" / "short.mp4"), n=40, gop=10)
+    (tmp_path / "l.txt").write_text("short.mp4 0\n")
+    verify.write_report([verify.VideoCheck(source, "short", "decord")], str(tmp_path / "report.json"), "decord",
+                        "exact")  # fmt: skip
+    args = ["repair", "--report", str(tmp_path / "report.json"), "--list", str(tmp_path / "l.txt"), "--root",
+            str(tmp_path / "raw"), "--out-root", str(tmp_path / "fixed"), "--out-list", str(tmp_path / "new.txt"),
+            "--jobs", "1"]  # fmt: skip
+    assert main(args) == 0
+    copy = str(tmp_path / "fixed" / "short.mp4")
+    assert _size(copy) == _size(source)
+    used = x264_settings(copy)
+    assert " keyint=16 " in used and " crf=18.0 " in used and " cabac=0 " in used
+    assert os.path.isfile(tmp_path / "new_verify.json")
+
+
+def test_verify_fresh_ignores_the_journal_of_an_interrupted_run(tmp_path, capsys):
+    """Without --fresh a run resumes from the journal (its checks are not made again); --fresh checks every video."""
+    from dataclasses import asdict
+
+    from tools.prepare_kinetics import main
+
+    video = make_video(str(tmp_path / "v.mp4"), 24)
+    write_lines(str(tmp_path / "l.txt"), ["v.mp4 0"])
+    report = str(tmp_path / "r.json")
+    check = verify.VideoCheck(video, "shifted", "decord", reason="from the journal")
+    check.size, check.mtime_ns = verify.file_stamp(video)
+
+    def write_journal():
+        with open(report + ".partial.jsonl", "w") as f:
+            f.write(json.dumps({**asdict(check), "tag": "decord/exact"}) + "\n")
+
+    args = ["verify", "--list", str(tmp_path / "l.txt"), "--root", str(tmp_path), "--report", report, "--jobs", "1"]
+    write_journal()
+    assert main(args) == 1 and "from the journal" in capsys.readouterr().out  # resumed: not checked again
+    write_journal()
+    assert main([*args, "--fresh"]) == 0 and "exact 1," in capsys.readouterr().out
+    assert not os.path.exists(report + ".partial.jsonl")
+
+
+def test_lists_drops_missing_videos_by_default_and_fails_on_request(tmp_path, capsys):
+    from tools.prepare_kinetics import main
+
+    make_video(str(tmp_path / "videos" / "v.mp4"), 8)
+    write_lines(str(tmp_path / "src.txt"), ["v.mp4 0", "gone.mp4 1"])
+    base = ["lists", "--train", str(tmp_path / "src.txt"), "--root", str(tmp_path / "videos")]
+    assert main([*base, "--out-dir", str(tmp_path / "a")]) == 0
+    printed = capsys.readouterr().out
+    assert "train: 1 entries" in printed and "(1 missing videos dropped)" in printed
+    assert open(tmp_path / "a" / "train.txt").read() == "v.mp4 0\n"
+    assert main([*base, "--out-dir", str(tmp_path / "b"), "--missing", "fail"]) == 2
+    assert "gone.mp4" in capsys.readouterr().err
+
+
+def test_verify_resumed_from_a_journal_still_tells_broken_downloads_apart(tmp_path, capsys):
+    """An `unreadable` check resumed from an older journal has not asked whether the file plays at all: it must
+    still get the 'download them again' advice, not the re-encode one."""
+    from dataclasses import asdict
+
+    from tools.prepare_kinetics import main
+
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(os.urandom(3000))
+    write_lines(str(tmp_path / "l.txt"), ["broken.mp4 0"])
+    report = str(tmp_path / "r.json")
+    check = verify.VideoCheck(str(broken), "unreadable", "decord", reason="an older run's check")
+    check.size, check.mtime_ns = verify.file_stamp(str(broken))
+    row = {**asdict(check), "tag": "decord/exact"}
+    row.pop("plays", None)  # an older journal's line: no answer yet
+    with open(report + ".partial.jsonl", "w") as f:
+        f.write(json.dumps(row) + "\n")
+    args = ["verify", "--list", str(tmp_path / "l.txt"), "--root", str(tmp_path), "--report", report, "--jobs", "1"]
+    assert main(args) == 1
+    printed = capsys.readouterr().out
+    assert "an older run's check" in printed  # resumed, not checked again
+    assert "download them again, or drop them" in printed and "repair" not in printed
+
+
+def test_lists_absolute_writes_absolute_paths(tmp_path):
+    from tools.prepare_kinetics import main
+
+    make_video(str(tmp_path / "videos" / "a" / "v.mp4"), 8)
+    args = ["lists", "--train", str(tmp_path / "videos"), "--root", str(tmp_path / "videos"), "--out-dir"]
+    assert main([*args, str(tmp_path / "rel")]) == 0
+    assert open(tmp_path / "rel" / "train.txt").read() == "a/v.mp4 0\n"
+    assert main([*args, str(tmp_path / "abs"), "--absolute"]) == 0
+    assert open(tmp_path / "abs" / "train.txt").read() == f"{tmp_path / 'videos' / 'a' / 'v.mp4'} 0\n"
+
+
+def test_reencode_without_ffmpeg_is_one_error_line_and_status_2(tmp_path, monkeypatch, capsys):
+    from tools.prepare_kinetics import main
+
+    make_video(str(tmp_path / "v.mp4"), 8)
+    write_lines(str(tmp_path / "l.txt"), ["v.mp4 0"])
+    monkeypatch.setenv("PATH", str(tmp_path / "no_programs_here"))
+    args = ["reencode", "--list", str(tmp_path / "l.txt"), "--root", str(tmp_path), "--out-root", str(tmp_path / "o")]
+    assert main(args) == 2
+    assert "error: re-encoding needs the ffmpeg program" in capsys.readouterr().err
+
+
+def test_reencode_of_a_class_folder_without_root_mirrors_its_class_folders(tmp_path):
+    from tools.prepare_kinetics import main
+
+    make_video(str(tmp_path / "videos" / "swim" / "v.mp4"), 8)  # one class: its folder is the videos' common folder
+    out = tmp_path / "o"
+    args = ["reencode", "--list", str(tmp_path / "videos"), "--out-root", str(out),
+            "--out-list", str(tmp_path / "l.txt"), "--short-side", "32", "--jobs", "1"]  # fmt: skip
+    assert main(args) == 0
+    assert os.path.isfile(out / "swim" / "v.mp4")
+    assert open(tmp_path / "l.txt").read() == "swim/v.mp4 0\n"
+
+
+def test_reencode_keeps_audio_and_sets_the_frame_rate_when_asked(tmp_path):
+    import subprocess
+
+    from tools.prepare_kinetics import main
+
+    src = str(tmp_path / "v.mp4")
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=s=64x48:r=25:d=1", "-f", "lavfi",
+                    "-i", "sine=d=1", "-c:v", "libx264", "-c:a", "aac", "-shortest", src], check=True)  # fmt: skip
+    write_lines(str(tmp_path / "l.txt"), ["v.mp4 0"])
+
+    def reencode(out: str, *flags: str):
+        args = ["reencode", "--list", str(tmp_path / "l.txt"), "--root", str(tmp_path), "--out-root", out]
+        args += ["--jobs", "1"]
+        assert main([*args, *flags]) == 0
+        with av.open(os.path.join(out, "v.mp4")) as container:
+            return len(container.streams.audio), container.streams.video[0].average_rate
+
+    assert reencode(str(tmp_path / "plain")) == (0, 25)
+    assert reencode(str(tmp_path / "audio"), "--keep-audio") == (1, 25)
+    assert reencode(str(tmp_path / "fps"), "--fps", "10") == (0, 10)
+
+
+def test_repair_of_a_class_folder_without_root_mirrors_its_class_folders(tmp_path):
+    from tools.prepare_kinetics import main
+
+    source = make_h264(str(tmp_path / "videos" / "swim" / "short.mp4"), n=40, gop=10)
+    verify.write_report([verify.VideoCheck(source, "short", "decord")], str(tmp_path / "report.json"), "decord",
+                        "exact")  # fmt: skip
+    args = ["repair", "--report", str(tmp_path / "report.json"), "--list", str(tmp_path / "videos"), "--out-root",
+            str(tmp_path / "fixed"), "--out-list", str(tmp_path / "new.txt"), "--jobs", "1"]  # fmt: skip
+    assert main(args) == 0
+    assert open(tmp_path / "new.txt").read() == f"{tmp_path / 'fixed' / 'swim' / 'short.mp4'} 0\n"

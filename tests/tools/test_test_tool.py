@@ -343,3 +343,48 @@ def test_a_config_of_another_model_is_named_as_the_cause_of_a_class_count_mismat
     err = capsys.readouterr().err
     assert "the class map lists 3 classes, model.num_classes is 5 (from --config " in err
     assert "the weights were trained with model.num_classes=3: leave out --config" in err
+
+
+def test_eval_strict_in_the_config_is_strict_like_the_flag(run, capsys):
+    """eval.strict=true (a config value, as a recipe sets it) must refuse the unreadable video as --strict does."""
+    out = os.path.join(run["root"], "out_cfg_strict")
+    assert test_tool.main(["--checkpoint", run["ckpt"], "--no-progress", "--out", out, "eval.strict=true"]) == 3
+    assert "v03.mp4" in capsys.readouterr().err
+    assert not os.path.exists(os.path.join(out, "results.json"))
+
+
+def test_eval_save_scores_in_the_config_writes_the_scores_like_the_flag(run):
+    out = os.path.join(run["root"], "out_cfg_scores")
+    assert test_tool.main(["--checkpoint", run["ckpt"], "--no-progress", "--out", out, "eval.save_scores=true"]) == 0
+    assert os.path.isfile(os.path.join(out, "scores.safetensors"))
+    results = json.load(open(os.path.join(out, "results.json")))
+    assert results["num_evaluated"] == 6
+
+
+def test_results_of_nothing_readable_keep_the_stored_class_names_they_name(run, tmp_path):
+    """Status 3 (no listed video could be read) comes after results.json is written: the classes.txt written for
+    those results is part of them and must stay (results.json's config names it as data.class_map)."""
+    ckpt = write_tiny_checkpoint(run["cfg"], str(tmp_path / "named"), classes=["a", "b", "c"][:NUM_CLASSES])
+    only_bad = tmp_path / "only_bad.txt"
+    only_bad.write_text("videos/v03.mp4 0\n")
+    out = str(tmp_path / "out")
+    args = ["--checkpoint", ckpt, "--out", out, "--no-progress", "data.class_map=", f"data.val_list={only_bad}"]
+    assert test_tool.main(args) == 3
+    results = json.load(open(os.path.join(out, "results.json")))
+    assert results["num_evaluated"] == 0
+    assert results["config"]["data"]["class_map"] == os.path.join(out, "classes.txt")
+    assert open(os.path.join(out, "classes.txt")).read().split() == ["a", "b", "c"]
+
+
+@pytest.mark.slow  # ~30 s: two fresh processes import torch, timm and PyAV
+def test_two_ranks_print_and_write_the_results_once(run):
+    """Only rank 0 writes the results and prints the summary: other ranks return after the gather."""
+    out2 = os.path.join(run["root"], "out2_once")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    cmd += [os.path.join(REPO, "tools", "test.py"), "--checkpoint", run["ckpt"], "--out", out2, "--no-progress"]
+    env = {**os.environ, "PYTHONPATH": PYTHONPATH, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count(f"results: {out2}") == 1, proc.stdout[-2000:]
+    assert proc.stdout.count("val [") == 1
+    assert json.load(open(os.path.join(out2, "results.json")))["world_size"] == 2

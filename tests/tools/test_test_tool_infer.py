@@ -1,6 +1,7 @@
 """tools/infer.py: top-k class names with probabilities for one video, equal to what evaluation computes for it."""
 
 import os
+import shutil
 import sys
 
 import pytest
@@ -13,6 +14,7 @@ from tests.eval.conftest import tiny_config, write_split, write_tiny_checkpoint
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.join(REPO, "tools"))
+
 import infer as infer_tool  # noqa: E402  (tools/infer.py)
 
 CLASSES = ["square growing", "square shrinking", "moving horizontally"]
@@ -195,3 +197,43 @@ def test_local_rank_is_accepted_in_a_world_of_one(run, capsys, monkeypatch):
     video = os.path.join(run["root"], "videos", "v01.mp4")
     assert infer_tool.main([video, "--checkpoint", run["ckpt"], "--class-map", run["classes"], "--local_rank=0"]) == 0
 
+
+def test_a_video_whose_name_looks_like_an_override_is_the_video(run, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(os.path.join(run["root"], "videos", "v01.mp4"), tmp_path / "take=2.mp4")
+    # data.read_timeout_s=0: the guarded reader's child, forked by an earlier test in another folder, would resolve
+    # the relative path in that folder (aim_video/data/watchdog.py GuardedReader passes the path as given)
+    args = ["take=2.mp4", "--checkpoint", run["ckpt"], "--class-map", run["classes"], "data.read_timeout_s=0"]
+    assert infer_tool.main(args) == 0
+    assert capsys.readouterr().out.startswith("take=2.mp4 (2 clips x 3 crops")
+
+
+def test_a_verify_report_that_is_not_there_is_status_2(run, capsys):
+    video = os.path.join(run["root"], "videos", "v01.mp4")
+    gone = os.path.join(run["root"], "no_such_report.json")
+    assert infer_tool.main([video, "--checkpoint", run["ckpt"], f"data.verify_report={gone}"]) == 2
+    err = capsys.readouterr().err
+    assert "no_such_report.json" in err and "cannot read the video" not in err
+
+
+def test_score_averaging_prints_probabilities(run, capsys):
+    """eval.average=score: the softmax of the mean logits, so the three classes' numbers are probabilities."""
+    video = os.path.join(run["root"], "videos", "v01.mp4")
+    args = [video, "--checkpoint", run["ckpt"], "--class-map", run["classes"], "eval.average=score"]
+    assert infer_tool.main(args) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert "score averaging" in lines[0] and len(lines) == 4
+    probs = [float(line.split()[-1]) for line in lines[1:]]
+    assert all(0 <= p <= 1 for p in probs) and sum(probs) == pytest.approx(1, abs=1e-3)
+    assert probs == sorted(probs, reverse=True)
+
+
+def test_five_classes_are_shown_by_default(tmp_path, capsys):
+    root = str(tmp_path)
+    write_split(root, num_videos=1, num_classes=7, num_frames=16)
+    cfg = tiny_config(root, num_classes=7)
+    ckpt = write_tiny_checkpoint(cfg, os.path.join(root, "run"))
+    video = os.path.join(root, "videos", "v00.mp4")
+    assert infer_tool.main([video, "--checkpoint", ckpt]) == 0
+    out, err = capsys.readouterr()
+    assert len(out.strip().splitlines()) == 1 + 5 and "--top-k" not in err

@@ -4,6 +4,8 @@ a dying rank. Each launch costs ~30-40 s here (process start and imports), hence
 import json
 import math
 import os
+import subprocess
+import sys
 import time
 
 import pytest
@@ -13,7 +15,7 @@ from safetensors.torch import load_file
 from aim_video.config import load_config
 from aim_video.models.build import build_model
 from aim_video.models.trainable_io import load_trainable, read_trainable
-from tests.tools.conftest import launch, read_log, tiny_config
+from tests.tools.conftest import PYTHONPATH, REPO, TRAIN, launch, read_log, tiny_config
 
 pytestmark = pytest.mark.slow
 
@@ -196,3 +198,63 @@ def test_a_full_disk_is_one_error_line_and_status_1_not_the_bad_input_status(vid
     result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 1, result.stderr[-2000:]
     assert f"error: no space left in {out}: [Errno 28]" in result.stderr and "Traceback" not in result.stderr
+
+
+sys.path.insert(0, os.path.join(REPO, "tools"))
+import train as train_tool  # noqa: E402  (tools/train.py)
+
+
+def _train(cfg_path: str, *args: str) -> subprocess.CompletedProcess:
+    dist_vars = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")  # a world of one of its own
+    env = {k: v for k, v in os.environ.items() if k not in dist_vars}
+    env.update(DS_ACCELERATOR="cpu", PYTHONPATH=PYTHONPATH, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, TRAIN, "--config", cfg_path, *args]
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_an_unknown_option_is_status_2_before_anything_runs(video_root, tmp_path, capsys):
+    cfg_path = tiny_config(str(tmp_path), video_root)
+    assert train_tool.main(["--config", cfg_path, "--resmue", "auto", f"output_dir={tmp_path / 'run'}"]) == 2
+    assert "error: unknown options --resmue" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow  # two one-rank runs of one step, ~15 s each
+def test_a_second_run_into_a_trained_output_dir_needs_resume(video_root, tmp_path):
+    """Without --resume, an output_dir holding an earlier run's checkpoints is refused (status 2), not continued."""
+    cfg_path = tiny_config(str(tmp_path), video_root, train={"max_steps": 1, "epochs": 1})
+    out = str(tmp_path / "run")
+    first = _train(cfg_path, f"output_dir={out}")
+    assert first.returncode == 0, first.stderr[-2000:]
+    again = _train(cfg_path, f"output_dir={out}")
+    assert again.returncode == 2, again.stderr[-2000:]
+    assert "holds the checkpoints of an earlier run" in again.stderr and "Traceback" not in again.stderr
+
+
+@pytest.mark.slow  # one one-rank run of one step and its evaluation, ~15 s
+def test_eval_strict_with_an_unreadable_val_video_is_status_3(video_root, tmp_path):
+    bad = tmp_path / "broken.mp4"
+    bad.write_text("not a video")
+    val = tmp_path / "val.txt"
+    lines = open(os.path.join(video_root, "train.txt")).read().splitlines()[:3]
+    val.write_text("\n".join(lines + [f"{bad} 1"]) + "\n")
+    cfg_path = tiny_config(
+        str(tmp_path), video_root,
+        data={"val_list": str(val), "test_num_clips": 1}, train={"max_steps": 1, "epochs": 1, "eval_every": 0},
+        eval={"strict": True},
+    )  # fmt: skip
+    result = _train(cfg_path, f"output_dir={tmp_path / 'run'}")
+    assert result.returncode == 3, result.stderr[-2000:]
+    assert "broken.mp4" in result.stderr and "--resume auto goes on from the latest checkpoint" in result.stderr
+
+
+@pytest.mark.slow  # one 2-rank launch of one step, ~40 s
+def test_the_summary_line_is_printed_once_by_rank_0(video_root, tmp_path):
+    from tests.tools.conftest import launch
+
+    cfg_path = tiny_config(str(tmp_path), video_root, train={"max_steps": 1, "epochs": 1})
+    result = launch(cfg_path, f"output_dir={tmp_path / 'run'}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    summaries = [line for line in result.stdout.splitlines() if '{"steps": ' in line]  # train.py's line, not the log's
+    assert len(summaries) == 1, summaries
+    assert json.loads(summaries[0][summaries[0].index("{"):])["steps"] == 1
