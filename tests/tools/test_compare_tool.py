@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from tests.tools.conftest import PYTHONPATH, REPO, tiny_config
 from tools.compare import main
@@ -56,3 +57,24 @@ def test_an_empty_method_list_is_refused_before_anything_runs(tmp_path, capsys, 
     assert main(["--config", os.path.join(REPO, "configs", "demo.yaml"), "--out", str(out), "--methods", methods]) == 2
     assert "--methods: unknown empty list; choose from aim_spatial" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_a_backbone_file_that_does_not_fit_is_one_error_line_and_status_2(video_root, tmp_path):
+    """The up-front check builds each model on the meta device, without the weights: a backbone file of another
+    width failed at the first method's start with a traceback and status 1."""
+    from safetensors.torch import save_file
+
+    save_file({"cls_token": torch.zeros(1, 1, 48), "pos_embed": torch.zeros(1, 5, 48)}, str(tmp_path / "other.st"))
+    cfg = tiny_config(
+        str(tmp_path), video_root, model={"pretrained": str(tmp_path / "other.st")},
+        data={"val_list": os.path.join(video_root, "train.txt"), "test_num_clips": 1, "test_short_side": 32},
+    )  # fmt: skip
+    cmd = [sys.executable, "tools/compare.py", "--config", cfg, "--out", str(tmp_path / "table"),
+           "--methods", "linear_probe", f"output_dir={tmp_path / 'runs'}"]  # fmt: skip
+    dist_keys = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+    env = {k: v for k, v in os.environ.items() if k not in dist_keys}
+    env.update(DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", PYTHONPATH=PYTHONPATH)
+    result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "error: method linear_probe: " in result.stderr and "other.st" in result.stderr
+    assert "Traceback" not in result.stderr
