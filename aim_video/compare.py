@@ -102,8 +102,8 @@ def method_config(name: str, config_path: str | None, overrides: list[str], outp
 
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}: choose from {', '.join(METHODS)}")
-    extra = [*METHODS[name], f"output_dir={os.path.join(output_dir, name)}"]
-    cfg = load_config(config_path, [*overrides, *extra])
+    cfg = load_config(config_path, [*overrides, *METHODS[name]])
+    cfg.output_dir = os.path.join(output_dir, name)  # set, not a second override: "given twice" warned per method
     cfg.model = dataclasses.replace(cfg.model, **unread_settings(cfg.model.method))
     return cfg
 

@@ -38,6 +38,16 @@ def test_every_method_builds_a_distinct_config_and_unknown_names_fail() -> None:
         method_config("adapter", None, [], "runs/x")
 
 
+def test_the_users_output_dir_is_not_reported_as_given_twice(capsys, monkeypatch) -> None:
+    """Each method warned 'output_dir is given as runs/x, runs/x/aim: the last one counts' of one output_dir."""
+    import aim_video.config as config
+
+    monkeypatch.setattr(config, "_WARNED", set())
+    monkeypatch.delenv("RANK", raising=False)
+    assert method_config("aim", None, ["output_dir=runs/x"], "runs/x").output_dir == os.path.join("runs/x", "aim")
+    assert "given as" not in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("recipe", ["k400_vit_b16_8f.yaml", "ssv2_vit_b16_8f.yaml"])
 def test_a_recipe_config_gives_every_method_only_the_settings_it_reads(recipe: str) -> None:
     """The k400 ViT-B/16 8-frame recipe sets temporal_attention=matmul, the SSv2 ones two temporal adapters and

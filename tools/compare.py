@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 
@@ -50,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")  # DeepSpeed's CPU accelerator (gloo), as tools/demo.py sets
     from aim_video.compare import METHODS, markdown_table, prepare_methods, run_method, write_outputs
     from aim_video.data.annotations import AnnotationError
+    from aim_video.engine.distributed import TrainingStopped
     from aim_video.models.pretrained import PretrainedLoadError
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -86,6 +88,14 @@ def main(argv: list[str] | None = None) -> int:
         except (ConfigError, AnnotationError, PretrainedLoadError, FileNotFoundError) as err:  # the input, not a bug:
             print(f"error: method {name}: {err}", file=sys.stderr)  # e.g. a backbone file that does not fit the
             return 2  # model (checked on the meta device up front, without loading); earlier rows are written
+        except TrainingStopped as stop:  # preempted: the method's checkpoint is saved, the finished rows written
+            print(
+                f"method {name} stopped by {signal.Signals(stop.signum).name} at step {stop.step} after a checkpoint: "
+                "rerun the same command with train.resume=auto to go on (methods already trained are not trained "
+                "again)",
+                file=sys.stderr,
+            )
+            return 128 + stop.signum  # as if the signal had ended the process, as tools/train.py does
         rows.append(row)
         shown = {k: row[k] for k in ("top1", "top5", "tunable_params", "wall_s") if k in row}
         print(f"[compare] {name}: {json.dumps(shown)}", flush=True)
