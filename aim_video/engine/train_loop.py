@@ -182,9 +182,12 @@ def train_one_epoch(
 
     `batches` already starts at `state.batches_done` (the sampler skipped what a resumed checkpoint consumed).
     `prepare` turns a loader batch into (float video on the device in the model's dtype, int64 labels).
-    `on_step` runs after every optimizer step (checkpoints by step count, fault points). Returns epoch statistics.
+    `on_step` runs after every optimizer step (checkpoints by step count, fault points). Returns epoch statistics:
+    loss, clips/s, data wait and failures of this call's micro-batches, from `from_batch` of the epoch on (0 unless a
+    resume started inside the epoch: the steps before it ran in another process, whose log has them).
     """
     engine.train()
+    from_batch = state.batches_done
     accum = engine.gradient_accumulation_steps()
     micro = 0
     failures = state.failures = []
@@ -286,6 +289,7 @@ def train_one_epoch(
     return {
         "epoch": state.epoch,
         "steps": state.step,
+        "from_batch": from_batch,  # the statistics below cover the epoch's micro-batches from here on
         "loss": epoch_loss / epoch_micro if epoch_micro else state.last_loss,  # this call's micro-batches, all ranks
         "last_loss": state.last_loss,  # the last logging window's
         "clips_per_s": epoch_clips / max(epoch_time, 1e-9),

@@ -33,7 +33,7 @@ def _batches(n, poison_at=None):
 
 
 def _run(world, tmp_path, batches, accum=1, max_steps=-1, micro=6, zero=0, log_every=1, precision="fp32", keep=None,
-         model=TinyAdapted, label_smoothing=0.0):  # fmt: skip
+         model=TinyAdapted, label_smoothing=0.0, start=0):  # fmt: skip
     overrides = [f"train.precision={precision}", "data.batch_size=2", f"train.grad_accum_steps={accum}"]
     cfg = load_config(None, [*overrides, f"train.zero_stage={zero}"])
     torch.manual_seed(0)
@@ -43,7 +43,7 @@ def _run(world, tmp_path, batches, accum=1, max_steps=-1, micro=6, zero=0, log_e
         keep.append(engine)
     log = RunLog(str(tmp_path), is_main=True, total_steps=micro // accum, initial_step=0)
     device, dtype = engine.device, next(engine.module.parameters()).dtype
-    state, seen = EpochState(epoch=3), []
+    state, seen = EpochState(epoch=3, batches_done=start), []
     stats = train_one_epoch(
         engine, batches, state, micro_batches=micro, mix=None,
         prepare=lambda b: (b["video"].to(device, dtype), b["label"].to(device)), label_smoothing=label_smoothing,
@@ -58,12 +58,21 @@ def test_epoch_counts_steps_failures_and_logs_every_step(world, tmp_path):
     stats, state, seen, log = _run(world, tmp_path, _batches(6), accum=2)
     assert seen == [(1, 2), (2, 4), (3, 6)] and state.batches_done == 6
     assert stats["failures"] == ["bad1.mp4: unreadable"] and stats["steps"] == 3
+    assert stats["from_batch"] == 0
     train = [r for r in log if r["event"] == "train"]
     assert [r["step"] for r in train] == [1, 2, 3] and all(r["epoch"] == 3 for r in train)
     assert 0 <= stats["data_wait"] <= 1 and stats["clips_per_s"] > 0
     assert os.listdir(tmp_path / "tensorboard")
     # the epoch's loss is the mean over its micro-batches (it was the last logging window's: step 3's here)
     assert stats["loss"] == pytest.approx(sum(r["loss"] for r in train) / 3) and stats["last_loss"] == train[-1]["loss"]
+
+
+def test_an_epoch_resumed_inside_says_where_its_statistics_start(world, tmp_path):
+    """A resume at micro-batch 2 of 6 logged an epoch whose loss covered batches 2-5 as if it were the epoch's."""
+    stats, state, seen, log = _run(world, tmp_path, _batches(4), start=2)
+    assert stats["from_batch"] == 2 and state.batches_done == 6 and len(seen) == 4
+    losses = [r["loss"] for r in log if r["event"] == "train"]
+    assert stats["loss"] == pytest.approx(sum(losses) / 4)  # the 4 micro-batches this call ran
 
 
 def test_the_log_carries_the_gradient_norm_deepspeed_computed(world, tmp_path):
