@@ -60,7 +60,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "model_trainable.safetensors")  # fmt: skip
     p.add_argument("--config", default=None, help="YAML (default: the config stored in the checkpoint)")
     p.add_argument("--split", default="val", choices=("val", "test"))
-    p.add_argument("--out", default=None, help="output folder (default: <output_dir>/eval/<checkpoint>-<split>)")
+    p.add_argument("--out", default=None, help="output folder (default: <run>/eval/<checkpoint>-<split>, <run> the "
+                   "run folder the weights are in)")
     p.add_argument("--strict", action="store_true", help="missing or unreadable videos are fatal")
     p.add_argument("--save-scores", action="store_true", help="also write per-video scores (for ensembling)")
     p.add_argument("--no-progress", action="store_true")
@@ -69,13 +70,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_intermixed_args(argv)  # overrides may come before or after options
 
 
-def _default_out(cfg_output_dir: str, checkpoint_file: str, split: str) -> str:
+def _default_out(checkpoint_file: str, split: str) -> str:
+    """<run>/eval/<step_XXXXXXXX or export>-<split> of the run folder the weights are in: not the output_dir their
+    config names, which a moved or copied run would recreate, or which names another run's folder."""
     folder = os.path.dirname(os.path.abspath(checkpoint_file))
     in_checkpoint = os.path.basename(checkpoint_file) == "trainable.safetensors"  # <run>/checkpoints/<name>/
     name = os.path.basename(folder) if in_checkpoint else "export"
-    if not os.path.isabs(cfg_output_dir):  # an older run saved it as typed: beside the weights, not under this folder
-        cfg_output_dir = os.path.dirname(os.path.dirname(folder)) if in_checkpoint else folder
-    return os.path.join(cfg_output_dir, "eval", f"{name}-{split}")
+    run = os.path.dirname(os.path.dirname(folder)) if in_checkpoint else folder
+    return os.path.join(run, "eval", f"{name}-{split}")
 
 
 def _pct(value: float | None) -> str:
@@ -121,7 +123,7 @@ def _main(argv: list[str] | None, made: list[str], written: list[str]) -> int:
         checkpoint_file = resolve_checkpoint(args.checkpoint)
         cfg = resolve_eval_config(checkpoint_file, args.config, args.overrides)
         protocol = apply_protocol(cfg)
-        out = args.out or _default_out(cfg.output_dir, checkpoint_file, args.split)
+        out = args.out or _default_out(checkpoint_file, args.split)
         folder = os.path.abspath(out)
         while not os.path.exists(folder):
             made.append(folder)

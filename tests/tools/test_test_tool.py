@@ -271,16 +271,19 @@ def test_an_unwritable_out_stops_before_the_evaluation_and_nothing_readable_is_a
     assert "over 0 of 2 videos (0 missing); 2 unlabelled: predicted, not scored" in capsys.readouterr().out
 
 
-def test_default_results_go_beside_the_weights_of_a_run_with_a_relative_output_dir(tmp_path, monkeypatch):
-    """An older run saved output_dir as typed (runs/v64): results went under whatever folder test.py ran from."""
+def test_default_results_go_into_the_run_folder_the_weights_are_in(tmp_path, monkeypatch):
+    """Results went under the output_dir the weights' config names: an older run's relative one under whatever folder
+    test.py ran from, a moved run's old folder recreated, a copied checkpoint's results into the other run's folder."""
     monkeypatch.chdir(tmp_path)
     run_dir = tmp_path / "somewhere" / "runs" / "v64"
-    assert test_tool._default_out("runs/v64", str(run_dir / "model_trainable.safetensors"), "val") == str(
+    assert test_tool._default_out(str(run_dir / "model_trainable.safetensors"), "val") == str(
         run_dir / "eval" / "export-val"
     )
     step = run_dir / "checkpoints" / "step_00000004" / "trainable.safetensors"
-    assert test_tool._default_out("runs/v64", str(step), "val") == str(run_dir / "eval" / "step_00000004-val")
-    assert test_tool._default_out("/abs/run", str(step), "test") == "/abs/run/eval/step_00000004-test"
+    assert test_tool._default_out(str(step), "test") == str(run_dir / "eval" / "step_00000004-test")
+    assert test_tool._default_out("runs/v64/model_trainable.safetensors", "val") == str(
+        tmp_path / "runs" / "v64" / "eval" / "export-val"
+    )
 
 
 def test_an_evaluation_into_the_default_folder_says_it_replaces_earlier_results(run, capsys):
