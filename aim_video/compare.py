@@ -82,6 +82,7 @@ COLUMNS = [  # (key, header, format)
     ("top1", "top-1 (%)", "{:.1f}"),
     ("top5", "top-5 (%)", "{:.1f}"),
     ("temporal_pairs_top1", "temporal pairs top-1 (%)", "{:.1f}"),
+    ("num_evaluated", "videos scored", "{}"),  # fewer than listed: some missing or unreadable (compare.json's rows)
 ]
 NOTES = [
     "every method trains with this config's recipe (lr, weight decay, schedule), AIM's for the recipe configs: "

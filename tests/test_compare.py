@@ -359,6 +359,8 @@ def test_a_column_some_rows_lack_reads_n_a() -> None:
     rows = [{"method": "aim", "top1": 80.0, "temporal_pairs_top1": 90.0}, {"method": "lora", "top1": 70.0}]
     table = compare.markdown_table(rows)
     assert "temporal pairs top-1 (%)" in table and "| lora | 70.0 | n/a |" in table
+    scored = compare.markdown_table([{"method": "aim", "top1": 80.0, "num_evaluated": 69}])
+    assert "| method | top-1 (%) | videos scored |" in scored and "| aim | 80.0 | 69 |" in scored  # 69 of 72 listed
 
 
 def test_cpu_training_memory_is_the_accounted_bytes_in_mib() -> None:

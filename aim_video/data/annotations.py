@@ -365,7 +365,8 @@ def load_annotations(
             )
         summary = f"{source}: {len(absent)} of {len(records)} videos not found, e.g. {', '.join(absent[:3])} {hint}"
         if missing == "fail":
-            raise AnnotationError(summary + "; or skip them: data.missing_files=drop, or --missing drop)")
+            skip = "data.missing_files=drop (tools/prepare_kinetics.py lists: --missing drop)"
+            raise AnnotationError(f"{summary}; or skip them: {skip})")
         log.warning("%s; %s)", summary, "kept" if missing == "keep" else "dropped")
         if missing == "drop":
             gone = set(absent)
