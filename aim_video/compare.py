@@ -105,6 +105,8 @@ def method_config(name: str, config_path: str | None, overrides: list[str], outp
         raise ValueError(f"unknown method {name!r}: choose from {', '.join(METHODS)}")
     cfg = load_config(config_path, [*overrides, *METHODS[name]])
     cfg.output_dir = os.path.join(output_dir, name)  # set, not a second override: "given twice" warned per method
+    if os.path.isfile(cfg.output_dir):  # as load_config checks output_dir
+        raise ValueError(f"output_dir of method {name}: {cfg.output_dir} is a file; choose another output_dir")
     cfg.model = dataclasses.replace(cfg.model, **unread_settings(cfg.model.method))
     return cfg
 

@@ -48,6 +48,14 @@ def test_the_users_output_dir_is_not_reported_as_given_twice(capsys, monkeypatch
     assert "given as" not in capsys.readouterr().err
 
 
+
+def test_a_methods_output_dir_that_is_a_file_is_refused(tmp_path) -> None:
+    """It was a NotADirectoryError traceback at the method's start (load_config checks the output_dir it is given)."""
+    (tmp_path / "aim").write_text("")
+    with pytest.raises(ValueError, match=r"output_dir of method aim: .*aim is a file"):
+        method_config("aim", None, [], str(tmp_path))
+
+
 @pytest.mark.parametrize("recipe", ["k400_vit_b16_8f.yaml", "ssv2_vit_b16_8f.yaml"])
 def test_a_recipe_config_gives_every_method_only_the_settings_it_reads(recipe: str) -> None:
     """The k400 ViT-B/16 8-frame recipe sets temporal_attention=matmul, the SSv2 ones two temporal adapters and

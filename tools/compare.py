@@ -40,7 +40,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--split", default="val", choices=("val", "test"))
     p.add_argument("--temporal-pairs", default="", choices=("", "demo"), help="'demo': score the demo's pairs")
     p.add_argument("overrides", nargs="*", help="section.key=value overrides applied to every method")
-    return p.parse_args(argv)
+    return p.parse_intermixed_args(argv)  # overrides may come before or after options (rerun + train.resume=auto)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,6 +20,7 @@ import argparse
 import contextlib
 import logging
 import os
+import re
 import sys
 import traceback
 
@@ -71,13 +72,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def _default_out(checkpoint_file: str, split: str) -> str:
-    """<run>/eval/<step_XXXXXXXX or export>-<split> of the run folder the weights are in: not the output_dir their
-    config names, which a moved or copied run would recreate, or which names another run's folder."""
+    """``<run>/eval/<step_XXXXXXXX or export>-<split>`` where the weights are: not the output_dir their config names,
+    which a moved or copied run would recreate, or which names another run's folder. ``<run>`` is the run folder of
+    ``<run>/checkpoints/<step>/trainable.safetensors``, the folder beside a step folder found elsewhere (a step folder
+    copied alone, checkpoints/ given by the real path of its link), else the folder of the weights file."""
     folder = os.path.dirname(os.path.abspath(checkpoint_file))
-    in_checkpoint = os.path.basename(checkpoint_file) == "trainable.safetensors"  # <run>/checkpoints/<name>/
-    name = os.path.basename(folder) if in_checkpoint else "export"
-    run = os.path.dirname(os.path.dirname(folder)) if in_checkpoint else folder
-    return os.path.join(run, "eval", f"{name}-{split}")
+    holder = os.path.dirname(folder)
+    in_checkpoints = os.path.basename(holder) == "checkpoints"
+    if os.path.basename(checkpoint_file) == "trainable.safetensors" and (
+        in_checkpoints or re.fullmatch(r"step_\d+", os.path.basename(folder))
+    ):  # an engine checkpoint's folder: never inside it, keep_last deletes it with what is in it
+        run = os.path.dirname(holder) if in_checkpoints else holder
+        return os.path.join(run, "eval", f"{os.path.basename(folder)}-{split}")
+    return os.path.join(folder, "eval", f"export-{split}")
 
 
 def _pct(value: float | None) -> str:

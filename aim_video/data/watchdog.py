@@ -254,10 +254,21 @@ def run_pool(
 _CHILD_READER: list[Any] = []  # the reader open in the child (at most one)
 
 
-def _child_open(reader_cls: type, path: str, num_threads: int, opts: dict[str, Any], cwd: str) -> int:
+def _current_folder() -> str | None:
+    """This process's current folder (None when it was deleted: a relative path then names nothing anyway)."""
+    try:
+        return os.getcwd()
+    except FileNotFoundError:
+        return None
+
+
+def _child_open(reader_cls: type, path: str, num_threads: int, opts: dict[str, Any], cwd: str | None) -> int:
     _child_close()
-    if os.getcwd() != cwd:  # forked once per process: a relative path is the parent's, wherever it went since
-        os.chdir(cwd)
+    if cwd is not None:  # forked once per process: a relative path is the parent's, wherever it went since
+        try:
+            os.chdir(cwd)
+        except OSError:  # gone meanwhile: the open below names the video it cannot find
+            pass
     reader = decode.open_with(reader_cls, path, num_threads, **opts)  # its errors say why in plain words
     _CHILD_READER.append(reader)
     return reader.num_frames
@@ -293,7 +304,8 @@ class GuardedReader:
             raise ValueError(f"unknown decoding backend '{backend}'; choose one of {', '.join(decode._READERS)}")
         self.path, self._deadline = path, deadline  # the child's open_with checks the file (one stat, not three)
         self._worker = worker_for_this_process()
-        self.num_frames = self._call(_child_open, decode._READERS[backend], path, num_threads, opts, os.getcwd())
+        cwd = None if os.path.isabs(path) else _current_folder()  # where a relative path starts, for the child
+        self.num_frames = self._call(_child_open, decode._READERS[backend], path, num_threads, opts, cwd)
 
     def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
         try:

@@ -255,3 +255,19 @@ def test_a_relative_path_is_read_from_the_folder_the_process_is_in_now(clean, mo
         assert reader.num_frames == 50 and reader.get([0, 49]).shape[0] == 2
     finally:
         reader.close()
+
+
+def test_an_absolute_path_is_read_when_the_folder_of_both_processes_is_gone(clean, tmp_path, monkeypatch):
+    """Following the parent's folder (for relative paths) asked both processes for their current folder on every
+    open, which fails once it is deleted: every read of an absolute path failed naming no video."""
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    monkeypatch.chdir(gone)
+    watchdog.worker_for_this_process().kill()  # the next read forks the child here
+    watchdog.GuardedReader(clean, "decord", 1, {}, watchdog.Deadline(30)).close()
+    gone.rmdir()
+    reader = watchdog.GuardedReader(clean, "decord", 1, {}, watchdog.Deadline(30))
+    try:
+        assert os.path.isabs(clean) and reader.num_frames == 50
+    finally:
+        reader.close()

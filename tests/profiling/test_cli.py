@@ -78,9 +78,9 @@ def test_cli_a_train_list_that_does_not_exist_is_status_2(demo_root, tmp_path) -
 
 
 def test_cli_a_backbone_file_that_does_not_fit_is_status_2_not_a_traceback(demo_root, tmp_path) -> None:
-    """FAILS ON HEAD (a bug, not a missing test): tools/train.py, test.py and infer.py end a model.pretrained file
-    of another architecture with one error line and status 2; tools/profile.py catches AnnotationError,
-    FileNotFoundError and ValueError only, so PretrainedLoadError (a RuntimeError) is a traceback and status 1."""
+    """tools/train.py, test.py and infer.py end a model.pretrained file of another architecture with one error line
+    and status 2; tools/profile.py caught AnnotationError, FileNotFoundError and ValueError only, so
+    PretrainedLoadError (a RuntimeError) was a traceback and status 1."""
     import torch
     from safetensors.torch import save_file
 

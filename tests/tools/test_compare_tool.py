@@ -102,3 +102,11 @@ def test_a_stop_signal_saves_the_methods_checkpoint_and_train_resume_auto_finish
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     row = json.load(open(tmp_path / "table" / "compare.json"))["rows"][0]
     assert row["method"] == "linear_probe" and row["train_steps"] == 4
+
+
+def test_overrides_may_come_before_options_so_the_rerun_hint_works():
+    """The stop message says to rerun the command with train.resume=auto added: after an option, it was refused."""
+    from tools.compare import parse_args
+
+    args = parse_args(["--config", "c.yaml", "output_dir=x", "--out", "t", "--methods", "aim", "train.resume=auto"])
+    assert args.overrides == ["output_dir=x", "train.resume=auto"] and args.methods == "aim"

@@ -284,6 +284,13 @@ def test_default_results_go_into_the_run_folder_the_weights_are_in(tmp_path, mon
     assert test_tool._default_out("runs/v64/model_trainable.safetensors", "val") == str(
         tmp_path / "runs" / "v64" / "eval" / "export-val"
     )
+    # a step folder copied alone, or checkpoints/ given by its link's target: beside the step folder, never in it
+    alone = tmp_path / "u" / "step_00000004" / "trainable.safetensors"
+    assert test_tool._default_out(str(alone), "val") == str(tmp_path / "u" / "eval" / "step_00000004-val")
+    # a step's file copied alone: beside it, as an export (it went two folders up, to the file system's root)
+    assert test_tool._default_out(str(tmp_path / "u" / "trainable.safetensors"), "val") == str(
+        tmp_path / "u" / "eval" / "export-val"
+    )
 
 
 def test_an_evaluation_into_the_default_folder_says_it_replaces_earlier_results(run, capsys):
