@@ -59,6 +59,18 @@ def test_an_empty_method_list_is_refused_before_anything_runs(tmp_path, capsys, 
     assert not out.exists()
 
 
+def _compare(cfg: str, tmp_path, *overrides: str, fault: str = "") -> subprocess.CompletedProcess:
+    """tools/compare.py on linear_probe in a world of one of its own (AIM_VIDEO_FAULT: a fault point)."""
+    cmd = [sys.executable, "tools/compare.py", "--config", cfg, "--out", str(tmp_path / "table"),
+           "--methods", "linear_probe", f"output_dir={tmp_path / 'runs'}", *overrides]  # fmt: skip
+    dist_keys = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "AIM_VIDEO_FAULT")
+    env = {k: v for k, v in os.environ.items() if k not in dist_keys}
+    env.update(DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", PYTHONPATH=PYTHONPATH)
+    if fault:
+        env["AIM_VIDEO_FAULT"] = fault
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+
+
 def test_a_backbone_file_that_does_not_fit_is_one_error_line_and_status_2(video_root, tmp_path):
     """The up-front check builds each model on the meta device, without the weights: a backbone file of another
     width failed at the first method's start with a traceback and status 1."""
@@ -69,12 +81,7 @@ def test_a_backbone_file_that_does_not_fit_is_one_error_line_and_status_2(video_
         str(tmp_path), video_root, model={"pretrained": str(tmp_path / "other.st")},
         data={"val_list": os.path.join(video_root, "train.txt"), "test_num_clips": 1, "test_short_side": 32},
     )  # fmt: skip
-    cmd = [sys.executable, "tools/compare.py", "--config", cfg, "--out", str(tmp_path / "table"),
-           "--methods", "linear_probe", f"output_dir={tmp_path / 'runs'}"]  # fmt: skip
-    dist_keys = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
-    env = {k: v for k, v in os.environ.items() if k not in dist_keys}
-    env.update(DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", PYTHONPATH=PYTHONPATH)
-    result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    result = _compare(cfg, tmp_path)
     assert result.returncode == 2, result.stderr[-3000:]
     assert "error: method linear_probe: " in result.stderr and "other.st" in result.stderr
     assert "Traceback" not in result.stderr
@@ -88,17 +95,11 @@ def test_a_stop_signal_saves_the_methods_checkpoint_and_train_resume_auto_finish
         data={"val_list": os.path.join(video_root, "train.txt"), "test_num_clips": 1, "test_short_side": 32},
         train={"max_steps": 4, "save_every": 100},
     )  # fmt: skip
-    cmd = [sys.executable, "tools/compare.py", "--config", cfg, "--out", str(tmp_path / "table"),
-           "--methods", "linear_probe", f"output_dir={tmp_path / 'runs'}"]  # fmt: skip
-    dist_keys = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
-    env = {k: v for k, v in os.environ.items() if k not in dist_keys}
-    env.update(DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", PYTHONPATH=PYTHONPATH)
-    stop = {**env, "AIM_VIDEO_FAULT": "after_step@2:rank0:signal=SIGUSR1"}
-    stopped = subprocess.run(cmd, cwd=REPO, env=stop, capture_output=True, text=True, timeout=600)
+    stopped = _compare(cfg, tmp_path, fault="after_step@2:rank0:signal=SIGUSR1")
     assert stopped.returncode == 128 + 10, stopped.stderr[-3000:]  # SIGUSR1
     assert "method linear_probe stopped by SIGUSR1 at step 2" in stopped.stderr
     assert "train.resume=auto" in stopped.stderr and "Traceback" not in stopped.stderr
-    resumed = subprocess.run([*cmd, "train.resume=auto"], cwd=REPO, env=env, capture_output=True, text=True)
+    resumed = _compare(cfg, tmp_path, "train.resume=auto")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     row = json.load(open(tmp_path / "table" / "compare.json"))["rows"][0]
     assert row["method"] == "linear_probe" and row["train_steps"] == 4

@@ -105,13 +105,18 @@ def test_strict_fails_on_the_unreadable_video_and_bad_input_exits_2(run, capsys)
     assert "eval.protocl" in capsys.readouterr().err
 
 
+def _two_ranks(*args: str) -> subprocess.CompletedProcess:
+    """tools/test.py on 2 ranks (torchrun, gloo)."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    cmd += [os.path.join(REPO, "tools", "test.py"), *args]
+    env = {**os.environ, "PYTHONPATH": PYTHONPATH, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+
+
 @pytest.mark.slow  # ~30 s: two fresh processes import torch, timm and PyAV
 def test_two_ranks_equal_one_rank_exactly(run):
     out2 = os.path.join(run["root"], "out2")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    cmd += [os.path.join(REPO, "tools", "test.py"), "--checkpoint", run["ckpt_dir"], "--out", out2, "--save-scores"]
-    env = {**os.environ, "PYTHONPATH": PYTHONPATH, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    proc = _two_ranks("--checkpoint", run["ckpt_dir"], "--out", out2, "--save-scores")
     assert proc.returncode == 0, proc.stderr[-3000:]
     one = json.load(open(os.path.join(run["out"], "results.json")))
     two = json.load(open(os.path.join(out2, "results.json")))
@@ -390,10 +395,7 @@ def test_results_of_nothing_readable_keep_the_stored_class_names_they_name(run, 
 def test_two_ranks_print_and_write_the_results_once(run):
     """Only rank 0 writes the results and prints the summary: other ranks return after the gather."""
     out2 = os.path.join(run["root"], "out2_once")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    cmd += [os.path.join(REPO, "tools", "test.py"), "--checkpoint", run["ckpt"], "--out", out2, "--no-progress"]
-    env = {**os.environ, "PYTHONPATH": PYTHONPATH, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    proc = _two_ranks("--checkpoint", run["ckpt"], "--out", out2, "--no-progress")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count(f"results: {out2}") == 1, proc.stdout[-2000:]
     assert proc.stdout.count("val [") == 1
