@@ -33,7 +33,7 @@ import torch.distributed as dist  # noqa: E402
 from aim_video.config import ConfigError, to_dict  # noqa: E402
 from aim_video.data.loader import build_eval_loader  # noqa: E402
 from aim_video.engine.distributed import first_failure  # noqa: E402
-from aim_video.engine.fit import same_data_on_every_rank  # noqa: E402
+from aim_video.engine.fit import missing_folders, remove_empty, same_data_on_every_rank  # noqa: E402
 from aim_video.eval.loading import (  # noqa: E402
     checkpoint_config,
     class_names,
@@ -103,9 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         for path in written:
             with contextlib.suppress(OSError):
                 os.remove(path)
-        for folder in made:
-            with contextlib.suppress(OSError):
-                os.rmdir(folder)
+        remove_empty(made)
     return status
 
 
@@ -131,10 +129,7 @@ def _main(argv: list[str] | None, made: list[str], written: list[str]) -> int:
         cfg = resolve_eval_config(checkpoint_file, args.config, args.overrides)
         protocol = apply_protocol(cfg)
         out = args.out or _default_out(checkpoint_file, args.split)
-        folder = os.path.abspath(out)
-        while not os.path.exists(folder):
-            made.append(folder)
-            folder = os.path.dirname(folder)
+        made.extend(missing_folders(os.path.abspath(out)))
         try:  # before the evaluation, not after hours of it
             os.makedirs(out, exist_ok=True)
         except OSError as err:
