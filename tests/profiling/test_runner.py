@@ -43,7 +43,8 @@ def test_profile_json_has_every_field_with_sane_values(baseline: dict) -> None:
             assert row[key] > 0, key
         assert row["train_peak_mib"] > (0 if CUDA else 50)  # on CPU: RSS of a process with torch loaded
         assert row["infer_peak_mib"] > (0 if CUDA else 50)
-        assert row["infer_clips_per_s"] > row["train_clips_per_s"]  # no backward, no optimizer
+        # (inference is not asserted faster than training: on this tiny model under a loaded CI machine it read
+        # 40.0 against 41.1 clips/s once; timings are compared by the benchmark scripts, not by tests)
         assert (row["train_mfu"] is None) is not CUDA  # no peak on CPU
         bs, train_flops, forward_flops = row["batch_size"], r["flops"]["train_per_clip"], r["flops"]["forward_per_clip"]
         assert row["train_clips_per_s"] == pytest.approx(bs * 1000 / row["train_step_ms"])
